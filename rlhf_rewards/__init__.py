@@ -1,0 +1,26 @@
+"""rlhf-rewards: serve reward models to RLHF training.
+
+The public API is exported here, once:
+
+- ``LLM``: the offline pooling engine (vLLM's ``LLM(..., runner="pooling").encode`` API).
+- ``PoolingParams``, ``PoolerConfig``, ``LoRARequest``, ``PoolingRequestOutput``, ``PoolingOutput``.
+"""
+
+from rlhf_rewards import models as _models  # noqa: F401  (registers architectures)
+from rlhf_rewards.entrypoints.llm import LLM
+from rlhf_rewards.lora.request import LoRARequest
+from rlhf_rewards.outputs import PoolingOutput, PoolingRequestOutput
+from rlhf_rewards.pooling.config import PoolerConfig
+from rlhf_rewards.pooling.params import PoolingParams
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LLM",
+    "LoRARequest",
+    "PoolerConfig",
+    "PoolingOutput",
+    "PoolingParams",
+    "PoolingRequestOutput",
+    "__version__",
+]

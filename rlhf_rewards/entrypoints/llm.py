@@ -1,0 +1,312 @@
+"""``LLM``: the offline pooling engine, with vLLM's constructor and ``encode`` API.
+
+Code written for ``vllm.LLM(model, runner="pooling").encode(..., pooling_task=...)`` runs here by changing
+the import.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from rlhf_rewards.engine.inputs import apply_length_limit, normalize_prompts, tokenize_prompts
+from rlhf_rewards.engine.placement import resolve_device, resolve_dtype
+from rlhf_rewards.engine.request import EngineRequest
+from rlhf_rewards.engine.runner import ModelRunner
+from rlhf_rewards.lora.request import LoRARequest
+from rlhf_rewards.models.base import PoolingModel
+from rlhf_rewards.models.loader import load_pooling_model
+from rlhf_rewards.models.registry import ModelSpec
+from rlhf_rewards.models.tokenizer import load_tokenizer
+from rlhf_rewards.outputs import PoolingOutput, PoolingRequestOutput
+from rlhf_rewards.pooling import PoolerConfig, PoolingParams, check_task, resolve_pooling
+from rlhf_rewards.pooling.tasks import SEQUENCE_POOLING_TYPES, TOKEN_POOLING_TYPES, TOKEN_TASKS
+
+if TYPE_CHECKING:
+    from rlhf_rewards.workers.base import ModelInfo
+
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 16384
+_request_counter = itertools.count()
+
+
+class LLM:
+    """A reward/pooling model ready to score prompts.
+
+    Args:
+        model: Local folder or hub id of a transformers checkpoint (loaded with ``from_pretrained``).
+        runner: ``"pooling"`` (or ``"auto"``); this engine only pools. Default ``"pooling"``.
+        tokenizer: Tokenizer folder or id. Default ``None``: the model's own.
+        pooler_config: A ``PoolerConfig``, a dict of its fields or a JSON string; unset fields keep the
+            architecture's defaults. Default ``None``.
+        dtype: ``"auto"`` (checkpoint dtype on accelerators, float32 on CPU), ``"float32"``,
+            ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``. Heads always run in float32. Default ``"auto"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``... Default ``None``: CUDA if present.
+        trust_remote_code: Passed to transformers; never needed by the supported architectures and never
+            turned on implicitly. Default ``False``.
+        max_model_len: Longest prompt in tokens. Default ``None``: the model's ``max_position_embeddings``.
+        max_num_batched_tokens: Padded-token budget of one forward pass. Default 16384.
+        enable_lora: Allow ``lora_request`` in ``encode``. Default ``False``.
+        max_loras: Adapters kept loaded at once (least recently used are evicted). Default 4.
+        max_lora_rank: Largest adapter rank accepted. Default 64.
+        seed: Seed of torch's generator. Default 0.
+        revision: Hub revision of the model. Default ``None``.
+        hf_overrides: Fields written over ``config.json`` (e.g. ``architectures`` or ``classifier_from_token``).
+        convert: vLLM's ``--convert``: ``"auto"``, ``"classify"``, ``"embed"`` or ``"none"``. Default ``"auto"``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        runner: str = "pooling",
+        *,
+        tokenizer: str | None = None,
+        pooler_config: PoolerConfig | dict[str, Any] | str | None = None,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        max_model_len: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        enable_lora: bool = False,
+        max_loras: int = 4,
+        max_lora_rank: int = 64,
+        seed: int = 0,
+        revision: str | None = None,
+        hf_overrides: dict[str, Any] | None = None,
+        convert: str = "auto",
+    ) -> None:
+        if runner not in ("pooling", "auto"):
+            raise ValueError(f"runner={runner!r}: rlhf-rewards only runs pooling models; use runner='pooling'.")
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be a local folder or hub id string, got {model!r}.")
+        for name, value in (("max_model_len", max_model_len), ("max_num_batched_tokens", max_num_batched_tokens)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        torch.manual_seed(seed)
+        self.model_name = model
+        self.device = resolve_device(device)
+        self.user_pooler_config = PoolerConfig.from_any(pooler_config)
+        from rlhf_rewards.models.loader import read_config_dict
+
+        raw_config = read_config_dict(model, revision)
+        self.dtype = resolve_dtype(dtype, _DictConfig(raw_config), self.device)
+        self.model: PoolingModel = load_pooling_model(
+            model,
+            dtype=self.dtype,
+            device=self.device,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            hf_overrides=hf_overrides,
+            convert=convert,
+        )
+        self.spec: ModelSpec = self.model.spec
+        self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(
+            tokenizer or model, revision=None if tokenizer else revision, trust_remote_code=trust_remote_code
+        )
+        self.max_model_len = self._resolve_max_model_len(max_model_len)
+        self.max_num_batched_tokens = max(max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS, 1)
+        self.enable_lora = enable_lora
+        self.lora_manager: Any = None
+        if enable_lora:
+            from rlhf_rewards.lora.manager import LoRAManager
+
+            self.lora_manager = LoRAManager(self.model, max_loras=max_loras, max_lora_rank=max_lora_rank)
+        self.runner = ModelRunner(
+            self.model,
+            self.device,
+            self.max_num_batched_tokens,
+            forward_kwargs=self.lora_manager.forward_kwargs if self.lora_manager is not None else None,
+        )
+        self.task_configs = self._task_configs()
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def supported_tasks(self) -> tuple[str, ...]:
+        """Pooling tasks this model can run."""
+        return self.spec.tasks
+
+    def get_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer (as ``vllm.LLM.get_tokenizer``)."""
+        if self.tokenizer is None:
+            raise ValueError("This LLM has no tokenizer.")
+        return self.tokenizer
+
+    def pooler_config_for(self, task: str) -> PoolerConfig:
+        """The effective model-level pooler config of ``task`` (defaults merged with the user's)."""
+        check_task(task, self.supported_tasks)
+        return self.task_configs[task]
+
+    def _task_configs(self) -> dict[str, PoolerConfig]:
+        user = self.user_pooler_config
+        configs: dict[str, PoolerConfig] = {}
+        for task, default in self.spec.task_defaults.items():
+            level_types = TOKEN_POOLING_TYPES if task in TOKEN_TASKS else SEQUENCE_POOLING_TYPES
+            if user.pooling_type is not None and user.pooling_type not in level_types:
+                # A token-level type configures token tasks only, and vice versa (see PoolerConfig docs).
+                partial = PoolerConfig(
+                    use_activation=user.use_activation,
+                    logit_mean=user.logit_mean,
+                    logit_sigma=user.logit_sigma,
+                    dimensions=user.dimensions,
+                    normalize=user.normalize,
+                )
+                configs[task] = partial.merged_over(default)
+            else:
+                configs[task] = user.merged_over(default)
+        return configs
+
+    def _resolve_max_model_len(self, requested: int | None) -> int:
+        config = self.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        limit = getattr(text_config, "max_position_embeddings", None)
+        if requested is None:
+            return int(limit) if limit else 8192
+        if limit and requested > limit:
+            raise ValueError(f"max_model_len={requested} is over the model's max_position_embeddings={limit}.")
+        return requested
+
+    def model_info(self, served_model_name: str | None = None) -> ModelInfo:
+        """Facts a reward function needs (kind, default task, step tag, chat template...)."""
+        from rlhf_rewards.workers.base import ModelInfo
+
+        kind = self.spec.kind
+        step_tag_id = None
+        if "token_classify" in self.task_configs:
+            tc = self.task_configs["token_classify"]
+            if tc.pooling_type == "STEP":
+                kind = "process"
+                step_tag_id = tc.step_tag_id
+        tok = self.tokenizer
+        step_tag = tok.decode([step_tag_id]) if (tok is not None and step_tag_id is not None) else None
+        reward_token_id = getattr(self.model.config, "reward_token_id", None)
+        reward_token = tok.decode([reward_token_id]) if (tok is not None and reward_token_id is not None) else None
+        return ModelInfo(
+            model=served_model_name or self.model_name,
+            architecture=self.spec.architecture,
+            kind=kind,
+            tasks=list(self.supported_tasks),
+            default_task="token_classify" if kind == "process" else self.spec.default_task,
+            pooler_configs={t: c.to_dict() for t, c in self.task_configs.items()},
+            num_labels=self.model.num_labels,
+            max_model_len=self.max_model_len,
+            step_tag=step_tag,
+            step_tag_id=step_tag_id,
+            reward_token=reward_token,
+            has_chat_template=bool(getattr(tok, "chat_template", None)),
+            lora_modules=[],
+        )
+
+    def render_chat(
+        self,
+        conversations: Sequence[Sequence[dict[str, Any]]],
+        *,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+    ) -> list[list[int]]:
+        """Token ids of each conversation rendered with this model's chat template (or ``chat_template``)."""
+        tok = self.get_tokenizer()
+        if chat_template is None and not getattr(tok, "chat_template", None):
+            raise ValueError(
+                f"{self.model_name} has no chat template: pass chat_template=... to score conversational input."
+            )
+        rendered = []
+        for i, conv in enumerate(conversations):
+            if not conv:
+                raise ValueError(f"conversations[{i}] is empty.")
+            text = tok.apply_chat_template(
+                list(conv), chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+            # The template already holds any BOS it wants: do not add special tokens again.
+            rendered.append(list(tok(text, add_special_tokens=False)["input_ids"]))
+        return rendered
+
+    # ------------------------------------------------------------------ encode
+    def encode(
+        self,
+        prompts: Any,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        pooling_task: str | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool | Callable[..., Any] = True,
+        add_special_tokens: bool = True,
+    ) -> list[PoolingRequestOutput]:
+        """Pool ``prompts`` with ``pooling_task`` and return one output per prompt, in order.
+
+        Args:
+            prompts: A string, ``{"prompt": str}``, ``{"prompt_token_ids": [...]}`` or a list of those.
+            pooling_params: One ``PoolingParams`` for all prompts, or one per prompt. Default: the config's.
+            pooling_task: ``classify``, ``token_classify``, ``embed`` or ``token_embed`` (required).
+            lora_request: One adapter for all prompts, or one per prompt (``None`` = base model).
+            truncate_prompt_tokens: Keep the last k tokens of each prompt (``-1``: ``max_model_len``).
+            use_tqdm: Show a progress bar on calls of more than one micro-batch, or a tqdm-like factory.
+            add_special_tokens: Add the tokenizer's special tokens (BOS...) to string prompts. Default True.
+        """
+        task = check_task(pooling_task, self.supported_tasks)
+        items = normalize_prompts(prompts)
+        params_list = self._per_prompt("pooling_params", pooling_params, len(items), PoolingParams)
+        lora_list = self._per_prompt("lora_request", lora_request, len(items), LoRARequest)
+        if any(lora is not None for lora in lora_list):
+            if self.lora_manager is None:
+                raise ValueError("lora_request was given but this LLM was built with enable_lora=False.")
+            self.lora_manager.prepare([lora for lora in lora_list if lora is not None])
+        token_ids = tokenize_prompts(
+            items, self.tokenizer, vocab_size=self.model.vocab_size, add_special_tokens=add_special_tokens
+        )
+        requests: list[EngineRequest] = []
+        config = self.task_configs[task]
+        for i, (ids, params, lora) in enumerate(zip(token_ids, params_list, lora_list, strict=True)):
+            params = params or PoolingParams()
+            truncate = params.truncate_prompt_tokens if params.truncate_prompt_tokens is not None else truncate_prompt_tokens
+            if truncate is not None:
+                PoolingParams(truncate_prompt_tokens=truncate)  # validates the value
+            ids = apply_length_limit(i, ids, self.max_model_len, truncate)
+            resolved = resolve_pooling(task, params, config)
+            requests.append(
+                EngineRequest(index=i, request_id=f"{next(_request_counter)}-{uuid.uuid4().hex[:8]}",
+                              token_ids=ids, pooling=resolved, lora=lora)
+            )
+        tensors = self._run(requests, use_tqdm)
+        return [
+            PoolingRequestOutput(request_id=r.request_id, outputs=PoolingOutput(data=t), prompt_token_ids=r.token_ids)
+            for r, t in zip(requests, tensors, strict=True)
+        ]
+
+    def _run(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:
+        total_tokens = sum(r.num_tokens for r in requests)
+        show = bool(use_tqdm) and total_tokens > self.max_num_batched_tokens
+        if not show:
+            return self.runner.run(requests)
+        factory = use_tqdm if callable(use_tqdm) else tqdm
+        with factory(total=len(requests), desc="Scoring prompts", unit="prompt", dynamic_ncols=True) as bar:
+            return self.runner.run(requests, on_batch_done=bar.update)
+
+    @staticmethod
+    def _per_prompt(name: str, value: Any, n: int, kind: type) -> list[Any]:
+        if value is None or isinstance(value, kind):
+            return [value] * n
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            values = list(value)
+            if len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries but there are {n} prompts; pass one or one per prompt.")
+            for j, v in enumerate(values):
+                if v is not None and not isinstance(v, kind):
+                    raise ValueError(f"{name}[{j}] must be a {kind.__name__} or None, got {type(v).__name__}.")
+            return values
+        raise ValueError(f"{name} must be a {kind.__name__}, a list of them, or None; got {type(value).__name__}.")
+
+
+class _DictConfig:
+    """Attribute access over a raw config dict (for dtype resolution before the model loads)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.dtype = data.get("dtype") or data.get("torch_dtype")
+
+
+__all__ = ["LLM"]

@@ -1,0 +1,78 @@
+"""Generative models (``*ForCausalLM``) used through their LM head, e.g. math-shepherd-style PRMs.
+
+``token_classify`` runs the LM head as the classifier. With STEP pooling and ``returned_token_ids`` only
+those vocabulary rows are multiplied (in float32), so scoring a step costs ``k`` dot products rather than
+a full-vocabulary projection. The head is not cast in place because it is often tied to the input
+embedding, which must stay in the backbone's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+
+from rlhf_rewards.models.base import LoadContext, PoolingModel
+from rlhf_rewards.models.defaults import embed_defaults
+from rlhf_rewards.models.registry import ModelSpec, register_suffix
+from rlhf_rewards.pooling.config import PoolerConfig
+
+
+class LMHeadPoolingModel(PoolingModel):
+    """A causal LM whose ``lm_head`` rows serve as classifier columns."""
+
+    def __init__(self, hf_model: torch.nn.Module, spec: ModelSpec, **kwargs: Any) -> None:
+        super().__init__(hf_model, spec, head_name=None, **kwargs)
+        self.lm_head_name = "lm_head"
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.hf_model.get_submodule(self.lm_head_name)
+
+    def score(self, states: torch.Tensor, columns: tuple[int, ...] | None = None, **kwargs: Any) -> torch.Tensor:
+        head = self.head
+        weight = head.weight
+        bias = getattr(head, "bias", None)
+        if columns is not None:
+            bad = [c for c in columns if c >= weight.shape[0]]
+            if bad:
+                raise ValueError(f"returned_token_ids {bad} are out of range: the vocabulary has {weight.shape[0]} rows.")
+            index = torch.tensor(columns, device=weight.device)
+            weight = weight.index_select(0, index)
+            bias = bias.index_select(0, index) if bias is not None else None
+        logits = states.float() @ weight.float().t()
+        if bias is not None:
+            logits = logits + bias.float()
+        return logits
+
+
+def load_causal_lm(ctx: LoadContext, spec: ModelSpec) -> PoolingModel:
+    """Load with the architecture's own transformers class."""
+    cls = getattr(transformers, spec.architecture, None) or transformers.AutoModelForCausalLM
+    hf_model = cls.from_pretrained(ctx.model, **ctx.from_pretrained_kwargs())
+    return LMHeadPoolingModel(
+        hf_model,
+        spec,
+        backbone_name=hf_model.base_model_prefix,
+        num_labels=int(hf_model.get_output_embeddings().weight.shape[0]),
+    )
+
+
+def _causal_lm_spec(architecture: str) -> ModelSpec | None:
+    if not hasattr(transformers, architecture):
+        return None
+    return ModelSpec(
+        architecture=architecture,
+        loader=load_causal_lm,
+        kind="process",
+        task_defaults={
+            # math-shepherd style: STEP pooling needs step_tag_id/returned_token_ids from the user's config.
+            "token_classify": PoolerConfig(pooling_type="ALL", use_activation=True),
+            **embed_defaults(),
+        },
+        description="generative model; LM-head logits as token scores (STEP with returned_token_ids for PRMs)",
+    )
+
+
+register_suffix("ForCausalLM", _causal_lm_spec)

@@ -1,0 +1,22 @@
+"""Default pooler configurations shared by several architectures."""
+
+from __future__ import annotations
+
+from rlhf_rewards.pooling.config import PoolerConfig
+
+
+def embed_defaults() -> dict[str, PoolerConfig]:
+    """``embed`` (last token, normalized) and ``token_embed`` (every token) for any backbone."""
+    return {
+        "embed": PoolerConfig(pooling_type="LAST", normalize=True),
+        "token_embed": PoolerConfig(pooling_type="ALL", normalize=False),
+    }
+
+
+def classifier_defaults() -> dict[str, PoolerConfig]:
+    """A sequence classifier: ``classify`` on the last token, ``token_classify`` on every token, plus embeds."""
+    return {
+        "classify": PoolerConfig(pooling_type="LAST", use_activation=True),
+        "token_classify": PoolerConfig(pooling_type="ALL", use_activation=True),
+        **embed_defaults(),
+    }

@@ -1,0 +1,19 @@
+"""CLS pooling: the hidden state of the first token (encoder classifiers)."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_rewards.pooling.params import ResolvedPooling
+
+
+class CLSPooler:
+    """Reads the first token's state."""
+
+    pooling_type = "CLS"
+
+    def positions(self, token_ids: torch.Tensor, params: ResolvedPooling) -> torch.Tensor:
+        return torch.tensor([0], dtype=torch.long)
+
+    def reduce(self, states: torch.Tensor) -> torch.Tensor:
+        return states[0]
