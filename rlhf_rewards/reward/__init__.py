@@ -1,1 +1,1 @@
-"""reward."""
+"""Reward functions for TRL trainers (``RewardFunction``, ``AsyncRewardFunction``)."""

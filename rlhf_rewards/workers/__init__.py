@@ -1,5 +1,6 @@
 """Workers: where the engine runs (colocated, remote, Ray), behind one interface."""
 
 from rlhf_rewards.workers.base import ModelInfo, RewardWorker, WorkerHealth, WorkerStats
+from rlhf_rewards.workers.colocated import ColocatedWorker
 
-__all__ = ["ModelInfo", "RewardWorker", "WorkerHealth", "WorkerStats"]
+__all__ = ["ColocatedWorker", "ModelInfo", "RewardWorker", "WorkerHealth", "WorkerStats"]
