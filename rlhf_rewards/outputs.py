@@ -34,3 +34,47 @@ class PoolingRequestOutput:
     outputs: PoolingOutput
     prompt_token_ids: list[int]
     finished: bool = True
+
+
+@dataclass
+class ClassificationOutput:
+    """vLLM's ``ClassificationOutput``: class probabilities (or raw logits with ``use_activation=False``)."""
+
+    probs: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.probs)
+
+
+@dataclass
+class ClassificationRequestOutput:
+    """vLLM's ``ClassificationRequestOutput``, returned by :meth:`rlhf_rewards.LLM.classify`."""
+
+    request_id: str
+    outputs: ClassificationOutput
+    prompt_token_ids: list[int]
+    finished: bool = True
+
+
+@dataclass
+class EmbeddingOutput:
+    """vLLM's ``EmbeddingOutput``: one embedding vector."""
+
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        """Length of the vector."""
+        return len(self.embedding)
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    """vLLM's ``EmbeddingRequestOutput``, returned by :meth:`rlhf_rewards.LLM.embed`."""
+
+    request_id: str
+    outputs: EmbeddingOutput
+    prompt_token_ids: list[int]
+    finished: bool = True

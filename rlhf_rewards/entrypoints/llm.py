@@ -24,7 +24,14 @@ from rlhf_rewards.models.base import PoolingModel
 from rlhf_rewards.models.loader import load_pooling_model
 from rlhf_rewards.models.registry import ModelSpec
 from rlhf_rewards.models.tokenizer import load_tokenizer
-from rlhf_rewards.outputs import PoolingOutput, PoolingRequestOutput
+from rlhf_rewards.outputs import (
+    ClassificationOutput,
+    ClassificationRequestOutput,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+)
 from rlhf_rewards.pooling import PoolerConfig, PoolingParams, check_task, resolve_pooling
 from rlhf_rewards.pooling.tasks import SEQUENCE_POOLING_TYPES, TOKEN_POOLING_TYPES, TOKEN_TASKS
 
@@ -276,6 +283,40 @@ class LLM:
         return [
             PoolingRequestOutput(request_id=r.request_id, outputs=PoolingOutput(data=t), prompt_token_ids=r.token_ids)
             for r, t in zip(requests, tensors, strict=True)
+        ]
+
+    def classify(
+        self,
+        prompts: Any,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool | Callable[..., Any] = True,
+    ) -> list[ClassificationRequestOutput]:
+        """vLLM's ``LLM.classify``: ``encode(..., pooling_task="classify")`` with ``outputs.probs`` lists."""
+        outs = self.encode(prompts, pooling_params, pooling_task="classify", lora_request=lora_request,
+                           truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
+        return [
+            ClassificationRequestOutput(o.request_id, ClassificationOutput(o.outputs.data.tolist()), o.prompt_token_ids)
+            for o in outs
+        ]
+
+    def embed(
+        self,
+        prompts: Any,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool | Callable[..., Any] = True,
+    ) -> list[EmbeddingRequestOutput]:
+        """vLLM's ``LLM.embed``: ``encode(..., pooling_task="embed")`` with ``outputs.embedding`` lists."""
+        outs = self.encode(prompts, pooling_params, pooling_task="embed", lora_request=lora_request,
+                           truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
+        return [
+            EmbeddingRequestOutput(o.request_id, EmbeddingOutput(o.outputs.data.tolist()), o.prompt_token_ids)
+            for o in outs
         ]
 
     def _run(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:

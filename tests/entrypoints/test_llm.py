@@ -261,3 +261,11 @@ def test_bf16_backbone_keeps_fp32_head(rm3, reference):
         assert o.outputs.data.dtype == torch.float32
         # bf16 backbone: scores within 0.1 of fp32 on these random tiny models.
         assert torch.allclose(o.outputs.data, reference(text)[2][-1], atol=0.1)
+
+
+def test_vllm_classify_and_embed_helpers(llm, reference):
+    (c,) = llm.classify(MIXED_TEXTS[0])
+    assert c.outputs.num_classes == 3
+    assert c.outputs.probs == pytest.approx(torch.softmax(reference(MIXED_TEXTS[0])[2][-1], -1).tolist(), abs=ATOL)
+    (e,) = llm.embed(MIXED_TEXTS[1])
+    assert e.outputs.embedding == pytest.approx(F.normalize(reference(MIXED_TEXTS[1])[1][-1], dim=-1).tolist(), abs=ATOL)
