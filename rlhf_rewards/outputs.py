@@ -28,12 +28,15 @@ class PoolingRequestOutput:
         outputs: The pooled data.
         prompt_token_ids: The token ids that were scored (after truncation).
         finished: Always True: pooling finishes in one pass.
+        error: ``None``, or why this item has no usable result (e.g. the model produced NaN/inf). Consumers
+            (reward functions, the server) must not use ``outputs.data`` as a score when it is set.
     """
 
     request_id: str
     outputs: PoolingOutput
     prompt_token_ids: list[int]
     finished: bool = True
+    error: str | None = None
 
 
 @dataclass

@@ -281,7 +281,12 @@ class LLM:
             )
         tensors = self._run(requests, use_tqdm)
         return [
-            PoolingRequestOutput(request_id=r.request_id, outputs=PoolingOutput(data=t), prompt_token_ids=r.token_ids)
+            PoolingRequestOutput(
+                request_id=r.request_id,
+                outputs=PoolingOutput(data=t),
+                prompt_token_ids=r.token_ids,
+                error=_non_finite_error(t),
+            )
             for r, t in zip(requests, tensors, strict=True)
         ]
 
@@ -341,6 +346,15 @@ class LLM:
                     raise ValueError(f"{name}[{j}] must be a {kind.__name__} or None, got {type(v).__name__}.")
             return values
         raise ValueError(f"{name} must be a {kind.__name__}, a list of them, or None; got {type(value).__name__}.")
+
+
+def _non_finite_error(data: torch.Tensor) -> str | None:
+    """An error message if the model produced NaN/inf, so no consumer takes it for a score."""
+    if bool(torch.isfinite(data).all()):
+        return None
+    n_nan = int(torch.isnan(data).sum())
+    n_inf = int(torch.isinf(data).sum())
+    return f"the model produced non-finite output ({n_nan} NaN, {n_inf} inf values); this item has no score"
 
 
 class _DictConfig:

@@ -269,3 +269,13 @@ def test_vllm_classify_and_embed_helpers(llm, reference):
     assert c.outputs.probs == pytest.approx(torch.softmax(reference(MIXED_TEXTS[0])[2][-1], -1).tolist(), abs=ATOL)
     (e,) = llm.embed(MIXED_TEXTS[1])
     assert e.outputs.embedding == pytest.approx(F.normalize(reference(MIXED_TEXTS[1])[1][-1], dim=-1).tolist(), abs=ATOL)
+
+
+def test_non_finite_scores_are_an_item_error_not_a_number(rm3):
+    llm = LLM(str(rm3), device="cpu")
+    ok = llm.encode(MIXED_TEXTS[:2], pooling_task="classify")
+    assert all(o.error is None for o in ok)
+    with torch.no_grad():
+        llm.model.head.weight[0, 0] = float("nan")
+    bad = llm.encode(MIXED_TEXTS[:2], pooling_task="classify")
+    assert all(o.error is not None and "NaN" in o.error for o in bad)
