@@ -1,17 +1,50 @@
-"""The model runner: forward micro-batches, gather only the positions poolers need, run heads in float32."""
+"""The model runner: forward micro-batches, gather only the positions poolers need, run heads in float32.
+
+Two execution paths, chosen per model:
+
+- **Packed** (any model with causal attention that routes through transformers' attention interface):
+  requests are arranged in a prefix tree (shared prompts and duplicates run once), laid out without
+  padding in one row per forward within the token budget, and attended segment by segment
+  (:mod:`~rlhf_rewards.engine.segment_attention`). For the Llama/Qwen2/Qwen3/Mistral families the
+  decoder loop is driven directly and the last layer runs only on the rows the poolers read
+  (:mod:`~rlhf_rewards.engine.decoder`). Requests with different LoRA adapters never share a forward.
+- **Padded**: length-sorted micro-batches under the padded-token budget; used for models that cannot be
+  packed (SSM/hybrid such as Jamba) or whose attention does not accept segment plans.
+
+Both return the same numbers up to float rounding; ``tests/engine`` checks every path against plain
+transformers.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from rlhf_rewards.engine.decoder import direct_forward, supports_direct
+from rlhf_rewards.engine.packing import PackedForward, bin_pack, build_packed_forward, work_units
+from rlhf_rewards.engine.prefix_cache import DEFAULT_MIN_SHARED_TOKENS, build_prefix_forest
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.engine.scheduler import plan_micro_batches
+from rlhf_rewards.engine.segment_attention import SegmentAttentionUnsupported, segment_attention
 from rlhf_rewards.models.base import PoolingModel
 from rlhf_rewards.pooling import apply_score_transform, get_pooler
 from rlhf_rewards.pooling.params import ResolvedPooling
+
+logger = logging.getLogger(__name__)
+
+_STAT_KEYS = (
+    "forwards",
+    "tokens_requested",
+    "tokens_run",
+    "last_layer_rows",
+    "attention_pairs",
+    "last_layer_attention_pairs",
+)
+#: The last layer is pruned when the poolers read at most this fraction of a forward's rows.
+PRUNE_MAX_FRACTION = 0.5
 
 
 class ModelRunner:
@@ -20,9 +53,15 @@ class ModelRunner:
     Args:
         model: The loaded model (on ``device``).
         device: Where inputs are placed.
-        max_num_batched_tokens: Padded-token budget of one forward pass.
+        max_num_batched_tokens: Token budget of one forward pass (padded tokens on the padded path,
+            packed tokens on the packed path).
         forward_kwargs: Optional hook returning extra keyword arguments for a micro-batch's forward and
-            head calls (the LoRA manager uses it to pass per-row adapter names).
+            head calls (the LoRA manager uses it to pass per-row adapter names). On the packed path it is
+            called with one request per packed row for ``"forward"``, and with all requests for ``"head"``.
+        packing: ``None`` (default): pack when the model supports it; ``False``: always pad.
+        prefix_sharing: Run shared token prefixes (and duplicates) once. Default ``True``.
+        min_shared_tokens: Shortest shared run split off into its own tree node. Default 8.
+        prune_last_layer: Run the last layer only on the rows poolers read (direct families). Default ``True``.
     """
 
     def __init__(
@@ -31,26 +70,163 @@ class ModelRunner:
         device: torch.device,
         max_num_batched_tokens: int,
         forward_kwargs: Callable[[list[EngineRequest]], dict[str, Any]] | None = None,
+        *,
+        packing: bool | None = None,
+        prefix_sharing: bool = True,
+        min_shared_tokens: int = DEFAULT_MIN_SHARED_TOKENS,
+        prune_last_layer: bool = True,
     ) -> None:
         self.model = model
         self.device = device
         self.max_num_batched_tokens = max_num_batched_tokens
         self.forward_kwargs = forward_kwargs
+        self.packing = bool(model.supports_packing) if packing is None else bool(packing and model.supports_packing)
+        self.prefix_sharing = prefix_sharing
+        self.min_shared_tokens = min_shared_tokens
+        self.prune_last_layer = prune_last_layer
+        #: Why packing was turned off for this model at run time (``None`` while it works).
+        self.packing_disabled_reason: str | None = None
+        self._direct: bool | None = None
+        self._attention_layers: int | None = None
+        #: Counters of the last :meth:`run`, for benchmarks and logs: ``forwards``, ``tokens_requested``,
+        #: ``tokens_run`` (rows through every layer but the last), ``last_layer_rows``, and the query-key
+        #: pairs attention evaluates per layer (``attention_pairs``) and in the last layer.
+        self.last_stats: dict[str, int] = {}
 
+    # ------------------------------------------------------------------ dispatch
     @torch.inference_mode()
     def run(
         self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None = None
     ) -> list[torch.Tensor]:
         """Pooled float32 CPU tensors, one per request, in the order of ``requests``."""
+        if not requests:
+            return []
+        self.last_stats = dict.fromkeys(_STAT_KEYS, 0)
+        self.last_stats["tokens_requested"] = sum(r.num_tokens for r in requests)
+        if self.packing and self.packing_disabled_reason is None:
+            try:
+                return self._run_packed(requests, on_batch_done)
+            except SegmentAttentionUnsupported as exc:
+                self.packing_disabled_reason = str(exc)
+                logger.warning("Packed execution is not available for this model (%s); using padded batches.", exc)
+                self.last_stats.update({k: 0 for k in _STAT_KEYS if k != "tokens_requested"})
+        return self._run_padded(requests, on_batch_done)
+
+    # ------------------------------------------------------------------ padded path
+    def _run_padded(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
         results: list[torch.Tensor | None] = [None] * len(requests)
         for batch in plan_micro_batches([r.num_tokens for r in requests], self.max_num_batched_tokens):
             chunk = [requests[i] for i in batch]
             for i, tensor in zip(batch, self.run_batch(chunk), strict=True):
                 results[i] = tensor
+            width = max(r.num_tokens for r in chunk)
+            stats = self.last_stats
+            stats["forwards"] += 1
+            stats["tokens_run"] += len(chunk) * width
+            stats["last_layer_rows"] += len(chunk) * width
+            stats["attention_pairs"] += len(chunk) * width * (width + 1) // 2
+            stats["last_layer_attention_pairs"] += len(chunk) * width * (width + 1) // 2
             if on_batch_done is not None:
                 on_batch_done(len(batch))
         return [r for r in results if r is not None]
 
+    # ------------------------------------------------------------------ packed path
+    def _run_packed(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
+        results: list[torch.Tensor | None] = [None] * len(requests)
+        # Requests with different adapters never share a forward (one packed row has one adapter).
+        groups: dict[Any, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.lora, []).append(i)
+        budget = self.max_num_batched_tokens
+        for members in groups.values():
+            forest = build_prefix_forest(
+                [requests[i].token_ids for i in members], self.min_shared_tokens if self.prefix_sharing else 0
+            )
+            for units in bin_pack(work_units(forest, budget), budget):
+                packed = build_packed_forward(units, forest, self.device)
+                chunk = [requests[members[s]] for s in packed.sequences]
+                for s, tensor in zip(packed.sequences, self.run_packed(packed, chunk), strict=True):
+                    results[members[s]] = tensor
+                self.last_stats["forwards"] += 1
+                self.last_stats["tokens_run"] += packed.num_tokens
+                if on_batch_done is not None:
+                    on_batch_done(len(chunk))
+        return [r for r in results if r is not None]
+
+    def _uses_direct(self) -> bool:
+        if self._direct is None:
+            self._direct = type(self.model).hidden_states is PoolingModel.hidden_states and supports_direct(
+                self.model.backbone
+            )
+        return self._direct
+
+    def _expected_attention_calls(self) -> int:
+        if self._attention_layers is None:
+            self._attention_layers = sum(
+                1
+                for m in self.model.backbone.modules()
+                if type(m).__name__.endswith("Attention") and hasattr(m, "layer_idx")
+            )
+        return self._attention_layers
+
+    def run_packed(self, packed: PackedForward, requests: list[EngineRequest]) -> list[torch.Tensor]:
+        """One packed forward; ``requests[i]`` owns ``packed.row_maps[i]``. All share one adapter."""
+        extra = self.forward_kwargs(requests) if self.forward_kwargs is not None else {}
+        rows = []
+        for r, row_map in zip(requests, packed.row_maps, strict=True):
+            positions = get_pooler(r.pooling.pooling_type).positions(torch.tensor(r.token_ids), r.pooling)
+            rows.append(row_map.index_select(0, positions))
+        needed = torch.unique(torch.cat(rows)) if rows else torch.empty(0, dtype=torch.long)
+        total = packed.num_tokens
+        expected = self._expected_attention_calls()
+        if expected == 0:
+            raise SegmentAttentionUnsupported("no attention modules found in the backbone")
+        hf_model = self.model.hf_model
+        if self._uses_direct() and not extra.get("forward"):
+            prune = self.prune_last_layer and needed.numel() <= PRUNE_MAX_FRACTION * total
+            layers = self.model.backbone.config.num_hidden_layers
+            plan = packed.plan(needed.to(self.device) if prune else None, prune_layer=layers - 1 if prune else None)
+            with segment_attention(hf_model, plan):
+                hidden = direct_forward(
+                    self.model.backbone,
+                    packed.input_ids,
+                    packed.position_ids,
+                    needed.to(self.device) if prune else None,
+                )
+            if prune:
+                lookup = torch.full((total,), -1, dtype=torch.long)
+                lookup[needed] = torch.arange(needed.numel())
+                rows = [lookup[r] for r in rows]
+        else:
+            row_kwargs = self.forward_kwargs(requests[:1]).get("forward", {}) if self.forward_kwargs is not None else {}
+            plan = packed.plan()
+            with segment_attention(hf_model, plan):
+                hidden = self.model.hidden_states(
+                    packed.input_ids, attention_mask=None, position_ids=packed.position_ids, **row_kwargs
+                )[0]
+        self._record(packed, plan)
+        if plan.calls != expected:
+            raise SegmentAttentionUnsupported(
+                f"the model ran {plan.calls} segment-attention calls for {expected} attention layers"
+            )
+        gathered = [hidden.index_select(0, r.to(hidden.device)) for r in rows]
+        return self.pool(requests, gathered, head_kwargs=extra.get("head", {}))
+
+    def _record(self, packed: PackedForward, plan) -> None:
+        """Work counters of a packed forward (rows through the last layer, query-key pairs per layer)."""
+        stats = self.last_stats
+        pairs = sum(seg.length * seg.prefix_length + seg.length * (seg.length + 1) // 2 for seg in packed.segments)
+        stats["attention_pairs"] += pairs
+        if plan.prune_layer is None:
+            stats["last_layer_rows"] += packed.num_tokens
+            stats["last_layer_attention_pairs"] += pairs
+            return
+        for seg in packed.segments:
+            rows = seg.rows if seg.rows is not None else torch.arange(seg.length)
+            stats["last_layer_rows"] += int(rows.numel())
+            stats["last_layer_attention_pairs"] += int((rows + 1).sum()) + int(rows.numel()) * seg.prefix_length
+
+    # ------------------------------------------------------------------ shared
     def run_batch(self, requests: list[EngineRequest]) -> list[torch.Tensor]:
         """One padded forward over ``requests``, then pooling and heads."""
         extra = self.forward_kwargs(requests) if self.forward_kwargs is not None else {}

@@ -151,9 +151,12 @@ class LLM:
     def _task_configs(self) -> dict[str, PoolerConfig]:
         user = self.user_pooler_config
         configs: dict[str, PoolerConfig] = {}
+        # STEP fields given without a pooling type (a PRM's step_tag_id) configure the tasks pooled by STEP.
+        has_step_default = any(c.pooling_type == "STEP" for c in self.spec.task_defaults.values())
         for task, default in self.spec.task_defaults.items():
             level_types = TOKEN_POOLING_TYPES if task in TOKEN_TASKS else SEQUENCE_POOLING_TYPES
-            if user.pooling_type is not None and user.pooling_type not in level_types:
+            not_for_step = user.pooling_type is None and has_step_default and default.pooling_type != "STEP"
+            if not_for_step or (user.pooling_type is not None and user.pooling_type not in level_types):
                 # A token-level type configures token tasks only, and vice versa (see PoolerConfig docs).
                 partial = PoolerConfig(
                     use_activation=user.use_activation,
@@ -165,6 +168,9 @@ class LLM:
                 configs[task] = partial.merged_over(default)
             else:
                 configs[task] = user.merged_over(default)
+            if configs[task].pooling_type == "STEP" and configs[task].step_tag_id is None and self.spec.default_step_tag:
+                # The architecture's step tag (e.g. Qwen2.5-Math-PRM's "<extra_0>") is a token of its tokenizer.
+                configs[task].step_tag_id = self.spec.resolve_step_tag_id(self.tokenizer)
         return configs
 
     def _resolve_max_model_len(self, requested: int | None) -> int:
@@ -205,7 +211,7 @@ class LLM:
             step_tag_id=step_tag_id,
             reward_token=reward_token,
             has_chat_template=bool(getattr(tok, "chat_template", None)),
-            lora_modules=[],
+            lora_modules=[r.lora_name for r in self.list_loras()] if self.lora_manager is not None else [],
         )
 
     def render_chat(
@@ -231,6 +237,33 @@ class LLM:
             # The template already holds any BOS it wants: do not add special tokens again.
             rendered.append(list(tok(text, add_special_tokens=False)["input_ids"]))
         return rendered
+
+    # ------------------------------------------------------------------ LoRA adapters
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Register an adapter under its ``lora_name`` and load it now (a bad adapter raises ValueError here).
+
+        Registered adapters are found by name with :meth:`get_lora` (the server's ``--lora-modules``). They
+        are not pinned: with more than ``max_loras`` the least recently used are unloaded and come back on
+        demand. Returns ``False`` if this exact adapter was already registered.
+        """
+        return self._lora().add_lora(lora_request)
+
+    def remove_lora(self, lora: int | str | LoRARequest) -> bool:
+        """Unregister and unload an adapter (by ``lora_int_id``, name or request); ``False`` if unknown."""
+        return self._lora().remove_lora(lora)
+
+    def list_loras(self) -> list[LoRARequest]:
+        """Adapters registered with :meth:`add_lora`, in registration order."""
+        return self._lora().list_loras()
+
+    def get_lora(self, name: str) -> LoRARequest:
+        """The registered adapter called ``name`` (ValueError listing the registered names otherwise)."""
+        return self._lora().get_lora(name)
+
+    def _lora(self) -> Any:
+        if self.lora_manager is None:
+            raise ValueError("LoRA adapters need LLM(..., enable_lora=True).")
+        return self.lora_manager
 
     # ------------------------------------------------------------------ encode
     def encode(
@@ -262,7 +295,7 @@ class LLM:
         if any(lora is not None for lora in lora_list):
             if self.lora_manager is None:
                 raise ValueError("lora_request was given but this LLM was built with enable_lora=False.")
-            self.lora_manager.prepare([lora for lora in lora_list if lora is not None])
+            self.lora_manager.check(lora_list)  # bad adapters fail before anything runs; loading is in _run
         token_ids = tokenize_prompts(
             items, self.tokenizer, vocab_size=self.model.vocab_size, add_special_tokens=add_special_tokens
         )
@@ -325,6 +358,12 @@ class LLM:
         ]
 
     def _run(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:
+        if self.lora_manager is not None and any(r.lora is not None for r in requests):
+            # Adapters are loaded (at most max_loras at a time) and their requests run in as few waves as possible.
+            return self.lora_manager.run_in_waves(requests, lambda chunk: self._run_loaded(chunk, use_tqdm))
+        return self._run_loaded(requests, use_tqdm)
+
+    def _run_loaded(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:
         total_tokens = sum(r.num_tokens for r in requests)
         show = bool(use_tqdm) and total_tokens > self.max_num_batched_tokens
         if not show:

@@ -7,6 +7,7 @@ replace them (``modules_to_save`` wraps the head).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,24 @@ class LoadContext:
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by every ``from_pretrained`` call of a loader."""
         return {"config": self.config, "dtype": self.dtype, "revision": self.revision}
+
+    def from_pretrained(self, cls: Any, *, head: str | None = None, head_required: bool = True, how_to_fix: str = "") -> Any:
+        """``cls.from_pretrained`` on this checkpoint, refusing any weight left randomly initialized.
+
+        transformers initializes missing weights at random and only logs it; for a reward model that
+        means silently random scores. ``head`` names the head module: its absence is explained with
+        ``how_to_fix``, or tolerated when ``head_required`` is False (the caller fills the head itself).
+        """
+        model, info = cls.from_pretrained(self.model, output_loading_info=True, **self.from_pretrained_kwargs())
+        missing = sorted(info.get("missing_keys") or ())
+        head_only = head is not None and all(k.startswith(f"{head}.") for k in missing)
+        if missing and not (head_only and not head_required):
+            what = "its head" if head_only else "weights"
+            raise ValueError(
+                f"{self.model}: the checkpoint lacks {what} {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+                f"needed by {cls.__name__}; they would be random. {how_to_fix}".rstrip()
+            )
+        return model
 
 
 class PoolingModel(nn.Module):
@@ -107,18 +126,30 @@ class PoolingModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Final hidden states ``[batch, seq, hidden]`` in the backbone's dtype."""
-        out = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            **kwargs,
-        )
+        """Final hidden states ``[batch, seq, hidden]`` in the backbone's dtype.
+
+        ``adapter_names`` (one per batch row, ``"__base__"`` for none) routes rows through loaded LoRA adapters.
+        """
+        with _adapter_rows(self.backbone, kwargs.pop("adapter_names", None)):
+            out = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                **kwargs,
+            )
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def score(self, states: torch.Tensor, columns: tuple[int, ...] | None = None, **kwargs: Any) -> torch.Tensor:
-        """Head logits for float32 ``states`` ``[..., hidden]``; ``columns`` keeps only those output columns."""
+        """Head logits for float32 ``states`` ``[..., hidden]``; ``columns`` keeps only those output columns.
+
+        ``adapter_names`` (one per row of ``states``) scores each row with its LoRA adapter's head.
+        """
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is not None:
+            from rlhf_rewards.lora.routing import score_rows_by_adapter
+
+            return score_rows_by_adapter(self, states, columns, adapter_names)
         head = self.head
         logits = head(states.to(_module_dtype(head)))
         logits = logits.float()
@@ -126,6 +157,15 @@ class PoolingModel(nn.Module):
             _check_columns(columns, logits.shape[-1])
             logits = logits[..., list(columns)]
         return logits
+
+
+def _adapter_rows(backbone: nn.Module, adapter_names: Any) -> AbstractContextManager[None]:
+    """peft's mixed-adapter batch over ``backbone`` when ``adapter_names`` is given (LoRA), else nothing."""
+    if adapter_names is None:
+        return nullcontext()
+    from rlhf_rewards.lora.routing import mixed_adapter_batch
+
+    return mixed_adapter_batch(backbone, adapter_names)
 
 
 def _module_dtype(module: nn.Module) -> torch.dtype:

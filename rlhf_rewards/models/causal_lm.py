@@ -1,4 +1,4 @@
-"""Generative models (``*ForCausalLM``) used through their LM head, e.g. math-shepherd-style PRMs.
+"""Generative models (``*ForCausalLM``, ``*LMHeadModel``) used through their LM head, e.g. math-shepherd-style PRMs.
 
 ``token_classify`` runs the LM head as the classifier. With STEP pooling and ``returned_token_ids`` only
 those vocabulary rows are multiplied (in float32), so scoring a step costs ``k`` dot products rather than
@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from rlhf_rewards.models.base import LoadContext, PoolingModel
-from rlhf_rewards.models.defaults import embed_defaults
+from rlhf_rewards.models.defaults import embed_defaults, supports_packing
 from rlhf_rewards.models.registry import ModelSpec, register_suffix
 from rlhf_rewards.pooling.config import PoolerConfig
 
@@ -24,13 +24,17 @@ class LMHeadPoolingModel(PoolingModel):
 
     def __init__(self, hf_model: torch.nn.Module, spec: ModelSpec, **kwargs: Any) -> None:
         super().__init__(hf_model, spec, head_name=None, **kwargs)
-        self.lm_head_name = "lm_head"
+        output = hf_model.get_output_embeddings()
+        # Looked up by name at call time (peft may wrap it); usually ``lm_head``.
+        self.lm_head_name = next(name for name, module in hf_model.named_modules() if module is output)
 
     @property
     def head(self) -> torch.nn.Module:
         return self.hf_model.get_submodule(self.lm_head_name)
 
     def score(self, states: torch.Tensor, columns: tuple[int, ...] | None = None, **kwargs: Any) -> torch.Tensor:
+        if kwargs.get("adapter_names") is not None:  # LoRA rows: routed per adapter (peft may wrap lm_head)
+            return super().score(states, columns, **kwargs)
         head = self.head
         weight = head.weight
         bias = getattr(head, "bias", None)
@@ -50,7 +54,7 @@ class LMHeadPoolingModel(PoolingModel):
 def load_causal_lm(ctx: LoadContext, spec: ModelSpec) -> PoolingModel:
     """Load with the architecture's own transformers class."""
     cls = getattr(transformers, spec.architecture, None) or transformers.AutoModelForCausalLM
-    hf_model = cls.from_pretrained(ctx.model, **ctx.from_pretrained_kwargs())
+    hf_model = ctx.from_pretrained(cls)
     return LMHeadPoolingModel(
         hf_model,
         spec,
@@ -66,6 +70,7 @@ def _causal_lm_spec(architecture: str) -> ModelSpec | None:
         architecture=architecture,
         loader=load_causal_lm,
         kind="process",
+        supports_packing=supports_packing(architecture),
         task_defaults={
             # math-shepherd style: STEP pooling needs step_tag_id/returned_token_ids from the user's config.
             "token_classify": PoolerConfig(pooling_type="ALL", use_activation=True),
@@ -76,3 +81,4 @@ def _causal_lm_spec(architecture: str) -> ModelSpec | None:
 
 
 register_suffix("ForCausalLM", _causal_lm_spec)
+register_suffix("LMHeadModel", _causal_lm_spec)

@@ -1,8 +1,16 @@
-"""Default pooler configurations shared by several architectures."""
+"""Default pooler configurations and loading facts shared by several architectures."""
 
 from __future__ import annotations
 
 from rlhf_rewards.pooling.config import PoolerConfig
+
+# Architectures with recurrent (SSM) layers carry state across a packed row, so they are only padded.
+_NO_PACKING_PREFIXES = ("Jamba", "Mamba", "FalconH1", "Zamba", "Bamba", "NemotronH", "GraniteMoeHybrid")
+
+
+def supports_packing(architecture: str) -> bool:
+    """Whether sequences of ``architecture`` may share a row (False for recurrent/SSM hybrids such as Jamba)."""
+    return not architecture.startswith(_NO_PACKING_PREFIXES)
 
 
 def embed_defaults() -> dict[str, PoolerConfig]:

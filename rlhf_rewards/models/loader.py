@@ -36,6 +36,8 @@ def load_pooling_model(
     architectures = config_dict.get("architectures") or []
     if not architectures:
         raise ValueError(f"model={model!r}: config.json has no `architectures`; set it with hf_overrides={{'architectures': [...]}}.")
+    if convert == "auto" and "classifier_from_token" in config_dict and not architectures[0].endswith("ForSequenceClassification"):
+        convert = "classify"  # a head built from LM-head rows only makes sense for a classifier
     spec: ModelSpec = resolve_spec(architectures[0], convert)
     if spec.config_loader is not None:
         config = spec.config_loader(model, config_dict, {"revision": revision})

@@ -2,14 +2,17 @@
 
 Adding an architecture is one small module that calls :func:`register` (imported in ``models/__init__``)
 plus its test. Generic suffix rules cover every transformers ``*ForSequenceClassification``,
-``*ForTokenClassification``, ``*ForCausalLM`` and ``*Model`` class.
+``*ForTokenClassification``, ``*ForCausalLM``, ``*LMHeadModel`` and base ``*Model`` class; the longest
+matching suffix is tried first. Converters (vLLM's ``convert=``) turn a spec into another one, e.g. a
+generative model into a classifier.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from rlhf_rewards.models.base import LoadContext, PoolingModel
 from rlhf_rewards.pooling.config import PoolerConfig
@@ -41,6 +44,9 @@ class ModelSpec:
     #: Builds the transformers config from the raw ``config.json`` dict; ``None`` uses ``AutoConfig``. Set it
     #: for architectures whose ``model_type`` transformers does not know (e.g. ``internlm2``).
     config_loader: Callable[[str, dict, dict], object] | None = None
+    #: Token (text) whose id is the default ``step_tag_id`` of STEP pooling, looked up in the model's own
+    #: tokenizer (``"<extra_0>"`` for Qwen2.5-Math-PRM). ``None``: STEP keeps every row unless configured.
+    default_step_tag: str | None = None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -56,9 +62,31 @@ class ModelSpec:
             return "token_classify"
         return self.tasks[0]
 
+    def resolve_step_tag_id(self, tokenizer: Any) -> int | None:
+        """The id of :attr:`default_step_tag` in ``tokenizer`` (``None`` if the spec has no default step tag).
+
+        Raises ``ValueError`` when the tokenizer has no such single token, so a PRM never silently scores
+        every token instead of its steps.
+        """
+        tag = self.default_step_tag
+        if tag is None:
+            return None
+        token_id = None
+        if tokenizer is not None:
+            token_id = tokenizer.convert_tokens_to_ids(tag)
+            if token_id is not None and token_id == getattr(tokenizer, "unk_token_id", None) and tag != tokenizer.unk_token:
+                token_id = None
+        if token_id is None:
+            raise ValueError(
+                f"{self.architecture} marks steps with the token {tag!r}, but the tokenizer has no such token; "
+                "pass pooler_config={'pooling_type': 'STEP', 'step_tag_id': <id of your step tag>}."
+            )
+        return int(token_id)
+
 
 _EXACT: dict[str, ModelSpec] = {}
 _SUFFIX: list[tuple[str, Callable[[str], ModelSpec | None]]] = []
+_CONVERTERS: dict[str, Callable[[ModelSpec], ModelSpec | None]] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -72,18 +100,28 @@ def register_suffix(suffix: str, factory: Callable[[str], ModelSpec | None]) -> 
     _SUFFIX.append((suffix, factory))
 
 
+def register_converter(convert: str, factory: Callable[[ModelSpec], ModelSpec | None]) -> None:
+    """Register how ``convert=<convert>`` turns a spec that lacks that task into one that has it (or ``None``)."""
+    _CONVERTERS[convert] = factory
+
+
 def supported_architectures() -> list[str]:
     """Exact names plus the generic patterns, for messages and docs."""
     return sorted(_EXACT) + [f"*{suffix}" for suffix, _ in _SUFFIX]
 
 
 def resolve_spec(architecture: str, convert: str = "auto") -> ModelSpec:
-    """The spec for ``architecture``; ``convert`` (``auto``, ``classify``, ``embed``, ``none``) as in vLLM."""
+    """The spec for ``architecture``; ``convert`` (``auto``, ``classify``, ``embed``, ``none``) as in vLLM.
+
+    ``classify`` keeps a spec that already classifies, otherwise asks the registered converter (generative
+    models get a ``score`` head over the last token). ``embed`` keeps only the ``embed``/``token_embed`` tasks.
+    """
     if convert not in ("auto", "none", "classify", "embed"):
         raise ValueError(f"convert={convert!r}; choose one of ['auto', 'classify', 'embed', 'none'].")
     spec = _EXACT.get(architecture)
     if spec is None:
-        for suffix, factory in _SUFFIX:
+        # Longest suffix first, so ``*LMHeadModel`` is never taken for a base ``*Model``.
+        for suffix, factory in sorted(_SUFFIX, key=lambda rule: -len(rule[0])):
             if architecture.endswith(suffix):
                 spec = factory(architecture)
                 if spec is not None:
@@ -95,9 +133,29 @@ def resolve_spec(architecture: str, convert: str = "auto") -> ModelSpec:
             "LLM(..., convert='classify') given a `score` head or `classifier_from_token` in hf_overrides; "
             "a new reward architecture is one module calling rlhf_rewards.models.registry.register()."
         )
-    if convert == "classify" and "classify" not in spec.task_defaults:
-        raise ValueError(f"{architecture} cannot be converted to classify.")
+    if convert == "classify" and spec.kind != "outcome":
+        converter = _CONVERTERS.get("classify")
+        converted = converter(spec) if converter is not None else None
+        if converted is None:
+            raise ValueError(
+                f"{architecture} cannot be converted to classify: only generative models (*ForCausalLM, "
+                "*LMHeadModel) and base *Model backbones can; sequence classifiers classify already."
+            )
+        spec = converted
+    elif convert == "embed":
+        embed_tasks = {t: c for t, c in spec.task_defaults.items() if t in ("embed", "token_embed")}
+        if not embed_tasks:
+            raise ValueError(f"{architecture} cannot be converted to embed: it has no embedding tasks.")
+        spec = dataclasses.replace(spec, kind="embedding", task_defaults=embed_tasks)
     return spec
 
 
-__all__ = ["ModelSpec", "RewardKind", "register", "register_suffix", "resolve_spec", "supported_architectures"]
+__all__ = [
+    "ModelSpec",
+    "RewardKind",
+    "register",
+    "register_converter",
+    "register_suffix",
+    "resolve_spec",
+    "supported_architectures",
+]

@@ -97,14 +97,20 @@ def small_dims(**overrides: Any) -> dict[str, Any]:
 
 def _finish(path: Path, model: torch.nn.Module, tokenizer_dir: Path | None, *, padding_side: str,
             pad_token: bool, seed: int) -> Path:
-    if tokenizer_dir is None:
-        build_tokenizer(path, padding_side=padding_side, pad_token="<pad>" if pad_token else None)
-    else:
-        for name in os.listdir(tokenizer_dir):
-            if name.startswith(("tokenizer", "special_tokens", "chat_template")):
-                (path / name).write_bytes((tokenizer_dir / name).read_bytes())
+    _write_tokenizer(path, tokenizer_dir, padding_side=padding_side, pad_token=pad_token)
     model.save_pretrained(path)
     return path
+
+
+def _write_tokenizer(path: Path, tokenizer_dir: str | os.PathLike[str] | None, *, padding_side: str,
+                     pad_token: bool) -> None:
+    """Train a tokenizer into ``path``, or copy the tokenizer files of ``tokenizer_dir``."""
+    if tokenizer_dir is None:
+        build_tokenizer(path, padding_side=padding_side, pad_token="<pad>" if pad_token else None)
+        return
+    for name in os.listdir(tokenizer_dir):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (path / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
 
 
 def _randomize(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
@@ -188,12 +194,178 @@ def build_jamba_classifier(path: str | os.PathLike[str], **kw: Any) -> Path:
     return build_hf_model("JambaForSequenceClassification", path, config_cls="JambaConfig", **fields)
 
 
+def build_qwen3_model(path: str | os.PathLike[str], **kw: Any) -> Path:
+    """A base ``Qwen3Model`` checkpoint (weights without the ``model.`` prefix), e.g. an embedding backbone."""
+    return build_hf_model("Qwen3Model", path, config_cls="Qwen3Config", **kw)
+
+
+def _save_raw_checkpoint(path: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` and a hand-written ``config.json`` (what remote-code checkpoints ship)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator, std: float = 0.2) -> torch.Tensor:
+    # Same rule as _randomize: norm weights near 1, everything else N(0, std).
+    if "norm" in name and len(shape) == 1:
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    return std * torch.randn(shape, generator=gen)
+
+
+def _build_qwen2_score_model(architecture: str, num_labels: int, path: str | os.PathLike[str], *, seed: int = 0,
+                             padding_side: str = "right", pad_token: bool = True, tokenizer_dir: str | None = None,
+                             dtype: torch.dtype = torch.float32, **config_fields: Any) -> Path:
+    """A Qwen2.5-Math RM/PRM checkpoint as the hub ships it: ``model_type: qwen2``, ``auto_map`` to remote code
+    (absent here), backbone weights under ``model.`` and ``score.0`` / ``score.2`` head weights."""
+    import transformers
+
+    fields = {k: v for k, v in small_dims().items() if k != "head_dim"}
+    fields.update({"pad_token_id": 4 if pad_token else None, "bos_token_id": 0, "eos_token_id": 0})
+    fields.update(config_fields)
+    torch.manual_seed(seed)
+    backbone = transformers.Qwen2Model(transformers.Qwen2Config(**fields))
+    _randomize(backbone, seed)
+    tensors = {f"model.{k}": v for k, v in backbone.state_dict().items()}
+    gen = torch.Generator().manual_seed(seed + 1)
+    h = fields["hidden_size"]
+    for name, shape in (("score.0.weight", (h, h)), ("score.0.bias", (h,)), ("score.2.weight", (num_labels, h)),
+                        ("score.2.bias", (num_labels,))):
+        tensors[name] = _random_tensor(name, shape, gen)
+    tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    config = {
+        "architectures": [architecture],
+        "attention_dropout": 0.0,
+        "auto_map": {
+            "AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
+            "AutoModel": f"modeling_qwen2_rm.{architecture}",
+        },
+        "bos_token_id": fields["bos_token_id"],
+        "eos_token_id": fields["eos_token_id"],
+        "hidden_act": "silu",
+        "hidden_size": h,
+        "initializer_range": 0.02,
+        "intermediate_size": fields["intermediate_size"],
+        "max_position_embeddings": fields["max_position_embeddings"],
+        "max_window_layers": fields["num_hidden_layers"],
+        "model_type": "qwen2",
+        "num_attention_heads": fields["num_attention_heads"],
+        "num_hidden_layers": fields["num_hidden_layers"],
+        "num_key_value_heads": fields["num_key_value_heads"],
+        "pad_token_id": fields["pad_token_id"],
+        "rms_norm_eps": fields["rms_norm_eps"],
+        "rope_theta": 10000.0,
+        "sliding_window": fields["max_position_embeddings"],
+        "tie_word_embeddings": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "transformers_version": "4.40.1",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": fields["vocab_size"],
+    }
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _write_tokenizer(path, tokenizer_dir, padding_side=padding_side, pad_token=pad_token)
+    return _save_raw_checkpoint(path, tensors, config)
+
+
+def build_qwen2_reward_model(path: str | os.PathLike[str], **kw: Any) -> Path:
+    """A Qwen2.5-Math-RM-style ``Qwen2ForRewardModel`` (``score`` = Linear(h, h), ReLU, Linear(h, 1))."""
+    return _build_qwen2_score_model("Qwen2ForRewardModel", 1, path, **kw)
+
+
+def build_qwen2_process_reward_model(path: str | os.PathLike[str], **kw: Any) -> Path:
+    """A Qwen2.5-Math-PRM-style ``Qwen2ForProcessRewardModel`` (2 labels; steps end with ``<extra_0>``)."""
+    return _build_qwen2_score_model("Qwen2ForProcessRewardModel", 2, path, **kw)
+
+
+def build_internlm2_reward_model(path: str | os.PathLike[str], *, seed: int = 0, padding_side: str = "right",
+                                 pad_token: bool = True, tokenizer_dir: str | None = None,
+                                 dtype: torch.dtype = torch.float32, bias: bool = False,
+                                 **config_fields: Any) -> Path:
+    """An internlm2-reward-style checkpoint: ``model_type: internlm2`` (unknown to transformers), ``auto_map``
+    to remote code (absent here), the original weight names (``model.tok_embeddings``,
+    ``model.layers.N.attention.wqkv`` / ``wo``, ``feed_forward.w1/w2/w3``, ``attention_norm``, ``ffn_norm``,
+    ``model.norm``, ``v_head``) and ``reward_token_id`` = the id of ``<|reward|>``. The tokenizer config names
+    the remote ``InternLM2Tokenizer`` class, as the real one does."""
+    path = Path(path)
+    fields = {k: v for k, v in small_dims().items() if k != "head_dim"}
+    fields.update(config_fields)
+    h, inter = fields["hidden_size"], fields["intermediate_size"]
+    heads, kv_heads = fields["num_attention_heads"], fields["num_key_value_heads"]
+    head_dim = h // heads
+    names: list[tuple[str, tuple[int, ...]]] = [("model.tok_embeddings.weight", (fields["vocab_size"], h))]
+    for i in range(fields["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        names += [
+            (p + "attention.wqkv.weight", ((heads + 2 * kv_heads) * head_dim, h)),
+            (p + "attention.wo.weight", (h, heads * head_dim)),
+            (p + "feed_forward.w1.weight", (inter, h)),
+            (p + "feed_forward.w3.weight", (inter, h)),
+            (p + "feed_forward.w2.weight", (h, inter)),
+            (p + "attention_norm.weight", (h,)),
+            (p + "ffn_norm.weight", (h,)),
+        ]
+        if bias:
+            names += [(p + "attention.wqkv.bias", ((heads + 2 * kv_heads) * head_dim,)), (p + "attention.wo.bias", (h,))]
+    names += [("model.norm.weight", (h,)), ("v_head.weight", (1, h))]
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {name: _random_tensor(name, shape, gen).to(dtype) for name, shape in names}
+    path.mkdir(parents=True, exist_ok=True)
+    _write_tokenizer(path, tokenizer_dir, padding_side=padding_side, pad_token=pad_token)
+    tok_config = read_json(path / "tokenizer_config.json")
+    tok_config["tokenizer_class"] = "InternLM2Tokenizer"
+    tok_config["auto_map"] = {
+        "AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", "tokenization_internlm2_fast.InternLM2TokenizerFast"]
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2), encoding="utf-8")
+    vocab = read_json(path / "tokenizer.json")["added_tokens"]
+    reward_token_id = next(t["id"] for t in vocab if t["content"] == "<|reward|>")
+    config = {
+        "architectures": ["InternLM2ForRewardModel"],
+        "attn_implementation": "eager",
+        "auto_map": {
+            "AutoConfig": "configuration_internlm2.InternLM2Config",
+            "AutoModel": "modeling_internlm2.InternLM2ForRewardModel",
+        },
+        "bias": bias,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "hidden_act": "silu",
+        "hidden_size": h,
+        "initializer_range": 0.02,
+        "intermediate_size": inter,
+        "max_position_embeddings": fields["max_position_embeddings"],
+        "model_type": "internlm2",
+        "num_attention_heads": heads,
+        "num_hidden_layers": fields["num_hidden_layers"],
+        "num_key_value_heads": kv_heads,
+        "pad_token_id": 4 if pad_token else None,
+        "reward_token_id": reward_token_id,
+        "rms_norm_eps": fields["rms_norm_eps"],
+        "rope_scaling": {"type": "dynamic", "factor": 2.0},
+        "rope_theta": 1000000,
+        "tie_word_embeddings": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "transformers_version": "4.41.0",
+        "use_cache": True,
+        "vocab_size": fields["vocab_size"],
+    }
+    return _save_raw_checkpoint(path, tensors, config)
+
+
 BUILDERS: dict[str, Callable[..., Path]] = {
     "Qwen3ForSequenceClassification": build_qwen3_classifier,
     "LlamaForSequenceClassification": build_llama_classifier,
     "JambaForSequenceClassification": build_jamba_classifier,
     "LlamaForCausalLM": build_llama_causal_lm,
     "Qwen3ForCausalLM": build_qwen3_causal_lm,
+    "Qwen3Model": build_qwen3_model,
+    "Qwen2ForRewardModel": build_qwen2_reward_model,
+    "Qwen2ForProcessRewardModel": build_qwen2_process_reward_model,
+    "InternLM2ForRewardModel": build_internlm2_reward_model,
 }
 
 

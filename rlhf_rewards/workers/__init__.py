@@ -2,5 +2,6 @@
 
 from rlhf_rewards.workers.base import ModelInfo, RewardWorker, WorkerHealth, WorkerStats
 from rlhf_rewards.workers.colocated import ColocatedWorker
+from rlhf_rewards.workers.remote import RemoteWorker
 
-__all__ = ["ColocatedWorker", "ModelInfo", "RewardWorker", "WorkerHealth", "WorkerStats"]
+__all__ = ["ColocatedWorker", "ModelInfo", "RemoteWorker", "RewardWorker", "WorkerHealth", "WorkerStats"]

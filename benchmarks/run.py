@@ -1,0 +1,376 @@
+"""Engine vs. baselines, in one process, on the same model object and the same texts.
+
+    python -m benchmarks.run                      # all workloads, 3 interleaved repeats, table + JSON
+    python -m benchmarks.run --workloads grpo --repeats 5 --ablation
+    python -m benchmarks.run --remote             # also /pooling over HTTP at concurrency 32
+
+Every repeat runs every method once, in a rotated order, so background load hits all methods alike;
+reported times are medians. Peak memory is the process's resident-set high-water mark during a call
+minus its resident set before it (Linux ``/proc/self/clear_refs``), after returning freed memory to the
+OS. Scores are compared with the engine's in fp32 (max abs diff).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import torch  # noqa: E402
+
+from benchmarks import baselines  # noqa: E402
+from benchmarks.flops import Shapes, engine_flops, matmul_peak, padded_flops, sequences_flops  # noqa: E402
+from benchmarks.workloads import (  # noqa: E402
+    CACHE_DIR,
+    STEP_TAG,
+    ModelShape,
+    Workload,
+    build_model,
+    grpo_workload,
+    mixed_workload,
+    prm_workload,
+    token_lengths,
+)
+
+# ---------------------------------------------------------------------- memory
+_libc = None
+with contextlib.suppress(OSError):
+    _libc = ctypes.CDLL("libc.so.6")
+
+
+def _status_mib(field_name: str) -> float:
+    with open("/proc/self/status") as f:
+        m = re.search(rf"{field_name}:\s+(\d+)", f.read())
+    return int(m.group(1)) / 1024 if m else float("nan")
+
+
+class PeakMemory:
+    """Peak extra resident memory (MiB) of the block; CUDA peak allocation on GPUs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mib = float("nan")
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if _libc is not None:
+            _libc.malloc_trim(0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        self._base = _status_mib("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the high-water mark
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        else:
+            self.peak_mib = _status_mib("VmHWM") - self._base
+
+
+# ---------------------------------------------------------------------- methods
+@dataclass
+class Method:
+    name: str
+    fn: Callable[[], Any]
+    kind: str  # "baseline" or "engine"
+    flops: Callable[[], float] | None = None
+    times: list[float] = field(default_factory=list)
+    peaks: list[float] = field(default_factory=list)
+    scores: Any = None
+    stats: dict[str, int] | None = None
+
+
+def _flat(scores: Any) -> torch.Tensor:
+    if isinstance(scores, torch.Tensor):
+        return scores.float().flatten()
+    return torch.tensor([x for row in scores for x in row], dtype=torch.float32)
+
+
+def _max_diff(a: Any, b: Any) -> float:
+    fa, fb = _flat(a), _flat(b)
+    if fa.shape != fb.shape:
+        return float("inf")
+    return float((fa - fb).abs().max()) if fa.numel() else 0.0
+
+
+@contextlib.contextmanager
+def runner_variant(llm: Any, **flags: Any):
+    """Swap ``llm.runner`` for one with ``flags`` (packing, prefix_sharing, prune_last_layer...)."""
+    from rlhf_rewards.engine.runner import ModelRunner
+
+    saved = llm.runner
+    llm.runner = ModelRunner(saved.model, saved.device, saved.max_num_batched_tokens, saved.forward_kwargs, **flags)
+    try:
+        yield llm.runner
+    finally:
+        llm.runner = saved
+
+
+def _engine_classify(llm: Any, texts: list[str], **flags: Any) -> Callable[[], torch.Tensor]:
+    from rlhf_rewards import PoolingParams
+
+    def run() -> torch.Tensor:
+        with runner_variant(llm, **flags) if flags else contextlib.nullcontext():
+            outs = llm.encode(texts, PoolingParams(use_activation=False), pooling_task="classify",
+                              use_tqdm=False, add_special_tokens=False)
+            run.stats = dict(llm.runner.last_stats)
+        return torch.stack([o.outputs.data[0] for o in outs])
+
+    run.stats = None
+    return run
+
+
+def _engine_prm(llm: Any, texts: list[str], **flags: Any) -> Callable[[], list[list[float]]]:
+    def run() -> list[list[float]]:
+        with runner_variant(llm, **flags) if flags else contextlib.nullcontext():
+            outs = llm.encode(texts, pooling_task="token_classify", use_tqdm=False, add_special_tokens=False)
+            run.stats = dict(llm.runner.last_stats)
+        return [o.outputs.data[:, 1].tolist() for o in outs]
+
+    run.stats = None
+    return run
+
+
+ABLATIONS = {
+    "engine: padded batches": {"packing": False},
+    "engine: packed, no prefix sharing": {"prefix_sharing": False, "prune_last_layer": False},
+    "engine: packed + prefix sharing": {"prune_last_layer": False},
+}
+
+
+def build_methods(workload: Workload, rm: Any, prm: Any, tok: Any, ablation: bool) -> list[Method]:
+    shapes = Shapes.from_config((prm if workload.name == "prm" else rm).model.config)
+    lengths = token_lengths(tok, workload.texts)
+    methods: list[Method] = []
+    if workload.name == "prm":
+        model = prm.model.hf_model
+        methods.append(Method("model card loop (per sample + make_step_rewards)",
+                              lambda: baselines.prm_model_card(model, tok, workload.texts, STEP_TAG), "baseline",
+                              lambda: sequences_flops(shapes, lengths)))
+        engine_fn, llm = _engine_prm, prm
+    else:
+        model = rm.model.hf_model
+        prompts = workload.prompts or workload.texts
+        completions = workload.completions or [""] * len(workload.texts)
+        methods += [
+            Method("TRL built-in (GRPOTrainer._calculate_rewards)",
+                   lambda: baselines.trl_builtin(model, tok, prompts, completions), "baseline",
+                   lambda: padded_flops(shapes, lengths)),
+            Method("HF loop (batches of 8, padded)", lambda: baselines.hf_loop(model, tok, workload.texts), "baseline",
+                   lambda: padded_flops(shapes, lengths, 8)),
+            Method("unpadded loop (one forward per text)", lambda: baselines.unpadded_loop(model, tok, workload.texts),
+                   "baseline", lambda: sequences_flops(shapes, lengths)),
+        ]
+        engine_fn, llm = _engine_classify, rm
+    if ablation:
+        for name, flags in ABLATIONS.items():
+            fn = engine_fn(llm, workload.texts, **flags)
+            methods.append(Method(name, fn, "ablation", (lambda fn=fn: engine_flops(shapes, fn.stats))))
+    fn = engine_fn(llm, workload.texts)
+    methods.append(Method("rlhf-rewards engine", fn, "engine", lambda: engine_flops(shapes, fn.stats)))
+    return methods
+
+
+def run_workload(workload: Workload, methods: list[Method], repeats: int, device: torch.device,
+                 shapes: Shapes) -> dict[str, Any]:
+    for m in methods:  # warm-up, and the scores
+        m.scores = m.fn()
+    engine = methods[-1]
+    peaks: list[float] = []
+    for r in range(repeats):
+        order = methods[r % len(methods):] + methods[: r % len(methods)]
+        for m in order:
+            with PeakMemory(device) as mem:
+                t = time.perf_counter()
+                m.fn()
+                m.times.append(time.perf_counter() - t)
+            m.peaks.append(mem.peak_mib)
+            if m is engine:
+                stats = getattr(m.fn, "stats", None) or {}
+                tokens = stats.get("tokens_run", 0) / max(stats.get("forwards", 1), 1)
+                peaks.append(matmul_peak(shapes, tokens))
+        m_stats = getattr(engine.fn, "stats", None)
+    peak = statistics.median(peaks) if peaks else float("nan")
+    baseline = methods[0]
+    rows = []
+    for m in methods:
+        t = statistics.median(m.times)
+        flops = m.flops() if m.flops is not None else float("nan")
+        rows.append({
+            "method": m.name,
+            "kind": m.kind,
+            "median_s": t,
+            "times_s": m.times,
+            "items_per_s": len(workload.texts) / t,
+            "speedup_vs_first_baseline": statistics.median(baseline.times) / t,
+            "engine_speedup": t / statistics.median(engine.times),
+            "peak_mib": statistics.median(m.peaks),
+            "max_abs_diff_vs_engine": _max_diff(m.scores, engine.scores),
+            "gflop": flops / 1e9,
+            "gflop_per_s": flops / t / 1e9,
+            "matmul_utilisation": flops / t / peak,
+            "stats": getattr(m.fn, "stats", None),
+        })
+    lengths = [len(x) for x in methods[-1].scores] if workload.name == "prm" else None
+    return {
+        "workload": workload.name,
+        "items": len(workload.texts),
+        "tokens": m_stats.get("tokens_requested") if m_stats else None,
+        "matmul_peak_gflop_per_s": peak / 1e9,
+        "steps": sum(lengths) if lengths else None,
+        "rows": rows,
+    }
+
+
+# ---------------------------------------------------------------------- remote
+def run_remote(workload: Workload, model_dir: Path, llm: Any, repeats: int, concurrency: int,
+               port: int, extra_args: list[str]) -> dict[str, Any]:
+    """Start ``rlhf-rewards serve`` and time ``/pooling`` at ``concurrency`` against in-process ``encode``."""
+    from benchmarks import remote
+
+    return remote.compare(workload, model_dir, llm, repeats=repeats, concurrency=concurrency, port=port,
+                          extra_args=extra_args)
+
+
+# ---------------------------------------------------------------------- report
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.+)", f.read())
+            cpu = m.group(1).strip() if m else cpu
+    info = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(Exception):
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    with contextlib.suppress(Exception):
+        import trl
+
+        info["trl"] = trl.__version__
+    with contextlib.suppress(OSError):
+        info["load_average_at_end"] = os.getloadavg()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    lines = []
+    header = ("| workload | method | median s | items/s | engine speed-up | peak MiB | max abs diff | GFLOP | "
+              "GFLOP/s | % matmul peak |")
+    lines.append(header)
+    lines.append("|" + "---|" * 10)
+    for res in results:
+        for row in res["rows"]:
+            name = f"**{row['method']}**" if row["kind"] == "engine" else row["method"]
+            lines.append(
+                f"| {res['workload']} | {name} | {row['median_s']:.3f} | {row['items_per_s']:.1f} | "
+                f"{row['engine_speedup']:.2f}x | {row['peak_mib']:.0f} | {row['max_abs_diff_vs_engine']:.1e} | "
+                f"{row['gflop']:.1f} | {row['gflop_per_s']:.1f} | {100 * row['matmul_utilisation']:.0f}% |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", default="grpo,mixed,prm", help="comma-separated: grpo, mixed, prm")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats per method (median)")
+    parser.add_argument("--layers", type=int, default=ModelShape.num_hidden_layers)
+    parser.add_argument("--hidden", type=int, default=ModelShape.hidden_size)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--ablation", action="store_true", help="also time the engine with optimizations off")
+    parser.add_argument("--json", default=str(CACHE_DIR / "results.json"), help="where to write the results")
+    parser.add_argument("--remote", action="store_true", help="also benchmark /pooling over HTTP (concurrency 32)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--port", type=int, default=18765)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    from rlhf_rewards import LLM
+
+    device = torch.device(args.device)
+    shape = ModelShape(num_hidden_layers=args.layers, hidden_size=args.hidden,
+                       intermediate_size=3 * args.hidden, num_attention_heads=args.hidden // 64,
+                       num_key_value_heads=max(1, args.hidden // 128))
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    rm_dir = build_model("rm", shape)
+    tok = AutoTokenizer.from_pretrained(str(rm_dir))
+    kwargs = {"device": args.device, "dtype": "float32"}
+    if args.max_num_batched_tokens:
+        kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
+    rm = LLM(str(rm_dir), **kwargs)
+    prm = None
+    if "prm" in names:
+        prm_dir = build_model("prm", shape)
+        step_id = tok.convert_tokens_to_ids(STEP_TAG)
+        prm = LLM(str(prm_dir), pooler_config={"pooling_type": "STEP", "step_tag_id": step_id}, **kwargs)
+    makers = {"grpo": grpo_workload, "mixed": mixed_workload, "prm": prm_workload}
+    results = []
+    for name in names:
+        workload = makers[name](tok)
+        methods = build_methods(workload, rm, prm, tok, args.ablation)
+        shapes = Shapes.from_config((prm if name == "prm" else rm).model.config)
+        print(f"[{name}] {len(workload.texts)} texts, {sum(token_lengths(tok, workload.texts))} tokens", file=sys.stderr)
+        res = run_workload(workload, methods, args.repeats, device, shapes)
+        results.append(res)
+        print(format_table([res]), file=sys.stderr)
+    remote_results = []
+    if args.remote:
+        for name in [n for n in names if n != "prm"]:
+            workload = makers[name](tok)
+            remote_results.append(run_remote(workload, rm_dir, rm, args.repeats, args.concurrency, args.port, []))
+    report = {
+        "machine": machine(),
+        "model": {"shape": shape.config_fields(), "dtype": "float32"},
+        "results": results,
+        "remote": remote_results,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(format_table(results))
+    for rr in remote_results:
+        print(f"remote {rr['workload']}: {rr['remote_items_per_s']:.1f} items/s at concurrency {rr['concurrency']} "
+              f"vs in-process {rr['local_items_per_s']:.1f} items/s -> {rr['ratio']:.2f}x (max abs diff "
+              f"{rr['max_abs_diff']:.1e})")
+    print(f"machine: {report['machine']['cpu']}, {report['machine']['logical_cpus']} CPUs, torch "
+          f"{report['machine']['torch']} ({report['machine']['torch_threads']} threads); JSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""What every training recipe shares: the dataset and tiny-model arguments, and the end of the run.
+
+Recipes import it as ``from common import ...`` (Python puts the script's folder, ``recipes/``, on the path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trl import ScriptArguments
+
+from tiny_models import build_tiny_models_once, tiny_dataset
+
+
+@dataclass
+class RecipeArguments(ScriptArguments):
+    """Arguments of every recipe, on top of TRL's ``ScriptArguments`` (``--dataset_name``, ``--dataset_config``,
+    ``--dataset_train_split``...).
+
+    Args:
+        build_tiny_models: Build a tiny policy and tiny reward models in this folder (on the main process,
+            once) and train on a few built-in prompts: the model, reward model and dataset arguments are
+            then replaced. For smoke runs on a CPU and CI.
+        log_history_file: Where the main process writes ``trainer.state.log_history`` as JSON (every logged
+            figure, rewards included). Default: ``<output_dir>/log_history.json``.
+    """
+
+    build_tiny_models: str | None = field(
+        default=None,
+        metadata={"help": "Build tiny models in this folder and train on built-in prompts (CPU smoke runs, CI). "
+                  "Replaces the model, reward model and dataset arguments."},
+    )
+    log_history_file: str | None = field(
+        default=None,
+        metadata={"help": "Where to write trainer.state.log_history as JSON. Default: <output_dir>/log_history.json."},
+    )
+
+
+def tiny_models(script_args: RecipeArguments, model_args: Any) -> dict[str, Path] | None:
+    """With ``--build_tiny_models DIR``: build the tiny models, point ``--model_name_or_path`` at the tiny
+    policy and return every path; otherwise ``None``."""
+    if not script_args.build_tiny_models:
+        return None
+    paths = build_tiny_models_once(script_args.build_tiny_models)
+    model_args.model_name_or_path = str(paths["policy"])
+    return paths
+
+
+def apply_model_args(model_args: Any, training_args: Any) -> None:
+    """Pass ``ModelConfig``'s loading options (revision, dtype, attention) on to the trainer, as TRL's scripts do."""
+    kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
+              "dtype": model_args.dtype}
+    kwargs.update(training_args.model_init_kwargs or {})
+    training_args.model_init_kwargs = kwargs
+
+
+def load_train_dataset(script_args: RecipeArguments) -> Any:
+    """The training split of ``--dataset_name``, or the built-in prompts with ``--build_tiny_models``."""
+    if script_args.build_tiny_models:
+        return tiny_dataset()
+    if not script_args.dataset_name:
+        raise ValueError("--dataset_name is required (or --build_tiny_models DIR for a tiny run).")
+    from datasets import load_dataset
+
+    return load_dataset(script_args.dataset_name, name=script_args.dataset_config,
+                        split=script_args.dataset_train_split)
+
+
+def finish(trainer: Any, script_args: RecipeArguments) -> Path:
+    """Save the policy, write the log history JSON (main process) and end the run; returns the JSON path."""
+    output_dir = trainer.args.output_dir
+    trainer.save_model(output_dir)
+    path = Path(script_args.log_history_file or os.path.join(output_dir, "log_history.json"))
+    if trainer.accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(trainer.state.log_history, indent=2) + "\n", encoding="utf-8")
+        trainer.accelerator.print(f"Training completed: policy saved to {output_dir}, log history in {path}.")
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
+        trainer.end()
+    return path

@@ -1,0 +1,211 @@
+"""``rlhf-rewards serve MODEL``: the HTTP reward server (vLLM's ``/pooling`` API, verl's ``/classify``,
+OpenRLHF's ``/get_reward``).
+
+Binds 127.0.0.1 unless ``--host`` says otherwise. SIGTERM (or Ctrl-C) stops accepting connections, finishes
+every request in flight, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("rlhf_rewards.server")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``serve`` on the top-level CLI."""
+    from rlhf_rewards.server.auth import API_KEY_ENV
+
+    p = subparsers.add_parser(
+        "serve",
+        help="Serve a reward model over HTTP (vLLM's /pooling API, /classify, /get_reward).",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", default=None,
+                   help="Model folder or hub id. Default: the model bundled with rlhf-rewards, if any.")
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="Interface to bind. Default 127.0.0.1 (this machine only).")
+    net.add_argument("--port", type=int, default=8000, help="Port. Default 8000.")
+    net.add_argument("--api-key", default=None,
+                     help=f"Require 'Authorization: Bearer KEY' on every route but /health. Default: ${API_KEY_ENV}.")
+    net.add_argument("--shutdown-timeout", type=float, default=60.0,
+                     help="Seconds to finish in-flight requests after SIGTERM. Default 60.")
+    net.add_argument("--disable-access-log", action="store_true", help="Do not log each request line.")
+    net.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    model = p.add_argument_group("model")
+    model.add_argument("--served-model-name", nargs="+", default=None,
+                       help="Name(s) clients use in `model`; the first is reported back. Default: MODEL.")
+    model.add_argument("--pooler-config", default=None, help="PoolerConfig as JSON, e.g. "
+                       "'{\"pooling_type\": \"STEP\", \"step_tag_id\": 123, \"returned_token_ids\": [456, 789]}'.")
+    model.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                       help="LoRA adapters served by name (NAME=PATH, or JSON {\"name\", \"path\"}). Requests pick "
+                            "one with `model`; paths never come from requests.")
+    model.add_argument("--max-loras", type=int, default=None, help="Adapters kept loaded. Default: all of them.")
+    model.add_argument("--max-lora-rank", type=int, default=64, help="Largest adapter rank. Default 64.")
+    model.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16. Default auto.")
+    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1... Default: CUDA if present.")
+    model.add_argument("--tokenizer", default=None, help="Tokenizer folder or id. Default: the model's.")
+    model.add_argument("--revision", default=None, help="Hub revision of the model.")
+    model.add_argument("--hf-overrides", default=None, help="JSON written over config.json.")
+    model.add_argument("--convert", default="auto", choices=["auto", "classify", "embed", "none"],
+                       help="vLLM's --convert for generative checkpoints. Default auto.")
+    model.add_argument("--trust-remote-code", action="store_true",
+                       help="Let transformers run code from the checkpoint (never needed by supported models).")
+    model.add_argument("--max-model-len", type=int, default=None, help="Longest prompt in tokens.")
+    model.add_argument("--max-num-batched-tokens", type=int, default=None,
+                       help="Padded-token budget of one forward pass. Default 16384.")
+
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024,
+                     help="Largest request body (413 above). Default 32 MiB.")
+    lim.add_argument("--max-client-batch-size", type=int, default=1024,
+                     help="Most prompts in one request (413 above). Default 1024.")
+    lim.add_argument("--max-queue-size", type=int, default=8192,
+                     help="Most prompts waiting for the engine; when full, 503 with Retry-After. Default 8192.")
+    lim.add_argument("--max-batch-tokens", type=int, default=None,
+                     help="Token budget of one merged engine call. Default 4 x --max-num-batched-tokens.")
+    lim.add_argument("--trust-request-chat-template", action="store_true",
+                     help="Accept `chat_template` sent in requests (Jinja run on the server). Default: refuse.")
+    p.set_defaults(func=run)
+    return p
+
+
+def parse_lora_modules(values: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` or JSON ``{"name", "path"}`` items -> ``{name: path}``; raises ``ValueError`` if malformed."""
+    modules: dict[str, str] = {}
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                obj = json.loads(value)
+                name, path = obj["name"], obj["path"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"--lora-modules {value!r}: JSON form must be {{\"name\": ..., \"path\": ...}}.") from None
+        else:
+            name, sep, path = value.partition("=")
+            if not sep:
+                raise ValueError(f"--lora-modules {value!r}: use NAME=PATH.")
+        name, path = str(name).strip(), str(path).strip()
+        if not name or not path:
+            raise ValueError(f"--lora-modules {value!r}: both NAME and PATH must be non-empty.")
+        if name in modules:
+            raise ValueError(f"--lora-modules: the name {name!r} is given twice.")
+        modules[name] = path
+    return modules
+
+
+def default_model() -> str | None:
+    """The model bundled under ``rlhf_rewards/assets`` (a folder with ``config.json``), if this install has one."""
+    try:
+        from rlhf_rewards import assets  # type: ignore[attr-defined]
+    except ImportError:
+        assets = None
+    for attr in ("default_model_path", "default_model"):
+        fn = getattr(assets, attr, None)
+        if callable(fn):
+            return str(fn())
+    root = Path(__file__).resolve().parent.parent / "assets"
+    found = sorted(p.parent for p in root.glob("*/config.json")) if root.is_dir() else []
+    return str(found[0]) if len(found) == 1 else None
+
+
+def build_engine(args: argparse.Namespace) -> Any:
+    """Load the model and wrap it in a :class:`~rlhf_rewards.server.service.ServingEngine`."""
+    from rlhf_rewards import LLM, LoRARequest
+    from rlhf_rewards.server.service import ServerLimits, ServingEngine
+
+    modules = parse_lora_modules(args.lora_modules)
+    llm = LLM(
+        args.model,
+        runner="pooling",
+        tokenizer=args.tokenizer,
+        pooler_config=args.pooler_config,
+        dtype=args.dtype,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        max_model_len=args.max_model_len,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_lora=bool(modules),
+        max_loras=args.max_loras or max(len(modules), 1),
+        max_lora_rank=args.max_lora_rank,
+        revision=args.revision,
+        hf_overrides=json.loads(args.hf_overrides) if args.hf_overrides else None,
+        convert=args.convert,
+    )
+    for i, (name, path) in enumerate(modules.items()):
+        llm.add_lora(LoRARequest(name, i + 1, path))  # loads and checks each adapter now, not on first use
+    limits = ServerLimits(
+        max_body_bytes=args.max_body_bytes,
+        max_client_batch_size=args.max_client_batch_size,
+        max_queue_size=args.max_queue_size,
+        max_batch_tokens=args.max_batch_tokens or 4 * llm.max_num_batched_tokens,
+        trust_request_chat_template=args.trust_request_chat_template,
+    )
+    return ServingEngine(llm, list(args.served_model_name or []), limits)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("port", "max_body_bytes", "max_client_batch_size", "max_queue_size", "max_batch_tokens",
+                 "max_model_len", "max_num_batched_tokens", "max_loras"):
+        value = getattr(args, name)
+        if value is not None and (value < 1 or (name == "port" and value > 65535)):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (got {value}).")
+    if args.hf_overrides:
+        try:
+            if not isinstance(json.loads(args.hf_overrides), dict):
+                raise ValueError
+        except ValueError:
+            raise ValueError("--hf-overrides must be a JSON object.") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, then serve until SIGTERM/SIGINT; in-flight requests finish before exit."""
+    import uvicorn
+
+    from rlhf_rewards.server.app import build_app
+    from rlhf_rewards.server.auth import API_KEY_ENV
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.model is None:
+        args.model = default_model()
+        if args.model is None:
+            sys.stderr.write("rlhf-rewards serve: no MODEL given and this install bundles no default model; "
+                             "pass a model folder or hub id, e.g. `rlhf-rewards serve Skywork/Skywork-Reward-V2-Qwen3-0.6B`.\n")
+            return 2
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    try:
+        _check_args(args)
+        engine = build_engine(args)
+    except ValueError as exc:
+        sys.stderr.write(f"rlhf-rewards serve: {exc}\n")
+        return 2
+    app = build_app(engine, api_key=api_key)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            access_log=not args.disable_access_log, lifespan="on",
+                            timeout_graceful_shutdown=args.shutdown_timeout)
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            engine.draining = True  # /health turns 503 and new work is refused while in-flight requests finish
+            super().handle_exit(sig, frame)
+
+    server = _Server(config)
+    logger.info("Serving %s as %s%s on http://%s:%d (API key %s).", args.model, engine.model_name,
+                f" with LoRA modules {engine.lora_names}" if engine.lora_names else "",
+                args.host, args.port, "required" if api_key else "not required")
+    # uvicorn re-raises the signal after its graceful shutdown; a no-op handler lets the process exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    return 0 if server.started else 1
+
+
+__all__ = ["add_parser", "build_engine", "default_model", "parse_lora_modules", "run"]

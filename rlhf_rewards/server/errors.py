@@ -1,0 +1,161 @@
+"""Errors in vLLM's body shape: ``{"object": "error", "message", "type", "param", "code"}``.
+
+Every client mistake becomes a 4xx with a message that names the field and the limit; only a fault of the
+server itself is a 500, and its message never carries a traceback or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "RequestTooLargeError",
+    415: "UnsupportedMediaTypeError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+_MAX_ERRORS_SHOWN = 5
+
+
+class APIError(Exception):
+    """An error answered to the client as-is.
+
+    Args:
+        status: HTTP status code.
+        message: Human-readable message; names the field and the limit.
+        param: The request field at fault, if any.
+        headers: Extra response headers (e.g. ``Retry-After``).
+    """
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.headers = headers
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """vLLM's ``ErrorResponse`` as a dict."""
+    return {
+        "object": "error",
+        "message": message,
+        "type": ERROR_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
+        "param": param,
+        "code": status,
+    }
+
+
+def error_response(status: int, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error response."""
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+
+def error_bytes(status: int, message: str, param: str | None = None) -> bytes:
+    """The error body encoded, for ASGI middlewares that answer before the app runs."""
+    return json.dumps(error_body(status, message, param)).encode()
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if p == "body":
+            continue
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif isinstance(p, str) and ("[" in p or p in ("str", "int", "function-after", "function-before")):
+            continue  # union-member tags pydantic adds (``list[int]``...), not field names
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts)
+
+
+def describe_validation_errors(errors: list[dict[str, Any]], content_type: str | None) -> tuple[str, str | None]:
+    """One readable message (and the first field) from pydantic's error list; never echoes input values."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        err = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = (err.get("ctx") or {}).get("error", "malformed")
+        return f"The request body is not valid JSON ({reason}).", None
+    if content_type is not None and "json" not in content_type.lower():
+        return (f"The request body must be JSON sent with 'Content-Type: application/json' "
+                f"(got Content-Type {content_type!r})."), None
+    messages: list[str] = []
+    body_level = False
+    first: str | None = None
+    seen: set[str] = set()
+    for e in errors:
+        field = _field_name(tuple(e.get("loc", ())))
+        msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+        if e.get("type") == "missing" and not field:
+            msg, body_level = "The request body is empty; send a JSON object.", True
+        elif e.get("type") == "model_attributes_type" and not field:
+            msg, body_level = "The request body must be a JSON object.", True
+        elif e.get("type") == "extra_forbidden":
+            msg = f"unknown field `{field}` (not part of this route's schema)"
+        else:
+            msg = f"`{field}`: {msg}" if field else msg
+        if msg in seen:
+            continue
+        seen.add(msg)
+        first = first or (field or None)
+        messages.append(msg)
+    shown = messages[:_MAX_ERRORS_SHOWN]
+    more = f" (and {len(messages) - len(shown)} more)" if len(messages) > len(shown) else ""
+    prefix = "" if body_level and len(shown) == 1 else "Invalid request: "
+    return prefix + "; ".join(shown) + more, first
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception to vLLM's error shape: 4xx for client mistakes, 500 only for server faults."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = describe_validation_errors(list(exc.errors()), request.headers.get("content-type"))
+        return error_response(400, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = "The request body could not be decoded: send UTF-8 encoded JSON."
+        elif exc.status_code == 404:
+            detail = f"Route {request.method} {request.url.path} does not exist (see /docs)."
+        elif exc.status_code == 405:
+            detail = f"Method {request.method} is not allowed on {request.url.path}."
+        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ValueError)
+    async def _value_error(_request: Request, exc: ValueError) -> JSONResponse:
+        # The engine validates inputs and raises ValueError for anything the client got wrong.
+        return error_response(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger("rlhf_rewards.server").exception("Internal error on %s %s", request.method, request.url.path)
+        return error_response(500, f"Internal server error ({type(exc).__name__}); see the server log.")
+
+
+__all__ = ["APIError", "describe_validation_errors", "error_body", "error_bytes", "error_response",
+           "install_error_handlers"]

@@ -1,0 +1,28 @@
+"""``GET /health`` (no API key) and ``GET /metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from rlhf_rewards.server.routes.common import engine_of
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 when the server takes requests; 503 while it drains for shutdown or if its batching loop stopped."""
+    engine = engine_of(request)
+    if engine.draining:
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "1"})
+    if not engine.batcher.alive:
+        return JSONResponse({"status": "engine stopped"}, status_code=503)
+    return JSONResponse({"status": "ok", "model": engine.model_name, "queue_depth": engine.batcher.pending_prompts})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests, prompts, tokens, queue depth, batch sizes and latency histograms."""
+    body, content_type = engine_of(request).metrics.render()
+    return Response(body, media_type=content_type)

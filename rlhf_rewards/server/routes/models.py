@@ -1,0 +1,55 @@
+"""Model routes: ``GET /v1/models``, ``GET /v1/model_info`` and ``POST /tokenize`` (vLLM's)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from rlhf_rewards.server.protocol import ERROR_RESPONSES, ModelList, TokenizeRequest, TokenizeResponse
+from rlhf_rewards.server.routes.common import engine_of, json_response
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> JSONResponse:
+    """The base model and every LoRA module (``--lora-modules``), as vLLM lists them."""
+    engine = engine_of(request)
+    created = int(time.time())
+    base = engine.model_name
+    cards = [{"id": base, "object": "model", "created": created, "owned_by": "rlhf-rewards", "root": base,
+              "parent": None, "max_model_len": engine.llm.max_model_len}]
+    for name in engine.lora_names:
+        cards.append({"id": name, "object": "model", "created": created, "owned_by": "rlhf-rewards", "root": name,
+                      "parent": base, "max_model_len": engine.llm.max_model_len})
+    return json_response({"object": "list", "data": cards})
+
+
+@router.get("/v1/model_info")
+async def model_info(request: Request) -> JSONResponse:
+    """``ModelInfo.to_dict()`` of the served model (what ``RemoteWorker.model_info()`` returns), plus the
+    server's request limits under ``server_limits``."""
+    engine = engine_of(request)
+    return json_response({**engine.info.to_dict(), "server_limits": engine.limits.to_dict()})
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
+async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
+    """Token ids of a ``prompt``, or of ``messages`` rendered with the chat template (vLLM's ``/tokenize``)."""
+    engine = engine_of(request)
+    engine.resolve_model(body.model)
+    if body.messages is not None:
+        ids = await engine.render(body.messages, chat_template=body.chat_template,
+                                  add_generation_prompt=body.add_generation_prompt,
+                                  continue_final_message=body.continue_final_message,
+                                  chat_template_kwargs=body.chat_template_kwargs,
+                                  add_special_tokens=bool(body.add_special_tokens))
+    else:
+        add_special = True if body.add_special_tokens is None else body.add_special_tokens
+        ids = await engine.tokenize_text(body.prompt or "", add_special)
+    result: dict = {"count": len(ids), "max_model_len": engine.llm.max_model_len, "tokens": ids}
+    if body.return_token_strs:
+        result["token_strs"] = await engine.token_strs(ids)
+    return json_response(result)

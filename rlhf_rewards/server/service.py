@@ -1,0 +1,292 @@
+"""``ServingEngine``: the one ``LLM`` behind the routes, with model names, input preparation and the batcher.
+
+Preparation (tokenizing, chat rendering, length and vocabulary checks, parameter validation) runs per request
+in a tokenizer thread, before the request is queued: a client mistake is answered with 400 at once and
+never reaches a merged batch, and tokenization overlaps the engine's forward passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlhf_rewards.engine.inputs import apply_length_limit, tokenize_prompts
+from rlhf_rewards.entrypoints.llm import LLM
+from rlhf_rewards.lora.request import LoRARequest
+from rlhf_rewards.outputs import PoolingRequestOutput
+from rlhf_rewards.pooling.params import PoolingParams, resolve_pooling
+from rlhf_rewards.pooling.tasks import check_task
+from rlhf_rewards.server.batcher import Batcher, EngineItem, QueueFull
+from rlhf_rewards.server.errors import APIError
+from rlhf_rewards.server.metrics import ServerMetrics
+from rlhf_rewards.server.protocol import ChatMessage, ScoringRequest
+from rlhf_rewards.workers.base import ModelInfo
+
+
+@dataclass
+class ServerLimits:
+    """Limits that protect the server from oversized or abusive requests.
+
+    Args:
+        max_body_bytes: Largest request body (413 above).
+        max_client_batch_size: Most prompts in one request (413 above).
+        max_queue_size: Most prompts waiting for the engine (503 + Retry-After above).
+        max_batch_tokens: Token budget of one merged engine call.
+        trust_request_chat_template: Accept a ``chat_template`` sent in a request (it runs as Jinja).
+    """
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_client_batch_size: int = 1024
+    max_queue_size: int = 8192
+    max_batch_tokens: int = 65536
+    trust_request_chat_template: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Public limits (sent to clients in ``/v1/model_info``)."""
+        return {"max_body_bytes": self.max_body_bytes, "max_client_batch_size": self.max_client_batch_size,
+                "max_queue_size": self.max_queue_size}
+
+
+@dataclass
+class ServingEngine:
+    """Everything the routes share.
+
+    Args:
+        llm: The engine. Its registered LoRA adapters (``LLM.add_lora``, the server's ``--lora-modules``)
+            are served by name; a request can only pick one of them, never name a path.
+        served_model_names: Names clients use for the base model (the first one is reported back).
+        limits: Request limits.
+    """
+
+    llm: LLM
+    served_model_names: list[str]
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    draining: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.served_model_names:
+            self.served_model_names = [self.llm.model_name]
+        clash = set(self.lora_names) & set(self.served_model_names)
+        if clash:
+            raise ValueError(f"--lora-modules names {sorted(clash)} clash with the served model name.")
+        self._base_aliases = {*self.served_model_names, self.llm.model_name}
+        self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-rewards-tokenizer")
+        self.batcher = Batcher(self._encode, max_queue_size=self.limits.max_queue_size,
+                               max_batch_tokens=self.limits.max_batch_tokens, metrics=self.metrics)
+        self.info: ModelInfo = self.llm.model_info(self.model_name)
+        tok = self.llm.tokenizer
+        self._template_params = set(inspect.signature(tok.apply_chat_template).parameters) if tok is not None else set()
+
+    # ------------------------------------------------------------------ names
+    @property
+    def model_name(self) -> str:
+        """The name reported for the base model."""
+        return self.served_model_names[0]
+
+    @property
+    def lora_names(self) -> list[str]:
+        """Names of the adapters served (registered on the engine), in registration order."""
+        return [r.lora_name for r in self.llm.list_loras()] if self.llm.lora_manager is not None else []
+
+    def resolve_model(self, name: str | None) -> tuple[str, LoRARequest | None]:
+        """``(name to report, adapter or None)`` for a request's ``model`` field; unknown names are a 404."""
+        if name is None or name in self._base_aliases:
+            return self.model_name, None
+        if name in self.lora_names:
+            return name, self.llm.get_lora(name)
+        known = [self.model_name, *self.lora_names]
+        raise APIError(404, f"The model `{name}` does not exist; this server serves {known}.", param="model")
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the batching loop (inside the server's event loop)."""
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        """Drain queued work, then release the threads."""
+        await self.batcher.stop()
+        self._tokenizer_pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ preparation
+    def count_inputs(self, req: ScoringRequest, field_name: str = "input") -> int:
+        """Number of prompts in a request; over ``max_client_batch_size`` is a 413."""
+        inp = req.input
+        if req.messages is not None or isinstance(inp, str):
+            n = 1
+        elif inp and all(isinstance(v, int) for v in inp):
+            n = 1
+        else:
+            n = len(inp or [])
+        limit = self.limits.max_client_batch_size
+        if n > limit:
+            self.metrics.rejected.labels("too_many_inputs").inc()
+            raise APIError(413, f"`{field_name}` has {n} prompts, over --max-client-batch-size={limit}; "
+                                "split the request.", param=field_name)
+        return n
+
+    async def prepare(self, req: ScoringRequest, task: str, params: PoolingParams,
+                      lora: LoRARequest | None, field_name: str = "input") -> list[EngineItem]:
+        """Validated engine items of a scoring request (runs in the tokenizer thread).
+
+        ``field_name`` names the request's prompt field in error messages (``input``, or ``query`` for OpenRLHF).
+        """
+        self.count_inputs(req, field_name)
+        if req.chat_template is not None and not self.limits.trust_request_chat_template:
+            raise APIError(400, "`chat_template` in a request is refused: start the server with "
+                                "--trust-request-chat-template to allow it.", param="chat_template")
+        return await self._in_tokenizer_thread(self._prepare, req, task, params, lora, field_name)
+
+    def _prepare(self, req: ScoringRequest, task: str, params: PoolingParams,
+                 lora: LoRARequest | None, field_name: str) -> list[EngineItem]:
+        llm = self.llm
+        with _field_errors("task"):
+            check_task(task, llm.supported_tasks)
+        if req.messages is not None:
+            ids = self._render(req.messages, chat_template=req.chat_template,
+                               add_generation_prompt=req.add_generation_prompt,
+                               continue_final_message=req.continue_final_message,
+                               chat_template_kwargs=req.chat_template_kwargs,
+                               add_special_tokens=bool(req.add_special_tokens))
+            prompts: list[Any] = [{"prompt_token_ids": ids}]
+            name = "messages"
+        else:
+            prompts = _prompts_of(req.input)
+            name = field_name
+        add_special = True if req.add_special_tokens is None else req.add_special_tokens
+        with _field_errors(name):
+            token_ids = tokenize_prompts(prompts, llm.tokenizer, vocab_size=llm.model.vocab_size,
+                                         add_special_tokens=add_special)
+            token_ids = [apply_length_limit(i, ids, llm.max_model_len, params.truncate_prompt_tokens)
+                         for i, ids in enumerate(token_ids)]
+        params = params.clone(truncate_prompt_tokens=None)
+        with _field_errors(None):
+            resolved = resolve_pooling(task, params, llm.task_configs[task])
+        self._check_widths(resolved.returned_token_ids, resolved.dimensions, task)
+        return [EngineItem(ids, params, lora) for ids in token_ids]
+
+    def _check_widths(self, columns: Sequence[int] | None, dimensions: int | None, task: str) -> None:
+        model = self.llm.model
+        if columns is not None and task in ("classify", "token_classify"):
+            bad = [c for c in columns if c >= model.num_labels]
+            if bad:
+                raise APIError(400, f"`returned_token_ids` {bad} are out of range: the model's head has "
+                                    f"{model.num_labels} output columns.", param="returned_token_ids")
+        if dimensions is not None and dimensions > model.hidden_size:
+            raise APIError(400, f"`dimensions`={dimensions} is over the model's hidden size {model.hidden_size}.",
+                           param="dimensions")
+
+    # ------------------------------------------------------------------ chat and tokenize
+    async def render(self, messages: list[ChatMessage], **kwargs: Any) -> list[int]:
+        """Token ids of one conversation rendered with the chat template (tokenizer thread)."""
+        if kwargs.get("chat_template") is not None and not self.limits.trust_request_chat_template:
+            raise APIError(400, "`chat_template` in a request is refused: start the server with "
+                                "--trust-request-chat-template to allow it.", param="chat_template")
+        return await self._in_tokenizer_thread(self._render, messages, **kwargs)
+
+    def _render(self, messages: list[ChatMessage], *, chat_template: str | None, add_generation_prompt: bool,
+                continue_final_message: bool, chat_template_kwargs: dict[str, Any] | None,
+                add_special_tokens: bool) -> list[int]:
+        # The same steps as LLM.render_chat (template to text, then tokens), plus vLLM's chat options.
+        tok = self.llm.tokenizer
+        if tok is None:
+            raise APIError(400, "This model has no tokenizer: send token ids in `input`.", param="messages")
+        if chat_template is None and not getattr(tok, "chat_template", None):
+            raise APIError(400, f"{self.model_name} has no chat template: send `input` text, or `chat_template` "
+                                "(with --trust-request-chat-template).", param="messages")
+        extra = dict(chat_template_kwargs or {})
+        clash = sorted(k for k in extra if k in self._template_params or not str(k).isidentifier())
+        if clash:
+            raise APIError(400, f"`chat_template_kwargs` keys {clash} are not allowed (they are options of "
+                                "the renderer, not template variables).", param="chat_template_kwargs")
+        try:
+            text = tok.apply_chat_template([m.as_dict() for m in messages], chat_template=chat_template,
+                                           tokenize=False, add_generation_prompt=add_generation_prompt,
+                                           continue_final_message=continue_final_message, **extra)
+        except Exception as exc:  # noqa: BLE001 - a template error is the request's (template or messages)
+            raise APIError(400, f"The chat template failed on these `messages`: {type(exc).__name__}: "
+                                f"{str(exc)[:300]}", param="messages") from None
+        ids = list(tok(text, add_special_tokens=add_special_tokens)["input_ids"])
+        if not ids:
+            raise APIError(400, "`messages` render to no tokens.", param="messages")
+        return ids
+
+    async def tokenize_text(self, text: str, add_special_tokens: bool) -> list[int]:
+        """Token ids of ``text`` (tokenizer thread)."""
+        tok = self.llm.tokenizer
+        if tok is None:
+            raise APIError(400, "This model has no tokenizer.", param="prompt")
+        return await self._in_tokenizer_thread(lambda: list(tok(text, add_special_tokens=add_special_tokens)["input_ids"]))
+
+    async def token_strs(self, ids: list[int]) -> list[str]:
+        """Token strings of ``ids``."""
+        tok = self.llm.get_tokenizer()
+        return await self._in_tokenizer_thread(tok.convert_ids_to_tokens, ids)
+
+    async def _in_tokenizer_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
+
+    # ------------------------------------------------------------------ scoring
+    async def score(self, task: str, items: list[EngineItem]) -> list[PoolingRequestOutput]:
+        """Queue items and wait for their outputs; a full queue is a 503 with ``Retry-After``."""
+        try:
+            outputs = await self.batcher.submit(task, items)
+        except QueueFull as exc:
+            raise APIError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+        self.metrics.prompts.labels(task).inc(len(outputs))
+        self.metrics.prompt_tokens.inc(sum(len(o.prompt_token_ids) for o in outputs))
+        errors = sum(o.error is not None for o in outputs)
+        if errors:
+            self.metrics.item_errors.inc(errors)
+        return outputs
+
+    def _encode(self, task: str, items: list[EngineItem]) -> list[PoolingRequestOutput]:
+        loras = [i.lora for i in items]
+        return self.llm.encode(
+            [{"prompt_token_ids": i.token_ids} for i in items],
+            [i.params for i in items],
+            pooling_task=task,
+            lora_request=loras if any(lo is not None for lo in loras) else None,
+            use_tqdm=False,
+        )
+
+
+_PARAM_FIELDS = ("step_tag_id", "returned_token_ids", "dimensions", "normalize", "use_activation",
+                 "truncate_prompt_tokens")
+
+
+def _prompts_of(inp: Any) -> list[Any]:
+    if isinstance(inp, str):
+        return [inp]
+    if inp and all(isinstance(v, int) for v in inp):
+        return [{"prompt_token_ids": inp}]
+    return [{"prompt_token_ids": v} if isinstance(v, list) else v for v in inp]
+
+
+class _field_errors:
+    """Turn the engine's ``ValueError`` into a 400 that names the request field (``prompts[i]`` -> ``input[i]``)."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc_type is not None and issubclass(exc_type, ValueError):
+            message = str(exc)
+            if self.name:
+                message = re.sub(r"\bprompts\[(\d+)\](\.prompt_token_ids)?", rf"{self.name}[\1]", message)
+            message = message.replace("pooling_task=", "task=")
+            param = self.name or next((f for f in _PARAM_FIELDS if f in message), None)
+            raise APIError(400, message, param=param) from None
+        return False
+
+
+__all__ = ["ServerLimits", "ServingEngine"]

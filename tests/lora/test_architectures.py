@@ -1,0 +1,96 @@
+"""Per-request LoRA on every architecture with a tiny builder, against the adapters merged into the model.
+
+For each architecture three adapters are mixed with the base model in one call: LoRA on every linear
+layer (peft's ``all-linear``, which also covers the head unless it is an LM head), the same with the head
+saved as the adapter's own copy (``modules_to_save``), and LoRA put on the head module by name. The last
+two cannot be in peft's model together, so the call runs in two turns.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_rewards import LLM, LoRARequest, PoolerConfig, PoolingParams
+from rlhf_rewards.testing.checkpoints import BUILDERS
+from tests.conftest import MIXED_TEXTS
+
+ATOL = 1e-5
+#: Full-vocabulary LM-head logits of the random tiny models reach ~5; merged and unmerged LoRA round apart
+#: by a few fp32 ulps of that.
+RTOL = 1e-5
+TEXTS = [
+    "Solve 3 * 4 = 12<extra_0>12 - 5 = 7<extra_0>So the result is 7.<extra_0>",
+    "One step only<extra_0>",
+    *MIXED_TEXTS[:3],
+    "<|reward|>ok<|reward|>",
+]
+CLASSIFY_TASKS = ("classify", "token_classify")
+
+
+def _head_name(llm: LLM) -> str | None:
+    return getattr(llm.model, "lm_head_name", None) or llm.model.head_name
+
+
+def _head_linears(llm: LLM) -> list[str]:
+    """Full names of the head's Linear layers (LoRA targets by exact name)."""
+    name = _head_name(llm)
+    head = llm.model.hf_model.get_submodule(name)
+    return [f"{name}.{n}" if n else name for n, m in head.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def _adapters(llm: LLM) -> dict[str, dict]:
+    # transformers' Mamba mixers read dt_proj.weight directly, so a LoRA there acts neither in training nor
+    # here (only merge_and_unload would apply it): it is left out, as real Jamba adapters leave it at zero.
+    exclude = ["dt_proj"]
+    configs = {"all_linear": {"seed": 61, "r": 4, "target_modules": "all-linear", "exclude_modules": exclude}}
+    head = _head_name(llm)
+    if head is not None:
+        configs["saved_head"] = {
+            "seed": 62, "r": 2, "target_modules": "all-linear", "exclude_modules": exclude, "modules_to_save": [head],
+        }
+        configs["lora_head"] = {"seed": 63, "r": 4, "target_modules": _head_linears(llm)}
+    return configs
+
+
+def _params(task: str) -> PoolingParams | None:
+    return PoolingParams(use_activation=False) if task in CLASSIFY_TASKS else None
+
+
+def _compare(base, adapter_factory, merged_factory, pooler_config=None, tasks=None):
+    kwargs = {"device": "cpu", "pooler_config": pooler_config}
+    llm = LLM(str(base), enable_lora=True, max_loras=3, **kwargs)
+    configs = _adapters(llm)
+    paths = {name: adapter_factory(base, **cfg) for name, cfg in configs.items()}
+    requests = {name: LoRARequest(name, i + 1, str(p)) for i, (name, p) in enumerate(paths.items())}
+    engines = {None: LLM(str(base), **kwargs)}
+    engines.update({name: LLM(str(merged_factory(base, p)), **kwargs) for name, p in paths.items()})
+    names = [None, *configs]
+    plan = [names[i % len(names)] for i in range(len(TEXTS) * 2)]
+    texts = TEXTS * 2
+    for task in tasks or llm.supported_tasks:
+        outs = llm.encode(texts, _params(task), pooling_task=task, lora_request=[requests.get(n) for n in plan])
+        expected = {n: engines[n].encode(TEXTS, _params(task), pooling_task=task) for n in names}
+        for i, (out, name) in enumerate(zip(outs, plan, strict=True)):
+            want = expected[name][i % len(TEXTS)].outputs.data
+            torch.testing.assert_close(out.outputs.data, want, atol=ATOL, rtol=RTOL, msg=lambda m, t=task, i=i, n=name: f"{t}, prompt {i}, {n}: {m}")
+            if name is not None and task in CLASSIFY_TASKS and want.numel():
+                base_out = expected[None][i % len(TEXTS)].outputs.data
+                assert not torch.allclose(want, base_out, atol=1e-3), f"{name} does not change {task}"
+
+
+@pytest.mark.parametrize("architecture", sorted(BUILDERS))
+def test_architecture_with_mixed_adapters_equals_merged(architecture, checkpoint_factory, adapter_factory, merged_factory):
+    base = checkpoint_factory(architecture, seed=71)
+    _compare(base, adapter_factory, merged_factory)
+
+
+def test_math_shepherd_step_pooling_on_the_lm_head(checkpoint_factory, adapter_factory, merged_factory):
+    """LlamaForCausalLM as a PRM: STEP pooling reads two LM-head columns, which adapters change."""
+    from transformers import AutoTokenizer
+
+    base = checkpoint_factory("LlamaForCausalLM", seed=72)
+    tok = AutoTokenizer.from_pretrained(str(base))
+    tag, good, bad = (tok.convert_tokens_to_ids(t) for t in ("<extra_0>", "+", "-"))
+    config = PoolerConfig(pooling_type="STEP", step_tag_id=tag, returned_token_ids=[good, bad])
+    _compare(base, adapter_factory, merged_factory, pooler_config=config, tasks=["token_classify"])

@@ -1,0 +1,162 @@
+"""Every client mistake is a 4xx in vLLM's error shape naming the field and the limit; the server stays healthy.
+
+Also a property-based run (schemathesis, from the server's own OpenAPI document): no generated request, valid
+or not, gets a 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import requests
+
+from tests.server.conftest import MAX_BODY_BYTES, MAX_CLIENT_BATCH
+
+JSON = {"Content-Type": "application/json"}
+LONG = list(range(5, 25)) * 30  # 600 token ids, over the tiny model's max_model_len=512
+
+# (id, route, body (dict -> JSON, bytes -> raw), extra headers, status, words the message must contain, param)
+CASES = [
+    ("empty input list", "/pooling", {"input": []}, {}, 400, ["input", "empty"], "input"),
+    ("empty string", "/pooling", {"input": ""}, {}, 400, ["input[0]", "empty string"], "input"),
+    ("empty string in list", "/pooling", {"input": ["ok", ""]}, {}, 400, ["input[1]", "empty string"], "input"),
+    ("empty token list", "/pooling", {"input": [[1, 2], []]}, {}, 400, ["input[1]", "empty"], "input"),
+    ("token id out of vocab", "/pooling", {"input": [[1, 2, 100000]]}, {}, 400, ["input[0]", "100000", "[0, 448)"], "input"),
+    ("negative token id", "/pooling", {"input": [3, -1]}, {}, 400, ["input[0]", "-1", "vocabulary"], "input"),
+    ("over max_model_len", "/pooling", {"input": [LONG]}, {}, 400, ["input[0]", "600 tokens", "max_model_len=512",
+                                                                      "truncate_prompt_tokens"], "input"),
+    ("truncate over max_model_len", "/pooling", {"input": "hi", "truncate_prompt_tokens": 600}, {}, 400,
+     ["truncate_prompt_tokens=600", "512"], "input"),
+    ("truncate zero", "/pooling", {"input": "hi", "truncate_prompt_tokens": 0}, {}, 400,
+     ["truncate_prompt_tokens", "-1"], "truncate_prompt_tokens"),
+    ("unknown task", "/pooling", {"input": "hi", "task": "reward"}, {}, 400, ["task", "classify", "token_classify"], "task"),
+    ("step fields without STEP", "/pooling", {"input": "hi", "task": "token_classify", "step_tag_id": 3}, {}, 400,
+     ["step_tag_id", "STEP"], "step_tag_id"),
+    ("returned ids without STEP", "/pooling", {"input": "hi", "task": "token_classify", "returned_token_ids": [0]}, {},
+     400, ["returned_token_ids", "STEP"], "returned_token_ids"),
+    ("field of another task", "/pooling", {"input": "hi", "task": "classify", "dimensions": 4}, {}, 400,
+     ["dimensions", "classify"], "dimensions"),
+    ("dimensions over hidden size", "/pooling", {"input": "hi", "task": "embed", "dimensions": 4096}, {}, 400,
+     ["dimensions", "4096", "64"], "dimensions"),
+    ("unknown model", "/pooling", {"input": "hi", "model": "no-such-model"}, {}, 404, ["no-such-model", "tiny-rm"], "model"),
+    ("unknown lora on classify", "/classify", {"input": "hi", "model": "my-lora"}, {}, 404, ["my-lora"], "model"),
+    ("malformed JSON", "/pooling", b'{"input": "hi"', JSON, 400, ["not valid JSON"], None),
+    ("not an object", "/pooling", b'["hi"]', JSON, 400, ["JSON object"], None),
+    ("empty body", "/pooling", b"", JSON, 400, ["empty"], None),
+    ("non-UTF-8 body", "/pooling", b'{"input": "\xff\xfe"}', JSON, 400, ["UTF-8"], None),
+    ("not JSON content type", "/pooling", b'{"input": "hi"}', {"Content-Type": "text/plain"}, 400,
+     ["Content-Type: application/json"], None),
+    ("wrong type bool", "/pooling", {"input": "hi", "use_activation": "yes"}, {}, 400, ["use_activation", "boolean"],
+     "use_activation"),
+    ("wrong type input", "/pooling", {"input": 42}, {}, 400, ["input", "got int"], "input"),
+    ("mixed input list", "/pooling", {"input": ["a", 1]}, {}, 400, ["input", "mixing"], "input"),
+    ("float token ids", "/pooling", {"input": [1.5, 2.0]}, {}, 400, ["input", "float"], "input"),
+    ("unknown field", "/pooling", {"input": "hi", "use_activaton": False}, {}, 400, ["use_activaton", "unknown field"],
+     "use_activaton"),
+    ("input and messages", "/pooling", {"input": "hi", "messages": [{"role": "user", "content": "x"}]}, {}, 400,
+     ["exactly one of `input`"], None),
+    ("neither input nor messages", "/pooling", {"task": "classify"}, {}, 400, ["exactly one of `input`"], None),
+    ("empty messages", "/pooling", {"messages": []}, {}, 400, ["messages", "empty"], None),
+    ("message without role", "/pooling", {"messages": [{"content": "x"}]}, {}, 400, ["messages[0].role"],
+     "messages[0].role"),
+    ("image content part", "/pooling", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, {}, 400,
+     ["content[0]", "text"], "messages[0].content"),
+    ("chat template from request", "/pooling", {"messages": [{"role": "user", "content": "x"}],
+                                                "chat_template": "{{ messages }}"}, {}, 400,
+     ["chat_template", "--trust-request-chat-template"], "chat_template"),
+    ("renderer option in chat_template_kwargs", "/pooling", {"messages": [{"role": "user", "content": "x"}],
+                                                             "chat_template_kwargs": {"tokenize": True}}, {}, 400,
+     ["chat_template_kwargs", "tokenize"], "chat_template_kwargs"),
+    ("chat option on input", "/pooling", {"input": "x", "add_generation_prompt": True}, {}, 400,
+     ["add_generation_prompt", "messages"], None),
+    ("priority", "/pooling", {"input": "x", "priority": 1}, {}, 400, ["priority", "0"], None),
+    ("bad encoding_format", "/pooling", {"input": "x", "encoding_format": "bytes"}, {}, 400, ["encoding_format"],
+     "encoding_format"),
+    ("too many inputs", "/pooling", {"input": ["x"] * (MAX_CLIENT_BATCH + 1)}, {}, 413,
+     [f"{MAX_CLIENT_BATCH + 1} prompts", f"--max-client-batch-size={MAX_CLIENT_BATCH}"], "input"),
+    ("body over max-body-bytes", "/pooling", {"input": "x" * (MAX_BODY_BYTES + 10)}, {}, 413,
+     [f"--max-body-bytes={MAX_BODY_BYTES}"], None),
+    ("classify with a pooling field", "/classify", {"input": "x", "task": "embed"}, {}, 400, ["task", "unknown field"],
+     "task"),
+    ("get_reward empty query", "/get_reward", {"query": []}, {}, 400, ["query"], "query"),
+    ("get_reward query not a list", "/get_reward", {"query": "text"}, {}, 400, ["query", "list"], "query"),
+    ("get_reward empty text", "/get_reward", {"query": ["fine", ""]}, {}, 400, ["query[1]", "empty string"], "query"),
+    ("get_reward too many", "/get_reward", {"query": ["x"] * (MAX_CLIENT_BATCH + 1)}, {}, 413,
+     ["--max-client-batch-size"], "query"),
+    ("tokenize both forms", "/tokenize", {"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, {}, 400,
+     ["exactly one of `prompt` or `messages`"], None),
+    ("tokenize unknown model", "/tokenize", {"prompt": "x", "model": "nope"}, {}, 404, ["nope"], "model"),
+    ("unknown route", "/v2/pooling", {"input": "x"}, {}, 404, ["/v2/pooling"], None),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_client_mistake_is_a_4xx_naming_the_field(server, case):
+    _, route, body, headers, status, words, param = case
+    if isinstance(body, bytes):
+        response = requests.post(server.url + route, data=body, headers=headers, timeout=30)
+    else:
+        response = requests.post(server.url + route, json=body, headers=headers, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert set(error) == {"object", "message", "type", "param", "code"}
+    assert error["object"] == "error" and error["code"] == status
+    assert error["type"] == {400: "BadRequestError", 404: "NotFoundError", 413: "RequestTooLargeError"}[status]
+    for word in words:
+        assert word in error["message"], (word, error["message"])
+    assert error["param"] == param
+    assert len(error["message"]) < 1000  # never echoes a huge input back
+
+
+def test_wrong_method_and_health_after_mistakes(server, llm):
+    r = requests.get(server.url + "/pooling", timeout=10)
+    assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowedError"
+    assert requests.get(server.url + "/health", timeout=10).json()["status"] == "ok"
+    good = requests.post(server.url + "/pooling", json={"input": "still works"}, timeout=30).json()
+    (want,) = llm.encode("still works", pooling_task="classify", use_tqdm=False)
+    assert abs(good["data"][0]["data"][0] - float(want.outputs.data[0])) < 1e-5
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    assert not re.search(r'rlhf_rewards_requests_total\{[^}]*status="5\d\d"', metrics)
+
+
+def test_a_bad_request_among_concurrent_good_ones_fails_alone(server, llm):
+    import concurrent.futures
+
+    bodies = [{"input": f"good {i}"} for i in range(12)] + [{"input": [[1, 2, 100000]]}]
+    with concurrent.futures.ThreadPoolExecutor(13) as pool:
+        answers = list(pool.map(lambda b: requests.post(server.url + "/pooling", json=b, timeout=60), bodies))
+    assert [a.status_code for a in answers] == [200] * 12 + [400]
+    want = llm.encode([b["input"] for b in bodies[:12]], pooling_task="classify", use_tqdm=False)
+    for answer, w in zip(answers, want, strict=False):
+        assert abs(answer.json()["data"][0]["data"][0] - float(w.outputs.data[0])) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_no_generated_request_gets_a_server_error(server, mode):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    generation_mode = getattr(schemathesis.GenerationMode, mode.upper())
+    seen = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if mode == "negative" and operation.method.upper() != "POST":
+            continue  # a route without a body or parameters has no invalid form
+
+        @given(operation.as_strategy(generation_mode=generation_mode))
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case):
+            nonlocal seen
+            seen += 1
+            response = case.call(base_url=server.url, timeout=60)
+            assert response.status_code < 500, (case.method, case.path, case.body, response.text)
+            if response.status_code >= 400:
+                body = json.loads(response.text)
+                assert body["object"] == "error" and body["code"] == response.status_code
+
+        check()
+    assert seen >= 50
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200
