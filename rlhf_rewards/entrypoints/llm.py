@@ -6,7 +6,10 @@ the import.
 
 from __future__ import annotations
 
+
 import itertools
+import os
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -69,7 +72,7 @@ class LLM:
 
     def __init__(
         self,
-        model: str,
+        model: str | os.PathLike[str],
         runner: str = "pooling",
         *,
         tokenizer: str | None = None,
@@ -89,12 +92,15 @@ class LLM:
     ) -> None:
         if runner not in ("pooling", "auto"):
             raise ValueError(f"runner={runner!r}: rlhf-rewards only runs pooling models; use runner='pooling'.")
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a local folder or hub id string, got {model!r}.")
         for name, value in (("max_model_len", max_model_len), ("max_num_batched_tokens", max_num_batched_tokens)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         torch.manual_seed(seed)
+        self._engine_lock = threading.RLock()
         self.model_name = model
         self.device = resolve_device(device)
         self.user_pooler_config = PoolerConfig.from_any(pooler_config)
@@ -358,6 +364,12 @@ class LLM:
         ]
 
     def _run(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:
+        # One forward at a time: async reward functions and server threads share this engine, and the LoRA
+        # manager's active-adapter state belongs to the batch being run.
+        with self._engine_lock:
+            return self._run_unlocked(requests, use_tqdm)
+
+    def _run_unlocked(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:
         if self.lora_manager is not None and any(r.lora is not None for r in requests):
             # Adapters are loaded (at most max_loras at a time) and their requests run in as few waves as possible.
             return self.lora_manager.run_in_waves(requests, lambda chunk: self._run_loaded(chunk, use_tqdm))
