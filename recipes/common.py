@@ -70,14 +70,33 @@ def load_train_dataset(script_args: RecipeArguments) -> Any:
                         split=script_args.dataset_train_split)
 
 
+def run_info(trainer: Any) -> dict[str, Any]:
+    """How the run was launched, as accelerate saw it: distributed type, processes, DeepSpeed ZeRO stage,
+    FSDP version, steps done. Written next to the log history, so a launch that silently fell back to one
+    plain process (``accelerate launch --cpu`` drops DeepSpeed) shows."""
+    state = trainer.accelerator.state
+    plugin = getattr(state, "deepspeed_plugin", None)
+    fsdp = getattr(state, "fsdp_plugin", None)
+    return {
+        "distributed_type": str(getattr(state.distributed_type, "value", state.distributed_type)),
+        "num_processes": state.num_processes,
+        "zero_stage": plugin.zero_stage if plugin is not None else None,
+        "fsdp_version": getattr(fsdp, "fsdp_version", None) if fsdp is not None else None,
+        "device": str(state.device),
+        "global_step": trainer.state.global_step,
+    }
+
+
 def finish(trainer: Any, script_args: RecipeArguments) -> Path:
-    """Save the policy, write the log history JSON (main process) and end the run; returns the JSON path."""
+    """Save the policy, write the log history JSON and ``run_info.json`` (main process) and end the run;
+    returns the log history's path."""
     output_dir = trainer.args.output_dir
     trainer.save_model(output_dir)
     path = Path(script_args.log_history_file or os.path.join(output_dir, "log_history.json"))
     if trainer.accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(trainer.state.log_history, indent=2) + "\n", encoding="utf-8")
+        (path.parent / "run_info.json").write_text(json.dumps(run_info(trainer), indent=2) + "\n", encoding="utf-8")
         trainer.accelerator.print(f"Training completed: policy saved to {output_dir}, log history in {path}.")
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
         trainer.end()

@@ -1,6 +1,6 @@
 """The arithmetic task of the embedded default reward models: data, held-out split and formats.
 
-Shared by ``recipes/train_default_models.py`` (training data), the tests (held-out checks) and
+Shared by ``recipes/train_reward_models.py`` (training data), the tests (held-out checks) and
 ``recipes/demo.py`` (the policy's prompts), so all three agree on the task.
 
 - **Outcome RM**: ``What is A + B?`` / ``What is A - B?`` with ``A, B`` in 0..99 (``A >= B`` for ``-``). The
@@ -123,6 +123,16 @@ def outcome_examples(seed: int, n: int, *, held_out: bool) -> list[OutcomeExampl
         c = apply(a, op, b)
         out.append(OutcomeExample(a, op, b, str(c), str(near_miss(rng, a, op, b, c))))
     return out
+
+
+#: Words of the off-format answers (chatter instead of a number) that the outcome RM learns to rank last.
+CHATTER_WORDS = ("the", "answer", "is", "maybe", "hmm", "I", "think", "so", "not", "sure", "let", "me", "see",
+                 "well", "it", "a", "number", "yes", "no", "ok")
+
+
+def chatter(rng: random.Random, max_words: int = 4) -> str:
+    """An off-format answer: 1..``max_words`` words and no number (what an untrained policy rambles)."""
+    return " ".join(rng.choice(CHATTER_WORDS) for _ in range(rng.randint(1, max_words)))
 
 
 def render_outcome(prompt: str, answer: str, fmt: str) -> dict:
@@ -253,7 +263,9 @@ __all__ = [
     "OutcomeExample",
     "ProcessExample",
     "Step",
+    "CHATTER_WORDS",
     "apply",
+    "chatter",
     "is_held_out",
     "near_miss",
     "operand_pairs",

@@ -8,8 +8,8 @@ function ``<name>`` (TRL's name for it: ``__name__``, else the class name):
 ============================== =================================================================
 ``rewards/<name>/latency_s``    mean wall time of one reward-function call (one generation batch)
 ``rewards/<name>/tokens_per_s`` tokens the worker scored per second of its busy time
-``rewards/<name>/retries``      requests the worker retried (remote/Ray workers)
-``rewards/<name>/failures``     requests that failed after all retries
+``rewards/<name>/retries``      attempts the worker retried after a failure (remote/Ray workers)
+``rewards/<name>/failures``     requests that failed after all retries (failed attempts not retried)
 ``rewards/<name>/raw_mean``     mean of the raw scores returned to the trainer (``None`` excluded)
 ``rewards/<name>/raw_std``      their sample standard deviation
 ``rewards/<name>/raw_min``      their minimum
@@ -106,8 +106,11 @@ def summarize(name: str, parts: Sequence[dict[str, Any]]) -> dict[str, float]:
     if has_worker and (requests or calls):
         if busy > 0:
             logs[prefix + "tokens_per_s"] = sum(p.get("tokens", 0) for p in parts) / busy
-        logs[prefix + "retries"] = float(sum(p.get("retries", 0) for p in parts))
-        logs[prefix + "failures"] = float(sum(p.get("failures", 0) for p in parts))
+        retries = sum(p.get("retries", 0) for p in parts)
+        logs[prefix + "retries"] = float(retries)
+        # WorkerStats.failures counts failed attempts; every retry follows one, so the attempts that were not
+        # retried are the requests that failed for good.
+        logs[prefix + "failures"] = float(max(0, sum(p.get("failures", 0) for p in parts) - retries))
     if scores:
         valid = [s for s in scores if not math.isnan(s)]
         logs[prefix + "raw_none_frac"] = 1.0 - len(valid) / len(scores)

@@ -56,6 +56,19 @@ def describe_worker(worker: Any) -> str:
     return f"{type(worker).__name__}({model})" if model else type(worker).__name__
 
 
+def _reason(details: dict[str, Any], endpoint: str) -> str:
+    """Why ``endpoint`` is down, from a ``WorkerHealth.details`` dict (per-URL entries for remote workers)."""
+    entry = details.get(endpoint) if isinstance(details, dict) else None
+    if isinstance(entry, dict):
+        if entry.get("error"):
+            return str(entry["error"])
+        if entry.get("marked_down"):
+            return "marked down after failing requests"
+        if "http_status" in entry:
+            return f"/health answered HTTP {entry['http_status']}"
+    return str(details) if details else "down"
+
+
 def is_sleepable(worker: Any) -> bool:
     """Whether ``worker`` can release its accelerator memory (``sleep``/``wake_up``, as ``ColocatedWorker``)."""
     return callable(getattr(worker, "sleep", None)) and callable(getattr(worker, "wake_up", None))
@@ -136,6 +149,10 @@ class RewardWorkerCallback(TrainerCallback):
             ``reward_funcs`` list can be passed as is (entries without a worker are ignored).
         sleep: Put sleepable workers to sleep between scoring calls. Default True.
         check_health: Check every worker's health when training begins. Default True.
+        require_all_endpoints: Fail when any URL (or replica) of a worker is down, even if the worker could
+            still serve through the others. A URL given to the run is meant to work, and a dead one costs a
+            failed attempt and a retry on many requests. With ``False`` a partly-down worker only logs a
+            warning naming the URLs; a worker with no endpoint up always fails the run. Default True.
 
     Example::
 
@@ -144,14 +161,22 @@ class RewardWorkerCallback(TrainerCallback):
                               callbacks=[RewardWorkerCallback([reward])])
     """
 
-    def __init__(self, workers: Any, *, sleep: bool = True, check_health: bool = True) -> None:
+    def __init__(
+        self, workers: Any, *, sleep: bool = True, check_health: bool = True, require_all_endpoints: bool = True
+    ) -> None:
+        for flag, value in (("sleep", sleep), ("check_health", check_health),
+                            ("require_all_endpoints", require_all_endpoints)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag} must be True or False, got {value!r}.")
         self.workers = resolve_workers(workers)
         self.sleep = sleep
         self.check_health = check_health
+        self.require_all_endpoints = require_all_endpoints
         self._guards: list[_ScoringGuard] = []
 
     def check_workers(self) -> None:
-        """Raise ``RuntimeError`` if any worker is unhealthy, listing every one that is down and why."""
+        """Raise ``RuntimeError`` if any worker is unhealthy (or, with ``require_all_endpoints``, has any URL
+        down), naming every URL that is down and why."""
         problems = []
         for worker in self.workers:
             try:
@@ -159,13 +184,19 @@ class RewardWorkerCallback(TrainerCallback):
             except Exception as exc:  # noqa: BLE001 - an unreachable worker may raise instead of answering
                 problems.append(f"{describe_worker(worker)}: {type(exc).__name__}: {exc}")
                 continue
-            if not health.ok:
-                down = ", ".join(health.down) if health.down else describe_worker(worker)
-                detail = f" ({health.details})" if health.details else ""
-                problems.append(f"{down}{detail}")
+            if health.ok and not health.down:
+                continue
+            down = list(health.down) or [describe_worker(worker)]
+            reasons = "; ".join(f"{url} ({_reason(health.details, url)})" for url in down)
+            if health.ok and not self.require_all_endpoints:
+                logger.warning("Reward worker %s is serving, but these endpoints are down: %s",
+                               describe_worker(worker), reasons)
+                continue
+            problems.append(reasons)
         if problems:
             raise RuntimeError(
-                "Reward worker(s) not healthy, so training would fail at the first scoring call: "
+                "Reward worker endpoint(s) down before training (set require_all_endpoints=False to train on "
+                "with the URLs that are up): "
                 + "; ".join(problems)
                 + ". Start the reward server(s) (`rlhf-rewards serve ...`) or fix the URL(s), then retry."
             )

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("rlhf_rewards.server")
@@ -29,8 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", default=None,
-                   help="Model folder or hub id. Default: the model bundled with rlhf-rewards, if any.")
+    p.add_argument("model", nargs="?", default=None, metavar="MODEL", help="Model folder or hub id.")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="Interface to bind. Default 127.0.0.1 (this machine only).")
     net.add_argument("--port", type=int, default=8000, help="Port. Default 8000.")
@@ -102,21 +100,6 @@ def parse_lora_modules(values: list[str]) -> dict[str, str]:
     return modules
 
 
-def default_model() -> str | None:
-    """The model bundled under ``rlhf_rewards/assets`` (a folder with ``config.json``), if this install has one."""
-    try:
-        from rlhf_rewards import assets  # type: ignore[attr-defined]
-    except ImportError:
-        assets = None
-    for attr in ("default_model_path", "default_model"):
-        fn = getattr(assets, attr, None)
-        if callable(fn):
-            return str(fn())
-    root = Path(__file__).resolve().parent.parent / "assets"
-    found = sorted(p.parent for p in root.glob("*/config.json")) if root.is_dir() else []
-    return str(found[0]) if len(found) == 1 else None
-
-
 def build_engine(args: argparse.Namespace) -> Any:
     """Load the model and wrap it in a :class:`~rlhf_rewards.server.service.ServingEngine`."""
     from rlhf_rewards import LLM, LoRARequest
@@ -166,28 +149,36 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError("--hf-overrides must be a JSON object.") from None
 
 
+def resolve_api_key(args: argparse.Namespace) -> str | None:
+    """``--api-key``, else ``$RLHF_REWARDS_API_KEY``, else ``None`` (no key required)."""
+    from rlhf_rewards.server.auth import API_KEY_ENV
+
+    return args.api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def make_app(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
+    """``(app, engine, api_key)`` for parsed ``serve`` arguments; raises ``ValueError`` naming a bad flag."""
+    from rlhf_rewards.server.app import build_app
+
+    if args.model is None:
+        raise ValueError("no MODEL given; pass a model folder or hub id, "
+                         "e.g. `rlhf-rewards serve Skywork/Skywork-Reward-V2-Qwen3-0.6B`.")
+    _check_args(args)
+    engine = build_engine(args)
+    api_key = resolve_api_key(args)
+    return build_app(engine, api_key=api_key), engine, api_key
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model, then serve until SIGTERM/SIGINT; in-flight requests finish before exit."""
     import uvicorn
 
-    from rlhf_rewards.server.app import build_app
-    from rlhf_rewards.server.auth import API_KEY_ENV
-
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.model is None:
-        args.model = default_model()
-        if args.model is None:
-            sys.stderr.write("rlhf-rewards serve: no MODEL given and this install bundles no default model; "
-                             "pass a model folder or hub id, e.g. `rlhf-rewards serve Skywork/Skywork-Reward-V2-Qwen3-0.6B`.\n")
-            return 2
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
-        _check_args(args)
-        engine = build_engine(args)
-    except ValueError as exc:
+        app, engine, api_key = make_app(args)
+    except (ValueError, OSError) as exc:  # a bad flag, model or adapter path: say which, no traceback
         sys.stderr.write(f"rlhf-rewards serve: {exc}\n")
         return 2
-    app = build_app(engine, api_key=api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=not args.disable_access_log, lifespan="on",
                             timeout_graceful_shutdown=args.shutdown_timeout)
@@ -198,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
 
     server = _Server(config)
+    # The key itself is never logged, only whether one is required.
     logger.info("Serving %s as %s%s on http://%s:%d (API key %s).", args.model, engine.model_name,
                 f" with LoRA modules {engine.lora_names}" if engine.lora_names else "",
                 args.host, args.port, "required" if api_key else "not required")
@@ -208,4 +200,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
-__all__ = ["add_parser", "build_engine", "default_model", "parse_lora_modules", "run"]
+__all__ = ["add_parser", "build_engine", "make_app", "parse_lora_modules", "resolve_api_key", "run"]

@@ -148,9 +148,16 @@ def _build_level(
         while i < len(order):
             # Extend the group while the next sequence shares at least ``min_shared`` more tokens.
             first = seqs[order[i]]
-            j = i + 1
-            while j < len(order) and _lcp(first, seqs[order[j]], start) - start >= min_shared:
-                j += 1
+            # In sorted order the common prefix with ``first`` only shrinks, so the group's end is found
+            # by bisection (a linear scan is quadratic on deeply nested inputs).
+            lo, hi = i + 1, len(order)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _lcp(first, seqs[order[mid]], start) - start >= min_shared:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            j = lo
             group = order[i:j]
             if len(group) == 1:
                 idx = group[0]

@@ -29,6 +29,7 @@ from rlhf_rewards.engine.prefix_cache import DEFAULT_MIN_SHARED_TOKENS, build_pr
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.engine.scheduler import plan_micro_batches
 from rlhf_rewards.engine.segment_attention import SegmentAttentionUnsupported, segment_attention
+from rlhf_rewards.engine.threads import SMALL_FORWARD_FLOPS, dense_parameters, threads_for
 from rlhf_rewards.models.base import PoolingModel
 from rlhf_rewards.pooling import apply_score_transform, get_pooler
 from rlhf_rewards.pooling.params import ResolvedPooling
@@ -62,6 +63,8 @@ class ModelRunner:
         prefix_sharing: Run shared token prefixes (and duplicates) once. Default ``True``.
         min_shared_tokens: Shortest shared run split off into its own tree node. Default 8.
         prune_last_layer: Run the last layer only on the rows poolers read (direct families). Default ``True``.
+        small_forward_flops: CPU forwards estimated below this many FLOPs run on one thread
+            (:mod:`~rlhf_rewards.engine.threads`); ``0`` turns this off.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class ModelRunner:
         prefix_sharing: bool = True,
         min_shared_tokens: int = DEFAULT_MIN_SHARED_TOKENS,
         prune_last_layer: bool = True,
+        small_forward_flops: float = SMALL_FORWARD_FLOPS,
     ) -> None:
         self.model = model
         self.device = device
@@ -84,6 +88,8 @@ class ModelRunner:
         self.prefix_sharing = prefix_sharing
         self.min_shared_tokens = min_shared_tokens
         self.prune_last_layer = prune_last_layer
+        self.small_forward_flops = small_forward_flops
+        self._dense_params: int | None = None
         #: Why packing was turned off for this model at run time (``None`` while it works).
         self.packing_disabled_reason: str | None = None
         self._direct: bool | None = None
@@ -117,9 +123,11 @@ class ModelRunner:
         results: list[torch.Tensor | None] = [None] * len(requests)
         for batch in plan_micro_batches([r.num_tokens for r in requests], self.max_num_batched_tokens):
             chunk = [requests[i] for i in batch]
-            for i, tensor in zip(batch, self.run_batch(chunk), strict=True):
-                results[i] = tensor
             width = max(r.num_tokens for r in chunk)
+            with self._threads(len(chunk) * width):
+                outputs = self.run_batch(chunk)
+            for i, tensor in zip(batch, outputs, strict=True):
+                results[i] = tensor
             stats = self.last_stats
             stats["forwards"] += 1
             stats["tokens_run"] += len(chunk) * width
@@ -145,13 +153,21 @@ class ModelRunner:
             for units in bin_pack(work_units(forest, budget), budget):
                 packed = build_packed_forward(units, forest, self.device)
                 chunk = [requests[members[s]] for s in packed.sequences]
-                for s, tensor in zip(packed.sequences, self.run_packed(packed, chunk), strict=True):
+                with self._threads(packed.num_tokens):
+                    outputs = self.run_packed(packed, chunk)
+                for s, tensor in zip(packed.sequences, outputs, strict=True):
                     results[members[s]] = tensor
                 self.last_stats["forwards"] += 1
                 self.last_stats["tokens_run"] += packed.num_tokens
                 if on_batch_done is not None:
                     on_batch_done(len(chunk))
         return [r for r in results if r is not None]
+
+    def _threads(self, tokens: int):
+        """One intra-op thread for a small CPU forward of ``tokens`` rows (see :mod:`~rlhf_rewards.engine.threads`)."""
+        if self._dense_params is None:
+            self._dense_params = dense_parameters(self.model.backbone)
+        return threads_for(self.device, 2.0 * self._dense_params * tokens, self.small_forward_flops)
 
     def _uses_direct(self) -> bool:
         if self._direct is None:
@@ -177,6 +193,11 @@ class ModelRunner:
             positions = get_pooler(r.pooling.pooling_type).positions(torch.tensor(r.token_ids), r.pooling)
             rows.append(row_map.index_select(0, positions))
         needed = torch.unique(torch.cat(rows)) if rows else torch.empty(0, dtype=torch.long)
+        if needed.numel() == 0:
+            # Nothing is read (STEP pooling over texts without a step tag): every result is [0, k], as in
+            # vLLM, and the forward would be wasted work.
+            empty = torch.empty((0, self.model.hidden_size), dtype=torch.float32, device=self.device)
+            return self.pool(requests, [empty] * len(requests), head_kwargs=extra.get("head", {}))
         total = packed.num_tokens
         expected = self._expected_attention_calls()
         if expected == 0:

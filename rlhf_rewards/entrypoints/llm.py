@@ -252,11 +252,13 @@ class LLM:
         are not pinned: with more than ``max_loras`` the least recently used are unloaded and come back on
         demand. Returns ``False`` if this exact adapter was already registered.
         """
-        return self._lora().add_lora(lora_request)
+        with self._engine_lock:  # loading changes the model's modules: never during another thread's forward
+            return self._lora().add_lora(lora_request)
 
     def remove_lora(self, lora: int | str | LoRARequest) -> bool:
         """Unregister and unload an adapter (by ``lora_int_id``, name or request); ``False`` if unknown."""
-        return self._lora().remove_lora(lora)
+        with self._engine_lock:
+            return self._lora().remove_lora(lora)
 
     def list_loras(self) -> list[LoRARequest]:
         """Adapters registered with :meth:`add_lora`, in registration order."""

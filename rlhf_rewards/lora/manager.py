@@ -255,10 +255,20 @@ def _check_request(request: Any) -> LoRARequest:
 
 
 def _distinct(requests: Sequence[LoRARequest | None]) -> list[LoRARequest]:
+    """The different adapters of ``requests``; :class:`ValueError` if two of them share a ``lora_int_id``."""
     seen: dict[LoRARequest, None] = {}
+    by_id: dict[int, LoRARequest] = {}
     for request in requests:
-        if request is not None:
-            seen.setdefault(_check_request(request), None)
+        if request is None:
+            continue
+        request = _check_request(request)
+        other = by_id.setdefault(request.lora_int_id, request)
+        if other != request:
+            raise ValueError(
+                f"lora_int_id={request.lora_int_id} of {describe(request)} is already used by {describe(other)}; "
+                "every adapter needs its own lora_int_id."
+            )
+        seen.setdefault(request, None)
     return list(seen)
 
 

@@ -60,7 +60,18 @@ def adapters_in(module: nn.Module) -> set[str]:
     return names
 
 
-def _adapter_names_hook(_module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]) -> tuple:
+def _adapter_names_hook(
+    _module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str], layer_name: str
+) -> tuple:
+    x = args[0] if args else next(iter(kwargs.values()), None)
+    # peft picks each adapter's rows by index along dim 0. A layer that sees tokens flattened or regrouped
+    # (MoE experts, for one) would silently give rows the wrong adapter, so it is refused instead.
+    if isinstance(x, torch.Tensor) and (x.dim() == 0 or x.shape[0] != len(adapter_names)):
+        raise RuntimeError(
+            f"LoRA layer {layer_name!r} sees an input of shape {tuple(x.shape)} whose first dimension is not the "
+            f"batch of {len(adapter_names)} rows, so rows of different adapters cannot be told apart there; "
+            "run such adapters one per call or merge them into the model."
+        )
     kwargs["adapter_names"] = adapter_names
     return args, kwargs
 
@@ -79,13 +90,17 @@ def mixed_adapter_batch(module: nn.Module, adapter_names: Sequence[str] | None) 
     tuner_layer, wrapper = _peft_classes()
     handles = []
     try:
-        for layer in peft_layers(module):
+        layers = {id(m) for m in peft_layers(module)}
+        for layer_name, layer in module.named_modules():
+            if id(layer) not in layers:
+                continue
             if isinstance(layer, tuner_layer):
                 own = names
             else:
                 held = layer_adapters(layer)
                 own = [n if n in held else BASE for n in names]
-            handles.append(layer.register_forward_pre_hook(partial(_adapter_names_hook, adapter_names=own), with_kwargs=True))
+            hook = partial(_adapter_names_hook, adapter_names=own, layer_name=layer_name)
+            handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
         yield
     finally:
         for handle in handles:

@@ -219,6 +219,8 @@ class Batcher:
             speed = n_tokens / elapsed
             self._tokens_per_second = speed if self._tokens_per_second is None else (
                 0.8 * self._tokens_per_second + 0.2 * speed)
+        logger.debug("Engine call: %d requests, %d prompts, %d tokens, %.3f s.", len(jobs), len(items), n_tokens,
+                     elapsed)
         if m is not None:
             m.engine_latency.observe(elapsed)
             m.batch_prompts.observe(len(items))

@@ -4,6 +4,9 @@ For each architecture three adapters are mixed with the base model in one call: 
 layer (peft's ``all-linear``, which also covers the head unless it is an LM head), the same with the head
 saved as the adapter's own copy (``modules_to_save``), and LoRA put on the head module by name. The last
 two cannot be in peft's model together, so the call runs in two turns.
+
+Sequence (Qwen3/Llama/Jamba classifiers), token (Qwen2 RM, InternLM2 RM) and process reward models (Qwen2
+PRM, Llama causal LM with STEP pooling) are all covered; Jamba runs under ``-m slow``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ TEXTS = [
     "<|reward|>ok<|reward|>",
 ]
 CLASSIFY_TASKS = ("classify", "token_classify")
+#: Jamba's reference Mamba scan is slow on CPU: it runs under ``-m slow``.
+SLOW_ARCHITECTURES = {"JambaForSequenceClassification"}
+#: Mamba's sequential reference scan carries merged-vs-unmerged fp32 rounding (a few 1e-6 relative) across
+#: the whole sequence; Jamba's hidden states (|x| ~ 4) then differ by ~2e-5, so for Jamba the bound is 1e-5
+#: relative to the largest value of the tensor. A row with the wrong adapter differs by ~1e-1.
+SCALED_TOLERANCE = {"JambaForSequenceClassification"}
 
 
 def _head_name(llm: LLM) -> str | None:
@@ -57,7 +66,7 @@ def _params(task: str) -> PoolingParams | None:
     return PoolingParams(use_activation=False) if task in CLASSIFY_TASKS else None
 
 
-def _compare(base, adapter_factory, merged_factory, pooler_config=None, tasks=None):
+def _compare(base, adapter_factory, merged_factory, pooler_config=None, tasks=None, scaled=False):
     kwargs = {"device": "cpu", "pooler_config": pooler_config}
     llm = LLM(str(base), enable_lora=True, max_loras=3, **kwargs)
     configs = _adapters(llm)
@@ -73,16 +82,20 @@ def _compare(base, adapter_factory, merged_factory, pooler_config=None, tasks=No
         expected = {n: engines[n].encode(TEXTS, _params(task), pooling_task=task) for n in names}
         for i, (out, name) in enumerate(zip(outs, plan, strict=True)):
             want = expected[name][i % len(TEXTS)].outputs.data
-            torch.testing.assert_close(out.outputs.data, want, atol=ATOL, rtol=RTOL, msg=lambda m, t=task, i=i, n=name: f"{t}, prompt {i}, {n}: {m}")
+            atol = ATOL * max(1.0, float(want.abs().max())) if scaled and want.numel() else ATOL
+            torch.testing.assert_close(out.outputs.data, want, atol=atol, rtol=RTOL, msg=lambda m, t=task, i=i, n=name: f"{t}, prompt {i}, {n}: {m}")
             if name is not None and task in CLASSIFY_TASKS and want.numel():
                 base_out = expected[None][i % len(TEXTS)].outputs.data
                 assert not torch.allclose(want, base_out, atol=1e-3), f"{name} does not change {task}"
 
 
-@pytest.mark.parametrize("architecture", sorted(BUILDERS))
+@pytest.mark.parametrize(
+    "architecture",
+    [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_ARCHITECTURES else a for a in sorted(BUILDERS)],
+)
 def test_architecture_with_mixed_adapters_equals_merged(architecture, checkpoint_factory, adapter_factory, merged_factory):
     base = checkpoint_factory(architecture, seed=71)
-    _compare(base, adapter_factory, merged_factory)
+    _compare(base, adapter_factory, merged_factory, scaled=architecture in SCALED_TOLERANCE)
 
 
 def test_math_shepherd_step_pooling_on_the_lm_head(checkpoint_factory, adapter_factory, merged_factory):

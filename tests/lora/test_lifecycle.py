@@ -225,6 +225,11 @@ def test_reused_id_for_another_adapter_is_refused(base, good):
     llm.encode("hi", pooling_task="classify", lora_request=good[0])
     with pytest.raises(ValueError, match="lora_int_id=1 .* already used"):
         llm.encode("hi", pooling_task="classify", lora_request=LoRARequest("other", 1, good[1].lora_path))
+    # Two adapters with one id in a single call, neither loaded yet.
+    fresh = LoRARequest("c2", 3, good[1].lora_path)
+    with pytest.raises(ValueError, match="lora_int_id=3 .* already used"):
+        llm.encode(["hi", "yo"], pooling_task="classify", lora_request=[good[2], fresh])
+    assert llm.lora_manager.loaded_loras == [good[0]]
 
 
 def test_other_base_model_name_only_warns(base, good, expected, tmp_path, caplog):

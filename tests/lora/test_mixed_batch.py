@@ -84,7 +84,7 @@ def test_each_adapter_equals_merged_model(base, requests_by_name, reference, nam
 
 
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
-def test_mixed_adapters_and_base_in_one_call(base, requests_by_name, reference, packing):
+def test_mixed_adapters_and_base_in_one_call(base, requests_by_name, reference, packing, monkeypatch):
     llm = LLM(str(base), device="cpu", enable_lora=True, max_loras=4)
     llm.runner.packing = packing
     names = [None, "attn", "saved_head", "lora_head", "trl"]
@@ -93,9 +93,21 @@ def test_mixed_adapters_and_base_in_one_call(base, requests_by_name, reference, 
     # Shift the texts so each adapter meets different prompts than in the other tests.
     texts = texts[1:] + texts[:1]
     loras = [requests_by_name[n] if n else None for n in plan]
+    packed_calls: list[set] = []
+    run_packed = llm.runner.run_packed
+    monkeypatch.setattr(
+        llm.runner, "run_packed", lambda p, reqs: packed_calls.append({r.lora for r in reqs}) or run_packed(p, reqs)
+    )
     for task in ("classify", "embed"):
+        packed_calls.clear()
         outs = llm.encode(texts, RAW if task == "classify" else None, pooling_task=task, lora_request=loras)
         _check(outs, plan, reference, task, offset=1)
+        if packing:
+            assert llm.runner.packing_disabled_reason is None  # it really ran packed
+            # One packed row holds one adapter: the five adapter groups (base included) run as five forwards.
+            assert sorted(len(c) for c in packed_calls) == [1] * len(names)
+        else:
+            assert packed_calls == []
 
 
 def test_compatible_adapters_share_one_forward(base, requests_by_name, reference, monkeypatch):

@@ -5,18 +5,20 @@ from __future__ import annotations
 import pytest
 
 from rlhf_rewards import LLM
-from tests.server.launcher import ServerProcess
+from tests.server.launcher import shared_server
 
 MAX_CLIENT_BATCH = 32
 MAX_BODY_BYTES = 200_000
+SERVED_NAME = "tiny-rm"
+#: The CLI arguments of the session's shared server (small request limits, so the limit tests stay small).
+SERVER_ARGS = ("--served-model-name", SERVED_NAME, "--max-client-batch-size", str(MAX_CLIENT_BATCH),
+               "--max-body-bytes", str(MAX_BODY_BYTES))
 
 
 @pytest.fixture(scope="session")
 def server(qwen3_rm):
-    """A server with small request limits (so the limit tests stay small)."""
-    with ServerProcess(qwen3_rm, "--served-model-name", "tiny-rm", "--max-client-batch-size", str(MAX_CLIENT_BATCH),
-                       "--max-body-bytes", str(MAX_BODY_BYTES)) as proc:
-        yield proc
+    """``rlhf-rewards serve`` in a subprocess, shared with ``tests/workers`` (never kill it)."""
+    return shared_server(qwen3_rm, *SERVER_ARGS)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlhf_rewards.workers import RemoteWorker
-from tests.server.launcher import ServerProcess
+from tests.server.launcher import InProcessServer
 
 POISON = 300  # a token id whose embedding is NaN: any prompt containing it scores NaN
 
@@ -24,7 +24,7 @@ def nan_server(qwen3_rm, tmp_path_factory):
     weights = load_file(str(path / "model.safetensors"))
     weights["model.embed_tokens.weight"][POISON] = float("nan")
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
-    with ServerProcess(path) as proc:
+    with InProcessServer(path) as proc:
         yield proc
 
 

@@ -1,8 +1,10 @@
-"""Operations on real servers: API key, bounded queue (503 + Retry-After), SIGTERM drain, metrics, docs, CLI."""
+"""Operations on real servers: API key, bounded queue (503 + Retry-After), SIGTERM drain, client timeouts,
+metrics, docs, binding, and the CLI's safety defaults."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import re
 import threading
 import time
@@ -12,22 +14,32 @@ import requests
 import torch
 
 from rlhf_rewards.workers import RemoteWorker
-from tests.server.launcher import ServerProcess
+from tests.server.launcher import InProcessServer, ServerProcess
 
 KEY = "s3cret-key-for-tests-0123456789"
 LONG_TEXT = "The quick brown fox jumps over the lazy dog. " * 20  # ~500 tokens
 
 
 @pytest.fixture(scope="module")
-def servers(qwen3_rm):
-    """An API-key server and a tiny-queue server whose key comes from the environment (loaded in parallel)."""
-    auth = ServerProcess(qwen3_rm, "--api-key", KEY).launch()
-    queue = ServerProcess(qwen3_rm, "--max-queue-size", "4", env={"RLHF_REWARDS_API_KEY": KEY}).launch()
-    with auth, queue:
+def drained(qwen3_rm):
+    """A subprocess server for the SIGTERM test, launched first so that it loads while other tests run.
+
+    Its key comes from the environment, and it logs at debug level (which must still never show the key)."""
+    proc = ServerProcess(qwen3_rm, "--log-level", "debug", env={"RLHF_REWARDS_API_KEY": KEY}).launch()
+    yield proc
+    proc.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def servers(qwen3_rm, drained):
+    """An API-key server and a tiny-queue server whose key comes from the environment (in-process threads)."""
+    with InProcessServer(qwen3_rm, "--api-key", KEY) as auth, \
+            InProcessServer(qwen3_rm, "--max-queue-size", "4", env={"RLHF_REWARDS_API_KEY": KEY}) as queue:
         yield auth, queue
 
 
-def test_api_key_on_every_route_but_health(servers):
+def test_api_key_on_every_route_but_health(servers, caplog):
+    caplog.set_level(logging.DEBUG)
     auth, _ = servers
     good = {"Authorization": f"Bearer {KEY}"}
     assert requests.get(auth.url + "/health", timeout=10).status_code == 200
@@ -47,7 +59,26 @@ def test_api_key_on_every_route_but_health(servers):
         assert len(worker.encode(["hi", "there"], pooling_task="classify")) == 2
     with RemoteWorker(auth.url, api_key="wrong") as worker, pytest.raises(PermissionError, match="API key"):
         worker.model_info()
-    assert KEY not in auth.log()
+    assert KEY not in caplog.text and all(KEY not in str(r.args) for r in caplog.records)
+
+
+def test_api_key_is_compared_in_constant_time(monkeypatch):
+    from rlhf_rewards.server import auth
+
+    calls = []
+    real = auth.hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    assert auth.key_matches(f"Bearer {KEY}", KEY) and auth.key_matches(f"bearer  {KEY} ", KEY)
+    assert not auth.key_matches(f"Bearer {KEY[:-1]}", KEY) and not auth.key_matches("Bearer wrong", KEY)
+    assert not auth.key_matches("Bearer \udcff", KEY)  # undecodable bytes: refused, never an exception
+    assert not auth.key_matches(KEY, KEY) and not auth.key_matches(None, KEY) and not auth.key_matches("", KEY)
+    # every comparison of a presented token went through hmac.compare_digest (no == on the secret)
+    assert len(calls) == 5 and all(b == KEY.encode() for _, b in calls)
 
 
 def test_api_key_from_environment(servers, monkeypatch):
@@ -56,7 +87,6 @@ def test_api_key_from_environment(servers, monkeypatch):
     monkeypatch.setenv("RLHF_REWARDS_API_KEY", KEY)
     with RemoteWorker(queue.url) as worker:  # the client reads the same variable
         assert worker.model_info().model
-    assert KEY not in queue.log()
 
 
 def test_full_queue_answers_503_with_retry_after_and_remote_worker_waits(servers, llm):
@@ -94,28 +124,30 @@ def test_full_queue_answers_503_with_retry_after_and_remote_worker_waits(servers
     assert requests.get(queue.url + "/health", timeout=10).status_code == 200
 
 
-def _metric(url: str, name: str) -> float:
-    text = requests.get(url + "/metrics", timeout=10).text
+def _metric(url: str, name: str, headers: dict | None = None) -> float:
+    text = requests.get(url + "/metrics", headers=headers, timeout=10).text
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
-def test_sigterm_finishes_in_flight_requests_then_exits_0(qwen3_rm, llm):
-    proc = ServerProcess(qwen3_rm).start()
+def test_sigterm_finishes_in_flight_requests_then_exits_0(drained, llm):
+    proc = drained.wait()
+    headers = {"Authorization": f"Bearer {KEY}"}
     try:
-        texts = [f"{LONG_TEXT} {i}" for i in range(256)]
+        assert requests.post(proc.url + "/pooling", json={"input": "hi"}, timeout=30).status_code == 401
+        texts = [f"{LONG_TEXT[:500]} {i}" for i in range(32)]
         finished: list[float] = []
         answers: list[requests.Response] = []
 
         def post() -> None:
-            answers.append(requests.post(proc.url + "/pooling", json={"input": texts}, timeout=120))
+            answers.append(requests.post(proc.url + "/pooling", json={"input": texts}, headers=headers, timeout=120))
             finished.append(time.monotonic())
 
         threads = [threading.Thread(target=post) for _ in range(4)]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
-        while _metric(proc.url, "rlhf_rewards_running_prompts") == 0 and time.monotonic() < deadline:
+        while _metric(proc.url, "rlhf_rewards_running_prompts", headers) == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         signalled = time.monotonic()
         rc = proc.terminate(timeout=120)
@@ -124,16 +156,59 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(qwen3_rm, llm):
         assert rc == 0, proc.log()[-3000:]
         assert max(finished) > signalled  # requests were still running when SIGTERM arrived...
         assert [a.status_code for a in answers] == [200] * 4  # ...and every one of them was answered in full
-        want = llm.encode(texts[:3], pooling_task="classify", use_tqdm=False)
+        want = llm.encode(texts, pooling_task="classify", use_tqdm=False)
         for a in answers:
-            data = a.json()["data"]
-            assert len(data) == 256
-            for item, w in zip(data, want, strict=False):
-                assert abs(item["data"][0] - float(w.outputs.data[0])) < 1e-5
+            got = [item["data"][0] for item in a.json()["data"]]
+            torch.testing.assert_close(torch.tensor(got), torch.stack([w.outputs.data[0] for w in want]),
+                                       atol=1e-5, rtol=0)
         with pytest.raises(requests.ConnectionError):
             requests.get(proc.url + "/health", timeout=5)
+        log = proc.log()
+        assert "DEBUG" in log and "API key required" in log
+        assert KEY not in log  # no secret in the logs, even at debug level
     finally:
-        proc.__exit__(None, None, None)
+        proc.kill()
+
+
+def test_client_timeout_leaves_the_server_consistent(server, llm):
+    texts = [f"{LONG_TEXT} timeout {i}" for i in range(32)]
+    prompts_before = _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}')
+    for _ in range(3):
+        with pytest.raises(requests.Timeout):
+            requests.post(server.url + "/pooling", json={"input": texts}, timeout=0.05)
+    # The abandoned requests are finished (not half-run, not stuck in the queue)...
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+            _metric(server.url, "rlhf_rewards_queue_depth") or _metric(server.url, "rlhf_rewards_running_prompts")
+            or _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}') < prompts_before + 3 * len(texts)):
+        time.sleep(0.1)
+    assert _metric(server.url, "rlhf_rewards_queue_depth") == 0
+    assert _metric(server.url, "rlhf_rewards_running_prompts") == 0
+    assert _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}') == prompts_before + 3 * len(texts)
+    # ...and the server keeps answering correctly, with no server error recorded.
+    assert requests.get(server.url + "/health", timeout=10).json()["status"] == "ok"
+    body = requests.post(server.url + "/pooling", json={"input": texts[:4]}, timeout=60).json()
+    want = llm.encode(texts[:4], pooling_task="classify", use_tqdm=False)
+    torch.testing.assert_close(torch.tensor([d["data"][0] for d in body["data"]]),
+                               torch.stack([w.outputs.data[0] for w in want]), atol=1e-5, rtol=0)
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    assert not re.search(r'rlhf_rewards_requests_total\{[^}]*status="5\d\d"', metrics)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+                found.add(addr)
+    return found
 
 
 def test_metrics_docs_and_binding(server):
@@ -150,23 +225,54 @@ def test_metrics_docs_and_binding(server):
             "/metrics"} <= set(paths)
     assert "PoolingRequest" in str(paths["/pooling"])
     assert requests.get(server.url + "/docs", timeout=10).status_code == 200
-    assert "on http://127.0.0.1:" in server.log()  # the default bind is this machine only
+    # The server was started without --host: it listens on the loopback interface only.
+    assert "on http://127.0.0.1:" in server.log()
+    if _listening_addresses(server.port):
+        assert _listening_addresses(server.port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0 (00000000) or ::
+
+
+def test_cli_safety_defaults(qwen3_rm, monkeypatch):
+    import inspect
+
+    import rlhf_rewards
+    from rlhf_rewards.cli.main import build_parser
+    from rlhf_rewards.cli.serve import build_engine
+
+    args = build_parser().parse_args(["serve", str(qwen3_rm)])
+    assert args.host == "127.0.0.1" and args.api_key is None and not args.trust_remote_code
+    assert not args.trust_request_chat_template
+    assert inspect.signature(rlhf_rewards.LLM).parameters["trust_remote_code"].default is False
+    seen: list[dict] = []
+
+    class Captured(Exception):
+        pass
+
+    def fake_llm(*a, **kw):
+        seen.append(kw)
+        raise Captured
+
+    monkeypatch.setattr(rlhf_rewards, "LLM", fake_llm)
+    for argv, expected in (([], False), (["--trust-remote-code"], True)):
+        with pytest.raises(Captured):
+            build_engine(build_parser().parse_args(["serve", str(qwen3_rm), *argv]))
+        assert seen[-1]["trust_remote_code"] is expected  # only the explicit flag turns it on
 
 
 def test_cli_errors_are_clear(qwen3_rm, capsys):
     from rlhf_rewards.cli.main import main
-    from rlhf_rewards.cli.serve import default_model
 
     cases = [
         ([str(qwen3_rm), "--lora-modules", "no-equals-sign"], "NAME=PATH"),
         ([str(qwen3_rm), "--max-queue-size", "0"], "--max-queue-size"),
+        ([str(qwen3_rm), "--max-client-batch-size", "-1"], "--max-client-batch-size"),
+        ([str(qwen3_rm), "--hf-overrides", "[1]"], "--hf-overrides"),
         ([str(qwen3_rm), "--pooler-config", '{"pooling_type": "LAST", "step_tag_id": 3}'], "step_tag_id"),
+        ([str(qwen3_rm), "--lora-modules", f"rm={qwen3_rm}/no-such-adapter"], "no-such-adapter"),
+        (["/no/such/model/folder"], "/no/such/model/folder"),
     ]
-    if default_model() is None:
-        cases.append(([], "no MODEL given"))
     for args, words in cases:
-        assert main(["serve", *args]) == 2
-        assert words in capsys.readouterr().err
+        assert main(["serve", *args]) == 2, args
+        assert words in capsys.readouterr().err, args
 
 
 def test_parse_lora_modules():

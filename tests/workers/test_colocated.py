@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -198,6 +199,7 @@ def test_unsharded_loading_turns_off_fsdp_ram_efficient_loading(monkeypatch):
         assert "FSDP_CPU_RAM_EFFICIENT_LOADING" not in os.environ
 
 
+@pytest.mark.slow
 def test_zero3_partitioning_in_a_real_deepspeed_process(qwen3_rm):
     """With DeepSpeed really partitioning (``zero.Init`` over torch.distributed), in a process of its own."""
     pytest.importorskip("deepspeed")
@@ -218,3 +220,56 @@ def test_zero3_partitioning_in_a_real_deepspeed_process(qwen3_rm):
     for key in ("scores", "scores_after_sleep", "init_block_scores"):
         assert torch.allclose(torch.tensor(report[key]), torch.tensor(report["expected"]), atol=1e-5), key
     assert "partitioned by DeepSpeed ZeRO-3" in (report["partitioned_llm_error"] or "")
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_training_leaves_the_reward_model_whole(qwen3_rm, checkpoint_factory, reference, tmp_path):
+    """``accelerate launch`` with DeepSpeed ZeRO-3 over two CPU ranks (gloo): the policy is partitioned and wrapped
+    in a DeepSpeed engine and trains; the colocated reward model is whole on both ranks, never wrapped, and
+    scores exactly as the in-process engine between training steps."""
+    pytest.importorskip("deepspeed")
+    policy = checkpoint_factory("Qwen3ForCausalLM", seed=13, tokenizer_dir=str(qwen3_rm))
+    ds_config = tmp_path / "ds_zero3.json"
+    ds_config.write_text(json.dumps({
+        "zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+        "bf16": {"enabled": False}, "fp16": {"enabled": False},
+    }))
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MASTER_PORT": str(_free_port())}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", env["MASTER_PORT"], "--use_deepspeed", "--deepspeed_config_file", str(ds_config),
+           "--zero3_init_flag", "true", "-m", "tests.workers.zero3_probe", "trainer", str(qwen3_rm), str(policy)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ZERO3_TRAINER_REPORT ")]
+    assert proc.returncode == 0 and len(lines) == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = sorted((json.loads(ln.split(" ", 1)[1]) for ln in lines), key=lambda r: r["rank"])
+    texts = ["Hello, my name is", "What is 12 + 7? The answer is 19.", "ok"]
+    expected = torch.tensor([o.outputs.data.tolist()
+                             for o in reference.encode(texts, pooling_task="classify", use_tqdm=False)])
+    rm_numel = sum(p.numel() for p in reference.model.parameters())
+    assert [r["rank"] for r in reports] == [0, 1] and all(r["world_size"] == 2 for r in reports)
+    full = reports[0]["policy_full_numel"]
+    for r in reports:
+        assert r["zero_stage"] == 3 and r["zero3_enabled"]
+        # The trainer's model: every weight partitioned, each rank holding about half, wrapped by DeepSpeed.
+        assert len(r["policy"]["ds_attrs"]) == r["policy"]["n"] > 0
+        assert 0 < r["policy_shard_numel"] < full
+        assert r["engine_type"] == "DeepSpeedEngine" and r["wrapped_modules"] == ["Qwen3ForCausalLM"]
+        assert all(math.isfinite(x) for x in r["losses"]) and r["losses"][1] != r["losses"][0]  # it trained
+        # The reward model: whole, on this rank's device, not wrapped, not touched by the engine.
+        assert r["worker_device"] == r["partial_state_device"]
+        assert r["rm"]["ds_attrs"] == [] and r["rm"]["empty"] == [] and r["rm_partitioned"] == []
+        assert r["rm_numel"] == rm_numel
+        assert not r["rm_wrapped"] and r["rm_params_in_engine"] == 0
+        assert r["rm_param_ids_after"] and r["rm_partitioned_after"] == []
+        for step_scores in r["scores"]:
+            torch.testing.assert_close(torch.tensor(step_scores), expected, rtol=1e-5, atol=1e-5)
+    assert sum(r["policy_shard_numel"] for r in reports) >= full
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -15,17 +15,19 @@ import torch
 from rlhf_rewards import LLM, PoolingParams
 from rlhf_rewards.workers import RemoteWorker, RewardWorker
 from tests.conftest import MIXED_TEXTS
-from tests.server.launcher import ServerProcess
+from tests.server.conftest import SERVED_NAME, SERVER_ARGS
+from tests.server.launcher import ServerProcess, shared_server
 
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def pair(qwen3_rm):
-    """Two servers of the same model (loaded in parallel)."""
-    a = ServerProcess(qwen3_rm, "--served-model-name", "rm").launch()
-    b = ServerProcess(qwen3_rm, "--served-model-name", "rm").launch()
-    with a, b:
+    """Two ``rlhf-rewards serve`` processes of the same model: the session's shared server and one of this
+    module's own, which the last test kills."""
+    b = ServerProcess(qwen3_rm, *SERVER_ARGS).launch()  # loads while the shared one starts (or already runs)
+    a = shared_server(qwen3_rm, *SERVER_ARGS)
+    with b:
         yield a, b
 
 
@@ -85,7 +87,7 @@ def test_model_info_render_chat_and_health(pair, llm):
     convs = [[{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}],
              [{"role": "user", "content": "hi"}]]
     with RemoteWorker([s.url for s in pair]) as worker:
-        assert worker.model_info() == llm.model_info("rm")
+        assert worker.model_info() == llm.model_info(SERVED_NAME)
         assert worker.render_chat(convs) == llm.render_chat(convs)
         assert worker.render_chat(convs, add_generation_prompt=True) == llm.render_chat(convs, add_generation_prompt=True)
         health = worker.health()
@@ -114,36 +116,36 @@ def test_errors_match_the_engine_and_name_the_callers_prompt(pair, llm):
         assert worker.stats.retries == 0  # client mistakes are never retried
 
 
-def test_failover_when_a_server_is_killed_mid_run(qwen3_rm, llm):
-    """Two servers; one is SIGKILLed while a long call is spread over both: every prompt comes back once."""
-    a = ServerProcess(qwen3_rm).launch()
-    b = ServerProcess(qwen3_rm).launch()
-    with a, b:
-        prompts = [f"{MIXED_TEXTS[i % len(MIXED_TEXTS)]} (sample {i})" for i in range(800)]
-        want = llm.encode(prompts, pooling_task="classify", use_tqdm=False)
-        worker = RemoteWorker([a.url, b.url], max_batch_size=4, max_concurrency=4, down_for=60)
-        result: dict = {}
+def test_failover_when_a_server_is_killed_mid_run(pair, llm):
+    """One of two servers is SIGKILLed while a long call is spread over both: every prompt comes back once.
 
-        def run() -> None:
-            try:
-                result["outputs"] = worker.encode(prompts, pooling_task="classify")
-            except Exception as exc:  # noqa: BLE001 - reported below
-                result["error"] = exc
+    Runs last in this module: it kills the module's own server ``b``."""
+    a, b = pair
+    prompts = [f"{MIXED_TEXTS[i % len(MIXED_TEXTS)]} (sample {i})" for i in range(300)]
+    want = llm.encode(prompts, pooling_task="classify", use_tqdm=False)
+    served_by_b = _served_prompts(b.url)
+    worker = RemoteWorker([a.url, b.url], max_batch_size=4, max_concurrency=4, down_for=60)
+    result: dict = {}
 
-        thread = threading.Thread(target=run)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while _served_prompts(b.url) < 80 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        b.kill()
-        killed_at = time.monotonic()
-        thread.join(300)
-        assert "error" not in result, result.get("error")
-        assert not thread.is_alive()
-        _assert_same(result["outputs"], want)  # complete, in order, no duplicates or gaps
-        assert worker.stats.failures >= 1  # the kill hit requests in flight or about to be sent...
-        assert worker.pool.down() == [b.url]  # ...and b was marked down, so a took over
-        assert time.monotonic() - killed_at < 120
-        health = worker.health()
-        assert health.ok and health.down == [b.url]
-        worker.close()
+    def run() -> None:
+        try:
+            result["outputs"] = worker.encode(prompts, pooling_task="classify")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while _served_prompts(b.url) < served_by_b + 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    b.kill()
+    thread.join(300)
+    assert "error" not in result, result.get("error")
+    assert not thread.is_alive()
+    _assert_same(result["outputs"], want)  # complete, in order, no duplicates or gaps
+    assert len({o.request_id for o in result["outputs"]}) == len(prompts)
+    assert worker.stats.failures >= 1  # the kill hit requests in flight or about to be sent...
+    assert worker.pool.down() == [b.url]  # ...and b was marked down, so a took over
+    health = worker.health()
+    assert health.ok and health.down == [b.url]
+    worker.close()

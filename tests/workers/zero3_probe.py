@@ -3,7 +3,14 @@
 DeepSpeed's ZeRO-3 state (the ``HfDeepSpeedConfig`` weak reference, ``torch.distributed`` brought up by
 ``deepspeed.zero.Init``) is process-wide, so it is exercised in a process of its own. Prints one JSON line.
 
-Usage: ``python -m tests.workers.zero3_probe CHECKPOINT``
+Two modes:
+
+- ``python -m tests.workers.zero3_probe CHECKPOINT``: one process, ``HfDeepSpeedConfig`` and ``zero.Init``.
+- ``accelerate launch --num_processes 2 --use_deepspeed --deepspeed_config_file DS.json --zero3_init_flag true
+  -m tests.workers.zero3_probe trainer RM POLICY``: a real two-rank ZeRO-3 run on CPU (gloo). Each rank loads the
+  policy (partitioned over the ranks), builds a ``ColocatedWorker`` for the reward model, lets accelerate wrap
+  the policy in a DeepSpeed engine and trains two steps, scoring with the worker between them. Each rank prints
+  ``ZERO3_TRAINER_REPORT {json}``.
 """
 
 from __future__ import annotations
@@ -92,5 +99,63 @@ def _partitioned_llm(path: str):
     return llm
 
 
+def trainer(rm_path: str, policy_path: str) -> None:
+    import torch
+    import transformers
+    from accelerate import Accelerator, PartialState
+
+    from rlhf_rewards.workers import ColocatedWorker
+    from rlhf_rewards.workers.zero3 import partitioned_parameters, zero3_enabled
+
+    accelerator = Accelerator()  # DeepSpeed ZeRO-3 from `accelerate launch`; registers HfDeepSpeedConfig
+    report: dict = {"distributed_type": str(accelerator.distributed_type),
+                    "zero_stage": accelerator.state.deepspeed_plugin.zero_stage, "zero3_enabled": zero3_enabled()}
+    # The trainer's model: loaded under zero.Init (which brings up torch.distributed over the launched ranks),
+    # so each rank holds only its shard of every weight.
+    policy = transformers.AutoModelForCausalLM.from_pretrained(policy_path)
+    # Without an accelerator, accelerate's own process_index says 0 on every rank: ask torch.distributed.
+    report["rank"], report["world_size"] = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    report["policy"] = _param_report(policy)
+    report["policy_shard_numel"] = sum(p.ds_tensor.numel() for p in policy.parameters() if hasattr(p, "ds_tensor"))
+    report["policy_full_numel"] = sum(p.ds_numel for p in policy.parameters() if hasattr(p, "ds_numel"))
+
+    worker = ColocatedWorker(rm_path)  # device: PartialState().device, this rank's
+    rm = worker.llm.model
+    report["worker_device"] = str(worker.device)
+    report["partial_state_device"] = str(PartialState().device)
+    report["rm"] = _param_report(rm)
+    report["rm_partitioned"] = partitioned_parameters(rm)
+    report["rm_numel"] = sum(p.numel() for p in rm.parameters())
+    report["rm_param_ids_before"] = sorted(id(p) for p in rm.parameters())
+
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    engine, optimizer = accelerator.prepare(policy, optimizer)
+    report["engine_type"] = type(engine).__name__
+    report["wrapped_modules"] = [type(getattr(m, "module", m)).__name__ for m in accelerator._models]
+    report["rm_wrapped"] = any(getattr(m, "module", m) is rm or m is rm for m in accelerator._models)
+    engine_params = {id(p) for p in engine.parameters()}
+    report["rm_params_in_engine"] = sum(1 for p in rm.parameters() if id(p) in engine_params)
+
+    texts = ["Hello, my name is", "What is 12 + 7? The answer is 19.", "ok"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(policy_path)
+    batch = tokenizer(["The quick brown fox jumps over the lazy dog."], return_tensors="pt").to(accelerator.device)
+    report["scores"], report["losses"] = [], []
+    for _ in range(2):
+        worker.sleep()  # what RewardWorkerCallback does between scoring phases
+        loss = engine(**batch, labels=batch["input_ids"]).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        report["losses"].append(float(loss.detach()))
+        report["scores"].append([o.outputs.data.tolist() for o in worker.encode(texts, pooling_task="classify")])
+    report["rm_param_ids_after"] = sorted(id(p) for p in rm.parameters()) == report.pop("rm_param_ids_before")
+    report["rm_partitioned_after"] = partitioned_parameters(rm)
+    print("ZERO3_TRAINER_REPORT " + json.dumps(report), flush=True)
+    accelerator.wait_for_everyone()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "trainer":
+        trainer(sys.argv[2], sys.argv[3])
+    else:
+        main(sys.argv[1])

@@ -1,0 +1,137 @@
+"""Remote mode: ``POST /pooling`` at a given concurrency against in-process ``LLM.encode`` on the same texts.
+
+The server is the project's own ``rlhf-rewards serve``, started here as a subprocess on 127.0.0.1 with the
+benchmark checkpoint in float32 and stopped afterwards. ``concurrency`` clients each send one text per
+request (the way a trainer's reward workers call a reward server), so the server must batch concurrent
+requests itself to keep up with one in-process call over all texts. Repeats alternate in-process and
+remote runs; throughputs are medians.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Seconds to wait for the server's ``/health`` after starting it.
+STARTUP_TIMEOUT_S = 300.0
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@contextlib.contextmanager
+def serve(model_dir: Path, port: int, extra_args: list[str], log_path: Path) -> Iterator[str]:
+    """Start ``rlhf-rewards serve`` on 127.0.0.1:``port``; yields the base URL once ``/health`` answers."""
+    import httpx
+
+    if not _free(port):
+        raise RuntimeError(f"port {port} is in use; pass --port")
+    cmd = [sys.executable, "-m", "rlhf_rewards.cli.main", "serve", str(model_dir), "--host", "127.0.0.1",
+           "--port", str(port), "--dtype", "float32", "--device", "cpu", "--disable-access-log",
+           "--log-level", "warning", *extra_args]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server exited with {proc.returncode}; see {log_path}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not answer /health in {STARTUP_TIMEOUT_S:.0f} s; see {log_path}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _post_all(url: str, texts: list[str], concurrency: int) -> list[float]:
+    import httpx
+
+    scores: list[float | None] = [None] * len(texts)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(texts)):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600.0, limits=limits) as client:
+
+        async def worker() -> None:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                body = {"input": texts[i], "task": "classify", "use_activation": False, "add_special_tokens": False}
+                resp = await client.post("/pooling", json=body)
+                if resp.status_code != 200:
+                    raise RuntimeError(f"/pooling answered {resp.status_code}: {resp.text[:300]}")
+                scores[i] = float(resp.json()["data"][0]["data"][0])
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return [s for s in scores if s is not None]
+
+
+def compare(workload: Any, model_dir: Path, llm: Any, *, repeats: int, concurrency: int, port: int,
+            extra_args: list[str], log_path: Path | None = None) -> dict[str, Any]:
+    """Remote vs in-process throughput and the largest score difference between them."""
+    from rlhf_rewards import PoolingParams
+
+    texts = workload.texts
+
+    def local() -> torch.Tensor:
+        outs = llm.encode(texts, PoolingParams(use_activation=False), pooling_task="classify", use_tqdm=False,
+                          add_special_tokens=False)
+        return torch.stack([o.outputs.data[0] for o in outs])
+
+    log_path = log_path or Path(__file__).resolve().parent / "results" / "server.log"
+    local_times, remote_times = [], []
+    with serve(model_dir, port, extra_args, log_path) as url:
+        local_scores = local()
+        remote_scores = torch.tensor(asyncio.run(_post_all(url, texts, concurrency)))  # warm-up
+        for _ in range(repeats):
+            t = time.perf_counter()
+            local()
+            local_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            remote_scores = torch.tensor(asyncio.run(_post_all(url, texts, concurrency)))
+            remote_times.append(time.perf_counter() - t)
+    local_s, remote_s = statistics.median(local_times), statistics.median(remote_times)
+    return {
+        "workload": workload.name,
+        "items": len(texts),
+        "concurrency": concurrency,
+        "local_median_s": local_s,
+        "remote_median_s": remote_s,
+        "local_times_s": local_times,
+        "remote_times_s": remote_times,
+        "local_items_per_s": len(texts) / local_s,
+        "remote_items_per_s": len(texts) / remote_s,
+        "ratio": local_s / remote_s,
+        "max_abs_diff": float((remote_scores - local_scores).abs().max()),
+    }
+
+
+__all__ = ["compare", "serve"]
