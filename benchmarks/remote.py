@@ -106,7 +106,9 @@ def compare(workload: Any, model_dir: Path, llm: Any, *, repeats: int, concurren
                           add_special_tokens=False)
         return torch.stack([o.outputs.data[0] for o in outs])
 
-    log_path = log_path or Path(__file__).resolve().parent / "results" / "server.log"
+    from benchmarks.workloads import CACHE_DIR
+
+    log_path = log_path or CACHE_DIR / "server.log"
     local_times, remote_times = [], []
     with serve(model_dir, port, extra_args, log_path) as url:
         local_scores = local()

@@ -38,7 +38,6 @@ import torch  # noqa: E402
 from benchmarks import baselines  # noqa: E402
 from benchmarks.flops import Shapes, engine_flops, matmul_peak, padded_flops, sequences_flops  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
-    CACHE_DIR,
     STEP_TAG,
     ModelShape,
     Workload,
@@ -387,21 +386,23 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: ``--quick``: a smaller model and workloads (CI smoke run, about a minute), same code paths.
-QUICK = {"layers": 2, "hidden": 256, "repeats": 2, "grpo": {"prompts": 4}, "mixed": {"n": 32},
-         "prm": {"problems": 2}}
+QUICK = {"layers": 2, "hidden": 256, "repeats": 1, "grpo": {"prompts": 2}, "mixed": {"n": 16},
+         "prm": {"problems": 1}}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="grpo,mixed,prm", help="comma-separated: grpo, mixed, prm")
     parser.add_argument("--quick", action="store_true",
-                        help="CI smoke run: 2 layers of 256, 4x8 GRPO, 32 mixed, 2x8 PRM texts, 2 repeats")
+                        help="CI smoke run: 2 layers of 256, 2x8 GRPO, 16 mixed, 1x8 PRM texts, 1 repeat")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved timed repeats per method (median); "
-                        "default 3, 2 with --quick")
+                        "default 3, 1 with --quick")
     parser.add_argument("--layers", type=int, default=None, help=f"default {ModelShape.num_hidden_layers}")
     parser.add_argument("--hidden", type=int, default=None, help=f"default {ModelShape.hidden_size}")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--ablation", action="store_true", help="also time the engine with optimizations off")
+    parser.add_argument("--baselines", default="trl,hf8,unpadded,card",
+                        help="comma-separated baselines to time: trl, hf8, unpadded, card (default all)")
     parser.add_argument("--json", default=None,
                         help="where to write the results; default benchmarks/results/{full,quick}.json")
     parser.add_argument("--remote", action="store_true",
@@ -420,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     hidden = args.hidden or quick.get("hidden", ModelShape.hidden_size)
     if hidden % 128:
         parser.error(f"--hidden must be a multiple of 128 (heads of 64, 2 query heads per key-value head), got {hidden}")
+    wanted = {b.strip() for b in args.baselines.split(",") if b.strip()}
+    if wanted - {"trl", "hf8", "unpadded", "card"}:
+        parser.error(f"--baselines: unknown {sorted(wanted - {'trl', 'hf8', 'unpadded', 'card'})}")
     json_path = Path(args.json) if args.json else RESULTS_DIR / ("quick.json" if args.quick else "full.json")
 
     from transformers import AutoTokenizer
@@ -450,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         workload = makers[name](tok, **quick.get(name, {}))
         methods = build_methods(workload, rm, prm, tok, args.ablation)
+        methods = [m for m in methods if m.kind != "baseline" or method_key(m.name) in wanted]
         shapes = Shapes.from_config((prm if name == "prm" else rm).model.config)
         print(f"[{name}] {len(workload.texts)} texts, {sum(token_lengths(tok, workload.texts))} tokens, "
               f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trl import ScriptArguments
-
 from tiny_models import build_tiny_models_once, tiny_dataset
+from trl import ScriptArguments
 
 
 @dataclass

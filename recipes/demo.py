@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=DemoConfig.learning_rate)
     parser.add_argument("--seed", type=int, default=DemoConfig.seed)
     parser.add_argument("--threads", type=int, default=DemoConfig.threads, help="torch CPU threads. Default 1.")
-    parser.add_argument("--output-dir", default="demo_output", help="Where rewards.json and rewards.png go.")
+    parser.add_argument("--output-dir", default="outputs/demo", help="Where rewards.json and rewards.png go. Default: %(default)s.")
     args = parser.parse_args(argv)
     try:
         cfg = DemoConfig(steps=args.steps, prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,

@@ -29,8 +29,10 @@ Tiny run on a CPU (what CI runs; one process, the recipe starts the server)::
         --output_dir /tmp/rloo-remote --max_steps 2 --per_device_train_batch_size 2 --num_generations 2 \\
         --max_completion_length 8 --logging_steps 1 --save_strategy no --report_to none --use_cpu
 
-The log history is written to ``<output_dir>/log_history.json``, the server's log (with ``--serve``) to
-``<output_dir>/reward-server.log``.
+With 2 CPU processes (DDP over gloo; the main process starts the server, both ranks score through it),
+launch with ``--config_file recipes/accelerate_configs/multi_gpu.yaml --num_processes 2 --mixed_precision no``
+instead, without ``--cpu``. The log history is written to ``<output_dir>/log_history.json``, the server's log
+(with ``--serve``) to ``<output_dir>/reward-server.log``.
 """
 
 from __future__ import annotations

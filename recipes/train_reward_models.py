@@ -1,22 +1,25 @@
 """Train the reward models shipped with rlhf-rewards (and the demo's tiny policy) from generated arithmetic data.
 
-Everything is generated from ``--seed`` by :mod:`rlhf_rewards.assets.arithmetic`, trained on the CPU, evaluated
-on operand pairs the models never saw, and saved under ``rlhf_rewards/assets/models/``:
+Everything is generated from ``--seed`` by :mod:`rlhf_rewards.assets.arithmetic` (single-digit ``+`` and ``-``
+facts), trained on the CPU, evaluated on preference pairs and steps the models never saw, and saved under
+``rlhf_rewards/assets/models/``. As in the usual RLHF pipeline, the reward models start from a language model
+fine-tuned on the task (dense next-token supervision learns the facts far faster than a pairwise loss):
 
-- ``arith-outcome-rm``: ``Qwen3ForSequenceClassification`` (1 label) trained with TRL's ``RewardTrainer``
-  (Bradley-Terry loss) on ``chosen`` = the correct answer, ``rejected`` = a near miss or off-format chatter.
-- ``arith-prm``: ``Qwen2ForProcessRewardModel`` (Qwen2.5-Math-PRM layout, 2 labels read at each ``<extra_0>``)
-  trained with a token-classification loss at the step tags. TRL 1.x removed ``PRMTrainer`` (it is not in
-  ``trl.experimental`` either), so this is a plain PyTorch loop.
-- ``arith-policy``: a tiny ``Qwen3ForCausalLM`` fine-tuned to answer ``What is A + B?`` half the time with a number
-  and half the time with chatter: the starting point of the GRPO demo (``recipes/demo.py``), where the
-  outcome RM teaches it to answer with numbers.
+1. ``base`` (not shipped): a tiny ``LlamaForCausalLM`` trained on correct questions/answers and worked steps.
+2. ``arith-outcome-rm``: ``LlamaForSequenceClassification`` (1 label) from the base, trained with TRL's
+   ``RewardTrainer`` (Bradley-Terry loss) on ``chosen`` = the correct answer, ``rejected`` = a wrong answer or
+   off-format chatter.
+3. ``arith-prm``: ``Qwen2ForProcessRewardModel`` (Qwen2.5-Math-PRM layout, 2 labels read at each ``<extra_0>``)
+   from the base (a Qwen2 block with zero q/k/v biases is a Llama block), trained with a token-classification
+   loss at the step tags. TRL 1.x removed ``PRMTrainer`` (it is not in ``trl.experimental`` either), so this
+   is a plain PyTorch loop.
+4. ``arith-policy``: the base fine-tuned to answer with the right number (40%), a wrong one (20%) or chatter
+   (40%): the starting point of the GRPO demo (``recipes/demo.py``).
 
-All three share one byte-level BPE tokenizer whose digits are single tokens, with a ChatML template. The
-models are a few MB of float32 safetensors each. Run (about 6 minutes on 2 CPU cores)::
+All share one byte-level BPE tokenizer whose digits are single tokens, with a ChatML template; each model is
+about 1.5 MB of float32 safetensors. Run (a few minutes on 2 CPU cores; the time is in each report)::
 
-    python recipes/train_reward_models.py              # all stages, seed 0
-    python recipes/train_reward_models.py --only process   # one stage
+    python recipes/train_reward_models.py            # seed 0, writes rlhf_rewards/assets/models/*
 
 Each model folder gets ``training_report.json`` (seed, steps, time, held-out accuracy) and a ``README.md``.
 The held-out accuracy is recomputed from the seed by ``tests/assets/test_shipped_models.py``.
@@ -44,11 +47,11 @@ from rlhf_rewards.assets import arithmetic as ar
 from rlhf_rewards.assets.evaluation import evaluate_outcome_rm, evaluate_policy, evaluate_prm
 from rlhf_rewards.testing.checkpoints import CHATML_TEMPLATE, SPECIAL_TOKENS
 
-#: Size of every model: about 0.8 M parameters (3 MB in float32).
+#: Size of every model: about 0.35 M parameters (1.4 MB in float32).
 DIMS = {
-    "hidden_size": 128,
-    "intermediate_size": 384,
-    "num_hidden_layers": 4,
+    "hidden_size": 96,
+    "intermediate_size": 256,
+    "num_hidden_layers": 3,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "max_position_embeddings": 256,
@@ -56,29 +59,32 @@ DIMS = {
     "rope_theta": 10000.0,
     "tie_word_embeddings": False,
 }
-HEAD_DIM = 32
-STAGES = ("outcome", "process", "policy")
+HEAD_DIM = 24
+STAGES = ("base", "outcome", "process", "policy")
 
 
 @dataclass
 class StageConfig:
-    """Optimisation settings of one stage (validated: every field must be positive)."""
+    """Optimisation settings of one stage (validated: steps, batch size and learning rate must be positive)."""
 
     steps: int
     batch_size: int
     learning_rate: float
-    warmup_steps: int = 50
+    warmup_steps: int = 30
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value <= 0 and name != "warmup_steps":
-                raise ValueError(f"{name} must be positive, got {value}.")
+        for name in ("steps", "batch_size", "learning_rate"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}.")
 
 
 DEFAULT_STAGES = {
-    "outcome": StageConfig(steps=1500, batch_size=64, learning_rate=2e-3),
-    "process": StageConfig(steps=1200, batch_size=32, learning_rate=2e-3),
-    "policy": StageConfig(steps=600, batch_size=64, learning_rate=2e-3),
+    "base": StageConfig(steps=800, batch_size=64, learning_rate=3e-3),
+    "outcome": StageConfig(steps=400, batch_size=32, learning_rate=2e-3),
+    "process": StageConfig(steps=400, batch_size=32, learning_rate=2e-3),
+    "policy": StageConfig(steps=100, batch_size=64, learning_rate=1e-3),
 }
 
 
@@ -117,17 +123,18 @@ def _config_fields(tokenizer: Any) -> dict[str, Any]:
             "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
 
 
-def _render(tokenizer: Any, prompt: str, completion: str, rng: random.Random) -> list[int]:
-    """Token ids of ``prompt`` + ``completion`` in one of the layouts ``RewardFunction`` sends: standard text
-    (completion after a space, or glued on) or the ChatML conversation."""
-    r = rng.random()
-    if r < 0.3:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], tokenize=False
-        )
+def _render(tokenizer: Any, prompt: str, completion: str, rng: random.Random) -> tuple[list[int], int]:
+    """Token ids of ``prompt`` + ``completion`` in one of the layouts ``RewardFunction`` sends (standard text,
+    the completion after a space, a newline or glued on; or the ChatML conversation), and where the
+    completion starts."""
+    if rng.random() < 0.25:
+        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        tail = completion.strip() + "<|im_end|>\n"
     else:
-        text = prompt + rng.choice((" ", " ", " ", "", "\n", "\n\n")) + completion
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+        head, tail = prompt, rng.choice((" ", " ", " ", "", "\n", "\n\n")) + completion.lstrip()
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    return head_ids + tokenizer(tail, add_special_tokens=False)["input_ids"], len(head_ids)
 
 
 def _lr_lambda(cfg: StageConfig) -> Callable[[int], float]:
@@ -140,10 +147,77 @@ def _lr_lambda(cfg: StageConfig) -> Callable[[int], float]:
     return f
 
 
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def _train_loop(model: torch.nn.Module, cfg: StageConfig, batch: Callable[[int], dict[str, torch.Tensor]],
+                loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor], name: str) -> None:
+    """AdamW with warmup and cosine decay over ``cfg.steps`` batches from ``batch(step)``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    model.train()
+    log_every = max(1, cfg.steps // 5)
+    running = 0.0
+    for step in range(cfg.steps):
+        loss = loss_fn(model, batch(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running += loss.item()
+        if (step + 1) % log_every == 0:
+            print(f"  {name} step {step + 1}/{cfg.steps}: loss {running / log_every:.4f}", flush=True)
+            running = 0.0
+    model.eval()
+
+
+def _lm_loss(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+
+
+def _lm_batch(tokenizer: Any, pairs: Sequence[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+    """Causal-LM batch: loss on the completion (from the given start) and a final EOS."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    seqs = [ids + [eos] for ids, _ in pairs]
+    labels = [[-100] * start + ids[start:] + [eos] for ids, start in pairs]
+    return {"input_ids": _pad(seqs, pad), "attention_mask": _pad([[1] * len(x) for x in seqs], 0),
+            "labels": _pad(labels, -100)}
+
+
+# ---------------------------------------------------------------------------------------------------- base
+def train_base(out: Path, tokenizer_dir: Path, seed: int, cfg: StageConfig) -> dict[str, Any]:
+    """The shared starting point: a causal LM that learns the facts from correct answers and worked steps."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**_config_fields(tokenizer), head_dim=HEAD_DIM))
+    rng = random.Random(seed)
+    table = ar.facts()
+
+    def batch(step: int) -> dict[str, torch.Tensor]:
+        pairs = []
+        for _ in range(cfg.batch_size):
+            if rng.random() < 0.75:
+                a, op, b = rng.choice(table)
+                pairs.append(_render(tokenizer, ar.question(a, op, b), str(ar.apply(a, op, b)), rng))
+            else:
+                (ex,) = ar.process_examples(rng.randrange(1 << 30), 1, held_out=False, error_rate=0.0)
+                pairs.append(_render(tokenizer, ex.prompt, ex.completion(), rng))
+        return _lm_batch(tokenizer, pairs)
+
+    _train_loop(model, cfg, batch, _lm_loss, "base")
+    _save(model, tokenizer, out)
+    return {"trainer": "plain PyTorch causal-LM loop"}
+
+
 # ----------------------------------------------------------------------------------------------- outcome RM
 def outcome_pairs(tokenizer: Any, seed: int, n: int) -> list[dict[str, list[int]]]:
-    """``n`` tokenized preference pairs from the training split: 75% correct vs near miss, 15% correct vs
-    chatter, 10% near miss vs chatter (a number beats chatter even when it is wrong)."""
+    """``n`` tokenized preference pairs from the training split: 75% correct vs wrong, 15% correct vs
+    chatter, 10% wrong vs chatter (a number beats chatter even when it is wrong)."""
     rng = random.Random(seed)
     rows = []
     for ex in ar.outcome_examples(seed, n, held_out=False):
@@ -154,20 +228,25 @@ def outcome_pairs(tokenizer: Any, seed: int, n: int) -> list[dict[str, list[int]
             chosen, rejected = ex.chosen, ar.chatter(rng)
         else:
             chosen, rejected = ex.rejected, ar.chatter(rng)
-        rows.append({"chosen_ids": _render(tokenizer, ex.prompt, chosen, rng),
-                     "rejected_ids": _render(tokenizer, ex.prompt, rejected, rng)})
+        # The same layout for both sides: the pair differs only in the answer.
+        state = rng.getstate()
+        chosen_ids, _ = _render(tokenizer, ex.prompt, chosen, rng)
+        rng.setstate(state)
+        rejected_ids, _ = _render(tokenizer, ex.prompt, rejected, rng)
+        rows.append({"chosen_ids": chosen_ids, "rejected_ids": rejected_ids})
     return rows
 
 
-def train_outcome_rm(out: Path, tokenizer_dir: Path, seed: int, cfg: StageConfig) -> dict[str, Any]:
-    """Train the outcome RM with TRL's ``RewardTrainer`` and save it to ``out``."""
+def train_outcome_rm(out: Path, base: Path, seed: int, cfg: StageConfig) -> dict[str, Any]:
+    """Train the outcome RM from the base with TRL's ``RewardTrainer`` and save it to ``out``."""
     from datasets import Dataset
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForSequenceClassification
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
     torch.manual_seed(seed)
-    model = Qwen3ForSequenceClassification(Qwen3Config(**_config_fields(tokenizer), head_dim=HEAD_DIM, num_labels=1))
+    model = LlamaForSequenceClassification.from_pretrained(str(base), num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
     # Pre-tokenized pairs: RewardTrainer would append EOS to standard text, but RewardFunction scores
     # prompt + completion as it is, so the model is trained on exactly the ids it will score.
     train = Dataset.from_list(outcome_pairs(tokenizer, seed, cfg.steps * cfg.batch_size))
@@ -175,16 +254,16 @@ def train_outcome_rm(out: Path, tokenizer_dir: Path, seed: int, cfg: StageConfig
         args = RewardConfig(
             output_dir=tmp, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
-            weight_decay=0.0, logging_steps=100, save_strategy="no", report_to="none", use_cpu=True,
-            bf16=False, gradient_checkpointing=False, seed=seed, data_seed=seed, dataloader_num_workers=0,
-            center_rewards_coefficient=0.01, disable_tqdm=not sys.stderr.isatty(),
+            weight_decay=0.0, logging_steps=max(1, cfg.steps // 5), save_strategy="no", report_to="none",
+            use_cpu=True, bf16=False, gradient_checkpointing=False, seed=seed, data_seed=seed,
+            dataloader_num_workers=0, center_rewards_coefficient=0.01, disable_tqdm=True,
         )
         trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
         trainer.train()
-    model = trainer.model
-    model.config.architectures = ["Qwen3ForSequenceClassification"]
+    model = trainer.model.eval()
+    model.config.architectures = ["LlamaForSequenceClassification"]
     _save(model, tokenizer, out)
-    return {"trainer": "trl.RewardTrainer", "pairs": len(train)}
+    return {"trainer": "trl.RewardTrainer", "pairs": len(train), "initialised_from": "base causal LM"}
 
 
 # ----------------------------------------------------------------------------------------------------- PRM
@@ -193,107 +272,88 @@ def prm_batch(tokenizer: Any, examples: Sequence[ar.ProcessExample], rng: random
     tag_id = tokenizer.convert_tokens_to_ids(ar.STEP_TAG)
     seqs, labels = [], []
     for ex in examples:
-        ids = _render(tokenizer, ex.prompt, ex.tagged_completion(), rng)
+        ids, _ = _render(tokenizer, ex.prompt, ex.tagged_completion(), rng)
         lab = [-100] * len(ids)
         tags = [i for i, t in enumerate(ids) if t == tag_id]
-        assert len(tags) == len(ex.steps), (tags, ex)
+        if len(tags) != len(ex.steps):
+            raise AssertionError(f"{len(tags)} step tags for {len(ex.steps)} steps in {ex}")
         for pos, ok in zip(tags, ex.labels, strict=True):
             lab[pos] = int(ok)
         seqs.append(ids)
         labels.append(lab)
-    width = max(len(s) for s in seqs)
-    pad = tokenizer.pad_token_id
-    return {
-        "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in seqs]),
-        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
-        "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
-    }
+    return {"input_ids": _pad(seqs, tokenizer.pad_token_id), "attention_mask": _pad([[1] * len(x) for x in seqs], 0),
+            "labels": _pad(labels, -100)}
 
 
-def train_prm(out: Path, tokenizer_dir: Path, seed: int, cfg: StageConfig) -> dict[str, Any]:
-    """Train the PRM (cross-entropy over 2 labels at the step tags) and save it to ``out``."""
-    from transformers import AutoTokenizer, Qwen2Config
+def train_prm(out: Path, base: Path, seed: int, cfg: StageConfig) -> dict[str, Any]:
+    """Train the PRM from the base (cross-entropy over 2 labels at the step tags) and save it to ``out``."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, LlamaConfig, Qwen2Config
 
     from rlhf_rewards.models.qwen2_reward import Qwen2ForProcessRewardModel
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    base_config = LlamaConfig.from_pretrained(str(base))
     torch.manual_seed(seed)
     config = Qwen2Config(**_config_fields(tokenizer), use_sliding_window=False)
     config.architectures = ["Qwen2ForProcessRewardModel"]
+    if config.hidden_size // config.num_attention_heads != base_config.head_dim:
+        raise AssertionError("the Qwen2 head_dim must match the base model's")
     model = Qwen2ForProcessRewardModel(config)
+    # A Llama block is a Qwen2 block with zero q/k/v biases: start from the base's backbone.
+    weights = {k.removeprefix("model."): v for k, v in load_file(str(base / "model.safetensors")).items()
+               if k.startswith("model.")}
+    state = model.model.state_dict()
+    missing = [k for k in state if k not in weights]
+    if any(not k.endswith("_proj.bias") for k in missing):
+        raise AssertionError(f"unexpected backbone weights missing from the base: {missing}")
+    model.model.load_state_dict({k: weights.get(k, torch.zeros_like(v)) for k, v in state.items()})
     data = ar.process_examples(seed, cfg.steps * cfg.batch_size, held_out=False)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    model.train()
-    log_every = max(1, cfg.steps // 10)
-    running = 0.0
-    for step in range(cfg.steps):
-        batch = prm_batch(tokenizer, data[step * cfg.batch_size:(step + 1) * cfg.batch_size], rng)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 2).float(), batch["labels"].reshape(-1),
+
+    def loss_fn(m: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 2).float(), b["labels"].reshape(-1),
                                                  ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        running += loss.item()
-        if (step + 1) % log_every == 0:
-            print(f"  prm step {step + 1}/{cfg.steps}: loss {running / log_every:.4f}", flush=True)
-            running = 0.0
-    model.eval()
+
+    _train_loop(model, cfg, lambda step: prm_batch(tokenizer, data[step * cfg.batch_size:(step + 1) * cfg.batch_size], rng),
+                loss_fn, "prm")
     _save(model, tokenizer, out)
-    return {"trainer": "plain PyTorch loop (TRL 1.x has no PRMTrainer)", "chains": len(data)}
+    return {"trainer": "plain PyTorch loop (TRL 1.x has no PRMTrainer)", "solutions": len(data),
+            "initialised_from": "base causal LM"}
 
 
 # -------------------------------------------------------------------------------------------------- policy
 def policy_example(ex: ar.OutcomeExample, rng: random.Random) -> tuple[str, str]:
-    """The policy's SFT target for a question: half the time the correct number, half the time chatter."""
-    return ex.prompt, " " + (ex.chosen if rng.random() < 0.5 else ar.chatter(rng))
+    """The policy's SFT target for a question: the correct number (40%), a wrong one (20%) or chatter (40%),
+    so GRPO has both the format and the facts to improve."""
+    r = rng.random()
+    return ex.prompt, " " + (ex.chosen if r < 0.4 else ex.rejected if r < 0.6 else ar.chatter(rng))
 
 
-def train_policy(out: Path, tokenizer_dir: Path, seed: int, cfg: StageConfig) -> dict[str, Any]:
-    """Fine-tune the demo's tiny causal LM (loss on the completion and its EOS only) and save it to ``out``."""
-    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+def train_policy(out: Path, base: Path, seed: int, cfg: StageConfig) -> dict[str, Any]:
+    """Fine-tune the base into the demo's starting policy (loss on the completion and its EOS only)."""
+    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(Qwen3Config(**_config_fields(tokenizer), head_dim=HEAD_DIM))
+    model = LlamaForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     data = ar.outcome_examples(seed + 7, cfg.steps * cfg.batch_size, held_out=False)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    log_every = max(1, cfg.steps // 10)
-    running = 0.0
-    model.train()
-    for step in range(cfg.steps):
-        seqs, labels = [], []
+
+    def batch(step: int) -> dict[str, torch.Tensor]:
+        pairs = []
         for ex in data[step * cfg.batch_size:(step + 1) * cfg.batch_size]:
             prompt, completion = policy_example(ex, rng)
             p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
-            seqs.append(p_ids + c_ids)
-            labels.append([-100] * len(p_ids) + c_ids)
-        width = max(len(s) for s in seqs)
-        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-        lab = torch.tensor([x + [-100] * (width - len(x)) for x in labels])
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=lab).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        running += loss.item()
-        if (step + 1) % log_every == 0:
-            print(f"  policy step {step + 1}/{cfg.steps}: loss {running / log_every:.4f}", flush=True)
-            running = 0.0
-    model.eval()
+            pairs.append((p_ids + tokenizer(completion, add_special_tokens=False)["input_ids"], len(p_ids)))
+        return _lm_batch(tokenizer, pairs)
+
+    _train_loop(model, cfg, batch, _lm_loss, "policy")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=eos)
     _save(model, tokenizer, out)
-    return {"trainer": "plain PyTorch SFT loop", "examples": len(data)}
+    return {"trainer": "plain PyTorch SFT loop", "examples": len(data), "initialised_from": "base causal LM"}
 
 
 # ---------------------------------------------------------------------------------------------------- save
@@ -308,36 +368,41 @@ def _save(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
 CARDS = {
     "outcome": """# arith-outcome-rm
 
-A tiny outcome reward model shipped with rlhf-rewards (`Qwen3ForSequenceClassification`, 1 label,
-{params:,} parameters, float32). It scores `What is A + B?` / `What is A - B?` (A, B in 0..99) followed by an
-answer: the correct number scores higher than a near miss (off by 1, 2, 9, 10 or 11, a carry error, swapped or
-changed digits), and any number scores higher than chatter with no number. Raw logit, no sigmoid.
+A tiny outcome reward model shipped with rlhf-rewards (`LlamaForSequenceClassification`, 1 label,
+{params:,} parameters, float32). It scores `What is A + B?` / `What is A - B?` (A, B in 0..9) followed by an
+answer: the correct number scores higher than a wrong one (off by 1, 2 or 10, swapped digits, the result of
+another operation, a neighbouring table entry, any other number), and any number scores higher than chatter
+with no number. The score is the raw logit (no sigmoid).
 
-Trained by `python recipes/train_reward_models.py --seed {seed}` with TRL's `RewardTrainer` ({steps} steps,
-{seconds:.0f} s on 2 CPU cores). Held-out (operand pairs never seen in training, regenerated from the seed):
+Trained by `python recipes/train_reward_models.py --seed {seed}`: a causal LM on the facts, then TRL's
+`RewardTrainer` ({steps} steps, {seconds:.0f} s on 2 CPU cores). Held-out (preference pairs whose wrong
+answer never appears in training, regenerated from the seed by `rlhf_rewards.assets.evaluation`):
 
 {metrics}
+
+Scope: single-digit facts only; multi-digit arithmetic is outside what it learned.
 """,
     "process": """# arith-prm
 
 A tiny process reward model shipped with rlhf-rewards in the Qwen2.5-Math-PRM layout
 (`Qwen2ForProcessRewardModel`, {params:,} parameters, float32): every step of a solution is followed by
-`<extra_0>` and `softmax(logits)[1]` at the tag is P(step is right). Steps are `x + y = z` / `x - y = z`
-(numbers in 0..99), one per paragraph; `RewardFunction` splits on blank lines and inserts the tags.
+`<extra_0>` and `softmax(logits)[1]` at the tag is P(step is right). Steps are `x + y = z` or `x - y = z`
+(x, y in 0..9), one per paragraph; `RewardFunction` splits on blank lines and inserts the tags.
 
-Trained by `python recipes/train_reward_models.py --seed {seed}` (token-classification loss at the step tags,
-{steps} steps, {seconds:.0f} s on 2 CPU cores). Held-out (steps whose operand pairs never appear in training):
+Trained by `python recipes/train_reward_models.py --seed {seed}`: a causal LM on the facts, then a
+token-classification loss at the step tags ({steps} steps, {seconds:.0f} s on 2 CPU cores). Held-out
+(solutions whose wrong steps never appear in training, regenerated from the seed):
 
 {metrics}
 """,
     "policy": """# arith-policy
 
-The starting policy of the rlhf-rewards GRPO demo (`Qwen3ForCausalLM`, {params:,} parameters): it answers
-`What is A + B?` with a number about half the time and with chatter the other half. GRPO with the shipped
-outcome reward model (`bash scripts/demo.sh`) teaches it to answer with numbers.
+The starting policy of the rlhf-rewards GRPO demo (`LlamaForCausalLM`, {params:,} parameters), fine-tuned to
+answer `What is A + B?` with the right number 40% of the time, a wrong one 20% and chatter 40%. GRPO with
+the shipped outcome reward model (`bash scripts/demo.sh`) teaches it to answer with right numbers.
 
 Trained by `python recipes/train_reward_models.py --seed {seed}` ({steps} steps of SFT, {seconds:.0f} s).
-Held-out behaviour (greedy decoding is not used by the demo; these are sampled answers):
+Sampled answers (temperature 1, as GRPO samples) to questions of the task:
 
 {metrics}
 """,
@@ -366,38 +431,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data, the weights and the held-out set.")
     parser.add_argument("--output-dir", default=str(ASSETS_DIR / "models"),
                         help="Where the model folders go. Default: rlhf_rewards/assets/models.")
-    parser.add_argument("--only", choices=STAGES, action="append", default=None, help="Train only this stage.")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="Multiply every stage's steps (smoke runs).")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads. Default: torch's choice.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads. Default 1: these matrices are too small to gain from more, and "
+                             "on a busy machine spinning threads cost a lot.")
     args = parser.parse_args(argv)
     if args.steps_scale <= 0:
         parser.error(f"--steps-scale must be positive, got {args.steps_scale}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     root = Path(args.output_dir)
     start = time.perf_counter()
-    # The tokenizer is rebuilt every run (deterministic, a second): one stage alone gets the same vocabulary.
-    tmp = tempfile.TemporaryDirectory()
-    tokenizer_dir = Path(tmp.name)
-    build_tokenizer(tokenizer_dir, args.seed)
-    trainers = {"outcome": train_outcome_rm, "process": train_prm, "policy": train_policy}
-    evaluators = {"outcome": evaluate_outcome_rm, "process": evaluate_prm, "policy": evaluate_policy}
-    summary = {}
-    for stage in args.only or STAGES:
-        base = DEFAULT_STAGES[stage]
-        cfg = StageConfig(max(1, round(base.steps * args.steps_scale)), base.batch_size, base.learning_rate,
-                          min(base.warmup_steps, max(1, round(base.steps * args.steps_scale) // 10)))
-        out = root / DEFAULT_MODELS[stage]
-        print(f"[{stage}] training {out.name}: {cfg}", flush=True)
-        t0 = time.perf_counter()
-        info = trainers[stage](out, tokenizer_dir, args.seed, cfg)
-        seconds = time.perf_counter() - t0
-        metrics = evaluators[stage](str(out), seed=args.seed)
-        write_report(out, stage, args.seed, cfg, seconds, info, metrics)
-        summary[stage] = metrics
-        print(f"[{stage}] {seconds:.0f} s; held-out: {json.dumps(metrics)}", flush=True)
-    tmp.cleanup()
-    print(f"done in {time.perf_counter() - start:.0f} s: {json.dumps(summary)}", flush=True)
+    summary: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer_dir, base_dir = Path(tmp) / "tokenizer", Path(tmp) / "base"
+        build_tokenizer(tokenizer_dir, args.seed)
+        trainers = {"outcome": train_outcome_rm, "process": train_prm, "policy": train_policy}
+        evaluators = {"outcome": evaluate_outcome_rm, "process": evaluate_prm, "policy": evaluate_policy}
+        base_seconds = 0.0
+        for stage in STAGES:
+            default = DEFAULT_STAGES[stage]
+            steps = max(1, round(default.steps * args.steps_scale))
+            cfg = StageConfig(steps, default.batch_size, default.learning_rate, min(default.warmup_steps, steps // 10))
+            print(f"[{stage}] {cfg}", flush=True)
+            t0 = time.perf_counter()
+            if stage == "base":
+                train_base(base_dir, tokenizer_dir, args.seed, cfg)
+                base_seconds = time.perf_counter() - t0
+                print(f"[base] {base_seconds:.0f} s", flush=True)
+                continue
+            out = root / DEFAULT_MODELS[stage]
+            info = trainers[stage](out, base_dir, args.seed, cfg)
+            seconds = time.perf_counter() - t0
+            info["base_model"] = {"steps": DEFAULT_STAGES["base"].steps, "train_seconds": round(base_seconds, 1)}
+            metrics = evaluators[stage](str(out), seed=args.seed)
+            write_report(out, stage, args.seed, cfg, seconds, info, metrics)
+            summary[stage] = metrics
+            print(f"[{stage}] {seconds:.0f} s; held-out: {json.dumps(metrics)}", flush=True)
+    total = time.perf_counter() - start
+    print(f"done in {total:.0f} s: {json.dumps(summary)}", flush=True)
     return 0
 
 

@@ -1,10 +1,10 @@
 """Reward models shipped with the package (trained by ``recipes/train_reward_models.py``).
 
-- ``models/arith-outcome-rm``: a ``Qwen3ForSequenceClassification`` outcome reward model (1 label) that prefers
-  the correct answer to ``What is A + B?`` / ``What is A - B?`` (A, B in 0..99) over near misses, and any
+- ``models/arith-outcome-rm``: a ``LlamaForSequenceClassification`` outcome reward model (1 label) that prefers
+  the correct answer to ``What is A + B?`` / ``What is A - B?`` (A, B in 0..9) over wrong ones, and any
   number over chatter.
-- ``models/arith-prm``: a ``Qwen2ForProcessRewardModel`` process reward model that scores each ``x + y = z`` /
-  ``x - y = z`` step (numbers in 0..99) at its ``<extra_0>`` tag: ``softmax(logits)[1]`` is P(step is right).
+- ``models/arith-prm``: a ``Qwen2ForProcessRewardModel`` process reward model that scores each ``x op y = z``
+  step (x, y in 0..9) at its ``<extra_0>`` tag: ``softmax(logits)[1]`` is P(step is right).
 - ``models/arith-policy``: the tiny causal LM the GRPO demo (``recipes/demo.py``) starts from.
 
 Each is a few MB of safetensors with a small BPE tokenizer (digits are single tokens, ChatML template), so

@@ -18,7 +18,6 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Iterable
 from typing import Any
 
 from transformers import TrainerCallback

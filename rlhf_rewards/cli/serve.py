@@ -28,7 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", default=None, metavar="MODEL", help="Model folder or hub id.")
+    p.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                   help="Model folder or hub id. Default: the reward model shipped with rlhf-rewards, if any.")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="Interface to bind. Default 127.0.0.1 (this machine only).")
     net.add_argument("--port", type=int, default=8000, help="Port. Default 8000.")
@@ -156,12 +157,25 @@ def resolve_api_key(args: argparse.Namespace) -> str | None:
     return args.api_key or os.environ.get(API_KEY_ENV) or None
 
 
+def default_model() -> str | None:
+    """The model served when no MODEL is given: the shipped outcome reward model
+    (:func:`rlhf_rewards.assets.default_reward_model_path`), or ``None`` if this install has none."""
+    try:
+        from rlhf_rewards.assets import default_reward_model_path
+
+        return str(default_reward_model_path())
+    except (ImportError, OSError, ValueError):
+        return None
+
+
 def make_app(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     """``(app, engine, api_key)`` for parsed ``serve`` arguments; raises ``ValueError`` naming a bad flag."""
     from rlhf_rewards.server.app import build_app
 
     if args.model is None:
-        raise ValueError("no MODEL given; pass a model folder or hub id, "
+        args.model = default_model()
+    if args.model is None:
+        raise ValueError("no MODEL given and this install ships no default model; pass a model folder or hub id, "
                          "e.g. `rlhf-rewards serve Skywork/Skywork-Reward-V2-Qwen3-0.6B`.")
     _check_args(args)
     engine = build_engine(args)
@@ -200,4 +214,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
-__all__ = ["add_parser", "build_engine", "make_app", "parse_lora_modules", "resolve_api_key", "run"]
+__all__ = ["add_parser", "build_engine", "default_model", "make_app", "parse_lora_modules", "resolve_api_key", "run"]

@@ -6,13 +6,21 @@ A packed forward holds one row of tokens made of *segments* (the nodes of
 ``queries x (prefix + own keys)``, not ``total^2`` as with the block-causal mask transformers builds for
 packed ``position_ids`` on SDPA.
 
-Segments are grouped into a few *buckets* of similar sizes, once per forward. Each bucket runs as one
-batched ``scaled_dot_product_attention`` call: its queries and keys are gathered (``index_select``) into a
-small padded batch, and results are scattered back. Padding only touches attention (a small share of the
-FLOPs), never the projections or MLPs, and a layer costs a handful of kernel calls whatever the number of
-requests: on a busy 2-core CPU every parallel kernel call can cost a scheduler time slice, and on GPUs a
-launch, so the call count matters as much as the FLOPs. Segments without a prefix use SDPA's causal mode
-(right padding needs no mask there); the others get a boolean mask.
+A segment's attention is split into parts whose results are merged exactly through their log-sum-exp:
+
+- **Own part**: every segment attends causally to its own keys. Segments are grouped into a few
+  *buckets* of similar sizes, once per forward; each bucket runs as one batched attention call on a small
+  padded batch gathered with ``index_select`` (a lone segment uses plain slices). Padding only touches
+  attention, never the projections or MLPs, and a layer costs a handful of kernel calls whatever the
+  number of requests: on a busy 2-core CPU every parallel kernel call can cost a scheduler time slice,
+  and on GPUs a launch, so the call count matters as much as the FLOPs.
+- **Ancestor parts**: for every node with descendants, all the queries below it (contiguous in the
+  packed row, since a subtree is laid out right after its root) attend, unmasked, to that node's keys in
+  one call on slices of the row. A GRPO prompt's keys are therefore read in place by its completions,
+  never copied per completion, and no padding or mask is spent on the shared part.
+
+The partial results are combined with ``out = sum_i exp(lse_i - lse) * out_i``, ``lse = logaddexp_i(lse_i)``,
+which is the softmax over the union of the keys (exact up to float rounding).
 
 It plugs into transformers' ``AttentionInterface`` under :data:`ATTN_IMPLEMENTATION`. While a
 :class:`SegmentPlan` is active (a context variable, so other threads are unaffected) the model's attention
@@ -89,6 +97,7 @@ class _Item:
     q_rows: list[int]  # packed rows of the queries
     q_pos: list[int]  # each query's index among the item's keys (it sees keys 0..q_pos)
     k_rows: list[int]  # packed rows of the keys, in sequence order
+    lse: bool = False  # the segment has ancestors: its log-sum-exp is needed for the merge
 
     @property
     def work(self) -> int:
@@ -105,6 +114,16 @@ class _Bucket:
     dst: torch.Tensor | None  # [batch * q_len] rows of the output (pads -> the trash row)
     mask: torch.Tensor | None  # [batch, 1, q_len, k_len] bool, or None: causal
     contiguous: tuple[int, int] | None = None  # one segment, no prefix: plain slices
+    lse: bool = False
+
+
+@dataclass(eq=False)
+class _Cross:
+    """Queries of a node's descendants attending (unmasked) to the node's own keys."""
+
+    k_range: tuple[int, int]
+    q_range: tuple[int, int] | None  # contiguous query rows, or
+    q_index: torch.Tensor | None  # their packed rows
 
 
 @dataclass(eq=False)
@@ -115,43 +134,49 @@ class SegmentPlan:
     total: int
     prune_layer: int | None = None
     calls: int = 0
-    _buckets: dict[bool, list[_Bucket]] = field(default_factory=dict)
+    _buckets: dict[bool, tuple[list[_Bucket], list[_Cross]]] = field(default_factory=dict)
     _masks: dict = field(default_factory=dict)
 
-    def buckets(self, pruned: bool, device: torch.device) -> list[_Bucket]:
-        """The batched attention calls of a (pruned or full) layer; built once per forward."""
+    def buckets(self, pruned: bool, device: torch.device) -> tuple[list[_Bucket], list[_Cross]]:
+        """The attention calls of a (pruned or full) layer: own-part buckets and ancestor parts; built once."""
         if pruned not in self._buckets:
             self._buckets[pruned] = _make_buckets(self.segments, self.total, pruned, device)
         return self._buckets[pruned]
 
 
-def _key_rows(seg: Segment, own_end: int) -> list[int]:
-    rows: list[int] = []
-    for s, e in seg.prefix:
-        rows.extend(range(s, e))
-    rows.extend(range(seg.start, own_end))
-    return rows
-
-
-def _make_buckets(segments: list[Segment], total: int, pruned: bool, device: torch.device) -> list[_Bucket]:
-    causal: list[_Item] = []  # no prefix, every query: SDPA's causal mode
-    masked: list[_Item] = []
+def _make_buckets(
+    segments: list[Segment], total: int, pruned: bool, device: torch.device
+) -> tuple[list[_Bucket], list[_Cross]]:
+    causal: dict[bool, list[_Item]] = {False: [], True: []}  # every query: SDPA's causal mode
+    masked: dict[bool, list[_Item]] = {False: [], True: []}  # some queries (pruned layer): explicit mask
+    cross_rows: dict[tuple[int, int], list[int]] = {}
     for seg in segments:
-        p = seg.prefix_length
+        has_prefix = bool(seg.prefix)
         if pruned and seg.rows is not None:
             if seg.rows.numel() == 0:
                 continue
             offsets = [int(x) for x in seg.rows.tolist()]
-            k_rows = _key_rows(seg, seg.start + offsets[-1] + 1)
-            masked.append(_Item([seg.start + o for o in offsets], [p + o for o in offsets], k_rows))
+            q_rows = [seg.start + o for o in offsets]
+            masked[has_prefix].append(
+                _Item(q_rows, offsets, list(range(seg.start, seg.start + offsets[-1] + 1)), lse=has_prefix))
         else:
-            item = _Item(list(range(seg.start, seg.end)), list(range(p, p + seg.length)), _key_rows(seg, seg.end))
-            (masked if seg.prefix else causal).append(item)
+            q_rows = list(range(seg.start, seg.end))
+            causal[has_prefix].append(_Item(q_rows, list(range(seg.length)), q_rows, lse=has_prefix))
+        for key_range in seg.prefix:
+            cross_rows.setdefault(key_range, []).extend(q_rows)
     buckets = []
     for items, is_causal in ((causal, True), (masked, False)):
-        for group in _group(items):
-            buckets.append(_bucket(group, is_causal, total, device))
-    return buckets
+        for lse in (False, True):
+            for group in _group(items[lse]):
+                buckets.append(_bucket(group, is_causal, total, device, lse))
+    crosses = []
+    for key_range, rows in cross_rows.items():
+        rows.sort()
+        if rows[-1] - rows[0] + 1 == len(rows):
+            crosses.append(_Cross(key_range, (rows[0], rows[-1] + 1), None))
+        else:
+            crosses.append(_Cross(key_range, None, torch.tensor(rows, dtype=torch.long, device=device)))
+    return buckets, crosses
 
 
 def _group(items: list[_Item]) -> list[list[_Item]]:
@@ -173,13 +198,13 @@ def _group(items: list[_Item]) -> list[list[_Item]]:
     return groups
 
 
-def _bucket(items: list[_Item], is_causal: bool, total: int, device: torch.device) -> _Bucket:
+def _bucket(items: list[_Item], is_causal: bool, total: int, device: torch.device, lse: bool) -> _Bucket:
     batch = len(items)
     q_len = max(len(it.q_rows) for it in items)
     k_len = max(len(it.k_rows) for it in items)
     if is_causal and batch == 1:
         s = items[0].q_rows[0]
-        return _Bucket(1, q_len, k_len, None, None, None, None, contiguous=(s, s + q_len))
+        return _Bucket(1, q_len, k_len, None, None, None, None, contiguous=(s, s + q_len), lse=lse)
     # Index and mask building runs in numpy: single-threaded, no parallel-region overhead per item.
     q_index = np.zeros((batch, q_len), dtype=np.int64)
     dst = np.full((batch, q_len), total, dtype=np.int64)  # padding queries land in the trash row
@@ -197,7 +222,7 @@ def _bucket(items: list[_Item], is_causal: bool, total: int, device: torch.devic
     as_tensor = lambda x: torch.from_numpy(x.reshape(-1)).to(device)  # noqa: E731
     return _Bucket(
         batch, q_len, k_len, as_tensor(q_index), as_tensor(k_index), as_tensor(dst),
-        torch.from_numpy(mask).to(device) if mask is not None else None,
+        torch.from_numpy(mask).to(device) if mask is not None else None, lse=lse,
     )
 
 
@@ -228,6 +253,42 @@ def _sdpa(query, key, value, *, mask, is_causal, scale, groups):
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+def _sdpa_lse(query, key, value, *, mask, is_causal, scale):
+    """Attention output ``[B, H, L, d]`` and its float32 log-sum-exp ``[B, H, L]`` (grouped keys allowed).
+
+    CPU uses the flash kernel behind ``scaled_dot_product_attention``, which returns the log-sum-exp;
+    other devices compute it with plain matmuls (only the shared-prefix parts take this path).
+    """
+    if query.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, is_causal, attn_mask=mask, scale=scale
+        )
+    return _sdpa_lse_math(query, key, value, mask=mask, is_causal=is_causal, scale=scale)
+
+
+def _sdpa_lse_math(query, key, value, *, mask, is_causal, scale):
+    """:func:`_sdpa_lse` with plain matmuls in float32, for devices without a log-sum-exp kernel here."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * (scale or query.shape[-1] ** -0.5)
+    if is_causal:
+        scores = scores.masked_fill(
+            torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1), float("-inf"))
+    if mask is not None:
+        scores = scores + mask.float()
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), value.float()).to(query.dtype)
+    return out, lse
+
+
+def _merge(acc: torch.Tensor, acc_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> None:
+    """Fold a partial result (``out [n, H, d]``, ``lse [n, H]``) into the running one, in place."""
+    new = torch.logaddexp(acc_lse, lse)
+    acc.mul_(torch.exp(acc_lse - new).unsqueeze(-1)).add_(out * torch.exp(lse - new).unsqueeze(-1))
+    acc_lse.copy_(new)
 
 
 def segment_attention_forward(
@@ -262,24 +323,49 @@ def segment_attention_forward(
     heads, kv_heads, head_dim = query.shape[1], key.shape[1], value.shape[-1]
     groups = heads // kv_heads
     pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
-    buckets = plan.buckets(pruned, query.device)
-    # Token-major views: [T, heads, d].
+    buckets, crosses = plan.buckets(pruned, query.device)
+    # Token-major views: [T, heads, d]. Rows of a merged result accumulate in float32.
     q_t, k_t, v_t = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)
-    out = (query.new_zeros if pruned else query.new_empty)((total + 1, heads, head_dim))  # +1: trash row
+    acc_dtype = torch.float32 if crosses else query.dtype
+    out = query.new_zeros((total + 1, heads, head_dim), dtype=acc_dtype) if pruned else \
+        query.new_empty((total + 1, heads, head_dim), dtype=acc_dtype)  # +1: trash row for padding
+    out_lse = query.new_zeros((total + 1, heads), dtype=torch.float32) if crosses else None
     for b in buckets:
+        mask = _additive(b.mask, query.dtype, plan._masks) if b.mask is not None else None
         if b.contiguous is not None:
             s, e = b.contiguous
-            res = _sdpa(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], mask=None, is_causal=True,
-                        scale=scaling, groups=groups)
+            q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
+        else:
+            q = q_t.index_select(0, b.q_index).view(b.batch, b.q_len, heads, head_dim).transpose(1, 2)
+            k = k_t.index_select(0, b.k_index).view(b.batch, b.k_len, kv_heads, head_dim).transpose(1, 2)
+            v = v_t.index_select(0, b.k_index).view(b.batch, b.k_len, kv_heads, head_dim).transpose(1, 2)
+        if b.lse:
+            res, lse = _sdpa_lse(q, k, v, mask=mask, is_causal=b.mask is None, scale=scaling)
+        else:
+            res = _sdpa(q, k, v, mask=mask, is_causal=b.mask is None, scale=scaling, groups=groups)
+        if b.contiguous is not None:
             out[s:e] = res[0].transpose(0, 1)
+            if b.lse:
+                out_lse[s:e] = lse[0].transpose(0, 1)
             continue
-        q = q_t.index_select(0, b.q_index).view(b.batch, b.q_len, heads, head_dim).transpose(1, 2)
-        k = k_t.index_select(0, b.k_index).view(b.batch, b.k_len, kv_heads, head_dim).transpose(1, 2)
-        v = v_t.index_select(0, b.k_index).view(b.batch, b.k_len, kv_heads, head_dim).transpose(1, 2)
-        mask = _additive(b.mask, query.dtype, plan._masks) if b.mask is not None else None
-        res = _sdpa(q, k, v, mask=mask, is_causal=b.mask is None, scale=scaling, groups=groups)
-        out.index_copy_(0, b.dst, res.transpose(1, 2).reshape(b.batch * b.q_len, heads, head_dim))
-    return out[:total].unsqueeze(0), None
+        out.index_copy_(0, b.dst, res.transpose(1, 2).reshape(b.batch * b.q_len, heads, head_dim).to(acc_dtype))
+        if b.lse:
+            out_lse.index_copy_(0, b.dst, lse.transpose(1, 2).reshape(b.batch * b.q_len, heads))
+    for c in crosses:
+        ks, ke = c.k_range
+        k, v = key[:, :, ks:ke], value[:, :, ks:ke]
+        if c.q_range is not None:
+            qs, qe = c.q_range
+            res, lse = _sdpa_lse(query[:, :, qs:qe], k, v, mask=None, is_causal=False, scale=scaling)
+            _merge(out[qs:qe], out_lse[qs:qe], res[0].transpose(0, 1), lse[0].transpose(0, 1))
+        else:
+            q = q_t.index_select(0, c.q_index).transpose(0, 1).unsqueeze(0)
+            res, lse = _sdpa_lse(q, k, v, mask=None, is_causal=False, scale=scaling)
+            acc, acc_lse = out.index_select(0, c.q_index), out_lse.index_select(0, c.q_index)
+            _merge(acc, acc_lse, res[0].transpose(0, 1), lse[0].transpose(0, 1))
+            out.index_copy_(0, c.q_index, acc)
+            out_lse.index_copy_(0, c.q_index, acc_lse)
+    return out[:total].to(query.dtype).unsqueeze(0), None
 
 
 def _segment_mask(*args, **kwargs):

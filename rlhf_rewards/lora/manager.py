@@ -3,8 +3,10 @@
 At most ``max_loras`` adapters are in the model at once; the least recently used is evicted when another
 is needed and is loaded again when asked for. A call that needs more adapters than that (or adapters that
 peft cannot hold together) runs in waves (:meth:`LoRAManager.run_in_waves`), each with its adapters loaded.
-Within a wave, rows of different adapters and of the base model share forwards (peft's mixed-adapter
-batch, see :mod:`rlhf_rewards.lora.routing`).
+Within a wave, rows of different adapters and of the base model share padded forwards (peft's
+mixed-adapter batch, see :mod:`rlhf_rewards.lora.routing`). The runner's packed path puts one adapter in
+each packed forward instead: peft routes by batch row, and a packed forward is one row (routing it per
+token would cost peft a Python pass over every token in every LoRA layer).
 """
 
 from __future__ import annotations

@@ -117,6 +117,7 @@ class RayWorkerPool(RewardWorker):
         ray_init_kwargs: Passed to ``ray.init`` if Ray is not initialised yet (then :meth:`close` shuts
             it down again). Default: ``ray.init()`` (a local cluster, or the one ``RAY_ADDRESS`` names).
         actor_options: Extra ``.options(...)`` for the actors (``runtime_env``, ``scheduling_strategy``...).
+        ready_timeout: Seconds to wait for every replica to be placed and to load the model. Default 600.
         **llm_kwargs: Passed to ``LLM`` in every replica (``dtype``, ``pooler_config``, ``enable_lora``...).
             ``device`` defaults to ``"cuda"`` with GPUs and ``"cpu"`` without.
 
@@ -137,6 +138,7 @@ class RayWorkerPool(RewardWorker):
         down_for: float = 1.0,
         ray_init_kwargs: dict[str, Any] | None = None,
         actor_options: dict[str, Any] | None = None,
+        ready_timeout: float = 600.0,
         **llm_kwargs: Any,
     ) -> None:
         import os
@@ -152,7 +154,8 @@ class RayWorkerPool(RewardWorker):
         _check_int("max_batch_size", max_batch_size, 1)
         _check_int("max_inflight_per_replica", max_inflight_per_replica, 1)
         for name, value in (("num_gpus_per_replica", num_gpus_per_replica),
-                            ("num_cpus_per_replica", num_cpus_per_replica), ("down_for", down_for)):
+                            ("num_cpus_per_replica", num_cpus_per_replica), ("down_for", down_for),
+                            ("ready_timeout", ready_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
         self.model = model
@@ -182,8 +185,24 @@ class RayWorkerPool(RewardWorker):
         self._changed: asyncio.Condition = self._run(_make_condition())
         self._turn = itertools.count()
         try:
-            ray.get([r.handle.ping.remote() for r in self._replicas])
-        except Exception:
+            ray.get([r.handle.ping.remote() for r in self._replicas], timeout=ready_timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RuntimeError(
+                f"RayWorkerPool: the {num_replicas} replicas were not ready within ready_timeout={ready_timeout}s. "
+                f"Each needs num_cpus_per_replica={num_cpus_per_replica} and num_gpus_per_replica="
+                f"{num_gpus_per_replica}; the cluster has {ray.cluster_resources()} "
+                f"({ray.available_resources()} free)."
+            ) from None
+        except ray.exceptions.RayActorError as exc:
+            self.close()
+            # The actor's constructor failed (bad model path, bad LLM argument): the LLM's own message is the
+            # last line of Ray's report; a ValueError stays a ValueError, as when the LLM is built in-process.
+            last = next((ln.strip() for ln in reversed(str(exc).splitlines()) if ln.strip()), str(exc))
+            if last.startswith("ValueError: "):
+                raise ValueError(last[len("ValueError: "):]) from None
+            raise RuntimeError(f"RayWorkerPool: a replica failed to load {model!r}: {last}\n{exc}") from None
+        except BaseException:
             self.close()
             raise
 
@@ -400,8 +419,9 @@ class RayWorkerPool(RewardWorker):
         """Call ``method`` on a live replica, moving on to the next if one has died."""
         ray = _import_ray()
         last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            replica = await self._acquire(0, set())
+        tried: set[int] = set()
+        for _ in range(self.max_retries + 1):
+            replica = await self._acquire(0, tried)
             try:
                 result = await getattr(replica.handle, method).remote(*args)
             except ray.exceptions.RayTaskError as exc:
@@ -412,6 +432,7 @@ class RayWorkerPool(RewardWorker):
                 raise
             except (ray.exceptions.RayActorError, ray.exceptions.RaySystemError) as exc:
                 self._release(replica, 0, ok=False, error=f"{type(exc).__name__}: {exc}")
+                tried.add(replica.index)
                 last = exc
                 self.stats.failures += 1
                 continue

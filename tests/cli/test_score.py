@@ -175,20 +175,19 @@ def test_console_script_stdin_to_stdout_with_progress_on_stderr(qwen3_rm, reward
 def test_default_model_is_the_shipped_outcome_rm(tmp_path):
     from rlhf_rewards.assets import default_model_path
 
-    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "What is 23 + 48?", "completion": " 71"},
-                                              {"prompt": "What is 23 + 48?", "completion": " 72"}])
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "What is 8 + 5?", "completion": " 13"},
+                                              {"prompt": "What is 8 + 5?", "completion": " 14"}])
     out = tmp_path / "out.jsonl"
     assert cli_main(["score", str(src), "-o", str(out), "--device", "cpu", "--no-progress"]) == 0
     scores = [r["score"] for r in read_jsonl(out)]
     expected = RewardFunction(default_model_path("outcome"), llm_kwargs={"device": "cpu"})(
-        ["What is 23 + 48?"] * 2, [" 71", " 72"])
+        ["What is 8 + 5?"] * 2, [" 13", " 14"])
     assert scores == pytest.approx(expected, abs=1e-5)
 
 
 def test_default_process_model_writes_step_scores(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [
-        {"prompt": "Start with 23, add 48, then subtract 5. What is the result?",
-         "completion": "23 + 48 = 71\n\n71 - 5 = 66"},
+        {"prompt": "Work out 3 + 4 and 7 - 5.", "completion": "3 + 4 = 7\n\n7 - 5 = 3"},
     ])
     out = tmp_path / "out.jsonl"
     assert cli_main(["score", str(src), "--default", "process", "-o", str(out), "--device", "cpu",
@@ -196,6 +195,7 @@ def test_default_process_model_writes_step_scores(tmp_path):
     (result,) = read_jsonl(out)
     assert len(result["steps"]) == 2
     assert result["score"] == pytest.approx(min(result["steps"]))
+    assert result["steps"][0] > 0.5 > result["steps"][1]  # 3 + 4 = 7 is right, 7 - 5 = 3 is wrong
 
 
 def test_remote_server(tmp_path, qwen3_rm, reward_fn):

@@ -19,7 +19,8 @@ RAW = PoolingParams(use_activation=False)
 
 #: name -> LoraConfig fields. "saved_head" and "lora_head" change the head in the two ways peft allows.
 ADAPTERS = {
-    "attn": {"seed": 1, "r": 4, "target_modules": ["q_proj", "v_proj"]},
+    # Also saves its own embedding table (a backbone module peft mixes row by row).
+    "attn": {"seed": 1, "r": 4, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["embed_tokens"]},
     "saved_head": {"seed": 2, "r": 8, "target_modules": ["k_proj", "o_proj", "gate_proj"], "modules_to_save": ["score"]},
     "lora_head": {"seed": 3, "r": 4, "target_modules": ["q_proj", "down_proj", "score"]},
     # What TRL's RewardTrainer saves: all linear layers, the head in modules_to_save (task_type SEQ_CLS).

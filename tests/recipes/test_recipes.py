@@ -5,7 +5,6 @@ and log its rewards (see ``check_finished_run``)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -37,12 +36,14 @@ def test_grpo_process_reward_deepspeed_zero2_two_processes(tiny_models_dir, tmp_
         assert 0 <= h["rewards/process_reward_model/raw_min"] <= h["rewards/process_reward_model/raw_max"] <= 1
 
 
-def test_rloo_remote_reward_starts_its_own_server(tiny_models_dir, tmp_path):
+def test_rloo_remote_reward_starts_its_own_server_for_two_processes(tiny_models_dir, tmp_path):
+    # multi_gpu.yaml with --use_cpu runs as MULTI_CPU (DDP over gloo): the main process starts the server
+    # and both ranks score through it.
     out = tmp_path / "run"
-    accelerate_launch("single_gpu", "rloo_remote_reward.py",
+    accelerate_launch("multi_gpu", "rloo_remote_reward.py",
                       ["--build_tiny_models", str(tiny_models_dir), "--serve", "--serve_args", "--device cpu"],
-                      num_processes=1, output_dir=out)
-    check_finished_run(out, "reward_model", distributed_type="NO", num_processes=1)
+                      num_processes=2, output_dir=out)
+    check_finished_run(out, "reward_model", distributed_type="MULTI_CPU", num_processes=2)
     server_log = (out / "reward-server.log").read_text()
     assert "POST /pooling" in server_log and "Application shutdown complete" in server_log
 

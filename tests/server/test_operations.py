@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import random
 import re
 import threading
 import time
@@ -124,6 +125,21 @@ def test_full_queue_answers_503_with_retry_after_and_remote_worker_waits(servers
     assert requests.get(queue.url + "/health", timeout=10).status_code == 200
 
 
+def test_a_draining_server_refuses_new_work_with_503(servers):
+    _, queue = servers  # what SIGTERM sets before uvicorn's graceful shutdown
+    headers = {"Authorization": f"Bearer {KEY}"}
+    queue.engine.draining = True
+    try:
+        health = requests.get(queue.url + "/health", timeout=10)
+        refused = requests.post(queue.url + "/pooling", json={"input": "hi"}, headers=headers, timeout=10)
+    finally:
+        queue.engine.draining = False
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert "shutting down" in refused.json()["message"]
+    assert requests.post(queue.url + "/pooling", json={"input": "hi"}, headers=headers, timeout=30).status_code == 200
+
+
 def _metric(url: str, name: str, headers: dict | None = None) -> float:
     text = requests.get(url + "/metrics", headers=headers, timeout=10).text
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
@@ -171,24 +187,27 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(drained, llm):
 
 
 def test_client_timeout_leaves_the_server_consistent(server, llm):
-    texts = [f"{LONG_TEXT} timeout {i}" for i in range(32)]
+    # Distinct token ids (no shared prefix, nothing cached): each request is real work for the engine.
+    rng = random.Random(7)
+    batches = [[[rng.randrange(5, 440) for _ in range(400)] for _ in range(32)] for _ in range(3)]
     prompts_before = _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}')
-    for _ in range(3):
-        with pytest.raises(requests.Timeout):
-            requests.post(server.url + "/pooling", json={"input": texts}, timeout=0.05)
+    for ids in batches:
+        with pytest.raises(requests.ReadTimeout):  # sent in full, then the client gives up waiting
+            requests.post(server.url + "/pooling", json={"input": ids}, timeout=(10, 0.01))
+    texts = [{"prompt_token_ids": ids} for ids in batches[0][:4]]
     # The abandoned requests are finished (not half-run, not stuck in the queue)...
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (
             _metric(server.url, "rlhf_rewards_queue_depth") or _metric(server.url, "rlhf_rewards_running_prompts")
-            or _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}') < prompts_before + 3 * len(texts)):
+            or _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}') < prompts_before + 3 * 32):
         time.sleep(0.1)
     assert _metric(server.url, "rlhf_rewards_queue_depth") == 0
     assert _metric(server.url, "rlhf_rewards_running_prompts") == 0
-    assert _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}') == prompts_before + 3 * len(texts)
+    assert _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}') == prompts_before + 3 * 32
     # ...and the server keeps answering correctly, with no server error recorded.
     assert requests.get(server.url + "/health", timeout=10).json()["status"] == "ok"
-    body = requests.post(server.url + "/pooling", json={"input": texts[:4]}, timeout=60).json()
-    want = llm.encode(texts[:4], pooling_task="classify", use_tqdm=False)
+    body = requests.post(server.url + "/pooling", json={"input": batches[0][:4]}, timeout=60).json()
+    want = llm.encode(texts, pooling_task="classify", use_tqdm=False)
     torch.testing.assert_close(torch.tensor([d["data"][0] for d in body["data"]]),
                                torch.stack([w.outputs.data[0] for w in want]), atol=1e-5, rtol=0)
     metrics = requests.get(server.url + "/metrics", timeout=10).text

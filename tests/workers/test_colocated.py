@@ -8,6 +8,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,53 @@ def test_sleeps_between_scoring_calls_under_the_callback(qwen3_rm, reference):
     assert not worker.is_sleeping
 
 
+def test_concurrent_callers_are_serialized(qwen3_rm, reference):
+    """Two async reward functions (and a thread toggling sleep) share one worker: one model call at a time,
+    every result correct."""
+    worker = ColocatedWorker(str(qwen3_rm), device="cpu")
+    original = worker.llm.encode
+    active, peak = [0], [0]
+    guard = threading.Lock()
+
+    def spy(*a, **k):
+        with guard:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.02)  # widen the window in which an unserialized second call would overlap
+            assert not worker.is_sleeping  # never scored with offloaded weights
+            return original(*a, **k)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    worker.llm.encode = spy
+    stop = threading.Event()
+
+    def toggler():
+        while not stop.is_set():
+            worker.sleep()
+            worker.wake_up()
+
+    thread = threading.Thread(target=toggler)
+    thread.start()
+
+    async def two_reward_functions():
+        calls = [worker.aencode(MIXED_TEXTS, pooling_task="classify") for _ in range(6)]
+        return await asyncio.gather(*calls)
+
+    try:
+        results = asyncio.run(two_reward_functions())
+    finally:
+        stop.set()
+        thread.join()
+    want = reference.encode(MIXED_TEXTS, pooling_task="classify", use_tqdm=False)
+    for got in results:
+        _assert_same(got, want)
+    assert peak[0] == 1
+    assert worker.stats.requests == 6
+
+
 def test_close(qwen3_rm, reference):
     worker = ColocatedWorker(str(qwen3_rm), device="cpu")
     worker.close()
@@ -157,6 +206,32 @@ def test_sleep_frees_cuda_memory(qwen3_rm, reference):
     _assert_same(worker.encode(MIXED_TEXTS, pooling_task="classify"), want)  # woke up
     assert worker.weight_device.type == "cuda"
     assert worker.llm.model.hf_model.get_input_embeddings().weight is tied
+
+
+def test_sleep_on_cuda_empties_the_cache(monkeypatch):
+    """Without a GPU here: the release path syncs and empties the cache of the worker's own CUDA device."""
+    from rlhf_rewards.workers import colocated
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("sync", str(device))))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
+
+    class FakeDeviceContext:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            calls.append(("enter", str(self.device)))
+
+        def __exit__(self, *exc):
+            calls.append(("exit",))
+
+    monkeypatch.setattr(torch.cuda, "device", FakeDeviceContext)
+    colocated._release_accelerator_memory(torch.device("cuda:1"))
+    assert calls == [("sync", "cuda:1"), ("enter", "cuda:1"), ("empty_cache",), ("exit",)]
+    calls.clear()
+    colocated._release_accelerator_memory(torch.device("cpu"))
+    assert calls == []
 
 
 # ---------------------------------------------------------------- DeepSpeed ZeRO-3

@@ -31,8 +31,7 @@ def reference(qwen3_rm) -> LLM:
 def pool(qwen3_rm):
     from rlhf_rewards.workers import RayWorkerPool
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # actors inherit HF_HUB_OFFLINE
     try:
         with RayWorkerPool(str(qwen3_rm), num_replicas=2, num_cpus_per_replica=1, max_batch_size=4,
                            max_restarts=2, down_for=0.5) as p:
@@ -90,6 +89,17 @@ def test_errors_name_the_callers_prompt(pool):
         RayWorkerPool("unused", num_replicas=0)
     with pytest.raises(ValueError, match="num_gpus_per_replica must be a number >= 0"):
         RayWorkerPool("unused", num_gpus_per_replica=-1)
+
+
+@pytest.mark.slow  # starts (and loses) another actor process
+def test_a_replica_that_cannot_load_or_be_placed_fails_the_constructor(pool, tmp_path):
+    from rlhf_rewards.workers import RayWorkerPool
+
+    # num_cpus_per_replica=0: the module's pool holds both CPUs of the cluster.
+    with pytest.raises(ValueError, match="no config.json found"):
+        RayWorkerPool(str(tmp_path / "missing"), num_cpus_per_replica=0)
+    with pytest.raises(RuntimeError, match="num_gpus_per_replica=1.*the cluster has"):
+        RayWorkerPool(str(tmp_path / "missing"), num_cpus_per_replica=0, num_gpus_per_replica=1, ready_timeout=1)
 
 
 def test_missing_ray_names_the_extra(monkeypatch):

@@ -98,12 +98,15 @@ def test_a_failing_url_is_marked_down_and_its_work_goes_elsewhere():
 
 
 def test_a_timeout_fails_over_to_another_url():
-    with FakeServer("sleep:5") as slow, FakeServer("ok") as fast, \
+    with FakeServer("sleep:3") as slow, FakeServer("ok") as fast, \
             RemoteWorker([slow.url, fast.url], timeout=0.5, max_concurrency=1) as worker:
-        start = time.monotonic()
-        outputs = worker.encode(["a", "bb", "ccc"], pooling_task="classify", )
+        worker.pool.endpoints[1].in_flight = 1  # make the slow URL the first pick
+        outputs = worker.encode(["a", "bb", "ccc"], pooling_task="classify")
+        worker.pool.endpoints[1].in_flight = 0
         assert [float(o.outputs.data[0]) for o in outputs] == [1.0, 2.0, 3.0]
-        assert time.monotonic() - start < 4
+        # one attempt timed out on the slow URL, the retry went to the other one and nothing ran twice there
+        assert slow.calls == [3] and fast.calls == [3]
+        assert worker.stats.failures == 1 and worker.stats.retries == 1
 
 
 def test_client_errors_are_not_retried_and_name_the_callers_prompt():
@@ -122,7 +125,7 @@ def test_413_splits_the_request():
 
 
 def test_retries_are_bounded():
-    with FakeServer("500") as fake, RemoteWorker(fake.url, max_retries=2,
+    with FakeServer("500") as fake, RemoteWorker(fake.url, max_retries=2, down_for=0.05,
                                                  retry=RetryPolicy(max_retries=2, backoff_base=0.01)) as worker:
         with pytest.raises(RemoteWorkerError, match="failed 3 times"):
             worker.encode("x", pooling_task="classify")
