@@ -82,8 +82,8 @@ class StageConfig:
 
 DEFAULT_STAGES = {
     "base": StageConfig(steps=800, batch_size=64, learning_rate=3e-3),
-    "outcome": StageConfig(steps=400, batch_size=32, learning_rate=2e-3),
-    "process": StageConfig(steps=400, batch_size=32, learning_rate=2e-3),
+    "outcome": StageConfig(steps=2000, batch_size=32, learning_rate=2e-3),
+    "process": StageConfig(steps=1500, batch_size=32, learning_rate=2e-3),
     "policy": StageConfig(steps=100, batch_size=64, learning_rate=1e-3),
 }
 

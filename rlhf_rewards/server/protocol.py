@@ -302,9 +302,9 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in (
-        (400, "A client mistake; the message names the field and the limit."),
+        (400, "A client mistake (including an unknown model or LoRA name); the message names the field and the limit."),
         (401, "Missing or wrong API key."),
-        (404, "Unknown model or LoRA module name."),
+        (404, "Unknown route."),
         (413, "Body over --max-body-bytes or more inputs than --max-client-batch-size."),
         (503, "Queue full or server draining; retry after the Retry-After header's seconds."),
     )

@@ -95,13 +95,13 @@ class ServingEngine:
         return [r.lora_name for r in self.llm.list_loras()] if self.llm.lora_manager is not None else []
 
     def resolve_model(self, name: str | None) -> tuple[str, LoRARequest | None]:
-        """``(name to report, adapter or None)`` for a request's ``model`` field; unknown names are a 404."""
+        """``(name to report, adapter or None)`` for a request's ``model`` field; unknown names are a 400 (a client mistake in the body, as issue 9 asks; vLLM answers 404)."""
         if name is None or name in self._base_aliases:
             return self.model_name, None
         if name in self.lora_names:
             return name, self.llm.get_lora(name)
         known = [self.model_name, *self.lora_names]
-        raise APIError(404, f"The model `{name}` does not exist; this server serves {known}.", param="model")
+        raise APIError(400, f"The model `{name}` does not exist; this server serves {known}.", param="model")
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:

@@ -40,8 +40,8 @@ CASES = [
      ["dimensions", "classify"], "dimensions"),
     ("dimensions over hidden size", "/pooling", {"input": "hi", "task": "embed", "dimensions": 4096}, {}, 400,
      ["dimensions", "4096", "64"], "dimensions"),
-    ("unknown model", "/pooling", {"input": "hi", "model": "no-such-model"}, {}, 404, ["no-such-model", "tiny-rm"], "model"),
-    ("unknown lora on classify", "/classify", {"input": "hi", "model": "my-lora"}, {}, 404, ["my-lora"], "model"),
+    ("unknown model", "/pooling", {"input": "hi", "model": "no-such-model"}, {}, 400, ["no-such-model", "tiny-rm"], "model"),
+    ("unknown lora on classify", "/classify", {"input": "hi", "model": "my-lora"}, {}, 400, ["my-lora"], "model"),
     ("malformed JSON", "/pooling", b'{"input": "hi"', JSON, 400, ["not valid JSON"], None),
     ("not an object", "/pooling", b'["hi"]', JSON, 400, ["JSON object"], None),
     ("empty body", "/pooling", b"", JSON, 400, ["empty"], None),
@@ -87,7 +87,7 @@ CASES = [
      ["--max-client-batch-size"], "query"),
     ("tokenize both forms", "/tokenize", {"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, {}, 400,
      ["exactly one of `prompt` or `messages`"], None),
-    ("tokenize unknown model", "/tokenize", {"prompt": "x", "model": "nope"}, {}, 404, ["nope"], "model"),
+    ("tokenize unknown model", "/tokenize", {"prompt": "x", "model": "nope"}, {}, 400, ["nope"], "model"),
     ("unknown route", "/v2/pooling", {"input": "x"}, {}, 404, ["/v2/pooling"], None),
 ]
 

@@ -70,6 +70,6 @@ def test_remote_worker_mixes_adapters_per_prompt(lora_server, lora_llm):
 
 def test_a_request_cannot_load_an_adapter_by_path(lora_server, adapter):
     r = requests.post(lora_server.url + "/pooling", json={"model": str(adapter), "input": "hi"}, timeout=30)
-    assert r.status_code == 404 and r.json()["param"] == "model"
+    assert r.status_code == 400 and r.json()["param"] == "model"
     r = requests.post(lora_server.url + "/pooling", json={"input": "hi", "lora_path": str(adapter)}, timeout=30)
     assert r.status_code == 400 and "lora_path" in r.json()["message"]
