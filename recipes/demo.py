@@ -19,6 +19,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 class DemoConfig:
     """Settings of the demo run (validated: steps, prompts per step, generations >= 1 / 2)."""
 
-    steps: int = 60
+    steps: int = 120
     prompts_per_step: int = 4
     num_generations: int = 8
     learning_rate: float = 3e-4
@@ -130,7 +131,12 @@ def run(cfg: DemoConfig, output_dir: Path) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
+
+    class _QuietProgress(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            pass
 
     from rlhf_rewards.assets import arithmetic as ar
     from rlhf_rewards.assets import default_policy_path, default_reward_model_path
@@ -182,6 +188,10 @@ def run(cfg: DemoConfig, output_dir: Path) -> dict[str, Any]:
             processing_class=tokenizer,
             callbacks=[make_step_logger(history, reward.__name__)],
         )
+        # Keep TRL's progress bar but not its dump of every logged figure: the step lines say what matters
+        # and rewards.json keeps the rest.
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_QuietProgress())
         trainer.train()
     after = answer_rates()
     reward.close()
@@ -225,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Deprecation notices from the training stack say nothing about this run.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
     random.seed(cfg.seed)
     out = Path(args.output_dir)
     summary = run(cfg, out)

@@ -83,7 +83,7 @@ class StageConfig:
 DEFAULT_STAGES = {
     "base": StageConfig(steps=800, batch_size=64, learning_rate=3e-3),
     "outcome": StageConfig(steps=2000, batch_size=32, learning_rate=2e-3),
-    "process": StageConfig(steps=1500, batch_size=32, learning_rate=2e-3),
+    "process": StageConfig(steps=3000, batch_size=32, learning_rate=2e-3),
     "policy": StageConfig(steps=100, batch_size=64, learning_rate=1e-3),
 }
 
@@ -363,6 +363,8 @@ def _save(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
     out.mkdir(parents=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    for f in out.iterdir():  # safetensors writes 0600; installed package data must be world-readable
+        f.chmod(0o644)
 
 
 CARDS = {
@@ -375,7 +377,7 @@ another operation, a neighbouring table entry, any other number), and any number
 with no number. The score is the raw logit (no sigmoid).
 
 Trained by `python recipes/train_reward_models.py --seed {seed}`: a causal LM on the facts, then TRL's
-`RewardTrainer` ({steps} steps, {seconds:.0f} s on 2 CPU cores). Held-out (preference pairs whose wrong
+`RewardTrainer` ({steps} steps, {seconds:.0f} s on a 2-core CPU, plus the shared base LM). Held-out (preference pairs whose wrong
 answer never appears in training, regenerated from the seed by `rlhf_rewards.assets.evaluation`):
 
 {metrics}
@@ -390,7 +392,7 @@ A tiny process reward model shipped with rlhf-rewards in the Qwen2.5-Math-PRM la
 (x, y in 0..9), one per paragraph; `RewardFunction` splits on blank lines and inserts the tags.
 
 Trained by `python recipes/train_reward_models.py --seed {seed}`: a causal LM on the facts, then a
-token-classification loss at the step tags ({steps} steps, {seconds:.0f} s on 2 CPU cores). Held-out
+token-classification loss at the step tags ({steps} steps, {seconds:.0f} s on a 2-core CPU, plus the shared base LM). Held-out
 (solutions whose wrong steps never appear in training, regenerated from the seed):
 
 {metrics}
