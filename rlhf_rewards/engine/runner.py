@@ -109,7 +109,10 @@ class ModelRunner:
             return []
         self.last_stats = dict.fromkeys(_STAT_KEYS, 0)
         self.last_stats["tokens_requested"] = sum(r.num_tokens for r in requests)
-        if self.packing and self.packing_disabled_reason is None:
+        # A call that mixes adapters (or adapters and the base model) runs in shared padded batches with peft's
+        # per-row adapter routing: a packed forward is one row, so it could only hold one adapter at a time.
+        mixed_adapters = len({r.lora for r in requests}) > 1
+        if self.packing and self.packing_disabled_reason is None and not mixed_adapters:
             try:
                 return self._run_packed(requests, on_batch_done)
             except SegmentAttentionUnsupported as exc:
