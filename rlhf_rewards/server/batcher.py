@@ -215,6 +215,9 @@ class Batcher:
                 await self._run([job])
             return
         elapsed = time.perf_counter() - start
+        import os, sys  # H8TRACE
+        if os.environ.get("H8TRACE"):  # H8TRACE
+            print(f"H8 {start:.3f} n={len(items)} tok={n_tokens} eng={elapsed:.3f} q={len(self._queue)}", file=sys.stderr, flush=True)  # H8TRACE
         if elapsed > 0:
             speed = n_tokens / elapsed
             self._tokens_per_second = speed if self._tokens_per_second is None else (
