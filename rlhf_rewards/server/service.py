@@ -37,6 +37,8 @@ class ServerLimits:
         max_client_batch_size: Most prompts in one request (413 above).
         max_queue_size: Most prompts waiting for the engine (503 + Retry-After above).
         max_batch_tokens: Token budget of one merged engine call.
+        batch_wait_s: Longest delay of an engine call while more requests are arriving, so they join it
+            (see :mod:`~rlhf_rewards.server.batcher`); ``0`` turns it off. An idle server never waits.
         trust_request_chat_template: Accept a ``chat_template`` sent in a request (it runs as Jinja).
     """
 
@@ -44,6 +46,7 @@ class ServerLimits:
     max_client_batch_size: int = 1024
     max_queue_size: int = 8192
     max_batch_tokens: int = 65536
+    batch_wait_s: float = 0.02
     trust_request_chat_template: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,7 +81,8 @@ class ServingEngine:
         self._base_aliases = {*self.served_model_names, self.llm.model_name}
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-rewards-tokenizer")
         self.batcher = Batcher(self._encode, max_queue_size=self.limits.max_queue_size,
-                               max_batch_tokens=self.limits.max_batch_tokens, metrics=self.metrics)
+                               max_batch_tokens=self.limits.max_batch_tokens, metrics=self.metrics,
+                               batch_wait_s=self.limits.batch_wait_s)
         self.info: ModelInfo = self.llm.model_info(self.model_name)
         tok = self.llm.tokenizer
         self._template_params = set(inspect.signature(tok.apply_chat_template).parameters) if tok is not None else set()
@@ -140,7 +144,9 @@ class ServingEngine:
         if req.chat_template is not None and not self.limits.trust_request_chat_template:
             raise APIError(400, "`chat_template` in a request is refused: start the server with "
                                 "--trust-request-chat-template to allow it.", param="chat_template")
-        return await self._in_tokenizer_thread(self._prepare, req, task, params, lora, field_name)
+        # While this request tokenizes, a round about to start waits for it (the route submits it right after).
+        with self.batcher.arriving():
+            return await self._in_tokenizer_thread(self._prepare, req, task, params, lora, field_name)
 
     def _prepare(self, req: ScoringRequest, task: str, params: PoolingParams,
                  lora: LoRARequest | None, field_name: str) -> list[EngineItem]:
