@@ -72,6 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="Most prompts waiting for the engine; when full, 503 with Retry-After. Default 8192.")
     lim.add_argument("--max-batch-tokens", type=int, default=None,
                      help="Token budget of one merged engine call. Default 4 x --max-num-batched-tokens.")
+    lim.add_argument("--batch-wait-ms", type=float, default=50.0,
+                     help="Longest delay of an engine call while more requests are arriving, so they join it "
+                          "(a lone request to an idle server never waits; 0 turns waiting off). Default 50.")
     lim.add_argument("--trust-request-chat-template", action="store_true",
                      help="Accept `chat_template` sent in requests (Jinja run on the server). Default: refuse.")
     p.set_defaults(func=run)
@@ -132,6 +135,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         max_queue_size=args.max_queue_size,
         max_batch_tokens=args.max_batch_tokens or 4 * llm.max_num_batched_tokens,
         trust_request_chat_template=args.trust_request_chat_template,
+        batch_wait_s=args.batch_wait_ms / 1000.0,
     )
     return ServingEngine(llm, list(args.served_model_name or []), limits)
 
@@ -142,6 +146,8 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and (value < 1 or (name == "port" and value > 65535)):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (got {value}).")
+    if not (0 <= args.batch_wait_ms <= 10_000):
+        raise ValueError(f"--batch-wait-ms must be between 0 and 10000 (got {args.batch_wait_ms}).")
     if args.hf_overrides:
         try:
             if not isinstance(json.loads(args.hf_overrides), dict):

@@ -86,14 +86,14 @@ class Batcher:
         max_batch_tokens: Token budget of one merged engine call (the first request always runs).
         metrics: Where queue depth, batch sizes and latencies are reported. Default ``None``.
         batch_wait_s: Longest delay of a round while requests are arriving (see the module docstring);
-            ``0`` starts every round at once. Default 0.02.
+            ``0`` starts every round at once. Default 0.05.
         arrival_gap_s: Right after an engine call, the round waits while requests keep coming at most this
-            far apart. Default 0.002.
+            far apart. Default 0.01.
     """
 
     def __init__(self, encode: EncodeFn, *, max_queue_size: int, max_batch_tokens: int,
-                 metrics: ServerMetrics | None = None, batch_wait_s: float = 0.02,
-                 arrival_gap_s: float = 0.002) -> None:
+                 metrics: ServerMetrics | None = None, batch_wait_s: float = 0.05,
+                 arrival_gap_s: float = 0.01) -> None:
         if batch_wait_s < 0 or not math.isfinite(batch_wait_s):
             raise ValueError(f"batch_wait_s must be a finite number >= 0, got {batch_wait_s}.")
         if arrival_gap_s < 0 or not math.isfinite(arrival_gap_s):

@@ -46,7 +46,7 @@ class ServerLimits:
     max_client_batch_size: int = 1024
     max_queue_size: int = 8192
     max_batch_tokens: int = 65536
-    batch_wait_s: float = 0.02
+    batch_wait_s: float = 0.05
     trust_request_chat_template: bool = False
 
     def to_dict(self) -> dict[str, Any]:

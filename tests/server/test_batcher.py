@@ -44,7 +44,7 @@ def _scores(outputs: list[PoolingRequestOutput]) -> list[float]:
 
 async def _with_batcher(engine: FakeEngine, body, **kw):
     batcher = Batcher(engine, max_queue_size=kw.pop("max_queue_size", 1000), max_batch_tokens=kw.pop("max_batch_tokens", 1000),
-                      metrics=ServerMetrics())
+                      metrics=ServerMetrics(), **kw)
     batcher.start()
     try:
         return await body(batcher)
@@ -68,6 +68,33 @@ def test_concurrent_requests_merge_into_one_engine_call_in_order():
     assert _scores(first) == [1.0]
     assert [_scores(r) for r in rest] == [[i, 2 * i] for i in range(2, 7)]
     assert engine.calls == [("classify", 1), ("classify", 10)]  # the five queued requests ran as ONE call
+
+
+@pytest.mark.parametrize("wait_s, expected_calls", [(2.0, [("classify", 2)]), (0.0, [("classify", 1), ("classify", 1)])])
+def test_a_round_waits_for_a_request_still_arriving(wait_s, expected_calls):
+    """A request being parsed/tokenized (``arriving``) joins the round about to start, up to ``batch_wait_s``."""
+    engine = FakeEngine()
+
+    async def body(batcher: Batcher):
+        arrived = asyncio.Event()
+
+        async def late_request():
+            with batcher.arriving():  # received, still tokenizing: the idle loop must not start without it
+                await arrived.wait()
+                job = asyncio.ensure_future(batcher.submit("classify", _items([5])))
+                await asyncio.sleep(0)  # submitted before the arriving count drops
+            return await job
+
+        late = asyncio.ensure_future(late_request())
+        await asyncio.sleep(0.02)
+        first = asyncio.ensure_future(batcher.submit("classify", _items([1])))
+        await asyncio.sleep(0.2)
+        arrived.set()
+        return await first, await late
+
+    first, late = asyncio.run(_with_batcher(engine, body, batch_wait_s=wait_s))
+    assert (_scores(first), _scores(late)) == ([1.0], [5.0])
+    assert engine.calls == expected_calls
 
 
 def test_tasks_are_never_mixed_and_token_budget_splits_rounds():
