@@ -6,7 +6,6 @@ the import.
 
 from __future__ import annotations
 
-
 import itertools
 import os
 import threading
