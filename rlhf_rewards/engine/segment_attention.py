@@ -22,6 +22,9 @@ A segment's attention is split into parts whose results are merged exactly throu
 The partial results are combined with ``out = sum_i exp(lse_i - lse) * out_i``, ``lse = logaddexp_i(lse_i)``,
 which is the softmax over the union of the keys (exact up to float rounding).
 
+On CUDA in float16/bfloat16 the own parts instead run as one FlashAttention varlen call over the whole row
+(:mod:`~rlhf_rewards.engine.varlen_attention`); the ancestor parts and the merge are the same.
+
 It plugs into transformers' ``AttentionInterface`` under :data:`ATTN_IMPLEMENTATION`. While a
 :class:`SegmentPlan` is active (a context variable, so other threads are unaffected) the model's attention
 modules call :func:`segment_attention_forward`; without one it defers to transformers' SDPA, masks
@@ -39,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rlhf_rewards.engine import varlen_attention
 
 ATTN_IMPLEMENTATION = "rlhf_rewards_segments"
 
@@ -136,6 +141,13 @@ class SegmentPlan:
     calls: int = 0
     _buckets: dict[bool, tuple[list[_Bucket], list[_Cross]]] = field(default_factory=dict)
     _masks: dict = field(default_factory=dict)
+    _varlen: varlen_attention.VarlenLayout | None = None
+
+    def varlen_layout(self, device: torch.device) -> varlen_attention.VarlenLayout:
+        """The varlen kernel's arguments for this row (CUDA path); built once."""
+        if self._varlen is None:
+            self._varlen = varlen_attention.VarlenLayout(self.segments, self.total, device)
+        return self._varlen
 
     def buckets(self, pruned: bool, device: torch.device) -> tuple[list[_Bucket], list[_Cross]]:
         """The attention calls of a (pruned or full) layer: own-part buckets and ancestor parts; built once."""
@@ -320,6 +332,8 @@ def segment_attention_forward(
             f"unexpected attention shapes {tuple(query.shape)} / {tuple(key.shape)} for a packed row of {total}"
         )
     plan.calls += 1
+    if varlen_attention.applies(query):
+        return varlen_attention.forward(plan.varlen_layout(query.device), query, key, value, scaling, _merge), None
     heads, kv_heads, head_dim = query.shape[1], key.shape[1], value.shape[-1]
     groups = heads // kv_heads
     pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer

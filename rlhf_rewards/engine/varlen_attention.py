@@ -1,0 +1,172 @@
+"""Segment attention on CUDA through flash-attention's variable-length kernel.
+
+On CUDA in float16/bfloat16, :func:`~rlhf_rewards.engine.segment_attention.segment_attention_forward`
+hands a packed row to :func:`forward` instead of the padded buckets:
+
+- **Own parts**: every segment attends causally to its own keys in *one* call of
+  ``torch.nn.attention.varlen.varlen_attn`` (PyTorch's FlashAttention varlen kernel), with the segments'
+  boundaries as ``cu_seqlens``. No padding, no gathers, one launch per layer whatever the number of requests.
+- **Shared prefixes**: for each node with descendants, the queries below it attend, unmasked, to the node's
+  keys in one more call, and the parts are merged through their log-sum-exp (``return_aux=AuxRequest(lse=True)``),
+  as on the bucket path. A GRPO prompt's keys are read in place by every completion of its group.
+- The pruned last layer computes every query row (the kept ones are exact; the rest are never read): on a
+  GPU one varlen call over all rows is cheaper than gathering the few kept rows into buckets.
+
+CPU and float32 keep the bucket path (the FlashAttention kernel is CUDA-only and half precision only).
+``RLHF_REWARDS_VARLEN=0`` turns this path off. ``tests/engine/test_varlen_attention.py`` checks the
+bookkeeping on CPU with a reference kernel written out with matmuls, and the kernel itself when CUDA is
+present.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+#: Dtypes the FlashAttention varlen kernel accepts.
+VARLEN_DTYPES = (torch.float16, torch.bfloat16)
+#: Largest head size the kernel supports.
+VARLEN_MAX_HEAD_DIM = 256
+
+_CAUSAL = (-1, 0)
+_FULL = (-1, -1)
+
+
+def _torch_kernel() -> Callable[..., Any] | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch < 2.10
+        return None
+    return varlen_attn
+
+
+def _lse_request() -> Any:
+    from torch.nn.attention.varlen import AuxRequest
+
+    return AuxRequest(lse=True)
+
+
+#: The kernel in use; tests swap in a reference implementation with the same signature.
+KERNEL: Callable[..., Any] | None = _torch_kernel()
+#: Devices on which :func:`applies` may choose this path (tests add ``"cpu"``).
+DEVICE_TYPES: set[str] = {"cuda"}
+#: Dtypes on which :func:`applies` may choose this path (tests add ``torch.float32``).
+DTYPES: set[torch.dtype] = set(VARLEN_DTYPES)
+
+
+def applies(query: torch.Tensor) -> bool:
+    """Whether this packed attention call goes through the varlen kernel."""
+    if KERNEL is None or os.environ.get("RLHF_REWARDS_VARLEN", "1") == "0":
+        return False
+    return (
+        query.device.type in DEVICE_TYPES and query.dtype in DTYPES and query.shape[-1] <= VARLEN_MAX_HEAD_DIM
+    )
+
+
+def _cu_seqlens(lengths: list[int], device: torch.device) -> torch.Tensor:
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
+    return cu.to(device)
+
+
+class VarlenLayout:
+    """The kernel arguments of one packed row, built once per forward and reused by every layer.
+
+    Args:
+        segments: The plan's segments; they tile the packed row in order (``packing.py`` lays them out so).
+        total: Tokens in the row.
+        device: Where the index tensors live.
+    """
+
+    def __init__(self, segments: list, total: int, device: torch.device) -> None:
+        starts = [seg.start for seg in segments]
+        ends = [seg.end for seg in segments]
+        if (
+            not segments
+            or starts[0] != 0
+            or ends[-1] != total
+            or any(s != e for s, e in zip(starts[1:], ends[:-1], strict=True))
+        ):
+            raise ValueError("varlen attention needs segments that tile the packed row in order")
+        lengths = [e - s for s, e in zip(starts, ends, strict=True)]
+        self.cu = _cu_seqlens(lengths, device)
+        self.max_len = max(lengths)
+        # Queries of each shared prefix's descendants: packed rows, ascending.
+        rows: dict[tuple[int, int], list[int]] = {}
+        for seg in segments:
+            for key_range in seg.prefix:
+                rows.setdefault(key_range, []).extend(range(seg.start, seg.end))
+        self.crosses: list[tuple[tuple[int, int], tuple[int, int] | None, torch.Tensor | None]] = []
+        for key_range, q_rows in rows.items():
+            q_rows.sort()
+            if q_rows[-1] - q_rows[0] + 1 == len(q_rows):
+                self.crosses.append((key_range, (q_rows[0], q_rows[-1] + 1), None))
+            else:
+                self.crosses.append((key_range, None, torch.tensor(q_rows, dtype=torch.long, device=device)))
+
+
+def _call(q, k, v, cu_q, cu_k, max_q, max_k, *, window, lse, scale, gqa):
+    kwargs = {"window_size": window, "scale": scale, "enable_gqa": gqa}
+    if lse:
+        out, lse_t = KERNEL(q, k, v, cu_q, cu_k, max_q, max_k, return_aux=_lse_request(), **kwargs)
+        return out, lse_t.float()
+    return KERNEL(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs), None
+
+
+def forward(
+    layout: VarlenLayout,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float | None,
+    merge: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None],
+) -> torch.Tensor:
+    """Attention of a packed row: ``query [1, H, T, d]``, ``key/value [1, Hkv, T, d]`` -> ``[1, T, H, d]``.
+
+    ``merge(acc, acc_lse, out, lse)`` folds a partial result into the running one in place
+    (:func:`~rlhf_rewards.engine.segment_attention._merge`).
+    """
+    gqa = query.shape[1] != key.shape[1]
+    # The kernel takes token-major [T, heads, d] tensors with a unit last stride.
+    q = query[0].transpose(0, 1).contiguous()
+    k = key[0].transpose(0, 1).contiguous()
+    v = value[0].transpose(0, 1).contiguous()
+    shared = bool(layout.crosses)
+    out, lse = _call(
+        q,
+        k,
+        v,
+        layout.cu,
+        layout.cu,
+        layout.max_len,
+        layout.max_len,
+        window=_CAUSAL,
+        lse=shared,
+        scale=scale,
+        gqa=gqa,
+    )
+    if not shared:
+        return out.unsqueeze(0)
+    acc = out.float()
+    for (ks, ke), q_range, q_index in layout.crosses:
+        q_part = q[q_range[0] : q_range[1]] if q_range is not None else q.index_select(0, q_index)
+        n, m = q_part.shape[0], ke - ks
+        cu_q = torch.tensor([0, n], dtype=torch.int32, device=q.device)
+        cu_k = torch.tensor([0, m], dtype=torch.int32, device=q.device)
+        part, part_lse = _call(
+            q_part, k[ks:ke], v[ks:ke], cu_q, cu_k, n, m, window=_FULL, lse=True, scale=scale, gqa=gqa
+        )
+        if q_range is not None:
+            merge(acc[q_range[0] : q_range[1]], lse[q_range[0] : q_range[1]], part.float(), part_lse)
+        else:
+            a, a_lse = acc.index_select(0, q_index), lse.index_select(0, q_index)
+            merge(a, a_lse, part.float(), part_lse)
+            acc.index_copy_(0, q_index, a)
+            lse.index_copy_(0, q_index, a_lse)
+    return acc.to(query.dtype).unsqueeze(0)
+
+
+__all__ = ["DEVICE_TYPES", "DTYPES", "KERNEL", "VARLEN_DTYPES", "VarlenLayout", "applies", "forward"]

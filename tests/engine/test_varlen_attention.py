@@ -1,0 +1,150 @@
+"""The CUDA varlen attention path (``engine/varlen_attention.py``).
+
+The FlashAttention varlen kernel is CUDA-only, so on CPU the path runs with a reference kernel written out
+here with plain matmuls (same signature and semantics: ``cu_seqlens``, causal window, GQA, log-sum-exp).
+That checks everything but the kernel: the segment boundaries, the shared-prefix calls and their merge,
+the pruned last layer, every runner path, against plain transformers to 1e-5. With CUDA present the real
+kernel is compared with the reference too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_rewards.engine import varlen_attention
+from rlhf_rewards.engine.runner import ModelRunner
+from rlhf_rewards.engine.segment_attention import Segment
+from tests.engine.test_runner_paths import CPU, PATHS, POOLINGS, _check, _requests, _sequences, qwen3  # noqa: F401
+
+
+def reference_varlen(
+    q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), enable_gqa=False
+):
+    """``varlen_attn`` with matmuls: per sequence, bottom-right-aligned causal window, float32 softmax."""
+    assert q.dim() == 3 and q.stride(-1) == 1 and k.stride(-1) == 1
+    assert cu_q.dtype == torch.int32 and cu_k.dtype == torch.int32
+    assert window_size in ((-1, -1), (-1, 0))
+    heads, kv_heads = q.shape[1], k.shape[1]
+    assert enable_gqa == (heads != kv_heads)
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    outs, lses = [], []
+    for i in range(cu_q.numel() - 1):
+        qs, qe, ks, ke = int(cu_q[i]), int(cu_q[i + 1]), int(cu_k[i]), int(cu_k[i + 1])
+        assert qe - qs <= max_q and ke - ks <= max_k
+        qi = q[qs:qe].transpose(0, 1).float()
+        ki = k[ks:ke].transpose(0, 1).float().repeat_interleave(heads // kv_heads, 0)
+        vi = v[ks:ke].transpose(0, 1).float().repeat_interleave(heads // kv_heads, 0)
+        scores = qi @ ki.transpose(-1, -2) * scale
+        if window_size == (-1, 0):
+            n, m = qe - qs, ke - ks
+            visible = torch.arange(m)[None, :] <= torch.arange(n)[:, None] + (m - n)
+            scores = scores.masked_fill(~visible, float("-inf"))
+        lse = torch.logsumexp(scores, -1)
+        outs.append((torch.exp(scores - lse[..., None]) @ vi).transpose(0, 1).to(q.dtype))
+        lses.append(lse.transpose(0, 1))
+    out = torch.cat(outs)
+    reference_varlen.calls.append(cu_q.numel() - 1)
+    return (out, torch.cat(lses)) if return_aux is not None else out
+
+
+reference_varlen.calls = []
+
+
+@pytest.fixture
+def varlen_on_cpu(monkeypatch):
+    reference_varlen.calls.clear()
+    monkeypatch.setattr(varlen_attention, "KERNEL", reference_varlen)
+    monkeypatch.setattr(varlen_attention, "_lse_request", lambda: object())
+    monkeypatch.setattr(varlen_attention, "DEVICE_TYPES", {"cpu"})
+    monkeypatch.setattr(varlen_attention, "DTYPES", {torch.float32})
+    return reference_varlen.calls
+
+
+@pytest.mark.parametrize("path_name", [p for p in PATHS if p != "padded"])
+@pytest.mark.parametrize("budget", [4096, 64])
+def test_varlen_path_matches_reference(qwen3, varlen_on_cpu, path_name, budget):  # noqa: F811
+    _, model, reference = qwen3
+    runner = ModelRunner(model, CPU, budget, **PATHS[path_name])
+    requests = _requests(_sequences(), POOLINGS)
+    _check(runner.run(requests), requests, reference)
+    assert runner.packing_disabled_reason is None
+    layers = model.backbone.config.num_hidden_layers
+    # One own-part call per layer and forward, holding every segment of the row ...
+    own_calls = [n for n in varlen_on_cpu if n > 1]
+    assert len(own_calls) >= layers * (1 if budget == 4096 else 2)
+    if budget == 4096 and "prefix" in path_name:
+        # ... plus one call per shared prefix (one query sequence each).
+        assert varlen_on_cpu.count(1) > 0
+        assert runner.last_stats["forwards"] == 1
+
+
+def test_varlen_is_off_for_cpu_float32_and_by_environment(monkeypatch):
+    q = torch.zeros(1, 2, 4, 8)
+    assert not varlen_attention.applies(q)  # CPU keeps the bucket path
+    monkeypatch.setattr(varlen_attention, "KERNEL", reference_varlen)
+    monkeypatch.setattr(varlen_attention, "DEVICE_TYPES", {"cpu"})
+    monkeypatch.setattr(varlen_attention, "DTYPES", {torch.float32})
+    assert varlen_attention.applies(q)
+    monkeypatch.setenv("RLHF_REWARDS_VARLEN", "0")
+    assert not varlen_attention.applies(q)
+
+
+def test_layout_rejects_segments_that_do_not_tile_the_row():
+    with pytest.raises(ValueError, match="tile the packed row"):
+        varlen_attention.VarlenLayout([Segment(0, 3), Segment(4, 6)], 6, CPU)
+    layout = varlen_attention.VarlenLayout(
+        [
+            Segment(0, 3),
+            Segment(3, 5, prefix=[(0, 3)]),
+            Segment(5, 6, prefix=[(0, 3), (3, 5)]),
+            Segment(6, 9, prefix=[(0, 3)]),
+        ],
+        9,
+        CPU,
+    )
+    assert layout.cu.tolist() == [0, 3, 5, 6, 9] and layout.max_len == 3
+    crosses = {kr: (qr, qi.tolist() if qi is not None else None) for kr, qr, qi in layout.crosses}
+    assert crosses == {(0, 3): ((3, 9), None), (3, 5): ((5, 6), None)}
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or varlen_attention._torch_kernel() is None,
+    reason="the FlashAttention varlen kernel needs CUDA",
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_kernel_matches_the_reference(dtype):
+    torch.manual_seed(0)
+    kernel = varlen_attention._torch_kernel()
+    lengths = [5, 1, 17, 64, 3]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q = torch.randn(sum(lengths), 8, 64, device="cuda", dtype=dtype)
+    k = torch.randn(sum(lengths), 2, 64, device="cuda", dtype=dtype)
+    v = torch.randn_like(k)
+    for window in ((-1, 0), (-1, -1)):
+        out, lse = kernel(
+            q,
+            k,
+            v,
+            cu,
+            cu,
+            max(lengths),
+            max(lengths),
+            return_aux=varlen_attention._lse_request(),
+            window_size=window,
+            enable_gqa=True,
+        )
+        ref, ref_lse = reference_varlen(
+            q.cpu(),
+            k.cpu(),
+            v.cpu(),
+            cu.cpu(),
+            cu.cpu(),
+            max(lengths),
+            max(lengths),
+            return_aux=True,
+            window_size=window,
+            enable_gqa=True,
+        )
+        torch.testing.assert_close(out.cpu().float(), ref.float(), atol=2e-2, rtol=0)
+        torch.testing.assert_close(lse.cpu().float(), ref_lse, atol=2e-2, rtol=0)
