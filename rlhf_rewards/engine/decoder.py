@@ -1,9 +1,13 @@
 """A direct decoder loop for the Llama/Qwen2/Qwen3/Mistral families that skips work the poolers never read.
 
-The backbone's own modules run (embedding, rotary embedding, decoder layers, final norm), so weights,
-peft-wrapped linears and numerics are the model's. Two things differ from ``backbone(...)``:
+The backbone's own modules run (embedding, rotary embedding, each layer's norms, projections and MLP, final
+norm), so weights, peft-wrapped linears and numerics are the model's. The loop drives each decoder layer by
+hand, exactly as the family's ``DecoderLayer.forward`` does (``x + attn(norm(x))``, then
+``x + mlp(norm(x))``), and differs from ``backbone(...)`` in three ways:
 
 - Attention goes through the active :class:`~rlhf_rewards.engine.segment_attention.SegmentPlan`.
+- **Row chunks on CPU.** Norms, projections, RoPE and the MLP are row-wise, so they run in chunks of
+  :data:`CPU_ROW_CHUNK` rows whose activations stay in cache; only attention sees the whole packed row.
 - **Last-layer pruning.** In the final decoder layer only the keys and values of every token are needed;
   queries, the attention output projection, the MLP and the final norm run only on the rows the poolers
   read (the last token for LAST, step tags for STEP). For a GRPO batch that is one row per completion.
@@ -54,6 +58,66 @@ def supports_direct(backbone: nn.Module) -> bool:
     return True
 
 
+#: On CPU the row-wise work of a layer (norms, projections, RoPE, MLP) runs in chunks of this many rows.
+#: A packed row of 16k tokens has MLP activations of ``16k x intermediate`` floats, far larger than the
+#: caches, so the element-wise kernels between the matmuls run at memory speed; 2048-row chunks keep them
+#: in cache and measured ~30% faster on that work (hidden 512, 16k rows, 2 cores). GPUs take whole rows.
+CPU_ROW_CHUNK = 2048
+
+
+def _chunks(total: int, device: torch.device) -> list[tuple[int, int]]:
+    if device.type != "cpu" or total <= CPU_ROW_CHUNK:
+        return [(0, total)]
+    return [(s, min(s + CPU_ROW_CHUNK, total)) for s in range(0, total, CPU_ROW_CHUNK)]
+
+
+def _sliding_window(attn: nn.Module) -> int | None:
+    """The window the model's own attention forward would pass (segment attention rejects one)."""
+    if type(attn).__name__ == "MistralAttention":
+        return getattr(attn.config, "sliding_window", None)
+    return getattr(attn, "sliding_window", None)
+
+
+def _project(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, queries: bool):
+    """q (or ``None``), k, v of ``x [1, n, hidden]``, rotated: ``[1, heads, n, head_dim]``."""
+    rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    shape = (1, x.shape[1], -1, attn.head_dim)
+    k = attn.k_proj(x).view(shape)
+    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    if hasattr(attn, "k_norm"):
+        k = attn.k_norm(k)
+    k = k.transpose(1, 2)
+    if not queries:
+        _, k = rope(k, k, cos, sin)
+        return None, k, v
+    q = attn.q_proj(x).view(shape)
+    if hasattr(attn, "q_norm"):
+        q = attn.q_norm(q)
+    q, k = rope(q.transpose(1, 2), k, cos, sin)
+    return q, k, v
+
+
+def _layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunks) -> torch.Tensor:
+    """One decoder layer over the packed row: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+    from rlhf_rewards.engine.segment_attention import segment_attention_forward
+
+    attn = layer.self_attn
+    total = hidden.shape[1]
+    parts = [_project(attn, layer.input_layernorm(hidden[:, s:e]), cos[:, s:e], sin[:, s:e], True) for s, e in chunks]
+    q, k, v = (torch.cat(t, dim=2) if len(parts) > 1 else t[0] for t in zip(*parts, strict=True))
+    del parts
+    out, _ = segment_attention_forward(
+        attn, q, k, v, None, scaling=attn.scaling, sliding_window=_sliding_window(attn)
+    )
+    out = out.reshape(1, total, -1)
+    del q, k, v
+    result = torch.empty_like(hidden)
+    for s, e in chunks:
+        x = hidden[:, s:e] + attn.o_proj(out[:, s:e])
+        result[:, s:e] = x + layer.mlp(layer.post_attention_layernorm(x))
+    return result
+
+
 def direct_forward(
     backbone: nn.Module,
     input_ids: torch.Tensor,
@@ -65,49 +129,41 @@ def direct_forward(
     The active segment plan must name the last layer as its ``prune_layer`` when ``rows`` is given.
     """
     hidden = backbone.embed_tokens(input_ids)
-    position_embeddings = backbone.rotary_emb(hidden, position_ids)
+    cos, sin = backbone.rotary_emb(hidden, position_ids)
+    chunks = _chunks(hidden.shape[1], hidden.device)
     layers = backbone.layers[: backbone.config.num_hidden_layers]
     last = len(layers) - 1 if rows is not None else len(layers)
     for layer in layers[:last]:
-        hidden = layer(
-            hidden,
-            attention_mask=None,
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-        )
+        hidden = _layer(layer, hidden, cos, sin, chunks)
     if rows is None:
         return backbone.norm(hidden)[0]
     layer = layers[last]
     residual = hidden[0].index_select(0, rows)
-    attn = _attention_rows(layer.self_attn, layer.input_layernorm(hidden), position_embeddings, rows)
+    attn = _attention_rows(layer, hidden, cos, sin, rows, chunks)
     hidden = residual + attn
     hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return backbone.norm(hidden)
 
 
-def _attention_rows(attn: nn.Module, x: torch.Tensor, position_embeddings, rows: torch.Tensor) -> torch.Tensor:
+def _attention_rows(layer: nn.Module, hidden: torch.Tensor, cos, sin, rows: torch.Tensor, chunks) -> torch.Tensor:
     """The attention block of a Llama-family layer with queries and output projection on ``rows`` only."""
     from rlhf_rewards.engine.segment_attention import segment_attention_forward
 
-    rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-    head_dim = attn.head_dim
-    total = x.shape[1]
-    k = attn.k_proj(x).view(1, total, -1, head_dim)
-    v = attn.v_proj(x).view(1, total, -1, head_dim)
-    x_rows = x.index_select(1, rows)
-    q = attn.q_proj(x_rows).view(1, rows.numel(), -1, head_dim)
-    if hasattr(attn, "q_norm"):
-        q = attn.q_norm(q)
-        k = attn.k_norm(k)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    cos, sin = position_embeddings
-    # Rotate all keys, and the kept queries at their own positions.
-    _, k = rope(k, k, cos, sin)
-    q, _ = rope(q, q, cos.index_select(1, rows), sin.index_select(1, rows))
+    attn = layer.self_attn
+    total = hidden.shape[1]
+    # Keys and values of every token; queries only for the kept rows, rotated at their own positions.
+    parts = [_project(attn, layer.input_layernorm(hidden[:, s:e]), cos[:, s:e], sin[:, s:e], False) for s, e in chunks]
+    k = torch.cat([p[1] for p in parts], dim=2) if len(parts) > 1 else parts[0][1]
+    v = torch.cat([p[2] for p in parts], dim=2) if len(parts) > 1 else parts[0][2]
+    del parts
+    x_rows = layer.input_layernorm(hidden.index_select(1, rows))
+    q, _, _ = _project(attn, x_rows, cos.index_select(1, rows), sin.index_select(1, rows), True)
     # Scatter the kept queries back to full length so the plan's row bookkeeping applies unchanged.
-    full_q = q.new_zeros((1, q.shape[1], total, head_dim))
+    full_q = q.new_zeros((1, q.shape[1], total, attn.head_dim))
     full_q[:, :, rows] = q
-    out, _ = segment_attention_forward(attn, full_q, k, v, None, scaling=attn.scaling)
+    out, _ = segment_attention_forward(
+        attn, full_q, k, v, None, scaling=attn.scaling, sliding_window=_sliding_window(attn)
+    )
     out = out[0].index_select(0, rows).reshape(rows.numel(), -1)
     return attn.o_proj(out)
 
