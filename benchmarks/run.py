@@ -160,6 +160,7 @@ ABLATIONS = {
     "engine: padded batches": {"packing": False},
     "engine: packed, no prefix sharing": {"prefix_sharing": False, "prune_last_layer": False},
     "engine: packed + prefix sharing": {"prune_last_layer": False},
+    "engine + torch.compile (enforce_eager=False)": {"compile": True},
 }
 
 

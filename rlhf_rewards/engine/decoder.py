@@ -18,6 +18,7 @@ Families whose decoder layer does anything else are not listed and take the back
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import torch
 from torch import nn
@@ -97,13 +98,16 @@ def _project(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     return q, k, v
 
 
-def _layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunks) -> torch.Tensor:
+def _layer(
+    layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunks, compile: bool = False
+) -> torch.Tensor:
     """One decoder layer over the packed row: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
     from rlhf_rewards.engine.segment_attention import segment_attention_forward
 
     attn = layer.self_attn
     total = hidden.shape[1]
-    parts = [_project(attn, layer.input_layernorm(hidden[:, s:e]), cos[:, s:e], sin[:, s:e], True) for s, e in chunks]
+    pre, post = _block_functions(compile)
+    parts = [pre(layer, hidden[:, s:e], cos[:, s:e], sin[:, s:e]) for s, e in chunks]
     q, k, v = (torch.cat(t, dim=2) if len(parts) > 1 else t[0] for t in zip(*parts, strict=True))
     del parts
     out, _ = segment_attention_forward(
@@ -113,9 +117,31 @@ def _layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch
     del q, k, v
     result = torch.empty_like(hidden)
     for s, e in chunks:
-        x = hidden[:, s:e] + attn.o_proj(out[:, s:e])
-        result[:, s:e] = x + layer.mlp(layer.post_attention_layernorm(x))
+        result[:, s:e] = post(layer, hidden[:, s:e], out[:, s:e])
     return result
+
+
+def _pre_attention(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    return _project(layer.self_attn, layer.input_layernorm(x), cos, sin, True)
+
+
+def _post_attention(layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    x = residual + layer.self_attn.o_proj(attn_out)
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _block_functions(compile: bool):
+    """The row-wise halves of a layer, eager or through ``torch.compile`` (one graph serves every layer)."""
+    if not compile:
+        return _pre_attention, _post_attention
+    if not _COMPILED:
+        # Row counts vary with every call: mark them dynamic up front instead of recompiling per shape.
+        _COMPILED["pre"] = torch.compile(_pre_attention, dynamic=True)
+        _COMPILED["post"] = torch.compile(_post_attention, dynamic=True)
+    return _COMPILED["pre"], _COMPILED["post"]
 
 
 def direct_forward(
@@ -123,10 +149,12 @@ def direct_forward(
     input_ids: torch.Tensor,
     position_ids: torch.Tensor,
     rows: torch.Tensor | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Final hidden states ``[T, hidden]`` of a packed row, or only ``rows`` of them (``[len(rows), hidden]``).
 
-    The active segment plan must name the last layer as its ``prune_layer`` when ``rows`` is given.
+    The active segment plan must name the last layer as its ``prune_layer`` when ``rows`` is given. With
+    ``compile``, the row-wise halves of each layer run through ``torch.compile`` (attention stays eager).
     """
     hidden = backbone.embed_tokens(input_ids)
     cos, sin = backbone.rotary_emb(hidden, position_ids)
@@ -134,7 +162,7 @@ def direct_forward(
     layers = backbone.layers[: backbone.config.num_hidden_layers]
     last = len(layers) - 1 if rows is not None else len(layers)
     for layer in layers[:last]:
-        hidden = _layer(layer, hidden, cos, sin, chunks)
+        hidden = _layer(layer, hidden, cos, sin, chunks, compile)
     if rows is None:
         return backbone.norm(hidden)[0]
     layer = layers[last]

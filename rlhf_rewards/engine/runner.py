@@ -65,6 +65,8 @@ class ModelRunner:
         prune_last_layer: Run the last layer only on the rows poolers read (direct families). Default ``True``.
         small_forward_flops: CPU forwards estimated below this many FLOPs run on one thread
             (:mod:`~rlhf_rewards.engine.threads`); ``0`` turns this off.
+        compile: Run the row-wise halves of each decoder layer through ``torch.compile`` (direct families
+            only; attention stays eager). Default ``False``.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class ModelRunner:
         min_shared_tokens: int = DEFAULT_MIN_SHARED_TOKENS,
         prune_last_layer: bool = True,
         small_forward_flops: float = SMALL_FORWARD_FLOPS,
+        compile: bool = False,
     ) -> None:
         self.model = model
         self.device = device
@@ -89,6 +92,7 @@ class ModelRunner:
         self.min_shared_tokens = min_shared_tokens
         self.prune_last_layer = prune_last_layer
         self.small_forward_flops = small_forward_flops
+        self.compile = compile
         self._dense_params: int | None = None
         #: Why packing was turned off for this model at run time (``None`` while it works).
         self.packing_disabled_reason: str | None = None
@@ -216,6 +220,7 @@ class ModelRunner:
                     packed.input_ids,
                     packed.position_ids,
                     needed.to(self.device) if prune else None,
+                    compile=self.compile,
                 )
             if prune:
                 lookup = torch.full((total,), -1, dtype=torch.long)

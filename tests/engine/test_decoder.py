@@ -84,3 +84,29 @@ def test_sliding_window_model_falls_back_to_padding(tmp_path):
     outputs = runner.run(requests)
     assert runner.packing_disabled_reason is not None and "sliding_window" in runner.packing_disabled_reason
     _check(outputs, requests, reference)
+
+
+@pytest.mark.slow
+def test_compiled_row_blocks_match_reference(qwen3, monkeypatch):  # noqa: F811
+    # enforce_eager=False: torch.compile on the row-wise halves of each layer; one graph serves all layers.
+    from torch._dynamo.utils import counters
+
+    _, model, reference = qwen3
+    # A chunk size equal to a weight dimension would be duck-sized with it and specialised (one extra compile).
+    monkeypatch.setattr(decoder, "CPU_ROW_CHUNK", 50)
+    counters.clear()
+    runner = ModelRunner(model, CPU, 4096, compile=True)
+    for seed in (7, 8):  # new row counts must not recompile
+        requests = _requests(_sequences(seed=seed), POOLINGS)
+        _check(runner.run(requests), requests, reference)
+    assert counters["stats"]["unique_graphs"] == 2
+    assert not counters["recompiles"]
+
+
+def test_enforce_eager_must_be_a_bool(qwen3):  # noqa: F811
+    from rlhf_rewards import LLM
+
+    path, _, _ = qwen3
+    with pytest.raises(ValueError, match="enforce_eager"):
+        LLM(str(path), enforce_eager="no")
+    assert LLM(str(path), enforce_eager=False).runner.compile
