@@ -62,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--max-model-len", type=int, default=None, help="Longest prompt in tokens.")
     model.add_argument("--max-num-batched-tokens", type=int, default=None,
                        help="Padded-token budget of one forward pass. Default 16384.")
+    model.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True,
+                       help="vLLM's switch. --no-enforce-eager runs each decoder layer's row-wise work through "
+                            "torch.compile (first call compiles). Default: eager.")
 
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024,
@@ -126,6 +129,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         revision=args.revision,
         hf_overrides=json.loads(args.hf_overrides) if args.hf_overrides else None,
         convert=args.convert,
+        enforce_eager=args.enforce_eager,
     )
     for i, (name, path) in enumerate(modules.items()):
         llm.add_lora(LoRARequest(name, i + 1, path))  # loads and checks each adapter now, not on first use

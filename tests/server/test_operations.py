@@ -275,6 +275,10 @@ def test_cli_safety_defaults(qwen3_rm, monkeypatch):
         with pytest.raises(Captured):
             build_engine(build_parser().parse_args(["serve", str(qwen3_rm), *argv]))
         assert seen[-1]["trust_remote_code"] is expected  # only the explicit flag turns it on
+    for argv, expected in (([], True), (["--no-enforce-eager"], False)):
+        with pytest.raises(Captured):
+            build_engine(build_parser().parse_args(["serve", str(qwen3_rm), *argv]))
+        assert seen[-1]["enforce_eager"] is expected  # eager unless asked, as vLLM's flag reads
 
 
 def test_cli_errors_are_clear(qwen3_rm, capsys):
