@@ -79,23 +79,29 @@ def _sliding_window(attn: nn.Module) -> int | None:
     return getattr(attn, "sliding_window", None)
 
 
-def _project(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, queries: bool):
-    """q (or ``None``), k, v of ``x [1, n, hidden]``, rotated: ``[1, heads, n, head_dim]``."""
-    rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+def _rope(attn: nn.Module):
+    return sys.modules[type(attn).__module__].apply_rotary_pos_emb
+
+
+def _keys_values(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotated keys and values of ``x [1, n, hidden]``: ``[1, kv_heads, n, head_dim]``."""
     shape = (1, x.shape[1], -1, attn.head_dim)
     k = attn.k_proj(x).view(shape)
-    v = attn.v_proj(x).view(shape).transpose(1, 2)
     if hasattr(attn, "k_norm"):
         k = attn.k_norm(k)
     k = k.transpose(1, 2)
-    if not queries:
-        _, k = rope(k, k, cos, sin)
-        return None, k, v
-    q = attn.q_proj(x).view(shape)
+    _, k = _rope(attn)(k, k, cos, sin)
+    return k, attn.v_proj(x).view(shape).transpose(1, 2)
+
+
+def _queries(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotated queries of ``x [1, n, hidden]``: ``[1, heads, n, head_dim]``."""
+    q = attn.q_proj(x).view(1, x.shape[1], -1, attn.head_dim)
     if hasattr(attn, "q_norm"):
         q = attn.q_norm(q)
-    q, k = rope(q.transpose(1, 2), k, cos, sin)
-    return q, k, v
+    q = q.transpose(1, 2)
+    q, _ = _rope(attn)(q, q, cos, sin)
+    return q
 
 
 def _layer(
@@ -122,7 +128,8 @@ def _layer(
 
 
 def _pre_attention(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    return _project(layer.self_attn, layer.input_layernorm(x), cos, sin, True)
+    h = layer.input_layernorm(x)
+    return (_queries(layer.self_attn, h, cos, sin), *_keys_values(layer.self_attn, h, cos, sin))
 
 
 def _post_attention(layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
@@ -180,12 +187,11 @@ def _attention_rows(layer: nn.Module, hidden: torch.Tensor, cos, sin, rows: torc
     attn = layer.self_attn
     total = hidden.shape[1]
     # Keys and values of every token; queries only for the kept rows, rotated at their own positions.
-    parts = [_project(attn, layer.input_layernorm(hidden[:, s:e]), cos[:, s:e], sin[:, s:e], False) for s, e in chunks]
-    k = torch.cat([p[1] for p in parts], dim=2) if len(parts) > 1 else parts[0][1]
-    v = torch.cat([p[2] for p in parts], dim=2) if len(parts) > 1 else parts[0][2]
+    parts = [_keys_values(attn, layer.input_layernorm(hidden[:, s:e]), cos[:, s:e], sin[:, s:e]) for s, e in chunks]
+    k, v = (torch.cat(t, dim=2) if len(parts) > 1 else t[0] for t in zip(*parts, strict=True))
     del parts
     x_rows = layer.input_layernorm(hidden.index_select(1, rows))
-    q, _, _ = _project(attn, x_rows, cos.index_select(1, rows), sin.index_select(1, rows), True)
+    q = _queries(attn, x_rows, cos.index_select(1, rows), sin.index_select(1, rows))
     # Scatter the kept queries back to full length so the plan's row bookkeeping applies unchanged.
     full_q = q.new_zeros((1, q.shape[1], total, attn.head_dim))
     full_q[:, :, rows] = q

@@ -146,7 +146,11 @@ class SegmentPlan:
     def varlen_layout(self, device: torch.device) -> varlen_attention.VarlenLayout:
         """The varlen kernel's arguments for this row (CUDA path); built once."""
         if self._varlen is None:
-            self._varlen = varlen_attention.VarlenLayout(self.segments, self.total, device)
+            cross_rows: dict[tuple[int, int], list[int]] = {}
+            for seg in self.segments:  # every query row: the varlen path never prunes
+                for key_range in seg.prefix:
+                    cross_rows.setdefault(key_range, []).extend(range(seg.start, seg.end))
+            self._varlen = varlen_attention.VarlenLayout(self.segments, self.total, _crosses(cross_rows, device), device)
         return self._varlen
 
     def buckets(self, pruned: bool, device: torch.device) -> tuple[list[_Bucket], list[_Cross]]:
@@ -181,6 +185,11 @@ def _make_buckets(
         for lse in (False, True):
             for group in _group(items[lse]):
                 buckets.append(_bucket(group, is_causal, total, device, lse))
+    return buckets, _crosses(cross_rows, device)
+
+
+def _crosses(cross_rows: dict[tuple[int, int], list[int]], device: torch.device) -> list[_Cross]:
+    """One ancestor part per shared key range, its query rows as a slice where they are contiguous."""
     crosses = []
     for key_range, rows in cross_rows.items():
         rows.sort()
@@ -188,7 +197,7 @@ def _make_buckets(
             crosses.append(_Cross(key_range, (rows[0], rows[-1] + 1), None))
         else:
             crosses.append(_Cross(key_range, None, torch.tensor(rows, dtype=torch.long, device=device)))
-    return buckets, crosses
+    return crosses
 
 
 def _group(items: list[_Item]) -> list[list[_Item]]:

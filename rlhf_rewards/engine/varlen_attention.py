@@ -78,10 +78,11 @@ class VarlenLayout:
     Args:
         segments: The plan's segments; they tile the packed row in order (``packing.py`` lays them out so).
         total: Tokens in the row.
+        crosses: The plan's ancestor parts (``k_range``, and ``q_range`` or ``q_index``) over every query row.
         device: Where the index tensors live.
     """
 
-    def __init__(self, segments: list, total: int, device: torch.device) -> None:
+    def __init__(self, segments: list, total: int, crosses: list, device: torch.device) -> None:
         starts = [seg.start for seg in segments]
         ends = [seg.end for seg in segments]
         if (
@@ -94,18 +95,7 @@ class VarlenLayout:
         lengths = [e - s for s, e in zip(starts, ends, strict=True)]
         self.cu = _cu_seqlens(lengths, device)
         self.max_len = max(lengths)
-        # Queries of each shared prefix's descendants: packed rows, ascending.
-        rows: dict[tuple[int, int], list[int]] = {}
-        for seg in segments:
-            for key_range in seg.prefix:
-                rows.setdefault(key_range, []).extend(range(seg.start, seg.end))
-        self.crosses: list[tuple[tuple[int, int], tuple[int, int] | None, torch.Tensor | None]] = []
-        for key_range, q_rows in rows.items():
-            q_rows.sort()
-            if q_rows[-1] - q_rows[0] + 1 == len(q_rows):
-                self.crosses.append((key_range, (q_rows[0], q_rows[-1] + 1), None))
-            else:
-                self.crosses.append((key_range, None, torch.tensor(q_rows, dtype=torch.long, device=device)))
+        self.crosses = crosses
 
 
 def _call(q, k, v, cu_q, cu_k, max_q, max_k, *, window, lse, scale, gqa):
@@ -151,7 +141,8 @@ def forward(
     if not shared:
         return out.unsqueeze(0)
     acc = out.float()
-    for (ks, ke), q_range, q_index in layout.crosses:
+    for c in layout.crosses:
+        (ks, ke), q_range, q_index = c.k_range, c.q_range, c.q_index
         q_part = q[q_range[0] : q_range[1]] if q_range is not None else q.index_select(0, q_index)
         n, m = q_part.shape[0], ke - ks
         cu_q = torch.tensor([0, n], dtype=torch.int32, device=q.device)

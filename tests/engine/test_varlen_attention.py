@@ -14,7 +14,7 @@ import torch
 
 from rlhf_rewards.engine import varlen_attention
 from rlhf_rewards.engine.runner import ModelRunner
-from rlhf_rewards.engine.segment_attention import Segment
+from rlhf_rewards.engine.segment_attention import Segment, SegmentPlan
 from tests.engine.test_runner_paths import CPU, PATHS, POOLINGS, _check, _requests, _sequences, qwen3  # noqa: F401
 
 
@@ -92,20 +92,21 @@ def test_varlen_is_off_for_cpu_float32_and_by_environment(monkeypatch):
 
 def test_layout_rejects_segments_that_do_not_tile_the_row():
     with pytest.raises(ValueError, match="tile the packed row"):
-        varlen_attention.VarlenLayout([Segment(0, 3), Segment(4, 6)], 6, CPU)
-    layout = varlen_attention.VarlenLayout(
-        [
-            Segment(0, 3),
-            Segment(3, 5, prefix=[(0, 3)]),
-            Segment(5, 6, prefix=[(0, 3), (3, 5)]),
-            Segment(6, 9, prefix=[(0, 3)]),
-        ],
-        9,
-        CPU,
-    )
-    assert layout.cu.tolist() == [0, 3, 5, 6, 9] and layout.max_len == 3
-    crosses = {kr: (qr, qi.tolist() if qi is not None else None) for kr, qr, qi in layout.crosses}
-    assert crosses == {(0, 3): ((3, 9), None), (3, 5): ((5, 6), None)}
+        SegmentPlan([Segment(0, 3), Segment(4, 6)], 6).varlen_layout(CPU)
+    segments = [
+        Segment(0, 3),
+        Segment(3, 5, prefix=[(0, 3)]),
+        Segment(5, 6, prefix=[(0, 3), (3, 5)]),
+        Segment(6, 9, prefix=[(0, 3)]),
+        Segment(9, 10),
+        Segment(10, 12, prefix=[(9, 10)]),
+    ]
+    layout = SegmentPlan(segments, 12).varlen_layout(CPU)
+    assert layout.cu.tolist() == [0, 3, 5, 6, 9, 10, 12] and layout.max_len == 3
+    crosses = {
+        c.k_range: (c.q_range, c.q_index.tolist() if c.q_index is not None else None) for c in layout.crosses
+    }
+    assert crosses == {(0, 3): ((3, 9), None), (3, 5): ((5, 6), None), (9, 10): ((10, 12), None)}
 
 
 @pytest.mark.skipif(
