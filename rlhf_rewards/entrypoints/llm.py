@@ -35,7 +35,7 @@ from rlhf_rewards.outputs import (
     PoolingRequestOutput,
 )
 from rlhf_rewards.pooling import PoolerConfig, PoolingParams, check_task, resolve_pooling
-from rlhf_rewards.pooling.tasks import SEQUENCE_POOLING_TYPES, TOKEN_POOLING_TYPES, TOKEN_TASKS
+from rlhf_rewards.pooling.step import default_step_tag_id, detect_step_kind, step_tag_text, user_config_for_task
 
 if TYPE_CHECKING:
     from rlhf_rewards.workers.base import ModelInfo
@@ -163,28 +163,15 @@ class LLM:
         return self.task_configs[task]
 
     def _task_configs(self) -> dict[str, PoolerConfig]:
-        user = self.user_pooler_config
+        # The STEP rules (which user fields reach which task, the default step tag) live in pooling.step.
+        defaults = self.spec.task_defaults
         configs: dict[str, PoolerConfig] = {}
-        # STEP fields given without a pooling type (a PRM's step_tag_id) configure the tasks pooled by STEP.
-        has_step_default = any(c.pooling_type == "STEP" for c in self.spec.task_defaults.values())
-        for task, default in self.spec.task_defaults.items():
-            level_types = TOKEN_POOLING_TYPES if task in TOKEN_TASKS else SEQUENCE_POOLING_TYPES
-            not_for_step = user.pooling_type is None and has_step_default and default.pooling_type != "STEP"
-            if not_for_step or (user.pooling_type is not None and user.pooling_type not in level_types):
-                # A token-level type configures token tasks only, and vice versa (see PoolerConfig docs).
-                partial = PoolerConfig(
-                    use_activation=user.use_activation,
-                    logit_mean=user.logit_mean,
-                    logit_sigma=user.logit_sigma,
-                    dimensions=user.dimensions,
-                    normalize=user.normalize,
-                )
-                configs[task] = partial.merged_over(default)
-            else:
-                configs[task] = user.merged_over(default)
-            if configs[task].pooling_type == "STEP" and configs[task].step_tag_id is None and self.spec.default_step_tag:
-                # The architecture's step tag (e.g. Qwen2.5-Math-PRM's "<extra_0>") is a token of its tokenizer.
-                configs[task].step_tag_id = self.spec.resolve_step_tag_id(self.tokenizer)
+        for task, default in defaults.items():
+            config = user_config_for_task(self.user_pooler_config, task, defaults).merged_over(default)
+            config.step_tag_id = default_step_tag_id(
+                config, self.spec.default_step_tag, self.tokenizer, self.spec.architecture
+            )
+            configs[task] = config
         return configs
 
     def _resolve_max_model_len(self, requested: int | None) -> int:
@@ -201,15 +188,9 @@ class LLM:
         """Facts a reward function needs (kind, default task, step tag, chat template...)."""
         from rlhf_rewards.workers.base import ModelInfo
 
-        kind = self.spec.kind
-        step_tag_id = None
-        if "token_classify" in self.task_configs:
-            tc = self.task_configs["token_classify"]
-            if tc.pooling_type == "STEP":
-                kind = "process"
-                step_tag_id = tc.step_tag_id
+        kind, step_tag_id = detect_step_kind(self.spec.kind, self.task_configs.get("token_classify"))
         tok = self.tokenizer
-        step_tag = tok.decode([step_tag_id]) if (tok is not None and step_tag_id is not None) else None
+        step_tag = step_tag_text(tok, step_tag_id)
         reward_token_id = getattr(self.model.config, "reward_token_id", None)
         reward_token = tok.decode([reward_token_id]) if (tok is not None and reward_token_id is not None) else None
         return ModelInfo(

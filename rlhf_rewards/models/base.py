@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from rlhf_rewards.pooling.step import select_columns
+
 if TYPE_CHECKING:
     from rlhf_rewards.models.registry import ModelSpec
 
@@ -152,11 +154,7 @@ class PoolingModel(nn.Module):
             return score_rows_by_adapter(self, states, columns, adapter_names)
         head = self.head
         logits = head(states.to(_module_dtype(head)))
-        logits = logits.float()
-        if columns is not None:
-            _check_columns(columns, logits.shape[-1])
-            logits = logits[..., list(columns)]
-        return logits
+        return select_columns(logits.float(), columns)
 
 
 def _adapter_rows(backbone: nn.Module, adapter_names: Any) -> AbstractContextManager[None]:
@@ -172,12 +170,6 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
     for p in module.parameters():
         return p.dtype
     return torch.float32
-
-
-def _check_columns(columns: tuple[int, ...], width: int) -> None:
-    bad = [c for c in columns if c >= width]
-    if bad:
-        raise ValueError(f"returned_token_ids {bad} are out of range: the head has {width} output columns.")
 
 
 __all__ = ["LoadContext", "PoolingModel"]

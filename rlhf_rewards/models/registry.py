@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from rlhf_rewards.models.base import LoadContext, PoolingModel
 from rlhf_rewards.pooling.config import PoolerConfig
+from rlhf_rewards.pooling.step import step_tag_id_of
 
 RewardKind = Literal["outcome", "token", "process", "embedding"]
 Loader = Callable[[LoadContext, "ModelSpec"], PoolingModel]
@@ -68,20 +69,9 @@ class ModelSpec:
         Raises ``ValueError`` when the tokenizer has no such single token, so a PRM never silently scores
         every token instead of its steps.
         """
-        tag = self.default_step_tag
-        if tag is None:
+        if self.default_step_tag is None:
             return None
-        token_id = None
-        if tokenizer is not None:
-            token_id = tokenizer.convert_tokens_to_ids(tag)
-            if token_id is not None and token_id == getattr(tokenizer, "unk_token_id", None) and tag != tokenizer.unk_token:
-                token_id = None
-        if token_id is None:
-            raise ValueError(
-                f"{self.architecture} marks steps with the token {tag!r}, but the tokenizer has no such token; "
-                "pass pooler_config={'pooling_type': 'STEP', 'step_tag_id': <id of your step tag>}."
-            )
-        return int(token_id)
+        return step_tag_id_of(tokenizer, self.default_step_tag, self.architecture)
 
 
 _EXACT: dict[str, ModelSpec] = {}
