@@ -20,8 +20,10 @@ present.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -40,7 +42,19 @@ def _torch_kernel() -> Callable[..., Any] | None:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:  # torch < 2.10
         return None
+    # torch 2.10's kernel has only ``is_causal`` (no ``window_size``/``scale``): keep the bucket path there.
+    if not {"return_aux", "scale", "window_size"} <= set(inspect.signature(varlen_attn).parameters):
+        return None
     return varlen_attn
+
+
+@lru_cache(maxsize=8)
+def _takes_enable_gqa(kernel: Callable[..., Any]) -> bool:
+    """Whether ``kernel`` has ``enable_gqa`` (torch 2.11's ``varlen_attn`` does not; 2.13's does)."""
+    try:
+        return "enable_gqa" in inspect.signature(kernel).parameters
+    except (TypeError, ValueError):  # no introspectable signature: assume the current API
+        return True
 
 
 def _lse_request() -> Any:
@@ -99,7 +113,12 @@ class VarlenLayout:
 
 
 def _call(q, k, v, cu_q, cu_k, max_q, max_k, *, window, lse, scale, gqa):
-    kwargs = {"window_size": window, "scale": scale, "enable_gqa": gqa}
+    kwargs: dict[str, Any] = {"window_size": window, "scale": scale}
+    if gqa and _takes_enable_gqa(KERNEL):
+        kwargs["enable_gqa"] = True
+    elif gqa:  # a kernel without enable_gqa: give every query head its own copy of its key/value head
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     if lse:
         out, lse_t = KERNEL(q, k, v, cu_q, cu_k, max_q, max_k, return_aux=_lse_request(), **kwargs)
         return out, lse_t.float()

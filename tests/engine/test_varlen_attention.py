@@ -149,3 +149,25 @@ def test_cuda_kernel_matches_the_reference(dtype):
         )
         torch.testing.assert_close(out.cpu().float(), ref.float(), atol=2e-2, rtol=0)
         torch.testing.assert_close(lse.cpu().float(), ref_lse, atol=2e-2, rtol=0)
+
+
+def test_kernel_without_enable_gqa_gets_one_key_value_head_per_query_head(qwen3, monkeypatch):  # noqa: F811
+    """torch 2.11's ``varlen_attn`` has no ``enable_gqa``: grouped keys/values are expanded before the call."""
+    heads_seen = []
+
+    def kernel_2_11(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):
+        heads_seen.append((q.shape[1], k.shape[1], v.shape[1]))
+        return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, return_aux=return_aux, scale=scale,
+                                window_size=window_size)
+
+    monkeypatch.setattr(varlen_attention, "KERNEL", kernel_2_11)
+    monkeypatch.setattr(varlen_attention, "_lse_request", lambda: object())
+    monkeypatch.setattr(varlen_attention, "DEVICE_TYPES", {"cpu"})
+    monkeypatch.setattr(varlen_attention, "DTYPES", {torch.float32})
+    _, model, reference = qwen3
+    config = model.backbone.config
+    assert config.num_key_value_heads < config.num_attention_heads  # the fixture is a GQA model
+    runner = ModelRunner(model, CPU, 4096, **PATHS["packed+prefix"])
+    requests = _requests(_sequences(), POOLINGS)
+    _check(runner.run(requests), requests, reference)
+    assert heads_seen and all(h == (config.num_attention_heads,) * 3 for h in heads_seen)
