@@ -392,36 +392,6 @@ def reference_scores(model: str | None, url: str | None = None, api_key: str | N
                              headers=headers, timeout=60).json()["data"][0]["data"][0]) for p in prompts]
 
 
-def start_server(model: str, *args: str, log_path: str | None = None) -> tuple[Any, str]:
-    """``rlhf-rewards serve MODEL *args`` on a free 127.0.0.1 port; returns ``(Popen, url)`` once healthy."""
-    import socket
-    import subprocess
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log = open(log_path or os.devnull, "w")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf_rewards.cli.main", "serve", model, "--port", str(port),
-                             "--disable-access-log", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            cwd=str(Path(__file__).resolve().parents[1]))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not become healthy in 300 s")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; exits 1 if any answer was dropped, duplicated, wrong or a 5xx."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -435,22 +405,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue-size", type=int, default=256, help="Passed to the server started with --model.")
     p.add_argument("--json", default=None, help="Write the report here as JSON.")
     args = p.parse_args(argv)
-    proc = None
+    server = None
     url = args.url
     if args.model:
+        from rlhf_rewards.testing.server import ServerProcess
+
         server_args = ["--max-queue-size", str(args.max_queue_size)]
         if args.api_key:
             server_args += ["--api-key", args.api_key]
-        proc, url = start_server(args.model, *server_args)
+        server = ServerProcess(args.model, *server_args, omp_threads=None).start(timeout=300)
+        url = server.url
     try:
         reference = reference_scores(args.model, url, args.api_key)
         report = asyncio.run(run_load(url, reference, concurrency=args.concurrency, duration=args.duration,
                                       prompts_per_request=args.prompts_per_request, api_key=args.api_key,
-                                      server_pid=proc.pid if proc else None))
+                                      server_pid=server.proc.pid if server else None))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(60)
+        if server is not None:
+            server.stop()
     print(report.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))

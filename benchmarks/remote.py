@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,45 +23,16 @@ import torch
 STARTUP_TIMEOUT_S = 300.0
 
 
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
 @contextlib.contextmanager
 def serve(model_dir: Path, port: int, extra_args: list[str], log_path: Path) -> Iterator[str]:
-    """Start ``rlhf-rewards serve`` on 127.0.0.1:``port``; yields the base URL once ``/health`` answers."""
-    import httpx
+    """Start ``rlhf-rewards serve`` on 127.0.0.1:``port`` (float32, CPU, this process's thread settings);
+    yields the base URL once ``/health`` answers."""
+    from rlhf_rewards.testing.server import serve as serve_model
 
-    if not _free(port):
-        raise RuntimeError(f"port {port} is in use; pass --port")
-    cmd = [sys.executable, "-m", "rlhf_rewards.cli.main", "serve", str(model_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--device", "cpu", "--disable-access-log",
-           "--log-level", "warning", *extra_args]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited with {proc.returncode}; see {log_path}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not answer /health in {STARTUP_TIMEOUT_S:.0f} s; see {log_path}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with serve_model(model_dir, "--host", "127.0.0.1", "--dtype", "float32", "--device", "cpu", "--log-level",
+                     "warning", *extra_args, port=port, log_path=log_path, omp_threads=None,
+                     startup_timeout=STARTUP_TIMEOUT_S) as url:
+        yield url
 
 
 async def _post_all(url: str, texts: list[str], concurrency: int) -> list[float]:

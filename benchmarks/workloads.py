@@ -70,32 +70,14 @@ def _words(n: int = 6000, seed: int = 1234) -> list[str]:
 
 
 def build_tokenizer(path: Path, vocab_size: int = 8192) -> Path:
-    """A byte-level BPE fast tokenizer (right padding, ``<pad>``) over the synthetic words."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE fast tokenizer (right padding, ``<pad>``, no chat template) over the synthetic words."""
+    from rlhf_rewards.testing.tokenizer import build_bpe_tokenizer
 
     words = _words()
     rng = np.random.RandomState(99)
     corpus = [" ".join(rng.choice(words, size=64)) for _ in range(3000)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        pad_token="<pad>",
-        padding_side="right",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>", STEP_TAG],
-    )
-    fast.save_pretrained(path)
-    return path
+    return build_bpe_tokenizer(path, corpus, vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                               chat_template=None)
 
 
 def build_model(kind: str, shape: ModelShape, seed: int = 0) -> Path:

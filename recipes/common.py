@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tiny_models import build_tiny_models_once, tiny_dataset
 from trl import ScriptArguments
+
+from rlhf_rewards.testing.tiny_models import build_tiny_models, tiny_dataset
 
 
 @dataclass
@@ -37,6 +38,15 @@ class RecipeArguments(ScriptArguments):
         default=None,
         metadata={"help": "Where to write trainer.state.log_history as JSON. Default: <output_dir>/log_history.json."},
     )
+
+
+def build_tiny_models_once(root: str | os.PathLike[str]) -> dict[str, Path]:
+    """:func:`~rlhf_rewards.testing.tiny_models.build_tiny_models` on the main process first, so ranks of a
+    distributed launch never race."""
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        return build_tiny_models(root)
 
 
 def tiny_models(script_args: RecipeArguments, model_args: Any) -> dict[str, Path] | None:

@@ -36,11 +36,11 @@ import json
 from dataclasses import dataclass, field
 
 from common import RecipeArguments, apply_model_args, finish, load_train_dataset, tiny_models
-from tiny_models import process_reward_pooler_config
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from rlhf_rewards.callbacks import RewardMetricsCallback, RewardWorkerCallback
 from rlhf_rewards.reward import RewardFunction
+from rlhf_rewards.testing.tiny_models import process_reward_pooler_config
 
 
 @dataclass

@@ -24,7 +24,6 @@
 # (exec), so Ctrl-C or SIGTERM stops it cleanly after the requests in flight.
 set -euo pipefail
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-8000}"
 
@@ -33,7 +32,7 @@ if [[ -n "${TINY_MODELS:-}" ]]; then
         echo "serve_reward_model.sh: give either TINY_MODELS or MODEL, not both" >&2
         exit 2
     fi
-    python "$HERE/tiny_models.py" "$TINY_MODELS" > /dev/null
+    python -m rlhf_rewards.testing.tiny_models "$TINY_MODELS" > /dev/null
     MODEL="$TINY_MODELS/reward_model"
 elif [[ $# -gt 0 && "$1" != -* ]]; then
     MODEL="$1"

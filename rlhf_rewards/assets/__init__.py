@@ -1,4 +1,4 @@
-"""Reward models shipped with the package (trained by ``recipes/train_reward_models.py``).
+"""Reward models shipped with the package (trained by ``python -m scripts.build_assets`` in a checkout).
 
 - ``models/arith-outcome-rm``: a ``LlamaForSequenceClassification`` outcome reward model (1 label) that prefers
   the correct answer to ``What is A + B?`` / ``What is A - B?`` (A, B in 0..9) over wrong ones, and any
@@ -32,7 +32,7 @@ def default_model_path(kind: str = "outcome") -> str:
     """Local folder of the shipped model of ``kind`` (``"outcome"``, ``"process"`` or ``"policy"``).
 
     Raises ``ValueError`` for another kind and ``FileNotFoundError`` if the folder is missing from this install
-    (rebuild it with ``python recipes/train_reward_models.py``).
+    (rebuild it with ``python -m scripts.build_assets`` from a checkout).
     """
     if kind not in DEFAULT_MODELS:
         raise ValueError(f"kind={kind!r}; the shipped models are {sorted(DEFAULT_MODELS)}.")
@@ -40,7 +40,7 @@ def default_model_path(kind: str = "outcome") -> str:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"The shipped {kind} model is missing from {path}; rebuild it with "
-            "`python recipes/train_reward_models.py`."
+            "`python -m scripts.build_assets` (from a source checkout)."
         )
     return str(path)
 

@@ -1,6 +1,6 @@
 """The arithmetic task of the shipped models: data, held-out split and formats.
 
-Shared by ``recipes/train_reward_models.py`` (training data), :mod:`rlhf_rewards.assets.evaluation` and the
+Shared by ``scripts/build_assets/`` (training data), :mod:`rlhf_rewards.assets.evaluation` and the
 tests (held-out checks) and ``recipes/demo.py`` (the policy's prompts), so all of them agree on the task.
 
 - **Facts**: ``A + B`` and ``A - B`` (``A >= B``) with ``A, B`` in 0..9: 155 facts, answers 0..18.

@@ -15,67 +15,9 @@ from typing import Any
 
 import torch
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>", "<pad>", "<|reward|>"]
-STEP_TAG = "<extra_0>"
-
-# A ChatML template (the Qwen family's), so conversational inputs render without remote code.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-_CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Reward models score completions for reinforcement learning from human feedback.",
-    "What is 12 + 7? The answer is 19. Step one: add the units. Step two: carry the tens.",
-    "Hello, my name is Ada and I like mathematics, poetry and long walks.",
-    "Process reward models judge every reasoning step; outcome reward models judge the final answer.",
-    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
-    "Solve 3 * 4 = 12. Then 12 - 5 = 7. So the result is 7.",
-    "A policy is trained with GRPO, RLOO or PPO using rewards from a separate model.",
-    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 100 1000.",
-    "Questions and answers, user and assistant, system prompts and completions.",
-]
-
-
-def build_tokenizer(path: str | os.PathLike[str], *, vocab_size: int = 400, padding_side: str = "right",
-                    pad_token: str | None = "<pad>", chat_template: str | None = CHATML_TEMPLATE) -> Path:
-    """Train a byte-level BPE tokenizer and save it as a transformers fast tokenizer in ``path``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        pad_token=pad_token,
-        padding_side=padding_side,
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|endoftext|>", "<pad>")],
-    )
-    if chat_template is not None:
-        fast.chat_template = chat_template
-    fast.save_pretrained(path)
-    return path
-
-
-def tokenizer_vocab_size(path: str | os.PathLike[str]) -> int:
-    """Number of ids the saved tokenizer can produce (the model's vocab must cover it)."""
-    from transformers import AutoTokenizer
-
-    return len(AutoTokenizer.from_pretrained(str(path)))
+# The tokenizer names callers import from here, where they have always been.
+from rlhf_rewards.testing.tokenizer import CHATML_TEMPLATE, PAD_TOKEN, SPECIAL_TOKENS, STEP_TAG  # noqa: F401
+from rlhf_rewards.testing.tokenizer import build_bpe_tokenizer as build_tokenizer
 
 
 def small_dims(**overrides: Any) -> dict[str, Any]:
@@ -106,7 +48,7 @@ def _write_tokenizer(path: Path, tokenizer_dir: str | os.PathLike[str] | None, *
                      pad_token: bool) -> None:
     """Train a tokenizer into ``path``, or copy the tokenizer files of ``tokenizer_dir``."""
     if tokenizer_dir is None:
-        build_tokenizer(path, padding_side=padding_side, pad_token="<pad>" if pad_token else None)
+        build_tokenizer(path, padding_side=padding_side, pad_token=PAD_TOKEN if pad_token else None)
         return
     for name in os.listdir(tokenizer_dir):
         if name.startswith(("tokenizer", "special_tokens", "chat_template")):

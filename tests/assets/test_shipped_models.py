@@ -128,14 +128,9 @@ def test_held_out_pairs_and_steps_never_appear_in_training():
 
 
 def test_recipe_rebuilds_the_shipped_tokenizer(tmp_path):
-    import sys
+    from scripts.build_assets.data import build_tokenizer
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
-    try:
-        import train_reward_models
-    finally:
-        sys.path.pop(0)
-    train_reward_models.build_tokenizer(tmp_path, report(default_reward_model_path())["seed"])
+    build_tokenizer(tmp_path, report(default_reward_model_path())["seed"])
     for path_fn in ALL:
         shipped = json.loads((Path(path_fn()) / "tokenizer.json").read_text())
         assert json.loads((tmp_path / "tokenizer.json").read_text())["model"] == shipped["model"]
@@ -145,18 +140,14 @@ def test_prm_batch_answer_labels_hold_the_correct_result():
     """The PRM's auxiliary targets are the correct result's digits where the written result is spelled, while
     the written prefix agrees with it; the step labels say right/wrong at the tags."""
     import random
-    import sys
 
     from transformers import AutoTokenizer
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
-    try:
-        import train_reward_models
-    finally:
-        sys.path.pop(0)
+    from scripts.build_assets.data import prm_batch
+
     tok = AutoTokenizer.from_pretrained(default_prm_path())
     steps = (ar.Step(9, "+", 8, 17), ar.Step(9, "+", 8, 7), ar.Step(9, "+", 8, 18), ar.Step(9, "-", 3, 16))
-    b = train_reward_models.prm_batch(tok, [ar.ProcessExample(steps)], random.Random(0))
+    b = prm_batch(tok, [ar.ProcessExample(steps)], random.Random(0))
     ids, labels, answers = b["input_ids"][0].tolist(), b["labels"][0].tolist(), b["answer_labels"][0].tolist()
     tags = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids(ar.STEP_TAG)]
     assert [labels[t] for t in tags] == [1, 0, 0, 0]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_rewards.lora.testing import build_adapter, build_merged
+from rlhf_rewards.testing.lora import build_adapter, build_merged
 
 
 @pytest.fixture(scope="session")

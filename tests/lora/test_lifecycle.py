@@ -12,7 +12,7 @@ from rlhf_rewards import LLM, LoRARequest, PoolingParams
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.lora.manager import LoRAManager
 from rlhf_rewards.lora.routing import adapters_in
-from rlhf_rewards.lora.testing import build_adapter
+from rlhf_rewards.testing.lora import build_adapter
 from tests.conftest import MIXED_TEXTS
 
 ATOL = 1e-5
@@ -172,7 +172,7 @@ def bad(base, checkpoint_factory, adapter_factory, tmp_path_factory):
     adapters["not an adapter"] = not_adapter
     from peft import IA3Config, get_peft_model
 
-    from rlhf_rewards.lora.testing import _base_model
+    from rlhf_rewards.testing.lora import _base_model
 
     ia3 = get_peft_model(_base_model(base), IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]))
     ia3.save_pretrained(str(root / "ia3"))

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
+from rlhf_rewards.testing.server import free_port
 from tests.recipes.launch import RECIPES, REPO, accelerate_launch, check_finished_run, recipe_env
-from tests.server.launcher import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlhf_rewards import LLM
-from tests.server.launcher import shared_server
+from rlhf_rewards.testing.server import shared_server
 
 MAX_CLIENT_BATCH = 32
 MAX_BODY_BYTES = 200_000

@@ -164,7 +164,7 @@ def test_no_generated_request_gets_a_server_error(server, mode):
 
 @pytest.fixture(scope="module")
 def embedding_server(checkpoint_factory):
-    from tests.server.launcher import InProcessServer
+    from rlhf_rewards.testing.server import InProcessServer
 
     with InProcessServer(checkpoint_factory("Qwen3Model"), "--served-model-name", "tiny-embed") as proc:
         yield proc

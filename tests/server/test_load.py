@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from benchmarks.load_test import reference_scores, run_load
-from tests.server.launcher import ServerProcess
+from rlhf_rewards.testing.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -7,14 +7,14 @@ import requests
 import torch
 
 from rlhf_rewards import LLM, LoRARequest
+from rlhf_rewards.testing.server import InProcessServer
 from rlhf_rewards.workers import RemoteWorker
 from tests.conftest import MIXED_TEXTS
-from tests.server.launcher import InProcessServer
 
 
 @pytest.fixture(scope="module")
 def adapter(qwen3_rm, tmp_path_factory):
-    from rlhf_rewards.lora.testing import build_adapter
+    from rlhf_rewards.testing.lora import build_adapter
 
     return build_adapter(qwen3_rm, tmp_path_factory.mktemp("adapter") / "my-lora", seed=7,
                          target_modules=["q_proj", "v_proj"], modules_to_save=["score"])

@@ -10,8 +10,8 @@ import requests
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlhf_rewards.testing.server import InProcessServer
 from rlhf_rewards.workers import RemoteWorker
-from tests.server.launcher import InProcessServer
 
 POISON = 300  # a token id whose embedding is NaN: any prompt containing it scores NaN
 

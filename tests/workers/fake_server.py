@@ -11,7 +11,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tests.server.launcher import free_port
+from rlhf_rewards.testing.server import free_port
 
 INFO = {"model": "fake", "architecture": "Fake", "kind": "outcome", "tasks": ["classify"], "default_task": "classify",
         "pooler_configs": {}, "num_labels": 1, "max_model_len": 512, "lora_modules": [],

@@ -13,10 +13,10 @@ import requests
 import torch
 
 from rlhf_rewards import LLM, PoolingParams
+from rlhf_rewards.testing.server import ServerProcess, shared_server
 from rlhf_rewards.workers import RemoteWorker, RewardWorker
 from tests.conftest import MIXED_TEXTS
 from tests.server.conftest import SERVED_NAME, SERVER_ARGS
-from tests.server.launcher import ServerProcess, shared_server
 
 ATOL = 1e-5
 

@@ -4,7 +4,7 @@ Every recipe takes ``--build_tiny_models DIR``: it builds (once, on the main pro
 reward models into ``DIR`` with :mod:`rlhf_rewards.testing.checkpoints` and trains on a handful of built-in
 prompts, so the whole recipe runs in seconds on a CPU. The same models can be built by hand::
 
-    python recipes/tiny_models.py /tmp/tiny   # prints the paths as JSON
+    python -m rlhf_rewards.testing.tiny_models /tmp/tiny   # prints the paths as JSON
 
 The weights are random: the rewards mean nothing, but every code path (loading, chat templates, scoring,
 DeepSpeed/accelerate plumbing, logging) is the real one.
@@ -59,14 +59,6 @@ def build_tiny_models(root: str | os.PathLike[str]) -> dict[str, Path]:
     return paths
 
 
-def build_tiny_models_once(root: str | os.PathLike[str]) -> dict[str, Path]:
-    """:func:`build_tiny_models` on the main process first, so ranks of a distributed launch never race."""
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():
-        return build_tiny_models(root)
-
-
 def process_reward_pooler_config(model_path: str | os.PathLike[str]) -> dict[str, object]:
     """STEP pooling for the tiny math-shepherd-style PRM: read ``+``/``-`` logits at each step tag."""
     from transformers import AutoTokenizer
@@ -90,5 +82,5 @@ def tiny_dataset(n: int | None = None):
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python recipes/tiny_models.py DIR")
+        sys.exit("usage: python -m rlhf_rewards.testing.tiny_models DIR")
     print(json.dumps({k: str(v) for k, v in build_tiny_models(sys.argv[1]).items()}, indent=2))

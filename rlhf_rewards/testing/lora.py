@@ -1,4 +1,5 @@
-"""Tiny peft LoRA adapters for tests and demos, made locally on top of a tiny checkpoint.
+"""Tiny peft LoRA adapters for tests and demos, made locally on top of a tiny checkpoint (test tooling: not
+part of :mod:`rlhf_rewards.lora`).
 
 :func:`build_adapter` trains nothing: it gives every LoRA weight (``lora_B`` included, so the adapter is
 never a no-op) and every ``modules_to_save`` copy random non-zero values, and saves the adapter with
