@@ -63,6 +63,21 @@ def _lse_request() -> Any:
     return AuxRequest(lse=True)
 
 
+@lru_cache(maxsize=16)
+def _lse_heads_major(kernel: Callable[..., Any], device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``kernel`` returns the log-sum-exp as ``[heads, tokens]`` (FlashAttention's own layout, and
+    the shape of torch's fake kernel) rather than ``[tokens, heads]`` (what ``varlen_attn``'s docstring says).
+    Probed once per kernel, device and dtype on a tiny non-square input."""
+    tokens, heads = 3, 2
+    x = torch.zeros(tokens, heads, 64, device=device, dtype=dtype)
+    cu = torch.tensor([0, tokens], dtype=torch.int32, device=device)
+    _, lse = kernel(x, x, x, cu, cu, tokens, tokens, return_aux=_lse_request(), window_size=_FULL)
+    if tuple(lse.shape) in ((heads, tokens), (tokens, heads)):
+        return tuple(lse.shape) == (heads, tokens)
+    raise RuntimeError(f"varlen kernel returned a log-sum-exp of shape {tuple(lse.shape)} for {tokens} tokens "
+                       f"x {heads} heads; expected [heads, tokens] or [tokens, heads]")
+
+
 #: The kernel in use; tests swap in a reference implementation with the same signature.
 KERNEL: Callable[..., Any] | None = _torch_kernel()
 #: Devices on which :func:`applies` may choose this path (tests add ``"cpu"``).
@@ -121,6 +136,8 @@ def _call(q, k, v, cu_q, cu_k, max_q, max_k, *, window, lse, scale, gqa):
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     if lse:
         out, lse_t = KERNEL(q, k, v, cu_q, cu_k, max_q, max_k, return_aux=_lse_request(), **kwargs)
+        if _lse_heads_major(KERNEL, q.device, q.dtype):  # the merge works on token-major [T, heads]
+            lse_t = lse_t.transpose(0, 1).contiguous()
         return out, lse_t.float()
     return KERNEL(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs), None
 

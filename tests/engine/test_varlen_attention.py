@@ -148,6 +148,8 @@ def test_cuda_kernel_matches_the_reference(dtype):
             enable_gqa=True,
         )
         torch.testing.assert_close(out.cpu().float(), ref.float(), atol=2e-2, rtol=0)
+        if varlen_attention._lse_heads_major(kernel, q.device, dtype):  # FlashAttention's [heads, tokens]
+            lse = lse.transpose(0, 1)
         torch.testing.assert_close(lse.cpu().float(), ref_lse, atol=2e-2, rtol=0)
 
 
@@ -170,4 +172,23 @@ def test_kernel_without_enable_gqa_gets_one_key_value_head_per_query_head(qwen3,
     runner = ModelRunner(model, CPU, 4096, **PATHS["packed+prefix"])
     requests = _requests(_sequences(), POOLINGS)
     _check(runner.run(requests), requests, reference)
-    assert heads_seen and all(h == (config.num_attention_heads,) * 3 for h in heads_seen)
+    # Every call got as many key/value heads as query heads (the model's calls, and the one-off layout probe).
+    assert (config.num_attention_heads,) * 3 in heads_seen and all(len(set(h)) == 1 for h in heads_seen)
+
+
+def test_heads_major_log_sum_exp_is_transposed_before_the_merge(qwen3, varlen_on_cpu, monkeypatch):  # noqa: F811
+    """FlashAttention returns the log-sum-exp as ``[heads, tokens]``; the shared-prefix merge needs ``[T, heads]``."""
+
+    def heads_major(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs):
+        result = reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
+        if kwargs.get("return_aux") is None:
+            return result
+        out, lse = result
+        return out, lse.transpose(0, 1).contiguous()
+
+    monkeypatch.setattr(varlen_attention, "KERNEL", heads_major)
+    _, model, reference = qwen3
+    runner = ModelRunner(model, CPU, 4096, **PATHS["packed+prefix"])
+    requests = _requests(_sequences(), POOLINGS)
+    _check(runner.run(requests), requests, reference)
+    assert varlen_on_cpu.count(1) > 0  # shared prefixes were merged through the log-sum-exp
