@@ -1,10 +1,12 @@
-"""``RewardFunctionConfig``: the validated settings of a reward function."""
+"""``RewardFunctionConfig``: the validated settings of a reward function, and keyword overrides of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,40 +19,70 @@ KINDS = ("outcome", "token", "process")
 
 @dataclass
 class RewardFunctionConfig:
-    """How a reward model's output becomes one reward per completion.
+    r"""Configuration of a [`RewardFunction`] / [`AsyncRewardFunction`]: how a reward model's output
+    becomes one reward per completion.
 
-    Args:
-        name: The name TRL logs (``rewards/<name>/mean``). Default ``None``: the adapter's name when ``lora``
-            is set, else the last path component of the model's name.
-        kind: ``"outcome"`` (sequence classifier, score at the last token), ``"token"`` (token reward model,
-            score at the final token) or ``"process"`` (step rewards at step tags). Default ``None``: the
-            model's own kind, from its architecture and pooler config.
-        lora: A ``LoRARequest``, or a local adapter folder / served adapter name (turned into one). Default
-            ``None``: the base model.
-        chat_template: Jinja template used instead of the reward model's own for conversational input.
-            Default ``None``: the reward model's tokenizer template (never the policy's).
-        step_separator: Process rewards: the text between steps of a completion. Default ``"\\n\\n"``.
-        step_aggregation: Process rewards: ``"min"``, ``"last"``, ``"mean"``, ``"prod"`` or a callable
-            ``list[float] -> float``. Default ``"min"``.
-        step_tag: Process rewards: the text inserted after each step. Default ``None``: the text of the
-            model's ``step_tag_id``. Give it when the tag needs a leading space (math-shepherd: ``" ки"``).
-        keep_step_separator: Process rewards: keep the separator between tagged steps (math-shepherd's
-            ``"step ки\\nstep ки"``) instead of replacing it by the tag (Qwen2.5-Math-PRM's). Default False.
-        step_score_column: Process rewards: the column of the ``[n_steps, k]`` STEP output that is the step
-            reward. Default ``None``: column 0 when the pooler config sets ``returned_token_ids`` (the first
-            id is the "good" token, as in math-shepherd's ``[good, bad]``), column 1 for a two-label head
-            without them (Qwen2.5-Math-PRM: label 1 is "correct"), column 0 for a one-column output.
-        score_column: Outcome and token rewards: which output column is the reward. Default 0 (TRL reads
-            ``logits[:, 0]``).
-        use_activation: Apply the task's activation. Default ``None``: raw logits for outcome and token
-            rewards (as TRL's built-in reward models), the model's configured activation (softmax
-            probabilities) for process rewards.
-        reward_offset: Added after scaling: ``reward = reward_scale * score + reward_offset``. Default 0.0.
-        reward_scale: Multiplies the (aggregated) score. Default 1.0.
-        truncate: Keep the last ``max_model_len`` tokens of an over-long input (the end, where the score is
-            read). Default False: an over-long completion gets reward ``None`` and a warning.
-        llm_kwargs: Keyword arguments for ``LLM`` when the source is a path or hub id (e.g. ``device``,
-            ``dtype``, ``pooler_config``). Default ``None``.
+    Pass it as ``RewardFunction(source, config)``; keyword arguments of ``RewardFunction`` override its
+    fields (``RewardFunction(source, config, reward_scale=2.0)``), on a copy. Every field is checked when
+    the config is built: a bad value raises a ``ValueError`` naming the field and what it accepts.
+
+    Parameters:
+        > Naming and model
+
+        name (`str` or `None`, *optional*, defaults to `None`):
+            The name TRL logs (``rewards/<name>/mean``). `None`: the adapter's name when ``lora`` is set,
+            else the last path component of the model's name.
+        kind (`str` or `None`, *optional*, defaults to `None`):
+            How the model is read: ``"outcome"`` (sequence classifier, score at the last token),
+            ``"token"`` (token reward model, score at the final token) or ``"process"`` (step rewards at
+            step tags). `None`: the model's own kind, from its architecture and pooler config.
+        lora (`LoRARequest`, `str`, `os.PathLike` or `None`, *optional*, defaults to `None`):
+            The adapter to score with: a ``LoRARequest``, or a local adapter folder / served adapter name
+            (turned into a ``LoRARequest`` with an id stable across processes). `None`: the base model.
+        chat_template (`str` or `None`, *optional*, defaults to `None`):
+            Jinja template used instead of the reward model's own for conversational input. `None`: the
+            reward model's tokenizer template (never the policy's).
+
+        > Process rewards (step tags)
+
+        step_separator (`str`, *optional*, defaults to `"\n\n"`):
+            The text between the steps of a completion.
+        step_aggregation (`str` or `Callable[[list[float]], float]`, *optional*, defaults to `"min"`):
+            How step scores become one reward: ``"min"``, ``"last"``, ``"mean"``, ``"prod"`` or a callable.
+        step_tag (`str` or `None`, *optional*, defaults to `None`):
+            The text inserted after each step. `None`: the text of the model's ``step_tag_id``. Give it
+            when the tag needs a leading space (math-shepherd: ``" ки"``).
+        keep_step_separator (`bool`, *optional*, defaults to `False`):
+            Keep the separator between tagged steps (math-shepherd's ``"step ки\nstep ки"``) instead of
+            replacing it by the tag (Qwen2.5-Math-PRM's).
+        step_score_column (`int` or `None`, *optional*, defaults to `None`):
+            The column of the ``[n_steps, k]`` STEP output that is the step reward. `None`: column 0 when
+            the pooler config sets ``returned_token_ids`` (the first id is the "good" token, as in
+            math-shepherd's ``[good, bad]``), column 1 for a two-label head without them
+            (Qwen2.5-Math-PRM: label 1 is "correct"), column 0 for a one-column output (see
+            [`~rlhf_rewards.pooling.step.step_score_column`]).
+
+        > Reading the score
+
+        score_column (`int`, *optional*, defaults to `0`):
+            Outcome and token rewards: which output column is the reward (TRL reads ``logits[:, 0]``).
+        use_activation (`bool` or `None`, *optional*, defaults to `None`):
+            Apply the task's activation. `None`: raw logits for outcome and token rewards (as TRL's
+            built-in reward models), the model's configured activation (softmax probabilities) for
+            process rewards.
+        reward_offset (`float`, *optional*, defaults to `0.0`):
+            Added after scaling: ``reward = reward_scale * score + reward_offset``.
+        reward_scale (`float`, *optional*, defaults to `1.0`):
+            Multiplies the (aggregated) score.
+        truncate (`bool`, *optional*, defaults to `False`):
+            Keep the last ``max_model_len`` tokens of an over-long input (the end, where the score is
+            read). `False`: an over-long completion gets reward `None` and a warning.
+
+        > Loading
+
+        llm_kwargs (`dict[str, Any]`, *optional*, defaults to `{}`):
+            Keyword arguments for ``LLM`` when the source is a path or hub id (e.g. ``device``, ``dtype``,
+            ``pooler_config``). `None` is read as `{}`; the dict is copied.
     """
 
     name: str | None = None
@@ -70,32 +102,31 @@ class RewardFunctionConfig:
     llm_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise ValueError(f"name must be a non-empty string, got {self.name!r}.")
+        for name in ("name", "chat_template", "step_tag"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a non-empty string or None, got {value!r}.")
         if self.kind is not None and self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r}; choose one of {list(KINDS)} or leave it None to infer it.")
         if self.lora is not None and not isinstance(self.lora, LoRARequest):
             if not isinstance(self.lora, (str, os.PathLike)) or not str(self.lora):
-                raise ValueError(f"lora must be a LoRARequest, an adapter path or name, got {self.lora!r}.")
+                raise ValueError(f"lora must be a LoRARequest, an adapter path or name, or None, got {self.lora!r}.")
             self.lora = lora_request_from(str(self.lora))
-        if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
-            raise ValueError("chat_template must be a non-empty Jinja template string.")
         if not isinstance(self.step_separator, str) or not self.step_separator:
             raise ValueError(f"step_separator must be a non-empty string, got {self.step_separator!r}.")
         self.step_aggregation = check_aggregation(self.step_aggregation)
-        if self.step_tag is not None and (not isinstance(self.step_tag, str) or not self.step_tag):
-            raise ValueError(f"step_tag must be a non-empty string, got {self.step_tag!r}.")
         for flag in ("keep_step_separator", "truncate"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
         if self.use_activation is not None and not isinstance(self.use_activation, bool):
             raise ValueError(f"use_activation must be True, False or None, got {self.use_activation!r}.")
-        for col in ("step_score_column", "score_column"):
+        for col, optional in (("step_score_column", True), ("score_column", False)):
             value = getattr(self, col)
-            if value is None and col == "step_score_column":
+            if value is None and optional:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{col} must be a non-negative integer, got {value!r}.")
+                allowed = "a non-negative integer or None" if optional else "a non-negative integer"
+                raise ValueError(f"{col} must be {allowed}, got {value!r}.")
         for num in ("reward_offset", "reward_scale"):
             value = getattr(self, num)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -103,8 +134,46 @@ class RewardFunctionConfig:
             setattr(self, num, float(value))
         if self.llm_kwargs is None:
             self.llm_kwargs = {}
-        if not isinstance(self.llm_kwargs, dict):
-            raise ValueError(f"llm_kwargs must be a dict, got {type(self.llm_kwargs).__name__}.")
+        if not isinstance(self.llm_kwargs, Mapping):
+            raise ValueError(f"llm_kwargs must be a dict or None, got {type(self.llm_kwargs).__name__}.")
+        self.llm_kwargs = dict(self.llm_kwargs)  # never shared with the caller's dict
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The names of the settings, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def replace(self, **changes: Any) -> RewardFunctionConfig:
+        """A validated copy with ``changes`` applied; an unknown name is a ``TypeError`` listing the fields."""
+        check_field_names(changes, "RewardFunctionConfig.replace()")
+        return dataclasses.replace(self, **changes)
+
+
+def check_field_names(settings: Mapping[str, Any], owner: str) -> None:
+    """Raise ``TypeError`` naming every key of ``settings`` that is not a ``RewardFunctionConfig`` field."""
+    valid = RewardFunctionConfig.field_names()
+    unknown = sorted(set(settings) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"{owner} got unexpected keyword argument(s) {unknown}; the valid settings are the "
+            f"RewardFunctionConfig fields {valid}."
+        )
+
+
+def resolve_config(
+    config: RewardFunctionConfig | None, overrides: Mapping[str, Any], owner: str = "RewardFunction()"
+) -> RewardFunctionConfig:
+    """The config a reward function stores: ``config`` (or the defaults) with ``overrides`` applied, as a copy.
+
+    The caller's config is never modified, so one config can back several functions with different
+    overrides. ``overrides`` are the keyword arguments ``RewardFunction`` accepted before configs existed.
+    """
+    check_field_names(overrides, owner)
+    if config is None:
+        return RewardFunctionConfig(**overrides)
+    if not isinstance(config, RewardFunctionConfig):
+        raise TypeError(f"{owner}: config must be a RewardFunctionConfig or None, got {type(config).__name__}.")
+    return dataclasses.replace(config, **overrides)
 
 
 def lora_request_from(adapter: str) -> LoRARequest:
@@ -113,4 +182,4 @@ def lora_request_from(adapter: str) -> LoRARequest:
     return LoRARequest(lora_name=name, lora_int_id=zlib.crc32(adapter.encode()) % (2**31 - 1) + 1, lora_path=adapter)
 
 
-__all__ = ["KINDS", "RewardFunctionConfig", "lora_request_from"]
+__all__ = ["KINDS", "RewardFunctionConfig", "check_field_names", "lora_request_from", "resolve_config"]

@@ -1,0 +1,100 @@
+"""The worker calls a scoring plan asks for, and the two drivers that run a plan (sync and async).
+
+A scoring plan (:mod:`rlhf_rewards.reward.plan`) is a generator: it yields :class:`RenderChat` and
+:class:`EncodeBatch` requests, receives each result, and returns its result at ``StopIteration``. The
+logic is written once; :func:`run_plan` runs it with a worker's blocking methods (``RewardFunction``) and
+:func:`arun_plan` with ``aencode`` on an event loop (``AsyncRewardFunction``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from rlhf_rewards.pooling.params import PoolingParams
+from rlhf_rewards.workers.base import RewardWorker
+
+T = TypeVar("T")
+
+#: A plan yields worker calls, is sent their results and returns a ``T``.
+Plan = Generator["RenderChat | EncodeBatch", Any, T]
+
+
+@dataclass
+class RenderChat:
+    """``worker.render_chat(conversations, chat_template=...)``: token ids per conversation."""
+
+    conversations: list[list[dict[str, Any]]]
+    chat_template: str | None
+
+
+@dataclass
+class EncodeBatch:
+    """``worker.encode(prompts, pooling_params, ...)``: one output per prompt.
+
+    With ``catch=True`` the plan handles a failure itself: it is sent the exception instead of a result.
+    """
+
+    prompts: list[Any]
+    pooling_params: PoolingParams
+    pooling_task: str
+    lora_request: Any
+    truncate_prompt_tokens: int | None
+    catch: bool = False
+
+    def encode_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``encode``/``aencode`` after ``prompts`` and ``pooling_params``."""
+        return {
+            "pooling_task": self.pooling_task,
+            "lora_request": self.lora_request,
+            "truncate_prompt_tokens": self.truncate_prompt_tokens,
+        }
+
+
+def _plan_catches(request: Any) -> bool:
+    return isinstance(request, EncodeBatch) and request.catch
+
+
+def run_plan(plan: Plan[T], worker: RewardWorker) -> T:
+    """Run ``plan`` with the worker's blocking ``render_chat`` and ``encode``."""
+    result: Any = None
+    while True:
+        try:
+            request = plan.send(result)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            if isinstance(request, RenderChat):
+                result = worker.render_chat(request.conversations, chat_template=request.chat_template)
+            else:
+                result = worker.encode(request.prompts, request.pooling_params, **request.encode_kwargs())
+        except Exception as exc:  # noqa: BLE001 - the plan decides (catch=True) or it propagates
+            if not _plan_catches(request):
+                raise
+            result = exc
+
+
+async def arun_plan(plan: Plan[T], worker: RewardWorker) -> T:
+    """Run ``plan`` on the event loop: ``aencode`` for batches, ``render_chat`` in a thread."""
+    result: Any = None
+    while True:
+        try:
+            request = plan.send(result)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            if isinstance(request, RenderChat):
+                result = await asyncio.to_thread(
+                    worker.render_chat, request.conversations, chat_template=request.chat_template
+                )
+            else:
+                result = await worker.aencode(request.prompts, request.pooling_params, **request.encode_kwargs())
+        except Exception as exc:  # noqa: BLE001 - the plan decides (catch=True) or it propagates
+            if not _plan_catches(request):
+                raise
+            result = exc
+
+
+__all__ = ["EncodeBatch", "Plan", "RenderChat", "arun_plan", "run_plan"]
