@@ -2,18 +2,29 @@
 
 Every client mistake becomes a 4xx with a message that names the field and the limit; only a fault of the
 server itself is a 500, and its message never carries a traceback or a secret.
+
+A 4xx caused by a :class:`~rlhf_rewards.errors.RequestError` also carries the error's structure in the
+header :data:`ERROR_HEADER` (``json.dumps(err.to_dict())``), located as the message reports it: ``field`` is
+the request's field (``input``, ``query``, ``messages``, ``task``...) and ``index`` the entry of that
+request. A client that split its own call into requests (``RemoteWorker``) moves the error back to its
+caller's index with :meth:`~rlhf_rewards.errors.RequestError.located`, never parsing the message.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
 
+import pydantic
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rlhf_rewards.errors import RequestError
+from rlhf_rewards.server.protocol import ErrorResponse
 
 ERROR_TYPES = {
     400: "BadRequestError",
@@ -28,7 +39,10 @@ ERROR_TYPES = {
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
+#: Response header holding a structured client mistake (``RequestError.to_dict()`` as JSON).
+ERROR_HEADER = "x-rlhf-rewards-error"
 _MAX_ERRORS_SHOWN = 5
+_OWN_PARAM: Any = object()
 
 
 class APIError(Exception):
@@ -39,26 +53,45 @@ class APIError(Exception):
         message: Human-readable message; names the field and the limit.
         param: The request field at fault, if any.
         headers: Extra response headers (e.g. ``Retry-After``).
+        error: The structured error behind it, sent in :data:`ERROR_HEADER`.
     """
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, error: RequestError | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.headers = headers
+        self.error = error
+
+    @classmethod
+    def from_request_error(cls, error: RequestError, *, param: str | None = _OWN_PARAM,
+                           status: int = 400) -> APIError:
+        """The answer to ``error`` (already located under the request's field names): its message, its
+        ``param`` unless ``param`` is given, and its structure in :data:`ERROR_HEADER`."""
+        return cls(status, error.message, error.param if param is _OWN_PARAM else param, error=error)
+
+    def response_headers(self) -> dict[str, str] | None:
+        """``headers`` plus :data:`ERROR_HEADER` when a structured error is behind this one."""
+        if self.error is None:
+            return self.headers
+        return {**(self.headers or {}), **request_error_headers(self.error)}
+
+
+def request_error_headers(error: RequestError) -> dict[str, str]:
+    """``{ERROR_HEADER: json}`` for ``error`` (ASCII JSON, so it is a valid header value)."""
+    return {ERROR_HEADER: json.dumps(error.to_dict())}
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     """vLLM's ``ErrorResponse`` as a dict."""
-    return {
-        "object": "error",
-        "message": message,
-        "type": ERROR_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
-        "param": param,
-        "code": status,
-    }
+    return ErrorResponse(
+        message=message,
+        type=ERROR_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
+        param=param,
+        code=status,
+    ).model_dump(mode="json")
 
 
 def error_response(status: int, message: str, param: str | None = None,
@@ -126,7 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.headers)
+        return error_response(exc.status, exc.message, exc.param, exc.response_headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -145,17 +178,25 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(ValueError)
-    async def _value_error(_request: Request, exc: ValueError) -> JSONResponse:
+    async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
+        if isinstance(exc, pydantic.ValidationError):
+            # Requests are validated before a route runs (RequestValidationError): this is a response
+            # model the server itself failed to build.
+            return _internal_error(request, exc)
         # The engine validates inputs and raises ValueError for anything the client got wrong.
-        return error_response(400, str(exc))
+        headers = request_error_headers(exc) if isinstance(exc, RequestError) else None
+        return error_response(400, str(exc), headers=headers)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        import logging
-
-        logging.getLogger("rlhf_rewards.server").exception("Internal error on %s %s", request.method, request.url.path)
-        return error_response(500, f"Internal server error ({type(exc).__name__}); see the server log.")
+        return _internal_error(request, exc)
 
 
-__all__ = ["APIError", "describe_validation_errors", "error_body", "error_bytes", "error_response",
-           "install_error_handlers"]
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logging.getLogger("rlhf_rewards.server").error("Internal error on %s %s", request.method, request.url.path,
+                                                   exc_info=exc)
+    return error_response(500, f"Internal server error ({type(exc).__name__}); see the server log.")
+
+
+__all__ = ["ERROR_HEADER", "APIError", "describe_validation_errors", "error_body", "error_bytes", "error_response",
+           "install_error_handlers", "request_error_headers"]

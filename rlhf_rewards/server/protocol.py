@@ -7,12 +7,15 @@ Fields marked *extension* are not in vLLM's schema; they expose the engine's own
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import typing
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from rlhf_rewards.contract.model_info import ModelInfo
 from rlhf_rewards.pooling.tasks import POOLING_TASKS
 
 _TASK_HINT = {
@@ -201,7 +204,28 @@ def _now() -> int:
     return int(time.time())
 
 
-class UsageInfo(BaseModel):
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def _absent_if_none(description: str | None = None) -> Any:
+    """A field left out of the body (not sent as ``null``) when it is ``None``."""
+    return Field(default=None, exclude_if=_is_none, description=description)
+
+
+class ResponseModel(BaseModel):
+    """Base of response models: what the routes build and the strict encoder serializes.
+
+    Unknown fields are refused when a route builds a response, and the serialization schema (the one in
+    ``/openapi.json``) marks every field the body always carries as required and forbids others, so a route
+    cannot add or drop a field without the schema saying so. Fields made with ``_absent_if_none`` are
+    left out of the body when unset.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+class UsageInfo(ResponseModel):
     """Token counts of a request."""
 
     prompt_tokens: int
@@ -209,18 +233,18 @@ class UsageInfo(BaseModel):
     completion_tokens: int = 0
 
 
-class PoolingResponseData(BaseModel):
+class PoolingResponseData(ResponseModel):
     """One pooled prompt. ``data`` is ``null`` and ``error`` is set when the model produced NaN/inf."""
 
     index: int
     object: str = "pooling"
     data: list[list[float]] | list[float] | str | None
-    error: str | None = Field(default=None, description="Extension: why this item has no result.")
-    prompt_token_ids: list[int] | None = Field(default=None, description="Extension (return_details).")
-    shape: list[int] | None = Field(default=None, description="Extension (return_details).")
+    error: str | None = _absent_if_none("Extension: why this item has no result.")
+    prompt_token_ids: list[int] | None = _absent_if_none("Extension (return_details).")
+    shape: list[int] | None = _absent_if_none("Extension (return_details).")
 
 
-class PoolingResponse(BaseModel):
+class PoolingResponse(ResponseModel):
     """``/pooling`` response."""
 
     id: str = Field(default_factory=lambda: f"pool-{_uuid()}")
@@ -231,17 +255,17 @@ class PoolingResponse(BaseModel):
     usage: UsageInfo
 
 
-class ClassificationData(BaseModel):
+class ClassificationData(ResponseModel):
     """One classified prompt; ``probs`` is ``null`` and ``error`` set when the model produced NaN/inf."""
 
     index: int
     label: str | None
     probs: list[float] | None
     num_classes: int
-    error: str | None = None
+    error: str | None = _absent_if_none("Extension: why this item has no result.")
 
 
-class ClassificationResponse(BaseModel):
+class ClassificationResponse(ResponseModel):
     """``/classify`` response (vLLM's)."""
 
     id: str = Field(default_factory=lambda: f"classify-{_uuid()}")
@@ -252,25 +276,25 @@ class ClassificationResponse(BaseModel):
     usage: UsageInfo
 
 
-class GetRewardResponse(BaseModel):
+class GetRewardResponse(ResponseModel):
     """``/get_reward`` response (OpenRLHF's). A ``null`` reward has its reason in ``errors``."""
 
     rewards: list[float | None]
     scores: list[float | None]
     extra_logs: dict[str, Any] = Field(default_factory=dict)
-    errors: dict[str, str] | None = Field(default=None, description="Extension: index -> why it has no reward.")
+    errors: dict[str, str] | None = _absent_if_none("Extension: index -> why it has no reward.")
 
 
-class TokenizeResponse(BaseModel):
+class TokenizeResponse(ResponseModel):
     """``/tokenize`` response (vLLM's)."""
 
     count: int
     max_model_len: int
     tokens: list[int]
-    token_strs: list[str] | None = None
+    token_strs: list[str] | None = _absent_if_none("Sent with `return_token_strs`.")
 
 
-class ModelCard(BaseModel):
+class ModelCard(ResponseModel):
     """One entry of ``/v1/models``."""
 
     id: str
@@ -282,14 +306,50 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
 
 
-class ModelList(BaseModel):
+class ModelList(ResponseModel):
     """``/v1/models`` response."""
 
     object: str = "list"
     data: list[ModelCard]
 
 
-class ErrorResponse(BaseModel):
+class ServerLimitsInfo(ResponseModel):
+    """The request limits a client must respect (``ServerLimits.to_dict()``)."""
+
+    max_body_bytes: int
+    max_client_batch_size: int
+    max_queue_size: int
+
+
+def _model_info_response() -> type[ResponseModel]:
+    # The fields are ModelInfo's own (one definition: a field added there appears here and in the schema).
+    hints = typing.get_type_hints(ModelInfo)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(ModelInfo):
+        if f.default is not dataclasses.MISSING:
+            fields[f.name] = (hints[f.name], f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            fields[f.name] = (hints[f.name], Field(default_factory=f.default_factory))
+        else:
+            fields[f.name] = (hints[f.name], ...)
+    return create_model(
+        "ModelInfoResponse", __base__=ResponseModel, __module__=__name__,
+        __doc__="``/v1/model_info`` response: ``ModelInfo.to_dict()`` plus the server's ``server_limits``.",
+        **fields, server_limits=(ServerLimitsInfo, ...))
+
+
+ModelInfoResponse = _model_info_response()
+
+
+class HealthResponse(ResponseModel):
+    """``/health`` response: ``ok`` (with the model and the queue depth), ``draining`` or ``engine stopped``."""
+
+    status: str
+    model: str | None = _absent_if_none()
+    queue_depth: int | None = _absent_if_none("Prompts waiting for the engine.")
+
+
+class ErrorResponse(ResponseModel):
     """Every error (vLLM's shape)."""
 
     object: str = "error"
@@ -319,12 +379,16 @@ __all__ = [
     "ErrorResponse",
     "GetRewardRequest",
     "GetRewardResponse",
+    "HealthResponse",
     "ModelCard",
+    "ModelInfoResponse",
     "ModelList",
     "PoolingRequest",
     "PoolingResponse",
     "PoolingResponseData",
+    "ResponseModel",
     "ScoringRequest",
+    "ServerLimitsInfo",
     "TokenizeRequest",
     "TokenizeResponse",
     "UsageInfo",

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlhf_rewards.contract import ModelInfo, PromptType, prompts_from_input
 from rlhf_rewards.engine.inputs import apply_length_limit, tokenize_prompts
 from rlhf_rewards.entrypoints.llm import LLM
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams, resolve_pooling
@@ -25,7 +27,6 @@ from rlhf_rewards.server.batcher import Batcher, EngineItem, QueueFull
 from rlhf_rewards.server.errors import APIError
 from rlhf_rewards.server.metrics import ServerMetrics
 from rlhf_rewards.server.protocol import ChatMessage, ScoringRequest
-from rlhf_rewards.workers.base import ModelInfo
 
 
 @dataclass
@@ -118,60 +119,74 @@ class ServingEngine:
         self._tokenizer_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ preparation
-    def count_inputs(self, req: ScoringRequest, field_name: str = "input") -> int:
-        """Number of prompts in a request; over ``max_client_batch_size`` is a 413."""
-        inp = req.input
-        if req.messages is not None or isinstance(inp, str):
-            n = 1
-        elif inp and all(isinstance(v, int) for v in inp):
-            n = 1
-        else:
-            n = len(inp or [])
+    async def prepare(self, req: ScoringRequest, task: str, params: PoolingParams,
+                      lora: LoRARequest | None, field_name: str = "input") -> list[EngineItem]:
+        """Validated engine items of a ``/pooling`` or ``/classify`` request (its ``input`` or ``messages``).
+
+        ``field_name`` names the request's prompt field in error messages.
+        """
+        if req.messages is None:
+            add_special = True if req.add_special_tokens is None else req.add_special_tokens
+            return await self.prepare_prompts(prompts_from_input(req.input), task, params, lora,
+                                              field_name=field_name, add_special_tokens=add_special)
+        self._check_count(1, field_name)
+        self._check_request_template(req.chat_template)
+        messages = req.messages
+
+        def render() -> list[PromptType]:
+            return [{"prompt_token_ids": self._render(
+                messages, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
+                continue_final_message=req.continue_final_message, chat_template_kwargs=req.chat_template_kwargs,
+                add_special_tokens=bool(req.add_special_tokens))}]
+
+        # The rendered conversation is token ids: nothing is tokenized again, so add_special_tokens is moot.
+        return await self._prepare_in_thread(render, "messages", task, params, lora, add_special_tokens=False)
+
+    async def prepare_prompts(self, prompts: list[PromptType], task: str, params: PoolingParams,
+                              lora: LoRARequest | None, *, field_name: str = "input",
+                              add_special_tokens: bool = True) -> list[EngineItem]:
+        """Validated engine items of ``prompts``, the entries of the request field ``field_name``.
+
+        More prompts than ``max_client_batch_size`` is a 413; a mistake in prompt ``i`` is a 400 on
+        ``<field_name>[i]``.
+        """
+        self._check_count(len(prompts), field_name)
+        return await self._prepare_in_thread(lambda: prompts, field_name, task, params, lora,
+                                             add_special_tokens=add_special_tokens)
+
+    def _check_count(self, n: int, field_name: str) -> None:
         limit = self.limits.max_client_batch_size
         if n > limit:
             self.metrics.rejected.labels("too_many_inputs").inc()
             raise APIError(413, f"`{field_name}` has {n} prompts, over --max-client-batch-size={limit}; "
                                 "split the request.", param=field_name)
-        return n
 
-    async def prepare(self, req: ScoringRequest, task: str, params: PoolingParams,
-                      lora: LoRARequest | None, field_name: str = "input") -> list[EngineItem]:
-        """Validated engine items of a scoring request (runs in the tokenizer thread).
-
-        ``field_name`` names the request's prompt field in error messages (``input``, or ``query`` for OpenRLHF).
-        """
-        self.count_inputs(req, field_name)
-        if req.chat_template is not None and not self.limits.trust_request_chat_template:
+    def _check_request_template(self, chat_template: str | None) -> None:
+        if chat_template is not None and not self.limits.trust_request_chat_template:
             raise APIError(400, "`chat_template` in a request is refused: start the server with "
                                 "--trust-request-chat-template to allow it.", param="chat_template")
+
+    async def _prepare_in_thread(self, get_prompts: Callable[[], list[PromptType]], field_name: str, task: str,
+                                 params: PoolingParams, lora: LoRARequest | None, *,
+                                 add_special_tokens: bool) -> list[EngineItem]:
         # While this request tokenizes, a round about to start waits for it (the route submits it right after).
         with self.batcher.arriving():
-            return await self._in_tokenizer_thread(self._prepare, req, task, params, lora, field_name)
+            return await self._in_tokenizer_thread(self._prepare, get_prompts, field_name, task, params, lora,
+                                                   add_special_tokens)
 
-    def _prepare(self, req: ScoringRequest, task: str, params: PoolingParams,
-                 lora: LoRARequest | None, field_name: str) -> list[EngineItem]:
+    def _prepare(self, get_prompts: Callable[[], list[PromptType]], field_name: str, task: str,
+                 params: PoolingParams, lora: LoRARequest | None, add_special_tokens: bool) -> list[EngineItem]:
         llm = self.llm
-        with _field_errors("task"):
+        with _request_errors("task"):
             check_task(task, llm.supported_tasks)
-        if req.messages is not None:
-            ids = self._render(req.messages, chat_template=req.chat_template,
-                               add_generation_prompt=req.add_generation_prompt,
-                               continue_final_message=req.continue_final_message,
-                               chat_template_kwargs=req.chat_template_kwargs,
-                               add_special_tokens=bool(req.add_special_tokens))
-            prompts: list[Any] = [{"prompt_token_ids": ids}]
-            name = "messages"
-        else:
-            prompts = _prompts_of(req.input)
-            name = field_name
-        add_special = True if req.add_special_tokens is None else req.add_special_tokens
-        with _field_errors(name):
+        prompts = get_prompts()  # renders a conversation after the task check, as the engine does
+        with _request_errors(field_name):
             token_ids = tokenize_prompts(prompts, llm.tokenizer, vocab_size=llm.model.vocab_size,
-                                         add_special_tokens=add_special)
+                                         add_special_tokens=add_special_tokens)
             token_ids = [apply_length_limit(i, ids, llm.max_model_len, params.truncate_prompt_tokens)
                          for i, ids in enumerate(token_ids)]
         params = params.clone(truncate_prompt_tokens=None)
-        with _field_errors(None):
+        with _request_errors(None):
             resolved = resolve_pooling(task, params, llm.task_configs[task])
         self._check_widths(resolved.returned_token_ids, resolved.dimensions, task)
         return [EngineItem(ids, params, lora) for ids in token_ids]
@@ -190,9 +205,7 @@ class ServingEngine:
     # ------------------------------------------------------------------ chat and tokenize
     async def render(self, messages: list[ChatMessage], **kwargs: Any) -> list[int]:
         """Token ids of one conversation rendered with the chat template (tokenizer thread)."""
-        if kwargs.get("chat_template") is not None and not self.limits.trust_request_chat_template:
-            raise APIError(400, "`chat_template` in a request is refused: start the server with "
-                                "--trust-request-chat-template to allow it.", param="chat_template")
+        self._check_request_template(kwargs.get("chat_template"))
         return await self._in_tokenizer_thread(self._render, messages, **kwargs)
 
     def _render(self, messages: list[ChatMessage], *, chat_template: str | None, add_generation_prompt: bool,
@@ -263,36 +276,29 @@ class ServingEngine:
         )
 
 
-_PARAM_FIELDS = ("step_tag_id", "returned_token_ids", "dimensions", "normalize", "use_activation",
-                 "truncate_prompt_tokens")
+#: The engine's names of request parts, as the server's requests call them (prompts: the context's field).
+_ENGINE_FIELDS = {"pooling_task": "task"}
 
 
-def _prompts_of(inp: Any) -> list[Any]:
-    if isinstance(inp, str):
-        return [inp]
-    if inp and all(isinstance(v, int) for v in inp):
-        return [{"prompt_token_ids": inp}]
-    return [{"prompt_token_ids": v} if isinstance(v, list) else v for v in inp]
+@contextmanager
+def _request_errors(field_name: str | None) -> Iterator[None]:
+    """Answer the engine's ``ValueError`` as a 400 on the request's own field names.
 
-
-class _field_errors:
-    """Turn the engine's ``ValueError`` into a 400 that names the request field (``prompts[i]`` -> ``input[i]``)."""
-
-    def __init__(self, name: str | None) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc_type is not None and issubclass(exc_type, ValueError):
-            message = str(exc)
-            if self.name:
-                message = re.sub(r"\bprompts\[(\d+)\](\.prompt_token_ids)?", rf"{self.name}[\1]", message)
-            message = message.replace("pooling_task=", "task=")
-            param = self.name or next((f for f in _PARAM_FIELDS if f in message), None)
-            raise APIError(400, message, param=param) from None
-        return False
+    A :class:`RequestError` on the engine's ``prompts`` is moved to ``field_name`` (``prompts[3]`` ->
+    ``input[3]``, the token-id subfield dropped: the request has none) and ``pooling_task`` becomes ``task``.
+    The error's ``param`` is ``field_name`` when given (a prompt-length limit blames the prompts), else
+    the error's own; any other ``ValueError`` keeps its message with ``field_name`` as ``param``.
+    """
+    try:
+        yield
+    except RequestError as exc:
+        if exc.field == "prompts" and field_name is not None:
+            exc = exc.located(field=field_name, subfield=None)
+        elif exc.field in _ENGINE_FIELDS:
+            exc = exc.located(field=_ENGINE_FIELDS[exc.field])
+        raise APIError.from_request_error(exc, param=field_name or exc.param) from None
+    except ValueError as exc:
+        raise APIError(400, str(exc), param=field_name) from None
 
 
 __all__ = ["ServerLimits", "ServingEngine"]

@@ -1,15 +1,21 @@
-"""Helpers shared by the scoring routes."""
+"""Helpers shared by the routes: the engine, request params, usage, and the strict JSON encoder."""
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from rlhf_rewards.contract import params_from_fields
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
 from rlhf_rewards.server.errors import APIError
+from rlhf_rewards.server.protocol import ResponseModel, UsageInfo
 from rlhf_rewards.server.service import ServingEngine
 
 
@@ -18,29 +24,35 @@ def engine_of(request: Request) -> ServingEngine:
     return request.app.state.engine
 
 
-def make_params(**fields: Any) -> PoolingParams:
-    """``PoolingParams`` from request fields; a bad value is a 400 naming the field."""
+def make_params(source: Mapping[str, Any] | object, *, truncate_prompt_tokens: int | None = None) -> PoolingParams:
+    """``PoolingParams`` from a request's pooling fields (a request model or a mapping; see
+    :func:`~rlhf_rewards.contract.params_from_fields`); a bad value is a 400 on the field it names."""
     try:
-        return PoolingParams(**fields)
+        return params_from_fields(source, truncate_prompt_tokens=truncate_prompt_tokens)
+    except RequestError as exc:
+        raise APIError.from_request_error(exc) from None
     except ValueError as exc:
-        message = str(exc).replace("pooler_config.", "")
-        param = next((name for name in fields if name in message), None)
-        raise APIError(400, message, param=param) from None
+        raise APIError(400, str(exc)) from None
 
 
-def usage(outputs: list[PoolingRequestOutput]) -> dict[str, int]:
+def response_id(prefix: str, request_id: str | None) -> str:
+    """``<prefix>-<request_id>``, or a random id when the request has none (vLLM's ids)."""
+    return f"{prefix}-{request_id or uuid.uuid4().hex}"
+
+
+def usage(outputs: list[PoolingRequestOutput]) -> UsageInfo:
     """vLLM's ``usage`` block."""
     n = sum(len(o.prompt_token_ids) for o in outputs)
-    return {"prompt_tokens": n, "total_tokens": n, "completion_tokens": 0}
+    return UsageInfo(prompt_tokens=n, total_tokens=n)
 
 
-def json_response(content: dict[str, Any]) -> JSONResponse:
-    """A JSON response; NaN/inf can never be encoded (they are reported as item errors instead)."""
-    return _StrictJSONResponse(content)
+def json_response(model: ResponseModel, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    """``model`` as a JSON response; NaN/inf can never be encoded (they are reported as item errors instead)."""
+    return _StrictJSONResponse(model.model_dump(mode="json"), status_code=status_code, headers=headers)
 
 
 class _StrictJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
-        import json
-
+        # pydantic's JSON mode keeps NaN/inf as floats; allow_nan=False turns them into a server error
+        # rather than the invalid JSON tokens ``NaN``/``Infinity``.
         return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")

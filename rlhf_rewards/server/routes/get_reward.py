@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from rlhf_rewards.server.errors import APIError
-from rlhf_rewards.server.protocol import ERROR_RESPONSES, ClassifyRequest, GetRewardRequest, GetRewardResponse
+from rlhf_rewards.server.protocol import ERROR_RESPONSES, GetRewardRequest, GetRewardResponse
 from rlhf_rewards.server.routes.common import engine_of, json_response, make_params
 
 router = APIRouter(tags=["scoring"])
@@ -29,9 +29,8 @@ async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
     task = info.default_task
     tok = engine.llm.tokenizer
     queries = [_strip_token(q, getattr(tok, "pad_token", None)) for q in body.query]
-    req = ClassifyRequest(input=queries)
-    params = make_params(use_activation=False) if task == "classify" else make_params()
-    items = await engine.prepare(req, task, params, None, field_name="query")
+    params = make_params({"use_activation": False} if task == "classify" else {})
+    items = await engine.prepare_prompts(queries, task, params, None, field_name="query")
     outputs = await engine.score(task, items)
     rewards: list[float | None] = []
     errors: dict[str, str] = {}
@@ -41,10 +40,7 @@ async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
             errors[str(i)] = out.error or "the model produced no score for this query"
         else:
             rewards.append(float(out.outputs.data.reshape(-1)[-1]))
-    result: dict = {"rewards": rewards, "scores": list(rewards), "extra_logs": {}}
-    if errors:
-        result["errors"] = errors
-    return json_response(result)
+    return json_response(GetRewardResponse(rewards=rewards, scores=list(rewards), errors=errors or None))
 
 
 def _strip_token(text: str, token: str | None) -> str:

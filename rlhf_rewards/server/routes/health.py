@@ -5,23 +5,30 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from rlhf_rewards.server.routes.common import engine_of
+from rlhf_rewards.server.protocol import ERROR_RESPONSES, HealthResponse
+from rlhf_rewards.server.routes.common import engine_of, json_response
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthResponse,
+            responses={503: {"model": HealthResponse, "description": "Draining for shutdown (with Retry-After), "
+                                                                      "or the batching loop stopped."}})
 async def health(request: Request) -> JSONResponse:
     """200 when the server takes requests; 503 while it drains for shutdown or if its batching loop stopped."""
     engine = engine_of(request)
     if engine.draining:
-        return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "1"})
+        return json_response(HealthResponse(status="draining"), status_code=503, headers={"Retry-After": "1"})
     if not engine.batcher.alive:
-        return JSONResponse({"status": "engine stopped"}, status_code=503)
-    return JSONResponse({"status": "ok", "model": engine.model_name, "queue_depth": engine.batcher.pending_prompts})
+        return json_response(HealthResponse(status="engine stopped"), status_code=503)
+    return json_response(HealthResponse(status="ok", model=engine.model_name,
+                                        queue_depth=engine.batcher.pending_prompts))
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text exposition format.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    401: ERROR_RESPONSES[401],
+})
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests, prompts, tokens, queue depth, batch sizes and latency histograms."""
     body, content_type = engine_of(request).metrics.render()

@@ -7,32 +7,39 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from rlhf_rewards.server.protocol import ERROR_RESPONSES, ModelList, TokenizeRequest, TokenizeResponse
+from rlhf_rewards.server.protocol import (
+    ERROR_RESPONSES,
+    ModelCard,
+    ModelInfoResponse,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from rlhf_rewards.server.routes.common import engine_of, json_response
 
 router = APIRouter(tags=["models"])
+_AUTH_ERROR = {401: ERROR_RESPONSES[401]}
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=_AUTH_ERROR)
 async def list_models(request: Request) -> JSONResponse:
     """The base model and every LoRA module (``--lora-modules``), as vLLM lists them."""
     engine = engine_of(request)
     created = int(time.time())
     base = engine.model_name
-    cards = [{"id": base, "object": "model", "created": created, "owned_by": "rlhf-rewards", "root": base,
-              "parent": None, "max_model_len": engine.llm.max_model_len}]
-    for name in engine.lora_names:
-        cards.append({"id": name, "object": "model", "created": created, "owned_by": "rlhf-rewards", "root": name,
-                      "parent": base, "max_model_len": engine.llm.max_model_len})
-    return json_response({"object": "list", "data": cards})
+    max_len = engine.llm.max_model_len
+    cards = [ModelCard(id=base, created=created, root=base, parent=None, max_model_len=max_len)]
+    cards += [ModelCard(id=name, created=created, root=name, parent=base, max_model_len=max_len)
+              for name in engine.lora_names]
+    return json_response(ModelList(data=cards))
 
 
-@router.get("/v1/model_info")
+@router.get("/v1/model_info", response_model=ModelInfoResponse, responses=_AUTH_ERROR)
 async def model_info(request: Request) -> JSONResponse:
     """``ModelInfo.to_dict()`` of the served model (what ``RemoteWorker.model_info()`` returns), plus the
     server's request limits under ``server_limits``."""
     engine = engine_of(request)
-    return json_response({**engine.info.to_dict(), "server_limits": engine.limits.to_dict()})
+    return json_response(ModelInfoResponse(**engine.info.to_dict(), server_limits=engine.limits.to_dict()))
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
@@ -49,7 +56,6 @@ async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
     else:
         add_special = True if body.add_special_tokens is None else body.add_special_tokens
         ids = await engine.tokenize_text(body.prompt or "", add_special)
-    result: dict = {"count": len(ids), "max_model_len": engine.llm.max_model_len, "tokens": ids}
-    if body.return_token_strs:
-        result["token_strs"] = await engine.token_strs(ids)
-    return json_response(result)
+    token_strs = await engine.token_strs(ids) if body.return_token_strs else None
+    return json_response(TokenizeResponse(count=len(ids), max_model_len=engine.llm.max_model_len, tokens=ids,
+                                          token_strs=token_strs))

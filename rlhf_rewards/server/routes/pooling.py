@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import sys
-import time
-import uuid
 
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from rlhf_rewards.outputs import PoolingRequestOutput
-from rlhf_rewards.server.protocol import ERROR_RESPONSES, PoolingRequest, PoolingResponse
-from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, usage
+from rlhf_rewards.server.protocol import ERROR_RESPONSES, PoolingRequest, PoolingResponse, PoolingResponseData
+from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, response_id, usage
 
 router = APIRouter(tags=["scoring"])
 
@@ -31,36 +29,30 @@ async def pooling(body: PoolingRequest, request: Request) -> JSONResponse:
     engine = engine_of(request)
     name, lora = engine.resolve_model(body.model)
     task = body.task or engine.info.default_task
-    params = make_params(truncate_prompt_tokens=body.truncate_prompt_tokens, use_activation=body.use_activation,
-                         dimensions=body.dimensions, normalize=body.normalize, step_tag_id=body.step_tag_id,
-                         returned_token_ids=body.returned_token_ids)
+    params = make_params(body, truncate_prompt_tokens=body.truncate_prompt_tokens)
     items = await engine.prepare(body, task, params, lora)
     outputs = await engine.score(task, items)
-    data = [_item(i, out, body) for i, out in enumerate(outputs)]
-    return json_response({
-        "id": f"pool-{body.request_id or uuid.uuid4().hex}",
-        "object": "list",
-        "created": int(time.time()),
-        "model": name,
-        "data": data,
-        "usage": usage(outputs),
-    })
+    return json_response(PoolingResponse(
+        id=response_id("pool", body.request_id),
+        model=name,
+        data=[_item(i, out, body) for i, out in enumerate(outputs)],
+        usage=usage(outputs),
+    ))
 
 
-def _item(index: int, out: PoolingRequestOutput, body: PoolingRequest) -> dict:
+def _item(index: int, out: PoolingRequestOutput, body: PoolingRequest) -> PoolingResponseData:
     tensor = out.outputs.data
-    item: dict = {"index": index, "object": "pooling"}
+    data: list | str | None
     if out.error is not None:
-        item["data"] = None
-        item["error"] = out.error
+        data = None
     elif body.encoding_format == "base64":
-        item["data"] = encode_base64(tensor, body.embed_dtype, body.endianness)
+        data = encode_base64(tensor, body.embed_dtype, body.endianness)
     else:
-        item["data"] = tensor.tolist()
-    if body.return_details:
-        item["prompt_token_ids"] = out.prompt_token_ids
-        item["shape"] = list(tensor.shape)
-    return item
+        data = tensor.tolist()
+    details = body.return_details
+    return PoolingResponseData(index=index, data=data, error=out.error,
+                               prompt_token_ids=out.prompt_token_ids if details else None,
+                               shape=list(tensor.shape) if details else None)
 
 
 def encode_base64(tensor: torch.Tensor, dtype: str, endianness: str) -> str:
