@@ -14,7 +14,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from rlhf_rewards.testing.references import make_step_rewards
 
 
 def trl_builtin(model: torch.nn.Module, tokenizer: Any, prompts: list[str], completions: list[str]) -> torch.Tensor:
@@ -68,20 +69,6 @@ def unpadded_loop(model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> t
         for x in ids:
             out.append(model(input_ids=torch.tensor([x])).logits[0, 0].float())
     return torch.stack(out).cpu()
-
-
-def make_step_rewards(logits: torch.Tensor, token_masks: torch.Tensor) -> list[list[float]]:
-    """Verbatim from the Qwen2.5-Math-PRM model card."""
-    probabilities = F.softmax(logits, dim=-1)
-    probabilities = probabilities * token_masks.unsqueeze(-1)  # bs, seq_len, num_labels
-
-    all_scores_res = []
-    for i in range(probabilities.size(0)):
-        sample = probabilities[i]  # seq_len, num_labels
-        positive_probs = sample[sample != 0].view(-1, 2)[:, 1]  # valid_tokens, num_labels
-        non_zero_elements_list = positive_probs.cpu().tolist()
-        all_scores_res.append(non_zero_elements_list)
-    return all_scores_res
 
 
 def prm_model_card(model: torch.nn.Module, tokenizer: Any, texts: list[str], step_tag: str) -> list[list[float]]:

@@ -6,7 +6,8 @@
 - :func:`shared_server`: one such process per configuration for the whole pytest session, shared by
   ``tests/server`` and ``tests/workers`` (each process costs seconds of imports on a small machine).
 - :class:`InProcessServer`: the same CLI arguments and app, served by uvicorn in a thread of this process,
-  for configurations that need no signals (API key, tiny queue, LoRA, a poisoned model).
+  for configurations that need no signals (API key, tiny queue, LoRA, a poisoned model); built on
+  :class:`AppThread`, which serves any ASGI app that way (e.g. a scripted fake server).
 - :func:`wait_healthy`: poll ``GET /health`` until it answers 200, for servers started some other way.
 """
 
@@ -209,37 +210,21 @@ def _stop_shared() -> None:
     _SHARED.clear()
 
 
-class InProcessServer:
-    """``rlhf-rewards serve MODEL *args`` served by uvicorn in a thread of this process, on 127.0.0.1.
-
-    The app is built by the CLI's own :func:`~rlhf_rewards.cli.serve.make_app`, so flags are parsed and
-    checked exactly as for the command.
+class AppThread:
+    """An ASGI app served by uvicorn in a daemon thread of this process, on 127.0.0.1 (a context manager).
 
     Args:
-        model: Model folder.
-        *args: CLI arguments after MODEL.
-        env: Environment variables set while the app is built (e.g. ``RLHF_REWARDS_API_KEY``).
+        app: The ASGI app.
+        port: Port; default a free one.
+        lifespan: uvicorn's ``lifespan`` setting (``"on"`` runs the app's startup and shutdown).
     """
 
-    def __init__(self, model: str | Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, app: Any, *, port: int | None = None, lifespan: str = "auto") -> None:
         import uvicorn
 
-        from rlhf_rewards.cli.main import build_parser
-        from rlhf_rewards.cli.serve import make_app
-
-        self.port = free_port()
-        parsed = build_parser().parse_args(["serve", str(model), "--port", str(self.port), *args])
-        saved = {k: os.environ.get(k) for k in (env or {})}
-        os.environ.update(env or {})
-        try:
-            self.app, self.engine, _ = make_app(parsed)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.app = app
+        self.port = port or free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"test-server-{self.port}", daemon=True)
 
@@ -248,7 +233,7 @@ class InProcessServer:
         """Base URL."""
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> InProcessServer:
+    def __enter__(self) -> AppThread:
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
@@ -262,4 +247,35 @@ class InProcessServer:
         self.thread.join(60)
 
 
-__all__ = ["InProcessServer", "ServerProcess", "free_port", "serve", "shared_server", "wait_healthy"]
+class InProcessServer(AppThread):
+    """``rlhf-rewards serve MODEL *args`` served by uvicorn in a thread of this process, on 127.0.0.1.
+
+    The app is built by the CLI's own :func:`~rlhf_rewards.cli.serve.make_app`, so flags are parsed and
+    checked exactly as for the command; ``engine`` is the app's engine.
+
+    Args:
+        model: Model folder.
+        *args: CLI arguments after MODEL.
+        env: Environment variables set while the app is built (e.g. ``RLHF_REWARDS_API_KEY``).
+    """
+
+    def __init__(self, model: str | Path, *args: str, env: dict[str, str] | None = None) -> None:
+        from rlhf_rewards.cli.main import build_parser
+        from rlhf_rewards.cli.serve import make_app
+
+        port = free_port()
+        parsed = build_parser().parse_args(["serve", str(model), "--port", str(port), *args])
+        saved = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            app, self.engine, _ = make_app(parsed)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        super().__init__(app, port=port, lifespan="on")
+
+
+__all__ = ["AppThread", "InProcessServer", "ServerProcess", "free_port", "serve", "shared_server", "wait_healthy"]

@@ -12,12 +12,12 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer, Qwen2Model
 
 from rlhf_rewards import LLM, PoolerConfig, PoolingParams
 from rlhf_rewards.models.qwen2_reward import Qwen2ForProcessRewardModel, Qwen2ForRewardModel
+from rlhf_rewards.testing.references import make_step_rewards
 from tests.conftest import MIXED_TEXTS
 
 ATOL = 1e-5
@@ -100,18 +100,6 @@ def test_rm_forward_returns_the_last_real_token_score(rm):
         logits = model(**batch).logits
     expected = torch.stack([reference(t)[1][-1] for t in MIXED_TEXTS])
     torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
-
-
-def make_step_rewards(logits: torch.Tensor, token_masks: torch.Tensor) -> list[list[float]]:
-    """The Qwen2.5-Math-PRM model card's function, verbatim in substance."""
-    probabilities = F.softmax(logits, dim=-1)
-    probabilities = probabilities * token_masks.unsqueeze(-1)  # bs, seq_len, num_labels
-    all_scores_res = []
-    for i in range(probabilities.size(0)):
-        sample = probabilities[i]  # seq_len, num_labels
-        positive_probs = sample[sample != 0].view(-1, 2)[:, 1]  # valid_tokens, num_labels
-        all_scores_res.append(positive_probs.cpu().tolist())
-    return all_scores_res
 
 
 def test_prm_step_rewards_match_the_model_card(prm):

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import httpx
 import pytest
 
-from rlhf_rewards.testing.server import free_port
+from rlhf_rewards.testing.server import free_port, wait_healthy
 from tests.recipes.launch import RECIPES, REPO, accelerate_launch, check_finished_run, recipe_env
 
 pytestmark = pytest.mark.slow
@@ -56,13 +55,7 @@ def test_serve_script_then_rloo_against_its_url(tiny_models_dir, tmp_path):
                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_healthy(url, timeout=300, alive=lambda: server.poll() is None, interval=0.5)
         assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
         # vLLM's /pooling, as its documentation calls it.
         model = httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]

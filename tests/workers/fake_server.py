@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from rlhf_rewards.testing.server import free_port
+from rlhf_rewards.testing.server import AppThread
 
 INFO = {"model": "fake", "architecture": "Fake", "kind": "outcome", "tasks": ["classify"], "default_task": "classify",
         "pooler_configs": {}, "num_labels": 1, "max_model_len": 512, "lora_modules": [],
@@ -23,7 +20,7 @@ def score(prompt: Any) -> float:
     return float(len(prompt)) if isinstance(prompt, str) else float(sum(prompt))
 
 
-class FakeServer:
+class FakeServer(AppThread):
     """Answers ``/pooling`` by script: each call pops the next action (the last one repeats).
 
     Actions: ``"ok"``, ``"503:<seconds>"`` (with Retry-After), ``"500"``, ``"400"``, ``"sleep:<seconds>"``
@@ -33,7 +30,6 @@ class FakeServer:
     def __init__(self, *script: str) -> None:
         self.script = list(script) or ["ok"]
         self.calls: list[int] = []  # number of inputs of each /pooling call
-        self.port = free_port()
         app = FastAPI()
 
         @app.get("/v1/model_info")
@@ -69,20 +65,4 @@ class FakeServer:
             return JSONResponse({"id": "pool-fake", "object": "list", "created": 0, "model": "fake", "data": data,
                                  "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(app)
