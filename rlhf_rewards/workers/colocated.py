@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from rlhf_rewards.contract import Prompts
 from rlhf_rewards.entrypoints.llm import LLM
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
@@ -143,7 +144,7 @@ class ColocatedWorker(RewardWorker):
     # ------------------------------------------------------------------ RewardWorker
     def encode(
         self,
-        prompts: Any,
+        prompts: Prompts,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         *,
         pooling_task: str | None = None,
@@ -165,10 +166,7 @@ class ColocatedWorker(RewardWorker):
                 truncate_prompt_tokens=truncate_prompt_tokens,
                 use_tqdm=use_tqdm,
             )
-            self.stats.requests += 1
-            self.stats.prompts += len(outputs)
-            self.stats.tokens += sum(len(o.prompt_token_ids) for o in outputs)
-            self.stats.busy_seconds += time.perf_counter() - start
+            self.stats.record(outputs, time.perf_counter() - start)
             return outputs
 
     def model_info(self) -> ModelInfo:

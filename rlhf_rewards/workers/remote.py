@@ -2,37 +2,45 @@
 
 A call is split into requests of at most ``max_batch_size`` prompts (prompts that share pooling parameters and
 adapter travel together), sent concurrently over a pooled HTTP client to the least-loaded URL, and put back
-in input order. A request that fails or times out is sent again, to another URL when there is one, with
-back-off; 503/429 answers are retried after their ``Retry-After``; a URL that keeps failing is marked down
-and tried again after a cool-down. Texts are sent as texts and token ids as token ids, so the server
-tokenizes exactly as the in-process engine does and the scores are the same.
+in input order. Failed requests are retried, and failing URLs marked down, by the policy of
+:mod:`rlhf_rewards.workers.retry`; a 413 halves the request. Texts are sent as texts and token ids as token
+ids, so the server tokenizes exactly as the in-process engine does and the scores are the same.
+
+A client mistake comes back as the server's :class:`~rlhf_rewards.errors.RequestError` (sent in the
+``x-rlhf-rewards-error`` header), moved from the request's ``input[i]`` to the caller's ``prompts[j]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import re
-import threading
-import time
 import uuid
-from collections.abc import Coroutine, Sequence
-from dataclasses import astuple
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from rlhf_rewards.engine.inputs import normalize_prompts
+from rlhf_rewards.contract import ModelInfo, params_key, params_to_fields, truncation_of
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingOutput, PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
-from rlhf_rewards.pooling.tasks import check_task
-from rlhf_rewards.workers.base import ModelInfo, RewardWorker, WorkerHealth, WorkerStats
-from rlhf_rewards.workers.retry import EndpointPool, RetryPolicy, classify_status, parse_retry_after
+from rlhf_rewards.workers.base import WorkerHealth
+from rlhf_rewards.workers.loop import CheckedPrompt, LoopThreadWorker, gather_or_raise
+from rlhf_rewards.workers.retry import (
+    Endpoint,
+    EndpointBusy,
+    EndpointFailure,
+    EndpointPool,
+    RetryPolicy,
+    classify_status,
+    parse_retry_after,
+)
 
-T = TypeVar("T")
 API_KEY_ENV = "RLHF_REWARDS_API_KEY"
-_PARAM_FIELDS = ("use_activation", "dimensions", "normalize", "step_tag_id", "returned_token_ids")
+#: Response header of a 4xx caused by a ``RequestError``: its ``to_dict()`` as JSON, located by the server.
+ERROR_HEADER = "x-rlhf-rewards-error"
 
 
 class RemoteWorkerError(RuntimeError):
@@ -43,7 +51,7 @@ class _TooLarge(Exception):
     """413: the request must be split."""
 
 
-class RemoteWorker(RewardWorker):
+class RemoteWorker(LoopThreadWorker):
     """Scores through ``rlhf-rewards serve`` servers; same arguments and outputs as ``LLM.encode``.
 
     Args:
@@ -82,143 +90,28 @@ class RemoteWorker(RewardWorker):
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         self.policy = retry or RetryPolicy(max_retries=max_retries)
-        self.pool = EndpointPool(self.urls, down_after=down_after, down_for=down_for)
+        self.pool = EndpointPool(self.urls, down_after=down_after, down_for=down_for,
+                                 max_total_in_flight=max_concurrency)
         self.max_batch_size = max_batch_size
-        self.stats = WorkerStats()
-        self._info: ModelInfo | None = None
         self._server_limits: dict[str, Any] = {}
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="rlhf-rewards-remote", daemon=True)
-        self._thread.start()
-        self._closed = False
+        super().__init__("rlhf-rewards-remote")
 
-        async def setup() -> tuple[Any, asyncio.Semaphore]:
-            client = httpx.AsyncClient(
+        async def make_client() -> Any:
+            connections = max_concurrency * len(self.urls)
+            return httpx.AsyncClient(
                 headers=headers,
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                limits=httpx.Limits(max_connections=max_concurrency * len(self.urls),
-                                    max_keepalive_connections=max_concurrency * len(self.urls)),
+                limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             )
-            return client, asyncio.Semaphore(max_concurrency)
 
-        self._client, self._slots = self._run(setup())
+        self._client = self._run(make_client())
 
     def __repr__(self) -> str:
         return f"RemoteWorker(urls={self.urls})"
 
-    # ------------------------------------------------------------------ plumbing
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the worker's loop and wait for it (from any thread but the loop's)."""
-        if self._closed:
-            coro.close()
-            raise RuntimeError("This RemoteWorker is closed.")
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("RemoteWorker's blocking methods cannot run on its own event loop; use aencode.")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    async def _arun(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await ``coro`` on the worker's loop from any other event loop."""
-        if self._closed:
-            coro.close()
-            raise RuntimeError("This RemoteWorker is closed.")
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
-
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One logical request: sent until a URL answers, with failover, back-off and ``Retry-After``."""
-        import httpx
-
-        tried: list[str] = []
-        retries = 0
-        delay = 0.0
-        while True:
-            if delay > 0:
-                await asyncio.sleep(delay)
-                delay = 0.0
-            response = None
-            error = ""
-            async with self._slots:  # pick inside the slot, so the load seen by ``pick`` is real
-                endpoint, wait = self.pool.pick(avoid=tried)
-                if wait <= 0:
-                    endpoint.in_flight += 1
-                    try:
-                        response = await self._client.request(method, endpoint.url + path, json=body)
-                    except httpx.TransportError as exc:  # connection refused/reset, timeouts, broken reads
-                        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                    finally:
-                        endpoint.in_flight -= 1
-            if wait > 0:  # every URL is down or busy: wait for the first to come back
-                delay = min(wait, self.policy.backoff_max)
-                continue
-            kind = "unreachable"
-            if response is not None:
-                kind = classify_status(response.status_code)
-                if kind == "ok":
-                    try:
-                        data = response.json()
-                    except ValueError:
-                        kind = "retry"
-                    else:
-                        self.pool.success(endpoint)
-                        return data
-                message = _error_message(response)
-                if kind == "too_large":
-                    raise _TooLarge(message)
-                if kind == "fatal":
-                    raise _client_error(response.status_code, message, endpoint.url)
-                error = f"HTTP {response.status_code}: {message}"
-                if kind == "busy":
-                    pause = parse_retry_after(response.headers.get("retry-after"))
-                    self.pool.busy(endpoint, self.policy.backoff(retries) if pause is None else pause)
-                    endpoint.last_error = error
-                else:
-                    self.pool.failure(endpoint, error)
-            else:
-                self.pool.failure(endpoint, error)
-            self.stats.failures += 1
-            tried.append(endpoint.url)
-            retries += 1
-            if retries > self.policy.max_retries:
-                raise RemoteWorkerError(
-                    f"{method} {path} failed {retries} times over {sorted(set(tried))}; last error: {error}")
-            self.stats.retries += 1
-            if kind != "busy" and self.pool.pick(avoid=tried)[0].url in tried:
-                delay = self.policy.backoff(retries - 1)  # nowhere new to go: back off before the same URL
-
     # ------------------------------------------------------------------ RewardWorker
-    def encode(
-        self,
-        prompts: Any,
-        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-        *,
-        pooling_task: str | None = None,
-        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
-        truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = False,
-    ) -> list[PoolingRequestOutput]:
-        """Pool ``prompts`` on the servers; see :meth:`rlhf_rewards.LLM.encode`."""
-        return self._run(self._encode(prompts, pooling_params, pooling_task, lora_request, truncate_prompt_tokens))
-
-    async def aencode(
-        self,
-        prompts: Any,
-        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-        *,
-        pooling_task: str | None = None,
-        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
-        truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = False,
-    ) -> list[PoolingRequestOutput]:
-        """Async :meth:`encode` (any event loop; the HTTP work runs on the worker's own loop)."""
-        return await self._arun(
-            self._encode(prompts, pooling_params, pooling_task, lora_request, truncate_prompt_tokens))
-
-    def model_info(self) -> ModelInfo:
-        """The served model's :class:`ModelInfo` (``GET /v1/model_info``, cached)."""
-        return self._run(self._model_info())
-
     def render_chat(
         self,
         conversations: Sequence[Sequence[dict[str, Any]]],
@@ -234,32 +127,42 @@ class RemoteWorker(RewardWorker):
         failing requests (until its cool-down ends). ``ok`` when at least one URL is up."""
         return self._run(self._health())
 
-    def close(self) -> None:
-        """Close the connections and stop the worker's event loop."""
-        if self._closed:
-            return
-        try:
-            self._run(self._client.aclose())
-        finally:
-            self._closed = True
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
-            self._loop.close()
+    def _close_resources(self) -> None:
+        self._run(self._client.aclose())
 
-    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        try:
-            if not self._closed and self._loop.is_running():
-                self._loop.call_soon_threadsafe(self._loop.stop)
-        except Exception:  # noqa: BLE001
-            pass
+    # ------------------------------------------------------------------ HTTP
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One logical request, sent through the pool until a URL answers (see :mod:`~rlhf_rewards.workers.retry`)."""
+        import httpx
 
-    # ------------------------------------------------------------------ implementation
-    async def _model_info(self) -> ModelInfo:
-        if self._info is None:
-            data = await self._request("GET", "/v1/model_info")
-            self._server_limits = dict(data.get("server_limits") or {})
-            self._info = ModelInfo.from_dict(data)
-        return self._info
+        async def attempt(endpoint: Endpoint) -> dict[str, Any]:
+            try:
+                response = await self._client.request(method, endpoint.target + path, json=body)
+            except httpx.TransportError as exc:  # connection refused/reset, timeouts, broken reads
+                raise EndpointFailure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+            kind = classify_status(response.status_code)
+            if kind == "ok":
+                try:
+                    return response.json()
+                except ValueError:
+                    kind = "retry"
+            message = _error_message(response)
+            if kind == "too_large":
+                raise _TooLarge(message)
+            if kind == "fatal":
+                raise _client_error(response, message, endpoint.name)
+            error = f"HTTP {response.status_code}: {message}"
+            if kind == "busy":
+                raise EndpointBusy(error, parse_retry_after(response.headers.get("retry-after")))
+            raise EndpointFailure(error)
+
+        return await self.pool.call(attempt, self.policy, what=f"{method} {path}", error=RemoteWorkerError,
+                                    stats=self.stats)
+
+    async def _fetch_model_info(self) -> ModelInfo:
+        data = await self._request("GET", "/v1/model_info")
+        self._server_limits = dict(data.get("server_limits") or {})
+        return ModelInfo.from_dict(data)
 
     async def _render_chat(self, conversations: Sequence[Sequence[dict[str, Any]]], chat_template: str | None,
                            add_generation_prompt: bool) -> list[list[int]]:
@@ -267,13 +170,13 @@ class RemoteWorker(RewardWorker):
         bodies = []
         for i, conv in enumerate(conversations):
             if not conv:
-                raise ValueError(f"conversations[{i}] is empty.")
+                raise RequestError("is empty.", field="conversations", index=i)
             body: dict[str, Any] = {"model": info.model, "messages": [dict(m) for m in conv],
                                     "add_generation_prompt": add_generation_prompt}
             if chat_template is not None:
                 body["chat_template"] = chat_template
             bodies.append(body)
-        answers = await _gather_or_raise([self._request("POST", "/tokenize", b) for b in bodies])
+        answers = await gather_or_raise([self._request("POST", "/tokenize", b) for b in bodies])
         return [list(a["tokens"]) for a in answers]
 
     async def _health(self) -> WorkerHealth:
@@ -292,74 +195,62 @@ class RemoteWorker(RewardWorker):
         down = [u for u in self.urls if not results[u]["ok"] or u in marked]
         return WorkerHealth(ok=len(down) < len(self.urls), details=results, down=down)
 
-    async def _encode(self, prompts: Any, pooling_params: Any, pooling_task: str | None, lora_request: Any,
+    # ------------------------------------------------------------------ scoring
+    async def _encode(self, prompts: list[CheckedPrompt], params_list: list[PoolingParams | None],
+                      lora_list: list[LoRARequest | None], task: str,
                       truncate_prompt_tokens: int | None) -> list[PoolingRequestOutput]:
-        from rlhf_rewards.entrypoints.llm import LLM
-
-        start = time.perf_counter()
         info = await self._model_info()
-        task = check_task(pooling_task, tuple(info.tasks))
-        items = [_prompt_payload(i, p) for i, p in enumerate(normalize_prompts(prompts))]
-        if not items:
-            raise ValueError("prompts is empty: pass at least one prompt.")
-        params_list = LLM._per_prompt("pooling_params", pooling_params, len(items), PoolingParams)
-        lora_list = LLM._per_prompt("lora_request", lora_request, len(items), LoRARequest)
-        if truncate_prompt_tokens is not None:
-            PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)  # validates the value
         groups: dict[tuple[Any, ...], list[int]] = {}
         bodies: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for i, ((kind, _), params, lora) in enumerate(zip(items, params_list, lora_list, strict=True)):
+        for i, ((kind, _), params, lora) in enumerate(zip(prompts, params_list, lora_list, strict=True)):
             params = params or PoolingParams()
             params.verify(task)
             if lora is not None and lora.lora_name not in info.lora_modules:
-                raise ValueError(
-                    f"lora_request[{i}] names the adapter {lora.lora_name!r}, which {self.urls} do not serve "
-                    f"(they serve {info.lora_modules}); start the server with --lora-modules NAME=PATH.")
-            truncate = params.truncate_prompt_tokens if params.truncate_prompt_tokens is not None else truncate_prompt_tokens
-            key = (kind, _params_key(params), truncate, lora.lora_name if lora else None)
+                raise RequestError(
+                    f"names the adapter {lora.lora_name!r}, which {self.urls} do not serve (they serve "
+                    f"{info.lora_modules}); start the server with --lora-modules NAME=PATH.",
+                    field="lora_request", index=i)
+            truncate = truncation_of(params, truncate_prompt_tokens)
+            key = (kind, params_key(params), truncate, lora.lora_name if lora else None)
             if key not in groups:
                 body: dict[str, Any] = {"model": lora.lora_name if lora else info.model, "task": task,
-                                        "return_details": True}
+                                        "return_details": True, **params_to_fields(params)}
                 if truncate is not None:
                     body["truncate_prompt_tokens"] = truncate
-                for name in _PARAM_FIELDS:
-                    if getattr(params, name) is not None:
-                        body[name] = getattr(params, name)
                 groups[key], bodies[key] = [], body
             groups[key].append(i)
         size = min(self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size))
-        results: list[PoolingRequestOutput | None] = [None] * len(items)
+        results: list[PoolingRequestOutput | None] = [None] * len(prompts)
         jobs = []
         for key, indices in groups.items():
             for lo in range(0, len(indices), size):
-                jobs.append(self._send_chunk(bodies[key], indices[lo: lo + size], items, results))
-        await _gather_or_raise(jobs)
+                jobs.append(self._send_chunk(bodies[key], indices[lo: lo + size], prompts, results))
+        await gather_or_raise(jobs)
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:  # cannot happen unless the server answered with fewer items; never return partial results
             raise RemoteWorkerError(f"No result for prompts {missing[:10]}.")
-        outputs = [r for r in results if r is not None]
-        self.stats.requests += 1
-        self.stats.prompts += len(outputs)
-        self.stats.tokens += sum(len(o.prompt_token_ids) for o in outputs)
-        self.stats.busy_seconds += time.perf_counter() - start
-        return outputs
+        return [r for r in results if r is not None]
 
-    async def _send_chunk(self, base: dict[str, Any], indices: list[int], items: list[tuple[str, Any]],
+    async def _send_chunk(self, base: dict[str, Any], indices: list[int], prompts: list[CheckedPrompt],
                           results: list[PoolingRequestOutput | None]) -> None:
         chunk_id = uuid.uuid4().hex  # the server echoes it in its response id and logs
-        body = {**base, "input": [items[i][1] for i in indices], "request_id": chunk_id}
+        body = {**base, "input": [prompts[i][1] for i in indices], "request_id": chunk_id}
         try:
             answer = await self._request("POST", "/pooling", body)
         except _TooLarge as exc:
             if len(indices) == 1:
-                raise ValueError(f"prompts[{indices[0]}] alone is over the server's request limit: {exc}") from None
+                raise RequestError(f"alone is over the server's request limit: {exc}", field="prompts",
+                                   index=indices[0]) from None
             half = len(indices) // 2
-            await _gather_or_raise([self._send_chunk(base, indices[:half], items, results),
-                                    self._send_chunk(base, indices[half:], items, results)])
+            await gather_or_raise([self._send_chunk(base, indices[:half], prompts, results),
+                                   self._send_chunk(base, indices[half:], prompts, results)])
             return
-        except ValueError as exc:  # the server's index is the chunk's: name the caller's prompt instead
-            raise ValueError(re.sub(r"\binput\[(\d+)\]", lambda m: f"prompts[{indices[int(m.group(1))]}]"
-                                    if int(m.group(1)) < len(indices) else m.group(0), str(exc))) from None
+        except RequestError as exc:  # the server names the chunk's input[j]: name the caller's prompt instead
+            if exc.field != "input":
+                raise
+            j = exc.index
+            index = indices[j] if j is not None and 0 <= j < len(indices) else None
+            raise exc.located(field="prompts", index=index, subfield=None) from None
         data = answer.get("data")
         if not isinstance(data, list) or len(data) != len(indices):
             raise RemoteWorkerError(f"The server answered {len(data) if isinstance(data, list) else 'no'} items "
@@ -383,33 +274,6 @@ def _output(request_id: str, item: dict[str, Any]) -> PoolingRequestOutput:
                                 prompt_token_ids=list(item.get("prompt_token_ids") or []), error=error)
 
 
-def _prompt_payload(i: int, prompt: Any) -> tuple[str, Any]:
-    """``("text", str)`` or ``("ids", [int])``; the same checks and messages as the engine's."""
-    if isinstance(prompt, dict):
-        if "prompt_token_ids" in prompt:
-            ids = prompt["prompt_token_ids"]
-            if not isinstance(ids, (list, tuple)):
-                raise ValueError(f"prompts[{i}].prompt_token_ids must be a list of ints, got {type(ids).__name__}.")
-            if not ids:
-                raise ValueError(f"prompts[{i}].prompt_token_ids is empty; every prompt needs at least one token.")
-            bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int)), None)
-            if bad is not None:
-                raise ValueError(f"prompts[{i}].prompt_token_ids must hold ints, found {bad!r}.")
-            return "ids", list(ids)
-        if "prompt" not in prompt:
-            raise ValueError(f"prompts[{i}] is a dict without 'prompt' or 'prompt_token_ids' (keys: {sorted(prompt)}).")
-        prompt = prompt["prompt"]
-    if not isinstance(prompt, str):
-        raise ValueError(f"prompts[{i}] must be a string or a dict, got {type(prompt).__name__}.")
-    if not prompt:
-        raise ValueError(f"prompts[{i}] is an empty string; every prompt needs at least one token.")
-    return "text", prompt
-
-
-def _params_key(params: PoolingParams) -> tuple[Any, ...]:
-    return tuple(tuple(v) if isinstance(v, list) else v for v in astuple(params))
-
-
 def _normalize_url(url: str) -> str:
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"Each URL must be a non-empty string, got {url!r}.")
@@ -431,30 +295,20 @@ def _error_message(response: Any) -> str:
     return str(body)[:500]
 
 
-def _client_error(status: int, message: str, url: str) -> Exception:
-    if status in (400, 404, 422):
-        return ValueError(message)  # the request's fault, like the engine's ValueError
+def _client_error(response: Any, message: str, url: str) -> Exception:
+    """The error of a 4xx that is the request's fault (never retried)."""
+    status = response.status_code
     if status in (401, 403):
         return PermissionError(f"{url}: {message}")
+    structured = response.headers.get(ERROR_HEADER)
+    if structured:
+        try:
+            return RequestError.from_dict(json.loads(structured))
+        except (ValueError, KeyError, TypeError):
+            pass  # a malformed header: fall back to the message
+    if status in (400, 404, 422):
+        return ValueError(message)  # the request's fault, like the engine's ValueError
     return RemoteWorkerError(f"{url} answered HTTP {status}: {message}")
 
 
-async def _gather_or_raise(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run concurrently; on the first exception cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    if not tasks:
-        return []
-    try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in done:
-            if t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
-        return [t.result() for t in tasks]
-    finally:
-        for t in tasks:
-            if not t.done():
-                t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-__all__ = ["RemoteWorker", "RemoteWorkerError"]
+__all__ = ["ERROR_HEADER", "RemoteWorker", "RemoteWorkerError"]
