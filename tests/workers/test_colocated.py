@@ -17,6 +17,7 @@ import torch
 
 from rlhf_rewards import LLM, PoolingParams
 from rlhf_rewards.callbacks import RewardWorkerCallback
+from rlhf_rewards.testing.server import free_port
 from rlhf_rewards.workers import ColocatedWorker, RewardWorker
 from rlhf_rewards.workers.zero3 import partitioned_parameters, unsharded_loading, zero3_enabled
 from tests.conftest import MIXED_TEXTS
@@ -310,7 +311,7 @@ def test_two_rank_zero3_training_leaves_the_reward_model_whole(qwen3_rm, checkpo
         "bf16": {"enabled": False}, "fp16": {"enabled": False},
     }))
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MASTER_PORT": str(_free_port())}
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MASTER_PORT": str(free_port())}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
            "--main_process_port", env["MASTER_PORT"], "--use_deepspeed", "--deepspeed_config_file", str(ds_config),
            "--zero3_init_flag", "true", "-m", "tests.workers.zero3_probe", "trainer", str(qwen3_rm), str(policy)]
@@ -341,10 +342,3 @@ def test_two_rank_zero3_training_leaves_the_reward_model_whole(qwen3_rm, checkpo
             torch.testing.assert_close(torch.tensor(step_scores), expected, rtol=1e-5, atol=1e-5)
     assert sum(r["policy_shard_numel"] for r in reports) >= full
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
