@@ -11,13 +11,14 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from rlhf_rewards.engine.inputs import apply_length_limit, normalize_prompts, tokenize_prompts
+from rlhf_rewards.contract import ModelInfo, Prompts, normalize_prompts, per_prompt, truncation_of
+from rlhf_rewards.engine.inputs import apply_length_limit, tokenize_prompts
 from rlhf_rewards.engine.placement import resolve_device, resolve_dtype
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.engine.runner import ModelRunner
@@ -35,10 +36,12 @@ from rlhf_rewards.outputs import (
     PoolingRequestOutput,
 )
 from rlhf_rewards.pooling import PoolerConfig, PoolingParams, check_task, resolve_pooling
-from rlhf_rewards.pooling.step import default_step_tag_id, detect_step_kind, step_tag_text, user_config_for_task
-
-if TYPE_CHECKING:
-    from rlhf_rewards.workers.base import ModelInfo
+from rlhf_rewards.pooling.step import (
+    default_step_tag_id,
+    detect_step_kind,
+    step_tag_text,
+    user_config_for_task,
+)
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 16384
 _request_counter = itertools.count()
@@ -186,8 +189,6 @@ class LLM:
 
     def model_info(self, served_model_name: str | None = None) -> ModelInfo:
         """Facts a reward function needs (kind, default task, step tag, chat template...)."""
-        from rlhf_rewards.workers.base import ModelInfo
-
         kind, step_tag_id = detect_step_kind(self.spec.kind, self.task_configs.get("token_classify"))
         tok = self.tokenizer
         step_tag = step_tag_text(tok, step_tag_id)
@@ -265,7 +266,7 @@ class LLM:
     # ------------------------------------------------------------------ encode
     def encode(
         self,
-        prompts: Any,
+        prompts: Prompts,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         *,
         pooling_task: str | None = None,
@@ -287,8 +288,8 @@ class LLM:
         """
         task = check_task(pooling_task, self.supported_tasks)
         items = normalize_prompts(prompts)
-        params_list = self._per_prompt("pooling_params", pooling_params, len(items), PoolingParams)
-        lora_list = self._per_prompt("lora_request", lora_request, len(items), LoRARequest)
+        params_list = per_prompt("pooling_params", pooling_params, len(items), PoolingParams)
+        lora_list = per_prompt("lora_request", lora_request, len(items), LoRARequest)
         if any(lora is not None for lora in lora_list):
             if self.lora_manager is None:
                 raise ValueError("lora_request was given but this LLM was built with enable_lora=False.")
@@ -300,10 +301,7 @@ class LLM:
         config = self.task_configs[task]
         for i, (ids, params, lora) in enumerate(zip(token_ids, params_list, lora_list, strict=True)):
             params = params or PoolingParams()
-            truncate = params.truncate_prompt_tokens if params.truncate_prompt_tokens is not None else truncate_prompt_tokens
-            if truncate is not None:
-                PoolingParams(truncate_prompt_tokens=truncate)  # validates the value
-            ids = apply_length_limit(i, ids, self.max_model_len, truncate)
+            ids = apply_length_limit(i, ids, self.max_model_len, truncation_of(params, truncate_prompt_tokens))
             resolved = resolve_pooling(task, params, config)
             requests.append(
                 EngineRequest(index=i, request_id=f"{next(_request_counter)}-{uuid.uuid4().hex[:8]}",
@@ -322,7 +320,7 @@ class LLM:
 
     def classify(
         self,
-        prompts: Any,
+        prompts: Prompts,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         *,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
@@ -339,7 +337,7 @@ class LLM:
 
     def embed(
         self,
-        prompts: Any,
+        prompts: Prompts,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         *,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
@@ -374,20 +372,6 @@ class LLM:
         factory = use_tqdm if callable(use_tqdm) else tqdm
         with factory(total=len(requests), desc="Scoring prompts", unit="prompt", dynamic_ncols=True) as bar:
             return self.runner.run(requests, on_batch_done=bar.update)
-
-    @staticmethod
-    def _per_prompt(name: str, value: Any, n: int, kind: type) -> list[Any]:
-        if value is None or isinstance(value, kind):
-            return [value] * n
-        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-            values = list(value)
-            if len(values) != n:
-                raise ValueError(f"{name} has {len(values)} entries but there are {n} prompts; pass one or one per prompt.")
-            for j, v in enumerate(values):
-                if v is not None and not isinstance(v, kind):
-                    raise ValueError(f"{name}[{j}] must be a {kind.__name__} or None, got {type(v).__name__}.")
-            return values
-        raise ValueError(f"{name} must be a {kind.__name__}, a list of them, or None; got {type(value).__name__}.")
 
 
 def _non_finite_error(data: torch.Tensor) -> str | None:

@@ -14,18 +14,26 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 
 from rlhf_rewards.lora.config import AdapterInfo, ModuleIndex, describe, read_adapter_config
 from rlhf_rewards.lora.loading import load_adapter, unload_adapter
 from rlhf_rewards.lora.request import LoRARequest
-from rlhf_rewards.lora.routing import BASE
+from rlhf_rewards.lora.routing import BASE, PeftAdapterRouter
 
 if TYPE_CHECKING:
-    from rlhf_rewards.engine.request import EngineRequest
     from rlhf_rewards.models.base import PoolingModel
+
+
+class HasLoRA(Protocol):
+    """Anything that names the adapter it runs with (the engine's requests)."""
+
+    lora: LoRARequest | None
+
+
+R = TypeVar("R", bound=HasLoRA)
 
 
 class LoRAManager:
@@ -45,6 +53,7 @@ class LoRAManager:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field} must be a positive integer, got {value!r}.")
         self.model = model
+        model.adapter_router = PeftAdapterRouter()
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
         self._index = ModuleIndex(model.hf_model)
@@ -213,7 +222,7 @@ class LoRAManager:
             return [p for p in positions if p]
 
     def run_in_waves(
-        self, requests: list[EngineRequest], run: Callable[[list[EngineRequest]], list[torch.Tensor]]
+        self, requests: list[R], run: Callable[[list[R]], list[torch.Tensor]]
     ) -> list[torch.Tensor]:
         """``run(requests)`` with each request's adapter loaded, in as few waves as :meth:`plan` allows."""
         with self._lock:
@@ -229,7 +238,7 @@ class LoRAManager:
                     results[i] = tensor
             return [r for r in results if r is not None]
 
-    def forward_kwargs(self, requests: list[EngineRequest]) -> dict[str, dict[str, Any]]:
+    def forward_kwargs(self, requests: Sequence[HasLoRA]) -> dict[str, dict[str, Any]]:
         """The ModelRunner hook: per-row ``adapter_names`` for the backbone and head of one batch.
 
         Empty when every request is the base model's (the runner's fastest path then applies).

@@ -13,17 +13,16 @@ Outside these contexts no adapter is active, so a forward without ``adapter_name
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from rlhf_rewards.models.base import PoolingModel
+from rlhf_rewards.models.base import PoolingModel
 
 #: peft's name for "no adapter" in ``adapter_names``.
 BASE = "__base__"
@@ -136,15 +135,13 @@ def score_rows_by_adapter(
     Rows of adapters that leave the head alone (and base rows) take the model's own ``score`` (e.g. the
     column-only LM-head product); rows of adapters that change the head run the (peft-wrapped) head module.
     """
-    from rlhf_rewards.models.base import PoolingModel
-
     names = list(adapter_names)
     if len(names) != states.shape[0]:
         raise ValueError(f"adapter_names has {len(names)} entries for {states.shape[0]} head rows.")
     head = model.head
     changed = adapters_in(head)
     if not changed.intersection(names):
-        return model.score(states, columns)
+        return model.head_logits(states, columns)
     groups: dict[str, list[int]] = {}
     for row, name in enumerate(names):
         groups.setdefault(name, []).append(row)
@@ -153,10 +150,10 @@ def score_rows_by_adapter(
         index = torch.tensor(rows, device=states.device)
         part = states.index_select(0, index)
         if name in changed:
-            with active_adapter(head, name):
-                logits = PoolingModel.score(model, part, columns)
+            with active_adapter(head, name):  # the (peft-wrapped) head module itself, not a shortcut
+                logits = PoolingModel.head_logits(model, part, columns)
         else:
-            logits = model.score(part, columns)
+            logits = model.head_logits(part, columns)
         if out is None:
             out = logits.new_empty((len(names), *logits.shape[1:]))
         out[index.to(out.device)] = logits
@@ -164,8 +161,22 @@ def score_rows_by_adapter(
     return out
 
 
+class PeftAdapterRouter:
+    """:class:`~rlhf_rewards.models.base.AdapterRouter` over peft's layers (installed by ``LoRAManager``)."""
+
+    def backbone_rows(self, backbone: nn.Module, adapter_names: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+        """:func:`mixed_adapter_batch` over the backbone."""
+        return mixed_adapter_batch(backbone, adapter_names)
+
+    def score_rows(self, model: PoolingModel, states: torch.Tensor, columns: tuple[int, ...] | None,
+                   adapter_names: Sequence[str]) -> torch.Tensor:
+        """:func:`score_rows_by_adapter`."""
+        return score_rows_by_adapter(model, states, columns, adapter_names)
+
+
 __all__ = [
     "BASE",
+    "PeftAdapterRouter",
     "active_adapter",
     "adapters_in",
     "layer_adapters",

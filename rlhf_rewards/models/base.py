@@ -7,17 +7,23 @@ replace them (``modules_to_save`` wraps the head).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from rlhf_rewards.pooling.step import select_columns
 
-if TYPE_CHECKING:
-    from rlhf_rewards.models.registry import ModelSpec
+
+class ArchitectureInfo(Protocol):
+    """What a :class:`PoolingModel` reads from its registry entry (``models.registry.ModelSpec`` is one;
+    typed structurally so that this module does not import the registry, which imports it)."""
+
+    architecture: str
+    supports_packing: bool
 
 
 @dataclass
@@ -55,6 +61,20 @@ class LoadContext:
         return model
 
 
+class AdapterRouter(Protocol):
+    """Sends each row of a batch through its own adapter. The LoRA layer implements it and sets
+    :attr:`PoolingModel.adapter_router` (models know nothing of LoRA; see ``rlhf_rewards.lora.routing``)."""
+
+    def backbone_rows(self, backbone: nn.Module, adapter_names: Sequence[str]) -> AbstractContextManager[None]:
+        """While inside, row ``i`` of the backbone's batch uses ``adapter_names[i]``."""
+        ...
+
+    def score_rows(self, model: PoolingModel, states: torch.Tensor, columns: tuple[int, ...] | None,
+                   adapter_names: Sequence[str]) -> torch.Tensor:
+        """``model.score`` with row ``i`` of ``states`` scored by adapter ``adapter_names[i]``'s head."""
+        ...
+
+
 class PoolingModel(nn.Module):
     """A backbone that yields hidden states and a head that turns them into scores, run in float32.
 
@@ -70,7 +90,7 @@ class PoolingModel(nn.Module):
     def __init__(
         self,
         hf_model: nn.Module,
-        spec: ModelSpec,
+        spec: ArchitectureInfo,
         *,
         backbone_name: str,
         head_name: str | None,
@@ -84,9 +104,16 @@ class PoolingModel(nn.Module):
         self.head_name = head_name
         self.num_labels = num_labels
         self.problem_type = problem_type
+        #: Set by the LoRA manager when adapters are enabled; routes ``adapter_names`` rows.
+        self.adapter_router: AdapterRouter | None = None
         if head_name is not None:
             # Heads run in float32 even when the backbone is bf16/fp16: scores must not drift with dtype.
             self.hf_model.get_submodule(head_name).float()
+
+    def _router(self) -> AdapterRouter:
+        if self.adapter_router is None:
+            raise RuntimeError("adapter_names were given but no LoRA adapters are enabled: build LLM(..., enable_lora=True).")
+        return self.adapter_router
 
     @property
     def config(self) -> Any:
@@ -130,9 +157,12 @@ class PoolingModel(nn.Module):
     ) -> torch.Tensor:
         """Final hidden states ``[batch, seq, hidden]`` in the backbone's dtype.
 
-        ``adapter_names`` (one per batch row, ``"__base__"`` for none) routes rows through loaded LoRA adapters.
+        ``adapter_names`` (one per batch row, ``"__base__"`` for none) routes rows through loaded LoRA adapters
+        (through :attr:`adapter_router`).
         """
-        with _adapter_rows(self.backbone, kwargs.pop("adapter_names", None)):
+        adapter_names = kwargs.pop("adapter_names", None)
+        rows = nullcontext() if adapter_names is None else self._router().backbone_rows(self.backbone, adapter_names)
+        with rows:
             out = self.backbone(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -149,21 +179,14 @@ class PoolingModel(nn.Module):
         """
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is not None:
-            from rlhf_rewards.lora.routing import score_rows_by_adapter
+            return self._router().score_rows(self, states, columns, adapter_names)
+        return self.head_logits(states, columns)
 
-            return score_rows_by_adapter(self, states, columns, adapter_names)
+    def head_logits(self, states: torch.Tensor, columns: tuple[int, ...] | None = None) -> torch.Tensor:
+        """The head module applied to ``states`` as it is now (peft may have wrapped it), in float32."""
         head = self.head
         logits = head(states.to(_module_dtype(head)))
         return select_columns(logits.float(), columns)
-
-
-def _adapter_rows(backbone: nn.Module, adapter_names: Any) -> AbstractContextManager[None]:
-    """peft's mixed-adapter batch over ``backbone`` when ``adapter_names`` is given (LoRA), else nothing."""
-    if adapter_names is None:
-        return nullcontext()
-    from rlhf_rewards.lora.routing import mixed_adapter_batch
-
-    return mixed_adapter_batch(backbone, adapter_names)
 
 
 def _module_dtype(module: nn.Module) -> torch.dtype:
@@ -172,4 +195,4 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-__all__ = ["LoadContext", "PoolingModel"]
+__all__ = ["AdapterRouter", "ArchitectureInfo", "LoadContext", "PoolingModel"]

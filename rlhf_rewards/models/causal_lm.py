@@ -32,9 +32,8 @@ class LMHeadPoolingModel(PoolingModel):
     def head(self) -> torch.nn.Module:
         return self.hf_model.get_submodule(self.lm_head_name)
 
-    def score(self, states: torch.Tensor, columns: tuple[int, ...] | None = None, **kwargs: Any) -> torch.Tensor:
-        if kwargs.get("adapter_names") is not None:  # LoRA rows: routed per adapter (peft may wrap lm_head)
-            return super().score(states, columns, **kwargs)
+    def head_logits(self, states: torch.Tensor, columns: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Only the ``columns`` rows of the LM head are multiplied (a PRM reads two of a whole vocabulary)."""
         head = self.head
         weight = head.weight
         bias = getattr(head, "bias", None)

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.pooling.tasks import POOLING_TYPES
 
 
@@ -56,7 +57,7 @@ class PoolerConfig:
         for name in ("use_activation", "normalize"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
-                raise ValueError(f"pooler_config.{name} must be true or false, got {value!r}.")
+                raise RequestError(f"must be true or false, got {value!r}.", field=f"pooler_config.{name}")
 
     @classmethod
     def from_any(cls, value: PoolerConfig | dict[str, Any] | str | None) -> PoolerConfig:
@@ -100,27 +101,32 @@ def check_step_fields(owner: str, pooling_type: str | None, step_tag_id: Any, re
     if pooling_type is not None and pooling_type != "STEP":
         bad = [n for n, v in (("step_tag_id", step_tag_id), ("returned_token_ids", returned_token_ids)) if v is not None]
         if bad:
-            raise ValueError(
-                f"{owner}: {', '.join(bad)} can only be set with pooling_type='STEP' (got pooling_type={pooling_type!r})."
-            )
+            raise RequestError(
+                f"{', '.join(bad)} can only be set with pooling_type='STEP' (got pooling_type={pooling_type!r}).",
+                field=owner, sep=": ", param=bad[0])
 
 
 def _non_negative_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer token id, got {value!r}.")
+        raise RequestError(f"must be a non-negative integer token id, got {value!r}.", field=name)
     return value
 
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        raise RequestError(f"must be a positive integer, got {value!r}.", field=name)
     return value
 
 
 def _token_id_list(name: str, value: Any) -> list[int]:
     if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{name} must be a non-empty list of token ids, got {value!r}.")
-    return [_non_negative_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        raise RequestError(f"must be a non-empty list of token ids, got {value!r}.", field=name)
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise RequestError(f"must be a non-negative integer token id, got {v!r}.", field=name, index=i)
+        out.append(v)
+    return out
 
 
 __all__ = ["PoolerConfig", "check_step_fields"]

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.pooling.config import PoolerConfig, check_step_fields
 from rlhf_rewards.pooling.tasks import CLASSIFY_TASKS, TOKEN_TASKS
 
@@ -45,24 +46,27 @@ class PoolingParams:
     def __post_init__(self) -> None:
         t = self.truncate_prompt_tokens
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or (t < 1 and t != -1)):
-            raise ValueError(f"truncate_prompt_tokens must be a positive integer or -1, got {t!r}.")
-        # Reuse PoolerConfig's field validation for the shared fields.
-        PoolerConfig(
-            step_tag_id=self.step_tag_id,
-            returned_token_ids=self.returned_token_ids,
-            dimensions=self.dimensions,
-            use_activation=self.use_activation,
-            normalize=self.normalize,
-        )
+            raise RequestError(f"must be a positive integer or -1, got {t!r}.", field="truncate_prompt_tokens")
+        # Reuse PoolerConfig's field validation for the shared fields, reported under this class's names.
+        try:
+            PoolerConfig(
+                step_tag_id=self.step_tag_id,
+                returned_token_ids=self.returned_token_ids,
+                dimensions=self.dimensions,
+                use_activation=self.use_activation,
+                normalize=self.normalize,
+            )
+        except RequestError as exc:
+            field = exc.field or ""
+            raise exc.located(field=field.removeprefix("pooler_config.")) from None
 
     def verify(self, task: str) -> None:
-        """Raise ``ValueError`` if a field is set that ``task`` does not take (vLLM's rule)."""
+        """Raise ``RequestError`` if a field is set that ``task`` does not take (vLLM's rule)."""
         allowed = _TASK_FIELDS[task]
         bad = [name for name in _TASK_SPECIFIC if getattr(self, name) is not None and name not in allowed]
         if bad:
-            raise ValueError(
-                f"pooling_task={task!r} only supports the parameters {list(allowed)}, not {bad}."
-            )
+            raise RequestError(f"{task!r} only supports the parameters {list(allowed)}, not {bad}.",
+                               field="pooling_task", sep="=", param=bad[0])
 
     def clone(self, **changes: Any) -> PoolingParams:
         """A copy with ``changes`` applied."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from rlhf_rewards.errors import RequestError
+
 PoolingTask = Literal["classify", "token_classify", "embed", "token_embed"]
 
 POOLING_TASKS: tuple[str, ...] = ("classify", "token_classify", "embed", "token_embed")
@@ -18,18 +20,18 @@ POOLING_TYPES: tuple[str, ...] = SEQUENCE_POOLING_TYPES + TOKEN_POOLING_TYPES
 
 
 def check_task(task: object, supported: tuple[str, ...] | None = None) -> str:
-    """Return ``task`` if it is a pooling task this model supports, else raise a ``ValueError`` listing choices."""
+    """Return ``task`` if it is a pooling task this model supports, else raise a ``RequestError`` (a
+    ``ValueError``) on ``pooling_task`` listing the choices."""
     choices = supported or POOLING_TASKS
     if task is None:
-        raise ValueError(
-            f"pooling_task is required; this model supports {list(choices)} "
-            "(for rewards use `classify` or `token_classify`)."
-        )
+        raise RequestError(
+            f"is required; this model supports {list(choices)} (for rewards use `classify` or `token_classify`).",
+            field="pooling_task")
     if task not in POOLING_TASKS:
-        raise ValueError(
-            f"pooling_task={task!r} is not a pooling task; choose one of {list(POOLING_TASKS)} "
-            "(for rewards use `classify` or `token_classify`)."
-        )
+        raise RequestError(
+            f"{task!r} is not a pooling task; choose one of {list(POOLING_TASKS)} "
+            "(for rewards use `classify` or `token_classify`).", field="pooling_task", sep="=")
     if task not in choices:
-        raise ValueError(f"pooling_task={task!r} is not supported by this model; it supports {list(choices)}.")
+        raise RequestError(f"{task!r} is not supported by this model; it supports {list(choices)}.",
+                           field="pooling_task", sep="=")
     return str(task)
