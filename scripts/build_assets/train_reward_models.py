@@ -61,7 +61,8 @@ from .training import (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m scripts.build_assets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data, the weights and the held-out set.")
     parser.add_argument("--output-dir", default=str(ASSETS_DIR / "models"),
                         help="Where the model folders go. Default: rlhf_rewards/assets/models.")
