@@ -57,11 +57,13 @@ class RewardFunctionBase:
         return readout.column(k, self._owner)
 
     # ------------------------------------------------------------------ around a call
-    def _check_return_steps(self, return_steps: bool) -> None:
+    def _begin(self, return_steps: bool) -> float:
+        """Check the call's own options and start its clock (the latency TRL logs)."""
         if return_steps and self.kind != "process":
             raise RewardInputError(
                 f"{self._owner}: return_steps=True is only for process reward models (kind={self.kind!r})."
             )
+        return time.perf_counter()
 
     def _wrap(self, exc: Exception) -> RewardFunctionError:
         return wrap_error(exc, self._owner)

@@ -19,7 +19,6 @@ This module is the TRL-facing surface: the call signature TRL uses. The work is 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,8 +70,7 @@ class RewardFunction(RewardFunctionBase):
         return_steps: bool = False,
         **kwargs: Any,
     ) -> Any:
-        self._check_return_steps(return_steps)
-        started = time.perf_counter()
+        started = self._begin(return_steps)
         try:
             result = run_plan(self._scoring.completions(prompts, completions, self._owner), self.worker)
         except Exception as exc:  # noqa: BLE001 - re-raised with the function's name
@@ -85,7 +83,7 @@ class RewardFunction(RewardFunctionBase):
         The ids are scored as they are (no special tokens added; a token RM's reward token is appended).
         Used by :func:`~rlhf_rewards.reward.trl_compat.as_trl_reward_model`, whose policy shares the tokenizer.
         """
-        started = time.perf_counter()
+        started = self._begin(False)
         try:
             result = run_plan(self._scoring.token_ids(token_ids, self._owner), self.worker)
         except Exception as exc:  # noqa: BLE001 - re-raised with the function's name
@@ -108,8 +106,7 @@ class AsyncRewardFunction(RewardFunctionBase):
         return_steps: bool = False,
         **kwargs: Any,
     ) -> Any:
-        self._check_return_steps(return_steps)
-        started = time.perf_counter()
+        started = self._begin(return_steps)
         try:
             result = await arun_plan(self._scoring.completions(prompts, completions, self._owner), self.worker)
         except Exception as exc:  # noqa: BLE001 - re-raised with the function's name

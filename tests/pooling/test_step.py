@@ -20,7 +20,8 @@ from rlhf_rewards.pooling.step import (
     step_tag_text,
     user_config_for_task,
 )
-from tests.models.test_qwen2_reward import PRM_TEXTS, make_step_rewards, reference_token_logits
+from rlhf_rewards.testing.references import make_step_rewards
+from tests.models.test_qwen2_reward import PRM_TEXTS, reference_token_logits
 
 STEP_TAG = "<extra_0>"
 
