@@ -318,6 +318,22 @@ def build_checkpoint(architecture: str, path: str | os.PathLike[str], **kw: Any)
     return BUILDERS[architecture](path, **kw)
 
 
+def with_nan_embedding(src: str | os.PathLike[str], dst: str | os.PathLike[str], token_id: int, *,
+                       weight: str = "model.embed_tokens.weight") -> Path:
+    """Copy checkpoint ``src`` to ``dst`` with row ``token_id`` of the input embedding ``weight`` set to NaN:
+    every prompt containing that token then scores NaN (a poisoned model for non-finite output tests)."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(dst / "model.safetensors"))
+    weights[weight][token_id] = float("nan")
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON file."""
     with open(path, encoding="utf-8") as f:

@@ -8,8 +8,8 @@ import math
 import pytest
 import requests
 import torch
-from safetensors.torch import load_file, save_file
 
+from rlhf_rewards.testing.checkpoints import with_nan_embedding
 from rlhf_rewards.testing.server import InProcessServer
 from rlhf_rewards.workers import RemoteWorker
 
@@ -18,12 +18,7 @@ POISON = 300  # a token id whose embedding is NaN: any prompt containing it scor
 
 @pytest.fixture(scope="module")
 def nan_server(qwen3_rm, tmp_path_factory):
-    path = tmp_path_factory.mktemp("nan-rm")
-    for f in qwen3_rm.iterdir():
-        (path / f.name).write_bytes(f.read_bytes())
-    weights = load_file(str(path / "model.safetensors"))
-    weights["model.embed_tokens.weight"][POISON] = float("nan")
-    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    path = with_nan_embedding(qwen3_rm, tmp_path_factory.mktemp("nan-rm"), POISON)
     with InProcessServer(path) as proc:
         yield proc
 
