@@ -110,6 +110,30 @@ def test_client_mistake_is_a_4xx_naming_the_field(server, case):
     assert len(error["message"]) < 1000  # never echoes a huge input back
 
 
+def test_a_request_error_carries_its_structure_in_a_header(server):
+    # What RemoteWorker rebuilds and moves to its caller's prompt index, without parsing the message.
+    from rlhf_rewards.errors import RequestError
+    from rlhf_rewards.server.errors import ERROR_HEADER
+
+    for route, body, field, index in (
+        ("/pooling", {"input": ["ok", "", "x"]}, "input", 1),
+        ("/pooling", {"input": [[1, 2], [3, 100000]]}, "input", 1),
+        ("/classify", {"input": [LONG[:10], LONG]}, "input", 1),
+        ("/get_reward", {"query": ["fine", "", "ok"]}, "query", 1),
+        ("/pooling", {"input": "hi", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens", None),
+        ("/pooling", {"input": "hi", "task": "classify", "dimensions": 4}, "task", None),
+    ):
+        response = requests.post(server.url + route, json=body, timeout=30)
+        assert response.status_code == 400, response.text
+        error = RequestError.from_dict(json.loads(response.headers[ERROR_HEADER]))
+        assert (error.field, error.index, error.subfield) == (field, index, None), (route, body)
+        assert error.message == response.json()["message"] and error.param == response.json()["param"]
+    # Mistakes found by the request schema or a limit, and answers that are no error, carry none.
+    for route, body in (("/pooling", {"input": 42}), ("/pooling", {"input": ["x"] * (MAX_CLIENT_BATCH + 1)}),
+                        ("/pooling", {"input": "hi", "model": "nope"}), ("/pooling", {"input": "hi"})):
+        assert ERROR_HEADER not in requests.post(server.url + route, json=body, timeout=30).headers, body
+
+
 def test_wrong_method_and_health_after_mistakes(server, llm):
     r = requests.get(server.url + "/pooling", timeout=10)
     assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowedError"
