@@ -4,7 +4,8 @@ The public API is exported here, once:
 
 - ``LLM``: the offline pooling engine (vLLM's ``LLM(..., runner="pooling").encode`` API).
 - ``PoolingParams``, ``PoolerConfig``, ``LoRARequest``, ``PoolingRequestOutput``, ``PoolingOutput``.
-- ``RewardFunction``, ``AsyncRewardFunction``: reward models as TRL ``reward_funcs``;
+- ``RewardFunction``, ``AsyncRewardFunction``: reward models as TRL ``reward_funcs``, configured by a
+  ``RewardFunctionConfig``;
   ``as_trl_reward_model``: one as PPOTrainer's ``reward_model``.
 """
 
@@ -14,7 +15,7 @@ from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingOutput, PoolingRequestOutput
 from rlhf_rewards.pooling.config import PoolerConfig
 from rlhf_rewards.pooling.params import PoolingParams
-from rlhf_rewards.reward import AsyncRewardFunction, RewardFunction, as_trl_reward_model
+from rlhf_rewards.reward import AsyncRewardFunction, RewardFunction, RewardFunctionConfig, as_trl_reward_model
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "PoolingParams",
     "PoolingRequestOutput",
     "RewardFunction",
+    "RewardFunctionConfig",
     "__version__",
     "as_trl_reward_model",
 ]

@@ -1,5 +1,12 @@
-"""Reward functions for TRL trainers (``RewardFunction``, ``AsyncRewardFunction``) and the PPO adapter
-``as_trl_reward_model``."""
+"""Reward functions for TRL trainers (``RewardFunction``, ``AsyncRewardFunction``, configured by a
+``RewardFunctionConfig``) and the PPO adapter ``as_trl_reward_model``.
+
+Modules: ``function`` (the TRL-facing classes), ``config`` (the settings), ``base`` (construction and
+call bookkeeping), ``plan`` (the scoring plan, a generator of worker calls) run by ``calls`` (sync and
+async), ``readout`` (one reading per reward kind), ``kinds`` (which kind and what it needs), ``source``
+(the worker behind a source), ``errors``; ``formatting``, ``steps`` and ``aggregation`` prepare inputs
+and combine step scores; ``trl_compat`` backs PPO's ``reward_model``.
+"""
 
 from rlhf_rewards.reward.aggregation import AGGREGATIONS, aggregate_steps
 from rlhf_rewards.reward.config import RewardFunctionConfig

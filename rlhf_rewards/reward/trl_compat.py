@@ -128,8 +128,9 @@ def as_trl_reward_model(
         skip_special_tokens: When decoding with ``tokenizer``, drop special tokens. Default True.
         missing_reward: The reward of a sequence the model cannot score (e.g. over-long with
             ``truncate=False``). Default ``None``: raise, since PPO cannot skip a row.
-        **reward_function_kwargs: Passed to :class:`RewardFunction` (``kind``, ``lora``, ``truncate``,
-            ``reward_scale``, ``llm_kwargs``...). Outcome and token reward models only.
+        **reward_function_kwargs: Passed to :class:`RewardFunction`: a ``config``
+            (:class:`~rlhf_rewards.reward.config.RewardFunctionConfig`) and/or its fields (``kind``,
+            ``lora``, ``truncate``, ``reward_scale``, ``llm_kwargs``...). Outcome and token reward models only.
 
     Returns:
         A :class:`TRLRewardModel`; pass it as ``PPOTrainer(reward_model=...)``.
