@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.testing.server import AppThread
+from rlhf_rewards.workers.remote import ERROR_HEADER
 
 INFO = {"model": "fake", "architecture": "Fake", "kind": "outcome", "tasks": ["classify"], "default_task": "classify",
         "pooler_configs": {}, "num_labels": 1, "max_model_len": 512, "lora_modules": [],
@@ -52,9 +55,11 @@ class FakeServer(AppThread):
             if action == "500":
                 return JSONResponse({"object": "error", "message": "boom", "type": "InternalServerError",
                                      "param": None, "code": 500}, 500)
-            if action == "400":
-                return JSONResponse({"object": "error", "message": "input[1] is an empty string", "type": "BadRequestError",
-                                     "param": "input", "code": 400}, 400)
+            if action == "400":  # a client mistake, structured in the header as the real server sends it
+                error = RequestError("is an empty string", field="input", index=1)
+                return JSONResponse({"object": "error", "message": error.message, "type": "BadRequestError",
+                                     "param": "input", "code": 400}, 400,
+                                    headers={ERROR_HEADER: json.dumps(error.to_dict())})
             if action.startswith("413>") and len(inputs) > int(action[4:]):
                 return JSONResponse({"object": "error", "message": "too large", "type": "RequestTooLargeError",
                                      "param": None, "code": 413}, 413)
