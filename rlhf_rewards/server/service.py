@@ -179,7 +179,7 @@ class ServingEngine:
         llm = self.llm
         with _request_errors("task"):
             check_task(task, llm.supported_tasks)
-        prompts = get_prompts()  # renders a conversation after the task check, as the engine does
+        prompts = get_prompts()  # a conversation is rendered here, after the task check
         with _request_errors(field_name):
             token_ids = tokenize_prompts(prompts, llm.tokenizer, vocab_size=llm.model.vocab_size,
                                          add_special_tokens=add_special_tokens)
@@ -286,8 +286,9 @@ def _request_errors(field_name: str | None) -> Iterator[None]:
 
     A :class:`RequestError` on the engine's ``prompts`` is moved to ``field_name`` (``prompts[3]`` ->
     ``input[3]``, the token-id subfield dropped: the request has none) and ``pooling_task`` becomes ``task``.
-    The error's ``param`` is ``field_name`` when given (a prompt-length limit blames the prompts), else
-    the error's own; any other ``ValueError`` keeps its message with ``field_name`` as ``param``.
+    The error's ``param`` is ``field_name`` when given (every error of the prompts' checks blames the
+    prompts, ``truncate_prompt_tokens`` over ``max_model_len`` included), else the error's own; any other
+    ``ValueError`` keeps its message with ``field_name`` as ``param``.
     """
     try:
         yield
