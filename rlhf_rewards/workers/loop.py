@@ -30,6 +30,7 @@ from rlhf_rewards.contract import (
     require_prompts,
     truncation_of,
 )
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
@@ -47,7 +48,8 @@ class LoopThreadWorker(RewardWorker):
     """A :class:`RewardWorker` that runs coroutines on its own event-loop thread.
 
     Subclasses call ``super().__init__(thread_name)`` before anything that may need :meth:`close`, and
-    implement :meth:`_encode` (dispatch one checked call) and :meth:`_fetch_model_info`; they may extend
+    implement :meth:`_encode` (dispatch one checked call), :meth:`_fetch_model_info` and
+    :meth:`_render_chat`; they may extend
     :meth:`_close_resources`.
     """
 
@@ -111,6 +113,20 @@ class LoopThreadWorker(RewardWorker):
         """The served model's :class:`ModelInfo` (fetched once, then cached)."""
         return self._run(self._model_info())
 
+    def render_chat(
+        self,
+        conversations: Sequence[Sequence[dict[str, Any]]],
+        *,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+    ) -> list[list[int]]:
+        """Token ids of each conversation rendered with the model's chat template, by an endpoint."""
+        convs = [[dict(m) for m in conv] for conv in conversations]
+        for i, conv in enumerate(convs):
+            if not conv:
+                raise RequestError("is empty.", field="conversations", index=i)
+        return self._run(self._render_chat(convs, chat_template, add_generation_prompt))
+
     def close(self) -> None:
         """Release the worker's resources and stop its event loop; later calls raise."""
         if self._closed:
@@ -141,6 +157,11 @@ class LoopThreadWorker(RewardWorker):
     @abstractmethod
     async def _fetch_model_info(self) -> ModelInfo:
         """Ask the endpoints for the model's :class:`ModelInfo` (called once; :meth:`_model_info` caches it)."""
+
+    @abstractmethod
+    async def _render_chat(self, conversations: list[list[dict[str, Any]]], chat_template: str | None,
+                           add_generation_prompt: bool) -> list[list[int]]:
+        """Render non-empty conversations on the endpoints."""
 
     def _close_resources(self) -> None:  # noqa: B027 - optional hook
         """Release connections or actors; runs before the loop stops (so it may use :meth:`_run`)."""

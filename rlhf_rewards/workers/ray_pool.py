@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import math
 import pickle
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,17 +240,6 @@ class RayWorkerPool(LoopThreadWorker):
                  "last_error": e.last_error} for i, e in enumerate(self.pool.endpoints)]
 
     # ------------------------------------------------------------------ RewardWorker
-    def render_chat(
-        self,
-        conversations: Sequence[Sequence[dict[str, Any]]],
-        *,
-        chat_template: str | None = None,
-        add_generation_prompt: bool = False,
-    ) -> list[list[int]]:
-        """``LLM.render_chat`` on a live replica."""
-        return self._run(self._call_any("render_chat", [list(c) for c in conversations], chat_template,
-                                        add_generation_prompt))
-
     def health(self, timeout: float = 10.0) -> WorkerHealth:
         """Pings every replica (waiting up to ``timeout`` seconds); ``ok`` while at least one answers."""
         if self._closed:
@@ -273,6 +261,10 @@ class RayWorkerPool(LoopThreadWorker):
             ray.shutdown()
 
     # ------------------------------------------------------------------ scheduling
+    async def _render_chat(self, conversations: list[list[dict[str, Any]]], chat_template: str | None,
+                           add_generation_prompt: bool) -> list[list[int]]:
+        return await self._call_any("render_chat", conversations, chat_template, add_generation_prompt)
+
     async def _fetch_model_info(self) -> ModelInfo:
         return await self._call_any("model_info")  # normally cached by the constructor
 

@@ -112,16 +112,6 @@ class RemoteWorker(LoopThreadWorker):
         return f"RemoteWorker(urls={self.urls})"
 
     # ------------------------------------------------------------------ RewardWorker
-    def render_chat(
-        self,
-        conversations: Sequence[Sequence[dict[str, Any]]],
-        *,
-        chat_template: str | None = None,
-        add_generation_prompt: bool = False,
-    ) -> list[list[int]]:
-        """Token ids of each conversation rendered by the server with the model's chat template (``/tokenize``)."""
-        return self._run(self._render_chat(conversations, chat_template, add_generation_prompt))
-
     def health(self) -> WorkerHealth:
         """``GET /health`` on every URL; a URL is down if it does not answer 200 or is marked down after
         failing requests (until its cool-down ends). ``ok`` when at least one URL is up."""
@@ -164,15 +154,12 @@ class RemoteWorker(LoopThreadWorker):
         self._server_limits = dict(data.get("server_limits") or {})
         return ModelInfo.from_dict(data)
 
-    async def _render_chat(self, conversations: Sequence[Sequence[dict[str, Any]]], chat_template: str | None,
+    async def _render_chat(self, conversations: list[list[dict[str, Any]]], chat_template: str | None,
                            add_generation_prompt: bool) -> list[list[int]]:
         info = await self._model_info()
         bodies = []
-        for i, conv in enumerate(conversations):
-            if not conv:
-                raise RequestError("is empty.", field="conversations", index=i)
-            body: dict[str, Any] = {"model": info.model, "messages": [dict(m) for m in conv],
-                                    "add_generation_prompt": add_generation_prompt}
+        for conv in conversations:
+            body: dict[str, Any] = {"model": info.model, "messages": conv, "add_generation_prompt": add_generation_prompt}
             if chat_template is not None:
                 body["chat_template"] = chat_template
             bodies.append(body)
