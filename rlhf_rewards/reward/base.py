@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.reward.config import RewardFunctionConfig, resolve_config
 from rlhf_rewards.reward.errors import (
     RewardFunctionError,
@@ -21,7 +22,6 @@ from rlhf_rewards.reward.kinds import resolve_kind, resolve_step_tag
 from rlhf_rewards.reward.plan import ScoringPlan
 from rlhf_rewards.reward.readout import ProcessReadout, ScoreResult
 from rlhf_rewards.reward.source import default_name, make_worker
-from rlhf_rewards.workers.base import ModelInfo
 
 
 class RewardFunctionBase:

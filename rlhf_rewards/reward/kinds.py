@@ -8,13 +8,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.pooling.params import PoolingParams
 from rlhf_rewards.reward.config import KINDS, RewardFunctionConfig
-
-if TYPE_CHECKING:
-    from rlhf_rewards.workers.base import ModelInfo
 
 
 def pooling_task_of(kind: str) -> str:

@@ -12,8 +12,9 @@ plan serves ``RewardFunction`` (blocking) and ``AsyncRewardFunction`` (asyncio):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.reward.calls import EncodeBatch, Plan, RenderChat
 from rlhf_rewards.reward.config import RewardFunctionConfig
 from rlhf_rewards.reward.errors import RewardFunctionError
@@ -21,9 +22,6 @@ from rlhf_rewards.reward.formatting import conversation, detect_format, standard
 from rlhf_rewards.reward.kinds import pooling_params_for, pooling_task_of
 from rlhf_rewards.reward.readout import Item, ScoreResult, read_scores, readout_for
 from rlhf_rewards.reward.steps import TaggedText, tag_completion
-
-if TYPE_CHECKING:
-    from rlhf_rewards.workers.base import ModelInfo
 
 # Renders the first message's content verbatim: lets a worker tokenize a literal text (a reward token)
 # through ``render_chat`` alone, without the special tokens a plain ``encode`` of a string would add.

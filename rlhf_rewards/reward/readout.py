@@ -12,15 +12,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.pooling.step import step_score_column
 from rlhf_rewards.reward.aggregation import aggregate_steps
 from rlhf_rewards.reward.config import RewardFunctionConfig
 from rlhf_rewards.reward.errors import RewardFunctionError
-
-if TYPE_CHECKING:
-    from rlhf_rewards.workers.base import ModelInfo
 
 
 @dataclass

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.reward.config import RewardFunctionConfig
-from rlhf_rewards.workers.base import ModelInfo, RewardWorker
+from rlhf_rewards.workers.base import RewardWorker
 
 
 def make_worker(source: Any, config: RewardFunctionConfig) -> tuple[RewardWorker, bool]:
