@@ -26,7 +26,8 @@ def score(prompt: Any) -> float:
 class FakeServer(AppThread):
     """Answers ``/pooling`` by script: each call pops the next action (the last one repeats).
 
-    Actions: ``"ok"``, ``"503:<seconds>"`` (with Retry-After), ``"500"``, ``"400"``, ``"sleep:<seconds>"``
+    Actions: ``"ok"``, ``"503:<seconds>"`` (with Retry-After), ``"500"``, ``"400"`` (with the structured
+    error header), ``"400-plain"`` (without), ``"sleep:<seconds>"``
     (then ok), ``"413>N"`` (413 when a request has more than N inputs, else ok).
     """
 
@@ -60,6 +61,9 @@ class FakeServer(AppThread):
                 return JSONResponse({"object": "error", "message": error.message, "type": "BadRequestError",
                                      "param": "input", "code": 400}, 400,
                                     headers={ERROR_HEADER: json.dumps(error.to_dict())})
+            if action == "400-plain":  # the same mistake from a server that sends no structured header
+                return JSONResponse({"object": "error", "message": "input[1] is an empty string",
+                                     "type": "BadRequestError", "param": "input", "code": 400}, 400)
             if action.startswith("413>") and len(inputs) > int(action[4:]):
                 return JSONResponse({"object": "error", "message": "too large", "type": "RequestTooLargeError",
                                      "param": None, "code": 413}, 413)

@@ -91,6 +91,27 @@ def test_errors_name_the_callers_prompt(pool):
         RayWorkerPool("unused", num_gpus_per_replica=-1)
 
 
+def test_a_replicas_own_error_is_moved_to_the_callers_prompt(pool, reference):
+    """Errors only the engine can find (vocabulary range, length) come back structured from the replica, as
+    ``RayTaskError.cause``, and are moved from the chunk's index to the caller's."""
+    from rlhf_rewards.errors import RequestError
+
+    vocab = reference.model.vocab_size
+    prompts = [{"prompt_token_ids": [5, 6]}] * 9 + [{"prompt_token_ids": [5, vocab + 3]}]  # index 9: a later chunk
+    with pytest.raises(RequestError) as info:
+        pool.encode(prompts, pooling_task="classify")
+    with pytest.raises(RequestError) as want:
+        reference.encode(prompts, pooling_task="classify", use_tqdm=False)
+    assert (info.value.field, info.value.index, info.value.subfield) == ("prompts", 9, "prompt_token_ids")
+    assert str(info.value) == str(want.value)
+
+    too_long = TEXTS[:6] + [{"prompt_token_ids": [5] * (reference.max_model_len + 1)}]
+    with pytest.raises(RequestError, match=r"^prompts\[6\] has \d+ tokens, over max_model_len") as info:
+        pool.encode(too_long, pooling_task="classify")
+    assert info.value.index == 6
+    assert pool.health().down == [] and all(not r["down"] for r in pool.load())  # the request's fault only
+
+
 @pytest.mark.slow  # starts (and loses) another actor process
 def test_a_replica_that_cannot_load_or_be_placed_fails_the_constructor(pool, tmp_path):
     from rlhf_rewards.workers import RayWorkerPool

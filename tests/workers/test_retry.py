@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.workers import RemoteWorker
 from rlhf_rewards.workers.remote import RemoteWorkerError
 from rlhf_rewards.workers.retry import EndpointPool, RetryPolicy, classify_status, parse_retry_after
@@ -114,6 +115,27 @@ def test_client_errors_are_not_retried_and_name_the_callers_prompt():
         with pytest.raises(ValueError, match=r"prompts\[\d\] is an empty string"):
             worker.encode(["a", "b"], pooling_task="classify")
         assert fake.calls == [2]
+
+
+def test_the_servers_structured_error_is_moved_to_the_callers_prompt():
+    # texts and token ids travel in separate requests: the second (ids, prompts 1 and 3) is refused
+    prompts = ["a", {"prompt_token_ids": [1]}, "b", {"prompt_token_ids": [2]}]
+    with FakeServer("ok", "400") as fake, RemoteWorker(fake.url, max_concurrency=1) as worker:
+        with pytest.raises(RequestError) as info:
+            worker.encode(prompts, pooling_task="classify")
+    # the server's input[1] of that request is the caller's prompts[3], found from the header, not the text
+    assert (info.value.field, info.value.index, info.value.subfield) == ("prompts", 3, None)
+    assert str(info.value) == "prompts[3] is an empty string" and fake.calls == [2, 2]
+    assert worker.stats.retries == 0
+
+
+def test_without_the_structured_header_the_servers_message_is_kept_as_it_is():
+    with FakeServer("400-plain") as fake, RemoteWorker(fake.url) as worker:
+        with pytest.raises(ValueError) as info:
+            worker.encode(["a", "b"], pooling_task="classify")
+        assert not isinstance(info.value, RequestError)  # nothing to relocate: no text is parsed
+        assert str(info.value) == "input[1] is an empty string"
+        assert fake.calls == [2] and worker.stats.retries == 0
 
 
 def test_413_splits_the_request():
