@@ -12,6 +12,11 @@ hand, exactly as the family's ``DecoderLayer.forward`` does (``x + attn(norm(x))
   queries, the attention output projection, the MLP and the final norm run only on the rows the poolers
   read (the last token for LAST, step tags for STEP). For a GRPO batch that is one row per completion.
 
+- **Deterministic mode** (``deterministic=True``): every row-wise call runs on fixed tiles of
+  :data:`~rlhf_rewards.engine.deterministic.ROW_TILE` rows (the last one zero-padded), RoPE angles come
+  from a fixed table, and the embedding too is looked up per tile (a LoRA'd embedding multiplies), so a
+  row's numbers never depend on the other rows of the forward (:mod:`~rlhf_rewards.engine.deterministic`).
+
 Families whose decoder layer does anything else are not listed and take the backbone's ``forward``.
 """
 
@@ -157,12 +162,19 @@ def direct_forward(
     position_ids: torch.Tensor,
     rows: torch.Tensor | None = None,
     compile: bool = False,
+    deterministic: bool = False,
 ) -> torch.Tensor:
     """Final hidden states ``[T, hidden]`` of a packed row, or only ``rows`` of them (``[len(rows), hidden]``).
 
     The active segment plan must name the last layer as its ``prune_layer`` when ``rows`` is given. With
     ``compile``, the row-wise halves of each layer run through ``torch.compile`` (attention stays eager).
+    With ``deterministic``, every row-wise call runs on fixed row tiles (``compile`` is not allowed; the
+    active plan should be deterministic too, so attention is blocked).
     """
+    if deterministic:
+        if compile:
+            raise ValueError("direct_forward: deterministic=True runs eagerly; compile must be False.")
+        return _deterministic_forward(backbone, input_ids, position_ids, rows)
     hidden = backbone.embed_tokens(input_ids)
     cos, sin = backbone.rotary_emb(hidden, position_ids)
     chunks = _chunks(hidden.shape[1], hidden.device)
@@ -200,6 +212,96 @@ def _attention_rows(layer: nn.Module, hidden: torch.Tensor, cos, sin, rows: torc
     )
     out = out[0].index_select(0, rows).reshape(rows.numel(), -1)
     return attn.o_proj(out)
+
+
+def _deterministic_forward(
+    backbone: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, rows: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`direct_forward` with every row-wise call on tiles of exactly ``ROW_TILE`` rows."""
+    from rlhf_rewards.engine import deterministic as det
+
+    tile = det.ROW_TILE
+    total = input_ids.shape[1]
+    spans = det.tiles(total, tile)
+    # Padding tokens of the last tile are id 0: their rows are discarded, and a lookup is a lookup.
+    hidden = det.tiled_rows(backbone.embed_tokens, input_ids, tile, dim=1)
+    cos, sin = det.rope_lookup(backbone.rotary_emb, hidden, position_ids)
+    layers = backbone.layers[: backbone.config.num_hidden_layers]
+    last = len(layers) - 1 if rows is not None else len(layers)
+    for layer in layers[:last]:
+        hidden = _deterministic_layer(layer, hidden, cos, sin, spans)
+    if rows is None:
+        return _tiled_norm(backbone.norm, hidden, spans)[0]
+    layer = layers[last]
+    attn = layer.self_attn
+    k, v = _tiled_keys_values(attn, layer, hidden, cos, sin, spans)
+    kept = hidden.index_select(1, rows)
+    cos_r, sin_r = cos.index_select(1, rows), sin.index_select(1, rows)
+    kept_spans = det.tiles(rows.numel(), tile)
+    parts = []
+    for s, e in kept_spans:
+        x = layer.input_layernorm(det.tile_rows(kept, s, e, tile))
+        q = _queries(attn, x, det.tile_rows(cos_r, s, e, tile), det.tile_rows(sin_r, s, e, tile))
+        parts.append(q[:, :, : e - s])
+    q = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+    full_q = q.new_zeros((1, q.shape[1], total, attn.head_dim))
+    full_q[:, :, rows] = q
+    from rlhf_rewards.engine.segment_attention import segment_attention_forward
+
+    out, _ = segment_attention_forward(attn, full_q, k, v, None, scaling=attn.scaling, sliding_window=_sliding_window(attn))
+    out = out.reshape(1, total, -1).index_select(1, rows)
+    result = torch.empty_like(kept)
+    for s, e in kept_spans:
+        y = _post_attention(layer, det.tile_rows(kept, s, e, tile), det.tile_rows(out, s, e, tile))
+        result[:, s:e] = y[:, : e - s]
+    return _tiled_norm(backbone.norm, result, kept_spans)[0]
+
+
+def _tiled_norm(norm: nn.Module, hidden: torch.Tensor, spans) -> torch.Tensor:
+    from rlhf_rewards.engine import deterministic as det
+
+    result = torch.empty_like(hidden)
+    for s, e in spans:
+        result[:, s:e] = norm(det.tile_rows(hidden, s, e, det.ROW_TILE))[:, : e - s]
+    return result
+
+
+def _tiled_keys_values(attn: nn.Module, layer: nn.Module, hidden: torch.Tensor, cos, sin, spans):
+    from rlhf_rewards.engine import deterministic as det
+
+    tile = det.ROW_TILE
+    parts = []
+    for s, e in spans:
+        h = layer.input_layernorm(det.tile_rows(hidden, s, e, tile))
+        k, v = _keys_values(attn, h, det.tile_rows(cos, s, e, tile), det.tile_rows(sin, s, e, tile))
+        parts.append((k[:, :, : e - s], v[:, :, : e - s]))
+    k, v = (torch.cat(t, dim=2) if len(parts) > 1 else t[0] for t in zip(*parts, strict=True))
+    return k, v
+
+
+def _deterministic_layer(layer: nn.Module, hidden: torch.Tensor, cos, sin, spans) -> torch.Tensor:
+    """:func:`_layer` on fixed row tiles (attention goes through the active, deterministic, plan)."""
+    from rlhf_rewards.engine import deterministic as det
+    from rlhf_rewards.engine.segment_attention import segment_attention_forward
+
+    tile = det.ROW_TILE
+    attn = layer.self_attn
+    total = hidden.shape[1]
+    parts = []
+    for s, e in spans:
+        q, k, v = _pre_attention(layer, det.tile_rows(hidden, s, e, tile), det.tile_rows(cos, s, e, tile),
+                                 det.tile_rows(sin, s, e, tile))
+        parts.append((q[:, :, : e - s], k[:, :, : e - s], v[:, :, : e - s]))
+    q, k, v = (torch.cat(t, dim=2) if len(parts) > 1 else t[0] for t in zip(*parts, strict=True))
+    del parts
+    out, _ = segment_attention_forward(attn, q, k, v, None, scaling=attn.scaling, sliding_window=_sliding_window(attn))
+    out = out.reshape(1, total, -1)
+    del q, k, v
+    result = torch.empty_like(hidden)
+    for s, e in spans:
+        y = _post_attention(layer, det.tile_rows(hidden, s, e, tile), det.tile_rows(out, s, e, tile))
+        result[:, s:e] = y[:, : e - s]
+    return result
 
 
 __all__ = ["DIRECT_FAMILIES", "direct_forward", "supports_direct"]

@@ -56,8 +56,13 @@ class PackedForward:
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[1])
 
-    def plan(self, needed_rows: torch.Tensor | None = None, prune_layer: int | None = None) -> SegmentPlan:
-        """The attention plan; with ``needed_rows`` (sorted packed rows), layer ``prune_layer`` computes only those."""
+    def plan(
+        self, needed_rows: torch.Tensor | None = None, prune_layer: int | None = None, deterministic: bool = False
+    ) -> SegmentPlan:
+        """The attention plan; with ``needed_rows`` (sorted packed rows), layer ``prune_layer`` computes only those.
+
+        ``deterministic`` selects the batch-invariant blocked attention (:mod:`~rlhf_rewards.engine.deterministic`).
+        """
         if needed_rows is not None:
             for seg in self.segments:
                 lo = int(torch.searchsorted(needed_rows, seg.start))
@@ -66,7 +71,8 @@ class PackedForward:
         else:
             for seg in self.segments:
                 seg.rows = None
-        return SegmentPlan(segments=self.segments, total=self.num_tokens, prune_layer=prune_layer)
+        return SegmentPlan(segments=self.segments, total=self.num_tokens, prune_layer=prune_layer,
+                           deterministic=deterministic)
 
 
 def work_units(forest: PrefixForest, budget: int) -> list[WorkUnit]:

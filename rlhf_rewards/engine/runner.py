@@ -13,10 +13,17 @@ Two execution paths, chosen per model:
 
 Both return the same numbers up to float rounding; ``tests/engine`` checks every path against plain
 transformers.
+
+**Deterministic mode** (``deterministic=True``, :mod:`~rlhf_rewards.engine.deterministic`): a request's
+numbers are bit-identical whatever else runs with it. The direct families keep packing, prefix sharing and
+pruning, with every row-wise call on fixed row tiles, blocked attention, tiled heads, and one adapter per
+packed forward (calls mixing adapters are split by adapter instead of sharing padded batches). Every other
+model runs one request per forward (no padding, no neighbours), which is exact but gives up batching.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +74,7 @@ class ModelRunner:
             (:mod:`~rlhf_rewards.engine.threads`); ``0`` turns this off.
         compile: Run the row-wise halves of each decoder layer through ``torch.compile`` (direct families
             only; attention stays eager). Default ``False``.
+        deterministic: Batch-invariant execution (see the module docs). Default ``False``; not with ``compile``.
     """
 
     def __init__(
@@ -82,7 +90,10 @@ class ModelRunner:
         prune_last_layer: bool = True,
         small_forward_flops: float = SMALL_FORWARD_FLOPS,
         compile: bool = False,
+        deterministic: bool = False,
     ) -> None:
+        if deterministic and compile:
+            raise ValueError("deterministic=True runs eagerly: it cannot be combined with compile=True (enforce_eager=False).")
         self.model = model
         self.device = device
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -93,6 +104,7 @@ class ModelRunner:
         self.prune_last_layer = prune_last_layer
         self.small_forward_flops = small_forward_flops
         self.compile = compile
+        self.deterministic = deterministic
         self._dense_params: int | None = None
         #: Why packing was turned off for this model at run time (``None`` while it works).
         self.packing_disabled_reason: str | None = None
@@ -116,6 +128,8 @@ class ModelRunner:
         # A call that mixes adapters (or adapters and the base model) runs in shared padded batches with peft's
         # per-row adapter routing: a packed forward is one row, so it could only hold one adapter at a time.
         mixed_adapters = len({r.lora for r in requests}) > 1
+        if self.deterministic:
+            return self._run_deterministic(requests, on_batch_done)
         if self.packing and self.packing_disabled_reason is None and not mixed_adapters:
             try:
                 return self._run_packed(requests, on_batch_done)
@@ -124,6 +138,43 @@ class ModelRunner:
                 logger.warning("Packed execution is not available for this model (%s); using padded batches.", exc)
                 self.last_stats.update({k: 0 for k in _STAT_KEYS if k != "tokens_requested"})
         return self._run_padded(requests, on_batch_done)
+
+    # ------------------------------------------------------------------ deterministic
+    def _run_deterministic(
+        self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None
+    ) -> list[torch.Tensor]:
+        """Packed with batch-invariant kernels where the model allows it, else one request per forward."""
+        if self.packing and self.packing_disabled_reason is None and self.deterministic_packing():
+            try:
+                return self._run_packed(requests, on_batch_done)
+            except SegmentAttentionUnsupported as exc:
+                self.packing_disabled_reason = str(exc)
+                logger.warning("Packed execution is not available for this model (%s); deterministic mode runs "
+                               "one request per forward.", exc)
+                self.last_stats.update({k: 0 for k in _STAT_KEYS if k != "tokens_requested"})
+        return self._run_alone(requests, on_batch_done)
+
+    def deterministic_packing(self) -> bool:
+        """Whether deterministic mode keeps packing for this model (the direct families with a static RoPE)."""
+        from rlhf_rewards.engine.deterministic import rope_is_static
+
+        return self._uses_direct() and rope_is_static(self.model.backbone.rotary_emb)
+
+    def _run_alone(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
+        """One unpadded forward per request: its kernels' shapes depend on that request alone."""
+        results = []
+        for r in requests:
+            with self._threads(r.num_tokens):
+                results.extend(self.run_batch([r]))
+            stats = self.last_stats
+            stats["forwards"] += 1
+            stats["tokens_run"] += r.num_tokens
+            stats["last_layer_rows"] += r.num_tokens
+            stats["attention_pairs"] += r.num_tokens * (r.num_tokens + 1) // 2
+            stats["last_layer_attention_pairs"] += r.num_tokens * (r.num_tokens + 1) // 2
+            if on_batch_done is not None:
+                on_batch_done(1)
+        return results
 
     # ------------------------------------------------------------------ padded path
     def _run_padded(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
@@ -210,6 +261,10 @@ class ModelRunner:
         if expected == 0:
             raise SegmentAttentionUnsupported("no attention modules found in the backbone")
         hf_model = self.model.hf_model
+        if self.deterministic:
+            hidden, rows = self._deterministic_packed(packed, extra, needed, rows)
+            return self.pool(requests, [hidden.index_select(0, r.to(hidden.device)) for r in rows],
+                             head_kwargs=extra.get("head", {}))
         if self._uses_direct() and not extra.get("forward"):
             prune = self.prune_last_layer and needed.numel() <= PRUNE_MAX_FRACTION * total
             layers = self.model.backbone.config.num_hidden_layers
@@ -240,6 +295,32 @@ class ModelRunner:
             )
         gathered = [hidden.index_select(0, r.to(hidden.device)) for r in rows]
         return self.pool(requests, gathered, head_kwargs=extra.get("head", {}))
+
+    def _deterministic_packed(self, packed: PackedForward, extra: dict[str, Any], needed: torch.Tensor, rows: list):
+        """The direct loop on fixed tiles with blocked attention; the group's adapter (if any) is made active."""
+        from rlhf_rewards.lora.routing import BASE, active_adapter
+
+        total = packed.num_tokens
+        prune = self.prune_last_layer and needed.numel() <= PRUNE_MAX_FRACTION * total
+        layers = self.model.backbone.config.num_hidden_layers
+        kept = needed.to(self.device) if prune else None
+        plan = packed.plan(kept, prune_layer=layers - 1 if prune else None, deterministic=True)
+        names = set(extra.get("forward", {}).get("adapter_names", ())) - {BASE}
+        if len(names) > 1:
+            raise RuntimeError(f"one packed forward holds one adapter, got {sorted(names)}")
+        adapter = active_adapter(self.model.backbone, names.pop()) if names else contextlib.nullcontext()
+        with adapter, segment_attention(self.model.hf_model, plan):
+            hidden = direct_forward(self.model.backbone, packed.input_ids, packed.position_ids, kept, deterministic=True)
+        self._record(packed, plan)
+        if plan.calls != self._expected_attention_calls():
+            raise SegmentAttentionUnsupported(
+                f"the model ran {plan.calls} segment-attention calls for {self._expected_attention_calls()} attention layers"
+            )
+        if prune:
+            lookup = torch.full((total,), -1, dtype=torch.long)
+            lookup[needed] = torch.arange(needed.numel())
+            rows = [lookup[r] for r in rows]
+        return hidden, rows
 
     def _record(self, packed: PackedForward, plan) -> None:
         """Work counters of a packed forward (rows through the last layer, query-key pairs per layer)."""
@@ -301,7 +382,10 @@ class ModelRunner:
             kwargs = dict(head_kwargs or {})
             if "adapter_names" in kwargs:  # expand per-request adapter names to per-row
                 kwargs["adapter_names"] = [kwargs["adapter_names"][i] for i, n in zip(members, sizes, strict=True) for _ in range(n)]
-            logits = self.model.score(torch.cat(states, dim=0), columns, **kwargs)
+            if self.deterministic:
+                logits = self._tiled_score(torch.cat(states, dim=0), columns, kwargs)
+            else:
+                logits = self.model.score(torch.cat(states, dim=0), columns, **kwargs)
             for i, part in zip(members, torch.split(logits, sizes), strict=True):
                 r = requests[i]
                 part = apply_score_transform(part, r.pooling, self.model.problem_type)
@@ -310,6 +394,21 @@ class ModelRunner:
             if not r.pooling.runs_head:
                 outputs[i] = _embed_post(reduced[i], r.pooling)
         return [o.detach().to("cpu", torch.float32).contiguous() for o in outputs if o is not None]
+
+    def _tiled_score(self, states: torch.Tensor, columns: tuple[int, ...] | None, kwargs: dict[str, Any]) -> torch.Tensor:
+        """``model.score`` on fixed tiles of ``HEAD_TILE`` rows (padding rows take the tile's first adapter)."""
+        from rlhf_rewards.engine.deterministic import HEAD_TILE, tile_rows, tiles
+
+        if states.shape[0] == 0:
+            return self.model.score(states, columns, **kwargs)
+        names = kwargs.get("adapter_names")
+        parts = []
+        for s, e in tiles(states.shape[0], HEAD_TILE):
+            extra = dict(kwargs)
+            if names is not None:
+                extra["adapter_names"] = list(names[s:e]) + [names[s]] * (HEAD_TILE - (e - s))
+            parts.append(self.model.score(tile_rows(states, s, e, HEAD_TILE, dim=0), columns, **extra)[: e - s])
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def _embed_post(x: torch.Tensor, params: ResolvedPooling) -> torch.Tensor:

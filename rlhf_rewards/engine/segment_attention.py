@@ -25,6 +25,10 @@ which is the softmax over the union of the keys (exact up to float rounding).
 On CUDA in float16/bfloat16 the own parts instead run as one FlashAttention varlen call over the whole row
 (:mod:`~rlhf_rewards.engine.varlen_attention`); the ancestor parts and the merge are the same.
 
+With ``SegmentPlan(deterministic=True)`` none of the above runs: every query goes through the one blocked
+kernel of :mod:`~rlhf_rewards.engine.deterministic` (fixed key blocks anchored at position 0 of each
+sequence, one order of summation whether a prefix is shared or not), on CUDA too.
+
 It plugs into transformers' ``AttentionInterface`` under :data:`ATTN_IMPLEMENTATION`. While a
 :class:`SegmentPlan` is active (a context variable, so other threads are unaffected) the model's attention
 modules call :func:`segment_attention_forward`; without one it defers to transformers' SDPA, masks
@@ -139,9 +143,20 @@ class SegmentPlan:
     total: int
     prune_layer: int | None = None
     calls: int = 0
+    #: Batch-invariant attention (:mod:`~rlhf_rewards.engine.deterministic`) instead of buckets and merges.
+    deterministic: bool = False
     _buckets: dict[bool, tuple[list[_Bucket], list[_Cross]]] = field(default_factory=dict)
     _masks: dict = field(default_factory=dict)
     _varlen: varlen_attention.VarlenLayout | None = None
+    _blocked: dict = field(default_factory=dict)
+
+    def blocked_layout(self, pruned: bool, device: torch.device):
+        """The deterministic kernel's calls for a (pruned or full) layer; built once."""
+        if pruned not in self._blocked:
+            from rlhf_rewards.engine.deterministic import BlockedLayout
+
+            self._blocked[pruned] = BlockedLayout(self.segments, self.total, pruned, device)
+        return self._blocked[pruned]
 
     def varlen_layout(self, device: torch.device) -> varlen_attention.VarlenLayout:
         """The varlen kernel's arguments for this row (CUDA path); built once."""
@@ -341,6 +356,11 @@ def segment_attention_forward(
             f"unexpected attention shapes {tuple(query.shape)} / {tuple(key.shape)} for a packed row of {total}"
         )
     plan.calls += 1
+    if plan.deterministic:
+        from rlhf_rewards.engine.deterministic import blocked_attention
+
+        pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
+        return blocked_attention(plan.blocked_layout(pruned, query.device), query, key, value, scaling, pruned), None
     if varlen_attention.applies(query):
         return varlen_attention.forward(plan.varlen_layout(query.device), query, key, value, scaling, _merge), None
     heads, kv_heads, head_dim = query.shape[1], key.shape[1], value.shape[-1]

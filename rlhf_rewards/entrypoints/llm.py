@@ -75,6 +75,10 @@ class LLM:
             Mistral families run through ``torch.compile`` with dynamic shapes; attention stays eager. The first
             call compiles (about 15 s on a CPU); scores are unchanged to float rounding. On the 2-core CPU
             benchmark it changed throughput by under 5% (``python -m benchmarks.run --ablation``).
+        deterministic: ``True``: every score of a text is bit-identical whatever else is in the call (batch,
+            order, shared prefixes, micro-batch boundaries, ``max_num_batched_tokens``, LoRA neighbours), on the
+            same hardware, library versions, dtype and device (README "Reproducible rewards";
+            :mod:`rlhf_rewards.engine.deterministic`). Needs ``enforce_eager=True``. Default ``False``.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class LLM:
         hf_overrides: dict[str, Any] | None = None,
         convert: str = "auto",
         enforce_eager: bool = True,
+        deterministic: bool = False,
     ) -> None:
         if runner not in ("pooling", "auto"):
             raise ValueError(f"runner={runner!r}: rlhf-rewards only runs pooling models; use runner='pooling'.")
@@ -109,6 +114,10 @@ class LLM:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not isinstance(enforce_eager, bool):
             raise ValueError(f"enforce_eager must be True or False, got {enforce_eager!r}.")
+        if not isinstance(deterministic, bool):
+            raise ValueError(f"deterministic must be True or False, got {deterministic!r}.")
+        if deterministic and not enforce_eager:
+            raise ValueError("deterministic=True needs enforce_eager=True: compiled kernels are not batch-invariant.")
         torch.manual_seed(seed)
         self._engine_lock = threading.RLock()
         self.model_name = model
@@ -145,6 +154,7 @@ class LLM:
             self.max_num_batched_tokens,
             forward_kwargs=self.lora_manager.forward_kwargs if self.lora_manager is not None else None,
             compile=not enforce_eager,
+            deterministic=deterministic,
         )
         self.task_configs = self._task_configs()
 
