@@ -65,6 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True,
                        help="vLLM's switch. --no-enforce-eager runs each decoder layer's row-wise work through "
                             "torch.compile (first call compiles). Default: eager.")
+    model.add_argument("--deterministic", action="store_true",
+                       help="Batch-invariant scores: a text's score is bit-identical whatever else is batched "
+                            "with it (README, Reproducible rewards). Needs --enforce-eager.")
 
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024,
@@ -130,6 +133,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         hf_overrides=json.loads(args.hf_overrides) if args.hf_overrides else None,
         convert=args.convert,
         enforce_eager=args.enforce_eager,
+        deterministic=args.deterministic,
     )
     for i, (name, path) in enumerate(modules.items()):
         llm.add_lora(LoRARequest(name, i + 1, path))  # loads and checks each adapter now, not on first use
