@@ -17,6 +17,7 @@ from rlhf_rewards.models.base import LoadContext, PoolingModel
 from rlhf_rewards.models.defaults import embed_defaults, supports_packing
 from rlhf_rewards.models.registry import ModelSpec, register_suffix
 from rlhf_rewards.pooling.config import PoolerConfig
+from rlhf_rewards.pooling.step import check_columns
 
 
 class LMHeadPoolingModel(PoolingModel):
@@ -38,9 +39,7 @@ class LMHeadPoolingModel(PoolingModel):
         weight = head.weight
         bias = getattr(head, "bias", None)
         if columns is not None:
-            bad = [c for c in columns if c >= weight.shape[0]]
-            if bad:
-                raise ValueError(f"returned_token_ids {bad} are out of range: the vocabulary has {weight.shape[0]} rows.")
+            check_columns(columns, weight.shape[0], "the vocabulary has {width} rows")
             index = torch.tensor(columns, device=weight.device)
             weight = weight.index_select(0, index)
             bias = bias.index_select(0, index) if bias is not None else None
