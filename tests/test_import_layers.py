@@ -4,7 +4,7 @@ Every ``import`` in ``rlhf_rewards/`` counts, including imports inside functions
 ``TYPE_CHECKING``: a lazy or type-only import is still a dependency a reader has to follow. The layers,
 lowest first (a module may import its own layer and the ones below):
 
-    errors, outputs < pooling < contract < models < lora < engine < entrypoints < workers
+    errors, outputs < pooling < contract < models < lora < engine < parallel < entrypoints < workers
     < reward, callbacks < server < cli, testing, assets
 
 The top-level ``rlhf_rewards/__init__.py`` is the public API and may import anything.
@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"lora"},
     {"engine"},
+    {"parallel"},
     {"entrypoints"},
     {"workers"},
     {"reward", "callbacks"},

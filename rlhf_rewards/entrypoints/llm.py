@@ -35,6 +35,7 @@ from rlhf_rewards.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
 )
+from rlhf_rewards.parallel import ParallelConfig, ParallelEngine
 from rlhf_rewards.pooling import PoolerConfig, PoolingParams, check_task, resolve_pooling
 from rlhf_rewards.pooling.step import (
     default_step_tag_id,
@@ -75,6 +76,12 @@ class LLM:
             Mistral families run through ``torch.compile`` with dynamic shapes; attention stays eager. The first
             call compiles (about 15 s on a CPU); scores are unchanged to float rounding. On the 2-core CPU
             benchmark it changed throughput by under 5% (``python -m benchmarks.run --ablation``).
+        tensor_parallel_size: vLLM's name. Split every layer over this many processes (heads and MLP columns;
+            transformers' tensor-parallel plans). The engine starts the other ranks itself (``gloo`` on CPU,
+            ``nccl`` on CUDA with rank ``r`` on ``cuda:r``), or joins ``torchrun``'s. Default 1. See the README
+            "Models larger than one device" and :mod:`rlhf_rewards.parallel`.
+        pipeline_parallel_size: vLLM's name. Split the layers into this many stages, one process each (times
+            ``tensor_parallel_size``). Default 1.
         deterministic: ``True``: every score of a text is bit-identical whatever else is in the call (batch,
             order, shared prefixes, micro-batch boundaries, ``max_num_batched_tokens``, LoRA neighbours), on the
             same hardware, library versions, dtype and device (README "Reproducible rewards";
@@ -102,7 +109,11 @@ class LLM:
         convert: str = "auto",
         enforce_eager: bool = True,
         deterministic: bool = False,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
     ) -> None:
+        # What a split engine's worker processes build (the same LLM, each loading its shard).
+        init_arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if runner not in ("pooling", "auto"):
             raise ValueError(f"runner={runner!r}: rlhf-rewards only runs pooling models; use runner='pooling'.")
         if isinstance(model, os.PathLike):
@@ -127,36 +138,61 @@ class LLM:
 
         raw_config = read_config_dict(model, revision)
         self.dtype = resolve_dtype(dtype, _DictConfig(raw_config), self.device)
-        self.model: PoolingModel = load_pooling_model(
-            model,
-            dtype=self.dtype,
-            device=self.device,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            hf_overrides=hf_overrides,
-            convert=convert,
-        )
-        self.spec: ModelSpec = self.model.spec
-        self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(
-            tokenizer or model, revision=None if tokenizer else revision, trust_remote_code=trust_remote_code
-        )
-        self.max_model_len = self._resolve_max_model_len(max_model_len)
-        self.max_num_batched_tokens = max(max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS, 1)
-        self.enable_lora = enable_lora
-        self.lora_manager: Any = None
-        if enable_lora:
-            from rlhf_rewards.lora.manager import LoRAManager
+        # tensor/pipeline parallel (rlhf_rewards.parallel): the split is checked against config.json, then the
+        # other ranks' processes start; each loads only its shard, and every call runs on all ranks in lockstep.
+        self.parallel_config = ParallelConfig(tensor_parallel_size, pipeline_parallel_size)
+        self._parallel: ParallelEngine | None = None
+        if self.parallel_config.enabled:
+            self._parallel = ParallelEngine.start(
+                self.parallel_config, model=model, config_dict=raw_config, device=self.device,
+                enable_lora=enable_lora, factory=type(self), kwargs=init_arguments)
+            self.device = self._parallel.device
+        try:
+            self.model: PoolingModel = load_pooling_model(
+                model,
+                dtype=self.dtype,
+                device=self.device,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                hf_overrides=hf_overrides,
+                convert=convert,
+                sharding=self._parallel.sharding if self._parallel is not None else None,
+            )
+            if self._parallel is not None:
+                self.model = self._parallel.adopt(self.model)
+            self.spec: ModelSpec = self.model.spec
+            self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(
+                tokenizer or model, revision=None if tokenizer else revision, trust_remote_code=trust_remote_code
+            )
+            self.max_model_len = self._resolve_max_model_len(max_model_len)
+            self.max_num_batched_tokens = max(max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS, 1)
+            self.enable_lora = enable_lora
+            self.lora_manager: Any = None
+            if enable_lora:
+                from rlhf_rewards.lora.manager import LoRAManager
 
-            self.lora_manager = LoRAManager(self.model, max_loras=max_loras, max_lora_rank=max_lora_rank)
-        self.runner = ModelRunner(
-            self.model,
-            self.device,
-            self.max_num_batched_tokens,
-            forward_kwargs=self.lora_manager.forward_kwargs if self.lora_manager is not None else None,
-            compile=not enforce_eager,
-            deterministic=deterministic,
-        )
-        self.task_configs = self._task_configs()
+                self.lora_manager = LoRAManager(self.model, max_loras=max_loras, max_lora_rank=max_lora_rank)
+            self.runner = ModelRunner(
+                self.model,
+                self.device,
+                self.max_num_batched_tokens,
+                forward_kwargs=self.lora_manager.forward_kwargs if self.lora_manager is not None else None,
+                compile=not enforce_eager,
+                deterministic=deterministic,
+            )
+            self.task_configs = self._task_configs()
+        except BaseException as exc:
+            if self._parallel is not None:
+                self._parallel.abort(exc)  # the other ranks must not wait for this one
+            raise
+        if self._parallel is not None:
+            self.runner = self._parallel.lockstep(self.runner)  # waits until every rank has its shard
+
+    def shutdown(self) -> None:
+        """Stop the worker processes of a split engine (``tensor_parallel_size``/``pipeline_parallel_size`` > 1)
+        and release its process group; later calls raise. A no-op for a single-process engine."""
+        if self._parallel is not None:
+            self._parallel.close()
 
     # ------------------------------------------------------------------ introspection
     @property

@@ -49,7 +49,13 @@ class LoadContext:
         means silently random scores. ``head`` names the head module: its absence is explained with
         ``how_to_fix``, or tolerated when ``head_required`` is False (the caller fills the head itself).
         """
-        model, info = cls.from_pretrained(self.model, output_loading_info=True, **self.from_pretrained_kwargs())
+        kwargs = self.from_pretrained_kwargs()
+        # A sharded load (tensor/pipeline parallel): the parallel layer supplies transformers' distributed_config
+        # for this class, so each rank materializes only its shard.
+        sharding = self.extra.get("sharding")
+        if sharding is not None:
+            kwargs.update(sharding(cls, self.config))
+        model, info = cls.from_pretrained(self.model, output_loading_info=True, **kwargs)
         missing = sorted(info.get("missing_keys") or ())
         head_only = head is not None and all(k.startswith(f"{head}.") for k in missing)
         if missing and not (head_only and not head_required):

@@ -49,6 +49,16 @@ class InternLM2Config(PretrainedConfig):
 
     model_type = "internlm2"
     keys_to_ignore_at_inference = ["past_key_values"]
+    # transformers' tensor-parallel plan (``DistributedConfig(tp_size=N)``): ``wqkv`` rows are laid out per KV
+    # head, so a contiguous column split gives each rank whole KV groups with their query heads.
+    base_model_tp_plan = {  # noqa: RUF012 - transformers reads the class attribute
+        "tok_embeddings": "embedding_rowwise",
+        "layers.*.attention.wqkv": "colwise",
+        "layers.*.attention.wo": "rowwise",
+        "layers.*.feed_forward.w1": "colwise",
+        "layers.*.feed_forward.w3": "colwise",
+        "layers.*.feed_forward.w2": "rowwise",
+    }
 
     vocab_size: int = 103168
     hidden_size: int = 4096
@@ -120,11 +130,11 @@ class InternLM2Attention(nn.Module):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, q_len = hidden_states.shape[:2]
-        qkv = self.wqkv(hidden_states).view(
-            batch, q_len, self.num_key_value_heads, self.num_key_value_groups + 2, self.head_dim
-        )
+        # -1 KV heads: under tensor parallelism ``wqkv`` holds only this rank's KV groups (whole ones, as the
+        # rows are laid out per KV head), so the local head counts are read from the shapes.
+        qkv = self.wqkv(hidden_states).view(batch, q_len, -1, self.num_key_value_groups + 2, self.head_dim)
         # Query head h * groups + g belongs to KV head h, which is the order repeat_kv expects.
-        query = qkv[..., : self.num_key_value_groups, :].reshape(batch, q_len, self.num_heads, self.head_dim)
+        query = qkv[..., : self.num_key_value_groups, :].reshape(batch, q_len, -1, self.head_dim)
         query = query.transpose(1, 2)
         key = qkv[..., -2, :].transpose(1, 2)
         value = qkv[..., -1, :].transpose(1, 2)

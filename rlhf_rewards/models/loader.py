@@ -29,8 +29,13 @@ def load_pooling_model(
     trust_remote_code: bool = False,
     hf_overrides: dict[str, Any] | None = None,
     convert: str = "auto",
+    sharding: Any = None,
 ) -> PoolingModel:
-    """Resolve the architecture through the registry and run its loader."""
+    """Resolve the architecture through the registry and run its loader.
+
+    ``sharding`` (set by ``rlhf_rewards.parallel``) maps ``(model class, config)`` to extra ``from_pretrained``
+    arguments (transformers' ``distributed_config``), for a tensor/pipeline-parallel load.
+    """
     config_dict = read_config_dict(model, revision)
     config_dict.update(hf_overrides or {})
     architectures = config_dict.get("architectures") or []
@@ -58,7 +63,7 @@ def load_pooling_model(
         device=device,
         revision=revision,
         trust_remote_code=trust_remote_code,
-        extra={"convert": convert},
+        extra={"convert": convert, **({"sharding": sharding} if sharding is not None else {})},
     )
     pooling_model = spec.loader(ctx, spec)
     pooling_model.to(device)

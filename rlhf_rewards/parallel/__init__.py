@@ -1,0 +1,23 @@
+"""Reward models larger than one device: tensor and pipeline parallelism over ``torch.distributed``.
+
+``LLM(model, tensor_parallel_size=N, pipeline_parallel_size=M)`` checks the split (:mod:`.plan`), starts its
+own ``N * M - 1`` worker processes or joins ``torchrun``'s (:mod:`.group`), loads each rank's shard with
+transformers' distributed loading (:mod:`.sharding`) and runs every call on all ranks in lockstep
+(:mod:`.lockstep`). See the README section "Models larger than one device".
+"""
+
+from rlhf_rewards.parallel.config import ParallelConfig
+from rlhf_rewards.parallel.engine import ParallelEngine
+from rlhf_rewards.parallel.lockstep import LockstepRunner, WorkerFailed
+from rlhf_rewards.parallel.plan import SUPPORTED_MODEL_TYPES, check_split
+from rlhf_rewards.parallel.sharding import resident_parameter_bytes
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "LockstepRunner",
+    "ParallelConfig",
+    "ParallelEngine",
+    "WorkerFailed",
+    "check_split",
+    "resident_parameter_bytes",
+]

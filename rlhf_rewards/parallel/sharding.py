@@ -1,0 +1,128 @@
+"""Loading a model sharded with transformers' own distributed loading, and running a pipeline stage of it.
+
+**Tensor parallel.** ``from_pretrained(..., distributed_config=DistributedConfig(tp_size=N))`` applies the model's
+tensor-parallel plan (``base_model_tp_plan``: q/k/v and gate/up projections column-wise, o/down projections
+row-wise with an all-reduce, the embedding vocabulary-parallel) and each rank reads only its shard of every
+weight. The plan works by hooking each ``nn.Linear``/``nn.Embedding``'s ``forward``, so the engine's own
+decoder loop (:mod:`rlhf_rewards.engine.decoder`), which calls those modules and reads head counts from tensor
+shapes, runs unchanged on ``heads / N`` local heads. Heads (``score``, ``v_head``, the LM head) stay whole on
+every rank and run in float32.
+
+**Pipeline parallel.** ``DistributedConfig(pp_size=M)`` makes each stage load only its contiguous run of
+layers (the others become identity modules; the embedding lives on stage 0, the final norm and LM head on the
+last). transformers' own pipeline forward returns causal-LM logits only, so :class:`PipelineStage` supplies
+the forward a pooling model needs: receive the hidden states from the previous stage (transformers'
+``PipelineStage.communicate``, point-to-point ``torch.distributed``), run the local layers through the
+backbone's forward, send them on. Only the last stage's hidden states and scores are real; the engine returns
+that rank's results (:mod:`rlhf_rewards.parallel.lockstep`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlhf_rewards.models.base import PoolingModel
+from rlhf_rewards.parallel.config import ParallelConfig
+
+
+def sharding_kwargs(parallel: ParallelConfig):
+    """The ``sharding`` hook of ``load_pooling_model``: ``from_pretrained`` arguments for a class and config."""
+
+    def kwargs_for(cls: type, config: Any) -> dict[str, Any]:
+        from transformers.distributed import DistributedConfig
+
+        overrides: dict[str, str] = {}
+        if parallel.tensor_parallel_size > 1 and "lm_head" in (getattr(cls, "_tp_plan", None) or {}):
+            # The LM head stays whole: STEP pooling multiplies only a few of its rows (returned_token_ids), in
+            # float32, which needs the plain weight. A tied head shares the embedding, so that stays whole too.
+            overrides["lm_head"] = "replicate"
+            if getattr(config, "tie_word_embeddings", False):
+                overrides[f"{cls.base_model_prefix}.embed_tokens"] = "replicate"
+        return {"distributed_config": DistributedConfig(
+            tp_size=parallel.tensor_parallel_size, pp_size=parallel.pipeline_parallel_size,
+            tp_plan=overrides or None)}
+
+    return kwargs_for
+
+
+class PipelineStage:
+    """Mixed into a :class:`PoolingModel` whose ``hf_model`` was loaded with ``pp_size > 1`` (see the module doc)."""
+
+    hf_model: Any
+
+    @property
+    def _stage(self) -> Any:
+        return self.hf_model._pp_stage
+
+    @property
+    def is_last_stage(self) -> bool:
+        """Whether this rank holds the final norm and produces real scores."""
+        return bool(self._stage.pp_is_last_stage)
+
+    @property
+    def vocab_size(self) -> int:
+        # Later stages have no embedding module: read the sizes from the config.
+        return int(self.hf_model.config.get_text_config().vocab_size)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf_model.config.get_text_config().hidden_size)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """This stage's part of the forward; the last stage returns the final hidden states."""
+        stage = self._stage
+        backbone = self.backbone  # type: ignore[attr-defined]
+        dtype = next(p.dtype for p in backbone.parameters() if p.is_floating_point())
+        device = input_ids.device
+        inputs: dict[str, Any] = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+        if stage.pp_is_first_stage:
+            inputs["input_ids"] = input_ids
+        else:
+            shape = (*input_ids.shape, self.hidden_size)
+            inputs["inputs_embeds"] = stage.communicate("recv_forward", device=device, dtype=dtype, shape=shape)
+        out = backbone(**inputs, **kwargs)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        stage.communicate("send_forward", device=device, dtype=dtype, tensor=hidden)
+        return hidden
+
+    def score(self, states: torch.Tensor, columns: tuple[int, ...] | None = None, **kwargs: Any) -> torch.Tensor:
+        """The head on the last stage; elsewhere zeros of the right shape (their states are not final)."""
+        if self.is_last_stage:
+            return super().score(states, columns, **kwargs)  # type: ignore[misc]
+        width = len(columns) if columns is not None else self.num_labels  # type: ignore[attr-defined]
+        return states.new_zeros((*states.shape[:-1], width), dtype=torch.float32)
+
+
+_STAGE_CLASSES: dict[type, type] = {}
+
+
+def as_pipeline_stage(model: PoolingModel) -> PoolingModel:
+    """``model`` with :class:`PipelineStage`'s forward (its class swapped for a subclass; weights untouched)."""
+    cls = type(model)
+    if cls not in _STAGE_CLASSES:
+        _STAGE_CLASSES[cls] = type(f"PipelineStage{cls.__name__}", (PipelineStage, cls), {"__module__": __name__})
+    model.__class__ = _STAGE_CLASSES[cls]
+    return model
+
+
+def resident_parameter_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the parameters this rank holds (a sharded ``DTensor`` counts its local shard only)."""
+    from torch.distributed.tensor import DTensor
+
+    total = 0
+    for p in module.parameters():  # shared (tied) parameters are listed once
+        local = p.to_local() if isinstance(p, DTensor) else p
+        total += local.numel() * local.element_size()
+    return total
+
+
+__all__ = ["PipelineStage", "as_pipeline_stage", "resident_parameter_bytes", "sharding_kwargs"]
