@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 import time
 import typing
-import uuid
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from rlhf_rewards.contract.model_info import ModelInfo
+from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.pooling.tasks import POOLING_TASKS
 
 _TASK_HINT = {
@@ -196,10 +195,6 @@ class TokenizeRequest(StrictModel):
 
 
 # ---------------------------------------------------------------------------------------------- responses
-def _uuid() -> str:
-    return uuid.uuid4().hex
-
-
 def _now() -> int:
     return int(time.time())
 
@@ -233,6 +228,23 @@ class UsageInfo(ResponseModel):
     completion_tokens: int = 0
 
 
+ItemT = TypeVar("ItemT", bound=ResponseModel)
+
+
+class ScoredList(ResponseModel, Generic[ItemT]):
+    """A scoring route's answer (vLLM's list shape): one ``data`` item per prompt, in request order.
+
+    ``id`` is ``<prefix>-<request_id>`` (a random hex id without ``request_id``), e.g. ``pool-...``.
+    """
+
+    id: str
+    object: str = "list"
+    created: int = Field(default_factory=_now)
+    model: str
+    data: list[ItemT]
+    usage: UsageInfo
+
+
 class PoolingResponseData(ResponseModel):
     """One pooled prompt. ``data`` is ``null`` and ``error`` is set when the model produced NaN/inf."""
 
@@ -244,15 +256,8 @@ class PoolingResponseData(ResponseModel):
     shape: list[int] | None = _absent_if_none("Extension (return_details).")
 
 
-class PoolingResponse(ResponseModel):
+class PoolingResponse(ScoredList[PoolingResponseData]):
     """``/pooling`` response."""
-
-    id: str = Field(default_factory=lambda: f"pool-{_uuid()}")
-    object: str = "list"
-    created: int = Field(default_factory=_now)
-    model: str
-    data: list[PoolingResponseData]
-    usage: UsageInfo
 
 
 class ClassificationData(ResponseModel):
@@ -265,15 +270,8 @@ class ClassificationData(ResponseModel):
     error: str | None = _absent_if_none("Extension: why this item has no result.")
 
 
-class ClassificationResponse(ResponseModel):
+class ClassificationResponse(ScoredList[ClassificationData]):
     """``/classify`` response (vLLM's)."""
-
-    id: str = Field(default_factory=lambda: f"classify-{_uuid()}")
-    object: str = "list"
-    created: int = Field(default_factory=_now)
-    model: str
-    data: list[ClassificationData]
-    usage: UsageInfo
 
 
 class GetRewardResponse(ResponseModel):
@@ -387,6 +385,7 @@ __all__ = [
     "PoolingResponse",
     "PoolingResponseData",
     "ResponseModel",
+    "ScoredList",
     "ScoringRequest",
     "ServerLimitsInfo",
     "TokenizeRequest",
