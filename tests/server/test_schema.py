@@ -262,3 +262,27 @@ def test_the_check_fails_on_an_added_or_dropped_field(server, checker):
     ]
     for mutated in mutations:
         assert not validator.is_valid(mutated), json.dumps(mutated)[:300]
+
+
+def test_an_answer_the_server_cannot_build_is_a_500_not_a_400(poisoned_server):
+    # A response model refusing what a route built is the server's fault (pydantic's error is a ValueError,
+    # which the server otherwise answers as a client mistake).
+    batcher, auth = poisoned_server.engine.batcher, {"Authorization": f"Bearer {KEY}"}
+    real = batcher._encode
+
+    def wrong_ids(task, items):
+        outputs = real(task, items)
+        for out in outputs:
+            out.prompt_token_ids = [f"token {t}" for t in out.prompt_token_ids]
+        return outputs
+
+    batcher._encode = wrong_ids
+    try:
+        answer = requests.post(poisoned_server.url + "/pooling", json={"input": [[5, 6]], "return_details": True},
+                               headers=auth, timeout=30)
+    finally:
+        batcher._encode = real
+    assert answer.status_code == 500 and answer.json()["type"] == "InternalServerError", answer.text
+    assert "token 5" not in answer.text
+    assert requests.post(poisoned_server.url + "/pooling", json={"input": [[5, 6]]}, headers=auth,
+                         timeout=30).status_code == 200
