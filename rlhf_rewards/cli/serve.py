@@ -65,6 +65,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True,
                        help="vLLM's switch. --no-enforce-eager runs each decoder layer's row-wise work through "
                             "torch.compile (first call compiles). Default: eager.")
+    model.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                       help="Split the model over this many processes/GPUs (vLLM's flag; the server starts the other "
+                            "ranks itself). Default 1.")
+    model.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
+                       help="Split the layers into this many stages, one process/GPU each (x tensor parallel). "
+                            "Default 1.")
     model.add_argument("--deterministic", action="store_true",
                        help="Batch-invariant scores: a text's score is bit-identical whatever else is batched "
                             "with it (README, Reproducible rewards). Needs --enforce-eager.")
@@ -134,6 +140,8 @@ def build_engine(args: argparse.Namespace) -> Any:
         convert=args.convert,
         enforce_eager=args.enforce_eager,
         deterministic=args.deterministic,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
     )
     for i, (name, path) in enumerate(modules.items()):
         llm.add_lora(LoRARequest(name, i + 1, path))  # loads and checks each adapter now, not on first use
@@ -150,7 +158,8 @@ def build_engine(args: argparse.Namespace) -> Any:
 
 def _check_args(args: argparse.Namespace) -> None:
     for name in ("port", "max_body_bytes", "max_client_batch_size", "max_queue_size", "max_batch_tokens",
-                 "max_model_len", "max_num_batched_tokens", "max_loras"):
+                 "max_model_len", "max_num_batched_tokens", "max_loras", "tensor_parallel_size",
+                 "pipeline_parallel_size"):
         value = getattr(args, name)
         if value is not None and (value < 1 or (name == "port" and value > 65535)):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (got {value}).")
@@ -225,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     server.run()
+    engine.llm.shutdown()  # a split model's worker ranks (--tensor/pipeline-parallel-size) stop with the server
     return 0 if server.started else 1
 
 

@@ -122,7 +122,9 @@ class RayWorkerPool(LoopThreadWorker):
         model: Model folder or hub id, loaded by every replica (the folder must be readable on every node).
         num_replicas: Number of actors. Default 1.
         num_gpus_per_replica: GPUs reserved per actor (fractions share a GPU). With 0 the replicas run on
-            CPU; with more they run on the GPU Ray assigns them. Default 0.
+            CPU; with more they run on the GPU Ray assigns them. Above 1 (a whole number) one replica spans
+            that many GPUs: ``tensor_parallel_size`` defaults to it (pass ``tensor_parallel_size`` /
+            ``pipeline_parallel_size`` to choose the split; on CPU they work with 0 GPUs). Default 0.
         num_cpus_per_replica: CPUs reserved per actor. Default 1.
         max_restarts: How many times Ray restarts a replica whose process died (``-1``: forever). Default 3.
         max_retries: How many times a chunk is sent again after its replica died. Default 4.
@@ -174,6 +176,9 @@ class RayWorkerPool(LoopThreadWorker):
                             ("ready_timeout", ready_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+        if num_gpus_per_replica > 1 and num_gpus_per_replica != int(num_gpus_per_replica):
+            raise ValueError(f"num_gpus_per_replica must be a whole number above 1 (one replica spans that many GPUs), "
+                             f"got {num_gpus_per_replica!r}.")
         self.model = model
         self.num_replicas = num_replicas
         self.max_retries = max_retries
@@ -190,6 +195,9 @@ class RayWorkerPool(LoopThreadWorker):
                 self._owns_ray = True
             kwargs = dict(llm_kwargs)
             kwargs.setdefault("device", "cuda" if num_gpus_per_replica > 0 else "cpu")
+            if num_gpus_per_replica > 1 and not {"tensor_parallel_size", "pipeline_parallel_size"} & set(kwargs):
+                # One replica spans its GPUs, as in vLLM: the model is split over them (rlhf_rewards.parallel).
+                kwargs["tensor_parallel_size"] = int(num_gpus_per_replica)
             actor_cls = ray.remote(ReplicaActor)
             options = {"num_cpus": num_cpus_per_replica, "num_gpus": num_gpus_per_replica,
                        "max_restarts": max_restarts, "max_task_retries": 0, **(actor_options or {})}
