@@ -81,3 +81,28 @@ class EmbeddingRequestOutput:
     outputs: EmbeddingOutput
     prompt_token_ids: list[int]
     finished: bool = True
+
+
+@dataclass
+class ScoringOutput:
+    """vLLM's ``ScoringOutput``: the similarity / relevance score of one pair."""
+
+    score: float
+
+
+@dataclass
+class ScoringRequestOutput:
+    """vLLM's ``ScoringRequestOutput``, returned by :meth:`rlhf_rewards.LLM.score`.
+
+    Args:
+        request_id: Unique id of the pair's request.
+        outputs: The score.
+        prompt_token_ids: The token ids scored (cross-encoder: the pair's prompt; bi-encoder and late
+            interaction: the query's, a pad token if the tokenizer has one, then the document's, as vLLM).
+        finished: Always True.
+    """
+
+    request_id: str
+    outputs: ScoringOutput
+    prompt_token_ids: list[int]
+    finished: bool = True

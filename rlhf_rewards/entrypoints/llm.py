@@ -6,10 +6,12 @@ the import.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +20,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from rlhf_rewards.contract import ModelInfo, Prompts, normalize_prompts, per_prompt, truncation_of
-from rlhf_rewards.engine.inputs import apply_length_limit, tokenize_prompts
+from rlhf_rewards.engine.inputs import tokenize_prompts
+from rlhf_rewards.entrypoints.engine_args import IgnoredEngineArgWarning, split_engine_args
+from rlhf_rewards.entrypoints.scoring import ScoringRequestOutput, score_pairs
+from rlhf_rewards.entrypoints.tokenization import tokenization_options
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.engine.placement import resolve_device, resolve_dtype
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.engine.runner import ModelRunner
@@ -37,6 +43,7 @@ from rlhf_rewards.outputs import (
 )
 from rlhf_rewards.parallel import ParallelConfig, ParallelEngine
 from rlhf_rewards.pooling import PoolerConfig, PoolingParams, check_task, resolve_pooling
+from rlhf_rewards.pooling.tasks import POOLING_TASKS, REMOVED_POOLING_TASKS
 from rlhf_rewards.pooling.step import (
     default_step_tag_id,
     detect_step_kind,
@@ -82,6 +89,10 @@ class LLM:
             "Models larger than one device" and :mod:`rlhf_rewards.parallel`.
         pipeline_parallel_size: vLLM's name. Split the layers into this many stages, one process each (times
             ``tensor_parallel_size``). Default 1.
+        **engine_kwargs: vLLM's other engine arguments (``gpu_memory_utilization``, ``max_num_seqs``,
+            ``served_model_name``, ``tokenizer_revision``, ``skip_tokenizer_init``, ``chat_template``, ...): never a
+            ``TypeError``. Those that mean something here are honoured; each other one is ignored with one
+            ``IgnoredEngineArgWarning`` saying what happens instead (:mod:`rlhf_rewards.entrypoints.engine_args`).
         deterministic: ``True``: every score of a text is bit-identical whatever else is in the call (batch,
             order, shared prefixes, micro-batch boundaries, ``max_num_batched_tokens``, LoRA neighbours), on the
             same hardware, library versions, dtype and device (README "Reproducible rewards";
@@ -111,9 +122,16 @@ class LLM:
         deterministic: bool = False,
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
+        **engine_kwargs: Any,
     ) -> None:
         # What a split engine's worker processes build (the same LLM, each loading its shard).
-        init_arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        init_arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__", "engine_kwargs")}
+        init_arguments.update(engine_kwargs)
+        # vLLM's other engine arguments: honoured ones mapped here, the rest warned about once each.
+        extra = split_engine_args(engine_kwargs)
+        if isinstance(pooler_config, (dict, str)) or pooler_config is None:
+            pooler_config = PoolerConfig.from_any(pooler_config)
+        pooler_config = _pooler_config_with_task(pooler_config, extra.pop("task", None))
         if runner not in ("pooling", "auto"):
             raise ValueError(f"runner={runner!r}: rlhf-rewards only runs pooling models; use runner='pooling'.")
         if isinstance(model, os.PathLike):
@@ -161,9 +179,13 @@ class LLM:
             if self._parallel is not None:
                 self.model = self._parallel.adopt(self.model)
             self.spec: ModelSpec = self.model.spec
-            self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(
-                tokenizer or model, revision=None if tokenizer else revision, trust_remote_code=trust_remote_code
+            tokenizer_revision = extra.get("tokenizer_revision") or (None if tokenizer else revision)
+            self.tokenizer: PreTrainedTokenizerBase | None = None if extra.get("skip_tokenizer_init") else (
+                load_tokenizer(tokenizer or model, revision=tokenizer_revision, trust_remote_code=trust_remote_code)
             )
+            served = extra.get("served_model_name")
+            self.served_model_name: str | None = served[0] if isinstance(served, (list, tuple)) and served else served
+            self.chat_template: str | None = _load_chat_template(extra.get("chat_template"))
             self.max_model_len = self._resolve_max_model_len(max_model_len)
             self.max_num_batched_tokens = max(max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS, 1)
             self.enable_lora = enable_lora
@@ -220,6 +242,7 @@ class LLM:
             config.step_tag_id = default_step_tag_id(
                 config, self.spec.default_step_tag, self.tokenizer, self.spec.architecture
             )
+            config.pooling_type = config.type_for(task)  # the alias reads back this task's effective type
             configs[task] = config
         return configs
 
@@ -241,7 +264,7 @@ class LLM:
         reward_token_id = getattr(self.model.config, "reward_token_id", None)
         reward_token = tok.decode([reward_token_id]) if (tok is not None and reward_token_id is not None) else None
         return ModelInfo(
-            model=served_model_name or self.model_name,
+            model=served_model_name or self.served_model_name or self.model_name,
             architecture=self.spec.architecture,
             kind=kind,
             tasks=list(self.supported_tasks),
@@ -265,6 +288,7 @@ class LLM:
     ) -> list[list[int]]:
         """Token ids of each conversation rendered with this model's chat template (or ``chat_template``)."""
         tok = self.get_tokenizer()
+        chat_template = chat_template if chat_template is not None else self.chat_template
         if chat_template is None and not getattr(tok, "chat_template", None):
             raise ValueError(
                 f"{self.model_name} has no chat template: pass chat_template=... to score conversational input."
@@ -315,24 +339,41 @@ class LLM:
         prompts: Prompts,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         *,
-        pooling_task: str | None = None,
-        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
-        truncate_prompt_tokens: int | None = None,
         use_tqdm: bool | Callable[..., Any] = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        pooling_task: str | None = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        truncate_prompt_tokens: int | None = None,
         add_special_tokens: bool = True,
     ) -> list[PoolingRequestOutput]:
-        """Pool ``prompts`` with ``pooling_task`` and return one output per prompt, in order.
+        """Pool ``prompts`` with ``pooling_task`` and return one output per prompt, in order (vLLM 0.33's
+        signature, plus this library's ``truncate_prompt_tokens`` and ``add_special_tokens`` keywords).
 
         Args:
             prompts: A string, ``{"prompt": str}``, ``{"prompt_token_ids": [...]}`` or a list of those.
             pooling_params: One ``PoolingParams`` for all prompts, or one per prompt. Default: the config's.
-            pooling_task: ``classify``, ``token_classify``, ``embed`` or ``token_embed`` (required).
-            lora_request: One adapter for all prompts, or one per prompt (``None`` = base model).
-            truncate_prompt_tokens: Keep the last k tokens of each prompt (``-1``: ``max_model_len``).
             use_tqdm: Show a progress bar on calls of more than one micro-batch, or a tqdm-like factory.
+            lora_request: One adapter for all prompts, or one per prompt (``None`` = base model).
+            pooling_task: ``classify``, ``token_classify``, ``embed`` or ``token_embed`` (required, as in vLLM;
+                unlike vLLM, any task the model supports, not only its :attr:`pooling_task`).
+            tokenization_kwargs: vLLM's overrides for the tokenizer: ``truncate_prompt_tokens``,
+                ``truncation`` (``True``: cut to ``max_length``, default ``max_model_len``), ``max_length``,
+                ``truncation_side`` (``"left"``: keep the last tokens, this library's default, or ``"right"``)
+                and ``add_special_tokens``; other keys are ignored with a warning, as vLLM does.
+            truncate_prompt_tokens: Keep the last k tokens of each prompt (``-1``: ``max_model_len``).
             add_special_tokens: Add the tokenizer's special tokens (BOS...) to string prompts. Default True.
         """
+        if isinstance(prompts, dict) and "data" in prompts:
+            raise ValueError("The 'data' field is only supported for the 'plugin' pooling task, which this "
+                             "engine does not have (no IOProcessor plugins).")
+        if pooling_task is None:
+            raise RequestError(_POOLING_TASK_REQUIRED.format(tasks=list(self.supported_tasks)), field="pooling_task",
+                               sep=" ")
         task = check_task(pooling_task, self.supported_tasks)
+        tok_options = tokenization_options(tokenization_kwargs, truncate_prompt_tokens=truncate_prompt_tokens,
+                                           add_special_tokens=add_special_tokens, max_model_len=self.max_model_len)
+        truncate_prompt_tokens = tok_options.truncate_prompt_tokens
+        add_special_tokens = tok_options.add_special_tokens
         items = normalize_prompts(prompts)
         params_list = per_prompt("pooling_params", pooling_params, len(items), PoolingParams)
         lora_list = per_prompt("lora_request", lora_request, len(items), LoRARequest)
@@ -347,7 +388,7 @@ class LLM:
         config = self.task_configs[task]
         for i, (ids, params, lora) in enumerate(zip(token_ids, params_list, lora_list, strict=True)):
             params = params or PoolingParams()
-            ids = apply_length_limit(i, ids, self.max_model_len, truncation_of(params, truncate_prompt_tokens))
+            ids = tok_options.cut(i, ids, truncation_of(params, truncate_prompt_tokens), self.max_model_len)
             resolved = resolve_pooling(task, params, config)
             requests.append(
                 EngineRequest(index=i, request_id=f"{next(_request_counter)}-{uuid.uuid4().hex[:8]}",
@@ -372,10 +413,12 @@ class LLM:
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool | Callable[..., Any] = True,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[ClassificationRequestOutput]:
         """vLLM's ``LLM.classify``: ``encode(..., pooling_task="classify")`` with ``outputs.probs`` lists."""
         outs = self.encode(prompts, pooling_params, pooling_task="classify", lora_request=lora_request,
-                           truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
+                           truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm,
+                           tokenization_kwargs=tokenization_kwargs)
         return [
             ClassificationRequestOutput(o.request_id, ClassificationOutput(o.outputs.data.tolist()), o.prompt_token_ids)
             for o in outs
@@ -389,14 +432,61 @@ class LLM:
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool | Callable[..., Any] = True,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """vLLM's ``LLM.embed``: ``encode(..., pooling_task="embed")`` with ``outputs.embedding`` lists."""
         outs = self.encode(prompts, pooling_params, pooling_task="embed", lora_request=lora_request,
-                           truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
+                           truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm,
+                           tokenization_kwargs=tokenization_kwargs)
         return [
             EmbeddingRequestOutput(o.request_id, EmbeddingOutput(o.outputs.data.tolist()), o.prompt_token_ids)
             for o in outs
         ]
+
+    def score(
+        self,
+        data_1: str | Sequence[str],
+        data_2: str | Sequence[str],
+        /,
+        *,
+        use_tqdm: bool | Callable[..., Any] = True,
+        pooling_params: PoolingParams | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        chat_template: str | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """vLLM's ``LLM.score``: one score per ``(data_1[i], data_2[i])`` pair (``1 -> 1``, ``1 -> N``, ``N -> N``).
+
+        The kind follows the model's :attr:`pooling_task`, as in vLLM: ``classify`` (a one-label classifier or
+        a converted reranker) is a cross-encoder over the pair, encoded as vLLM builds it (the tokenizer's
+        pair encoding, or ``query + document`` when ``config.use_sep_token`` is false, or ``chat_template``
+        rendered over ``[{"role": "query"}, {"role": "document"}]`` when one is given, here or to ``LLM``);
+        ``embed`` is the cosine similarity of the two embeddings; ``token_embed`` is late interaction
+        (MaxSim). ``pooling_params.extra_kwargs={"max_tokens_per_doc": k}`` cuts documents to k tokens.
+        See :mod:`rlhf_rewards.entrypoints.scoring`.
+        """
+        return score_pairs(self, data_1, data_2, use_tqdm=use_tqdm, pooling_params=pooling_params,
+                           lora_request=lora_request, tokenization_kwargs=tokenization_kwargs,
+                           chat_template=chat_template if chat_template is not None else self.chat_template)
+
+    def reward(self, *args: Any, **kwargs: Any) -> list[PoolingRequestOutput]:
+        """Removed, as in vLLM 0.33: raises ``AttributeError`` naming the replacement."""
+        raise AttributeError("LLM.reward() was removed (as in vLLM): use llm.encode(prompts, "
+                             "pooling_task='token_classify') for token reward models, or pooling_task='classify' "
+                             "for sequence reward models.")
+
+    @property
+    def pooling_task(self) -> str:
+        """The model's own pooling task (vLLM's ``LLM.pooling_task``): ``PoolerConfig(task=...)`` if set,
+        else the architecture's default (``token_classify`` for process reward models)."""
+        if self.user_pooler_config.task is not None:
+            return check_task(self.user_pooler_config.task, self.supported_tasks)
+        return self.model_info().default_task
+
+    @classmethod
+    def from_engine_args(cls, engine_args: Any) -> LLM:
+        """vLLM's ``LLM.from_engine_args``: ``LLM(**vars(engine_args))``."""
+        return cls(**vars(engine_args))
 
     def _run(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:
         # One forward at a time: async reward functions and server threads share this engine, and the LoRA
@@ -427,6 +517,42 @@ def _non_finite_error(data: torch.Tensor) -> str | None:
     n_nan = int(torch.isnan(data).sum())
     n_inf = int(torch.isinf(data).sum())
     return f"the model produced non-finite output ({n_nan} NaN, {n_inf} inf values); this item has no score"
+
+
+_POOLING_TASK_REQUIRED = (
+    "is required for `LLM.encode` (this model supports {tasks}). Please use one of the more specific methods or set "
+    "the pooling_task when using `LLM.encode`: for embeddings, use `LLM.embed(...)` or `pooling_task=\"embed\"`; for "
+    "classification logits, use `LLM.classify(...)` or `pooling_task=\"classify\"`; for similarity scores, use "
+    "`LLM.score(...)`; for rewards, `pooling_task=\"classify\"` or `pooling_task=\"token_classify\"`; for token "
+    "classification, use `pooling_task=\"token_classify\"`; for multi-vector retrieval, use "
+    "`pooling_task=\"token_embed\"`.")
+
+
+def _pooler_config_with_task(config: Any, task: Any) -> Any:
+    """Old vLLM's ``LLM(task=...)`` engine argument, as the ``PoolerConfig.task`` it became (one warning)."""
+    if task is None or task == "auto":
+        return config
+    if task in REMOVED_POOLING_TASKS or task not in POOLING_TASKS:
+        hint = REMOVED_POOLING_TASKS.get(task, f"{task!r} is not a pooling task")
+        warnings.warn(f"LLM(task={task!r}) is ignored: the `task` engine argument was removed from vLLM; {hint} "
+                      "Pass pooling_task=... to encode().", IgnoredEngineArgWarning, stacklevel=3)
+        return config
+    warnings.warn(f"LLM(task={task!r}): the `task` engine argument was removed from vLLM; used as "
+                  f"PoolerConfig(task={task!r}).", IgnoredEngineArgWarning, stacklevel=3)
+    if isinstance(config, PoolerConfig) and config.task is None:
+        return dataclasses.replace(config, task=task)
+    return config
+
+
+def _load_chat_template(value: Any) -> str | None:
+    """vLLM's ``chat_template`` argument: a template string or the path of a file holding one."""
+    if value is None:
+        return None
+    text = os.fspath(value)
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            return f.read()
+    return text
 
 
 class _DictConfig:

@@ -20,6 +20,7 @@ All of STEP's behaviour is decided here, as small pure functions the other layer
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ import torch
 from rlhf_rewards.pooling.config import PoolerConfig
 from rlhf_rewards.pooling.params import ResolvedPooling
 from rlhf_rewards.pooling.tasks import SEQUENCE_POOLING_TYPES, TOKEN_POOLING_TYPES, TOKEN_TASKS
+
+EMBED_TASKS = frozenset({"embed", "token_embed"})
 
 
 class StepPooler:
@@ -85,7 +88,7 @@ def step_tag_id_of(tokenizer: Any, tag: str, owner: str) -> int:
     if token_id is None:
         raise ValueError(
             f"{owner} marks steps with the token {tag!r}, but the tokenizer has no such token; "
-            "pass pooler_config={'pooling_type': 'STEP', 'step_tag_id': <id of your step tag>}."
+            "pass pooler_config={'tok_pooling_type': 'STEP', 'step_tag_id': <id of your step tag>}."
         )
     return int(token_id)
 
@@ -93,7 +96,7 @@ def step_tag_id_of(tokenizer: Any, tag: str, owner: str) -> int:
 def default_step_tag_id(config: PoolerConfig, default_tag: str | None, tokenizer: Any, owner: str) -> int | None:
     """The ``step_tag_id`` of an effective task config: its own, else the id of the architecture's
     ``default_tag`` when the task is STEP-pooled (looked up only then: see :func:`step_tag_id_of`)."""
-    if config.pooling_type != "STEP" or config.step_tag_id is not None or not default_tag:
+    if not config.is_step or config.step_tag_id is not None or not default_tag:
         return config.step_tag_id
     return step_tag_id_of(tokenizer, default_tag, owner)
 
@@ -101,24 +104,30 @@ def default_step_tag_id(config: PoolerConfig, default_tag: str | None, tokenizer
 def user_config_for_task(user: PoolerConfig, task: str, task_defaults: Mapping[str, PoolerConfig]) -> PoolerConfig:
     """The part of the user's pooler config that applies to ``task`` (to be merged over its default).
 
-    A token-level pooling type configures token tasks only, and a sequence type sequence tasks only (see
-    :class:`~rlhf_rewards.pooling.config.PoolerConfig`). STEP fields given without a pooling type (a PRM's
-    ``step_tag_id``) configure the tasks pooled by STEP, when the model has one. The fields that fit every
-    task (activation, logit scaling, embedding settings) always apply.
+    ``seq_pooling_type`` reaches the sequence tasks and ``tok_pooling_type`` the token tasks by
+    construction (:meth:`PoolerConfig.type_for`); the ``pooling_type`` alias configures the tasks of its
+    own level only. STEP fields given without a token pooling type (a PRM's ``step_tag_id``) configure
+    the tasks pooled by STEP, when the model has one. The fields that fit every task (activation, logit
+    scaling, embedding settings) always apply.
     """
     default = task_defaults[task]
     level_types = TOKEN_POOLING_TYPES if task in TOKEN_TASKS else SEQUENCE_POOLING_TYPES
-    has_step_default = any(c.pooling_type == "STEP" for c in task_defaults.values())
-    not_for_step = user.pooling_type is None and has_step_default and default.pooling_type != "STEP"
-    if not_for_step or (user.pooling_type is not None and user.pooling_type not in level_types):
-        return PoolerConfig(
-            use_activation=user.use_activation,
-            logit_mean=user.logit_mean,
-            logit_sigma=user.logit_sigma,
-            dimensions=user.dimensions,
-            normalize=user.normalize,
-        )
-    return user
+    has_step_default = any(c.is_step for c in task_defaults.values())
+    step_fields_apply = user.tok_pooling_type is not None or not has_step_default or default.is_step
+    alias_applies = user.pooling_type is None or user.pooling_type in level_types
+    changes: dict[str, Any] = {}
+    if task in EMBED_TASKS and user.use_activation is not None and user.normalize is None:
+        # vLLM 0.33: use_activation is the embedding tasks' normalization (over the default's ``normalize``).
+        changes["normalize"] = user.use_activation
+    if step_fields_apply and alias_applies:
+        return dataclasses.replace(user, **changes) if changes else user
+    changes.update(step_tag_id=None, returned_token_ids=None)
+    if not alias_applies:
+        changes["pooling_type"] = None
+        # The alias filled the other level's field; keep it only if the user also named that field.
+        other = "tok_pooling_type" if user.pooling_type in TOKEN_POOLING_TYPES else "seq_pooling_type"
+        changes[other] = None
+    return dataclasses.replace(user, **changes)
 
 
 # ---------------------------------------------------------------------- kind and reward column
@@ -128,7 +137,7 @@ def detect_step_kind(kind: str, token_classify: PoolerConfig | None) -> tuple[st
     STEP pooling on ``token_classify`` makes any model a ``"process"`` reward model read at its
     ``step_tag_id``; otherwise the kind is unchanged and there is no step tag.
     """
-    if token_classify is not None and token_classify.pooling_type == "STEP":
+    if token_classify is not None and token_classify.is_step:
         return "process", token_classify.step_tag_id
     return kind, None
 

@@ -52,7 +52,9 @@ def test_params_override_config_and_unset_fields_fall_back():
     [
         ("classify", PoolingParams(dimensions=4), "dimensions"),
         ("classify", PoolingParams(normalize=True), "normalize"),
-        ("embed", PoolingParams(use_activation=True), "use_activation"),
+        # vLLM 0.33: embed takes use_activation (the L2 normalization); the task it rejects it for is none,
+        # so the case is a token task's STEP field on classify instead.
+        ("classify", PoolingParams(returned_token_ids=[1]), "returned_token_ids"),
         ("classify", PoolingParams(step_tag_id=3), "step_tag_id"),
         ("token_embed", PoolingParams(returned_token_ids=[1]), "returned_token_ids"),
     ],
