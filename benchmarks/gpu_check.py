@@ -651,8 +651,8 @@ class Run:
             raise CheckFailed(f"scores differ from the {'eager ' if compiled else ''}engine beyond {tol:.2e}: "
                               + "; ".join(worst))
         parts = [f"engine {rows[0]['items_per_s']:.1f} items/s"]
-        parts += [f"{r['method'].split(' (')[0]} {r['items_per_s']:.1f} items/s ({r['median_s'] / rows[0]['median_s']:.2f}x "
-                  f"slower)" for r in rows[1:]]
+        parts += [f"{r['method'].split(' (')[0]} {r['items_per_s']:.1f} items/s (engine speed-up "
+                  f"{r['median_s'] / rows[0]['median_s']:.2f}x)" for r in rows[1:]]
         if compiled:
             parts.append(f"first call (compile) {rows[0]['warmup_s']:.1f}s")
         return "; ".join(parts) + f"; scores within {tol:.1e}", data
