@@ -41,7 +41,8 @@ def normalize_prompts(prompts: Any) -> list[PromptType]:
         if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
             raise RequestError("a bare list of ints is ambiguous; pass {'prompt_token_ids': [...]} for token ids.",
                                field="prompts", sep=": ")
-        return items
+        # vLLM's batch form: an entry that is itself a list of token ids is a token prompt.
+        return [{"prompt_token_ids": list(x)} if isinstance(x, (list, tuple)) else x for x in items]
     raise RequestError(
         "must be a str, a dict with 'prompt' or 'prompt_token_ids', or a list of those; "
         f"got {type(prompts).__name__}.", field="prompts")

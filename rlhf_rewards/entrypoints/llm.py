@@ -369,6 +369,11 @@ class LLM:
         if pooling_task is None:
             raise RequestError(_POOLING_TASK_REQUIRED.format(tasks=list(self.supported_tasks)), field="pooling_task",
                                sep=" ")
+        if pooling_task in POOLING_TASKS and pooling_task not in self.supported_tasks:
+            api, convert = ("Embedding", "embed") if "embed" in pooling_task else ("Classification", "classify")
+            raise RequestError(f"{pooling_task!r}: {api} API is not supported by this model (it supports "
+                               f"{list(self.supported_tasks)}). Try converting the model using `convert={convert!r}`.",
+                               field="pooling_task", sep="=")
         task = check_task(pooling_task, self.supported_tasks)
         tok_options = tokenization_options(tokenization_kwargs, truncate_prompt_tokens=truncate_prompt_tokens,
                                            add_special_tokens=add_special_tokens, max_model_len=self.max_model_len)

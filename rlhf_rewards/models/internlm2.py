@@ -308,7 +308,7 @@ register(
         architecture="InternLM2ForRewardModel",
         loader=load_internlm2_reward,
         kind="token",
-        task_defaults={"token_classify": PoolerConfig(pooling_type="ALL", use_activation=False), **embed_defaults()},
+        task_defaults={"token_classify": PoolerConfig(pooling_type="ALL", use_activation=True), **embed_defaults()},
         config_loader=load_internlm2_config,
         description="token reward model (InternLM2-Reward): raw score per token; append reward_token_id",
     )

@@ -110,7 +110,7 @@ register(
         architecture="Qwen2ForRewardModel",
         loader=load_qwen2_reward,
         kind="token",
-        task_defaults={"token_classify": PoolerConfig(pooling_type="ALL", use_activation=False), **embed_defaults()},
+        task_defaults={"token_classify": PoolerConfig(pooling_type="ALL", use_activation=True), **embed_defaults()},
         description="token reward model (Qwen2.5-Math-RM): raw score per token, the last one is the reward",
     )
 )

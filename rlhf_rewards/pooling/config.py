@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 from rlhf_rewards.errors import RequestError
@@ -75,8 +75,14 @@ class PoolerConfig:
     enable_chunked_processing: bool = False
     max_embed_len: int | None = None
     enable_flash_late_interaction: bool = True
+    pooling_task: InitVar[str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, pooling_task: str | None = None) -> None:
+        if pooling_task is not None:
+            if self.task is not None and self.task != pooling_task:
+                raise RequestError(f"sets both task={self.task!r} and its old name pooling_task={pooling_task!r}.",
+                                   field="pooler_config", sep=" ", param="task")
+            self.task = pooling_task
         self.seq_pooling_type = _pooling_type("seq_pooling_type", self.seq_pooling_type, SEQUENCE_POOLING_TYPES)
         self.tok_pooling_type = _pooling_type("tok_pooling_type", self.tok_pooling_type, TOKEN_POOLING_TYPES)
         if self.pooling_type is not None:
@@ -145,7 +151,7 @@ class PoolerConfig:
                 if new in value and value[new] != value[old]:
                     raise ValueError(f"pooler_config sets both {old!r} and its new name {new!r}; keep {new!r}.")
                 value[new] = value.pop(old)
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - set(FIELD_ALIASES)
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"pooler_config has unknown field(s) {unknown}; valid fields are {sorted(known)} "

@@ -95,12 +95,16 @@ def test_checkpoint_looks_like_the_hub_one(rm):
 def test_token_classify_raw_scores_match_the_hand_written_forward(rm):
     llm = LLM(str(rm), device="cpu", max_num_batched_tokens=128)
     assert llm.pooler_config_for("token_classify").pooling_type == "ALL"
-    outs = llm.encode(MIXED_TEXTS, pooling_task="token_classify")  # raw scores by default
+    # Raw scores with use_activation=False (issue 15: vLLM 0.33 applies the activation by default).
+    outs = llm.encode(MIXED_TEXTS, PoolingParams(use_activation=False), pooling_task="token_classify")
     reference = reference_scores(rm)
     for out in outs:
         expected = reference(out.prompt_token_ids)
         assert out.outputs.data.shape == (len(out.prompt_token_ids), 1)
         torch.testing.assert_close(out.outputs.data, expected, atol=ATOL, rtol=0)
+    (default,) = llm.encode(MIXED_TEXTS[:1], pooling_task="token_classify")
+    torch.testing.assert_close(default.outputs.data, torch.sigmoid(reference(default.prompt_token_ids)), atol=ATOL,
+                               rtol=0)
 
 
 def test_reward_token_scoring_as_on_the_model_card(rm):

@@ -78,16 +78,19 @@ def test_from_pretrained_is_the_real_path_and_keeps_weight_names(rm, prm):
 def test_rm_token_classify_raw_scores_match_reference(rm):
     llm = LLM(str(rm), device="cpu", max_num_batched_tokens=128)
     assert llm.pooler_config_for("token_classify").pooling_type == "ALL"
-    outs = llm.encode(MIXED_TEXTS, pooling_task="token_classify")  # raw scores by default
+    # Raw scores with use_activation=False (issue 15: vLLM 0.33 applies the activation by default).
+    outs = llm.encode(MIXED_TEXTS, PoolingParams(use_activation=False), pooling_task="token_classify")
     reference = reference_token_logits(rm)
     for text, out in zip(MIXED_TEXTS, outs, strict=True):
         ids, logits = reference(text)
         assert out.prompt_token_ids == ids
         assert out.outputs.data.shape == (len(ids), 1)
         torch.testing.assert_close(out.outputs.data, logits, atol=ATOL, rtol=0)
-    # use_activation=True gives the sigmoid, as in vLLM.
-    act = llm.encode(MIXED_TEXTS[:2], PoolingParams(use_activation=True), pooling_task="token_classify")
-    torch.testing.assert_close(act[1].outputs.data, torch.sigmoid(reference(MIXED_TEXTS[1])[1]), atol=ATOL, rtol=0)
+    # The default and use_activation=True give the sigmoid, as in vLLM 0.33.
+    for params in (None, PoolingParams(use_activation=True)):
+        act = llm.encode(MIXED_TEXTS[:2], params, pooling_task="token_classify")
+        torch.testing.assert_close(act[1].outputs.data, torch.sigmoid(reference(MIXED_TEXTS[1])[1]), atol=ATOL,
+                                   rtol=0)
 
 
 def test_rm_forward_returns_the_last_real_token_score(rm):

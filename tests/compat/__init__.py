@@ -1,0 +1,1 @@
+"""Compatibility suites against other libraries' own tests."""
