@@ -33,7 +33,8 @@ def check_split(
     """Raise ``ValueError`` naming the field and the allowed values if ``model`` cannot be split as asked.
 
     Checks, in order: LoRA (not supported on a split model), the architecture (``model_type`` in
-    :data:`SUPPORTED_MODEL_TYPES`; token-built classifier heads are refused), attention and KV heads divisible
+    :data:`SUPPORTED_MODEL_TYPES`; token-built classifier heads are refused, and LM-head models take no pipeline
+    split), attention and KV heads divisible
     by ``tensor_parallel_size``, at least one layer per pipeline stage, and on CUDA one device per rank.
     """
     if not parallel.enabled:
@@ -57,6 +58,12 @@ def check_split(
         raise ValueError(
             f"{field}: a classifier head built from LM-head rows (classifier_from_token) is not supported on a split "
             f"model; use {field}=1."
+        )
+    if parallel.pipeline_parallel_size > 1 and architecture.endswith(("ForCausalLM", "LMHeadModel")):
+        raise ValueError(
+            f"pipeline_parallel_size={parallel.pipeline_parallel_size}: {architecture} scores with its LM head, which "
+            "transformers' pipeline split keeps on the last stage only; allowed for LM-head (math-shepherd) models: "
+            "pipeline_parallel_size=1, with any valid tensor_parallel_size."
         )
     tp = parallel.tensor_parallel_size
     heads = text.get("num_attention_heads")

@@ -33,6 +33,9 @@ def sharding_kwargs(parallel: ParallelConfig):
     def kwargs_for(cls: type, config: Any) -> dict[str, Any]:
         from transformers.distributed import DistributedConfig
 
+        if parallel.tensor_parallel_size > 1 and parallel.pipeline_parallel_size > 1:
+            _skip_other_stages_in_tp_plan()
+
         overrides: dict[str, str] = {}
         if parallel.tensor_parallel_size > 1 and "lm_head" in (getattr(cls, "_tp_plan", None) or {}):
             # The LM head stays whole: STEP pooling multiplies only a few of its rows (returned_token_ids), in
@@ -45,6 +48,28 @@ def sharding_kwargs(parallel: ParallelConfig):
             tp_plan=overrides or None)}
 
     return kwargs_for
+
+
+def _skip_other_stages_in_tp_plan() -> None:
+    """Let transformers (5.24) combine tensor and pipeline parallelism.
+
+    ``maybe_distribute_model`` expands the tensor-parallel plan over every layer, then applies the pipeline
+    split (other stages' layers become identities), then applies the plan, which fails with a ``KeyError`` on
+    the first module this stage no longer has. The wrapper drops exactly those entries; everything this stage
+    holds is sharded as before.
+    """
+    from transformers.distributed import mixin
+
+    original = mixin.apply_tensor_parallelism
+    if getattr(original, "_rlhf_rewards_skips_other_stages", False):
+        return
+
+    def apply_tensor_parallelism(model: Any, tp_mesh: Any, tp_plan: dict[str, str]) -> Any:
+        present = {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters()}
+        return original(model, tp_mesh, {name: style for name, style in tp_plan.items() if name in present})
+
+    apply_tensor_parallelism._rlhf_rewards_skips_other_stages = True  # type: ignore[attr-defined]
+    mixin.apply_tensor_parallelism = apply_tensor_parallelism
 
 
 class PipelineStage:

@@ -115,3 +115,31 @@ def test_each_rank_holds_about_half_the_weights(runs, capsys):
             assert all(b < 0.75 * whole for b in per_rank), lines[-1]
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+
+
+@pytest.mark.slow  # four ranks on this 2-core machine
+def test_tensor_and_pipeline_together_and_more_pipeline_stages(seq_rm, token_rm, prm, internlm2, tmp_path_factory):
+    """tensor_parallel_size=2 x pipeline_parallel_size=2 (4 ranks), and pipeline stages of InternLM2 and the token RM."""
+    both = {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}
+    four = [
+        Case("seq_rm_tp2_pp2", str(seq_rm), {**both, "max_num_batched_tokens": 48},
+             [Call(GROUP_TEXTS, "classify"), Call(GROUP_TEXTS[:3], "token_embed")]),
+        Case("prm_tp2_pp2", str(prm), both, [Call(PRM_TEXTS, "token_classify")]),
+    ]
+    two = [
+        Case("internlm2_pp", str(internlm2), {"pipeline_parallel_size": 2}, [Call(GROUP_TEXTS, "token_classify")]),
+        Case("token_rm_pp", str(token_rm), {"pipeline_parallel_size": 2}, [Call(GROUP_TEXTS, "token_classify")]),
+    ]
+    for world, cases in ((4, four), (2, two)):
+        ranks = run_spmd(world, cases, tmp_path_factory.mktemp(f"spmd{world}"))
+        for case in cases:
+            kwargs = {k: v for k, v in case.llm_kwargs.items() if not k.endswith("parallel_size")}
+            llm = LLM(case.model, device="cpu", dtype="float32", **kwargs)
+            whole = resident_parameter_bytes(llm.model)
+            print(f"\n{case.name}: whole {whole} B, per rank {[r[case.name]['resident_bytes'] for r in ranks]}")
+            for call_index, call in enumerate(case.calls):
+                want = [o.outputs.data for o in llm.encode(call.prompts, call.params, pooling_task=call.task,
+                                                           use_tqdm=False)]
+                for rank, result in enumerate(ranks):
+                    for g, w in zip(result[case.name]["outputs"][call_index], want, strict=True):
+                        torch.testing.assert_close(g, w, atol=ATOL, rtol=0, msg=lambda m: f"{case.name} rank {rank}: {m}")

@@ -46,6 +46,14 @@ def test_architecture_without_a_plan(checkpoint_factory, tmp_path):
         LLM(str(tmp_path), device="cpu", pipeline_parallel_size=2)
 
 
+def test_lm_head_models_take_no_pipeline_split(checkpoint_factory, tmp_path):
+    lm = checkpoint_factory("LlamaForCausalLM", seed=51)
+    shutil.copy(lm / "config.json", tmp_path / "config.json")
+    with pytest.raises(ValueError, match=r"pipeline_parallel_size=2: LlamaForCausalLM scores with its LM head.*allowed "
+                                         r"for LM-head \(math-shepherd\) models: pipeline_parallel_size=1"):
+        LLM(str(tmp_path), device="cpu", pipeline_parallel_size=2)
+
+
 @pytest.mark.parametrize("bad", [0, -1, True, 2.0, "2"])
 @pytest.mark.parametrize("field", ["tensor_parallel_size", "pipeline_parallel_size"])
 def test_sizes_are_validated(field, bad):
