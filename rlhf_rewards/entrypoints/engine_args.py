@@ -9,7 +9,7 @@ vLLM passes many of them (``gpu_memory_utilization=0.75, max_num_seqs=...``); no
 - :data:`HONOURED` names are mapped onto this engine (``served_model_name``, ``tokenizer_revision``,
   ``skip_tokenizer_init``, ``chat_template``, ``disable_log_stats``, ``task``, ...) by :func:`split_engine_args`;
 - every other name is accepted and ignored with ONE :class:`IgnoredEngineArgWarning` per argument and
-  call, whose text says what happens instead;
+  call, whose text says what happens instead (``None``, vLLM's "unset", is accepted silently);
 - ``data_parallel_size > 1`` is an error, as in vLLM's ``LLM`` (which refuses it in one process).
 
 A name vLLM does not know either stays a ``TypeError`` (with a close match suggested), as in vLLM.
@@ -151,6 +151,8 @@ def split_engine_args(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         if name in HONOURED:
             honoured[name] = value
         elif name in RULES:
+            if value is None:
+                continue  # vLLM's "unset": nothing is asked, so nothing is ignored
             warnings.warn(f"LLM({name}=...) {RULES[name]}.", IgnoredEngineArgWarning, stacklevel=3)
         else:
             close = difflib.get_close_matches(name, sorted(known_engine_args()), n=1)

@@ -48,7 +48,14 @@ def load_pooling_model(
         config = spec.config_loader(model, config_dict, {"revision": revision})
     else:
         try:
-            config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+            # The architecture is implemented here, so its config never needs the checkpoint's remote code;
+            # trust_remote_code=True (passed out of habit from vLLM) is only a fallback for the config class.
+            try:
+                config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=False)
+            except ValueError:
+                if not trust_remote_code:
+                    raise
+                config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=True)
         except ValueError as exc:
             raise ValueError(
                 f"model={model!r}: transformers cannot build its config without remote code ({exc}). "

@@ -1,0 +1,75 @@
+"""Ports of vLLM's ``tests/entrypoints/pooling/reward/test_token_reward_offline.py`` (GitHub commit
+0675f35ef58b60090dd51c81a3390405bc2b67ce) and ``tests/entrypoints/pooling/reward/test_offline.py`` (commit
+193e0494ada6fc1bd075379731252e4cbd8c8ccc), on tiny ``InternLM2ForRewardModel`` and ``Qwen2ForRewardModel``
+checkpoints instead of ``internlm/internlm2-1_8b-reward``.
+
+Kept: the LLM arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ``trust_remote_code``...:
+accepted, the ignored ones with one warning each) and ``test_pooling_params``' assertions ("Default should use
+activation."). Changed: the models (the Qwen2 RM is an added parametrization); ``test_config`` reads
+``llm.llm_engine.vllm_config`` (vLLM's engine internals, absent here): it checks the equivalent facts instead
+(prefix sharing is always on, no chunked prefill to configure); the older file's ``llm.reward(...)`` was
+removed in vLLM 0.33 and raises here with the replacement named, so it is ported as ``encode(...,
+pooling_task="token_classify")`` plus a check of that error.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+
+from rlhf_rewards import LLM, PoolingParams
+from rlhf_rewards.entrypoints.engine_args import IgnoredEngineArgWarning
+from tests.compat.vllm.conftest import softmax
+
+prompts = ["The chef prepared a delicious meal."]
+
+
+@pytest.fixture(scope="module", params=["internlm2", "qwen2"])
+def llm(request, internlm2_reward_like, qwen2_reward_like):
+    path = internlm2_reward_like if request.param == "internlm2" else qwen2_reward_like
+    with pytest.warns(IgnoredEngineArgWarning, match="gpu_memory_utilization"):
+        llm = LLM(
+            model=str(path),
+            max_num_batched_tokens=32768,
+            tensor_parallel_size=1,
+            gpu_memory_utilization=0.75,
+            enforce_eager=True,
+            trust_remote_code=True,
+            seed=0,
+        )
+    yield weakref.proxy(llm)
+    del llm
+
+
+def test_config(llm: LLM):
+    # vLLM: cache_config.enable_prefix_caching and scheduler_config.enable_chunked_prefill are on. Here prefix
+    # sharing is always on (no switch), and asking for it or for chunked prefill warns that nothing changes.
+    with pytest.warns(IgnoredEngineArgWarning, match="prefix sharing within a call is always on"):
+        LLM(model=llm.model_name, enable_prefix_caching=True, device="cpu")
+
+
+def test_pooling_params(llm: LLM):
+    def get_outputs(use_activation):
+        outputs = llm.encode(
+            prompts,
+            pooling_params=PoolingParams(use_activation=use_activation),
+            pooling_task="token_classify",
+            use_tqdm=False,
+        )
+        return torch.cat([x.outputs.data for x in outputs])
+
+    default = get_outputs(use_activation=None)
+    w_activation = get_outputs(use_activation=True)
+    wo_activation = get_outputs(use_activation=False)
+
+    assert torch.allclose(default, w_activation, atol=1e-2), "Default should use activation."
+    assert not torch.allclose(w_activation, wo_activation, atol=1e-2), "wo_activation should not use activation."
+    assert torch.allclose(softmax(wo_activation), w_activation, atol=1e-2), (
+        "w_activation should be close to activation(wo_activation).")
+
+
+def test_reward_method_was_removed(llm: LLM):
+    with pytest.raises(AttributeError, match="pooling_task='token_classify'"):
+        llm.reward(prompts, use_tqdm=False)
