@@ -359,7 +359,7 @@ def _check(report: LoadReport, body: dict[str, Any], k: Any, idx: list[int], ref
            atol: float) -> None:
     """Count a mismatch unless ``body`` answers request ``k`` with the reference score of each prompt."""
     data = body.get("data") or []
-    ok = body.get("id") == f"pool-{k}" if isinstance(k, str) else body.get("id") == f"pool-load-{k}"
+    ok = body.get("id") == f"pooling-{k}" if isinstance(k, str) else body.get("id") == f"pooling-load-{k}"
     ok = ok and len(data) == len(idx) and [d.get("index") for d in data] == list(range(len(idx)))
     if ok:
         for d, i in zip(data, idx, strict=True):

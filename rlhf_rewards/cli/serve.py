@@ -89,6 +89,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           "(a lone request to an idle server never waits; 0 turns waiting off). Default 50.")
     lim.add_argument("--trust-request-chat-template", action="store_true",
                      help="Accept `chat_template` sent in requests (Jinja run on the server). Default: refuse.")
+    model.add_argument("--chat-template", default=None,
+                       help="The chat template for `messages` (vLLM's flag): a file, or the template itself. "
+                            "Default: the tokenizer's.")
     p.set_defaults(func=run)
     return p
 
@@ -114,6 +117,22 @@ def parse_lora_modules(values: list[str]) -> dict[str, str]:
             raise ValueError(f"--lora-modules: the name {name!r} is given twice.")
         modules[name] = path
     return modules
+
+
+def load_chat_template(value: str | None) -> str | None:
+    """``--chat-template`` as vLLM reads it: the file's text if ``value`` is a readable file, else ``value``
+    itself when it looks like a template (has ``{``, ``}`` or a newline); a path that cannot be read is a
+    ``ValueError``."""
+    if value is None:
+        return None
+    try:
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, ValueError) as exc:
+        if not any(c in value for c in "{}\n"):
+            raise ValueError(f"--chat-template {value!r} looks like a file path, but it could not be read "
+                             f"({type(exc).__name__}: {exc}).") from None
+        return value
 
 
 def build_engine(args: argparse.Namespace) -> Any:
@@ -151,6 +170,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         max_queue_size=args.max_queue_size,
         max_batch_tokens=args.max_batch_tokens or 4 * llm.max_num_batched_tokens,
         trust_request_chat_template=args.trust_request_chat_template,
+        chat_template=load_chat_template(args.chat_template),
         batch_wait_s=args.batch_wait_ms / 1000.0,
     )
     return ServingEngine(llm, list(args.served_model_name or []), limits)
@@ -238,4 +258,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
-__all__ = ["add_parser", "build_engine", "default_model", "make_app", "parse_lora_modules", "resolve_api_key", "run"]
+__all__ = ["add_parser", "build_engine", "default_model", "load_chat_template", "make_app", "parse_lora_modules", "resolve_api_key", "run"]

@@ -1,4 +1,7 @@
-"""Errors in vLLM's body shape: ``{"object": "error", "message", "type", "param", "code"}``.
+"""Errors in vLLM 0.33's body shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+A route that does not exist answers FastAPI's ``{"detail": "Not Found"}``, as vLLM does (clients probe routes
+that way, e.g. ``/score`` on a model that cannot score).
 
 Every client mistake becomes a 4xx with a message that names the field and the limit; only a fault of the
 server itself is a 500, and its message never carries a traceback or a secret.
@@ -23,8 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rlhf_rewards.errors import RequestError
-from rlhf_rewards.server.protocol import ErrorResponse
+from rlhf_rewards.errors import ERROR_HEADER, RequestError
+from rlhf_rewards.server.protocol import ErrorInfo, ErrorResponse
 
 ERROR_TYPES = {
     400: "BadRequestError",
@@ -40,7 +43,6 @@ ERROR_TYPES = {
     503: "ServiceUnavailableError",
 }
 #: Response header holding a structured client mistake (``RequestError.to_dict()`` as JSON).
-ERROR_HEADER = "x-rlhf-rewards-error"
 _MAX_ERRORS_SHOWN = 5
 _OWN_PARAM: Any = object()
 
@@ -86,12 +88,12 @@ def request_error_headers(error: RequestError) -> dict[str, str]:
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     """vLLM's ``ErrorResponse`` as a dict."""
-    return ErrorResponse(
+    return ErrorResponse(error=ErrorInfo(
         message=message,
         type=ERROR_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
         param=param,
         code=status,
-    ).model_dump(mode="json")
+    )).model_dump(mode="json")
 
 
 def error_response(status: int, message: str, param: str | None = None,
@@ -141,6 +143,12 @@ def describe_validation_errors(errors: list[dict[str, Any]], content_type: str |
             msg, body_level = "The request body must be a JSON object.", True
         elif e.get("type") == "extra_forbidden":
             msg = f"unknown field `{field}` (not part of this route's schema)"
+        elif e.get("type") == "literal_error":
+            # vLLM's message carries the error type and the value sent (clients and vLLM's tests read both);
+            # the value is a short scalar here, never a large input.
+            got = e.get("input")
+            sent = repr(got[:40]) if isinstance(got, str) else type(got).__name__
+            msg = f"`{field}`: {msg} (literal_error; got {sent})"
         else:
             msg = f"`{field}`: {msg}" if field else msg
         if msg in seen:
@@ -172,7 +180,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and "parsing the body" in detail:
             detail = "The request body could not be decoded: send UTF-8 encoded JSON."
         elif exc.status_code == 404:
-            detail = f"Route {request.method} {request.url.path} does not exist (see /docs)."
+            # FastAPI's own answer, as vLLM gives it (and as vLLM's tests read it: ``["detail"] == "Not Found"``).
+            return JSONResponse({"detail": "Not Found"}, status_code=404, headers=getattr(exc, "headers", None))
         elif exc.status_code == 405:
             detail = f"Method {request.method} is not allowed on {request.url.path}."
         return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))

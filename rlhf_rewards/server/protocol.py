@@ -1,21 +1,26 @@
-"""Request and response schemas of the server (pydantic), following vLLM's where a route mirrors vLLM's.
+"""Request and response schemas of the server (pydantic), following vLLM 0.33's where a route mirrors vLLM's.
 
-Request models are strict: a wrong type is an error naming the field (``"1"`` is not an integer, ``1`` is not
-a boolean) and an unknown field is an error too, so a typo such as ``use_activaton`` never passes silently.
-Fields marked *extension* are not in vLLM's schema; they expose the engine's own ``PoolingParams``.
+Request models keep strict types (a wrong type is an error naming the field: ``"1"`` is not an integer, ``1``
+is not a boolean). Unknown fields are ignored with a logged warning naming them, as vLLM does (its
+``OpenAIBaseModel``); vLLM's own fields are accepted, honoured where they apply, and refused with a 400
+saying why where they cannot be. Fields marked *extension* are not in vLLM's schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import typing
+from builtins import float as builtins_float
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
 from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.pooling.tasks import POOLING_TASKS
+
+logger = logging.getLogger("rlhf_rewards.server")
 
 _TASK_HINT = {
     "score": "classify",
@@ -23,12 +28,36 @@ _TASK_HINT = {
     "encode": "token_classify or token_embed",
     "embedding": "embed",
 }
+#: vLLM 0.33's ``EncodingFormat``, ``EmbedDType`` and ``Endianness``.
+EncodingFormat = Literal["float", "base64", "bytes", "bytes_only"]
+EmbedDType = Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"]
+Endianness = Literal["native", "big", "little"]
+_CACHE_SALT_FORBIDDEN = frozenset("@/\\\x00")
 
 
 class StrictModel(BaseModel):
-    """Base of request models: strict types, unknown fields rejected."""
+    """Base of request models: strict types; unknown fields ignored and logged (vLLM's behaviour)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _log_ignored_fields(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        result = handler(data)
+        if isinstance(data, dict) and not (info.context or {}).get("quiet"):
+            log_ignored_fields(cls, data)
+        return result
+
+
+def log_ignored_fields(schema: type[BaseModel], data: dict[str, Any]) -> list[str]:
+    """Log (warning) and return the keys of ``data`` that ``schema`` ignores, as vLLM logs them."""
+    known = set(schema.model_fields) | {f.alias for f in schema.model_fields.values() if f.alias}
+    ignored = sorted(str(k) for k in data if k not in known)
+    if ignored:
+        shown = [k[:60] for k in ignored[:20]]
+        logger.warning("The following fields were present in the request but ignored: %s%s", shown,
+                       f" (and {len(ignored) - 20} more)" if len(ignored) > 20 else "")
+    return ignored
 
 
 class ChatMessage(BaseModel):
@@ -88,28 +117,64 @@ def _check_task(value: Any) -> Any:
     raise ValueError(f"{value!r} is not a pooling task; choose one of {list(POOLING_TASKS)}{suffix}")
 
 
-class ScoringRequest(StrictModel):
-    """Fields shared by ``/pooling`` and ``/classify``: one of ``input`` or ``messages``, plus options."""
+class CommonRequest(StrictModel):
+    """vLLM 0.33's common pooling request fields (``PoolingBasicRequestMixin``)."""
 
     model: str | None = Field(default=None, description="Served model name or LoRA module name; default the base model.")
+    user: str | None = Field(default=None, description="Accepted and ignored (vLLM's).")
+    truncate_prompt_tokens: int | None = Field(
+        default=None, ge=-1, description="Cut each prompt to k tokens (-1: max_model_len); which side: "
+                                         "`truncation_side`.")
+    truncation_side: Literal["left", "right"] | None = Field(
+        default=None, description="With truncate_prompt_tokens: 'left' keeps the last k tokens, 'right' the "
+                                  "first k. Default 'left' (the engine's: a reward is read at the end).")
+    padding: Literal["max_length", "do_not_pad"] | None = Field(
+        default=None, description="'do_not_pad' (what the server does). 'max_length' is refused: pad tokens "
+                                  "would change a causal reward model's scores.")
+    request_id: str | None = Field(default=None, max_length=256,
+                                   description="Response id suffix (the X-Request-Id header wins, as in vLLM).")
+    priority: int = Field(default=0, description="Only 0: this server schedules first come, first served.")
+    mm_processor_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Only empty: this server scores text, it has no multimodal processor.")
+    cache_salt: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="Accepted and checked as vLLM does; there is no cross-request prefix cache here to salt.")
+
+    @field_validator("cache_salt")
+    @classmethod
+    def _salt(cls, value: str | None) -> str | None:
+        if value is not None and any(c in _CACHE_SALT_FORBIDDEN for c in value):
+            raise ValueError("must be at most 128 characters and must not contain '@', '/', '\\\\', or NUL")
+        return value
+
+    @model_validator(mode="after")
+    def _refused(self) -> CommonRequest:
+        if self.priority != 0:
+            raise ValueError("`priority` must be 0: this server does not schedule by priority")
+        if self.mm_processor_kwargs:
+            raise ValueError("`mm_processor_kwargs` must be empty: this server scores text only")
+        if self.padding == "max_length":
+            raise ValueError("`padding`='max_length' is refused: pad tokens would change a causal reward model's "
+                             "scores; prompts are never padded here (use 'do_not_pad' or leave it out)")
+        return self
+
+
+class ScoringRequest(CommonRequest):
+    """Fields shared by ``/pooling``, ``/classify`` and ``/v1/embeddings``: one of ``input`` or ``messages``."""
+
     input: str | list[str] | list[int] | list[list[int]] | None = Field(
         default=None, description="Completion form: a string, strings, token ids, or lists of token ids.")
     messages: list[ChatMessage] | None = Field(
         default=None, description="Chat form: one conversation, rendered with the model's chat template.")
-    truncate_prompt_tokens: int | None = Field(
-        default=None, ge=-1, description="Keep the last k tokens of each prompt (-1: max_model_len).")
     add_special_tokens: bool | None = Field(
         default=None, description="Add BOS etc. Default true for `input`, false for `messages` (as vLLM).")
-    use_activation: bool | None = Field(default=None, description="Apply sigmoid/softmax (classify tasks).")
+    use_activation: bool | None = Field(default=None, description="Apply the task's activation (sigmoid/softmax).")
     add_generation_prompt: bool = False
     continue_final_message: bool = False
     chat_template: str | None = Field(
         default=None, description="A Jinja chat template; refused unless the server runs with "
                                   "--trust-request-chat-template.")
     chat_template_kwargs: dict[str, Any] | None = None
-    user: str | None = None
-    request_id: str | None = Field(default=None, max_length=256)
-    priority: int = Field(default=0, description="Only 0: this server schedules first come, first served.")
 
     @field_validator("input", mode="before")
     @classmethod
@@ -123,26 +188,31 @@ class ScoringRequest(StrictModel):
         if self.messages is not None and not self.messages:
             raise ValueError("`messages` is empty: send at least one message")
         if self.continue_final_message and self.add_generation_prompt:
-            raise ValueError("`continue_final_message` and `add_generation_prompt` cannot both be true")
+            raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
         if self.input is not None:
             chat_only = [n for n in ("chat_template", "chat_template_kwargs") if getattr(self, n) is not None]
             chat_only += [n for n in ("add_generation_prompt", "continue_final_message") if getattr(self, n)]
             if chat_only:
                 raise ValueError(f"{chat_only} only apply to the chat form (`messages`), not to `input`")
-        if self.priority != 0:
-            raise ValueError("`priority` must be 0: this server does not schedule by priority")
         return self
 
 
-class PoolingRequest(ScoringRequest):
+class EncodingRequest(ScoringRequest):
+    """``encoding_format`` and its options (vLLM's ``EncodingRequestMixin``)."""
+
+    encoding_format: EncodingFormat = Field(
+        default="float", description="float (JSON numbers), base64 (each item's bytes), bytes (the binary body, "
+                                     "item offsets in the `metadata` header) or bytes_only (no header).")
+    embed_dtype: EmbedDType = "float32"
+    endianness: Endianness = "native"
+
+
+class PoolingRequest(EncodingRequest):
     """``POST /pooling`` (vLLM's completion and chat forms in one schema)."""
 
     task: str | None = Field(
         default=None, description="classify, token_classify, embed or token_embed; default: the model's reward task.")
-    encoding_format: Literal["float", "base64"] = "float"
-    embed_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    endianness: Literal["native", "little", "big"] = "native"
-    dimensions: int | None = Field(default=None, gt=0, description="embed tasks: keep the first n dimensions.")
+    dimensions: int | None = Field(default=None, gt=0, description="Extension. embed tasks: keep the first n dimensions.")
     normalize: bool | None = Field(default=None, description="Extension. embed tasks: L2-normalize.")
     step_tag_id: int | None = Field(default=None, ge=0, description="Extension. STEP pooling: keep rows of this token.")
     returned_token_ids: list[int] | None = Field(
@@ -158,6 +228,94 @@ class PoolingRequest(ScoringRequest):
 
 class ClassifyRequest(ScoringRequest):
     """``POST /classify`` (vLLM's schema; verl's reward loop sends ``{"model", "input", "use_activation"}``)."""
+
+
+class EmbeddingRequest(EncodingRequest):
+    """``POST /v1/embeddings`` (OpenAI's and vLLM's). On a reward model it answers as SGLang's reward servers do:
+    ``embedding`` is the raw score vector (``data[-1]["embedding"][-1]`` is the reward, as verl reads it)."""
+
+    dimensions: int | None = Field(default=None, gt=0, description="Embedding models: keep the first n dimensions.")
+    normalize: bool | None = Field(default=None, description="Extension. Embedding models: L2-normalize.")
+
+
+class CohereEmbedRequest(StrictModel):
+    """``POST /v2/embed`` (Cohere's embed API as vLLM serves it), text inputs."""
+
+    model: str | None = None
+    input_type: str | None = Field(default=None, description="Accepted; this server has no task instructions.")
+    texts: list[str] | None = None
+    images: list[str] | None = Field(default=None, description="Refused: this server scores text only.")
+    inputs: list[dict[str, Any]] | None = Field(
+        default=None, description="Content lists; only text parts ({'type': 'text', 'text': ...}).")
+    output_dimension: int | None = Field(default=None, gt=0)
+    embedding_types: list[Literal["float", "binary", "ubinary", "base64"]] | None = None
+    truncate: Literal["NONE", "START", "END"] = "END"
+    max_tokens: int | None = Field(default=None, gt=0)
+    priority: int = 0
+
+    @model_validator(mode="after")
+    def _one_input(self) -> CohereEmbedRequest:
+        given = [f for f in (self.texts, self.images, self.inputs) if f is not None]
+        if len(given) != 1 or not given[0]:
+            raise ValueError("Exactly one of texts, images, or inputs must be provided, and it must be non-empty")
+        if self.images is not None:
+            raise ValueError("`images` are refused: this server scores text only")
+        if self.priority != 0:
+            raise ValueError("`priority` must be 0: this server does not schedule by priority")
+        return self
+
+
+ScoreInput = str | list[str]
+
+
+class ScoreFields(CommonRequest):
+    """Fields shared by ``/score`` and ``/rerank`` (vLLM's ``ScoringRequestMixin``)."""
+
+    use_activation: bool | None = Field(default=None, description="Apply the sigmoid (default true).")
+    max_tokens_per_query: int = Field(default=0, ge=0, description="Cut queries to this many tokens (0: no cut).")
+    max_tokens_per_doc: int = Field(default=0, ge=0, description="Cut documents to this many tokens (0: no cut).")
+    instruction: str | None = Field(default=None, description="Refused unless the server has a score template.")
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Refused unless the server has a score template.")
+
+
+class ScoreRequest(ScoreFields):
+    """``POST /score``: pairs 1:1, 1:N or N:N under any of vLLM's names (``queries``/``documents``,
+    ``queries``/``items``, ``data_1``/``data_2``, ``text_1``/``text_2``)."""
+
+    queries: ScoreInput | None = None
+    documents: ScoreInput | None = None
+    items: ScoreInput | None = None
+    data_1: ScoreInput | None = None
+    data_2: ScoreInput | None = None
+    text_1: ScoreInput | None = None
+    text_2: ScoreInput | None = None
+
+    @model_validator(mode="after")
+    def _one_pair(self) -> ScoreRequest:
+        forms = [(a, b) for a, b in (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"),
+                                     ("text_1", "text_2"))
+                 if getattr(self, a) is not None and getattr(self, b) is not None]
+        if not forms:
+            raise ValueError("send `queries` and `documents` (or `queries`/`items`, `data_1`/`data_2`, "
+                             "`text_1`/`text_2`)")
+        return self
+
+    def pair(self) -> tuple[list[str], list[str]]:
+        """``(data_1, data_2)`` as lists, from whichever names the request used."""
+        for a, b in (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2")):
+            one, two = getattr(self, a), getattr(self, b)
+            if one is not None and two is not None:
+                return ([one] if isinstance(one, str) else list(one)), ([two] if isinstance(two, str) else list(two))
+        raise AssertionError("validated by _one_pair")
+
+
+class RerankRequest(ScoreFields):
+    """``POST /rerank`` (Jina's and Cohere's rerank API as vLLM serves it)."""
+
+    query: str
+    documents: list[str] | str
+    top_n: int = Field(default=0, ge=0, description="Keep the n best documents (0: all).")
 
 
 class GetRewardRequest(BaseModel):
@@ -292,8 +450,25 @@ class TokenizeResponse(ResponseModel):
     token_strs: list[str] | None = _absent_if_none("Sent with `return_token_strs`.")
 
 
+class ModelPermission(ResponseModel):
+    """vLLM's (OpenAI's legacy) model permission entry."""
+
+    id: str
+    object: str = "model_permission"
+    created: int = Field(default_factory=_now)
+    allow_create_engine: bool = False
+    allow_sampling: bool = True
+    allow_logprobs: bool = True
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
+
+
 class ModelCard(ResponseModel):
-    """One entry of ``/v1/models``."""
+    """One entry of ``/v1/models`` (vLLM's fields)."""
 
     id: str
     object: str = "model"
@@ -302,6 +477,7 @@ class ModelCard(ResponseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+    permission: list[ModelPermission] = Field(default_factory=list)
 
 
 class ModelList(ResponseModel):
@@ -347,34 +523,165 @@ class HealthResponse(ResponseModel):
     queue_depth: int | None = _absent_if_none("Prompts waiting for the engine.")
 
 
-class ErrorResponse(ResponseModel):
-    """Every error (vLLM's shape)."""
+class ErrorInfo(ResponseModel):
+    """The error itself (vLLM's ``ErrorInfo``)."""
 
-    object: str = "error"
     message: str
     type: str
     param: str | None = None
     code: int
 
 
+class ErrorResponse(ResponseModel):
+    """Every error (vLLM's shape ``{"error": {"message", "type", "param", "code"}}``); a route that does not
+    exist answers FastAPI's ``{"detail": "Not Found"}`` instead, as vLLM does."""
+
+    error: ErrorInfo
+
+
+class EmbeddingResponseData(ResponseModel):
+    """One embedded prompt (``null`` with ``error`` set when the model produced NaN/inf)."""
+
+    index: int
+    object: str = "embedding"
+    embedding: list[float] | str | None
+    error: str | None = _absent_if_none("Extension: why this item has no result.")
+
+
+class EmbeddingResponse(ScoredList[EmbeddingResponseData]):
+    """``/v1/embeddings`` response (OpenAI's and vLLM's)."""
+
+
+class CohereApiVersion(ResponseModel):
+    """Cohere's API version block."""
+
+    version: str = "2"
+
+
+class CohereBilledUnits(ResponseModel):
+    """Cohere's token counts."""
+
+    input_tokens: int
+    image_tokens: int = 0
+
+
+class CohereMeta(ResponseModel):
+    """Cohere's ``meta`` block."""
+
+    api_version: CohereApiVersion = Field(default_factory=CohereApiVersion)
+    billed_units: CohereBilledUnits
+
+
+class CohereEmbeddings(ResponseModel):
+    """Embeddings by requested type (only the requested types are present)."""
+
+    float: list[list[builtins_float]] | None = _absent_if_none()
+    binary: list[list[int]] | None = _absent_if_none()
+    ubinary: list[list[int]] | None = _absent_if_none()
+    base64: list[str] | None = _absent_if_none()
+
+
+class CohereEmbedResponse(ResponseModel):
+    """``/v2/embed`` response (Cohere's)."""
+
+    id: str
+    embeddings: CohereEmbeddings
+    texts: list[str] | None = _absent_if_none()
+    meta: CohereMeta
+    response_type: str = "embeddings_by_type"
+
+
+class ScoreResponseData(ResponseModel):
+    """One scored pair; ``score`` is ``null`` with ``error`` set when the model produced NaN/inf."""
+
+    index: int
+    object: str = "score"
+    score: float | None
+    error: str | None = _absent_if_none("Extension: why this pair has no score.")
+
+
+class ScoreResponse(ScoredList[ScoreResponseData]):
+    """``/score`` response (vLLM's)."""
+
+
+class RerankDocument(ResponseModel):
+    """The document a rerank result is about."""
+
+    text: str
+
+
+class RerankResult(ResponseModel):
+    """One reranked document (best first); NaN scores sort last with ``relevance_score`` ``null``."""
+
+    index: int
+    document: RerankDocument
+    relevance_score: float | None
+    error: str | None = _absent_if_none("Extension: why this document has no score.")
+
+
+class RerankUsage(ResponseModel):
+    """Token counts of a rerank request."""
+
+    prompt_tokens: int
+    total_tokens: int
+
+
+class RerankResponse(ResponseModel):
+    """``/rerank`` response (vLLM's, Jina's)."""
+
+    id: str
+    model: str
+    usage: RerankUsage
+    results: list[RerankResult]
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in (
-        (400, "A client mistake (including an unknown model or LoRA name); the message names the field and the limit."),
+        (400, "A client mistake; the message names the field and the limit."),
         (401, "Missing or wrong API key."),
-        (404, "Unknown route."),
+        (404, "An unknown model or LoRA name in `model` (a route that does not exist answers "
+              "{\"detail\": \"Not Found\"})."),
         (413, "Body over --max-body-bytes or more inputs than --max-client-batch-size."),
         (503, "Queue full or server draining; retry after the Retry-After header's seconds."),
     )
 }
+#: A 404 that is either an unknown ``model`` (``ErrorResponse``) or FastAPI's ``{"detail": "Not Found"}``: what a
+#: route answers when the served model does not offer it (``/score`` on a reward model...), as vLLM's do.
+NOT_OFFERED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    404: {"description": "An unknown `model` (ErrorResponse), or {\"detail\": \"Not Found\"} when the served "
+                         "model does not offer this route (as vLLM).",
+          "content": {"application/json": {"schema": {"anyOf": [
+              {"$ref": "#/components/schemas/ErrorResponse"},
+              {"type": "object", "title": "NotFound", "properties": {"detail": {"type": "string"}},
+               "required": ["detail"], "additionalProperties": False}]}}}},
+}
 
 __all__ = [
+    "NOT_OFFERED_RESPONSES",
+    "log_ignored_fields",
     "ERROR_RESPONSES",
     "ChatMessage",
     "ClassificationData",
     "ClassificationResponse",
     "ClassifyRequest",
+    "CohereEmbedRequest",
+    "CohereEmbedResponse",
+    "CommonRequest",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "EmbeddingResponseData",
+    "EncodingRequest",
+    "ErrorInfo",
     "ErrorResponse",
+    "ModelPermission",
+    "RerankRequest",
+    "RerankResponse",
+    "RerankResult",
+    "ScoreRequest",
+    "ScoreResponse",
+    "ScoreResponseData",
     "GetRewardRequest",
     "GetRewardResponse",
     "HealthResponse",

@@ -41,6 +41,8 @@ class ServerLimits:
         batch_wait_s: Longest delay of an engine call while more requests are arriving, so they join it
             (see :mod:`~rlhf_rewards.server.batcher`); ``0`` turns it off. An idle server never waits.
         trust_request_chat_template: Accept a ``chat_template`` sent in a request (it runs as Jinja).
+        chat_template: The server's chat template (``--chat-template``), used when a request sends none;
+            ``None``: the tokenizer's.
     """
 
     max_body_bytes: int = 32 * 1024 * 1024
@@ -49,6 +51,7 @@ class ServerLimits:
     max_batch_tokens: int = 65536
     batch_wait_s: float = 0.05
     trust_request_chat_template: bool = False
+    chat_template: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Public limits (sent to clients in ``/v1/model_info``)."""
@@ -100,13 +103,14 @@ class ServingEngine:
         return [r.lora_name for r in self.llm.list_loras()] if self.llm.lora_manager is not None else []
 
     def resolve_model(self, name: str | None) -> tuple[str, LoRARequest | None]:
-        """``(name to report, adapter or None)`` for a request's ``model`` field; unknown names are a 400 (a client mistake in the body, as issue 9 asks; vLLM answers 404)."""
-        if name is None or name in self._base_aliases:
+        """``(name to report, adapter or None)`` for a request's ``model`` field; an unknown name is a 404
+        (vLLM's ``NotFoundError``) listing the names served."""
+        if not name or name in self._base_aliases:
             return self.model_name, None
         if name in self.lora_names:
             return name, self.llm.get_lora(name)
-        known = [self.model_name, *self.lora_names]
-        raise APIError(400, f"The model `{name}` does not exist; this server serves {known}.", param="model")
+        known = [*self.served_model_names, *self.lora_names]
+        raise APIError(404, f"The model `{name[:200]}` does not exist; this server serves {known}.", param="model")
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -121,14 +125,17 @@ class ServingEngine:
     # ------------------------------------------------------------------ preparation
     async def prepare(self, req: ScoringRequest, task: str, params: PoolingParams,
                       lora: LoRARequest | None, field_name: str = "input") -> list[EngineItem]:
-        """Validated engine items of a ``/pooling`` or ``/classify`` request (its ``input`` or ``messages``).
+        """Validated engine items of a ``/pooling``, ``/classify`` or ``/v1/embeddings`` request (its ``input``
+        or ``messages``), cut on the request's ``truncation_side``.
 
         ``field_name`` names the request's prompt field in error messages.
         """
+        side = req.truncation_side
         if req.messages is None:
             add_special = True if req.add_special_tokens is None else req.add_special_tokens
             return await self.prepare_prompts(prompts_from_input(req.input), task, params, lora,
-                                              field_name=field_name, add_special_tokens=add_special)
+                                              field_name=field_name, add_special_tokens=add_special,
+                                              truncation_side=side)
         self._check_count(1, field_name)
         self._check_request_template(req.chat_template)
         messages = req.messages
@@ -140,19 +147,21 @@ class ServingEngine:
                 add_special_tokens=bool(req.add_special_tokens))}]
 
         # The rendered conversation is token ids: nothing is tokenized again, so add_special_tokens is moot.
-        return await self._prepare_in_thread(render, "messages", task, params, lora, add_special_tokens=False)
+        return await self._prepare_in_thread(render, "messages", task, params, lora, add_special_tokens=False,
+                                             truncation_side=side)
 
     async def prepare_prompts(self, prompts: list[PromptType], task: str, params: PoolingParams,
                               lora: LoRARequest | None, *, field_name: str = "input",
-                              add_special_tokens: bool = True) -> list[EngineItem]:
+                              add_special_tokens: bool = True, truncation_side: str | None = None) -> list[EngineItem]:
         """Validated engine items of ``prompts``, the entries of the request field ``field_name``.
 
         More prompts than ``max_client_batch_size`` is a 413; a mistake in prompt ``i`` is a 400 on
-        ``<field_name>[i]``.
+        ``<field_name>[i]``. ``truncation_side`` (vLLM's): ``"right"`` keeps the first
+        ``truncate_prompt_tokens`` tokens; ``"left"`` or ``None`` the last ones (the engine's behaviour).
         """
         self._check_count(len(prompts), field_name)
         return await self._prepare_in_thread(lambda: prompts, field_name, task, params, lora,
-                                             add_special_tokens=add_special_tokens)
+                                             add_special_tokens=add_special_tokens, truncation_side=truncation_side)
 
     def _check_count(self, n: int, field_name: str) -> None:
         limit = self.limits.max_client_batch_size
@@ -168,14 +177,15 @@ class ServingEngine:
 
     async def _prepare_in_thread(self, get_prompts: Callable[[], list[PromptType]], field_name: str, task: str,
                                  params: PoolingParams, lora: LoRARequest | None, *,
-                                 add_special_tokens: bool) -> list[EngineItem]:
+                                 add_special_tokens: bool, truncation_side: str | None = None) -> list[EngineItem]:
         # While this request tokenizes, a round about to start waits for it (the route submits it right after).
         with self.batcher.arriving():
             return await self._in_tokenizer_thread(self._prepare, get_prompts, field_name, task, params, lora,
-                                                   add_special_tokens)
+                                                   add_special_tokens, truncation_side)
 
     def _prepare(self, get_prompts: Callable[[], list[PromptType]], field_name: str, task: str,
-                 params: PoolingParams, lora: LoRARequest | None, add_special_tokens: bool) -> list[EngineItem]:
+                 params: PoolingParams, lora: LoRARequest | None, add_special_tokens: bool,
+                 truncation_side: str | None = None) -> list[EngineItem]:
         llm = self.llm
         with _request_errors("task"):
             check_task(task, llm.supported_tasks)
@@ -183,7 +193,12 @@ class ServingEngine:
         with _request_errors(field_name):
             token_ids = tokenize_prompts(prompts, llm.tokenizer, vocab_size=llm.model.vocab_size,
                                          add_special_tokens=add_special_tokens)
-            token_ids = [apply_length_limit(i, ids, llm.max_model_len, params.truncate_prompt_tokens)
+            truncate = params.truncate_prompt_tokens
+            if truncation_side == "right" and truncate is not None:
+                keep = llm.max_model_len if truncate == -1 else truncate
+                if keep <= llm.max_model_len:  # a larger k is apply_length_limit's error
+                    token_ids = [ids[:keep] for ids in token_ids]
+            token_ids = [apply_length_limit(i, ids, llm.max_model_len, truncate)
                          for i, ids in enumerate(token_ids)]
         params = params.clone(truncate_prompt_tokens=None)
         with _request_errors(None):
@@ -215,9 +230,11 @@ class ServingEngine:
         tok = self.llm.tokenizer
         if tok is None:
             raise APIError(400, "This model has no tokenizer: send token ids in `input`.", param="messages")
+        chat_template = chat_template or self.limits.chat_template
         if chat_template is None and not getattr(tok, "chat_template", None):
-            raise APIError(400, f"{self.model_name} has no chat template: send `input` text, or `chat_template` "
-                                "(with --trust-request-chat-template).", param="messages")
+            raise APIError(400, f"{self.model_name} has no chat template: send `input` text, start the server "
+                                "with --chat-template, or send `chat_template` (with "
+                                "--trust-request-chat-template).", param="messages")
         extra = dict(chat_template_kwargs or {})
         clash = sorted(k for k in extra if k in self._template_params or not str(k).isidentifier())
         if clash:

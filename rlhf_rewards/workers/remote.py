@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from rlhf_rewards.contract import ModelInfo, params_key, params_to_fields, truncation_of
-from rlhf_rewards.errors import RequestError
+from rlhf_rewards.errors import ERROR_HEADER, RequestError
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingOutput, PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
@@ -40,7 +40,6 @@ from rlhf_rewards.workers.retry import (
 
 API_KEY_ENV = "RLHF_REWARDS_API_KEY"
 #: Response header of a 4xx caused by a ``RequestError``: its ``to_dict()`` as JSON, located by the server.
-ERROR_HEADER = "x-rlhf-rewards-error"
 
 
 class RemoteWorkerError(RuntimeError):
@@ -277,8 +276,13 @@ def _error_message(response: Any) -> str:
         body = response.json()
     except ValueError:
         return (response.text or "")[:500] or f"HTTP {response.status_code}"
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
+    # vLLM's shape {"error": {"message", ...}}; the flat {"message"} of older servers; FastAPI's {"detail"}.
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    for key in ("message", "detail"):
+        if isinstance(body, dict) and isinstance(body.get(key), str):
+            return body[key]
     return str(body)[:500]
 
 

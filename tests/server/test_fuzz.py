@@ -31,6 +31,12 @@ ROUTE_FIELDS = {
     "/classify": ["model", "input", "messages", "use_activation", "truncate_prompt_tokens", "add_special_tokens"],
     "/get_reward": ["query", "prompts", "labels"],
     "/tokenize": ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt", "return_token_strs"],
+    "/v1/embeddings": ["model", "input", "messages", "encoding_format", "embed_dtype", "endianness", "dimensions",
+                       "use_activation", "truncate_prompt_tokens", "truncation_side", "padding", "cache_salt"],
+    "/score": ["model", "queries", "documents", "items", "data_1", "data_2", "text_1", "text_2", "use_activation",
+               "max_tokens_per_query", "max_tokens_per_doc", "truncate_prompt_tokens", "instruction"],
+    "/rerank": ["model", "query", "documents", "top_n", "use_activation", "max_tokens_per_doc"],
+    "/invocations": ["model", "input", "messages", "query", "documents", "queries", "task", "encoding_format"],
 }
 
 
@@ -38,8 +44,11 @@ def _check(response: requests.Response, what: str) -> None:
     assert response.status_code < 500, (what, response.status_code, response.text[:500])
     if response.status_code >= 400:
         body = json.loads(response.text)
-        assert body["object"] == "error" and body["code"] == response.status_code, (what, body)
-        assert isinstance(body["message"], str) and body["message"], (what, body)
+        if body == {"detail": "Not Found"}:  # a route the served model does not offer (vLLM's answer)
+            return
+        error = body["error"]
+        assert error["code"] == response.status_code, (what, body)
+        assert isinstance(error["message"], str) and error["message"], (what, body)
 
 
 def _no_server_errors_recorded(url: str) -> None:
@@ -72,8 +81,9 @@ def test_generated_requests_never_get_a_server_error(server):
     for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
         for result in schema.get_all_operations():
             operation = result.ok()
-            if mode == schemathesis.GenerationMode.NEGATIVE and operation.method.upper() != "POST":
-                continue  # a route without a body or parameters has no invalid form
+            if mode == schemathesis.GenerationMode.NEGATIVE and (operation.method.upper() != "POST"
+                                                                 or operation.path == "/invocations"):
+                continue  # a route without a body or parameters (or taking any JSON body) has no invalid form
 
             @seed(SEED)
             @given(operation.as_strategy(generation_mode=mode))
@@ -83,9 +93,7 @@ def test_generated_requests_never_get_a_server_error(server):
                 sent["schemathesis"] += 1
                 response = case.call(base_url=server.url, timeout=120)
                 assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
-                if response.status_code >= 400:
-                    body = json.loads(response.text)
-                    assert body["object"] == "error" and body["code"] == response.status_code
+                _check(response, f"{case.method} {case.path} {str(case.body)[:200]}")
 
             check()
 

@@ -51,7 +51,7 @@ def test_api_key_on_every_route_but_health(servers, caplog):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"X-API-Key": KEY}):
             r = requests.request(method, auth.url + path, json=body, headers=headers, timeout=30)
             assert r.status_code == 401, (path, headers, r.text)
-            assert r.json()["type"] == "AuthenticationError" and r.headers["WWW-Authenticate"] == "Bearer"
+            assert r.json()["error"]["type"] == "AuthenticationError" and r.headers["WWW-Authenticate"] == "Bearer"
         ok = requests.request(method, auth.url + path, json=body, headers=good, timeout=30)
         assert ok.status_code == 200, (path, ok.text)
     assert requests.post(auth.url + "/pooling", json={"input": "hi"}, timeout=30,
@@ -106,7 +106,7 @@ def test_full_queue_answers_503_with_retry_after_and_remote_worker_waits(servers
     for a in answers:
         if a.status_code == 503:
             assert int(a.headers["Retry-After"]) >= 1
-            error = a.json()
+            error = a.json()["error"]
             assert error["type"] == "ServiceUnavailableError" and "--max-queue-size=4" in error["message"]
         else:
             got = [d["data"][0] for d in a.json()["data"]]
@@ -136,7 +136,7 @@ def test_a_draining_server_refuses_new_work_with_503(servers):
         queue.engine.draining = False
     assert health.status_code == 503 and health.json()["status"] == "draining"
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
-    assert "shutting down" in refused.json()["message"]
+    assert "shutting down" in refused.json()["error"]["message"]
     assert requests.post(queue.url + "/pooling", json={"input": "hi"}, headers=headers, timeout=30).status_code == 200
 
 

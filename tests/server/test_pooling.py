@@ -34,7 +34,7 @@ def _close(got, want) -> None:
 def test_completion_form_as_in_vllm_docs(server, llm):
     # vLLM's openai_pooling_client.py: {"model": model_name, "input": "vLLM is great!"}
     body = _post(server, "/pooling", {"model": "tiny-rm", "input": "vLLM is great!"})
-    assert body["object"] == "list" and body["id"].startswith("pool-") and isinstance(body["created"], int)
+    assert body["object"] == "list" and body["id"].startswith("pooling-") and isinstance(body["created"], int)
     assert body["model"] == "tiny-rm"
     (item,) = body["data"]
     assert item["index"] == 0 and item["object"] == "pooling"

@@ -162,7 +162,13 @@ def _queue_full_answer(proc: InProcessServer) -> requests.Response:
     return answer
 
 
-def test_every_answer_matches_its_routes_schema(server, poisoned_server, checker):
+@pytest.fixture(scope="module")
+def embedding_server(checkpoint_factory):
+    with InProcessServer(checkpoint_factory("Qwen3Model"), "--served-model-name", "tiny-embed") as proc:
+        yield proc
+
+
+def test_every_answer_matches_its_routes_schema(server, poisoned_server, embedding_server, checker):
     url = server.url
     c = checker
     # /pooling: every task, both encodings, with and without details, completion and chat forms.
@@ -172,7 +178,7 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, checker
                 body = c.check(requests.post(url + "/pooling", timeout=30, json={
                     "input": ["Hello there", "ok"], "task": task, "encoding_format": encoding,
                     "return_details": details, "request_id": f"{task}-{encoding}"}), "/pooling")
-                assert body["id"] == f"pool-{task}-{encoding}" and len(body["data"]) == 2
+                assert body["id"] == f"pooling-{task}-{encoding}" and len(body["data"]) == 2
                 assert all(("shape" in item) == details for item in body["data"])
     c.check(requests.post(url + "/pooling", json={"input": [[5, 6, 7], [8, 9]], "truncate_prompt_tokens": 1},
                           timeout=30), "/pooling")
@@ -180,6 +186,27 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, checker
     c.check(requests.post(url + "/classify", json={"input": ["a b", "c"], "use_activation": False}, timeout=30),
             "/classify")
     c.check(requests.post(url + "/classify", json={"messages": MESSAGES}, timeout=30), "/classify")
+    for fmt in ("bytes", "bytes_only"):
+        assert c.check(requests.post(url + "/pooling", json={"input": ["a", "b"], "encoding_format": fmt}, timeout=30),
+                       "/pooling") is not None
+    # vLLM 0.33's routes: embeddings (SGLang's reward answer on a reward model), score, rerank, invocations.
+    for body in ({"input": ["a b", "c"]}, {"input": "a", "encoding_format": "base64"}):
+        c.check(requests.post(url + "/v1/embeddings", json=body, timeout=30), "/v1/embeddings")
+    c.check(requests.post(url + "/v1/embeddings", json={"input": "a", "encoding_format": "bytes"}, timeout=30),
+            "/v1/embeddings")
+    for route in ("/score", "/v1/score"):
+        c.check(requests.post(url + route, json={"queries": "q", "documents": ["a", "b"]}, timeout=30), route)
+    for route in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        c.check(requests.post(url + route, json={"query": "q", "documents": ["a", "b"], "top_n": 1}, timeout=30), route)
+    for body in ({"input": "a"}, {"query": "q", "documents": ["a"]}, {"queries": "q", "documents": "a"}):
+        c.check(requests.post(url + "/invocations", json=body, timeout=30), "/invocations")
+    answer = requests.post(url + "/v2/embed", json={"texts": ["a"]}, timeout=30)
+    assert answer.status_code == 404 and c.check(answer, "/v2/embed") == {"detail": "Not Found"}
+    emb = embedding_server.url
+    for body in ({"texts": ["a b", "c"], "embedding_types": ["float", "binary", "ubinary", "base64"]},
+                 {"inputs": [{"content": [{"type": "text", "text": "a"}]}], "truncate": "START", "max_tokens": 3}):
+        c.check(requests.post(emb + "/v2/embed", json=body, timeout=30), "/v2/embed")
+    c.check(requests.post(emb + "/score", json={"text_1": ["a", "b"], "text_2": ["c", "d"]}, timeout=30), "/score")
     c.check(requests.post(url + "/get_reward", json={"query": ["a b", "c"], "prompts": ["a"]}, timeout=30),
             "/get_reward")
     for body in ({"prompt": "Hello world"}, {"prompt": "Hello", "return_token_strs": True}, {"messages": MESSAGES}):
@@ -194,9 +221,15 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, checker
     for route, body in (("/pooling", {"input": ["ok", ""]}), ("/pooling", {"input": "x", "task": "classify",
                                                                             "dimensions": 4}),
                         ("/pooling", {"input": 42}), ("/classify", {"input": [[1, 100000]]}),
-                        ("/get_reward", {"query": ["fine", ""]}), ("/tokenize", {"prompt": "x", "model": "nope"})):
+                        ("/get_reward", {"query": ["fine", ""]}), ("/score", {"queries": ["a", "b"], "documents": ["c"]}),
+                        ("/invocations", {"nothing": 1}), ("/v1/embeddings", {"input": "a", "dimensions": 2})):
         answer = requests.post(url + route, json=body, timeout=30)
-        assert answer.status_code == 400
+        assert answer.status_code == 400, (route, answer.text)
+        c.check(answer, route)
+    for route, body in (("/tokenize", {"prompt": "x", "model": "nope"}), ("/rerank", {"query": "q", "documents": "a",
+                                                                                       "model": "nope"})):
+        answer = requests.post(url + route, json=body, timeout=30)
+        assert answer.status_code == 404 and answer.json()["error"]["type"] == "NotFoundError"
         c.check(answer, route)
     answer = requests.post(url + "/pooling", json={"input": ["x"] * (MAX_CLIENT_BATCH + 1)}, timeout=30)
     assert answer.status_code == 413
@@ -205,8 +238,7 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, checker
     assert answer.status_code == 413
     c.check(answer, "/classify")
     answer = requests.post(url + "/v2/pooling", json={"input": "x"}, timeout=30)
-    assert answer.status_code == 404
-    c.check(answer)
+    assert answer.status_code == 404 and answer.json() == {"detail": "Not Found"}  # FastAPI's, as vLLM
     answer = requests.get(url + "/pooling", timeout=30)
     assert answer.status_code == 405
     c.check(answer)
@@ -221,6 +253,13 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, checker
     body = c.check(requests.post(nan + "/get_reward", json={"query": ["Hello 3"]}, headers=auth, timeout=30),
                    "/get_reward")
     assert body["rewards"] == [None] and "0" in body["errors"]
+    body = c.check(requests.post(nan + "/v1/embeddings", json={"input": [bad, good]}, headers=auth, timeout=30),
+                   "/v1/embeddings")
+    assert body["data"][0]["embedding"] is None and "error" in body["data"][0]
+    body = c.check(requests.post(nan + "/score", json={"queries": "Hello", "documents": ["Hi", "Hello 3"]},
+                                 headers=auth, timeout=30), "/score")
+    body = c.check(requests.post(nan + "/rerank", json={"query": "Hello", "documents": ["Hi", "Hello 3"]},
+                                 headers=auth, timeout=30), "/rerank")
     for method, route in (("post", "/pooling"), ("post", "/classify"), ("post", "/get_reward"), ("post", "/tokenize"),
                           ("get", "/v1/models"), ("get", "/v1/model_info"), ("get", "/metrics")):
         answer = requests.request(method, nan + route, json={"input": "x"} if method == "post" else None, timeout=30)
@@ -282,7 +321,7 @@ def test_an_answer_the_server_cannot_build_is_a_500_not_a_400(poisoned_server):
                                headers=auth, timeout=30)
     finally:
         batcher._encode = real
-    assert answer.status_code == 500 and answer.json()["type"] == "InternalServerError", answer.text
+    assert answer.status_code == 500 and answer.json()["error"]["type"] == "InternalServerError", answer.text
     assert "token 5" not in answer.text
     assert requests.post(poisoned_server.url + "/pooling", json={"input": [[5, 6]]}, headers=auth,
                          timeout=30).status_code == 200

@@ -1,7 +1,8 @@
 """HTTP routes, one module per route family."""
 
-from rlhf_rewards.server.routes import classify, get_reward, health, models, pooling
+from rlhf_rewards.server.routes import classify, embeddings, get_reward, health, invocations, models, pooling, score
 
-ROUTERS = (pooling.router, classify.router, get_reward.router, models.router, health.router)
+ROUTERS = (pooling.router, classify.router, embeddings.router, score.router, invocations.router, get_reward.router,
+           models.router, health.router)
 
 __all__ = ["ROUTERS"]

@@ -30,7 +30,7 @@ async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
     outputs = await engine.score("classify", items)
     id2label = getattr(engine.llm.model.config, "id2label", None) or {}
     return json_response(ClassificationResponse(
-        id=response_id("classify", body.request_id),
+        id=response_id("classify", body.request_id, request),
         model=name,
         data=[_item(i, out, id2label) for i, out in enumerate(outputs)],
         usage=usage(outputs),

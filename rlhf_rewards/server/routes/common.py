@@ -35,9 +35,11 @@ def make_params(source: Mapping[str, Any] | object, *, truncate_prompt_tokens: i
         raise APIError(400, str(exc)) from None
 
 
-def response_id(prefix: str, request_id: str | None) -> str:
-    """``<prefix>-<request_id>``, or a random id when the request has none (vLLM's ids)."""
-    return f"{prefix}-{request_id or uuid.uuid4().hex}"
+def response_id(prefix: str, request_id: str | None, request: Request | None = None) -> str:
+    """``<prefix>-<id>`` as vLLM builds it: the ``X-Request-Id`` header, else the body's ``request_id``, else a
+    random hex id."""
+    header = request.headers.get("x-request-id") if request is not None else None
+    return f"{prefix}-{(header[:256] if header else None) or request_id or uuid.uuid4().hex}"
 
 
 def usage(outputs: list[PoolingRequestOutput]) -> UsageInfo:

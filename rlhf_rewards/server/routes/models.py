@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -12,6 +13,7 @@ from rlhf_rewards.server.protocol import (
     ModelCard,
     ModelInfoResponse,
     ModelList,
+    ModelPermission,
     TokenizeRequest,
     TokenizeResponse,
 )
@@ -21,16 +23,23 @@ router = APIRouter(tags=["models"])
 _AUTH_ERROR = {401: ERROR_RESPONSES[401]}
 
 
+def _permission(created: int) -> list[ModelPermission]:
+    return [ModelPermission(id=f"modelperm-{uuid.uuid4().hex}", created=created)]
+
+
 @router.get("/v1/models", response_model=ModelList, responses=_AUTH_ERROR)
 async def list_models(request: Request) -> JSONResponse:
-    """The base model and every LoRA module (``--lora-modules``), as vLLM lists them."""
+    """One card per served model name (``--served-model-name`` aliases, the first is the one reported) and
+    one per LoRA module (``--lora-modules``), as vLLM lists them. ``root`` is the model as the server was
+    started with it; a LoRA card's ``root`` is its name (adapter paths never leave the server)."""
     engine = engine_of(request)
     created = int(time.time())
-    base = engine.model_name
     max_len = engine.llm.max_model_len
-    cards = [ModelCard(id=base, created=created, root=base, parent=None, max_model_len=max_len)]
-    cards += [ModelCard(id=name, created=created, root=name, parent=base, max_model_len=max_len)
-              for name in engine.lora_names]
+    root = str(engine.llm.model_name)
+    cards = [ModelCard(id=alias, created=created, root=root, parent=None, max_model_len=max_len,
+                       permission=_permission(created)) for alias in engine.served_model_names]
+    cards += [ModelCard(id=name, created=created, root=name, parent=engine.model_name, max_model_len=max_len,
+                        permission=_permission(created)) for name in engine.lora_names]
     return json_response(ModelList(data=cards))
 
 

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import base64
-import sys
+import time
 
-import torch
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.server.protocol import ERROR_RESPONSES, PoolingRequest, PoolingResponse, PoolingResponseData
 from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, response_id, usage
+from rlhf_rewards.server.routes.encoding import BYTES_CONTENT, bytes_response, encode_base64
 
 router = APIRouter(tags=["scoring"])
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-
-@router.post("/pooling", response_model=PoolingResponse, responses=ERROR_RESPONSES)
-async def pooling(body: PoolingRequest, request: Request) -> JSONResponse:
+@router.post("/pooling", response_model=PoolingResponse, responses={**ERROR_RESPONSES, **BYTES_CONTENT})
+async def pooling(body: PoolingRequest, request: Request) -> Response:
     """Pool prompts with a task (default: the model's reward task) and return the raw pooled data.
 
     ``data`` per item is ``[num_labels]`` for classify, ``[n_rows, k]`` for token_classify,
     ``[hidden]`` for embed and ``[n_tokens, hidden]`` for token_embed; with ``encoding_format="base64"``
-    it is the flattened array's bytes (``embed_dtype``, ``endianness``) in base64.
+    it is the flattened array's bytes (``embed_dtype``, ``endianness``) in base64, and with ``bytes`` /
+    ``bytes_only`` the answer is the binary body (vLLM's).
     """
     engine = engine_of(request)
     name, lora = engine.resolve_model(body.model)
@@ -32,8 +30,13 @@ async def pooling(body: PoolingRequest, request: Request) -> JSONResponse:
     params = make_params(body, truncate_prompt_tokens=body.truncate_prompt_tokens)
     items = await engine.prepare(body, task, params, lora)
     outputs = await engine.score(task, items)
+    rid = response_id("pooling", body.request_id, request)
+    if body.encoding_format in ("bytes", "bytes_only"):
+        return bytes_response(outputs, [o.outputs.data for o in outputs], response_id=rid, created=int(time.time()),
+                              model=name, usage=usage(outputs), encoding_format=body.encoding_format,
+                              embed_dtype=body.embed_dtype, endianness=body.endianness)
     return json_response(PoolingResponse(
-        id=response_id("pool", body.request_id),
+        id=rid,
         model=name,
         data=[_item(i, out, body) for i, out in enumerate(outputs)],
         usage=usage(outputs),
@@ -55,10 +58,4 @@ def _item(index: int, out: PoolingRequestOutput, body: PoolingRequest) -> Poolin
                                shape=list(tensor.shape) if details else None)
 
 
-def encode_base64(tensor: torch.Tensor, dtype: str, endianness: str) -> str:
-    """The flattened tensor's bytes in ``dtype`` and byte order, base64-encoded (vLLM's ``base64`` format)."""
-    flat = tensor.detach().to("cpu", _DTYPES[dtype]).contiguous().reshape(-1)
-    array = (flat.view(torch.int16) if dtype == "bfloat16" else flat).numpy()
-    if endianness != "native" and endianness != sys.byteorder:
-        array = array.byteswap()
-    return base64.b64encode(array.tobytes()).decode("ascii")
+__all__ = ["encode_base64", "router"]

@@ -1,0 +1,149 @@
+"""``POST /v1/embeddings`` (OpenAI's and vLLM's) and ``POST /v2/embed`` (Cohere's, as vLLM serves it).
+
+On an embedding model ``/v1/embeddings`` answers embeddings. On a reward model it answers as SGLang's reward
+servers do, which verl's SGLang reward path reads (``data[-1]["embedding"][-1]`` is the reward): the raw score
+vector of each prompt, ``[num_labels]`` (for token reward models, the last token's scores), without
+activation unless ``use_activation`` asks for it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rlhf_rewards.outputs import PoolingRequestOutput
+from rlhf_rewards.server.errors import APIError
+from rlhf_rewards.server.protocol import (
+    ERROR_RESPONSES,
+    NOT_OFFERED_RESPONSES,
+    CohereBilledUnits,
+    CohereEmbeddings,
+    CohereEmbedRequest,
+    CohereEmbedResponse,
+    CohereMeta,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingResponseData,
+)
+from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, response_id, usage
+from rlhf_rewards.server.routes.encoding import BYTES_CONTENT, bytes_response, encode_base64
+
+router = APIRouter(tags=["scoring"])
+_EMBED_TASKS = ("embed", "token_embed")
+
+
+def _reward_vector(out: PoolingRequestOutput) -> torch.Tensor:
+    """The score vector SGLang answers for a reward model: ``[num_labels]`` (a token model's last row)."""
+    data = out.outputs.data
+    return data[-1] if data.dim() == 2 else data.reshape(-1)
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, responses={**ERROR_RESPONSES, **BYTES_CONTENT})
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    """Embeddings of an embedding model; the raw reward vector of a reward model (SGLang's answer)."""
+    engine = engine_of(request)
+    name, lora = engine.resolve_model(body.model)
+    default = engine.info.default_task
+    reward = default not in _EMBED_TASKS
+    task = default if reward else "embed"
+    fields: Any = body
+    if reward and body.use_activation is None:
+        fields = {**body.model_dump(include={"dimensions", "normalize"}), "use_activation": False}
+    params = make_params(fields, truncate_prompt_tokens=body.truncate_prompt_tokens)
+    items = await engine.prepare(body, task, params, lora)
+    outputs = await engine.score(task, items)
+    tensors = [_reward_vector(o) if reward else o.outputs.data for o in outputs]
+    rid = response_id("embd", body.request_id, request)
+    if body.encoding_format in ("bytes", "bytes_only"):
+        return bytes_response(outputs, tensors, response_id=rid, created=int(time.time()), model=name,
+                              usage=usage(outputs), encoding_format=body.encoding_format,
+                              embed_dtype=body.embed_dtype, endianness=body.endianness)
+    data = []
+    for i, (out, tensor) in enumerate(zip(outputs, tensors, strict=True)):
+        value: list[float] | str | None = None
+        if out.error is None:
+            value = (encode_base64(tensor, body.embed_dtype, body.endianness) if body.encoding_format == "base64"
+                     else tensor.tolist())
+        data.append(EmbeddingResponseData(index=i, embedding=value, error=out.error))
+    return json_response(EmbeddingResponse(id=rid, model=name, data=data, usage=usage(outputs)))
+
+
+def require_embedding_model(request: Request) -> None:
+    """404 ``{"detail": "Not Found"}`` before the body is read unless an embedding model is served (vLLM
+    serves ``/v2/embed`` only then)."""
+    if engine_of(request).info.default_task != "embed":
+        raise StarletteHTTPException(404)
+
+
+@router.post("/v2/embed", response_model=CohereEmbedResponse, responses=NOT_OFFERED_RESPONSES,
+             dependencies=[Depends(require_embedding_model)])
+async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
+    """Cohere's embed API on an embedding model (``{"detail": "Not Found"}`` on other models, as vLLM)."""
+    engine = engine_of(request)
+    engine.resolve_model(body.model)
+    if body.inputs is not None:
+        texts = []
+        for i, item in enumerate(body.inputs):
+            parts = item.get("content") if isinstance(item, dict) else None
+            if not isinstance(parts, list) or not all(
+                    isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+                raise APIError(400, f"`inputs[{i}].content` must be text parts {{'type': 'text', 'text': str}}; "
+                                    "this server scores text only.", param="inputs")
+            texts.append("\n".join(p["text"] for p in parts))
+    else:
+        texts = list(body.texts or [])
+    # Cohere's truncate -> (truncate_prompt_tokens, side) as vLLM maps it; NONE + max_tokens is checked after.
+    truncate, side = None, None
+    if body.truncate == "START":
+        truncate, side = (body.max_tokens or -1), "left"
+    elif body.truncate == "END":
+        truncate, side = (body.max_tokens or -1), "right"
+    params = make_params({"dimensions": body.output_dimension}, truncate_prompt_tokens=truncate)
+    items = await engine.prepare_prompts(texts, "embed", params, None, field_name="texts" if body.texts else "inputs",
+                                         truncation_side=side)
+    if body.truncate == "NONE" and body.max_tokens is not None:
+        long = [i for i, it in enumerate(items) if len(it.token_ids) > body.max_tokens]
+        if long:
+            raise APIError(400, f"Input of {len(items[long[0]].token_ids)} tokens exceeds max_tokens="
+                                f"{body.max_tokens} with truncate=NONE. Set truncate to END or START to allow "
+                                "truncation.", param="max_tokens")
+    outputs = await engine.score("embed", items)
+    bad = [i for i, o in enumerate(outputs) if o.error is not None]
+    if bad:
+        raise APIError(422, f"Texts {bad[:10]} have no embedding ({outputs[bad[0]].error}); Cohere's answer cannot "
+                            "carry per-item errors: use /v1/embeddings.", param="texts")
+    floats = [o.outputs.data.tolist() for o in outputs]
+    n_tokens = usage(outputs).prompt_tokens
+    return json_response(CohereEmbedResponse(
+        id=response_id("embd", None, request),
+        embeddings=_typed(floats, body.embedding_types or ["float"]),
+        texts=body.texts,
+        meta=CohereMeta(billed_units=CohereBilledUnits(input_tokens=n_tokens, image_tokens=0)),
+    ))
+
+
+def _typed(floats: list[list[float]], types: list[str]) -> CohereEmbeddings:
+    """Cohere's embedding types (vLLM's ``build_typed_embeddings``)."""
+    out: dict[str, Any] = {}
+    array = np.asarray(floats, dtype=np.float64)
+    for kind in types:
+        if kind == "float":
+            out["float"] = floats
+        elif kind in ("binary", "ubinary"):
+            if array.shape[1] % 8:
+                raise APIError(400, "Embedding dimension must be a multiple of 8 for binary embedding types, but "
+                                    f"got {array.shape[1]}.", param="embedding_types")
+            packed = np.packbits(array >= 0, axis=-1)
+            out[kind] = (packed.astype(np.int16) - 128).tolist() if kind == "binary" else packed.tolist()
+        elif kind == "base64":
+            out["base64"] = [encode_base64(torch.tensor(v, dtype=torch.float32), "float32", "little") for v in floats]
+    return CohereEmbeddings(**out)
+
+
+__all__ = ["router"]
