@@ -12,6 +12,10 @@ from typing import Any
 
 _KEEP: Any = object()
 
+#: HTTP header in which the server sends a 4xx's :class:`RequestError` as JSON (:meth:`RequestError.to_dict`),
+#: so a client (``RemoteWorker``) can move it to its own prompt index without parsing the message.
+ERROR_HEADER = "x-rlhf-rewards-error"
+
 
 class RequestError(ValueError):
     """A mistake in a request: which field (and prompt) it is in, and why.
@@ -94,4 +98,4 @@ def _rebuild(cls: type[RequestError], data: dict[str, Any]) -> RequestError:
     return cls.from_dict(data)
 
 
-__all__ = ["RequestError"]
+__all__ = ["ERROR_HEADER", "RequestError"]
