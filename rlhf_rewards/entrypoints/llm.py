@@ -497,7 +497,15 @@ class LLM:
         # One forward at a time: async reward functions and server threads share this engine, and the LoRA
         # manager's active-adapter state belongs to the batch being run.
         with self._engine_lock:
-            return self._run_unlocked(requests, use_tqdm)
+            tensors = self._run_unlocked(requests, use_tqdm)
+            if len(requests) > 1:
+                # A NaN/inf in one sequence reaches the sequences packed beside it (0 x NaN = NaN where attention
+                # masks its keys out), so a non-finite output is scored again alone: a neighbour's NaN never
+                # costs a prompt its score, and a prompt that is non-finite by itself stays an item error.
+                for i, t in enumerate(tensors):
+                    if not bool(torch.isfinite(t).all()):
+                        tensors[i] = self._run_unlocked([requests[i]], False)[0]
+            return tensors
 
     def _run_unlocked(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:
         if self.lora_manager is not None and any(r.lora is not None for r in requests):
