@@ -66,6 +66,8 @@ class ParallelGroup:
         self.control = control
         self.workers = workers
         self.owns_process_group = owns_process_group
+        #: Under torchrun: whether this engine initialized torch.distributed (from torchrun's environment).
+        self.destroy_on_close = False
         self.closed = False
 
     @property
@@ -95,6 +97,8 @@ class ParallelGroup:
             return
         self.closed = True
         if not self.owns_process_group:
+            if self.destroy_on_close and dist.is_initialized():
+                dist.destroy_process_group()
             return
         if self.is_driver:
             try:
@@ -132,6 +136,20 @@ def start_group(config: ParallelConfig, device: torch.device, factory: Callable[
     ``factory(**kwargs)`` is what each spawned worker builds (the ``LLM`` class and this engine's arguments).
     """
     timeout = timedelta(seconds=timeout_s)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    created = False
+    if not dist.is_initialized() and _launched_by_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        if world != config.world_size:
+            raise ValueError(
+                f"torchrun started {world} processes (WORLD_SIZE), but tensor_parallel_size * pipeline_parallel_size "
+                f"= {config.world_size}; allowed: torchrun --nproc-per-node {config.world_size}."
+            )
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+        _bind_device(device, local_rank)
+        dist.init_process_group(backend, init_method="env://", timeout=timeout,
+                                **_device_id(device, local_rank, backend))
+        created = True
     if dist.is_initialized():
         world = dist.get_world_size()
         if world != config.world_size:
@@ -142,11 +160,12 @@ def start_group(config: ParallelConfig, device: torch.device, factory: Callable[
                 "own workers)."
             )
         rank = dist.get_rank()
-        _bind_device(device, rank)
+        _bind_device(device, int(os.environ.get("LOCAL_RANK", rank)))
         control = dist.new_group(backend="gloo", timeout=_CONTROL_TIMEOUT)
-        return ParallelGroup(config, rank, control, [], owns_process_group=os.environ.get(_WORKER_ENV) is not None)
+        group = ParallelGroup(config, rank, control, [], owns_process_group=os.environ.get(_WORKER_ENV) is not None)
+        group.destroy_on_close = created
+        return group
     init_method = f"tcp://127.0.0.1:{_free_port()}"
-    backend = "nccl" if device.type == "cuda" else "gloo"
     ctx = torch.multiprocessing.get_context("spawn")
     workers = []
     for rank in range(1, config.world_size):
@@ -155,7 +174,8 @@ def start_group(config: ParallelConfig, device: torch.device, factory: Callable[
         proc.start()
         workers.append(proc)
     try:
-        _set_rank_env(0, config.world_size)
+        # No RANK/WORLD_SIZE in this process's environment: it is the user's (a trainer's accelerate would take
+        # them for its own launch). transformers binds rank 0 to cuda:0 without them.
         _bind_device(device, 0)
         dist.init_process_group(backend, init_method=init_method, rank=0, world_size=config.world_size,
                                 timeout=timeout, **_device_id(device, 0, backend))
@@ -165,6 +185,14 @@ def start_group(config: ParallelConfig, device: torch.device, factory: Callable[
             proc.terminate()
         raise
     return ParallelGroup(config, 0, control, workers, owns_process_group=True)
+
+
+def _launched_by_torchrun() -> bool:
+    """``torchrun`` (or another launcher setting the ``env://`` variables) started this process as one rank."""
+    if os.environ.get(_WORKER_ENV) is not None:
+        return False
+    return "TORCHELASTIC_RUN_ID" in os.environ or all(
+        k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
 def _set_rank_env(rank: int, world: int) -> None:
@@ -182,8 +210,8 @@ def _device_id(device: torch.device, rank: int, backend: str) -> dict[str, Any]:
 
 
 def rank_device(device: torch.device, rank: int) -> torch.device:
-    """Where rank ``rank`` runs: ``cuda:rank`` on CUDA, else ``device``."""
-    return torch.device("cuda", rank) if device.type == "cuda" else device
+    """Where rank ``rank`` runs: ``cuda:LOCAL_RANK`` (``cuda:rank`` on one machine) on CUDA, else ``device``."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank))) if device.type == "cuda" else device
 
 
 def _exit_with_parent(parent_pid: int) -> None:
