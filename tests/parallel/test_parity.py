@@ -75,8 +75,9 @@ def runs(seq_rm, token_rm, prm, step_lm, internlm2, tmp_path_factory):
     return cases, references, ranks
 
 
-def test_scores_equal_the_single_process_engine(runs):
+def test_scores_equal_the_single_process_engine(runs, capsys):
     cases, references, ranks = runs
+    worst = {}
     for case in cases:
         for rank, result in enumerate(ranks):  # under torchrun every rank returns the outputs
             got, want = result[case.name]["outputs"], references[case.name]["outputs"]
@@ -85,6 +86,10 @@ def test_scores_equal_the_single_process_engine(runs):
                 for g, w in zip(g_call, w_call, strict=True):
                     assert g.shape == w.shape, (case.name, rank)
                     torch.testing.assert_close(g, w, atol=ATOL, rtol=0, msg=lambda m: f"{case.name} rank {rank}: {m}")
+                    if g.numel():
+                        worst[case.name] = max(worst.get(case.name, 0.0), float((g - w).abs().max()))
+    with capsys.disabled():
+        print("\nmax abs diff vs one process: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
 
 
 def test_the_cases_exercise_what_they_claim(runs):
