@@ -35,6 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     net.add_argument("--port", type=int, default=8000, help="Port. Default 8000.")
     net.add_argument("--api-key", default=None,
                      help=f"Require 'Authorization: Bearer KEY' on every route but /health. Default: ${API_KEY_ENV}.")
+    net.add_argument("--allow-keyless-from", default=None, metavar="CIDR[,CIDR...]",
+                     help="With --api-key: let requests WITHOUT an Authorization header in from these client "
+                          "networks (OpenRLHF's and verl's reward clients send none), e.g. 127.0.0.1/32,10.0.0.0/8. "
+                          "Checked on the TCP peer address. Default: none (every request needs the key).")
     net.add_argument("--shutdown-timeout", type=float, default=60.0,
                      help="Seconds to finish in-flight requests after SIGTERM. Default 60.")
     net.add_argument("--disable-access-log", action="store_true", help="Do not log each request line.")
@@ -87,6 +91,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     lim.add_argument("--batch-wait-ms", type=float, default=50.0,
                      help="Longest delay of an engine call while more requests are arriving, so they join it "
                           "(a lone request to an idle server never waits; 0 turns waiting off). Default 50.")
+    gr = p.add_argument_group("/get_reward (OpenRLHF)")
+    gr.add_argument("--get-reward-max-len", type=int, default=None,
+                    help="Tokens kept per /get_reward query (cut on the tokenizer's truncation side, as OpenRLHF's "
+                         "serve_rm --max_len). Default: --max-model-len.")
+    gr.add_argument("--get-reward-step-aggregation", default="min", choices=["min", "last", "mean", "prod"],
+                    help="Process reward models on /get_reward: how step rewards become one. Default min "
+                         "(RewardFunction's).")
+    gr.add_argument("--get-reward-step-separator", default="\n\n",
+                    help="Process reward models on /get_reward: what separates a response's steps (the string "
+                         "itself; in bash write $'\\n\\n'). Default a blank line (RewardFunction's).")
     lim.add_argument("--trust-request-chat-template", action="store_true",
                      help="Accept `chat_template` sent in requests (Jinja run on the server). Default: refuse.")
     model.add_argument("--chat-template", default=None,
@@ -221,9 +235,19 @@ def make_app(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
         raise ValueError("no MODEL given and this install ships no default model; pass a model folder or hub id, "
                          "e.g. `rlhf-rewards serve Skywork/Skywork-Reward-V2-Qwen3-0.6B`.")
     _check_args(args)
+    from rlhf_rewards.server.auth import allow_keyless_from, parse_networks
+    from rlhf_rewards.server.routes.get_reward import GetRewardOptions
+
+    get_reward_options = GetRewardOptions(max_len=args.get_reward_max_len,
+                                          step_aggregation=args.get_reward_step_aggregation,
+                                          step_separator=args.get_reward_step_separator)
+    parse_networks(args.allow_keyless_from)  # a bad network is refused before the model loads
     engine = build_engine(args)
     api_key = resolve_api_key(args)
-    return build_app(engine, api_key=api_key), engine, api_key
+    app = build_app(engine, api_key=api_key)
+    app.state.get_reward_options = get_reward_options
+    allow_keyless_from(app, args.allow_keyless_from)
+    return app, engine, api_key
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from rlhf_rewards.models import (  # noqa: F401  (registration)
     causal_lm,
     conversion,
     internlm2,
+    openrlhf,
     qwen2_reward,
     sequence_classification,
 )

@@ -21,7 +21,8 @@ from rlhf_rewards.reward.errors import (
 from rlhf_rewards.reward.kinds import resolve_kind, resolve_step_tag
 from rlhf_rewards.reward.plan import ScoringPlan
 from rlhf_rewards.reward.readout import ProcessReadout, ScoreResult
-from rlhf_rewards.reward.source import default_name, make_worker
+from rlhf_rewards.reward.source import default_name, make_worker, source_recipe
+from rlhf_rewards.workers.base import RewardWorker
 
 
 class RewardFunctionBase:
@@ -36,14 +37,53 @@ class RewardFunctionBase:
 
     def __init__(self, source: Any, config: RewardFunctionConfig | None = None, **overrides: Any) -> None:
         self.config: RewardFunctionConfig = resolve_config(config, overrides, f"{type(self).__name__}()")
-        self.worker, self._owns_worker = make_worker(source, self.config)
-        self.model_info: ModelInfo = self.worker.model_info()
+        self._worker: RewardWorker | None
+        self._worker, self._owns_worker = make_worker(source, self.config)
+        self._recipe = source_recipe(source)
+        self.model_info: ModelInfo = self._worker.model_info()
         self.__name__ = self.config.name or default_name(self.model_info, self.config)
         self.kind = resolve_kind(self.config.kind, self.model_info, self._owner)
         self.step_tag = resolve_step_tag(self.kind, self.config.step_tag, self.model_info, self._owner)
         self._scoring = ScoringPlan(self.config, self.model_info, self.kind, self.step_tag)
         self.pooling_task = self._scoring.pooling_task
         self._call_listeners: list[Callable[[list[float | None], float], None]] = []
+
+    @property
+    def worker(self) -> RewardWorker:
+        """The worker this function scores with (in a process it was unpickled in, a model given by path is
+        loaded here, on first use)."""
+        if self._worker is None:
+            kind, model = self._recipe
+            assert kind == "path", kind
+            self._worker, self._owns_worker = make_worker(model, self.config)
+        return self._worker
+
+    # ------------------------------------------------------------------ pickling (TRL's AsyncGRPOTrainer)
+    def __getstate__(self) -> dict[str, Any]:
+        """What crosses to another process: the settings and model facts, and how to reach the model.
+
+        TRL's ``AsyncGRPOTrainer`` pickles ``reward_funcs`` into a spawned child process. A function built
+        from a model path reloads it there on its first call; one on a ``RemoteWorker`` or ``RayWorkerPool``
+        reconnects to the same servers or replicas. Call listeners stay in this process.
+        """
+        kind, what = self._recipe
+        if kind == "in_memory":
+            raise TypeError(
+                f"{self._owner} cannot be pickled: it scores with {what}, and a model in this process's memory "
+                "cannot move to another process (TRL's AsyncGRPOTrainer pickles reward_funcs into a spawned "
+                "child). Pass the model path instead (e.g. RewardFunction('path/to/rm', llm_kwargs={...}) reloads "
+                "it in the child on first use), or a RemoteWorker / RayWorkerPool, which reconnect there."
+            )
+        state = dict(self.__dict__)
+        state["_call_listeners"] = []
+        state.pop("_scoring", None)  # rebuilt from the config and model facts
+        if kind == "path":
+            state["_worker"], state["_owns_worker"] = None, False
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._scoring = ScoringPlan(self.config, self.model_info, self.kind, self.step_tag)
 
     @property
     def _owner(self) -> str:
@@ -101,8 +141,8 @@ class RewardFunctionBase:
 
     def close(self) -> None:
         """Close the worker if this function created it (a model loaded from a path)."""
-        if self._owns_worker:
-            self.worker.close()
+        if self._owns_worker and self._worker is not None:
+            self._worker.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.__name__!r}, model={self.model_info.model!r}, kind={self.kind!r})"

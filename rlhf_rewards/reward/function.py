@@ -29,6 +29,17 @@ from rlhf_rewards.reward.errors import RewardFunctionError, RewardInputError, Un
 from rlhf_rewards.reward.readout import ScoreResult
 
 
+def direct_return_steps(kwargs: dict[str, Any]) -> bool:
+    """The older direct-call option ``return_steps=True``: read only when it is a bool. TRL passes every
+    dataset column as a keyword whose value is a list (one entry per completion), so a column named
+    ``return_steps`` is never taken for the option; it is left in ``kwargs`` and ignored like any column."""
+    value = kwargs.get("return_steps")
+    if isinstance(value, bool):
+        del kwargs["return_steps"]
+        return value
+    return False
+
+
 class RewardFunction(RewardFunctionBase):
     """A reward model as a TRL reward function: ``reward_funcs=[RewardFunction("path/to/rm")]``.
 
@@ -49,10 +60,18 @@ class RewardFunction(RewardFunctionBase):
             resulting config as ``.config``.
 
     Calling it: ``rf(prompts, completions, completion_ids=None, **kwargs) -> list[float | None]``, one value
-    per completion; TRL's extra keyword arguments (``trainer_state``, dataset columns...) are accepted and
-    ignored, except ``log_metric``. ``return_steps=True`` (process rewards, direct calls) returns
-    ``(rewards, steps)`` where ``steps[i]`` is the list of raw step scores of completion ``i`` (``None`` for
-    a step cut off by truncation, and ``steps[i]`` is ``None`` when the completion got no reward).
+    per completion; TRL's extra keyword arguments (``trainer_state``, every dataset column...) are accepted and
+    ignored, except ``log_metric``. The function has no options of its own among them, so a dataset column
+    may have any name (``return_steps``, ``kind``...). Per-step scores of a process reward model come from
+    :meth:`score_with_steps`, which returns ``(rewards, steps)`` where ``steps[i]`` is the list of raw step
+    scores of completion ``i`` (``None`` for a step cut off by truncation, and ``steps[i]`` is ``None`` when
+    the completion got no reward). The older direct call ``rf(..., return_steps=True)`` still works: only
+    the boolean ``True``/``False`` is read as that option; TRL passes a column as a list, which is ignored.
+
+    Pickling (TRL's ``AsyncGRPOTrainer`` scores in a spawned child): a function built from a model path
+    reloads it in the new process on its first call, one on a ``RemoteWorker`` or ``RayWorkerPool``
+    reconnects; one built around an in-memory ``LLM`` or ``ColocatedWorker`` raises a ``TypeError`` saying
+    what to pass instead.
 
     Reward ``None`` means "not applicable" to TRL: it is given, with an :class:`UnscorableCompletionWarning`,
     for a completion the model cannot score (over ``max_model_len`` with ``truncate=False``, non-finite
@@ -66,10 +85,23 @@ class RewardFunction(RewardFunctionBase):
         prompts: Sequence[Any],
         completions: Sequence[Any],
         completion_ids: Sequence[Sequence[int]] | None = None,
-        *,
-        return_steps: bool = False,
         **kwargs: Any,
     ) -> Any:
+        return self._score(prompts, completions, direct_return_steps(kwargs), kwargs)
+
+    def score_with_steps(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        **kwargs: Any,
+    ) -> tuple[list[float | None], list[list[float | None] | None]]:
+        """``(rewards, steps)`` of a process reward model: the rewards of a call, and each completion's raw
+        step scores (``kwargs`` as in a call: ``log_metric`` is used, anything else ignored)."""
+        return self._score(prompts, completions, True, kwargs)
+
+    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], return_steps: bool,
+               kwargs: dict[str, Any]) -> Any:
         started = self._begin(return_steps)
         try:
             result = run_plan(self._scoring.completions(prompts, completions, self._owner), self.worker)
@@ -102,10 +134,22 @@ class AsyncRewardFunction(RewardFunctionBase):
         prompts: Sequence[Any],
         completions: Sequence[Any],
         completion_ids: Sequence[Sequence[int]] | None = None,
-        *,
-        return_steps: bool = False,
         **kwargs: Any,
     ) -> Any:
+        return await self._score(prompts, completions, direct_return_steps(kwargs), kwargs)
+
+    async def score_with_steps(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        **kwargs: Any,
+    ) -> tuple[list[float | None], list[list[float | None] | None]]:
+        """``(rewards, steps)`` of a process reward model (see :meth:`RewardFunction.score_with_steps`)."""
+        return await self._score(prompts, completions, True, kwargs)
+
+    async def _score(self, prompts: Sequence[Any], completions: Sequence[Any], return_steps: bool,
+                     kwargs: dict[str, Any]) -> Any:
         started = self._begin(return_steps)
         try:
             result = await arun_plan(self._scoring.completions(prompts, completions, self._owner), self.worker)
@@ -116,6 +160,7 @@ class AsyncRewardFunction(RewardFunctionBase):
 
 __all__ = [
     "AsyncRewardFunction",
+    "direct_return_steps",
     "RewardFunction",
     "RewardFunctionConfig",
     "RewardFunctionError",

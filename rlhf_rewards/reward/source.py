@@ -39,6 +39,26 @@ def make_worker(source: Any, config: RewardFunctionConfig) -> tuple[RewardWorker
     )
 
 
+def source_recipe(source: Any) -> tuple[str, Any]:
+    """How a reward function built from ``source`` comes back in another process (when it is pickled):
+
+    - ``("path", model)``: a model path or hub id, reloaded (lazily, on the first call) in the new process;
+    - ``("worker", worker)``: a worker that pickles itself and reconnects there (``RemoteWorker`` to its
+      URLs, ``RayWorkerPool`` to its Ray cluster and replicas);
+    - ``("in_memory", description)``: an ``LLM`` or a colocated worker around one, which cannot move to
+      another process.
+    """
+    if isinstance(source, (str, os.PathLike)) and str(source):
+        return "path", os.fspath(source)
+    from rlhf_rewards.workers.colocated import ColocatedWorker
+
+    if isinstance(source, ColocatedWorker):
+        return "in_memory", "a ColocatedWorker (its LLM lives in this process)"
+    if isinstance(source, RewardWorker):
+        return "worker", source
+    return "in_memory", f"an in-memory {type(source).__name__}"
+
+
 def default_name(info: ModelInfo, config: RewardFunctionConfig) -> str:
     """The adapter's name when ``config.lora`` is set, else the last path component of the model's name."""
     if config.lora is not None:
@@ -46,4 +66,4 @@ def default_name(info: ModelInfo, config: RewardFunctionConfig) -> str:
     return Path(info.model.rstrip("/")).name or info.model
 
 
-__all__ = ["default_name", "make_worker"]
+__all__ = ["default_name", "make_worker", "source_recipe"]

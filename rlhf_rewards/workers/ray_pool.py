@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import pickle
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,9 @@ from rlhf_rewards.pooling.params import PoolingParams
 from rlhf_rewards.workers.base import WorkerHealth
 from rlhf_rewards.workers.loop import PER_PROMPT_FIELDS, CheckedPrompt, LoopThreadWorker, gather_or_raise
 from rlhf_rewards.workers.retry import Endpoint, EndpointFailure, EndpointPool, RetryPolicy
+
+#: The Ray namespace of the replicas' (named) actors, so another driver on the cluster can find them.
+ACTOR_NAMESPACE = "rlhf_rewards"
 
 _INSTALL_HINT = "RayWorkerPool needs Ray: pip install rlhf-rewards[ray]"
 
@@ -199,12 +203,17 @@ class RayWorkerPool(LoopThreadWorker):
                 # One replica spans its GPUs, as in vLLM: the model is split over them (rlhf_rewards.parallel).
                 kwargs["tensor_parallel_size"] = int(num_gpus_per_replica)
             actor_cls = ray.remote(ReplicaActor)
+            # Named in a fixed namespace, so a pickled pool (TRL's AsyncGRPOTrainer spawns its scorer) finds
+            # the same replicas again from another process connected to this cluster.
+            self._actor_names = [f"rlhf-rewards-{uuid.uuid4().hex[:12]}-replica-{i}" for i in range(num_replicas)]
             options = {"num_cpus": num_cpus_per_replica, "num_gpus": num_gpus_per_replica,
-                       "max_restarts": max_restarts, "max_task_retries": 0, **(actor_options or {})}
+                       "max_restarts": max_restarts, "max_task_retries": 0, "namespace": ACTOR_NAMESPACE,
+                       **(actor_options or {})}
             # max_task_retries=0: the pool, not Ray, resends a dead replica's chunks, to a replica that is alive.
             # A replica is down after one failure: a dead process fails every chunk it holds.
             self.pool = EndpointPool(
-                {f"replica-{i}": actor_cls.options(**options).remote(model, kwargs) for i in range(num_replicas)},
+                {f"replica-{i}": actor_cls.options(**options, name=self._actor_names[i]).remote(model, kwargs)
+                 for i in range(num_replicas)},
                 down_after=1, down_for=self.down_for, max_in_flight=max_inflight_per_replica)
             self._info = self._wait_until_loaded(ray, ready_timeout, num_cpus_per_replica, num_gpus_per_replica)
         except BaseException:
@@ -234,6 +243,19 @@ class RayWorkerPool(LoopThreadWorker):
     def __repr__(self) -> str:
         return f"RayWorkerPool({self.model!r}, num_replicas={self.num_replicas})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as a way back to the same replicas: unpickled in another process, the pool connects to this
+        Ray cluster (``ray.init(address=...)`` unless Ray is up there) and finds its actors by name. The
+        unpickled copy never kills them; the pool that started them does, on ``close()``."""
+        ray = _import_ray()
+        if self._closed or self.pool is None:
+            raise TypeError(f"{self!r} is closed and cannot be pickled.")
+        state = {"address": ray.get_runtime_context().gcs_address, "names": list(self._actor_names),
+                 "model": self.model, "num_replicas": self.num_replicas, "max_retries": self.max_retries,
+                 "max_batch_size": self.max_batch_size, "max_inflight_per_replica": self.max_inflight_per_replica,
+                 "down_for": self.down_for, "info": self._info}
+        return _reconnect_pool, (state,)
+
     @property
     def actors(self) -> list[Any]:
         """The replicas' actor handles, in order (for placement checks and fault-injection tests)."""
@@ -260,6 +282,8 @@ class RayWorkerPool(LoopThreadWorker):
 
     def _close_resources(self) -> None:
         ray = _import_ray()
+        if not getattr(self, "_owns_actors", True):
+            return  # an unpickled copy: the replicas belong to the pool that started them
         for handle in self.actors:
             try:
                 ray.kill(handle, no_restart=True)
@@ -362,3 +386,23 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 __all__ = ["RayWorkerPool", "RayWorkerPoolError", "ReplicaActor", "ReplicaLoadError"]
+
+
+def _reconnect_pool(state: dict[str, Any]) -> RayWorkerPool:
+    """A :class:`RayWorkerPool` unpickled: connected to the replicas the original pool started (by name)."""
+    ray = _import_ray()
+    if not ray.is_initialized():
+        ray.init(address=state["address"], namespace=ACTOR_NAMESPACE, log_to_driver=False)
+    pool = RayWorkerPool.__new__(RayWorkerPool)
+    LoopThreadWorker.__init__(pool, "ray-worker-pool")
+    for name in ("model", "num_replicas", "max_retries", "max_batch_size", "max_inflight_per_replica", "down_for"):
+        setattr(pool, name, state[name])
+    pool.policy = RetryPolicy(max_retries=pool.max_retries)
+    pool._owns_ray = False
+    pool._owns_actors = False
+    pool._actor_names = list(state["names"])
+    handles = [ray.get_actor(name, namespace=ACTOR_NAMESPACE) for name in pool._actor_names]
+    pool.pool = EndpointPool({f"replica-{i}": h for i, h in enumerate(handles)}, down_after=1,
+                             down_for=pool.down_for, max_in_flight=pool.max_inflight_per_replica)
+    pool._info = state["info"]
+    return pool

@@ -81,6 +81,11 @@ class RemoteWorker(LoopThreadWorker):
     ) -> None:
         import httpx
 
+        # The constructor's arguments: a pickled worker (TRL's AsyncGRPOTrainer spawns its scorer) is built
+        # again from them, with its own client, in the new process. A key from the environment is read there.
+        self._init_args = ((urls, api_key), {"timeout": timeout, "max_retries": max_retries,
+                                              "max_concurrency": max_concurrency, "max_batch_size": max_batch_size,
+                                              "retry": retry, "down_after": down_after, "down_for": down_for})
         url_list = [urls] if isinstance(urls, str) else list(urls)
         self.urls = [_normalize_url(u) for u in url_list]
         for name, value in (("max_concurrency", max_concurrency), ("max_batch_size", max_batch_size)):
@@ -109,6 +114,11 @@ class RemoteWorker(LoopThreadWorker):
 
     def __repr__(self) -> str:
         return f"RemoteWorker(urls={self.urls})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as its constructor call: unpickled, it reconnects to the same URLs (fresh client and stats)."""
+        args, kwargs = self._init_args
+        return _rebuild_remote, (args, kwargs)
 
     # ------------------------------------------------------------------ RewardWorker
     def health(self) -> WorkerHealth:
@@ -303,3 +313,8 @@ def _client_error(response: Any, message: str, url: str) -> Exception:
 
 
 __all__ = ["ERROR_HEADER", "RemoteWorker", "RemoteWorkerError"]
+
+
+def _rebuild_remote(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RemoteWorker:
+    """A :class:`RemoteWorker` unpickled: the same constructor call (see ``RemoteWorker.__reduce__``)."""
+    return RemoteWorker(*args, **kwargs)

@@ -57,6 +57,12 @@ def stub_flash_attn() -> None:
     _stub("flash_attn.utils.distributed", all_gather=None)
 
 
+def report(case: str, **differences: float) -> None:
+    """Print a case's measured differences (``pytest -s`` shows them; the closing note quotes them)."""
+    shown = " ".join(f"{k}={v:.3g}" for k, v in differences.items())
+    print(f"\nCOMPAT-DIFF {case}: {shown}")
+
+
 def build_bos_tokenizer(path: Path) -> Path:
     """The tiny BPE tokenizer with a Llama-3-style BOS (``<s>``, id 0) added by ``add_special_tokens=True``."""
     from tokenizers import Tokenizer, processors
@@ -76,4 +82,5 @@ def build_bos_tokenizer(path: Path) -> Path:
     return path
 
 
-__all__ = ["OPENRLHF_VERSION", "PEERS", "VERL_VERSION", "build_bos_tokenizer", "ensure_peers", "stub_flash_attn"]
+__all__ = ["OPENRLHF_VERSION", "PEERS", "VERL_VERSION", "build_bos_tokenizer", "ensure_peers", "report",
+           "stub_flash_attn"]

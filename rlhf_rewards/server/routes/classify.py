@@ -1,6 +1,8 @@
 """``POST /classify``: vLLM's classification API, as verl's reward loop calls it.
 
 verl sends ``{"model", "input": text, "use_activation": false}`` and reads ``data[-1]["probs"][-1]``.
+A token reward model (``Qwen2ForRewardModel``, ``InternLM2ForRewardModel``: ``token_classify`` only) answers
+with its scores at the last token, the reward ``/get_reward`` gives; vLLM refuses such models here.
 """
 
 from __future__ import annotations
@@ -26,19 +28,23 @@ async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
     engine = engine_of(request)
     name, lora = engine.resolve_model(body.model)
     params = make_params(body, truncate_prompt_tokens=body.truncate_prompt_tokens)
-    items = await engine.prepare(body, "classify", params, lora)
-    outputs = await engine.score("classify", items)
+    # A token reward model has no `classify` task: its reward is the last token's row of token_classify.
+    last_token = engine.info.kind == "token" and "classify" not in engine.info.tasks
+    task = "token_classify" if last_token else "classify"
+    items = await engine.prepare(body, task, params, lora)
+    outputs = await engine.score(task, items)
     id2label = getattr(engine.llm.model.config, "id2label", None) or {}
     return json_response(ClassificationResponse(
         id=response_id("classify", body.request_id, request),
         model=name,
-        data=[_item(i, out, id2label) for i, out in enumerate(outputs)],
+        data=[_item(i, out, id2label, last_token) for i, out in enumerate(outputs)],
         usage=usage(outputs),
     ))
 
 
-def _item(index: int, out: PoolingRequestOutput, id2label: dict[int, str]) -> ClassificationData:
-    probs = out.outputs.data.reshape(-1)
+def _item(index: int, out: PoolingRequestOutput, id2label: dict[int, str], last_token: bool = False) -> ClassificationData:
+    data = out.outputs.data
+    probs = (data[-1] if data.dim() > 1 else data[-1:]).reshape(-1) if last_token and data.numel() else data.reshape(-1)
     if out.error is not None:
         return ClassificationData(index=index, label=None, probs=None, num_classes=int(probs.numel()),
                                   error=out.error)

@@ -17,6 +17,7 @@ from rlhf_rewards import LLM, RewardFunction
 from rlhf_rewards.pooling.params import PoolingParams
 from rlhf_rewards.testing.server import InProcessServer
 from tests.compat.openrlhf.conftest import proxy_args, run_single_turn, tokenizer_proxy
+from tests.compat.peers import report
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,7 @@ def test_sequence_rm_equals_serve_rm_and_engine(openrlhf, compat_models, name):
         (theirs,) = proxy.get_reward([out["query"]])
         ids = proxy.tokenize_fn([out["query"]], device="cpu")["input_ids"][0].tolist()
         engine = _engine_score(llm, ids, "classify")
+        report(f"openrlhf get_reward {name}", vs_serve_rm=abs(ours - theirs), vs_engine=abs(ours - engine))
         assert abs(ours - theirs) <= TOL and abs(ours - engine) <= TOL, (ours, theirs, engine)
         assert out["scores"] == out["reward"]
         if tok.bos_token is not None:
@@ -69,6 +71,7 @@ def test_token_rm_equals_engine_on_serve_rm_ids(openrlhf, compat_models):
         ids = proxy.tokenize_fn([out["query"]], device="cpu")["input_ids"][0].tolist()
         engine = _engine_score(server.engine.llm, ids, "token_classify")
     (ours,) = out["reward"]
+    report("openrlhf get_reward token RM", vs_engine=abs(ours - engine))
     assert abs(ours - engine) <= TOL, (ours, engine)
 
 
@@ -85,6 +88,7 @@ def test_prm_answers_the_aggregated_step_reward(openrlhf, compat_models):
         rf = RewardFunction(llm)  # step_aggregation="min", RewardFunctionConfig's default
         (expected,), (steps,) = rf.score_with_steps(prompts=[prompt], completions=[completion])
         assert len(steps) == 3
+        report("openrlhf get_reward PRM (min)", vs_reward_function=abs(ours - expected))
         assert abs(ours - expected) <= TOL and abs(ours - min(steps)) <= TOL, (ours, expected, steps)
     with InProcessServer(path, *SERVE, "--get-reward-step-aggregation", "mean") as server:
         (mean,) = run_single_turn(f"{server.url}/get_reward", tok, prompt, RESPONSE)["reward"]
@@ -103,6 +107,7 @@ def test_over_long_query_is_truncated_as_serve_rm_max_len(openrlhf, compat_model
     (ours,) = out["reward"]
     assert ours is not None
     (theirs,) = proxy.get_reward([out["query"]])
+    report("openrlhf get_reward over max_len", vs_serve_rm=abs(ours - theirs))
     assert abs(ours - theirs) <= TOL, (ours, theirs)
     with InProcessServer(path, *SERVE, "--max-model-len", "12") as server:  # the flag defaults to max_model_len
         (capped,) = run_single_turn(f"{server.url}/get_reward", tok, _prompt(tok), RESPONSE)["reward"]
