@@ -110,7 +110,7 @@ def _check_input(value: Any) -> Any:
 
 
 def _check_task(value: Any) -> Any:
-    if value is None or value in POOLING_TASKS:
+    if value is None or value in POOLING_TASKS or value == "plugin":  # plugin: refused by the route, as vLLM
         return value
     hint = _TASK_HINT.get(str(value))
     suffix = f"; for {value!r} use {hint}" if hint else ""

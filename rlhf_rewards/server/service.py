@@ -88,6 +88,9 @@ class ServingEngine:
                                max_batch_tokens=self.limits.max_batch_tokens, metrics=self.metrics,
                                batch_wait_s=self.limits.batch_wait_s)
         self.info: ModelInfo = self.llm.model_info(self.model_name)
+        #: The task of a request that names none (vLLM's ``pooling_task``): ``--pooler-config``'s ``task`` if
+        #: set, else the model's reward task.
+        self.default_task: str = getattr(self.llm, "pooling_task", None) or self.info.default_task
         tok = self.llm.tokenizer
         self._template_params = set(inspect.signature(tok.apply_chat_template).parameters) if tok is not None else set()
 

@@ -49,7 +49,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """Embeddings of an embedding model; the raw reward vector of a reward model (SGLang's answer)."""
     engine = engine_of(request)
     name, lora = engine.resolve_model(body.model)
-    default = engine.info.default_task
+    default = engine.default_task
     reward = default not in _EMBED_TASKS
     task = default if reward else "embed"
     fields: Any = body
@@ -77,7 +77,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
 def require_embedding_model(request: Request) -> None:
     """404 ``{"detail": "Not Found"}`` before the body is read unless an embedding model is served (vLLM
     serves ``/v2/embed`` only then)."""
-    if engine_of(request).info.default_task != "embed":
+    if engine_of(request).default_task != "embed":
         raise StarletteHTTPException(404)
 
 

@@ -35,7 +35,7 @@ Candidate = tuple[type[pydantic.BaseModel], Callable[[Any, Request], Awaitable[R
 def candidates(request: Request) -> list[Candidate]:
     """The (request schema, route) pairs the served model offers, in vLLM's order."""
     engine = engine_of(request)
-    task = engine.info.default_task
+    task = engine.default_task
     found: list[Candidate] = []
     if task == "embed":
         found.append((EmbeddingRequest, embeddings.embeddings))

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from rlhf_rewards.outputs import PoolingRequestOutput
+from rlhf_rewards.server.errors import APIError
 from rlhf_rewards.server.protocol import ERROR_RESPONSES, PoolingRequest, PoolingResponse, PoolingResponseData
 from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, response_id, usage
 from rlhf_rewards.server.routes.encoding import BYTES_CONTENT, bytes_response, encode_base64
@@ -26,7 +27,10 @@ async def pooling(body: PoolingRequest, request: Request) -> Response:
     """
     engine = engine_of(request)
     name, lora = engine.resolve_model(body.model)
-    task = body.task or engine.info.default_task
+    if body.task == "plugin":
+        raise APIError(400, "No IOProcessor plugin installed. This server has no IO processor plugins: choose one "
+                            "of the model's tasks " + str(list(engine.llm.supported_tasks)) + ".", param="task")
+    task = body.task or engine.default_task
     params = make_params(body, truncate_prompt_tokens=body.truncate_prompt_tokens)
     items = await engine.prepare(body, task, params, lora)
     outputs = await engine.score(task, items)

@@ -41,7 +41,7 @@ logger = logging.getLogger("rlhf_rewards.server")
 def scoring_mode(engine: ServingEngine) -> str | None:
     """``"cross"`` (one-label classifier), ``"bi"`` (embedding model) or ``None`` (no scoring API; vLLM's
     ``enable_scoring_api``)."""
-    task = engine.info.default_task
+    task = engine.default_task
     if task == "classify" and engine.llm.model.num_labels == 1 and engine.info.kind != "process":
         return "cross"
     if task == "embed":
@@ -85,6 +85,11 @@ async def _pair_scores(engine: ServingEngine, body: ScoreFields, one: list[str],
         raise StarletteHTTPException(404)
     name, lora = engine.resolve_model(body.model)
     pairs = _expand(one, two)
+    for field in ("max_tokens_per_query", "max_tokens_per_doc"):
+        limit = getattr(body, field)
+        if limit >= engine.llm.max_model_len:  # vLLM 0.33's _validate_token_limit (negative: the schema's 400)
+            raise APIError(400, f"{field} ({limit}) must be less than max_model_len ({engine.llm.max_model_len}).",
+                           param=field)
     template = engine.limits.chat_template
     if (body.instruction is not None or body.chat_template_kwargs) and (mode != "cross" or template is None):
         raise APIError(400, "`instruction` and `chat_template_kwargs` need a score template: start the server "
