@@ -178,3 +178,27 @@ def test_encode_requires_the_pooling_task_with_vllms_guidance(reranker_like):
         llm.encode("hi")
     with pytest.raises(ValueError, match="`score` task was removed; use `classify`"):
         llm.encode("hi", pooling_task="score")
+
+
+def test_score_follows_the_models_pooling_task(e5_like, reranker_like):
+    """Not a port: vLLM's SCORE_TYPE_MAP (embed: cosine, token_embed: MaxSim, classify: cross-encoder)."""
+    import torch
+    import torch.nn.functional as F
+
+    llm = LLM(str(e5_like), device="cpu")
+    assert llm.pooling_task == "embed"
+    docs = ["The capital of France is Paris.", "Berlin."]
+    scores = [o.outputs.score for o in llm.score("capital of France?", docs)]
+    q, *d = [torch.tensor(o.outputs.embedding) for o in llm.embed(["capital of France?", *docs])]
+    assert scores == pytest.approx([F.cosine_similarity(q, x, dim=0).item() for x in d], abs=1e-6)
+    late = LLM(str(e5_like), device="cpu", pooler_config={"task": "token_embed"})
+    (maxsim,) = late.score("capital of France?", docs[0])
+    qt, dt = [F.normalize(o.outputs.data, dim=-1) for o in late.encode(["capital of France?", docs[0]],
+                                                                     pooling_task="token_embed")]
+    assert maxsim.outputs.score == pytest.approx((qt @ dt.T).amax(dim=-1).sum().item(), abs=1e-5)
+    # A reranker converted from an LLM (config.use_sep_token false) scores query + document as one text.
+    rr = LLM(str(reranker_like), device="cpu", hf_overrides={"use_sep_token": False})
+    (pair,) = rr.score("query ", "document", pooling_params=PoolingParams(use_activation=False))
+    (whole,) = rr.encode("query document", PoolingParams(use_activation=False), pooling_task="classify")
+    assert pair.prompt_token_ids == whole.prompt_token_ids
+    assert pair.outputs.score == pytest.approx(whole.outputs.data.item(), abs=1e-6)
