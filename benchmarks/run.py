@@ -4,6 +4,7 @@
     python -m benchmarks.run --workloads grpo --repeats 5 --ablation
     python -m benchmarks.run --remote             # also /pooling over HTTP at concurrency 32
     python -m benchmarks.run --quick              # CI smoke run (small model and workloads, ~1-2 min)
+    python -m benchmarks.run --deterministic --baselines ""   # + LLM(deterministic=True) vs the default engine
 
 Every repeat runs every method once, in a rotated order, so background load hits all methods alike;
 reported times are medians. Peak memory is the process's resident-set high-water mark during a call
@@ -164,7 +165,12 @@ ABLATIONS = {
 }
 
 
-def build_methods(workload: Workload, rm: Any, prm: Any, tok: Any, ablation: bool) -> list[Method]:
+#: Name of the deterministic engine's row (``--deterministic``).
+DETERMINISTIC = "rlhf-rewards engine, deterministic=True"
+
+
+def build_methods(workload: Workload, rm: Any, prm: Any, tok: Any, ablation: bool,
+                  deterministic: bool = False) -> list[Method]:
     shapes = Shapes.from_config((prm if workload.name == "prm" else rm).model.config)
     lengths = token_lengths(tok, workload.texts)
     methods: list[Method] = []
@@ -192,6 +198,9 @@ def build_methods(workload: Workload, rm: Any, prm: Any, tok: Any, ablation: boo
         for name, flags in ABLATIONS.items():
             fn = engine_fn(llm, workload.texts, **flags)
             methods.append(Method(name, fn, "ablation", (lambda fn=fn: engine_flops(shapes, fn.stats))))
+    if deterministic:
+        det_fn = engine_fn(llm, workload.texts, deterministic=True)
+        methods.append(Method(DETERMINISTIC, det_fn, "deterministic", lambda: engine_flops(shapes, det_fn.stats)))
     fn = engine_fn(llm, workload.texts)
     methods.append(Method("rlhf-rewards engine", fn, "engine", lambda: engine_flops(shapes, fn.stats)))
     return methods
@@ -238,6 +247,7 @@ def run_workload(workload: Workload, methods: list[Method], repeats: int, device
             "engine_speedup": t / statistics.median(engine.times),
             "peak_mib": statistics.median(m.peaks),
             "max_abs_diff_vs_engine": _max_diff(m.scores, engine.scores),
+            "max_abs_diff_vs_first_baseline": _max_diff(m.scores, baseline.scores) if baseline.kind == "baseline" else None,
             "gflop": flops / 1e9,
             "gflop_per_s": flops / t / 1e9,
             "matmul_utilisation": flops / t / peak,
@@ -306,6 +316,8 @@ TARGETS: dict[tuple[str, str], float] = {
 MFU_TARGET = 0.6
 #: Remote throughput over in-process throughput the issue asks for.
 REMOTE_TARGET = 0.9
+#: Deterministic engine throughput over the default engine's (issue 18).
+DETERMINISTIC_TARGET = 0.9
 
 
 def method_key(name: str) -> str:
@@ -375,6 +387,44 @@ def format_summary(results: list[dict[str, Any]], quick: bool = False) -> str:
     return "\n".join(lines)
 
 
+def deterministic_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per workload: deterministic vs default engine time, throughput ratio, and score differences."""
+    rows = []
+    for res in results:
+        engine = next(r for r in res["rows"] if r["kind"] == "engine")
+        for row in res["rows"]:
+            if row["kind"] != "deterministic":
+                continue
+            ratio = engine["median_s"] / row["median_s"]
+            rows.append({
+                "workload": res["workload"],
+                "default_s": engine["median_s"],
+                "deterministic_s": row["median_s"],
+                "default_times_s": engine["times_s"],
+                "deterministic_times_s": row["times_s"],
+                "throughput_ratio": ratio,
+                "target": DETERMINISTIC_TARGET,
+                "met": ratio >= DETERMINISTIC_TARGET,
+                "max_abs_diff_vs_default": row["max_abs_diff_vs_engine"],
+                "max_abs_diff_vs_baseline": row["max_abs_diff_vs_first_baseline"],
+            })
+    return rows
+
+
+def format_deterministic(results: list[dict[str, Any]]) -> str:
+    """One line per workload for ``--deterministic``."""
+    lines = []
+    for r in deterministic_rows(results):
+        vs_baseline = (f", vs the first baseline {r['max_abs_diff_vs_baseline']:.1e}"
+                       if r["max_abs_diff_vs_baseline"] is not None else "")
+        lines.append(
+            f"deterministic {r['workload']}: {r['deterministic_s']:.2f} s vs default {r['default_s']:.2f} s -> "
+            f"{r['throughput_ratio']:.2f}x default throughput ({'>=' if r['met'] else 'MISSED >='}"
+            f"{r['target']:g}x); max abs diff vs default {r['max_abs_diff_vs_default']:.1e}{vs_baseline}"
+        )
+    return "\n".join(lines)
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     """Every method of every workload, with work done (GFLOP) and utilisation."""
     lines = []
@@ -410,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=None, help=f"default {ModelShape.hidden_size}")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--ablation", action="store_true", help="also time the engine with optimizations off")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="also time LLM(deterministic=True) (batch-invariant scores) against the default engine")
     parser.add_argument("--baselines", default="trl,hf8,unpadded,card",
                         help="comma-separated baselines to time: trl, hf8, unpadded, card (default all)")
     parser.add_argument("--json", default=None,
@@ -462,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in names:
         workload = makers[name](tok, **quick.get(name, {}))
-        methods = build_methods(workload, rm, prm, tok, args.ablation)
+        methods = build_methods(workload, rm, prm, tok, args.ablation, args.deterministic)
         methods = [m for m in methods if m.kind != "baseline" or method_key(m.name) in wanted]
         shapes = Shapes.from_config((prm if name == "prm" else rm).model.config)
         print(f"[{name}] {len(workload.texts)} texts, {sum(token_lengths(tok, workload.texts))} tokens, "
@@ -484,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "model": {"shape": shape.config_fields(), "dtype": "float32"},
         "summary": summary_rows(results),
+        "deterministic": deterministic_rows(results),
         "results": results,
         "remote": remote_results,
         "remote_target": REMOTE_TARGET,
@@ -494,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     print()
     print(format_summary(results, quick=bool(args.quick)))
+    if args.deterministic:
+        print(format_deterministic(results))
     for rr in remote_results:
         print(f"remote {rr['workload']}: /pooling at concurrency {rr['concurrency']} {rr['remote_items_per_s']:.1f} "
               f"items/s vs in-process {rr['local_items_per_s']:.1f} items/s -> {rr['ratio']:.2f}x "

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 #: Rows of every row-wise kernel call of the decoder loop (the last tile is zero-padded).
-ROW_TILE = 256
+ROW_TILE = 1024
 #: Rows of every head call (heads see few rows: one per sequence for sequence pooling).
 HEAD_TILE = 64
 #: Keys per attention block; also the query positions per attention tile.
