@@ -8,7 +8,7 @@ import pytest
 import requests
 import torch
 
-from rlhf_rewards import PoolingParams
+from rlhf_rewards import LLM, PoolingParams
 
 aiohttp = pytest.importorskip("aiohttp")
 
@@ -98,3 +98,27 @@ def test_models_and_model_info(server, llm):
     limits = info.pop("server_limits")
     assert limits["max_client_batch_size"] == 32
     assert info == llm.model_info("tiny-rm").to_dict()
+
+
+def test_verl_reward_loop_sglang_embeddings(server, llm, qwen3_rm, checkpoint_factory):
+    # verl's compute_score_disrm with rollout.name == "sglang": it posts {"model", "input"} to v1/embeddings and
+    # reads data[-1]["embedding"][-1] as the reward, as SGLang's reward servers answer (the raw score vector).
+    from rlhf_rewards.testing.server import InProcessServer
+
+    tok = llm.get_tokenizer()
+    chat = [{"role": "user", "content": "What is 12 + 7?"}, {"role": "assistant", "content": "19"}]
+    disrm_prompt = tok.apply_chat_template(chat, add_generation_prompt=False, tokenize=False)
+    output = asyncio.run(_verl_post_request(server.url.removeprefix("http://"),
+                                            {"model": str(qwen3_rm), "input": disrm_prompt}, "v1/embeddings"))
+    (want,) = llm.encode(disrm_prompt, PoolingParams(use_activation=False), pooling_task="classify", use_tqdm=False)
+    assert abs(output["data"][-1]["embedding"][-1] - float(want.outputs.data[-1])) < 1e-5
+    assert output["object"] == "list" and output["data"][-1]["object"] == "embedding"
+
+    token_rm = checkpoint_factory("Qwen2ForRewardModel", seed=154)  # token reward model: the last token's score
+    token_llm = LLM(str(token_rm), device="cpu")
+    with InProcessServer(token_rm) as proc:
+        output = asyncio.run(_verl_post_request(proc.url.removeprefix("http://"),
+                                                {"model": str(token_rm), "input": disrm_prompt}, "v1/embeddings"))
+    (want,) = token_llm.encode(disrm_prompt, PoolingParams(use_activation=False), pooling_task="token_classify",
+                               use_tqdm=False)
+    assert abs(output["data"][-1]["embedding"][-1] - float(want.outputs.data[-1, -1])) < 1e-5

@@ -1,0 +1,41 @@
+"""vLLM's serve flags: ``--chat-template`` (a file or the template itself) and ``--served-model-name`` aliases."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from rlhf_rewards.cli.serve import load_chat_template
+from rlhf_rewards.testing.server import InProcessServer
+
+TEMPLATE = "{% for m in messages %}{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+
+
+def test_chat_template_is_a_file_or_the_template(tmp_path):
+    path = tmp_path / "t.jinja"
+    path.write_text(TEMPLATE)
+    assert load_chat_template(str(path)) == TEMPLATE
+    assert load_chat_template(TEMPLATE) == TEMPLATE
+    assert load_chat_template(None) is None
+    with pytest.raises(ValueError, match="looks like a file path"):
+        load_chat_template(str(tmp_path / "missing.jinja"))
+
+
+def test_served_model_name_aliases_and_the_chat_template_flag(qwen3_rm, tmp_path):
+    path = tmp_path / "t.jinja"
+    path.write_text(TEMPLATE)
+    with InProcessServer(qwen3_rm, "--served-model-name", "first", "second", "--chat-template", str(path)) as proc:
+        tok = proc.engine.llm.get_tokenizer()
+        models = requests.get(proc.url + "/v1/models", timeout=10).json()["data"]
+        assert [m["id"] for m in models] == ["first", "second"]
+        assert all(m["root"] == str(qwen3_rm) and m["permission"][0]["object"] == "model_permission" for m in models)
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+        r = requests.post(proc.url + "/tokenize", json={"model": "second", "messages": messages,
+                                                         "add_generation_prompt": False}, timeout=30)
+        want = tok(tok.apply_chat_template(messages, chat_template=TEMPLATE, tokenize=False),
+                   add_special_tokens=False)["input_ids"]
+        assert r.json()["tokens"] == want  # the flag's template, not the tokenizer's ChatML one
+        r = requests.post(proc.url + "/classify", json={"model": "second", "input": "hi"}, timeout=30)
+        assert r.status_code == 200 and r.json()["model"] == "first"  # the first name is the one reported
+        r = requests.post(proc.url + "/classify", json={"model": "third", "input": "hi"}, timeout=30)
+        assert r.status_code == 404 and "first" in r.json()["error"]["message"]
