@@ -72,18 +72,23 @@ class ParallelEngine:
     def lockstep(self, runner: Any) -> LockstepRunner:
         """``runner`` run on every rank at once; waits until every rank has loaded its shard."""
         wrapped = LockstepRunner(runner, self.group)
-        wrapped.ready()
+        try:
+            wrapped.ready()
+        except WorkerFailed:
+            self.group.close(stop_workers=False)  # every rank learnt of the failure and exits
+            raise
         return wrapped
 
     def abort(self, error: BaseException) -> None:
         """This rank failed to start: tell the others (so none waits for it), then tear the group down."""
-        try:
-            handshake(self.group, error)
-        except WorkerFailed:
-            pass
-        except Exception as exc:  # noqa: BLE001 - the group itself is broken: nothing left to tell
-            logger.debug("could not report the start-up failure to the other ranks: %s", exc)
-        self.group.close()
+        if not self.group.handshake_done:
+            try:
+                handshake(self.group, error)
+            except WorkerFailed:
+                pass
+            except Exception as exc:  # noqa: BLE001 - the group itself is broken: nothing left to tell
+                logger.debug("could not report the start-up failure to the other ranks: %s", exc)
+        self.group.close(stop_workers=False)  # the workers failed their start too, or learnt of ours: they exit
 
     def close(self) -> None:
         """Stop the workers (rank 0 of an engine-started group)."""

@@ -68,6 +68,8 @@ class ParallelGroup:
         self.owns_process_group = owns_process_group
         #: Under torchrun: whether this engine initialized torch.distributed (from torchrun's environment).
         self.destroy_on_close = False
+        #: Whether this rank took part in the start-up handshake (it happens once).
+        self.handshake_done = False
         self.closed = False
 
     @property
@@ -91,8 +93,9 @@ class ParallelGroup:
         dist.broadcast_object_list(box, src=src, group=self.control)
         return box[0]
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Rank 0 of an engine-started group: tell the workers to stop, wait for them, tear the group down."""
+    def close(self, timeout: float = 60.0, *, stop_workers: bool = True) -> None:
+        """Rank 0 of an engine-started group: tell the workers to stop (unless they are exiting already, after
+        a failed start), wait for them, tear the group down."""
         if self.closed:
             return
         self.closed = True
@@ -102,7 +105,8 @@ class ParallelGroup:
             return
         if self.is_driver:
             try:
-                self.broadcast(("stop",))
+                if stop_workers:
+                    self.broadcast(("stop",))
             except Exception as exc:  # noqa: BLE001 - a dead worker: terminate the rest below
                 logger.warning("Could not tell the parallel workers to stop (%s); terminating them.", exc)
             deadline = time.monotonic() + timeout
@@ -121,6 +125,7 @@ class WorkerFailed(RuntimeError):
 
 def handshake(group: ParallelGroup, error: BaseException | None = None) -> None:
     """Start-up handshake: every rank reports whether it built its shard; all raise the first failure."""
+    group.handshake_done = True
     reports: list[Any] = [None] * group.world_size
     dist.all_gather_object(reports, None if error is None else f"{type(error).__name__}: {error}", group=group.control)
     failed = [(rank, msg) for rank, msg in enumerate(reports) if msg is not None]
@@ -249,7 +254,7 @@ def worker_main(rank: int, world: int, init_method: str, backend: str, timeout_s
         try:
             engine = factory(**kwargs)
         except Exception as exc:
-            if ACTIVE is not None:  # the group exists: tell rank 0 why, instead of letting it wait
+            if ACTIVE is not None and not ACTIVE.handshake_done:  # tell rank 0 why, instead of letting it wait
                 try:
                     handshake(ACTIVE, exc)
                 except WorkerFailed:

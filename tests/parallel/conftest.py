@@ -15,7 +15,7 @@ GROUP_TEXTS = [PROMPT + c for c in (" 19.", " It is 19 because 12 + 7 = 19.", " 
 PRM_TEXTS = [
     f"{PROMPT} Step 1: 12 + 7 = 19 {STEP} Step 2: so 19 {STEP}",
     f"{PROMPT} Step 1: 12 + 7 = 20 {STEP}",
-    f"no step tag here at all",
+    "no step tag here at all",
     f"{STEP} short {STEP} {STEP}",
 ]
 

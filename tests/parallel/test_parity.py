@@ -85,7 +85,7 @@ def test_scores_equal_the_single_process_engine(runs, capsys):
                 assert len(g_call) == len(w_call) == len(call.prompts)
                 for g, w in zip(g_call, w_call, strict=True):
                     assert g.shape == w.shape, (case.name, rank)
-                    torch.testing.assert_close(g, w, atol=ATOL, rtol=0, msg=lambda m: f"{case.name} rank {rank}: {m}")
+                    torch.testing.assert_close(g, w, atol=ATOL, rtol=0, msg=lambda m, c=case.name, r=rank: f"{c} rank {r}: {m}")
                     if g.numel():
                         worst[case.name] = max(worst.get(case.name, 0.0), float((g - w).abs().max()))
     with capsys.disabled():
@@ -147,4 +147,4 @@ def test_tensor_and_pipeline_together_and_more_pipeline_stages(seq_rm, token_rm,
                                                            use_tqdm=False)]
                 for rank, result in enumerate(ranks):
                     for g, w in zip(result[case.name]["outputs"][call_index], want, strict=True):
-                        torch.testing.assert_close(g, w, atol=ATOL, rtol=0, msg=lambda m: f"{case.name} rank {rank}: {m}")
+                        torch.testing.assert_close(g, w, atol=ATOL, rtol=0, msg=lambda m, c=case.name, r=rank: f"{c} rank {r}: {m}")

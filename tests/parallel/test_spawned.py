@@ -76,3 +76,21 @@ def test_under_torchrun_every_rank_scores(prm, tmp_path):
     for _, _, payload in lines:
         for got, w in zip(json.loads(payload), want, strict=True):
             torch.testing.assert_close(torch.tensor(got, dtype=torch.float32).reshape(w.shape), w, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow  # starts a worker rank that then fails like rank 0
+def test_a_failed_start_stops_every_rank_and_frees_the_process_group(seq_rm):
+    # Valid split, invalid engine argument found after the ranks started: every rank fails alike, none waits.
+    with pytest.raises(ValueError, match="max_model_len=100000 is over the model's max_position_embeddings"):
+        LLM(str(seq_rm), device="cpu", tensor_parallel_size=2, max_model_len=100_000)
+    assert not dist.is_initialized()
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.join(30)
+    assert [c for c in multiprocessing.active_children() if c.name.startswith("rlhf-rewards-rank")] == []
+    llm = LLM(str(seq_rm), device="cpu", tensor_parallel_size=2)  # the process can build a split engine again
+    try:
+        assert len(llm.encode(GROUP_TEXTS, pooling_task="classify", use_tqdm=False)) == len(GROUP_TEXTS)
+    finally:
+        llm.shutdown()
