@@ -79,3 +79,11 @@ def test_split_shapes_the_model_takes():
     with pytest.raises(ValueError, match=r"allowed tensor_parallel_size values for model: \[1, 2, 4, 8\]"):
         check_split(ParallelConfig(16, 1), config, device=torch.device("cpu"))
     assert divisors(12) == [1, 2, 3, 4, 6, 12]
+
+
+def test_ray_replica_gpus_must_be_whole_to_span_several(seq_rm):
+    pytest.importorskip("ray")
+    from rlhf_rewards.workers import RayWorkerPool
+
+    with pytest.raises(ValueError, match=r"num_gpus_per_replica must be a whole number above 1 .* got 1\.5"):
+        RayWorkerPool(str(seq_rm), num_gpus_per_replica=1.5)
