@@ -106,6 +106,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--chat-template", default=None,
                        help="The chat template for `messages` (vLLM's flag): a file, or the template itself. "
                             "Default: the tokenizer's.")
+    from rlhf_rewards.cli.vllm_flags import add_ignored_vllm_flags
+
+    add_ignored_vllm_flags(p)  # a `vllm serve` command line runs as is (engine flags warn once)
     p.set_defaults(func=run)
     return p
 
@@ -235,6 +238,9 @@ def make_app(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
         raise ValueError("no MODEL given and this install ships no default model; pass a model folder or hub id, "
                          "e.g. `rlhf-rewards serve Skywork/Skywork-Reward-V2-Qwen3-0.6B`.")
     _check_args(args)
+    from rlhf_rewards.cli.vllm_flags import check_vllm_flags
+
+    check_vllm_flags(args)
     from rlhf_rewards.server.auth import allow_keyless_from, parse_networks
     from rlhf_rewards.server.routes.get_reward import GetRewardOptions
 

@@ -39,3 +39,24 @@ def test_served_model_name_aliases_and_the_chat_template_flag(qwen3_rm, tmp_path
         assert r.status_code == 200 and r.json()["model"] == "first"  # the first name is the one reported
         r = requests.post(proc.url + "/classify", json={"model": "third", "input": "hi"}, timeout=30)
         assert r.status_code == 404 and "first" in r.json()["error"]["message"]
+
+
+def test_a_vllm_serve_command_line_parses_and_ignored_engine_flags_warn(caplog):
+    from rlhf_rewards.cli.main import build_parser
+    from rlhf_rewards.cli.vllm_flags import check_vllm_flags
+
+    argv = ["serve", "some/model", "--runner", "pooling", "--gpu-memory-utilization", "0.8", "--enable-prefix-caching",
+            "--max-num-seqs", "4", "--enable-lora", "--seed", "0", "--disable-uvicorn-access-log",
+            "--uvicorn-log-level", "warning", "--served-model-name", "a", "b", "--port", "1234"]
+    args = build_parser().parse_args(argv)
+    assert (args.model, args.port, args.served_model_name) == ("some/model", 1234, ["a", "b"])
+    assert args.disable_access_log and args.log_level == "warning"
+    with caplog.at_level("INFO", logger="rlhf_rewards.server"):
+        given = check_vllm_flags(args)
+    assert given == ["enable_lora", "enable_prefix_caching", "gpu_memory_utilization", "max_num_seqs", "seed"]
+    text = caplog.text
+    assert "--gpu-memory-utilization is ignored" in text and "--max-num-seqs is ignored" in text
+    with pytest.raises(ValueError, match="pooling server"):
+        check_vllm_flags(build_parser().parse_args(["serve", "m", "--runner", "generate"]))
+    with pytest.raises(SystemExit):  # a flag vLLM does not have either is still argparse's error
+        build_parser().parse_args(["serve", "m", "--no-such-vllm-flag", "1"])
