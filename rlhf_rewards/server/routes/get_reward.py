@@ -97,8 +97,9 @@ async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
     # Raw scores for outcome and token rewards (token_classify's default applies the activation); a PRM's
     # step rewards are its activation's probabilities, as RewardFunction reads them.
     params = make_params({} if info.kind == "process" else {"use_activation": False})
-    items = await engine.prepare_prompts([{"prompt_token_ids": ids} for ids in ids_list], task, params, None,
-                                         field_name="query")
+    # An empty query stays a text, so the engine's check names it ("an empty string") as on every route.
+    prompts = [q if not q else {"prompt_token_ids": ids} for q, ids in zip(queries, ids_list, strict=True)]
+    items = await engine.prepare_prompts(prompts, task, params, None, field_name="query", add_special_tokens=False)
     outputs = await engine.score(task, items)
     rewards: list[float | None] = []
     errors: dict[str, str] = {}
