@@ -238,11 +238,10 @@ class LLM:
         defaults = self.spec.task_defaults
         configs: dict[str, PoolerConfig] = {}
         for task, default in defaults.items():
-            config = user_config_for_task(self.user_pooler_config, task, defaults).merged_over(default)
+            config = user_config_for_task(self.user_pooler_config, task, defaults).merged_over(default).for_task(task)
             config.step_tag_id = default_step_tag_id(
                 config, self.spec.default_step_tag, self.tokenizer, self.spec.architecture
             )
-            config.pooling_type = config.type_for(task)  # the alias reads back this task's effective type
             configs[task] = config
         return configs
 

@@ -126,6 +126,14 @@ class PoolerConfig:
         ``seq_pooling_type`` (``None`` when unset)."""
         return self.tok_pooling_type if task in TOKEN_TASKS else self.seq_pooling_type
 
+    def for_task(self, task: str) -> PoolerConfig:
+        """A copy holding only what applies to ``task``: its level's pooling type (also as ``pooling_type``),
+        and the STEP fields for token tasks only."""
+        if task in TOKEN_TASKS:
+            return dataclasses.replace(self, pooling_type=self.tok_pooling_type, seq_pooling_type=None)
+        return dataclasses.replace(self, pooling_type=self.seq_pooling_type, tok_pooling_type=None, step_tag_id=None,
+                                   returned_token_ids=None)
+
     @property
     def is_step(self) -> bool:
         """True when token tasks are STEP-pooled (vLLM's ``tok_pooling_type == "STEP"``)."""

@@ -124,7 +124,7 @@ def test_sequence_reward_example_prints_the_engines_rewards(run):
     prompts = ["Hello, my name is", "The president of the United States is", "The capital of France is",
                "The future of AI is"]
     expected = [o.outputs.data.item() for o in llm.encode(prompts, pooling_task="classify")]
-    assert printed == pytest.approx(expected, abs=1e-6)
+    assert printed == pytest.approx(expected, abs=1e-4)  # the subprocess may run on another device
     assert all(0.0 < x < 1.0 for x in printed)  # vLLM's default: the sigmoid
 
 
