@@ -15,6 +15,7 @@ The kind of score follows the model's pooling task, as vLLM's ``SCORE_TYPE_MAP``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import ScoringOutput, ScoringRequestOutput
 from rlhf_rewards.pooling import PoolingParams
+
+logger = logging.getLogger(__name__)
 
 SCORE_TYPES: dict[str, str] = {"classify": "cross-encoder", "embed": "bi-encoder", "token_embed": "late-interaction"}
 
@@ -79,6 +82,11 @@ def score_pairs(llm: Any, data_1: str | Sequence[str], data_2: str | Sequence[st
     if max_doc > 0:
         docs = [truncate_text_to_tokens(d, tok, max_doc) for d in docs]
     if score_type == "cross-encoder":
+        if getattr(llm.model.config, "is_original_qwen3_reranker", False) and chat_template is None:
+            # vLLM warns the same way: the original Qwen3-Reranker was trained with one prompt template.
+            logger.warning("Scoring an original Qwen3 reranker without a chat_template: the model was trained with a "
+                           "specific prompt template; pass chat_template= (vLLM's "
+                           "examples/pooling/score/template/qwen3_reranker.jinja).")
         if len(queries) == 1:
             queries = queries * len(docs)
         prompts = [{"prompt_token_ids": _pair_ids(llm, tok, q, d, tokenization_kwargs, chat_template)}

@@ -202,3 +202,40 @@ def test_score_follows_the_models_pooling_task(e5_like, reranker_like):
     (whole,) = rr.encode("query document", PoolingParams(use_activation=False), pooling_task="classify")
     assert pair.prompt_token_ids == whole.prompt_token_ids
     assert pair.outputs.score == pytest.approx(whole.outputs.data.item(), abs=1e-6)
+
+
+# vLLM's examples/pooling/score/template/qwen3_reranker.jinja (GitHub commit 5d6a1c2492914feea387f49a86eacdc3f99b29a1).
+QWEN3_RERANKER_TEMPLATE = (
+    '<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct '
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n<Instruct>: {{ '
+    'instruction | default(instruct | default(messages | selectattr("role", "eq", "system") | map(attribute="content")'
+    ' | first | default("Given a web search query, retrieve relevant passages that answer the query", true), true), '
+    'true) }}\n<Query>: {{ messages | selectattr("role", "eq", "query") | map(attribute="content") | first }}\n'
+    '<Document>: {{ messages | selectattr("role", "eq", "document") | map(attribute="content") | first }}<|im_end|>\n'
+    '<|im_start|>assistant\n<think>\n\n</think>\n\n')
+
+
+def test_original_qwen3_reranker_scores_with_vllms_template(checkpoint_factory):
+    """Not a port: vLLM's Qwen3-Reranker recipe (hf_overrides + the template) against the LM's own logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lm = checkpoint_factory("Qwen3ForCausalLM", seed=171)
+    overrides = {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["-", "+"],
+                 "is_original_qwen3_reranker": True}
+    llm = LLM(str(lm), device="cpu", hf_overrides=overrides)
+    query, doc = "What is 2 + 2?", "2 + 2 = 4"
+    (out,) = llm.score(query, doc, chat_template=QWEN3_RERANKER_TEMPLATE)
+    tok = llm.get_tokenizer()
+    text = tok.apply_chat_template([{"role": "query", "content": query}, {"role": "document", "content": doc}],
+                                   chat_template=QWEN3_RERANKER_TEMPLATE, tokenize=False)
+    ids = tok(text)["input_ids"]
+    assert "<Query>: What is 2 + 2?" in text and out.prompt_token_ids == ids
+    model = AutoModelForCausalLM.from_pretrained(str(lm), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    no, yes = (tok.convert_tokens_to_ids(t) for t in ("-", "+"))
+    assert out.outputs.score == pytest.approx(torch.sigmoid(logits[yes] - logits[no]).item(), abs=1e-5)
+    # The LLM-level chat_template is the default of score, as in vLLM.
+    with_default = LLM(str(lm), device="cpu", hf_overrides=overrides, chat_template=QWEN3_RERANKER_TEMPLATE)
+    assert with_default.score(query, doc)[0].outputs.score == pytest.approx(out.outputs.score, abs=1e-6)
