@@ -202,7 +202,7 @@ def _kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
 
 
 def blocked_attention(
-    layout: BlockedLayout, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None, pruned: bool
+    layout: BlockedLayout, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None
 ) -> torch.Tensor:
     """Attention of a packed row: ``query [1, H, T, d]``, ``key/value [1, Hkv, T, d]`` -> ``[1, T, H, d]``.
 

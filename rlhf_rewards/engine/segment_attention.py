@@ -360,7 +360,7 @@ def segment_attention_forward(
         from rlhf_rewards.engine.deterministic import blocked_attention
 
         pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
-        return blocked_attention(plan.blocked_layout(pruned, query.device), query, key, value, scaling, pruned), None
+        return blocked_attention(plan.blocked_layout(pruned, query.device), query, key, value, scaling), None
     if varlen_attention.applies(query):
         return varlen_attention.forward(plan.varlen_layout(query.device), query, key, value, scaling, _merge), None
     heads, kv_heads, head_dim = query.shape[1], key.shape[1], value.shape[-1]

@@ -50,9 +50,9 @@ def test_a_row_gets_the_same_result_at_every_position_of_a_fixed_tile(dtype, til
         return down(torch.nn.functional.silu(gate) * up) + x
 
     row = torch.randn(hidden, dtype=dtype)
-    # Every position of a 64-row tile; in the larger tile every position of its first and last 16 rows
-    # (the edges of the kernel's row blocks) and every 5th one between.
-    positions = range(tile) if tile <= 64 else sorted({*range(16), *range(tile - 16, tile), *range(0, tile, 5)})
+    # Every position of a 64-row tile; in the engine's tile every position of its first and last 16 rows
+    # (the edges of the kernel's row blocks) and every 29th one between.
+    positions = range(tile) if tile <= 64 else sorted({*range(16), *range(tile - 16, tile), *range(0, tile, 29)})
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -317,6 +317,15 @@ def test_one_thread_alone_equals_two_threads_in_a_batch(engines):
         torch.set_num_threads(saved_threads)
         llm.runner.small_forward_flops = saved_flops
     assert all(torch.equal(a, b) for a, b in zip(alone, batch, strict=True))
+
+
+def test_bfloat16_scores_equal_the_text_scored_alone(seq_rm):
+    llm = LLM(str(seq_rm), device="cpu", dtype="bfloat16", deterministic=True)
+    texts = _fixed_batch()
+    alone = [_encode(llm, [t], [None], "classify", RAW)[0] for t in texts]
+    for budget in (130, 16384):
+        batch = _encode(llm, texts[::-1], [None] * len(texts), "classify", RAW, budget)[::-1]
+        assert all(torch.equal(a, b) for a, b in zip(alone, batch, strict=True))
 
 
 @pytest.mark.parametrize("architecture", ["JambaForSequenceClassification", "InternLM2ForRewardModel"])
