@@ -21,13 +21,13 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf_rewards.contract import ModelInfo, Prompts, normalize_prompts, per_prompt, truncation_of
 from rlhf_rewards.engine.inputs import tokenize_prompts
+from rlhf_rewards.engine.placement import resolve_device, resolve_dtype
+from rlhf_rewards.engine.request import EngineRequest
+from rlhf_rewards.engine.runner import ModelRunner
 from rlhf_rewards.entrypoints.engine_args import IgnoredEngineArgWarning, split_engine_args
 from rlhf_rewards.entrypoints.scoring import ScoringRequestOutput, score_pairs
 from rlhf_rewards.entrypoints.tokenization import tokenization_options
 from rlhf_rewards.errors import RequestError
-from rlhf_rewards.engine.placement import resolve_device, resolve_dtype
-from rlhf_rewards.engine.request import EngineRequest
-from rlhf_rewards.engine.runner import ModelRunner
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.models.base import PoolingModel
 from rlhf_rewards.models.loader import load_pooling_model
@@ -43,13 +43,13 @@ from rlhf_rewards.outputs import (
 )
 from rlhf_rewards.parallel import ParallelConfig, ParallelEngine
 from rlhf_rewards.pooling import PoolerConfig, PoolingParams, check_task, resolve_pooling
-from rlhf_rewards.pooling.tasks import POOLING_TASKS, REMOVED_POOLING_TASKS
 from rlhf_rewards.pooling.step import (
     default_step_tag_id,
     detect_step_kind,
     step_tag_text,
     user_config_for_task,
 )
+from rlhf_rewards.pooling.tasks import POOLING_TASKS, REMOVED_POOLING_TASKS
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 16384
 _request_counter = itertools.count()

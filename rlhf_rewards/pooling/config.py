@@ -17,7 +17,6 @@ from rlhf_rewards.pooling.tasks import (
     check_removed_pooling_task,
 )
 
-
 #: Field names older releases (and this library's first API) used, and the field that replaces them.
 FIELD_ALIASES: dict[str, str] = {"pooling_task": "task"}
 
