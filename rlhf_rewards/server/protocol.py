@@ -234,8 +234,40 @@ class EmbeddingRequest(EncodingRequest):
     """``POST /v1/embeddings`` (OpenAI's and vLLM's). On a reward model it answers as SGLang's reward servers do:
     ``embedding`` is the raw score vector (``data[-1]["embedding"][-1]`` is the reward, as verl reads it)."""
 
+    messages: list[ChatMessage] | list[list[ChatMessage]] | None = Field(
+        default=None, description="One conversation, or several (vLLM's batched chat form); a conversation may "
+                                  "also come in `input`.")
     dimensions: int | None = Field(default=None, gt=0, description="Embedding models: keep the first n dimensions.")
     normalize: bool | None = Field(default=None, description="Extension. Embedding models: L2-normalize.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _conversations_in_input(cls, data: Any) -> Any:
+        # vLLM 0.33's EmbeddingChatInputRequest / EmbeddingBatchChatInputRequest: conversations sent in `input`.
+        if not isinstance(data, dict) or "messages" in data or not isinstance(data.get("input"), list):
+            return data
+        value = data["input"]
+
+        def is_message(m: Any) -> bool:
+            return isinstance(m, dict) and isinstance(m.get("role"), str)
+
+        one = bool(value) and all(is_message(m) for m in value)
+        many = bool(value) and all(isinstance(c, list) and c and all(is_message(m) for m in c) for c in value)
+        if one or many:
+            data = {k: v for k, v in data.items() if k != "input"}
+            data["messages"] = value
+        return data
+
+    @model_validator(mode="after")
+    def _conversations_not_empty(self) -> EmbeddingRequest:
+        if self.batched and not all(self.messages or []):
+            raise ValueError("`messages` has an empty conversation: send at least one message in each")
+        return self
+
+    @property
+    def batched(self) -> bool:
+        """Whether ``messages`` holds several conversations."""
+        return bool(self.messages) and isinstance(self.messages[0], list)
 
 
 class CohereEmbedRequest(StrictModel):

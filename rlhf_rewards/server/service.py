@@ -166,6 +166,10 @@ class ServingEngine:
         return await self._prepare_in_thread(lambda: prompts, field_name, task, params, lora,
                                              add_special_tokens=add_special_tokens, truncation_side=truncation_side)
 
+    def check_count(self, n: int, field_name: str) -> None:
+        """413 when ``n`` prompts are over ``--max-client-batch-size``."""
+        self._check_count(n, field_name)
+
     def _check_count(self, n: int, field_name: str) -> None:
         limit = self.limits.max_client_batch_size
         if n > limit:

@@ -56,7 +56,18 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     if reward and body.use_activation is None:
         fields = {**body.model_dump(include={"dimensions", "normalize"}), "use_activation": False}
     params = make_params(fields, truncate_prompt_tokens=body.truncate_prompt_tokens)
-    items = await engine.prepare(body, task, params, lora)
+    if body.batched:  # several conversations: each rendered, then scored together
+        engine.check_count(len(body.messages), "messages")
+        ids = [await engine.render(conv, chat_template=body.chat_template,
+                                   add_generation_prompt=body.add_generation_prompt,
+                                   continue_final_message=body.continue_final_message,
+                                   chat_template_kwargs=body.chat_template_kwargs,
+                                   add_special_tokens=bool(body.add_special_tokens)) for conv in body.messages]
+        items = await engine.prepare_prompts([{"prompt_token_ids": i} for i in ids], task, params, lora,
+                                             field_name="messages", add_special_tokens=False,
+                                             truncation_side=body.truncation_side)
+    else:
+        items = await engine.prepare(body, task, params, lora)
     outputs = await engine.score(task, items)
     tensors = [_reward_vector(o) if reward else o.outputs.data for o in outputs]
     rid = response_id("embd", body.request_id, request)

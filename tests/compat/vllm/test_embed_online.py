@@ -318,3 +318,23 @@ def test_pooling_not_supported(server, model_name: str, task: str):
         assert message.startswith("No IOProcessor plugin installed.")
     else:
         assert "not supported" in message and task in message  # vLLM: startswith(f"Task {task} is not supported")
+
+
+@pytest.mark.parametrize("model_name", [MODEL_NAME])
+def test_batched_conversations(server, model_name: str):
+    # vLLM 0.33's EmbeddingBatchChatRequest / EmbeddingChatInputRequest (protocol.py; not in the stored test):
+    # several conversations in `messages`, or one (or several) in `input`, each equal to its own request.
+    other = [{"role": "user", "content": "Hello there."}]
+    one = requests.post(server.url_for("v1/embeddings"), json={"model": model_name, "messages": MESSAGES}).json()
+    two = requests.post(server.url_for("v1/embeddings"), json={"model": model_name, "messages": other}).json()
+    for body in ({"messages": [MESSAGES, other]}, {"input": [MESSAGES, other]}):
+        both = requests.post(server.url_for("v1/embeddings"), json={"model": model_name, **body})
+        both.raise_for_status()
+        got = [d["embedding"] for d in both.json()["data"]]
+        check_embeddings_close(embeddings_0_lst=[one["data"][0]["embedding"], two["data"][0]["embedding"]],
+                               embeddings_1_lst=got, name_0="single", name_1="batched")
+        assert both.json()["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"] + two["usage"]["prompt_tokens"]
+    single_in_input = requests.post(server.url_for("v1/embeddings"), json={"model": model_name, "input": MESSAGES})
+    assert single_in_input.json()["data"][0]["embedding"] == one["data"][0]["embedding"]
+    empty = requests.post(server.url_for("v1/embeddings"), json={"model": model_name, "messages": [MESSAGES, []]})
+    assert empty.status_code == 400 and "empty conversation" in empty.json()["error"]["message"]
