@@ -37,6 +37,11 @@ CHAT = [{"role": "user", "content": "What is 12 + 7?"}]
 RESPONSE = "The answer is 19."
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _verl_released_code() -> None:
+    ensure_peers()  # verl 0.9.1 and its small dependencies on sys.path (scripts/peers_env.sh)
+
+
 @pytest.fixture(scope="module")
 def verl_models(tmp_path_factory) -> dict[str, Path]:
     """A sequence RM with a Llama-3-style BOS chat template, one without BOS, and a token RM."""
@@ -139,3 +144,64 @@ def test_keyless_verl_client_from_allowed_network(verl_models):
     with InProcessServer(path, *SERVE, "--api-key", "k3y", "--allow-keyless-from", "127.0.0.0/8") as server:
         tok = server.engine.llm.tokenizer
         assert verl_score(config, server.url.removeprefix("http://"), tok) is not None
+
+
+def external_manager_class():
+    """The README's ``ExternalRewardLoopManager``, as written there."""
+    import ray
+    from verl.experimental.reward_loop.reward_loop import RewardLoopManager, RewardLoopWorker
+    from verl.trainer.ppo.reward import resolve_reward_manager_cls
+
+    class ExternalRewardLoopManager(RewardLoopManager):
+        """verl's reward loop on a running `rlhf-rewards serve` (verl 0.9.1 would start its own servers)."""
+
+        def __init__(self, config, address: str):
+            self.config = config
+            self.reward_model_manager = None  # no reward servers to start, wake up or put to sleep
+            self.reward_router_address = address  # "host:port" of rlhf-rewards serve
+            self.reward_loop_workers_class = ray.remote(RewardLoopWorker)
+            self.reward_manager_cls = resolve_reward_manager_cls(config)
+            self._init_reward_loop_workers()
+
+    return ExternalRewardLoopManager
+
+
+def test_reward_loop_manager_on_ray(verl_models):
+    """verl's ``RewardLoopManager.compute_rm_score`` (Ray actors running ``RewardLoopWorker``) on the server."""
+    import ray
+    from tensordict import TensorDict
+    from verl.protocol import DataProto
+
+    from tests.compat.peers import PEERS, ROOT
+
+    path = verl_models["seq"]
+    config = verl_config(path, "vllm")
+    config.reward.num_workers = 1
+    responses = ["The answer is 19.", "Blue."]
+    with InProcessServer(path, *SERVE) as server:
+        llm = server.engine.llm
+        tok = llm.tokenizer
+        prompt_ids = list(tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=False))
+        resp = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in responses]
+        width = max(map(len, resp))
+        pad = tok.pad_token_id
+        batch = TensorDict({
+            "prompts": torch.tensor([prompt_ids] * 2),
+            "responses": torch.tensor([r + [pad] * (width - len(r)) for r in resp]),
+            "attention_mask": torch.tensor([[1] * len(prompt_ids) + [1] * len(r) + [0] * (width - len(r)) for r in resp]),
+        }, batch_size=2)
+        data = DataProto(batch=batch, non_tensor_batch={"raw_prompt": np.array([CHAT, CHAT], dtype=object)})
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{PEERS}", "TOKENIZERS_PARALLELISM": "false"}})
+        try:
+            manager = external_manager_class()(config, address=server.url.removeprefix("http://"))
+            scores = manager.compute_rm_score(data).batch["rm_scores"]
+        finally:
+            ray.shutdown()
+        expected = [_engine(llm, tok.apply_chat_template([*CHAT, {"role": "assistant", "content": r}], tokenize=False),
+                            "classify") for r in responses]
+    got = [float(scores[i, len(resp[i]) - 1]) for i in range(2)]
+    assert float(scores.abs().sum()) == pytest.approx(sum(abs(g) for g in got), abs=1e-6)  # one score per row, at its end
+    worst = max(abs(a - b) for a, b in zip(got, expected, strict=True))
+    report("verl RewardLoopManager (Ray) vllm seq", vs_engine=worst)
+    assert worst <= TOL, (got, expected)
