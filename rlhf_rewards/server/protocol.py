@@ -15,7 +15,15 @@ import typing
 from builtins import float as builtins_float
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.pooling.tasks import POOLING_TASKS
