@@ -108,8 +108,10 @@ class RewardFunctionBase:
     def _wrap(self, exc: Exception) -> RewardFunctionError:
         return wrap_error(exc, self._owner)
 
-    def _finish(self, result: ScoreResult, started: float, return_steps: bool, kwargs: dict[str, Any]) -> Any:
-        """Warn about unscored completions, notify listeners, log TRL metrics, and shape the return value."""
+    def _finish(self, result: ScoreResult, started: float, return_steps: bool, kwargs: dict[str, Any],
+                stacklevel: int = 3) -> Any:
+        """Warn about unscored completions, notify listeners, log TRL metrics, and shape the return value
+        (``stacklevel``: frames from here to the user's call, so the warning names the caller's line)."""
         n = len(result.rewards)
         if result.unscored:
             shown = "; ".join(f"item {i}: {why}" for i, why in sorted(result.unscored.items())[:5])
@@ -118,7 +120,7 @@ class RewardFunctionBase:
                 f"{self._owner}: {len(result.unscored)} of {n} completion(s) cannot be scored and get reward "
                 f"None: {shown}{more}.",
                 UnscorableCompletionWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         seconds = time.perf_counter() - started
         for listener in self._call_listeners:

@@ -107,7 +107,7 @@ class RewardFunction(RewardFunctionBase):
             result = run_plan(self._scoring.completions(prompts, completions, self._owner), self.worker)
         except Exception as exc:  # noqa: BLE001 - re-raised with the function's name
             raise self._wrap(exc) from exc
-        return self._finish(result, started, return_steps, kwargs)
+        return self._finish(result, started, return_steps, kwargs, stacklevel=4)  # via __call__ / score_with_steps
 
     def score_token_ids(self, token_ids: Sequence[Sequence[int]], **kwargs: Any) -> list[float | None]:
         """Score sequences given as token ids of the reward model's vocabulary (outcome and token kinds).
@@ -155,7 +155,7 @@ class AsyncRewardFunction(RewardFunctionBase):
             result = await arun_plan(self._scoring.completions(prompts, completions, self._owner), self.worker)
         except Exception as exc:  # noqa: BLE001 - re-raised with the function's name
             raise self._wrap(exc) from exc
-        return self._finish(result, started, return_steps, kwargs)
+        return self._finish(result, started, return_steps, kwargs, stacklevel=4)  # via __call__ / score_with_steps
 
 
 __all__ = [
