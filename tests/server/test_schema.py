@@ -215,6 +215,8 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, embeddi
     info = c.check(requests.get(url + "/v1/model_info", timeout=10), "/v1/model_info", "get")
     assert info["server_limits"]["max_client_batch_size"] == MAX_CLIENT_BATCH
     assert c.check(requests.get(url + "/health", timeout=10), "/health", "get")["status"] == "ok"
+    for method in ("get", "post"):  # SageMaker's health check, as vLLM serves it
+        assert c.check(requests.request(method, url + "/ping", timeout=10), "/ping", method)["status"] == "ok"
     assert "rlhf_rewards_requests_total" in c.check(requests.get(url + "/metrics", timeout=10), "/metrics", "get")
 
     # Client mistakes: a RequestError from the engine, a schema error, the limits, unknown route and method.

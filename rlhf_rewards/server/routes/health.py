@@ -1,4 +1,4 @@
-"""``GET /health`` (no API key) and ``GET /metrics`` (Prometheus)."""
+"""``GET /health`` (no API key), ``GET/POST /ping`` (SageMaker's, as vLLM) and ``GET /metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,20 @@ async def health(request: Request) -> JSONResponse:
         return json_response(HealthResponse(status="engine stopped"), status_code=503)
     return json_response(HealthResponse(status="ok", model=engine.model_name,
                                         queue_depth=engine.batcher.pending_prompts))
+
+
+@router.get("/ping", response_model=HealthResponse,
+            responses={503: {"model": HealthResponse, "description": "Draining, or the batching loop stopped."}})
+async def ping_get(request: Request) -> JSONResponse:
+    """SageMaker's health check (vLLM's ``/ping``): the answer of ``/health``."""
+    return await health(request)
+
+
+@router.post("/ping", response_model=HealthResponse,
+             responses={503: {"model": HealthResponse, "description": "Draining, or the batching loop stopped."}})
+async def ping_post(request: Request) -> JSONResponse:
+    """``POST /ping`` (vLLM's SageMaker route): the answer of ``/health``."""
+    return await health(request)
 
 
 @router.get("/metrics", response_class=Response, responses={
