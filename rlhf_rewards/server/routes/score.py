@@ -3,8 +3,8 @@
 Served, as in vLLM, for one-label classifiers (cross-encoders, converted rerankers: each (query, document)
 pair is one prompt, built as vLLM builds it: the tokenizer's pair encoding when the config's
 ``use_sep_token`` is true (the default), the two texts joined otherwise, or the server's ``--chat-template``
-with the roles ``query`` and ``document``) and for embedding models (bi-encoders: cosine similarity of the two
-embeddings). On any other model these routes answer FastAPI's ``{"detail": "Not Found"}``, as vLLM's do.
+with the roles ``query`` and ``document``), for embedding models (bi-encoders: cosine similarity of the two
+embeddings) and token-embedding models (late interaction: ColBERT MaxSim). On any other model these routes answer FastAPI's ``{"detail": "Not Found"}``, as vLLM's do.
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ logger = logging.getLogger("rlhf_rewards.server")
 
 
 def scoring_mode(engine: ServingEngine) -> str | None:
-    """``"cross"`` (one-label classifier), ``"bi"`` (embedding model) or ``None`` (no scoring API; vLLM's
-    ``enable_scoring_api``)."""
+    """``"cross"`` (one-label classifier), ``"bi"`` (embedding model), ``"late"`` (token-embedding model:
+    ColBERT MaxSim) or ``None`` (no scoring API; vLLM's ``enable_scoring_api``)."""
     task = engine.default_task
     if task == "classify" and engine.llm.model.num_labels == 1 and engine.info.kind != "process":
         return "cross"
     if task == "embed":
         return "bi"
+    if task == "token_embed":
+        return "late"
     return None
 
 
@@ -98,18 +100,25 @@ async def _pair_scores(engine: ServingEngine, body: ScoreFields, one: list[str],
     one = [_cut(engine, t, body.max_tokens_per_query) for t in one]
     two = [_cut(engine, t, body.max_tokens_per_doc) for t in two]
     params = make_params({"use_activation": body.use_activation}, truncate_prompt_tokens=body.truncate_prompt_tokens)
-    if mode == "bi":
+    if mode in ("bi", "late"):
+        task = "embed" if mode == "bi" else "token_embed"
+        if mode == "late" and body.use_activation is None:
+            params = params.clone(use_activation=True)  # vLLM's token_embed normalizes for MaxSim
         texts = [*one, *two]
-        items = await engine.prepare_prompts(texts, "embed", params, lora, field_name="documents",
+        items = await engine.prepare_prompts(texts, task, params, lora, field_name="documents",
                                              truncation_side=body.truncation_side)
-        outputs = await engine.score("embed", items)
+        outputs = await engine.score(task, items)
         scores: list[float | None] = []
         errors: list[str | None] = []
         for i, j in pairs:
-            a, b = outputs[i], outputs[len(one) + j]
-            err = a.error or b.error
-            scores.append(None if err else float(torch.nn.functional.cosine_similarity(
-                a.outputs.data.float(), b.outputs.data.float(), dim=0)))
+            a, b = outputs[i].outputs.data.float(), outputs[len(one) + j].outputs.data.float()
+            err = outputs[i].error or outputs[len(one) + j].error
+            if err:
+                scores.append(None)
+            elif mode == "bi":
+                scores.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+            else:  # ColBERT MaxSim: each query token's best document token, summed
+                scores.append(float(torch.matmul(a, b.T).amax(dim=-1).sum()))
             errors.append(err)
         return name, outputs, scores, errors
     prompts = [{"prompt_token_ids": _pair_ids(engine, one[i], two[j], body)} for i, j in pairs]
@@ -138,7 +147,8 @@ def _pair_ids(engine: ServingEngine, query: str, doc: str, body: ScoreFields) ->
             raise APIError(400, f"The score template failed on this pair: {type(exc).__name__}: {str(exc)[:300]}",
                            param="documents") from None
         return list(tok(text)["input_ids"])
-    if getattr(engine.llm.model.config, "use_sep_token", True):
+    config = engine.llm.model.config
+    if getattr(config, "use_sep_token", getattr(config, "use_pad_token", True)):  # use_pad_token: vLLM's old name
         return list(tok(text=query, text_pair=doc, add_special_tokens=True)["input_ids"])
     return list(tok(text=query + doc)["input_ids"])  # an LLM as reranker: the texts joined
 
