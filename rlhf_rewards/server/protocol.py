@@ -584,7 +584,9 @@ class EmbeddingResponseData(ResponseModel):
 
     index: int
     object: str = "embedding"
-    embedding: list[float] | str | None
+    embedding: list[float] | list[list[float]] | str | None = Field(
+        description="A vector; one vector per token on a token-embedding model (vLLM's TokenEmbeddingResponse); "
+                    "base64 with encoding_format base64; null with `error`.")
     error: str | None = _absent_if_none("Extension: why this item has no result.")
 
 

@@ -39,3 +39,14 @@ def test_bi_encoder_and_late_interaction_scores(checkpoint_factory, task):
     assert [d["score"] for d in got["data"]] == pytest.approx(want, rel=1e-4)
     assert [r["index"] for r in ranked["results"]] == sorted(range(2), key=lambda j: -first[j])
     assert [r["relevance_score"] for r in ranked["results"]] == pytest.approx(sorted(first, reverse=True), rel=1e-4)
+
+
+def test_embeddings_of_a_token_embedding_model_are_per_token(checkpoint_factory):
+    # vLLM serves /v1/embeddings of a token_embed model with TokenEmbeddingResponse: one vector per token.
+    path = checkpoint_factory("Qwen3Model", seed=155)
+    llm = LLM(str(path), device="cpu")
+    with InProcessServer(path, "--pooler-config", '{"task": "token_embed"}') as proc:
+        got = requests.post(proc.url + "/v1/embeddings", json={"input": QUERIES}, timeout=30).json()
+    want = llm.encode(QUERIES, pooling_task="token_embed", use_tqdm=False)
+    for item, out in zip(got["data"], want, strict=True):
+        torch.testing.assert_close(torch.tensor(item["embedding"]), out.outputs.data.float(), atol=1e-5, rtol=0)

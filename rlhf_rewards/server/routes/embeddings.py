@@ -1,6 +1,7 @@
 """``POST /v1/embeddings`` (OpenAI's and vLLM's) and ``POST /v2/embed`` (Cohere's, as vLLM serves it).
 
-On an embedding model ``/v1/embeddings`` answers embeddings. On a reward model it answers as SGLang's reward
+On an embedding model ``/v1/embeddings`` answers embeddings (one vector per token on a token-embedding model, as
+vLLM's token-embedding server does). On a reward model it answers as SGLang's reward
 servers do, which verl's SGLang reward path reads (``data[-1]["embedding"][-1]`` is the reward): the raw score
 vector of each prompt, ``[num_labels]`` (for token reward models, the last token's scores), without
 activation unless ``use_activation`` asks for it.
@@ -51,7 +52,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     name, lora = engine.resolve_model(body.model)
     default = engine.default_task
     reward = default not in _EMBED_TASKS
-    task = default if reward else "embed"
+    task = default if reward or default == "token_embed" else "embed"  # a token-embedding model: per-token vectors
     fields: Any = body
     if reward and body.use_activation is None:
         fields = {**body.model_dump(include={"dimensions", "normalize"}), "use_activation": False}
