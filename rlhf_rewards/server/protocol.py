@@ -266,10 +266,16 @@ class EmbeddingRequest(EncodingRequest):
             data["messages"] = value
         return data
 
+    late_chunking_params: dict[str, Any] | None = Field(
+        default=None, description="vLLM's late chunking of token embeddings: refused (not supported here).")
+
     @model_validator(mode="after")
     def _conversations_not_empty(self) -> EmbeddingRequest:
         if self.batched and not all(self.messages or []):
             raise ValueError("`messages` has an empty conversation: send at least one message in each")
+        if self.late_chunking_params is not None:
+            raise ValueError("`late_chunking_params` is refused: this server has no late chunking (it returns "
+                             "one vector per token on token-embedding models; chunk them on the client)")
         return self
 
     @property
