@@ -41,13 +41,17 @@ def _stub(name: str, **attrs: object) -> None:
     sys.modules[name] = module
 
 
+FLASH_ATTN_STUBS = ("flash_attn", "flash_attn.bert_padding", "flash_attn.utils", "flash_attn.utils.distributed")
+
+
 def stub_flash_attn() -> None:
     """Stub the one heavy package OpenRLHF imports at top level that .venv lacks: ``flash_attn``.
 
     ``openrlhf.models.ring_attn_utils`` (imported by ``openrlhf.models``, hence by ``serve_rm`` and the model
     loader) does ``from flash_attn.bert_padding import ...`` and ``from flash_attn.utils.distributed import
     all_gather`` at import time. Those functions are only called with ``packing_samples``/ring attention,
-    which the tests never enable; flash-attn itself needs CUDA. Nothing else is stubbed.
+    which the tests never enable; flash-attn itself needs CUDA. Nothing else is stubbed. Call
+    :func:`unstub_flash_attn` once OpenRLHF's modules are imported, so nothing else sees the stub.
     """
     if "flash_attn" in sys.modules:
         return
@@ -55,6 +59,14 @@ def stub_flash_attn() -> None:
     _stub("flash_attn.bert_padding", index_first_axis=None, pad_input=None, rearrange=None, unpad_input=None)
     _stub("flash_attn.utils")
     _stub("flash_attn.utils.distributed", all_gather=None)
+
+
+def unstub_flash_attn() -> None:
+    """Remove the :func:`stub_flash_attn` modules (OpenRLHF's modules keep the names they imported)."""
+    for name in FLASH_ATTN_STUBS:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module.__spec__, "origin", "") is None and not hasattr(module, "__file__"):
+            del sys.modules[name]
 
 
 def report(case: str, **differences: float) -> None:
@@ -83,4 +95,5 @@ def build_bos_tokenizer(path: Path) -> Path:
 
 
 __all__ = ["OPENRLHF_VERSION", "PEERS", "VERL_VERSION", "build_bos_tokenizer", "ensure_peers", "report",
-           "stub_flash_attn"]
+           "stub_flash_attn",
+           "unstub_flash_attn"]

@@ -11,18 +11,25 @@ import pytest
 import torch
 
 from rlhf_rewards.testing.checkpoints import build_checkpoint
-from tests.compat.peers import build_bos_tokenizer, ensure_peers, stub_flash_attn
+from tests.compat.peers import build_bos_tokenizer, ensure_peers, stub_flash_attn, unstub_flash_attn
 
 NS = types.SimpleNamespace
 
 
 @pytest.fixture(scope="session")
 def openrlhf() -> types.ModuleType:
-    """The released ``openrlhf`` package (flash_attn stubbed: see ``stub_flash_attn``)."""
+    """The released ``openrlhf`` package (flash_attn stubbed while it is imported: see ``stub_flash_attn``)."""
     ensure_peers()
     stub_flash_attn()
-    import openrlhf
-    import openrlhf.utils.utils as utils
+    try:  # every OpenRLHF module the tests use, imported while the stub is in place
+        import openrlhf
+        import openrlhf.cli.serve_rm
+        import openrlhf.models
+        import openrlhf.utils.agent
+        import openrlhf.utils.deepspeed
+        import openrlhf.utils.utils as utils
+    finally:
+        unstub_flash_attn()
 
     # OpenRLHF's loader only knows "bf16" and "fp16"; the comparisons run in float32, so its dtype table gets
     # that one more entry. Nothing else of OpenRLHF is changed.

@@ -57,7 +57,9 @@ def test_sequence_rm_equals_serve_rm_and_engine(openrlhf, compat_models, name):
         if tok.bos_token is not None:
             # The decoded query carries the BOS text once; a second BOS (the old bug) changes the reward.
             assert out["query"].startswith(tok.bos_token) and ids.count(tok.bos_token_id) == 1
-            assert abs(_engine_score(llm, [tok.bos_token_id, *ids], "classify") - ours) > 1e-3
+            double_bos = abs(_engine_score(llm, [tok.bos_token_id, *ids], "classify") - ours)
+            report(f"openrlhf get_reward {name}: the old double-BOS reward's error", double_bos=double_bos)
+            assert double_bos > 1e-3
         else:
             assert tok("x")["input_ids"] == tok("x", add_special_tokens=False)["input_ids"]  # no BOS added
 
