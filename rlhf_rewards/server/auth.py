@@ -19,7 +19,7 @@ from typing import Any
 from rlhf_rewards.server.errors import error_bytes
 
 #: Routes open without a key (load balancers and orchestrators probe them).
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/ping"})  # health probes (vLLM and SageMaker leave /ping open)
 API_KEY_ENV = "RLHF_REWARDS_API_KEY"
 
 

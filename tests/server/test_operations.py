@@ -44,6 +44,8 @@ def test_api_key_on_every_route_but_health(servers, caplog):
     auth, _ = servers
     good = {"Authorization": f"Bearer {KEY}"}
     assert requests.get(auth.url + "/health", timeout=10).status_code == 200
+    # /ping is SageMaker's health probe: open, as /health is (and as in vLLM).
+    assert requests.get(auth.url + "/ping", timeout=10).json()["status"] == "ok"
     for method, path, body in (("post", "/pooling", {"input": "hi"}), ("post", "/classify", {"input": "hi"}),
                                ("post", "/get_reward", {"query": ["hi"]}), ("post", "/tokenize", {"prompt": "hi"}),
                                ("get", "/v1/models", None), ("get", "/v1/model_info", None), ("get", "/metrics", None),
