@@ -21,8 +21,8 @@ PEERS=("openrlhf==0.11.2" "verl==0.9.1")
 SMALL=("pylatexenc==2.11" "tensordict==0.15.3" "pyvers==0.2.3" "omegaconf==2.4.0" "antlr4-python3-runtime==4.9.3"
        "cloudpickle==3.1.3" "codetiming==1.4.0" "orjson==3.13.0" "torchdata==0.11.0")
 FIND_LINKS=()
-if [ -d "${PEERS_WHEELS:-/work/peers/dl}" ]; then
-  FIND_LINKS=(--find-links "${PEERS_WHEELS:-/work/peers/dl}")  # local copies of the wheels, when present
+if [ -n "${PEERS_WHEELS:-}" ] && [ -d "$PEERS_WHEELS" ]; then
+  FIND_LINKS=(--find-links "$PEERS_WHEELS")  # a folder of already-downloaded wheels, if you have one
 fi
 "$PY" -m pip install -q --no-deps --target "$TARGET" "${FIND_LINKS[@]}" "${PEERS[@]}" "${SMALL[@]}"
 # Both wheels also install top-level `tests` and `scripts` packages; drop them so nothing can shadow ours.
