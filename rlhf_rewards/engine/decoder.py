@@ -234,27 +234,34 @@ def _deterministic_forward(
         return _tiled_norm(backbone.norm, hidden, spans)[0]
     layer = layers[last]
     attn = layer.self_attn
-    k, v = _tiled_keys_values(attn, layer, hidden, cos, sin, spans)
+    layout = _blocked_layout(attn, hidden.device)
+    heads = attn.config.num_attention_heads
+    for s, e in spans:  # keys and values of every row
+        h = layer.input_layernorm(det.tile_rows(hidden, s, e, tile))
+        k, v = _keys_values(attn, h, det.tile_rows(cos, s, e, tile), det.tile_rows(sin, s, e, tile))
+        layout.write_keys(s, k[0, :, : e - s].transpose(0, 1), v[0, :, : e - s].transpose(0, 1), heads)
     kept = hidden.index_select(1, rows)
     cos_r, sin_r = cos.index_select(1, rows), sin.index_select(1, rows)
     kept_spans = det.tiles(rows.numel(), tile)
-    parts = []
-    for s, e in kept_spans:
+    for s, e in kept_spans:  # queries of the kept rows only
         x = layer.input_layernorm(det.tile_rows(kept, s, e, tile))
         q = _queries(attn, x, det.tile_rows(cos_r, s, e, tile), det.tile_rows(sin_r, s, e, tile))
-        parts.append(q[:, :, : e - s])
-    q = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
-    full_q = q.new_zeros((1, q.shape[1], total, attn.head_dim))
-    full_q[:, :, rows] = q
-    from rlhf_rewards.engine.segment_attention import segment_attention_forward
-
-    out, _ = segment_attention_forward(attn, full_q, k, v, None, scaling=attn.scaling, sliding_window=_sliding_window(attn))
-    out = out.reshape(1, total, -1).index_select(1, rows)
+        layout.write_queries(0, q[0, :, : e - s].transpose(0, 1), rows=rows[s:e])
+    out = layout.attend(attn.scaling).view(total, -1).index_select(0, rows).unsqueeze(0)
     result = torch.empty_like(kept)
     for s, e in kept_spans:
         y = _post_attention(layer, det.tile_rows(kept, s, e, tile), det.tile_rows(out, s, e, tile))
         result[:, s:e] = y[:, : e - s]
     return _tiled_norm(backbone.norm, result, kept_spans)[0]
+
+
+def _blocked_layout(attn: nn.Module, device: torch.device):
+    """The active deterministic plan's layout for this attention layer (counted as its attention call)."""
+    from rlhf_rewards.engine.segment_attention import SegmentAttentionUnsupported, deterministic_layout
+
+    if _sliding_window(attn) is not None:
+        raise SegmentAttentionUnsupported("segment attention does not implement `sliding_window`")
+    return deterministic_layout(attn, device)
 
 
 def _tiled_norm(norm: nn.Module, hidden: torch.Tensor, spans) -> torch.Tensor:
@@ -266,37 +273,21 @@ def _tiled_norm(norm: nn.Module, hidden: torch.Tensor, spans) -> torch.Tensor:
     return result
 
 
-def _tiled_keys_values(attn: nn.Module, layer: nn.Module, hidden: torch.Tensor, cos, sin, spans):
-    from rlhf_rewards.engine import deterministic as det
-
-    tile = det.ROW_TILE
-    parts = []
-    for s, e in spans:
-        h = layer.input_layernorm(det.tile_rows(hidden, s, e, tile))
-        k, v = _keys_values(attn, h, det.tile_rows(cos, s, e, tile), det.tile_rows(sin, s, e, tile))
-        parts.append((k[:, :, : e - s], v[:, :, : e - s]))
-    k, v = (torch.cat(t, dim=2) if len(parts) > 1 else t[0] for t in zip(*parts, strict=True))
-    return k, v
-
-
 def _deterministic_layer(layer: nn.Module, hidden: torch.Tensor, cos, sin, spans) -> torch.Tensor:
-    """:func:`_layer` on fixed row tiles (attention goes through the active, deterministic, plan)."""
+    """:func:`_layer` on fixed row tiles, with queries/keys/values written straight into the blocked layout."""
     from rlhf_rewards.engine import deterministic as det
-    from rlhf_rewards.engine.segment_attention import segment_attention_forward
 
     tile = det.ROW_TILE
     attn = layer.self_attn
     total = hidden.shape[1]
-    parts = []
+    layout = _blocked_layout(attn, hidden.device)
     for s, e in spans:
         q, k, v = _pre_attention(layer, det.tile_rows(hidden, s, e, tile), det.tile_rows(cos, s, e, tile),
                                  det.tile_rows(sin, s, e, tile))
-        parts.append((q[:, :, : e - s], k[:, :, : e - s], v[:, :, : e - s]))
-    q, k, v = (torch.cat(t, dim=2) if len(parts) > 1 else t[0] for t in zip(*parts, strict=True))
-    del parts
-    out, _ = segment_attention_forward(attn, q, k, v, None, scaling=attn.scaling, sliding_window=_sliding_window(attn))
-    out = out.reshape(1, total, -1)
-    del q, k, v
+        n = e - s
+        layout.write_keys(s, k[0, :, :n].transpose(0, 1), v[0, :, :n].transpose(0, 1), q.shape[1])
+        layout.write_queries(s, q[0, :, :n].transpose(0, 1))
+    out = layout.attend(attn.scaling).view(1, total, -1)
     result = torch.empty_like(hidden)
     for s, e in spans:
         y = _post_attention(layer, det.tile_rows(hidden, s, e, tile), det.tile_rows(out, s, e, tile))

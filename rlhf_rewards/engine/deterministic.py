@@ -42,7 +42,7 @@ ROW_TILE = 1024
 #: Rows of every head call (heads see few rows: one per sequence for sequence pooling).
 HEAD_TILE = 64
 #: Keys per attention block; also the query positions per attention tile.
-KEY_BLOCK = 64
+KEY_BLOCK = 32
 #: Positions per block of the RoPE table.
 ROPE_BLOCK = 256
 #: Most gathered key rows per batched attention call (bounds the transient copy of keys/values).
@@ -113,27 +113,75 @@ def rope_lookup(rotary_emb: nn.Module, like: torch.Tensor, position_ids: torch.T
 
 
 # ---------------------------------------------------------------------- blocked attention
+class Workspace:
+    """Scratch tensors shared by the layers of one forward (the layers gather the same rows every time).
+
+    A fresh large allocation on the CPU is paid in first-touch page faults (a 35 MB gather measured 14 ms
+    into a fresh tensor and 4 ms into a reused one), so each buffer is allocated once per forward and only
+    grows.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, zero: bool = False) -> torch.Tensor:
+        """An uninitialised (or zeroed) ``shape`` tensor, a view of the buffer ``name`` (grown if too small)."""
+        numel = int(np.prod(shape))
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
+            flat = self._flat[name] = like.new_empty(numel)
+        view = flat[:numel].view(shape)
+        return view.zero_() if zero else view
+
+
 @dataclass(eq=False)
 class _Call:
     block: int  # b: the tiles attend to keys [0, (b + 1) * KEY_BLOCK) of their sequences
     tiles: int
-    q_index: torch.Tensor  # [tiles * KEY_BLOCK] packed query rows (``total``: an empty slot)
-    k_index: torch.Tensor  # [tiles * (b + 1) * KEY_BLOCK] packed key rows (``total``: past the sequence)
+    q_index: torch.Tensor  # [tiles * KEY_BLOCK] rows of the query buffer
+    k_index: torch.Tensor  # [tiles * (b + 1) * KEY_BLOCK] rows of the key buffer (``total``: the zero row)
+    out_rows: torch.Tensor  # packed row of every slot (``total``: the trash row)
 
 
 class BlockedLayout:
-    """The batched attention calls of one packed row (built once per forward, reused by every layer).
+    """The attention tiles of one packed row (built once per forward, reused by every layer).
+
+    A *tile* is the :data:`KEY_BLOCK` query positions ``[b * KEY_BLOCK, (b + 1) * KEY_BLOCK)`` of one
+    sequence; it attends to that sequence's keys at positions ``[0, (b + 1) * KEY_BLOCK)``. Each sequence's
+    context (shared prefix + own rows, zero-padded to whole blocks) is gathered once per layer into one
+    buffer; a tile's keys are a view of it. The caller writes token-major queries, keys and values into the
+    layout's buffers (:meth:`write_queries`, :meth:`write_keys`), then :meth:`attend`.
+
+    A query tile is a window of the token-major query buffer (the sequence's rows around it are other texts'
+    queries, or zero padding): a query's result depends only on its own row, its keys and its mask row, since
+    the kernel's matmuls treat query rows independently. How tiles reach the kernel depends on the device,
+    never the numbers:
+
+    - **CPU**: one call per tile, on views (no copies per tile).
+    - **Elsewhere** (``batched``): tiles with the same block run as one call on gathered rows, because a
+      kernel launch costs more there than a gather.
 
     Args:
         segments: The plan's segments (:class:`~rlhf_rewards.engine.segment_attention.Segment`).
         total: Rows in the packed row.
         pruned: Use each segment's ``rows`` (the only queries a pruned layer needs).
         device: Where the index tensors live.
+        batched: Batch tiles by block (default: on every device but the CPU).
+        workspace: Scratch buffers to share with the forward's other layouts.
     """
 
-    def __init__(self, segments: list, total: int, pruned: bool, device: torch.device) -> None:
+    def __init__(self, segments: list, total: int, pruned: bool, device: torch.device,
+                 batched: bool | None = None, workspace: Workspace | None = None) -> None:
         block = KEY_BLOCK
-        by_block: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self.total = total
+        self.pruned = pruned
+        self.batched = device.type != "cpu" if batched is None else batched
+        self.workspace = workspace if workspace is not None else Workspace()
+        k_parts: list[np.ndarray] = []
+        owned: list[np.ndarray] = []
+        #: ``(query buffer row, context offset, b, first owned slot, end owned slot, first packed row)``.
+        self.tiles: list[tuple[int, int, int, int, int, int]] = []
+        k_off = 0
         for seg in segments:
             if pruned and seg.rows is not None:
                 offsets = seg.rows.cpu().numpy().astype(np.int64)
@@ -146,29 +194,56 @@ class BlockedLayout:
             )
             prefix = seg.prefix_length
             positions = prefix + offsets
-            for b in np.unique(positions // block).tolist():
-                q_rows = np.full(block, total, dtype=np.int64)
-                here = positions[(positions >= b * block) & (positions < (b + 1) * block)]
-                q_rows[here - b * block] = seg.start + (here - prefix)
-                keys = np.arange((b + 1) * block)
-                k_rows = np.where(keys < context.size, context[np.minimum(keys, context.size - 1)], total)
-                by_block.setdefault(b, []).append((q_rows, k_rows))
-        self.calls: list[_Call] = []
-        for b in sorted(by_block):
-            items = by_block[b]
-            per_call = max(1, MAX_CALL_KEYS // ((b + 1) * block))
-            for i in range(0, len(items), per_call):
-                chunk = items[i : i + per_call]
-                self.calls.append(
-                    _Call(
-                        b,
-                        len(chunk),
-                        torch.from_numpy(np.concatenate([q for q, _ in chunk])).to(device),
-                        torch.from_numpy(np.concatenate([k for _, k in chunk])).to(device),
-                    )
-                )
-        self.total = total
+            owned.append(seg.start + offsets)
+            blocks = positions // block
+            n_keys = int(blocks.max() + 1) * block
+            keys = np.arange(n_keys)
+            k_parts.append(np.where(keys < context.size, context[np.minimum(keys, context.size - 1)], total))
+            for b in np.unique(blocks).tolist():
+                here = positions[blocks == b]
+                lo, hi = int(here.min()) - b * block, int(here.max()) + 1 - b * block
+                # Query buffer row of the tile's slot 0 (the buffer has KEY_BLOCK zero rows before row 0).
+                self.tiles.append((block + seg.start + b * block - prefix, k_off, b, lo, hi,
+                                   seg.start + b * block + lo - prefix))
+            k_off += n_keys
+        self.k_index = torch.from_numpy(np.concatenate(k_parts) if k_parts else np.zeros(0, np.int64)).to(device)
+        self._owned = np.concatenate(owned) if owned else np.zeros(0, np.int64)
+        self._calls: list[_Call] | None = None
+        self._views: list | None = None
+        self._views_on: tuple[int, ...] = ()
         self._masks: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        self._q = self._k = self._v = None
+
+    # ------------------------------------------------------------------ buffers
+    def _buffers(self, heads: int, kv_heads: int, head_dim: int, like: torch.Tensor) -> None:
+        ws, total = self.workspace, self.total
+        shape = (heads, kv_heads, head_dim, like.dtype, like.device)
+        if self._q is not None and self._shape == shape:
+            return
+        self._shape = shape
+        # Queries: KEY_BLOCK zero rows on each side, so every tile is a window of the buffer.
+        self._q = ws.get("q", (total + 2 * KEY_BLOCK, heads, head_dim), like, zero=True)
+        # Keys/values: row ``total`` is the zero row of padded contexts.
+        self._k = ws.get("k", (total + 1, kv_heads, head_dim), like)
+        self._v = ws.get("v", (total + 1, kv_heads, head_dim), like)
+        self._k[total].zero_()
+        self._v[total].zero_()
+        self._views = None
+
+    def write_queries(self, start: int, queries: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Token-major ``queries [n, heads, d]`` of packed rows ``start..start+n`` (or of ``rows``)."""
+        q = self._q
+        assert q is not None, "write_keys comes first"
+        if rows is None:
+            q[KEY_BLOCK + start : KEY_BLOCK + start + queries.shape[0]].copy_(queries)
+        else:
+            q.index_copy_(0, rows + KEY_BLOCK, queries)
+
+    def write_keys(self, start: int, keys: torch.Tensor, values: torch.Tensor, heads: int) -> None:
+        """Token-major ``keys/values [n, kv_heads, d]`` of packed rows ``start..start+n``; allocates on first use."""
+        self._buffers(heads, keys.shape[1], keys.shape[2], keys)
+        self._k[start : start + keys.shape[0]].copy_(keys)
+        self._v[start : start + keys.shape[0]].copy_(values)
 
     def mask(self, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Additive ``[1, 1, KEY_BLOCK, (b + 1) * KEY_BLOCK]`` mask: slot ``i`` sees keys ``<= b * KEY_BLOCK + i``."""
@@ -176,6 +251,76 @@ class BlockedLayout:
         if key not in self._masks:
             self._masks[key] = causal_block_mask(b, dtype, device)
         return self._masks[key]
+
+    # ------------------------------------------------------------------ attention
+    def attend(self, scale: float | None) -> torch.Tensor:
+        """Attention of every tile from the written buffers: ``[total, heads, d]`` token-major.
+
+        Rows no tile owns (the rows a pruned layer skips) hold unspecified values.
+        """
+        q, k, v = self._q, self._k, self._v
+        assert q is not None and k is not None and v is not None, "write the queries, keys and values first"
+        heads, kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
+        total, block, ws = self.total, KEY_BLOCK, self.workspace
+        n_k = self.k_index.numel()
+        ks = torch.index_select(k, 0, self.k_index, out=ws.get("ks", (n_k, kv_heads, head_dim), k))
+        vs = torch.index_select(v, 0, self.k_index, out=ws.get("vs", (n_k, kv_heads, head_dim), v))
+        out = ws.get("out", (total + 1, heads, head_dim), q)  # +1: the trash row of batched calls' empty slots
+        if self.batched:
+            for call in self.calls(q.device):
+                n, keys = call.tiles, (call.block + 1) * block
+                qc = q.index_select(0, call.q_index).view(n, block, heads, head_dim).transpose(1, 2)
+                kc = ks.index_select(0, call.k_index).view(n, keys, kv_heads, head_dim).transpose(1, 2)
+                vc = vs.index_select(0, call.k_index).view(n, keys, kv_heads, head_dim).transpose(1, 2)
+                res = _kernel(qc, kc, vc, self.mask(call.block, q.dtype, q.device), scale)
+                out.index_copy_(0, call.out_rows, res.transpose(1, 2).reshape(n * block, heads, head_dim))
+            return out[:total]
+        on = (q.data_ptr(), ks.data_ptr(), vs.data_ptr(), out.data_ptr())
+        if self._views is None or self._views_on != on:
+            # Views stay valid for every layer: the buffers are written in place (and rebuilt here if another
+            # layout of the forward grew a shared buffer).
+            self._views_on = on
+            self._views = []
+            for q_row, k_off, b, lo, hi, row in self.tiles:
+                keys = (b + 1) * block
+                self._views.append((
+                    q[q_row : q_row + block].unsqueeze(0).transpose(1, 2),
+                    ks[k_off : k_off + keys].unsqueeze(0).transpose(1, 2),
+                    vs[k_off : k_off + keys].unsqueeze(0).transpose(1, 2),
+                    self.mask(b, q.dtype, q.device), lo, hi, out[row : row + hi - lo],
+                ))
+        for qt, kt, vt, mask, lo, hi, dst in self._views:
+            dst.copy_(_kernel(qt, kt, vt, mask, scale)[0, :, lo:hi].transpose(0, 1))
+        return out[:total]
+
+    def owned_rows(self, device: torch.device) -> torch.Tensor:
+        """The packed rows whose attention is computed (every row, or a pruned layer's kept rows)."""
+        return torch.from_numpy(self._owned).to(device)
+
+    def calls(self, device: torch.device) -> list[_Call]:
+        """The batched calls (tiles grouped by block, at most :data:`MAX_CALL_KEYS` gathered keys each)."""
+        if self._calls is None:
+            block = KEY_BLOCK
+            by_block: dict[int, list[tuple[int, int, int, int, int]]] = {}
+            for q_row, k_off, b, lo, hi, row in self.tiles:
+                by_block.setdefault(b, []).append((q_row, k_off, lo, hi, row))
+            self._calls = []
+            slots = np.arange(block)
+            for b in sorted(by_block):
+                items = by_block[b]
+                keys = (b + 1) * block
+                per_call = max(1, MAX_CALL_KEYS // keys)
+                for i in range(0, len(items), per_call):
+                    chunk = items[i : i + per_call]
+                    q_index = np.concatenate([q_row + slots for q_row, *_ in chunk])
+                    k_index = np.concatenate([k_off + np.arange(keys) for _, k_off, *_ in chunk])
+                    out_rows = np.concatenate([
+                        np.where((slots >= lo) & (slots < hi), row - lo + slots, self.total)
+                        for _, _, lo, hi, row in chunk
+                    ])
+                    self._calls.append(_Call(b, len(chunk), *(torch.from_numpy(a).to(device)
+                                                              for a in (q_index, k_index, out_rows))))
+        return self._calls
 
 
 def causal_block_mask(b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -206,24 +351,18 @@ def blocked_attention(
 ) -> torch.Tensor:
     """Attention of a packed row: ``query [1, H, T, d]``, ``key/value [1, Hkv, T, d]`` -> ``[1, T, H, d]``.
 
-    Rows no query tile covers (the rows a pruned layer skips) are zero.
+    The attention-interface form of :meth:`BlockedLayout.attend` (the direct decoder loop writes its
+    buffers itself). In a pruned layer only the rows the poolers need are meaningful (the others are zero).
     """
-    total = layout.total
-    heads, kv_heads, head_dim = query.shape[1], key.shape[1], query.shape[-1]
-    block = KEY_BLOCK
-    # Token-major copies with one zero row appended: index ``total`` is an empty query slot or a missing key.
-    q_t = torch.cat([query[0].transpose(0, 1), query.new_zeros((1, heads, head_dim))])
-    k_t = torch.cat([key[0].transpose(0, 1), key.new_zeros((1, kv_heads, head_dim))])
-    v_t = torch.cat([value[0].transpose(0, 1), value.new_zeros((1, kv_heads, head_dim))])
-    out = query.new_zeros((total + 1, heads, head_dim))  # +1: the trash row of empty slots
-    for call in layout.calls:
-        n, keys = call.tiles, (call.block + 1) * block
-        q = q_t.index_select(0, call.q_index).view(n, block, heads, head_dim).transpose(1, 2)
-        k = k_t.index_select(0, call.k_index).view(n, keys, kv_heads, head_dim).transpose(1, 2)
-        v = v_t.index_select(0, call.k_index).view(n, keys, kv_heads, head_dim).transpose(1, 2)
-        res = _kernel(q, k, v, layout.mask(call.block, query.dtype, query.device), scale)
-        out.index_copy_(0, call.q_index, res.transpose(1, 2).reshape(n * block, heads, head_dim))
-    return out[:total].unsqueeze(0)
+    layout.write_keys(0, key[0].transpose(0, 1), value[0].transpose(0, 1), query.shape[1])
+    layout.write_queries(0, query[0].transpose(0, 1))
+    out = layout.attend(scale)
+    if layout.pruned:
+        kept = torch.zeros_like(out)
+        rows = layout.owned_rows(out.device)
+        kept[rows] = out[rows]
+        return kept.unsqueeze(0)
+    return out.clone().unsqueeze(0)  # the layout's buffer is the next layer's too
 
 
 __all__ = [

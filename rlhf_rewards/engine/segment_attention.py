@@ -155,7 +155,12 @@ class SegmentPlan:
         if pruned not in self._blocked:
             from rlhf_rewards.engine.deterministic import BlockedLayout
 
-            self._blocked[pruned] = BlockedLayout(self.segments, self.total, pruned, device)
+            if "workspace" not in self._blocked:
+                from rlhf_rewards.engine.deterministic import Workspace
+
+                self._blocked["workspace"] = Workspace()  # one set of scratch buffers for the full and pruned layers
+            self._blocked[pruned] = BlockedLayout(self.segments, self.total, pruned, device,
+                                                  workspace=self._blocked["workspace"])
         return self._blocked[pruned]
 
     def varlen_layout(self, device: torch.device) -> varlen_attention.VarlenLayout:
@@ -327,6 +332,18 @@ def _merge(acc: torch.Tensor, acc_lse: torch.Tensor, out: torch.Tensor, lse: tor
     acc_lse.copy_(new)
 
 
+def deterministic_layout(module: nn.Module, device: torch.device):
+    """The active deterministic plan's :class:`~rlhf_rewards.engine.deterministic.BlockedLayout` for ``module``'s
+    layer (pruned or not), counted as one attention call of the forward. The direct decoder loop writes its
+    queries, keys and values straight into it."""
+    plan = _ACTIVE_PLAN.get()
+    if plan is None or not plan.deterministic:
+        raise SegmentAttentionUnsupported("deterministic attention needs an active SegmentPlan(deterministic=True)")
+    plan.calls += 1
+    pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
+    return plan.blocked_layout(pruned, device)
+
+
 def segment_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -355,12 +372,11 @@ def segment_attention_forward(
         raise SegmentAttentionUnsupported(
             f"unexpected attention shapes {tuple(query.shape)} / {tuple(key.shape)} for a packed row of {total}"
         )
-    plan.calls += 1
     if plan.deterministic:
         from rlhf_rewards.engine.deterministic import blocked_attention
 
-        pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
-        return blocked_attention(plan.blocked_layout(pruned, query.device), query, key, value, scaling), None
+        return blocked_attention(deterministic_layout(module, query.device), query, key, value, scaling), None
+    plan.calls += 1
     if varlen_attention.applies(query):
         return varlen_attention.forward(plan.varlen_layout(query.device), query, key, value, scaling, _merge), None
     heads, kv_heads, head_dim = query.shape[1], key.shape[1], value.shape[-1]
