@@ -170,7 +170,9 @@ DETERMINISTIC = "rlhf-rewards engine, deterministic=True"
 
 
 def build_methods(workload: Workload, rm: Any, prm: Any, tok: Any, ablation: bool,
-                  deterministic: bool = False) -> list[Method]:
+                  deterministic: dict[str, Any] | None = None) -> list[Method]:
+    """The timed methods of one workload; ``deterministic`` maps ``"rm"``/``"prm"`` to an
+    ``LLM(..., deterministic=True)`` twin of ``rm``/``prm`` (built once, as a user would)."""
     shapes = Shapes.from_config((prm if workload.name == "prm" else rm).model.config)
     lengths = token_lengths(tok, workload.texts)
     methods: list[Method] = []
@@ -199,7 +201,7 @@ def build_methods(workload: Workload, rm: Any, prm: Any, tok: Any, ablation: boo
             fn = engine_fn(llm, workload.texts, **flags)
             methods.append(Method(name, fn, "ablation", (lambda fn=fn: engine_flops(shapes, fn.stats))))
     if deterministic:
-        det_fn = engine_fn(llm, workload.texts, deterministic=True)
+        det_fn = engine_fn(deterministic["prm" if workload.name == "prm" else "rm"], workload.texts)
         methods.append(Method(DETERMINISTIC, det_fn, "deterministic", lambda: engine_flops(shapes, det_fn.stats)))
     fn = engine_fn(llm, workload.texts)
     methods.append(Method("rlhf-rewards engine", fn, "engine", lambda: engine_flops(shapes, fn.stats)))
@@ -510,11 +512,17 @@ def main(argv: list[str] | None = None) -> int:
         prm_dir = build_model("prm", shape)
         step_id = tok.convert_tokens_to_ids(STEP_TAG)
         prm = LLM(str(prm_dir), pooler_config={"pooling_type": "STEP", "step_tag_id": step_id}, **kwargs)
+    twins = None
+    if args.deterministic:
+        twins = {"rm": LLM(str(rm_dir), deterministic=True, **kwargs)}
+        if prm is not None:
+            twins["prm"] = LLM(str(prm_dir), pooler_config={"pooling_type": "STEP", "step_tag_id": step_id},
+                               deterministic=True, **kwargs)
     makers = {"grpo": grpo_workload, "mixed": mixed_workload, "prm": prm_workload}
     results = []
     for name in names:
         workload = makers[name](tok, **quick.get(name, {}))
-        methods = build_methods(workload, rm, prm, tok, args.ablation, args.deterministic)
+        methods = build_methods(workload, rm, prm, tok, args.ablation, twins)
         methods = [m for m in methods if m.kind != "baseline" or method_key(m.name) in wanted]
         shapes = Shapes.from_config((prm if name == "prm" else rm).model.config)
         print(f"[{name}] {len(workload.texts)} texts, {sum(token_lengths(tok, workload.texts))} tokens, "

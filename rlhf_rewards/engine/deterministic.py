@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 #: Rows of every row-wise kernel call of the decoder loop (the last tile is zero-padded).
-ROW_TILE = 1024
+ROW_TILE = 512
 #: Rows of every head call (heads see few rows: one per sequence for sequence pooling).
 HEAD_TILE = 64
 #: Keys per attention block; also the query positions per attention tile.
@@ -114,24 +114,33 @@ def rope_lookup(rotary_emb: nn.Module, like: torch.Tensor, position_ids: torch.T
 
 # ---------------------------------------------------------------------- blocked attention
 class Workspace:
-    """Scratch tensors shared by the layers of one forward (the layers gather the same rows every time).
+    """Scratch buffers of the blocked attention, kept from layer to layer and forward to forward.
 
-    A fresh large allocation on the CPU is paid in first-touch page faults (a 35 MB gather measured 14 ms
-    into a fresh tensor and 4 ms into a reused one), so each buffer is allocated once per forward and only
-    grows.
+    Every layer of a forward gathers the same rows, and on the CPU a fresh large allocation is paid in
+    first-touch page faults (a 35 MB gather measured 14 ms into a fresh tensor and 4 ms into a reused one;
+    this VM's page faults cost ~1 GB/s). A :class:`~rlhf_rewards.engine.runner.ModelRunner` owns one, so its
+    buffers only ever grow to the largest forward's needs and are freed with the engine. Not thread-safe:
+    one forward at a time (the engine's lock).
     """
 
     def __init__(self) -> None:
         self._flat: dict[str, torch.Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, zero: bool = False) -> torch.Tensor:
-        """An uninitialised (or zeroed) ``shape`` tensor, a view of the buffer ``name`` (grown if too small)."""
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, zero_new: bool = False) -> torch.Tensor:
+        """A ``shape`` view of the buffer ``name`` (grown if too small; zeroed when grown if ``zero_new``).
+
+        The contents are whatever the buffer last held.
+        """
         numel = int(np.prod(shape))
         flat = self._flat.get(name)
         if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
-            flat = self._flat[name] = like.new_empty(numel)
-        view = flat[:numel].view(shape)
-        return view.zero_() if zero else view
+            self._flat.pop(name, None)  # free the old buffer before the new one is allocated
+            flat = self._flat[name] = like.new_zeros(numel) if zero_new else like.new_empty(numel)
+        return flat[:numel].view(shape)
+
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(t.numel() * t.element_size() for t in self._flat.values())
 
 
 @dataclass(eq=False)
@@ -221,8 +230,9 @@ class BlockedLayout:
         if self._q is not None and self._shape == shape:
             return
         self._shape = shape
-        # Queries: KEY_BLOCK zero rows on each side, so every tile is a window of the buffer.
-        self._q = ws.get("q", (total + 2 * KEY_BLOCK, heads, head_dim), like, zero=True)
+        # Queries: KEY_BLOCK rows on each side, so every tile is a window of the buffer. What a window holds
+        # beyond its sequence's rows is never read into a result (finite: zeros or earlier queries).
+        self._q = ws.get("q", (total + 2 * KEY_BLOCK, heads, head_dim), like, zero_new=True)
         # Keys/values: row ``total`` is the zero row of padded contexts.
         self._k = ws.get("k", (total + 1, kv_heads, head_dim), like)
         self._v = ws.get("v", (total + 1, kv_heads, head_dim), like)

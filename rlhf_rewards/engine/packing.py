@@ -57,11 +57,13 @@ class PackedForward:
         return int(self.input_ids.shape[1])
 
     def plan(
-        self, needed_rows: torch.Tensor | None = None, prune_layer: int | None = None, deterministic: bool = False
+        self, needed_rows: torch.Tensor | None = None, prune_layer: int | None = None, deterministic: bool = False,
+        workspace: object | None = None,
     ) -> SegmentPlan:
         """The attention plan; with ``needed_rows`` (sorted packed rows), layer ``prune_layer`` computes only those.
 
-        ``deterministic`` selects the batch-invariant blocked attention (:mod:`~rlhf_rewards.engine.deterministic`).
+        ``deterministic`` selects the batch-invariant blocked attention (:mod:`~rlhf_rewards.engine.deterministic`),
+        whose scratch buffers are ``workspace``'s when one is given.
         """
         if needed_rows is not None:
             for seg in self.segments:
@@ -72,7 +74,7 @@ class PackedForward:
             for seg in self.segments:
                 seg.rows = None
         return SegmentPlan(segments=self.segments, total=self.num_tokens, prune_layer=prune_layer,
-                           deterministic=deterministic)
+                           deterministic=deterministic, workspace=workspace)
 
 
 def work_units(forest: PrefixForest, budget: int) -> list[WorkUnit]:

@@ -105,6 +105,8 @@ class ModelRunner:
         self.small_forward_flops = small_forward_flops
         self.compile = compile
         self.deterministic = deterministic
+        #: The deterministic attention's scratch buffers, kept between forwards (made on first use).
+        self._workspace = None
         self._dense_params: int | None = None
         #: Why packing was turned off for this model at run time (``None`` while it works).
         self.packing_disabled_reason: str | None = None
@@ -304,7 +306,12 @@ class ModelRunner:
         prune = self.prune_last_layer and needed.numel() <= PRUNE_MAX_FRACTION * total
         layers = self.model.backbone.config.num_hidden_layers
         kept = needed.to(self.device) if prune else None
-        plan = packed.plan(kept, prune_layer=layers - 1 if prune else None, deterministic=True)
+        if self._workspace is None:
+            from rlhf_rewards.engine.deterministic import Workspace
+
+            self._workspace = Workspace()
+        plan = packed.plan(kept, prune_layer=layers - 1 if prune else None, deterministic=True,
+                           workspace=self._workspace)
         names = set(extra.get("forward", {}).get("adapter_names", ())) - {BASE}
         if len(names) > 1:
             raise RuntimeError(f"one packed forward holds one adapter, got {sorted(names)}")

@@ -149,18 +149,20 @@ class SegmentPlan:
     _masks: dict = field(default_factory=dict)
     _varlen: varlen_attention.VarlenLayout | None = None
     _blocked: dict = field(default_factory=dict)
+    #: Scratch buffers of the deterministic kernel (:class:`~rlhf_rewards.engine.deterministic.Workspace`),
+    #: usually the engine's; one is made for the plan when none is given.
+    workspace: object | None = None
 
     def blocked_layout(self, pruned: bool, device: torch.device):
         """The deterministic kernel's calls for a (pruned or full) layer; built once."""
         if pruned not in self._blocked:
             from rlhf_rewards.engine.deterministic import BlockedLayout
 
-            if "workspace" not in self._blocked:
+            if self.workspace is None:
                 from rlhf_rewards.engine.deterministic import Workspace
 
-                self._blocked["workspace"] = Workspace()  # one set of scratch buffers for the full and pruned layers
-            self._blocked[pruned] = BlockedLayout(self.segments, self.total, pruned, device,
-                                                  workspace=self._blocked["workspace"])
+                self.workspace = Workspace()  # one set of scratch buffers for the full and pruned layers
+            self._blocked[pruned] = BlockedLayout(self.segments, self.total, pruned, device, workspace=self.workspace)
         return self._blocked[pruned]
 
     def varlen_layout(self, device: torch.device) -> varlen_attention.VarlenLayout:
