@@ -25,6 +25,12 @@ Checks (one final line each: ``PASS``, ``FAIL``, ``SKIP`` or ``N/A`` and the che
 - ``sleep <model>``: ``ColocatedWorker.sleep()`` gives back to the driver (``torch.cuda.mem_get_info``) at
   least 90% of the bytes of the weights (N/A on a CPU, where weights stay put);
   ``wake <model>``: after ``wake_up()`` the scores are bit-identical to those before ``sleep()``.
+- ``deterministic <model> <dtype>`` (the RM and the PRM; float32 and bfloat16): ``LLM(deterministic=True)``
+  scores every text alone, then all together, in reverse order and under a small ``max_num_batched_tokens``
+  (several micro-batches): every text's scores must be ``torch.equal`` to its scores alone, and within the
+  accuracy tolerance of the default engine (float32: 1e-4; half: 5% of the largest score). On CUDA this is
+  the batched blocked-attention path and cuBLAS on fixed row tiles; the line also reports the deterministic
+  mode's throughput on the bench workload against the default engine's.
 - ``bench <workload> <model>``: the GRPO workload of ``benchmarks/`` (16 prompts x 8 completions) and the PRM
   workload (8 problems x 8 solutions) on the engine, TRL's built-in path (``GRPOTrainer._calculate_rewards``,
   or its line-for-line replica when TRL is not importable; the JSON says which) and the HF loop (padded
@@ -142,6 +148,9 @@ CASES: dict[str, ModelCase] = {
         note="full width, 4 of the 28 layers (the depth only repeats the same kernels)",
     ),
 }
+#: Models and dtypes of the ``deterministic`` check.
+DETERMINISTIC_MODELS = ("qwen3-0.6b", "qwen2.5-math-prm")
+DETERMINISTIC_DTYPES = ("float32", "bfloat16")
 #: Workload -> models it runs on.
 BENCH_MODELS = {"grpo": ("qwen3-0.6b", "llama-3.2-1b"), "prm": ("qwen2.5-math-prm",)}
 
@@ -256,6 +265,16 @@ def engine_scores(llm: Any, texts: list[str], kind: str) -> torch.Tensor:
     if kind == "rm":
         return torch.cat([o.outputs.data[:1].float() for o in outs]).cpu()
     return torch.cat([o.outputs.data.float().flatten() for o in outs]).cpu()
+
+
+def _per_text(llm: Any, texts: list[str], kind: str) -> list[torch.Tensor]:
+    """The engine's raw scores of each text (as :func:`engine_scores`, one tensor per text, on the CPU)."""
+    from rlhf_rewards import PoolingParams
+
+    task = "classify" if kind == "rm" else "token_classify"
+    outs = llm.encode(texts, PoolingParams(use_activation=False), pooling_task=task, use_tqdm=False,
+                      add_special_tokens=False)
+    return [(o.outputs.data[:1] if kind == "rm" else o.outputs.data).float().cpu() for o in outs]
 
 
 def worker_scores(worker: Any, texts: list[str], kind: str) -> torch.Tensor:
@@ -557,6 +576,57 @@ class Run:
         state.clear()
         _free(self.device)
 
+    # ------------------------------------------------------------------ deterministic mode
+    def deterministic(self, case: ModelCase) -> None:
+        if case.name not in DETERMINISTIC_MODELS:
+            return
+        for dtype in DETERMINISTIC_DTYPES:
+            self.report.run(f"deterministic {case.name} {dtype}", lambda dtype=dtype: self._deterministic(case, dtype))
+            _free(self.device)
+
+    def _deterministic(self, case: ModelCase, dtype: str) -> tuple[str, dict]:
+        texts = self.texts(case.kind)
+        det = self.llm(case, dtype, deterministic=True)
+        alone = [_per_text(det, [t], case.kind)[0] for t in texts]
+        runs = {"together": _per_text(det, texts, case.kind),
+                "reversed": _per_text(det, texts[::-1], case.kind)[::-1]}
+        lengths = token_lengths(self.tok, texts)
+        budget = max(lengths) + 8  # a few micro-batches, each one or two texts and prefixes
+        saved = det.runner.max_num_batched_tokens
+        det.runner.max_num_batched_tokens = budget
+        try:
+            runs[f"budget {budget}"] = _per_text(det, texts, case.kind)
+        finally:
+            det.runner.max_num_batched_tokens = saved
+        unequal = {name: sum(not torch.equal(a, b) for a, b in zip(alone, got, strict=True))
+                   for name, got in runs.items()}
+        default = self.llm(case, dtype)
+        reference = torch.cat([x.flatten() for x in _per_text(default, texts, case.kind)])
+        mine = torch.cat([x.flatten() for x in alone])
+        err = max_abs_diff(mine, reference)
+        tol = FP32_ATOL if dtype == "float32" else HALF_REL_TOL * float(reference.abs().max())
+        # Throughput on the bench workload, deterministic vs default (reported; the CPU target is the benchmark's).
+        workload = (grpo_workload(self.tok, **({"prompts": 1} if self.tiny else {})) if case.kind == "rm" else
+                    prm_workload(self.tok, **({"problems": 1, "samples": 4} if self.tiny else {})))
+        times: dict[str, list[float]] = {"default": [], "deterministic": []}
+        for _ in range(self.args.repeats or (3 if self.cuda else 1)):
+            for name, llm in (("default", default), ("deterministic", det)):
+                t0 = time.perf_counter()
+                _per_text(llm, workload.texts, case.kind)
+                _sync(self.device)
+                times[name].append(time.perf_counter() - t0)
+        ratio = statistics.median(times["default"]) / statistics.median(times["deterministic"])
+        data = {"texts": len(texts), "unequal_vs_alone": unequal, "max_abs_diff_vs_default": err, "tolerance": tol,
+                "bench_times_s": times, "throughput_ratio_vs_default": ratio, "bench_texts": len(workload.texts)}
+        det = default = None
+        if any(unequal.values()):
+            raise CheckFailed("scores not bit-identical to the text alone: "
+                              + ", ".join(f"{n}: {k} of {len(texts)} texts" for n, k in unequal.items() if k))
+        if not err <= tol:
+            raise CheckFailed(f"max abs diff {err:.3e} vs the default engine > {tol:.3e}")
+        return (f"{len(texts)} texts x {len(runs)} batchings torch.equal to each text alone; max abs diff vs default "
+                f"{err:.2e} <= {tol:.2e}; bench {workload.name} throughput {ratio:.2f}x the default engine's"), data
+
     # ------------------------------------------------------------------ benchmarks
     def bench(self, workload_name: str, case: ModelCase, compiled: bool) -> None:
         name = f"{'bench-compiled' if compiled else 'bench'} {workload_name} {case.name}"
@@ -728,8 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON report (default {DEFAULT_OUT}); also "
                         "copied into $OUT when that is set")
     parser.add_argument("--models", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
-    parser.add_argument("--checks", default="accuracy,sleep,bench,compiled",
-                        help="comma-separated, from accuracy, sleep, bench, compiled")
+    parser.add_argument("--checks", default="accuracy,sleep,deterministic,bench,compiled",
+                        help="comma-separated, from accuracy, sleep, deterministic, bench, compiled")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default 3 on CUDA, 1 "
                         "on CPU), after one warm-up")
     parser.add_argument("--budget-s", type=float, default=None, help="benchmarks that would start after this many "
@@ -740,8 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = {c.strip() for c in args.checks.split(",") if c.strip()}
     if unknown := [m for m in models if m not in CASES]:
         parser.error(f"--models: unknown {unknown}; choose from {', '.join(CASES)}")
-    if unknown := sorted(checks - {"accuracy", "sleep", "bench", "compiled"}):
-        parser.error(f"--checks: unknown {unknown}; choose from accuracy, sleep, bench, compiled")
+    if unknown := sorted(checks - {"accuracy", "sleep", "deterministic", "bench", "compiled"}):
+        parser.error(f"--checks: unknown {unknown}; choose from accuracy, sleep, deterministic, bench, compiled")
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     device = torch.device(args.device)
@@ -780,6 +850,8 @@ def main(argv: list[str] | None = None) -> int:
             run.accuracy(CASES[name])
         if "sleep" in checks:
             run.sleep_wake(CASES[name])
+        if "deterministic" in checks:
+            run.deterministic(CASES[name])
         run.bf16_llms.pop(name, None)
         _free(device)
     for compiled in (False, True):

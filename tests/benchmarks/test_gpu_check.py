@@ -29,6 +29,9 @@ def expected_checks() -> dict[str, set[str]]:
             checks[f"accuracy {model} {dtype} varlen=off"] = {"PASS"}
         checks[f"sleep {model}"] = {"N/A"}  # no CUDA memory to give back on a CPU
         checks[f"wake {model}"] = {"PASS"}
+    for model in ("qwen3-0.6b", "qwen2.5-math-prm"):
+        for dtype in ("float32", "bfloat16"):
+            checks[f"deterministic {model} {dtype}"] = {"PASS"}
     for workload, model in (("grpo", "qwen3-0.6b"), ("grpo", "llama-3.2-1b"), ("prm", "qwen2.5-math-prm")):
         checks[f"bench {workload} {model}"] = {"PASS"}
         checks[f"bench-compiled {workload} {model}"] = {"SKIP"}  # torch.compile is skipped on a CPU

@@ -142,6 +142,50 @@ def test_blocked_attention_is_the_same_alone_shared_and_among_neighbours(data):
     assert torch.equal(out[own.start + torch.tensor(keep)], alone[own.prefix_length + torch.tensor(keep)])
 
 
+def _mixed_layout(gen, heads=4, kv_heads=2, d=16):
+    """A packed row with unrelated sequences and a sibling that reads its prompt from another sequence."""
+    rand = lambda n, h: torch.randn(n, h, d, generator=gen)  # noqa: E731
+    prompt = tuple(rand(70, h) for h in (heads, kv_heads, kv_heads))
+    seqs = [tuple(rand(n, h) for h in (heads, kv_heads, kv_heads)) for n in (5, 33, 130)]
+    seqs.append(prompt)
+    seqs.append(tuple(torch.cat([a, rand(41, a.shape[1])]) for a in prompt))
+    return _packed(seqs, {4: (3, 70)})
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_batched_calls_equal_per_tile_views(pruned):
+    """The CUDA path (tiles batched by block on gathered rows) computes the CPU path's numbers exactly."""
+    gen = torch.Generator().manual_seed(5)
+    segments, total, q, k, v = _mixed_layout(gen)
+    if pruned:
+        for seg, keep in zip(segments, ([0, 4], [], [31, 32, 129], [69], [0, 40]), strict=True):
+            seg.rows = torch.tensor(keep, dtype=torch.long)
+    outs = [det.blocked_attention(det.BlockedLayout(segments, total, pruned, q.device, batched=batched), q, k, v, 0.25)
+            for batched in (False, True)]
+    assert len(det.BlockedLayout(segments, total, pruned, q.device, batched=True).calls(q.device)) > 1
+    assert torch.equal(outs[0], outs[1])
+    if pruned:  # rows no tile owns read as zero through the attention interface
+        owned = det.BlockedLayout(segments, total, True, q.device).owned_rows(q.device)
+        rest = torch.ones(total, dtype=torch.bool)
+        rest[owned] = False
+        assert rest.any() and not outs[0][0, rest].any()
+
+
+def test_a_shared_workspace_gives_the_numbers_of_a_fresh_one():
+    """Layouts of different sizes take turns on one workspace (it grows; views are rebuilt): same results."""
+    gen = torch.Generator().manual_seed(6)
+    small = _packed([tuple(torch.randn(n, h, 16, generator=gen) for h in (4, 2, 2)) for n in (9, 40)])
+    big = _mixed_layout(gen)
+    ws = det.Workspace()
+    shared = {name: det.BlockedLayout(case[0], case[1], False, torch.device("cpu"), workspace=ws)
+              for name, case in (("small", small), ("big", big))}
+    for name in ("small", "big", "small", "big"):
+        segments, total, q, k, v = small if name == "small" else big
+        fresh = det.blocked_attention(det.BlockedLayout(segments, total, False, q.device), q, k, v, 0.25)
+        assert torch.equal(det.blocked_attention(shared[name], q, k, v, 0.25), fresh)
+    assert ws.nbytes() > 0
+
+
 # ---------------------------------------------------------------------- models
 @pytest.fixture(scope="module")
 def seq_rm(checkpoint_factory):
