@@ -235,11 +235,10 @@ def _deterministic_forward(
     layer = layers[last]
     attn = layer.self_attn
     layout = _blocked_layout(attn, hidden.device)
-    heads = attn.config.num_attention_heads
     for s, e in spans:  # keys and values of every row
         h = layer.input_layernorm(det.tile_rows(hidden, s, e, tile))
         k, v = _keys_values(attn, h, det.tile_rows(cos, s, e, tile), det.tile_rows(sin, s, e, tile))
-        layout.write_keys(s, k[0, :, : e - s].transpose(0, 1), v[0, :, : e - s].transpose(0, 1), heads)
+        layout.write_keys(s, k[0, :, : e - s].transpose(0, 1), v[0, :, : e - s].transpose(0, 1))
     kept = hidden.index_select(1, rows)
     cos_r, sin_r = cos.index_select(1, rows), sin.index_select(1, rows)
     kept_spans = det.tiles(rows.numel(), tile)
@@ -285,7 +284,7 @@ def _deterministic_layer(layer: nn.Module, hidden: torch.Tensor, cos, sin, spans
         q, k, v = _pre_attention(layer, det.tile_rows(hidden, s, e, tile), det.tile_rows(cos, s, e, tile),
                                  det.tile_rows(sin, s, e, tile))
         n = e - s
-        layout.write_keys(s, k[0, :, :n].transpose(0, 1), v[0, :, :n].transpose(0, 1), q.shape[1])
+        layout.write_keys(s, k[0, :, :n].transpose(0, 1), v[0, :, :n].transpose(0, 1))
         layout.write_queries(s, q[0, :, :n].transpose(0, 1))
     out = layout.attend(attn.scaling).view(1, total, -1)
     result = torch.empty_like(hidden)

@@ -229,34 +229,27 @@ class BlockedLayout:
         self._q = self._k = self._v = None
 
     # ------------------------------------------------------------------ buffers
-    def _buffers(self, heads: int, kv_heads: int, head_dim: int, like: torch.Tensor) -> None:
-        ws, total = self.workspace, self.total
-        shape = (heads, kv_heads, head_dim, like.dtype, like.device)
-        if self._q is not None and self._shape == shape:
-            return
-        self._shape = shape
-        # Queries: KEY_BLOCK rows on each side, so every tile is a window of the buffer. What a window holds
-        # beyond its sequence's rows is never read into a result (finite: zeros or earlier queries).
-        self._q = ws.get("q", (total + 2 * KEY_BLOCK, heads, head_dim), like, zero_new=True)
-        # Keys/values: row ``total`` is the zero row of padded contexts.
-        self._k = ws.get("k", (total + 1, kv_heads, head_dim), like)
-        self._v = ws.get("v", (total + 1, kv_heads, head_dim), like)
-        self._k[total].zero_()
-        self._v[total].zero_()
-        self._views = None
-
     def write_queries(self, start: int, queries: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Token-major ``queries [n, heads, d]`` of packed rows ``start..start+n`` (or of ``rows``)."""
+        shape = (self.total + 2 * KEY_BLOCK, *queries.shape[1:])
         q = self._q
-        assert q is not None, "write_keys comes first"
+        if q is None or q.shape != shape or q.dtype != queries.dtype or q.device != queries.device:
+            # KEY_BLOCK rows on each side, so every tile is a window of the buffer. What a window holds beyond
+            # its sequence's rows is never read into a result (finite: zeros or earlier queries).
+            q = self._q = self.workspace.get("q", shape, queries, zero_new=True)
         if rows is None:
             q[KEY_BLOCK + start : KEY_BLOCK + start + queries.shape[0]].copy_(queries)
         else:
             q.index_copy_(0, rows + KEY_BLOCK, queries)
 
-    def write_keys(self, start: int, keys: torch.Tensor, values: torch.Tensor, heads: int) -> None:
-        """Token-major ``keys/values [n, kv_heads, d]`` of packed rows ``start..start+n``; allocates on first use."""
-        self._buffers(heads, keys.shape[1], keys.shape[2], keys)
+    def write_keys(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Token-major ``keys/values [n, kv_heads, d]`` of packed rows ``start..start+n``."""
+        shape = (self.total + 1, *keys.shape[1:])
+        if self._k is None or self._k.shape != shape or self._k.dtype != keys.dtype or self._k.device != keys.device:
+            self._k = self.workspace.get("k", shape, keys)
+            self._v = self.workspace.get("v", shape, values)
+            self._k[self.total].zero_()  # row ``total``: the zero row of padded contexts
+            self._v[self.total].zero_()
         self._k[start : start + keys.shape[0]].copy_(keys)
         self._v[start : start + keys.shape[0]].copy_(values)
 
@@ -274,7 +267,8 @@ class BlockedLayout:
         Rows no tile owns (the rows a pruned layer skips) hold unspecified values.
         """
         q, k, v = self._q, self._k, self._v
-        assert q is not None and k is not None and v is not None, "write the queries, keys and values first"
+        if q is None or k is None or v is None:
+            raise RuntimeError("BlockedLayout.attend: write the queries (write_queries) and keys (write_keys) first")
         heads, kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
         total, block, ws = self.total, KEY_BLOCK, self.workspace
         n_k = self.k_index.numel()
@@ -369,7 +363,7 @@ def blocked_attention(
     The attention-interface form of :meth:`BlockedLayout.attend` (the direct decoder loop writes its
     buffers itself). In a pruned layer only the rows the poolers need are meaningful (the others are zero).
     """
-    layout.write_keys(0, key[0].transpose(0, 1), value[0].transpose(0, 1), query.shape[1])
+    layout.write_keys(0, key[0].transpose(0, 1), value[0].transpose(0, 1))
     layout.write_queries(0, query[0].transpose(0, 1))
     out = layout.attend(scale)
     if layout.pruned:
