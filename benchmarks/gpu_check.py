@@ -257,14 +257,7 @@ def reference_scores(model: torch.nn.Module, tok: Any, texts: list[str], kind: s
 
 def engine_scores(llm: Any, texts: list[str], kind: str) -> torch.Tensor:
     """The engine's raw scores, laid out as :func:`reference_scores`."""
-    from rlhf_rewards import PoolingParams
-
-    task = "classify" if kind == "rm" else "token_classify"
-    outs = llm.encode(texts, PoolingParams(use_activation=False), pooling_task=task, use_tqdm=False,
-                      add_special_tokens=False)
-    if kind == "rm":
-        return torch.cat([o.outputs.data[:1].float() for o in outs]).cpu()
-    return torch.cat([o.outputs.data.float().flatten() for o in outs]).cpu()
+    return torch.cat([t.flatten() for t in _per_text(llm, texts, kind)])
 
 
 def _per_text(llm: Any, texts: list[str], kind: str) -> list[torch.Tensor]:

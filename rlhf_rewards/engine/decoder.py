@@ -245,7 +245,7 @@ def _deterministic_forward(
     for s, e in kept_spans:  # queries of the kept rows only
         x = layer.input_layernorm(det.tile_rows(kept, s, e, tile))
         q = _queries(attn, x, det.tile_rows(cos_r, s, e, tile), det.tile_rows(sin_r, s, e, tile))
-        layout.write_queries(0, q[0, :, : e - s].transpose(0, 1), rows=rows[s:e])
+        layout.write_queries(q[0, :, : e - s].transpose(0, 1), rows=rows[s:e])
     out = layout.attend(attn.scaling).view(total, -1).index_select(0, rows).unsqueeze(0)
     result = torch.empty_like(kept)
     for s, e in kept_spans:
@@ -285,7 +285,7 @@ def _deterministic_layer(layer: nn.Module, hidden: torch.Tensor, cos, sin, spans
                                  det.tile_rows(sin, s, e, tile))
         n = e - s
         layout.write_keys(s, k[0, :, :n].transpose(0, 1), v[0, :, :n].transpose(0, 1))
-        layout.write_queries(s, q[0, :, :n].transpose(0, 1))
+        layout.write_queries(q[0, :, :n].transpose(0, 1), start=s)
     out = layout.attend(attn.scaling).view(1, total, -1)
     result = torch.empty_like(hidden)
     for s, e in spans:

@@ -143,10 +143,6 @@ class Workspace:
             flat = self._flat[name] = like.new_zeros(numel) if zero_new else like.new_empty(numel)
         return flat[:numel].view(shape)
 
-    def nbytes(self) -> int:
-        """Bytes held."""
-        return sum(t.numel() * t.element_size() for t in self._flat.values())
-
 
 @dataclass(eq=False)
 class _Call:
@@ -229,8 +225,8 @@ class BlockedLayout:
         self._q = self._k = self._v = None
 
     # ------------------------------------------------------------------ buffers
-    def write_queries(self, start: int, queries: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Token-major ``queries [n, heads, d]`` of packed rows ``start..start+n`` (or of ``rows``)."""
+    def write_queries(self, queries: torch.Tensor, start: int = 0, rows: torch.Tensor | None = None) -> None:
+        """Token-major ``queries [n, heads, d]`` of packed rows ``start..start+n``, or of ``rows`` when given."""
         shape = (self.total + 2 * KEY_BLOCK, *queries.shape[1:])
         q = self._q
         if q is None or q.shape != shape or q.dtype != queries.dtype or q.device != queries.device:
@@ -364,7 +360,7 @@ def blocked_attention(
     buffers itself). In a pruned layer only the rows the poolers need are meaningful (the others are zero).
     """
     layout.write_keys(0, key[0].transpose(0, 1), value[0].transpose(0, 1))
-    layout.write_queries(0, query[0].transpose(0, 1))
+    layout.write_queries(query[0].transpose(0, 1))
     out = layout.attend(scale)
     if layout.pruned:
         kept = torch.zeros_like(out)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf_rewards.engine.deterministic import Workspace
 from rlhf_rewards.engine.prefix_cache import PrefixForest, PrefixNode
 from rlhf_rewards.engine.segment_attention import Segment, SegmentPlan
 
@@ -58,7 +59,7 @@ class PackedForward:
 
     def plan(
         self, needed_rows: torch.Tensor | None = None, prune_layer: int | None = None, deterministic: bool = False,
-        workspace: object | None = None,
+        workspace: Workspace | None = None,
     ) -> SegmentPlan:
         """The attention plan; with ``needed_rows`` (sorted packed rows), layer ``prune_layer`` computes only those.
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from rlhf_rewards.engine.decoder import direct_forward, supports_direct
+from rlhf_rewards.engine.deterministic import Workspace
 from rlhf_rewards.engine.packing import PackedForward, bin_pack, build_packed_forward, work_units
 from rlhf_rewards.engine.prefix_cache import DEFAULT_MIN_SHARED_TOKENS, build_prefix_forest
 from rlhf_rewards.engine.request import EngineRequest
@@ -105,8 +106,8 @@ class ModelRunner:
         self.small_forward_flops = small_forward_flops
         self.compile = compile
         self.deterministic = deterministic
-        #: The deterministic attention's scratch buffers, kept between forwards (made on first use).
-        self._workspace = None
+        #: The deterministic attention's scratch buffers, kept between forwards (empty until first used).
+        self._workspace = Workspace()
         self._dense_params: int | None = None
         #: Why packing was turned off for this model at run time (``None`` while it works).
         self.packing_disabled_reason: str | None = None
@@ -306,10 +307,6 @@ class ModelRunner:
         prune = self.prune_last_layer and needed.numel() <= PRUNE_MAX_FRACTION * total
         layers = self.model.backbone.config.num_hidden_layers
         kept = needed.to(self.device) if prune else None
-        if self._workspace is None:
-            from rlhf_rewards.engine.deterministic import Workspace
-
-            self._workspace = Workspace()
         plan = packed.plan(kept, prune_layer=layers - 1 if prune else None, deterministic=True,
                            workspace=self._workspace)
         names = set(extra.get("forward", {}).get("adapter_names", ())) - {BASE}

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlhf_rewards.engine import varlen_attention
+from rlhf_rewards.engine.deterministic import BlockedLayout, Workspace
 
 ATTN_IMPLEMENTATION = "rlhf_rewards_segments"
 
@@ -151,16 +152,12 @@ class SegmentPlan:
     _blocked: dict = field(default_factory=dict)
     #: Scratch buffers of the deterministic kernel (:class:`~rlhf_rewards.engine.deterministic.Workspace`),
     #: usually the engine's; one is made for the plan when none is given.
-    workspace: object | None = None
+    workspace: Workspace | None = None
 
-    def blocked_layout(self, pruned: bool, device: torch.device):
-        """The deterministic kernel's calls for a (pruned or full) layer; built once."""
+    def blocked_layout(self, pruned: bool, device: torch.device) -> BlockedLayout:
+        """The deterministic kernel's tiles for a (pruned or full) layer; built once."""
         if pruned not in self._blocked:
-            from rlhf_rewards.engine.deterministic import BlockedLayout
-
             if self.workspace is None:
-                from rlhf_rewards.engine.deterministic import Workspace
-
                 self.workspace = Workspace()  # one set of scratch buffers for the full and pruned layers
             self._blocked[pruned] = BlockedLayout(self.segments, self.total, pruned, device, workspace=self.workspace)
         return self._blocked[pruned]
@@ -334,7 +331,7 @@ def _merge(acc: torch.Tensor, acc_lse: torch.Tensor, out: torch.Tensor, lse: tor
     acc_lse.copy_(new)
 
 
-def deterministic_layout(module: nn.Module, device: torch.device):
+def deterministic_layout(module: nn.Module, device: torch.device) -> BlockedLayout:
     """The active deterministic plan's :class:`~rlhf_rewards.engine.deterministic.BlockedLayout` for ``module``'s
     layer (pruned or not), counted as one attention call of the forward. The direct decoder loop writes its
     queries, keys and values straight into it."""

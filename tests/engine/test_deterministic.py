@@ -183,7 +183,6 @@ def test_a_shared_workspace_gives_the_numbers_of_a_fresh_one():
         segments, total, q, k, v = small if name == "small" else big
         fresh = det.blocked_attention(det.BlockedLayout(segments, total, False, q.device), q, k, v, 0.25)
         assert torch.equal(det.blocked_attention(shared[name], q, k, v, 0.25), fresh)
-    assert ws.nbytes() > 0
 
 
 # ---------------------------------------------------------------------- models
