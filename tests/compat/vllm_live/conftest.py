@@ -1,0 +1,77 @@
+"""The differential suite against vLLM 0.32's CPU build (``.venv-vllm``): fixtures and the run's record.
+
+Every test here is ``slow`` (vLLM engines take 20-70 s to start; one per checkpoint, shared by a module).
+Without ``.venv-vllm`` they are skipped locally with the command that builds it; in CI (``CI`` set) the
+environment is built first (``scripts/vllm_env.sh``), so nothing is skipped there.
+
+``compat`` (session fixture) records every comparison; at the end of the session the counts and the table
+of deliberate differences are written to ``COMPAT_TABLE`` (the README's "Measured against vLLM" section shows
+it; ``tests/compat/test_vllm_table.py`` keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.compat.vllm_live.deliberate import DELIBERATE
+from tests.compat.vllm_live.oracle import Comparison, CompatRecorder, diff, ensure_vllm, max_abs_diff, vllm_ready
+
+COMPAT_TABLE = Path(__file__).with_name("compat_table.md")
+_RECORDER = CompatRecorder()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _vllm_available() -> None:
+    if not vllm_ready():
+        if os.environ.get("CI"):
+            ensure_vllm()
+        else:
+            pytest.skip("vLLM's CPU build is not installed: run `bash scripts/vllm_env.sh` (builds .venv-vllm)")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Only a run that compared something rewrites the table (a run of one file writes that file's rows).
+    if _RECORDER.comparisons and os.environ.get("VLLM_LIVE_WRITE_TABLE", "1") == "1":
+        _RECORDER.write(COMPAT_TABLE, DELIBERATE)
+
+
+class Compat:
+    """``compat.check(surface, case, model, ours, theirs, deliberate=None)``: compare, record, and assert.
+
+    ``deliberate``: the :data:`DELIBERATE` key when this request is known to differ on purpose; the answers
+    must then differ (a kept difference that vanished is reported too, so the table stays true).
+    """
+
+    def __init__(self, recorder: CompatRecorder) -> None:
+        self.recorder = recorder
+
+    def check(self, surface: str, case: str, model: str, ours: object, theirs: object, *,
+              deliberate: str | None = None, atol: float = 1e-5) -> list[str]:
+        """Compare two JSON-able answers; fail unless equal (or, with ``deliberate``, different)."""
+        if deliberate is not None and deliberate not in DELIBERATE:
+            raise KeyError(f"{deliberate!r} is not in tests/compat/vllm_live/deliberate.py")
+        details = diff(ours, theirs, atol=atol)
+        self.recorder.add(Comparison(surface=surface, case=case, model=model, matched=not details,
+                                     deliberate=deliberate if details else None,
+                                     max_abs_diff=max_abs_diff(ours, theirs), details=details))
+        if deliberate is None:
+            assert not details, f"{surface} {case} on {model}: differs from vLLM:\n" + "\n".join(details[:20])
+        else:
+            assert details, f"{surface} {case} on {model}: now equal to vLLM; drop {deliberate!r} from DELIBERATE"
+        return details
+
+
+@pytest.fixture(scope="session")
+def compat() -> Compat:
+    """The session's :class:`Compat` (every comparison is recorded for the table)."""
+    return Compat(_RECORDER)
