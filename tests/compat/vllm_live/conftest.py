@@ -5,8 +5,9 @@ Without ``.venv-vllm`` they are skipped locally with the command that builds it;
 environment is built first (``scripts/vllm_env.sh``), so nothing is skipped there.
 
 ``compat`` (session fixture) records every comparison; at the end of the session the counts and the table
-of deliberate differences are written to ``COMPAT_TABLE`` (the README's "Measured against vLLM" section shows
-it; ``tests/compat/test_vllm_table.py`` keeps the two equal).
+of deliberate differences are written to ``outputs/vllm_live/compat_table.md``. A full run with
+``VLLM_LIVE_WRITE_TABLE=1`` also writes the committed ``COMPAT_TABLE`` and the README's copy of it (section
+"Measured against vLLM"); ``tests/compat/test_vllm_table.py`` keeps the two equal.
 """
 
 from __future__ import annotations
@@ -17,9 +18,20 @@ from pathlib import Path
 import pytest
 
 from tests.compat.vllm_live.deliberate import DELIBERATE
-from tests.compat.vllm_live.oracle import Comparison, CompatRecorder, diff, ensure_vllm, max_abs_diff, vllm_ready
+from tests.compat.vllm_live.oracle import (
+    Comparison,
+    CompatRecorder,
+    diff,
+    ensure_vllm,
+    max_abs_diff,
+    vllm_ready,
+)
 
 COMPAT_TABLE = Path(__file__).with_name("compat_table.md")
+RUN_TABLE = Path(__file__).resolve().parents[3] / "outputs" / "vllm_live" / "compat_table.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
+#: The README's copy of the table sits between these two lines.
+TABLE_BEGIN, TABLE_END = "<!-- vllm-live-table -->", "<!-- /vllm-live-table -->"
 _RECORDER = CompatRecorder()
 
 
@@ -40,9 +52,22 @@ def _vllm_available() -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # Only a run that compared something rewrites the table (a run of one file writes that file's rows).
-    if _RECORDER.comparisons and os.environ.get("VLLM_LIVE_WRITE_TABLE", "1") == "1":
+    if not _RECORDER.comparisons:
+        return
+    _RECORDER.write(RUN_TABLE, DELIBERATE)
+    # The committed table and the README change only on a full run asked for by name (a run of one file
+    # would leave only that file's rows).
+    if os.environ.get("VLLM_LIVE_WRITE_TABLE") == "1" and exitstatus == 0:
         _RECORDER.write(COMPAT_TABLE, DELIBERATE)
+        splice_readme(COMPAT_TABLE.read_text())
+
+
+def splice_readme(table: str) -> None:
+    """Put ``table`` between the README's table markers."""
+    text = README.read_text()
+    head, rest = text.split(TABLE_BEGIN, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    README.write_text(f"{head}{TABLE_BEGIN}\n{table}{TABLE_END}{tail}")
 
 
 class Compat:

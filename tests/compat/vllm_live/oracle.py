@@ -264,7 +264,7 @@ def diff(ours: Any, theirs: Any, *, atol: float = 1e-5, rtol: float = 1e-5, path
         if len(ours) != len(theirs):
             out.append(f"{path}: length {len(ours)} != {len(theirs)}")
         else:
-            for i, (a, b) in enumerate(zip(ours, theirs)):
+            for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
                 out.extend(diff(a, b, atol=atol, rtol=rtol, path=f"{path}[{i}]", ignore=ignore))
     elif type(ours) is not type(theirs) or ours != theirs:
         out.append(f"{path}: {_short(ours)} != {_short(theirs)}")
@@ -279,7 +279,7 @@ def max_abs_diff(ours: Any, theirs: Any) -> float:
         return max([max_abs_diff(ours[k], theirs[k]) for k in ours.keys() & theirs.keys() if k not in VOLATILE],
                    default=0.0)
     if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
-        return max([max_abs_diff(a, b) for a, b in zip(ours, theirs)], default=0.0)
+        return max([max_abs_diff(a, b) for a, b in zip(ours, theirs, strict=True)], default=0.0)
     return 0.0
 
 
