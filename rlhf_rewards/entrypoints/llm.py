@@ -25,6 +25,7 @@ from rlhf_rewards.engine.placement import resolve_device, resolve_dtype
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.engine.runner import ModelRunner
 from rlhf_rewards.entrypoints.engine_args import IgnoredEngineArgWarning, split_engine_args
+from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput, generative_score
 from rlhf_rewards.entrypoints.scoring import ScoringRequestOutput, score_pairs
 from rlhf_rewards.entrypoints.tokenization import tokenization_options
 from rlhf_rewards.errors import RequestError
@@ -472,6 +473,46 @@ class LLM:
         return score_pairs(self, data_1, data_2, use_tqdm=use_tqdm, pooling_params=pooling_params,
                            lora_request=lora_request, tokenization_kwargs=tokenization_kwargs,
                            chat_template=chat_template if chat_template is not None else self.chat_template)
+
+    def generative_score(
+        self,
+        query: str | Sequence[int],
+        items: str | Sequence[str] | Sequence[Sequence[int]],
+        label_token_ids: Sequence[int],
+        *,
+        apply_softmax: bool = True,
+        item_first: bool = False,
+        add_special_tokens: bool = True,
+        lora_request: LoRARequest | None = None,
+        use_tqdm: bool | Callable[..., Any] = True,
+    ) -> list[GenerativeScoringOutput]:
+        """vLLM's ``POST /generative_scoring`` offline: for each item, the probability that a causal LM's next
+        token after ``query + item`` is ``label_token_ids[0]`` (a judge read through its answer token).
+
+        One packed forward, no decoding: the query shared by all items is computed once (prefix sharing),
+        and only the label rows of the LM head are multiplied at each sequence's last position
+        (``apply_softmax=False``: one full-vocabulary row per item). See
+        :mod:`rlhf_rewards.entrypoints.generative_scoring`.
+
+        Args:
+            query: Text (tokenized with ``add_special_tokens``) or token ids.
+            items: Texts (tokenized without special tokens) or token-id lists, not mixed; one string is one item.
+            label_token_ids: The label tokens; the score is the probability of the first.
+            apply_softmax: ``True``: softmax over the label tokens' logits only; ``False``: the label's
+                probability over the whole vocabulary.
+            item_first: Put each item before the query instead of after it.
+            add_special_tokens: Add the tokenizer's special tokens to a text query (never to items).
+            lora_request: One adapter for every item (``None``: the base model).
+            use_tqdm: Progress bar on calls of more than one micro-batch.
+
+        Returns:
+            One :class:`~rlhf_rewards.entrypoints.generative_scoring.GenerativeScoringOutput` per item, in
+            order: ``.score``, ``.label_probs`` (every label's probability), ``.prompt_token_ids``.
+            Prompts are cut to their first ``max_model_len - 1`` tokens, as vLLM does.
+        """
+        return generative_score(self, query, items, label_token_ids, apply_softmax=apply_softmax,
+                                item_first=item_first, add_special_tokens=add_special_tokens,
+                                lora_request=lora_request, use_tqdm=use_tqdm)
 
     def reward(self, *args: Any, **kwargs: Any) -> list[PoolingRequestOutput]:
         """Removed, as in vLLM 0.33: raises ``AttributeError`` naming the replacement."""
