@@ -24,7 +24,7 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -33,8 +33,8 @@ from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.errors import RequestError
 from rlhf_rewards.lora.request import LoRARequest
 
-if TYPE_CHECKING:
-    from rlhf_rewards.entrypoints.llm import LLM
+#: ``rlhf_rewards.LLM`` (not imported: ``llm.py`` imports this module).
+LLM = Any
 
 _counter = itertools.count()
 
