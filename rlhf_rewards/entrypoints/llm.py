@@ -90,6 +90,12 @@ class LLM:
             "Models larger than one device" and :mod:`rlhf_rewards.parallel`.
         pipeline_parallel_size: vLLM's name. Split the layers into this many stages, one process each (times
             ``tensor_parallel_size``). Default 1.
+        parallel_start_timeout_s: Split engines only: how long building waits for the worker ranks to start and
+            load their shards. A rank that exits is reported at once; this bounds one that hangs. Default
+            ``None``: the environment variable ``RLHF_REWARDS_PARALLEL_START_TIMEOUT_S``, else 900.
+        parallel_call_timeout_s: Split engines only: how long a call waits for the ranks' next micro-batch (or
+            result) before it stops them as stuck. A rank that exits is reported at once; waiting for the next
+            call is never bounded. Default ``None``: ``RLHF_REWARDS_PARALLEL_CALL_TIMEOUT_S``, else 300.
         **engine_kwargs: vLLM's other engine arguments (``gpu_memory_utilization``, ``max_num_seqs``,
             ``served_model_name``, ``tokenizer_revision``, ``skip_tokenizer_init``, ``chat_template``, ...): never a
             ``TypeError``. Those that mean something here are honoured; each other one is ignored with one
@@ -123,6 +129,8 @@ class LLM:
         deterministic: bool = False,
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
+        parallel_start_timeout_s: float | None = None,
+        parallel_call_timeout_s: float | None = None,
         **engine_kwargs: Any,
     ) -> None:
         # What a split engine's worker processes build (the same LLM, each loading its shard).
@@ -159,7 +167,8 @@ class LLM:
         self.dtype = resolve_dtype(dtype, _DictConfig(raw_config), self.device)
         # tensor/pipeline parallel (rlhf_rewards.parallel): the split is checked against config.json, then the
         # other ranks' processes start; each loads only its shard, and every call runs on all ranks in lockstep.
-        self.parallel_config = ParallelConfig(tensor_parallel_size, pipeline_parallel_size)
+        self.parallel_config = ParallelConfig(tensor_parallel_size, pipeline_parallel_size,
+                                              parallel_start_timeout_s, parallel_call_timeout_s)
         self._parallel: ParallelEngine | None = None
         if self.parallel_config.enabled:
             self._parallel = ParallelEngine.start(
@@ -210,12 +219,18 @@ class LLM:
             raise
         if self._parallel is not None:
             self.runner = self._parallel.lockstep(self.runner)  # waits until every rank has its shard
+            self.device = self._parallel.user_device  # the driver loaded on `meta`; the ranks hold the weights
 
     def shutdown(self) -> None:
         """Stop the worker processes of a split engine (``tensor_parallel_size``/``pipeline_parallel_size`` > 1)
-        and release its process group; later calls raise. A no-op for a single-process engine."""
+        and free their port, or release a torchrun rank's control group; later calls raise. Idempotent; garbage
+        collection and interpreter exit do the same. A no-op for a single-process engine."""
         if self._parallel is not None:
             self._parallel.close()
+
+    def close(self) -> None:
+        """The same as :meth:`shutdown`."""
+        self.shutdown()
 
     # ------------------------------------------------------------------ introspection
     @property

@@ -1,12 +1,18 @@
-"""Every rank runs the same micro-batches, in the same order: rank 0 broadcasts each call's requests.
+"""Every rank runs the same micro-batches, in the same order: each call's requests reach every rank.
 
-Rank 0's engine tokenizes, validates and builds the :class:`~rlhf_rewards.engine.request.EngineRequest` s as
-it does in one process; :meth:`LockstepRunner.run` broadcasts them over the control group, then every rank
-calls the same :class:`~rlhf_rewards.engine.runner.ModelRunner` ``run`` on them. The runner's schedule
-(prefix forest, packing, budgets, the padded fallback) is a pure function of the requests, so all ranks cut
-the same forwards and meet in the same collectives (tensor-parallel all-reduces, pipeline sends). The scores
-of the last pipeline stage are sent back to rank 0 (with tensor parallelism alone, rank 0 computes them).
-An error raised by the runner is raised on rank 0 and swallowed by the workers, which wait for the next call.
+The driver's engine tokenizes, validates and builds the :class:`~rlhf_rewards.engine.request.EngineRequest` s as
+it does in one process; :meth:`LockstepRunner.run` hands them to every rank, and every rank calls the same
+:class:`~rlhf_rewards.engine.runner.ModelRunner` ``run`` on them. The runner's schedule (prefix forest, packing,
+budgets, the padded fallback) is a pure function of the requests, so all ranks cut the same forwards and meet in
+the same collectives (tensor-parallel all-reduces, pipeline sends). The output rank (tensor shard 0 of the last
+pipeline stage) returns the scores.
+
+* Engine-started (:class:`~rlhf_rewards.parallel.group.WorkerPool`): the driver sends the requests down each
+  worker's pipe; the workers run them (:meth:`LockstepRunner.serve`) and answer, the output rank with the
+  outputs and a progress message per micro-batch. The driver's wait is bounded and watches the processes.
+* torchrun (:class:`~rlhf_rewards.parallel.group.SpmdGroup`): rank 0 broadcasts them over the engine's control
+  group; with pipeline stages the last stage's outputs are broadcast back. An error raised by the runner is raised
+  on every rank.
 """
 
 from __future__ import annotations
@@ -18,7 +24,16 @@ from typing import Any
 import torch
 
 from rlhf_rewards.engine.request import EngineRequest
-from rlhf_rewards.parallel.group import ParallelGroup, WorkerFailed, handshake
+from rlhf_rewards.parallel.group import (
+    ParallelGroup,
+    RemoteError,
+    SpmdGroup,
+    WorkerFailed,
+    WorkerGroup,
+    WorkerPool,
+    handshake,
+    pack_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +41,8 @@ logger = logging.getLogger(__name__)
 class LockstepRunner:
     """A :class:`~rlhf_rewards.engine.runner.ModelRunner` run on every rank of ``group`` at once.
 
-    Attribute reads (``last_stats``, ``packing``...) go to rank 0's own runner.
+    Attribute reads (``last_stats``, ``packing``...) go to this process's own runner; on a driver, ``last_stats``
+    is the output rank's, copied back after each call.
     """
 
     def __init__(self, runner: Any, group: ParallelGroup) -> None:
@@ -37,42 +53,72 @@ class LockstepRunner:
         return getattr(self.__dict__["runner"], name)
 
     def ready(self, error: BaseException | None = None) -> None:
-        """Start-up handshake: every rank reports whether it built its shard; a failure is raised on every rank."""
-        handshake(self.group, error)
+        """Wait until every rank has built its shard; a failure anywhere is raised here (and the workers stopped)."""
+        if isinstance(self.group, WorkerPool):
+            if error is None:
+                self.group.wait_ready()
+        elif isinstance(self.group, SpmdGroup):
+            handshake(self.group, error)
 
     def run(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None = None) -> list[torch.Tensor]:
-        """Rank 0's ``requests`` run on every rank; the outputs (float32 CPU tensors, request order) on every caller."""
-        if self.group.closed:
-            raise RuntimeError("this split engine was closed.")
-        message = self.group.broadcast(("run", requests))
-        return self._step(message[1], on_batch_done if self.group.is_driver else None)
+        """The driver's (or, under torchrun, rank 0's) ``requests`` run on every rank; the outputs (float32 CPU
+        tensors, request order)."""
+        group = self.group
+        if isinstance(group, WorkerPool):
+            outputs, stats = group.call(requests, on_batch_done)
+            self.runner.last_stats = stats
+            return outputs
+        if not isinstance(group, SpmdGroup):
+            raise RuntimeError("a spawned worker runs the calls its driver sends (serve()), not its own.")
+        if group.closed:
+            raise RuntimeError("this split engine was closed (shutdown()); build a new LLM to score again.")
+        message = group.broadcast(("run", requests))
+        return self._step(group, message[1], on_batch_done if group.is_driver else None)
 
-    def _step(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
+    def _step(self, group: SpmdGroup, requests: list[EngineRequest],
+              on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
         outcome: Any
         try:
             outcome = self.runner.run(requests, on_batch_done)
-        except Exception as exc:  # noqa: BLE001 - every rank fails alike; rank 0 raises it below
+        except Exception as exc:  # noqa: BLE001 - every rank fails alike; raised below
             outcome = exc
-        config = self.group.config
+        config = group.config
         if config.pipeline_parallel_size > 1:
-            outcome = self.group.broadcast(outcome, src=config.output_rank)
+            outcome = group.broadcast(outcome, src=config.output_rank)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
     def serve(self) -> None:
-        """A spawned worker's loop: run every call rank 0 broadcasts, until it broadcasts stop."""
+        """A spawned worker's loop: run each call the driver sends, answer it, until stop (or the driver is gone).
+
+        Waiting for the next call has no time limit (an idle server may wait hours); the driver bounds its own
+        wait for the answer.
+        """
+        group = self.group
+        if not isinstance(group, WorkerGroup):
+            raise RuntimeError("serve() runs in a spawned worker of a split engine.")
+        channel = group.channel
+        is_output = group.rank == group.config.output_rank
         while True:
-            message = self.group.broadcast(None)
-            if message[0] == "stop":
+            message = channel.receive()
+            if message is None or message[0] == "stop":
                 return
+            _, call_id, requests = message
+            progress = (lambda n, c=call_id: channel.send(("progress", c, n))) if is_output else None
             try:
-                self._step(message[1], None)
-            except Exception as exc:  # noqa: BLE001 - rank 0 raised the same error to its caller
-                logger.debug("rank %d: call failed as on rank 0: %s", self.group.rank, exc)
+                outputs = self.runner.run(requests, progress)
+            except Exception as exc:  # noqa: BLE001 - the driver raises it (or declares the ranks out of step)
+                logger.debug("rank %d: call %d failed: %s", group.rank, call_id, exc)
+                channel.send(("error", call_id, RemoteError.capture(exc)))
+                continue
+            if is_output:
+                channel.send(("done", call_id, pack_outputs(outputs), dict(self.runner.last_stats)))
+            else:
+                channel.send(("done", call_id, None, None))
 
     def close(self) -> None:
-        """Stop the workers (rank 0 of an engine-started group) and tear the process group down."""
+        """Stop the workers (driver) or release the control group (torchrun)."""
         self.group.close()
 
 

@@ -19,8 +19,11 @@ def split_prm(prm):
 
 def test_engine_started_ranks_score_like_one_process(prm, split_prm):
     reference = LLM(str(prm), device="cpu", dtype="float32", max_num_batched_tokens=64)
-    (worker,) = split_prm._parallel.group.workers
-    assert worker.is_alive() and dist.get_world_size() == 2 and dist.get_rank() == 0
+    workers = split_prm._parallel.group.processes
+    # One worker per rank; this process only schedules, and joins no process group (its torch.distributed stays
+    # the user's).
+    assert len(workers) == 2 and all(w.is_alive() for w in workers) and not dist.is_initialized()
+    assert split_prm.device == torch.device("cpu") and split_prm._parallel.rank_resident_bytes[0] > 0
     for texts, task in ((PRM_TEXTS, "token_classify"), (GROUP_TEXTS, "embed")):
         want = reference.encode(texts, pooling_task=task, use_tqdm=False)
         got = split_prm.encode(texts, pooling_task=task, use_tqdm=False)
@@ -36,10 +39,11 @@ def test_engine_started_ranks_score_like_one_process(prm, split_prm):
 
 
 def test_shutdown_stops_the_workers(split_prm):
-    (worker,) = split_prm._parallel.group.workers
+    workers = split_prm._parallel.group.processes
     split_prm.shutdown()
-    worker.join(30)
-    assert not worker.is_alive() and worker.exitcode == 0
+    for worker in workers:
+        worker.join(30)
+        assert not worker.is_alive() and worker.exitcode == 0
     assert not dist.is_initialized()
     with pytest.raises(RuntimeError, match="closed"):
         split_prm.encode(PRM_TEXTS[:1], pooling_task="token_classify")
