@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -27,7 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhf_rewards.errors import ERROR_HEADER, RequestError
-from rlhf_rewards.server.protocol import ErrorInfo, ErrorResponse
+from rlhf_rewards.server.protocol import ErrorInfo, ErrorResponse, ParamValueError, RequestRefused
 
 ERROR_TYPES = {
     400: "BadRequestError",
@@ -56,11 +57,15 @@ class APIError(Exception):
         param: The request field at fault, if any.
         headers: Extra response headers (e.g. ``Retry-After``).
         error: The structured error behind it, sent in :data:`ERROR_HEADER`.
+        error_type: The body's ``type`` when it is not the status's (:data:`ERROR_TYPES`), e.g. vLLM's
+            ``"Bad Request"`` of a schema error.
     """
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 headers: dict[str, str] | None = None, error: RequestError | None = None) -> None:
+                 headers: dict[str, str] | None = None, error: RequestError | None = None, *,
+                 error_type: str | None = None) -> None:
         super().__init__(message)
+        self.error_type = error_type
         self.status = status
         self.message = message
         self.param = param
@@ -86,25 +91,63 @@ def request_error_headers(error: RequestError) -> dict[str, str]:
     return {ERROR_HEADER: json.dumps(error.to_dict())}
 
 
-def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    """vLLM's ``ErrorResponse`` as a dict."""
+def error_body(status: int, message: str, param: str | None = None, *,
+               error_type: str | None = None) -> dict[str, Any]:
+    """vLLM's ``ErrorResponse`` as a dict (``type`` from :data:`ERROR_TYPES` unless ``error_type`` is given)."""
     return ErrorResponse(error=ErrorInfo(
         message=message,
-        type=ERROR_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
+        type=error_type or ERROR_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
         param=param,
         code=status,
     )).model_dump(mode="json")
 
 
 def error_response(status: int, message: str, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+                   headers: dict[str, str] | None = None, *, error_type: str | None = None) -> JSONResponse:
     """A JSON error response."""
-    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, param, error_type=error_type), status_code=status,
+                        headers=headers)
 
 
 def error_bytes(status: int, message: str, param: str | None = None) -> bytes:
     """The error body encoded, for ASGI middlewares that answer before the app runs."""
     return json.dumps(error_body(status, message, param)).encode()
+
+
+_BRACKETED = re.compile(r"[\[\]{}()]")
+#: pydantic-core's schema-kind tags that appear in an error's ``loc`` (vLLM's ``_INTERNAL_LOC_MARKERS``).
+_INTERNAL_LOC_MARKERS = frozenset({
+    "function-wrap", "function-after", "function-before", "function-plain", "json-or-python", "lax-or-strict",
+    "chain", "default", "nullable", "tagged-union", "union", "call", "arguments", "is-instance", "is-subclass",
+    "callable", "str", "int", "float", "bool", "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset",
+    "complex", "none", "nonetype",
+})
+
+
+#: A schema error naming vLLM's ``param`` (raised in validators; vLLM's ``VLLMValidationError.parameter``).
+ParamError = ParamValueError
+
+
+def _internal(segment: str) -> bool:
+    return bool(_BRACKETED.search(segment)) or segment.lower() in _INTERNAL_LOC_MARKERS
+
+
+def clean_loc(loc: tuple[Any, ...]) -> str:
+    """A pydantic ``loc`` as vLLM reports it in ``param``: dotted, union/validator tags dropped
+    (``("body", "input", "list[int]", 0)`` -> ``"body.input.0"``)."""
+    parts = [str(p) for p in loc if not _internal(str(p))]
+    return ".".join(parts) if parts else ".".join(str(p) for p in loc)
+
+
+def validation_param(errors: list[dict[str, Any]]) -> str | None:
+    """vLLM's ``param`` of a validation error: a validator's named parameter, else the first error's location."""
+    for e in errors:
+        ctx_error = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, ParamError):
+            return ctx_error.parameter
+    if errors and errors[0].get("loc"):
+        return clean_loc(tuple(errors[0]["loc"]))
+    return None
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -114,7 +157,7 @@ def _field_name(loc: tuple[Any, ...]) -> str:
             continue
         if isinstance(p, int):
             parts.append(f"[{p}]")
-        elif isinstance(p, str) and ("[" in p or p in ("str", "int", "function-after", "function-before")):
+        elif isinstance(p, str) and _internal(p):
             continue  # union-member tags pydantic adds (``list[int]``...), not field names
         else:
             parts.append(("." if parts else "") + str(p))
@@ -122,17 +165,17 @@ def _field_name(loc: tuple[Any, ...]) -> str:
 
 
 def describe_validation_errors(errors: list[dict[str, Any]], content_type: str | None) -> tuple[str, str | None]:
-    """One readable message (and the first field) from pydantic's error list; never echoes input values."""
+    """One readable message (and vLLM's ``param``) from pydantic's error list; never echoes large input values."""
+    param = validation_param(errors)
     if any(e.get("type") == "json_invalid" for e in errors):
         err = next(e for e in errors if e.get("type") == "json_invalid")
         reason = (err.get("ctx") or {}).get("error", "malformed")
-        return f"The request body is not valid JSON ({reason}).", None
+        return f"The request body is not valid JSON ({reason}).", param
     if content_type is not None and "json" not in content_type.lower():
         return (f"The request body must be JSON sent with 'Content-Type: application/json' "
-                f"(got Content-Type {content_type!r})."), None
+                f"(got Content-Type {content_type!r})."), param
     messages: list[str] = []
     body_level = False
-    first: str | None = None
     seen: set[str] = set()
     for e in errors:
         field = _field_name(tuple(e.get("loc", ())))
@@ -154,12 +197,11 @@ def describe_validation_errors(errors: list[dict[str, Any]], content_type: str |
         if msg in seen:
             continue
         seen.add(msg)
-        first = first or (field or None)
         messages.append(msg)
     shown = messages[:_MAX_ERRORS_SHOWN]
     more = f" (and {len(messages) - len(shown)} more)" if len(messages) > len(shown) else ""
     prefix = "" if body_level and len(shown) == 1 else "Invalid request: "
-    return prefix + "; ".join(shown) + more, first
+    return prefix + "; ".join(shown) + more, param
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -167,24 +209,35 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.response_headers())
+        return error_response(exc.status, exc.message, exc.param, exc.response_headers(), error_type=exc.error_type)
+
+    @app.exception_handler(RequestRefused)
+    async def _refused(_request: Request, exc: RequestRefused) -> JSONResponse:
+        return error_response(400, exc.message, exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = describe_validation_errors(list(exc.errors()), request.headers.get("content-type"))
-        return error_response(400, message, param)
+        # vLLM's validation answer: type "Bad Request" (the status phrase), param "body.<field>" (the first
+        # error's location, or the parameter a validator names); the message is this server's, naming the field.
+        errors = list(exc.errors())
+        message, _ = describe_validation_errors(errors, request.headers.get("content-type"))
+        param = _schema_param(request, errors, getattr(exc, "body", None))
+        return error_response(400, message, param, error_type=HTTPStatus.BAD_REQUEST.phrase)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code in (404, 405):
+            # Starlette's own answers, as vLLM gives them (``{"detail": "Not Found"}``, ``{"detail": "Method Not
+            # Allowed"}``; vLLM's tests read ``["detail"] == "Not Found"``).
+            return JSONResponse({"detail": HTTPStatus(exc.status_code).phrase}, status_code=exc.status_code,
+                                headers=headers)
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 400 and "parsing the body" in detail:
             detail = "The request body could not be decoded: send UTF-8 encoded JSON."
-        elif exc.status_code == 404:
-            # FastAPI's own answer, as vLLM gives it (and as vLLM's tests read it: ``["detail"] == "Not Found"``).
-            return JSONResponse({"detail": "Not Found"}, status_code=404, headers=getattr(exc, "headers", None))
-        elif exc.status_code == 405:
-            detail = f"Method {request.method} is not allowed on {request.url.path}."
-        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        # vLLM's HTTPException handler: ``type`` is the status phrase.
+        return error_response(exc.status_code, detail, headers=headers,
+                              error_type=HTTPStatus(exc.status_code).phrase)
 
     @app.exception_handler(ValueError)
     async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
@@ -201,11 +254,35 @@ def install_error_handlers(app: FastAPI) -> None:
         return _internal_error(request, exc)
 
 
+#: The request field that vLLM's completion form requires, per route (vLLM validates a union of its completion
+#: form and chat form; with neither field sent, or a chat-form mistake, its first error is the missing field).
+_COMPLETION_FIELD = {"/pooling": "input", "/classify": "input", "/v1/embeddings": "input", "/tokenize": "prompt"}
+#: Fields that come before the completion field in vLLM's schemas (their errors are reported first).
+_COMMON_FIELDS = frozenset({"model", "user", "truncate_prompt_tokens", "padding", "truncation_side", "request_id",
+                            "priority", "mm_processor_kwargs", "cache_salt"})
+
+
+def _schema_param(request: Request, errors: list[dict[str, Any]], body: Any) -> str | None:
+    """vLLM's ``param`` for a validation error of this request: the first error's location, except that on a
+    route whose schema is vLLM's completion|chat union a body without the completion field reports it missing
+    first (unless a common field, checked before it, is at fault)."""
+    param = validation_param(errors)
+    name = _COMPLETION_FIELD.get(request.url.path)
+    if name is None or not isinstance(body, dict) or name in body or not errors:
+        return param
+    if any(isinstance((e.get("ctx") or {}).get("error"), ParamError) for e in errors):
+        return param
+    loc = [str(p) for p in errors[0].get("loc", ()) if not _internal(str(p))]
+    if len(loc) >= 2 and loc[0] == "body" and loc[1] in _COMMON_FIELDS:
+        return param
+    return f"body.{name}"
+
+
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     logging.getLogger("rlhf_rewards.server").error("Internal error on %s %s", request.method, request.url.path,
                                                    exc_info=exc)
     return error_response(500, f"Internal server error ({type(exc).__name__}); see the server log.")
 
 
-__all__ = ["ERROR_HEADER", "APIError", "describe_validation_errors", "error_body", "error_bytes", "error_response",
+__all__ = ["ERROR_HEADER", "APIError", "ParamError", "clean_loc", "validation_param", "describe_validation_errors", "error_body", "error_bytes", "error_response",
            "install_error_handlers", "request_error_headers"]

@@ -1,7 +1,7 @@
 """Request and response schemas of the server (pydantic), following vLLM 0.33's where a route mirrors vLLM's.
 
-Request models keep strict types (a wrong type is an error naming the field: ``"1"`` is not an integer, ``1``
-is not a boolean). Unknown fields are ignored with a logged warning naming them, as vLLM does (its
+Request models validate as vLLM's do (pydantic's lax mode: ``"2"`` is the integer 2, ``"yes"`` and ``1`` are
+``true``; ``2.5`` is not an integer, ``"maybe"`` is not a boolean, NaN is never a number). Unknown fields are ignored with a logged warning naming them, as vLLM does (its
 ``OpenAIBaseModel``); vLLM's own fields are accepted, honoured where they apply, and refused with a 400
 saying why where they cannot be. Fields marked *extension* are not in vLLM's schema.
 """
@@ -13,7 +13,7 @@ import logging
 import time
 import typing
 from builtins import float as builtins_float
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -43,10 +43,31 @@ Endianness = Literal["native", "big", "little"]
 _CACHE_SALT_FORBIDDEN = frozenset("@/\\\x00")
 
 
-class StrictModel(BaseModel):
-    """Base of request models: strict types; unknown fields ignored and logged (vLLM's behaviour)."""
+class RequestRefused(Exception):  # noqa: N818 - vLLM's VLLMValidationError, raised from a validator
+    """A request refused by a schema check the way vLLM refuses it: raised inside a validator (not a
+    ``ValueError``, so pydantic does not wrap it), answered as a 400 ``BadRequestError`` with ``param``
+    (vLLM raises ``VLLMValidationError`` from its validators for these)."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ParamValueError(ValueError):
+    """A schema error naming vLLM's ``param`` for it (the server's ``ParamError``; kept here, where the
+    schemas are, so that they need not import the error module)."""
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class StrictModel(BaseModel):
+    """Base of request models: vLLM's validation (pydantic's lax mode, NaN/inf refused); unknown fields ignored
+    and logged (vLLM's behaviour). The name is historical: types are checked as vLLM checks them."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -71,7 +92,7 @@ def log_ignored_fields(schema: type[BaseModel], data: dict[str, Any]) -> list[st
 class ChatMessage(BaseModel):
     """One chat message (OpenAI format). Text content parts are joined with newlines, as vLLM does."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     role: str = Field(min_length=1)
     content: str | list[dict[str, Any]] | None = None
@@ -92,29 +113,6 @@ class ChatMessage(BaseModel):
     def as_dict(self) -> dict[str, Any]:
         """The message as the chat template receives it."""
         return self.model_dump(exclude_none=True)
-
-
-def _check_input(value: Any) -> Any:
-    """``input`` must be a string, a list of strings, a list of ints or a list of lists of ints."""
-    expected = "a string, a list of strings, a list of token ids or a list of lists of token ids"
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise ValueError(f"must be {expected}, got {type(value).__name__}")
-    if not value:
-        raise ValueError("is empty: send at least one prompt")
-    if all(isinstance(v, str) for v in value):
-        return value
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return value
-    if all(isinstance(v, list) for v in value):
-        for i, row in enumerate(value):
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in row):
-                raise ValueError(f"[{i}] must be a list of integer token ids")
-        return value
-    kinds = sorted({type(v).__name__ for v in value})
-    what = f"a list of {kinds[0]}" if len(kinds) == 1 else f"a list mixing {kinds}"
-    raise ValueError(f"must be {expected}; got {what}")
 
 
 def _check_task(value: Any) -> Any:
@@ -141,36 +139,39 @@ class CommonRequest(StrictModel):
                                   "would change a causal reward model's scores.")
     request_id: str | None = Field(default=None, max_length=256,
                                    description="Response id suffix (the X-Request-Id header wins, as in vLLM).")
-    priority: int = Field(default=0, description="Only 0: this server schedules first come, first served.")
+    priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1,
+                          description="Accepted and unused (as vLLM's pooling server): first come, first served.")
     mm_processor_kwargs: dict[str, Any] | None = Field(
         default=None, description="Only empty: this server scores text, it has no multimodal processor.")
     cache_salt: str | None = Field(
-        default=None, min_length=1, max_length=128,
+        default=None,
         description="Accepted and checked as vLLM does; there is no cross-request prefix cache here to salt.")
 
-    @field_validator("cache_salt")
+    @model_validator(mode="before")
     @classmethod
-    def _salt(cls, value: str | None) -> str | None:
-        if value is not None and any(c in _CACHE_SALT_FORBIDDEN for c in value):
-            raise ValueError("must be at most 128 characters and must not contain '@', '/', '\\\\', or NUL")
-        return value
-
-    @model_validator(mode="after")
-    def _refused(self) -> CommonRequest:
-        if self.priority != 0:
-            raise ValueError("`priority` must be 0: this server does not schedule by priority")
-        if self.mm_processor_kwargs:
-            raise ValueError("`mm_processor_kwargs` must be empty: this server scores text only")
-        if self.padding == "max_length":
-            raise ValueError("`padding`='max_length' is refused: pad tokens would change a causal reward model's "
-                             "scores; prompts are never padded here (use 'do_not_pad' or leave it out)")
-        return self
+    def _vllm_refusals(cls, data: Any) -> Any:
+        # vLLM checks these before the schema, with VLLMValidationError (a 400 BadRequestError naming the field).
+        if not isinstance(data, dict):
+            return data
+        salt = data.get("cache_salt")
+        if salt is not None:
+            if not isinstance(salt, str) or not salt:
+                raise RequestRefused("Parameter 'cache_salt' must be a non-empty string if provided.", "cache_salt")
+            if len(salt) > 128 or any(c in _CACHE_SALT_FORBIDDEN for c in salt):
+                raise RequestRefused("Parameter 'cache_salt' must be at most 128 characters and must not contain "
+                                     "'@', '/', '\\\\', or NUL.", "cache_salt")
+        if data.get("mm_processor_kwargs"):
+            raise RequestRefused("Per-request mm_processor_kwargs are refused: this server scores text only (it has "
+                                 "no multimodal processor).", "mm_processor_kwargs")
+        if data.get("continue_final_message") and data.get("add_generation_prompt"):
+            raise RequestRefused("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+        return data
 
 
 class ScoringRequest(CommonRequest):
     """Fields shared by ``/pooling``, ``/classify`` and ``/v1/embeddings``: one of ``input`` or ``messages``."""
 
-    input: str | list[str] | list[int] | list[list[int]] | None = Field(
+    input: list[int] | list[list[int]] | str | list[str] | None = Field(
         default=None, description="Completion form: a string, strings, token ids, or lists of token ids.")
     messages: list[ChatMessage] | None = Field(
         default=None, description="Chat form: one conversation, rendered with the model's chat template.")
@@ -184,25 +185,18 @@ class ScoringRequest(CommonRequest):
                                   "--trust-request-chat-template.")
     chat_template_kwargs: dict[str, Any] | None = None
 
-    @field_validator("input", mode="before")
-    @classmethod
-    def _input_shape(cls, value: Any) -> Any:
-        return value if value is None else _check_input(value)
-
     @model_validator(mode="after")
     def _one_form(self) -> ScoringRequest:
-        if (self.input is None) == (self.messages is None):
-            raise ValueError("send exactly one of `input` (completion form) or `messages` (chat form)")
-        if self.messages is not None and not self.messages:
-            raise ValueError("`messages` is empty: send at least one message")
-        if self.continue_final_message and self.add_generation_prompt:
-            raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
-        if self.input is not None:
-            chat_only = [n for n in ("chat_template", "chat_template_kwargs") if getattr(self, n) is not None]
-            chat_only += [n for n in ("add_generation_prompt", "continue_final_message") if getattr(self, n)]
-            if chat_only:
-                raise ValueError(f"{chat_only} only apply to the chat form (`messages`), not to `input`")
+        if self.input is None and self.messages is None:
+            raise ValueError("send one of `input` (completion form) or `messages` (chat form)")
         return self
+
+    def chat_only_fields(self) -> list[str]:
+        """Chat-form fields sent with ``input`` (vLLM ignores them there; refused here unless strict)."""
+        if self.input is None:
+            return []
+        names = [n for n in ("chat_template", "chat_template_kwargs") if getattr(self, n) is not None]
+        return names + [n for n in ("add_generation_prompt", "continue_final_message") if getattr(self, n)]
 
 
 class EncodingRequest(ScoringRequest):
@@ -398,6 +392,14 @@ class TokenizeRequest(StrictModel):
         return self
 
 
+class DetokenizeRequest(StrictModel):
+    """``POST /detokenize`` (vLLM's)."""
+
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
+        description="Token ids; ids outside the vocabulary decode to nothing, as vLLM's.")
+
+
 # ---------------------------------------------------------------------------------------------- responses
 def _now() -> int:
     return int(time.time())
@@ -425,11 +427,13 @@ class ResponseModel(BaseModel):
 
 
 class UsageInfo(ResponseModel):
-    """Token counts of a request."""
+    """Token counts of a request (vLLM's ``UsageInfo``: the details are always ``null`` for pooling)."""
 
     prompt_tokens: int
     total_tokens: int
     completion_tokens: int = 0
+    prompt_tokens_details: None = None
+    completion_tokens_details: None = None
 
 
 ItemT = TypeVar("ItemT", bound=ResponseModel)
@@ -487,13 +491,25 @@ class GetRewardResponse(ResponseModel):
     errors: dict[str, str] | None = _absent_if_none("Extension: index -> why it has no reward.")
 
 
+class DetokenizeResponse(ResponseModel):
+    """``/detokenize`` response (vLLM's)."""
+
+    prompt: str
+
+
+class VersionResponse(ResponseModel):
+    """``/version`` response (vLLM's shape): this server's version (rlhf-rewards, not vLLM's)."""
+
+    version: str
+
+
 class TokenizeResponse(ResponseModel):
     """``/tokenize`` response (vLLM's)."""
 
     count: int
     max_model_len: int
     tokens: list[int]
-    token_strs: list[str] | None = _absent_if_none("Sent with `return_token_strs`.")
+    token_strs: list[str] | None = Field(default=None, description="With `return_token_strs`; else null.")
 
 
 class ModelPermission(ResponseModel):
@@ -715,6 +731,11 @@ __all__ = [
     "ClassificationResponse",
     "ClassifyRequest",
     "CohereEmbedRequest",
+    "DetokenizeRequest",
+    "DetokenizeResponse",
+    "ParamValueError",
+    "RequestRefused",
+    "VersionResponse",
     "CohereEmbedResponse",
     "CommonRequest",
     "EmbeddingRequest",

@@ -25,6 +25,7 @@ from rlhf_rewards.pooling.params import PoolingParams, resolve_pooling
 from rlhf_rewards.pooling.tasks import check_task
 from rlhf_rewards.server.batcher import Batcher, EngineItem, QueueFull
 from rlhf_rewards.server.errors import APIError
+from rlhf_rewards.server.label_reads import GENERATIVE_SCORING_TASK, encode_label_reads
 from rlhf_rewards.server.metrics import ServerMetrics
 from rlhf_rewards.server.protocol import ChatMessage, ScoringRequest
 
@@ -91,6 +92,9 @@ class ServingEngine:
         #: The task of a request that names none (vLLM's ``pooling_task``): ``--pooler-config``'s ``task`` if
         #: set, else the model's reward task.
         self.default_task: str = getattr(self.llm, "pooling_task", None) or self.info.default_task
+        #: ``--strict-vllm-compat`` (``LLM(strict_vllm_compat=True)``): every request vLLM 0.32 refuses is
+        #: refused with vLLM's status and error, instead of being served by one of this server's extensions.
+        self.strict: bool = bool(getattr(self.llm, "strict_vllm_compat", False))
         tok = self.llm.tokenizer
         self._template_params = set(inspect.signature(tok.apply_chat_template).parameters) if tok is not None else set()
 
@@ -105,15 +109,38 @@ class ServingEngine:
         """Names of the adapters served (registered on the engine), in registration order."""
         return [r.lora_name for r in self.llm.list_loras()] if self.llm.lora_manager is not None else []
 
-    def resolve_model(self, name: str | None) -> tuple[str, LoRARequest | None]:
+    def resolve_model(self, name: str | None, param: str | None = "model") -> tuple[str, LoRARequest | None]:
         """``(name to report, adapter or None)`` for a request's ``model`` field; an unknown name is a 404
-        (vLLM's ``NotFoundError``) listing the names served."""
+        (vLLM's ``NotFoundError``) listing the names served. ``param``: vLLM's ``param`` of that error (none on
+        the pooling routes, ``"model"`` on ``/tokenize`` and ``/detokenize``)."""
         if not name or name in self._base_aliases:
             return self.model_name, None
         if name in self.lora_names:
             return name, self.llm.get_lora(name)
         known = [*self.served_model_names, *self.lora_names]
-        raise APIError(404, f"The model `{name[:200]}` does not exist; this server serves {known}.", param="model")
+        raise APIError(404, f"The model `{name[:200]}` does not exist; this server serves {known}.", param=param)
+
+    @property
+    def vllm_tasks(self) -> tuple[str, ...]:
+        """The pooling tasks vLLM 0.32 supports for this model (its ``supported_tasks``): a sequence
+        classifier ``classify`` and ``token_classify``, an embedding model ``embed`` and ``token_embed``, a
+        token or process reward model ``token_classify``. vLLM serves only :attr:`default_task` of them."""
+        kind = self.info.kind
+        if kind == "outcome":
+            return ("classify", "token_classify")
+        if kind == "embedding":
+            return ("embed", "token_embed")
+        return ("token_classify",)
+
+    def check_vllm_task(self, task: str) -> None:
+        """Strict mode: vLLM's 400 for a task other than the model's own (``/pooling``'s ``task``)."""
+        if not self.strict or task == self.default_task:
+            return
+        if task not in self.vllm_tasks:
+            raise APIError(400, f"Unsupported task: {task!r} Supported tasks: {list(self.vllm_tasks)} "
+                                "(parameter=task)", param="task")
+        raise APIError(400, f"Try switching the model's pooling_task via --pooler-config.task {task}. "
+                            "(parameter=task)", param="task")
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -134,14 +161,29 @@ class ServingEngine:
         ``field_name`` names the request's prompt field in error messages.
         """
         side = req.truncation_side
+        pad = self._padding(req.padding)
+        if req.input is not None and req.messages is not None:
+            if not self.strict:  # vLLM serves the chat form then (its union picks the chat request)
+                raise APIError(400, "Send one of `input` (completion form) or `messages` (chat form), not both.",
+                               param="messages")
+        else:
+            chat_only = req.chat_only_fields()
+            if chat_only and not self.strict:  # vLLM ignores them on `input` (not fields of its completion form)
+                raise APIError(400, f"{chat_only} only apply to the chat form (`messages`), not to `input`.",
+                               param=chat_only[0])
         if req.messages is None:
+            if not req.input:
+                raise APIError(400, f"`{field_name}` is empty: you must pass at least one prompt.")
             add_special = True if req.add_special_tokens is None else req.add_special_tokens
             return await self.prepare_prompts(prompts_from_input(req.input), task, params, lora,
                                               field_name=field_name, add_special_tokens=add_special,
-                                              truncation_side=side)
+                                              truncation_side=side, pad=pad)
         self._check_count(1, field_name)
         self._check_request_template(req.chat_template)
         messages = req.messages
+        if not messages:
+            raise APIError(400, "Cannot apply chat template to an empty conversation. Provide at least one "
+                                "message (`messages` is empty).")
 
         def render() -> list[PromptType]:
             return [{"prompt_token_ids": self._render(
@@ -151,11 +193,12 @@ class ServingEngine:
 
         # The rendered conversation is token ids: nothing is tokenized again, so add_special_tokens is moot.
         return await self._prepare_in_thread(render, "messages", task, params, lora, add_special_tokens=False,
-                                             truncation_side=side)
+                                             truncation_side=side, pad=pad)
 
     async def prepare_prompts(self, prompts: list[PromptType], task: str, params: PoolingParams,
                               lora: LoRARequest | None, *, field_name: str = "input",
-                              add_special_tokens: bool = True, truncation_side: str | None = None) -> list[EngineItem]:
+                              add_special_tokens: bool = True, truncation_side: str | None = None,
+                              pad: bool = False) -> list[EngineItem]:
         """Validated engine items of ``prompts``, the entries of the request field ``field_name``.
 
         More prompts than ``max_client_batch_size`` is a 413; a mistake in prompt ``i`` is a 400 on
@@ -164,7 +207,8 @@ class ServingEngine:
         """
         self._check_count(len(prompts), field_name)
         return await self._prepare_in_thread(lambda: prompts, field_name, task, params, lora,
-                                             add_special_tokens=add_special_tokens, truncation_side=truncation_side)
+                                             add_special_tokens=add_special_tokens, truncation_side=truncation_side,
+                                             pad=pad)
 
     def check_count(self, n: int, field_name: str) -> None:
         """413 when ``n`` prompts are over ``--max-client-batch-size``."""
@@ -177,6 +221,17 @@ class ServingEngine:
             raise APIError(413, f"`{field_name}` has {n} prompts, over --max-client-batch-size={limit}; "
                                 "split the request.", param=field_name)
 
+    def _padding(self, padding: str | None) -> bool:
+        """Whether prompts are padded to ``max_model_len`` (vLLM's ``padding="max_length"``): only in strict
+        mode; otherwise refused (pad tokens change a causal reward model's last-token and per-token scores)."""
+        if padding != "max_length":
+            return False
+        if not self.strict:
+            raise APIError(400, "`padding`='max_length' is refused: pad tokens would change a causal reward "
+                                "model's scores; prompts are never padded here (use 'do_not_pad' or leave it out).",
+                           param="padding")
+        return True
+
     def _check_request_template(self, chat_template: str | None) -> None:
         if chat_template is not None and not self.limits.trust_request_chat_template:
             raise APIError(400, "`chat_template` in a request is refused: start the server with "
@@ -184,15 +239,16 @@ class ServingEngine:
 
     async def _prepare_in_thread(self, get_prompts: Callable[[], list[PromptType]], field_name: str, task: str,
                                  params: PoolingParams, lora: LoRARequest | None, *,
-                                 add_special_tokens: bool, truncation_side: str | None = None) -> list[EngineItem]:
+                                 add_special_tokens: bool, truncation_side: str | None = None,
+                                 pad: bool = False) -> list[EngineItem]:
         # While this request tokenizes, a round about to start waits for it (the route submits it right after).
         with self.batcher.arriving():
             return await self._in_tokenizer_thread(self._prepare, get_prompts, field_name, task, params, lora,
-                                                   add_special_tokens, truncation_side)
+                                                   add_special_tokens, truncation_side, pad)
 
     def _prepare(self, get_prompts: Callable[[], list[PromptType]], field_name: str, task: str,
                  params: PoolingParams, lora: LoRARequest | None, add_special_tokens: bool,
-                 truncation_side: str | None = None) -> list[EngineItem]:
+                 truncation_side: str | None = None, pad: bool = False) -> list[EngineItem]:
         llm = self.llm
         with _request_errors("task"):
             check_task(task, llm.supported_tasks)
@@ -207,6 +263,9 @@ class ServingEngine:
                     token_ids = [ids[:keep] for ids in token_ids]
             token_ids = [apply_length_limit(i, ids, llm.max_model_len, truncate)
                          for i, ids in enumerate(token_ids)]
+        if pad:  # vLLM's padding="max_length": pad token ids up to max_model_len, scored as prompt tokens
+            pad_id = getattr(llm.tokenizer, "pad_token_id", None) or 0
+            token_ids = [ids + [pad_id] * (llm.max_model_len - len(ids)) for ids in token_ids]
         params = params.clone(truncate_prompt_tokens=None)
         with _request_errors(None):
             resolved = resolve_pooling(task, params, llm.task_configs[task])
@@ -271,6 +330,10 @@ class ServingEngine:
         tok = self.llm.get_tokenizer()
         return await self._in_tokenizer_thread(tok.convert_ids_to_tokens, ids)
 
+    async def in_tokenizer_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` in the tokenizer thread."""
+        return await self._in_tokenizer_thread(fn, *args, **kwargs)
+
     async def _in_tokenizer_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
@@ -290,6 +353,8 @@ class ServingEngine:
         return outputs
 
     def _encode(self, task: str, items: list[EngineItem]) -> list[PoolingRequestOutput]:
+        if task == GENERATIVE_SCORING_TASK:  # /generative_scoring's label reads (server.label_reads)
+            return encode_label_reads(self.llm, items)
         loras = [i.lora for i in items]
         return self.llm.encode(
             [{"prompt_token_ids": i.token_ids} for i in items],
@@ -298,6 +363,14 @@ class ServingEngine:
             lora_request=loras if any(lo is not None for lo in loras) else None,
             use_tqdm=False,
         )
+
+
+def _vllm_prompt_param(message: str) -> str | None:
+    """vLLM's ``param`` for a mistake in the prompts: ``input_tokens`` for a prompt over ``max_model_len``,
+    none for the rest (empty prompt, token id out of vocabulary, truncation over ``max_model_len``)."""
+    if "max_model_len" in message and "truncate_prompt_tokens=" not in message.split(" is over ")[0]:
+        return "input_tokens"
+    return None
 
 
 #: The engine's names of request parts, as the server's requests call them (prompts: the context's field).
@@ -317,11 +390,13 @@ def _request_errors(field_name: str | None) -> Iterator[None]:
     try:
         yield
     except RequestError as exc:
+        param = field_name or exc.param
         if exc.field == "prompts" and field_name is not None:
             exc = exc.located(field=field_name, subfield=None)
+            param = _vllm_prompt_param(exc.message)
         elif exc.field in _ENGINE_FIELDS:
             exc = exc.located(field=_ENGINE_FIELDS[exc.field])
-        raise APIError.from_request_error(exc, param=field_name or exc.param) from None
+        raise APIError.from_request_error(exc, param=param) from None
     except ValueError as exc:
         raise APIError(400, str(exc), param=field_name) from None
 

@@ -2,31 +2,51 @@
 
 verl sends ``{"model", "input": text, "use_activation": false}`` and reads ``data[-1]["probs"][-1]``.
 A token reward model (``Qwen2ForRewardModel``, ``InternLM2ForRewardModel``: ``token_classify`` only) answers
-with its scores at the last token, the reward ``/get_reward`` gives; vLLM refuses such models here.
+with its scores at the last token, the reward ``/get_reward`` gives; vLLM does not serve this route for such
+models (``{"detail": "Not Found"}``), nor does this server for other models without ``classify`` (process
+reward models, embedding models) or for token reward models under ``--strict-vllm-compat``.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.server.protocol import (
-    ERROR_RESPONSES,
+    NOT_OFFERED_RESPONSES,
     ClassificationData,
     ClassificationResponse,
     ClassifyRequest,
 )
 from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, response_id, usage
+from rlhf_rewards.server.service import ServingEngine
 
 router = APIRouter(tags=["scoring"])
 
 
-@router.post("/classify", response_model=ClassificationResponse, responses=ERROR_RESPONSES)
+def serves_classify(engine: ServingEngine) -> bool:
+    """Whether ``/classify`` is served: models with vLLM's ``classify`` task (sequence classifiers), and token
+    reward models (their last token's scores; an extension, off under ``--strict-vllm-compat``)."""
+    if "classify" in engine.vllm_tasks:
+        return True
+    return engine.info.kind == "token" and not engine.strict
+
+
+def require_classify(request: Request) -> None:
+    """404 ``{"detail": "Not Found"}`` before the body is read when the model has no ``/classify`` (vLLM
+    registers the route only for models with the ``classify`` task)."""
+    if not serves_classify(engine_of(request)):
+        raise StarletteHTTPException(404)
+
+
+@router.post("/classify", response_model=ClassificationResponse, responses=NOT_OFFERED_RESPONSES,
+             dependencies=[Depends(require_classify)])
 async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
     """Class probabilities per prompt (raw logits with ``use_activation: false``) and the argmax label."""
     engine = engine_of(request)
-    name, lora = engine.resolve_model(body.model)
+    name, lora = engine.resolve_model(body.model, param=None)
     params = make_params(body, truncate_prompt_tokens=body.truncate_prompt_tokens)
     # A token reward model has no `classify` task: its reward is the last token's row of token_classify.
     last_token = engine.info.kind == "token" and "classify" not in engine.info.tasks

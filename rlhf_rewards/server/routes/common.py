@@ -30,7 +30,9 @@ def make_params(source: Mapping[str, Any] | object, *, truncate_prompt_tokens: i
     try:
         return params_from_fields(source, truncate_prompt_tokens=truncate_prompt_tokens)
     except RequestError as exc:
-        raise APIError.from_request_error(exc) from None
+        # vLLM names no param for a truncation to nothing (its "The decoder prompt cannot be empty").
+        param = None if exc.field == "truncate_prompt_tokens" else exc.param
+        raise APIError.from_request_error(exc, param=param) from None
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
 

@@ -21,7 +21,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.server.errors import APIError
 from rlhf_rewards.server.protocol import (
-    ERROR_RESPONSES,
     NOT_OFFERED_RESPONSES,
     CohereBilledUnits,
     CohereEmbeddings,
@@ -39,17 +38,33 @@ router = APIRouter(tags=["scoring"])
 _EMBED_TASKS = ("embed", "token_embed")
 
 
-def _reward_vector(out: PoolingRequestOutput) -> torch.Tensor:
-    """The score vector SGLang answers for a reward model: ``[num_labels]`` (a token model's last row)."""
+def _reward_vector(index: int, out: PoolingRequestOutput) -> torch.Tensor:
+    """The score vector SGLang answers for a reward model: ``[num_labels]`` (a token model's last row); a 400
+    when there is no row (a process reward model's prompt without a step tag: STEP pooling keeps no token)."""
     data = out.outputs.data
-    return data[-1] if data.dim() == 2 else data.reshape(-1)
+    if data.dim() == 2:
+        if data.shape[0] == 0:
+            raise APIError(400, f"input[{index}] has no step tag, so this process reward model has no score for "
+                                "it: end each step with the model's step tag (STEP pooling scores only those "
+                                "tokens).", param="input")
+        return data[-1]
+    return data.reshape(-1)
 
 
-@router.post("/v1/embeddings", response_model=EmbeddingResponse, responses={**ERROR_RESPONSES, **BYTES_CONTENT})
+def require_embeddings(request: Request) -> None:
+    """Under ``--strict-vllm-compat``: 404 ``{"detail": "Not Found"}`` unless an embedding model is served
+    (vLLM has no embeddings route for reward models)."""
+    engine = engine_of(request)
+    if engine.strict and "embed" not in engine.vllm_tasks:
+        raise StarletteHTTPException(404)
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, responses={**NOT_OFFERED_RESPONSES, **BYTES_CONTENT},
+             dependencies=[Depends(require_embeddings)])
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """Embeddings of an embedding model; the raw reward vector of a reward model (SGLang's answer)."""
     engine = engine_of(request)
-    name, lora = engine.resolve_model(body.model)
+    name, lora = engine.resolve_model(body.model, param=None)
     default = engine.default_task
     reward = default not in _EMBED_TASKS
     task = default if reward or default == "token_embed" else "embed"  # a token-embedding model: per-token vectors
@@ -70,7 +85,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     else:
         items = await engine.prepare(body, task, params, lora)
     outputs = await engine.score(task, items)
-    tensors = [_reward_vector(o) if reward else o.outputs.data for o in outputs]
+    tensors = [_reward_vector(i, o) if reward else o.outputs.data for i, o in enumerate(outputs)]
     rid = response_id("embd", body.request_id, request)
     if body.encoding_format in ("bytes", "bytes_only"):
         return bytes_response(outputs, tensors, response_id=rid, created=int(time.time()), model=name,
@@ -98,7 +113,7 @@ def require_embedding_model(request: Request) -> None:
 async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
     """Cohere's embed API on an embedding model (``{"detail": "Not Found"}`` on other models, as vLLM)."""
     engine = engine_of(request)
-    engine.resolve_model(body.model)
+    engine.resolve_model(body.model, param=None)
     if body.inputs is not None:
         texts = []
         for i, item in enumerate(body.inputs):

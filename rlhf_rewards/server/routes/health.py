@@ -2,39 +2,43 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from typing import Any
 
-from rlhf_rewards.server.protocol import ERROR_RESPONSES, HealthResponse
-from rlhf_rewards.server.routes.common import engine_of, json_response
+from fastapi import APIRouter, Request, Response
+
+from rlhf_rewards.server.protocol import ERROR_RESPONSES
+from rlhf_rewards.server.routes.common import engine_of
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", response_model=HealthResponse,
-            responses={503: {"model": HealthResponse, "description": "Draining for shutdown (with Retry-After), "
-                                                                      "or the batching loop stopped."}})
-async def health(request: Request) -> JSONResponse:
-    """200 when the server takes requests; 503 while it drains for shutdown or if its batching loop stopped."""
+_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The server takes requests (empty body, as vLLM's).", "content": {}},
+    503: {"description": "Draining for shutdown (with Retry-After), or the batching loop stopped (empty body).",
+          "content": {}},
+}
+
+
+@router.get("/health", response_class=Response, responses=_HEALTH_RESPONSES)
+async def health(request: Request) -> Response:
+    """200 when the server takes requests; 503 while it drains for shutdown (``Retry-After``) or if its batching
+    loop stopped. The body is empty, as vLLM's; ``/v1/model_info`` describes the model."""
     engine = engine_of(request)
     if engine.draining:
-        return json_response(HealthResponse(status="draining"), status_code=503, headers={"Retry-After": "1"})
+        return Response(status_code=503, headers={"Retry-After": "1"})
     if not engine.batcher.alive:
-        return json_response(HealthResponse(status="engine stopped"), status_code=503)
-    return json_response(HealthResponse(status="ok", model=engine.model_name,
-                                        queue_depth=engine.batcher.pending_prompts))
+        return Response(status_code=503)
+    return Response(status_code=200)
 
 
-@router.get("/ping", response_model=HealthResponse,
-            responses={503: {"model": HealthResponse, "description": "Draining, or the batching loop stopped."}})
-async def ping_get(request: Request) -> JSONResponse:
+@router.get("/ping", response_class=Response, responses=_HEALTH_RESPONSES)
+async def ping_get(request: Request) -> Response:
     """SageMaker's health check (vLLM's ``/ping``): the answer of ``/health``."""
     return await health(request)
 
 
-@router.post("/ping", response_model=HealthResponse,
-             responses={503: {"model": HealthResponse, "description": "Draining, or the batching loop stopped."}})
-async def ping_post(request: Request) -> JSONResponse:
+@router.post("/ping", response_class=Response, responses=_HEALTH_RESPONSES)
+async def ping_post(request: Request) -> Response:
     """``POST /ping`` (vLLM's SageMaker route): the answer of ``/health``."""
     return await health(request)
 

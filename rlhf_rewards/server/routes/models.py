@@ -1,4 +1,5 @@
-"""Model routes: ``GET /v1/models``, ``GET /v1/model_info`` and ``POST /tokenize`` (vLLM's)."""
+"""Model routes: ``GET /v1/models``, ``GET /v1/model_info``, ``POST /tokenize``, ``POST /detokenize`` and
+``GET /version`` (vLLM's; ``/v1/model_info`` is this server's)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from fastapi.responses import JSONResponse
 
 from rlhf_rewards.server.protocol import (
     ERROR_RESPONSES,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ModelCard,
     ModelInfoResponse,
     ModelList,
     ModelPermission,
     TokenizeRequest,
     TokenizeResponse,
+    VersionResponse,
 )
 from rlhf_rewards.server.routes.common import engine_of, json_response
 
@@ -55,7 +59,7 @@ async def model_info(request: Request) -> JSONResponse:
 async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
     """Token ids of a ``prompt``, or of ``messages`` rendered with the chat template (vLLM's ``/tokenize``)."""
     engine = engine_of(request)
-    engine.resolve_model(body.model)
+    engine.resolve_model(body.model, param="model")
     if body.messages is not None:
         ids = await engine.render(body.messages, chat_template=body.chat_template,
                                   add_generation_prompt=body.add_generation_prompt,
@@ -68,3 +72,23 @@ async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
     token_strs = await engine.token_strs(ids) if body.return_token_strs else None
     return json_response(TokenizeResponse(count=len(ids), max_model_len=engine.llm.max_model_len, tokens=ids,
                                           token_strs=token_strs))
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
+async def detokenize(body: DetokenizeRequest, request: Request) -> JSONResponse:
+    """The text of token ids (vLLM's ``/detokenize``: special tokens kept, ids outside the vocabulary decode
+    to nothing)."""
+    engine = engine_of(request)
+    engine.resolve_model(body.model, param="model")
+    tok = engine.llm.get_tokenizer()
+    size = len(tok)
+    text = await engine.in_tokenizer_thread(tok.decode, [t for t in body.tokens if t < size])
+    return json_response(DetokenizeResponse(prompt=text))
+
+
+@router.get("/version", response_model=VersionResponse, responses=_AUTH_ERROR)
+async def version() -> JSONResponse:
+    """This server's version (vLLM's route and shape; the number is rlhf-rewards', not a vLLM release)."""
+    from rlhf_rewards import __version__
+
+    return json_response(VersionResponse(version=__version__))

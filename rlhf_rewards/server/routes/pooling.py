@@ -12,6 +12,7 @@ from rlhf_rewards.server.errors import APIError
 from rlhf_rewards.server.protocol import ERROR_RESPONSES, PoolingRequest, PoolingResponse, PoolingResponseData
 from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, response_id, usage
 from rlhf_rewards.server.routes.encoding import BYTES_CONTENT, bytes_response, encode_base64
+from rlhf_rewards.server.service import ServingEngine
 
 router = APIRouter(tags=["scoring"])
 
@@ -26,7 +27,13 @@ async def pooling(body: PoolingRequest, request: Request) -> Response:
     ``bytes_only`` the answer is the binary body (vLLM's).
     """
     engine = engine_of(request)
-    name, lora = engine.resolve_model(body.model)
+    name, lora = engine.resolve_model(body.model, param=None)
+    if engine.strict:
+        _strict_checks(engine, body)
+    if body.normalize is not None and (body.task or engine.default_task) not in ("embed", "token_embed"):
+        # vLLM refuses `normalize` always; it is an extension here only where it applies (embed tasks).
+        raise APIError(400, "Parameter `normalize` was removed; use `use_activation` instead. (`normalize` is "
+                            "served here only on the embed tasks.)", param="normalize")
     if body.task == "plugin":
         raise APIError(400, "No IOProcessor plugin installed. This server has no IO processor plugins: choose one "
                             "of the model's tasks " + str(list(engine.llm.supported_tasks)) + ".", param="task")
@@ -45,6 +52,21 @@ async def pooling(body: PoolingRequest, request: Request) -> Response:
         data=[_item(i, out, body) for i, out in enumerate(outputs)],
         usage=usage(outputs),
     ))
+
+
+def _strict_checks(engine: ServingEngine, body: PoolingRequest) -> None:
+    """``--strict-vllm-compat``: vLLM 0.32's answer to what this route extends (its checks, in its order);
+    fields vLLM's schema does not have (``step_tag_id``, ``returned_token_ids``, ``return_details``) are
+    ignored, as vLLM ignores unknown fields."""
+    if body.normalize is not None:
+        raise APIError(400, "Parameter `normalize` was removed; use `use_activation` instead. (parameter=normalize)",
+                       param="normalize")
+    if body.dimensions is not None:
+        raise APIError(400, "dimensions is currently not supported (parameter=dimensions)", param="dimensions")
+    if body.task not in (None, "plugin"):
+        engine.check_vllm_task(body.task)
+    body.step_tag_id = body.returned_token_ids = None
+    body.return_details = False
 
 
 def _item(index: int, out: PoolingRequestOutput, body: PoolingRequest) -> PoolingResponseData:

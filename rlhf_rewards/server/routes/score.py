@@ -85,7 +85,7 @@ async def _pair_scores(engine: ServingEngine, body: ScoreFields, one: list[str],
     mode = scoring_mode(engine)
     if mode is None:
         raise StarletteHTTPException(404)
-    name, lora = engine.resolve_model(body.model)
+    name, lora = engine.resolve_model(body.model, param=None)
     pairs = _expand(one, two)
     for field in ("max_tokens_per_query", "max_tokens_per_doc"):
         limit = getattr(body, field)
