@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf_rewards.contract import ModelInfo, Prompts
+from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
@@ -84,6 +85,33 @@ class RewardWorker(ABC):
             truncate_prompt_tokens=truncate_prompt_tokens,
             use_tqdm=use_tqdm,
         )
+
+    def generative_score(
+        self,
+        query: str | Sequence[int],
+        items: Sequence[str] | Sequence[Sequence[int]],
+        label_token_ids: Sequence[int],
+        *,
+        apply_softmax: bool = True,
+        item_first: bool = False,
+        add_special_tokens: bool = True,
+        lora_request: LoRARequest | None = None,
+        all_labels: bool = False,
+    ) -> list[GenerativeScoringOutput]:
+        """Probability of ``label_token_ids[0]`` as the next token after each ``query + item``: see
+        :meth:`rlhf_rewards.LLM.generative_score` (vLLM's ``/generative_scoring``). With ``all_labels`` every
+        output's ``label_probs`` holds each label's probability (a remote worker then asks once per label)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement generative scoring.")
+
+    async def agenerative_score(
+        self,
+        query: str | Sequence[int],
+        items: Sequence[str] | Sequence[Sequence[int]],
+        label_token_ids: Sequence[int],
+        **kwargs: Any,
+    ) -> list[GenerativeScoringOutput]:
+        """Async :meth:`generative_score`; the default runs it in a thread so the event loop stays free."""
+        return await asyncio.to_thread(self.generative_score, query, items, label_token_ids, **kwargs)
 
     @abstractmethod
     def model_info(self) -> ModelInfo:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from rlhf_rewards.contract import Prompts
+from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
 from rlhf_rewards.entrypoints.llm import LLM
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
@@ -167,6 +168,34 @@ class ColocatedWorker(RewardWorker):
                 use_tqdm=use_tqdm,
             )
             self.stats.record(outputs, time.perf_counter() - start)
+            return outputs
+
+    def generative_score(
+        self,
+        query: str | Sequence[int],
+        items: Sequence[str] | Sequence[Sequence[int]],
+        label_token_ids: Sequence[int],
+        *,
+        apply_softmax: bool = True,
+        item_first: bool = False,
+        add_special_tokens: bool = True,
+        lora_request: LoRARequest | None = None,
+        all_labels: bool = False,
+    ) -> list[GenerativeScoringOutput]:
+        """:meth:`rlhf_rewards.LLM.generative_score` (waking the worker first if it sleeps); every output has
+        ``label_probs`` whatever ``all_labels`` says (one forward gives them all)."""
+        with self._lock:
+            llm = self._require_open()
+            start = time.perf_counter()
+            if self._sleeping:
+                self.wake_up()
+            outputs = llm.generative_score(query, items, label_token_ids, apply_softmax=apply_softmax,
+                                           item_first=item_first, add_special_tokens=add_special_tokens,
+                                           lora_request=lora_request, use_tqdm=False)
+            self.stats.requests += 1
+            self.stats.prompts += len(outputs)
+            self.stats.tokens += sum(len(o.prompt_token_ids or ()) for o in outputs)
+            self.stats.busy_seconds += time.perf_counter() - start
             return outputs
 
     def model_info(self) -> ModelInfo:

@@ -30,6 +30,7 @@ from rlhf_rewards.contract import (
     require_prompts,
     truncation_of,
 )
+from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
 from rlhf_rewards.errors import RequestError
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
@@ -108,6 +109,33 @@ class LoopThreadWorker(RewardWorker):
         """Async :meth:`encode`, from any event loop (the work runs on the worker's own loop)."""
         return await self._arun(self._checked_encode(prompts, pooling_params, pooling_task, lora_request,
                                                      truncate_prompt_tokens))
+
+    def generative_score(
+        self,
+        query: str | Sequence[int],
+        items: Sequence[str] | Sequence[Sequence[int]],
+        label_token_ids: Sequence[int],
+        **kwargs: Any,
+    ) -> list[GenerativeScoringOutput]:
+        """:meth:`RewardWorker.generative_score` on the worker's endpoints."""
+        return self._run(self._generative_score(query, list(items), list(label_token_ids), **kwargs))
+
+    async def agenerative_score(
+        self,
+        query: str | Sequence[int],
+        items: Sequence[str] | Sequence[Sequence[int]],
+        label_token_ids: Sequence[int],
+        **kwargs: Any,
+    ) -> list[GenerativeScoringOutput]:
+        """Async :meth:`generative_score`, from any event loop (the work runs on the worker's own loop)."""
+        return await self._arun(self._generative_score(query, list(items), list(label_token_ids), **kwargs))
+
+    async def _generative_score(self, query: Any, items: list[Any], label_token_ids: list[int], *,
+                                apply_softmax: bool = True, item_first: bool = False, add_special_tokens: bool = True,
+                                lora_request: LoRARequest | None = None,
+                                all_labels: bool = False) -> list[GenerativeScoringOutput]:
+        """Dispatch one generative-scoring call (subclasses that serve it override this)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement generative scoring.")
 
     def model_info(self) -> ModelInfo:
         """The served model's :class:`ModelInfo` (fetched once, then cached)."""

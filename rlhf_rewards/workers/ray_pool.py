@@ -97,6 +97,11 @@ class ReplicaActor:
                                           lora_request=lora_request, truncate_prompt_tokens=truncate_prompt_tokens,
                                           use_tqdm=False)
 
+    def generative_score(self, query: Any, items: list[Any], label_token_ids: list[int],
+                         kwargs: dict[str, Any]) -> list[Any]:
+        """``LLM.generative_score`` on one chunk of items."""
+        return self._require_llm().generative_score(query, items, label_token_ids, use_tqdm=False, **kwargs)
+
     def model_info(self) -> ModelInfo:
         """``LLM.model_info()``."""
         return self._require_llm().model_info()
@@ -330,6 +335,28 @@ class RayWorkerPool(LoopThreadWorker):
             raise RayWorkerPoolError(f"a replica returned {len(outputs)} outputs for {len(chunk.prompts)} prompts.")
         for j, out in enumerate(outputs):
             results[chunk.start + j] = out
+
+    async def _generative_score(self, query: Any, items: list[Any], label_token_ids: list[int], *,
+                                all_labels: bool = False, **kwargs: Any) -> list[Any]:
+        """Items spread over the replicas in chunks (each chunk's query runs once on its replica)."""
+        assert self.pool is not None
+        n = len(items)
+        live = max(1, len(self.pool.endpoints) - len(self.pool.down()))
+        size = min(self.max_batch_size, max(1, math.ceil(n / live)))
+        spans = [(lo, items[lo: lo + size]) for lo in range(0, n, size)] or [(0, [])]
+
+        async def run(lo: int, chunk: list[Any]) -> list[Any]:
+            args = (query, chunk, label_token_ids, kwargs)
+            outputs = await self.pool.call(
+                lambda endpoint: self._actor_call(endpoint, "generative_score", args, offset=lo), self.policy,
+                units=max(1, len(chunk)), what=f"items {lo}..{lo + len(chunk) - 1}", error=RayWorkerPoolError,
+                stats=self.stats)
+            for out in outputs:
+                out.index += lo
+            return outputs
+
+        parts = await gather_or_raise([run(lo, chunk) for lo, chunk in spans])
+        return [o for part in parts for o in part]
 
     async def _call_any(self, method: str, *args: Any) -> Any:
         """Call ``method`` on a live replica, moving on to the next if one has died."""

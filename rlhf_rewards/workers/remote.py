@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from rlhf_rewards.contract import ModelInfo, params_key, params_to_fields, truncation_of
+from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
 from rlhf_rewards.errors import ERROR_HEADER, RequestError
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingOutput, PoolingRequestOutput
@@ -254,6 +256,60 @@ class RemoteWorker(LoopThreadWorker):
         for item in data:
             j = item["index"]
             results[indices[j]] = _output(f"{chunk_id}-{j}", item)
+
+
+    async def _generative_score(self, query: Any, items: list[Any], label_token_ids: list[int], *,
+                                apply_softmax: bool = True, item_first: bool = False, add_special_tokens: bool = True,
+                                lora_request: LoRARequest | None = None,
+                                all_labels: bool = False) -> list[GenerativeScoringOutput]:
+        """``POST /generative_scoring`` (items in chunks of at most ``max_batch_size``; with ``all_labels``, once
+        per label with that label first: the server merges the reads, whose prompts are identical, into one
+        forward)."""
+        info = await self._model_info()
+        if lora_request is not None and lora_request.lora_name not in info.lora_modules:
+            raise RequestError(f"names the adapter {lora_request.lora_name!r}, which {self.urls} do not serve (they "
+                               f"serve {info.lora_modules}); start the server with --lora-modules NAME=PATH.",
+                               field="lora_request")
+        start = time.perf_counter()
+        labels = [int(t) for t in label_token_ids]
+        base = {"model": lora_request.lora_name if lora_request else info.model, "query": query,
+                "apply_softmax": apply_softmax, "item_first": item_first, "add_special_tokens": add_special_tokens}
+        size = min(self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size))
+        chunks = [(lo, items[lo: lo + size]) for lo in range(0, len(items), size)] or [(0, [])]
+        rotations = list(range(len(labels))) if all_labels and len(labels) > 1 else [0]
+
+        async def send(chunk: list[Any], j: int) -> dict[str, Any]:
+            order = [labels[j], *labels[:j], *labels[j + 1:]] if labels else labels
+            body = {**base, "items": chunk, "label_token_ids": order, "request_id": uuid.uuid4().hex}
+            return await self._request("POST", "/generative_scoring", body)
+
+        answers = await gather_or_raise([send(chunk, j) for j in rotations for _, chunk in chunks])
+        probs: list[list[float | None]] = [[None] * len(rotations) for _ in items]
+        errors: list[str | None] = [None] * len(items)
+        tokens = 0
+        for n, answer in enumerate(answers):
+            j, (lo, chunk) = rotations[n // len(chunks)], chunks[n % len(chunks)]
+            data = answer.get("data")
+            if not isinstance(data, list) or len(data) != len(chunk):
+                raise RemoteWorkerError(f"The server answered {len(data) if isinstance(data, list) else 'no'} "
+                                        f"items for a generative-scoring request of {len(chunk)} items.")
+            tokens += int((answer.get("usage") or {}).get("prompt_tokens") or 0)
+            for item in data:
+                i = lo + int(item["index"])
+                score = item.get("score")
+                if score is None:
+                    errors[i] = item.get("error") or "the server returned no score for this item"
+                probs[i][rotations.index(j)] = score
+        outputs = []
+        for i, (row, error) in enumerate(zip(probs, errors, strict=True)):
+            values = [float("nan") if p is None else float(p) for p in row]
+            outputs.append(GenerativeScoringOutput(index=i, score=values[0], error=error,
+                                                   label_probs=values if all_labels or len(labels) == 1 else None))
+        self.stats.requests += 1
+        self.stats.prompts += len(items)
+        self.stats.tokens += tokens // len(rotations)
+        self.stats.busy_seconds += time.perf_counter() - start
+        return outputs
 
 
 def _output(request_id: str, item: dict[str, Any]) -> PoolingRequestOutput:

@@ -3,6 +3,7 @@
 from rlhf_rewards.server.routes import (
            classify,
            embeddings,
+           generative_scoring,
            get_reward,
            health,
            invocations,
@@ -12,6 +13,6 @@ from rlhf_rewards.server.routes import (
 )
 
 ROUTERS = (pooling.router, classify.router, embeddings.router, score.router, invocations.router, get_reward.router,
-           models.router, health.router)
+           models.router, health.router, generative_scoring.router)
 
 __all__ = ["ROUTERS"]
