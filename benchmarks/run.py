@@ -465,7 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deterministic", action="store_true",
                         help="also time LLM(deterministic=True) (batch-invariant scores) against the default engine")
     parser.add_argument("--baselines", default="trl,hf8,unpadded,card",
-                        help="comma-separated baselines to time: trl, hf8, unpadded, card (default all)")
+                        help="comma-separated baselines to time: trl, hf8, unpadded, card (default all), or vllm: "
+                             "vLLM's CPU build side by side (benchmarks/vs_vllm.py; its own rows)")
+    parser.add_argument("--vllm-workloads", default="grpo,prm,unrelated,per_call,repeat,server",
+                        help="rows of --baselines vllm: grpo, prm, unrelated, per_call, repeat, server")
+    parser.add_argument("--threads", type=int, default=2, help="--baselines vllm: cores and threads per engine")
+    parser.add_argument("--concurrencies", default="8,32", help="--baselines vllm: server client concurrencies")
+    parser.add_argument("--prefix-cache-bytes", type=int, default=None,
+                        help="--baselines vllm: this engine's prefix cache bound (default: the engine's)")
     parser.add_argument("--json", default=None,
                         help="where to write the results; default benchmarks/results/{full,quick}.json")
     parser.add_argument("--remote", action="store_true",
@@ -485,6 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     if hidden % 128:
         parser.error(f"--hidden must be a multiple of 128 (heads of 64, 2 query heads per key-value head), got {hidden}")
     wanted = {b.strip() for b in args.baselines.split(",") if b.strip()}
+    if "vllm" in wanted:
+        from benchmarks import vs_vllm
+
+        rows = [n.strip() for n in args.vllm_workloads.split(",") if n.strip()]
+        bad = set(rows) - {"grpo", "prm", "unrelated", "per_call", "repeat", "server"}
+        if bad:
+            parser.error(f"--vllm-workloads: unknown {sorted(bad)}")
+        return vs_vllm.main(rows, repeats=args.repeats or 3, threads=args.threads, server="server" in rows,
+                            concurrencies=[int(c) for c in args.concurrencies.split(",") if c.strip()],
+                            cache_bytes=args.prefix_cache_bytes,
+                            json_path=Path(args.json) if args.json else RESULTS_DIR / "vs-vllm.json")
     if wanted - {"trl", "hf8", "unpadded", "card"}:
         parser.error(f"--baselines: unknown {sorted(wanted - {'trl', 'hf8', 'unpadded', 'card'})}")
     json_path = Path(args.json) if args.json else RESULTS_DIR / ("quick.json" if args.quick else "full.json")

@@ -142,11 +142,12 @@ def _fit(tok, rng: np.random.RandomState, n_tokens: int) -> str:
     return "".join(" " + words[i] for i in rng.randint(0, len(words), size=max(n_tokens, 1)))
 
 
-def grpo_workload(tok, seed: int = 0, prompts: int = 16, group: int = 8) -> Workload:
+def grpo_workload(tok, seed: int = 0, prompts: int = 16, group: int = 8,
+                  prompt_range: tuple[int, int] = (256, 512)) -> Workload:
     """16 prompts x 8 completions: prompts 256-512 tokens, completions 16-512 long-tailed (median 96)."""
     rng = np.random.RandomState(seed)
     ps, cs = [], []
-    prompt_lens = rng.randint(256, 513, size=prompts)
+    prompt_lens = rng.randint(prompt_range[0], prompt_range[1] + 1, size=prompts)
     for i in range(prompts):
         prompt = "Question:" + _fit(tok, rng, int(prompt_lens[i]) - 5) + "\nAnswer:"
         for n in _long_tail(rng, group, 16, 512, median=96, sigma=0.9):
@@ -156,14 +157,14 @@ def grpo_workload(tok, seed: int = 0, prompts: int = 16, group: int = 8) -> Work
     return Workload("grpo", texts, prompts=ps, completions=cs, meta={"prompts": prompts, "group": group})
 
 
-def mixed_workload(tok, seed: int = 1, n: int = 128) -> Workload:
+def mixed_workload(tok, seed: int = 1, n: int = 128, low: int = 16, high: int = 1024) -> Workload:
     """128 unrelated texts of 16-1024 tokens, long-tailed (median 160)."""
     rng = np.random.RandomState(seed)
-    texts = [_fit(tok, rng, m) for m in _long_tail(rng, n, 16, 1024, median=160, sigma=1.0)]
+    texts = [_fit(tok, rng, m) for m in _long_tail(rng, n, low, high, median=160, sigma=1.0)]
     return Workload("mixed", texts)
 
 
-def prm_workload(tok, seed: int = 2, problems: int = 8, samples: int = 8) -> Workload:
+def prm_workload(tok, seed: int = 2, problems: int = 8, samples: int = 8, min_steps: int = 3) -> Workload:
     """8 problems x 8 sampled solutions of 3-12 steps, rendered as Qwen2.5-Math-PRM's card does.
 
     Problems are 64-320 tokens; steps 8-96 tokens, long-tailed (median 32). Each conversation is
@@ -178,7 +179,7 @@ def prm_workload(tok, seed: int = 2, problems: int = 8, samples: int = 8) -> Wor
             "<|im_start|>assistant\n"
         )
         for _ in range(samples):
-            steps = [_fit(tok, rng, m) for m in _long_tail(rng, int(rng.randint(3, 13)), 8, 96, 32, 0.7)]
+            steps = [_fit(tok, rng, m) for m in _long_tail(rng, int(rng.randint(min_steps, 13)), 8, 96, 32, 0.7)]
             texts.append(head + STEP_TAG.join(steps) + STEP_TAG + "<|im_end|>\n")
     return Workload("prm", texts, meta={"problems": problems, "samples": samples})
 

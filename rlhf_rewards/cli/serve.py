@@ -75,6 +75,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
                        help="Split the layers into this many stages, one process/GPU each (x tensor parallel). "
                             "Default 1.")
+    model.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                       help="vLLM's flag: keep the keys/values of recent prefixes across requests (exact: a hit "
+                            "scores what a miss scores). Default on.")
+    model.add_argument("--prefix-cache-bytes", type=int, default=None,
+                       help="Bound of the prefix cache in bytes (least recently used prefixes go first). "
+                            "Default 1 GiB; 0 turns the cache off.")
     model.add_argument("--deterministic", action="store_true",
                        help="Batch-invariant scores: a text's score is bit-identical whatever else is batched "
                             "with it (README, Reproducible rewards). Needs --enforce-eager.")
@@ -176,6 +182,8 @@ def build_engine(args: argparse.Namespace) -> Any:
         convert=args.convert,
         enforce_eager=args.enforce_eager,
         deterministic=args.deterministic,
+        enable_prefix_caching=args.enable_prefix_caching,
+        prefix_cache_bytes=args.prefix_cache_bytes,
         tensor_parallel_size=args.tensor_parallel_size,
         pipeline_parallel_size=args.pipeline_parallel_size,
     )

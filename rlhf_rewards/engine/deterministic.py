@@ -178,12 +178,18 @@ class BlockedLayout:
         device: Where the index tensors live.
         batched: Batch tiles by block (default: on every device but the CPU).
         workspace: Scratch buffers to share with the forward's other layouts.
+        external_rows: Key rows held outside the packed row (cross-call cached prefixes), written with
+            :meth:`write_external` at buffer rows ``total + 1 ...``; segments' ``prefix`` ranges address them
+            there.
     """
 
     def __init__(self, segments: list, total: int, pruned: bool, device: torch.device,
-                 batched: bool | None = None, workspace: Workspace | None = None) -> None:
+                 batched: bool | None = None, workspace: Workspace | None = None, external_rows: int = 0) -> None:
         block = KEY_BLOCK
         self.total = total
+        self.external_rows = external_rows
+        #: Called by :meth:`attend` (then cleared) with this layer's keys and values ``[kv_heads, total, d]``.
+        self.capture = None
         self.pruned = pruned
         self.batched = device.type != "cpu" if batched is None else batched
         self.workspace = workspace if workspace is not None else Workspace()
@@ -240,14 +246,24 @@ class BlockedLayout:
 
     def write_keys(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Token-major ``keys/values [n, kv_heads, d]`` of packed rows ``start..start+n``."""
-        shape = (self.total + 1, *keys.shape[1:])
+        self._key_buffers(keys, values)
+        self._k[start : start + keys.shape[0]].copy_(keys)
+        self._v[start : start + keys.shape[0]].copy_(values)
+
+    def write_external(self, address: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Token-major cached ``keys/values [n, kv_heads, d]`` at buffer rows ``address..address+n``
+        (``address > total``)."""
+        self._key_buffers(keys, values)
+        self._k[address : address + keys.shape[0]].copy_(keys)
+        self._v[address : address + keys.shape[0]].copy_(values)
+
+    def _key_buffers(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        shape = (self.total + 1 + self.external_rows, *keys.shape[1:])
         if self._k is None or self._k.shape != shape or self._k.dtype != keys.dtype or self._k.device != keys.device:
             self._k = self.workspace.get("k", shape, keys)
             self._v = self.workspace.get("v", shape, values)
             self._k[self.total].zero_()  # row ``total``: the zero row of padded contexts
             self._v[self.total].zero_()
-        self._k[start : start + keys.shape[0]].copy_(keys)
-        self._v[start : start + keys.shape[0]].copy_(values)
 
     def mask(self, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Additive ``[1, 1, KEY_BLOCK, (b + 1) * KEY_BLOCK]`` mask: slot ``i`` sees keys ``<= b * KEY_BLOCK + i``."""
@@ -267,6 +283,9 @@ class BlockedLayout:
             raise RuntimeError("BlockedLayout.attend: write the queries (write_queries) and keys (write_keys) first")
         heads, kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
         total, block, ws = self.total, KEY_BLOCK, self.workspace
+        if self.capture is not None:
+            capture, self.capture = self.capture, None
+            capture(k[:total].transpose(0, 1), v[:total].transpose(0, 1))
         n_k = self.k_index.numel()
         ks = torch.index_select(k, 0, self.k_index, out=ws.get("ks", (n_k, kv_heads, head_dim), k))
         vs = torch.index_select(v, 0, self.k_index, out=ws.get("vs", (n_k, kv_heads, head_dim), v))

@@ -14,13 +14,14 @@ sequence longer than the budget still runs, alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from rlhf_rewards.engine.deterministic import Workspace
 from rlhf_rewards.engine.prefix_cache import PrefixForest, PrefixNode
-from rlhf_rewards.engine.segment_attention import Segment, SegmentPlan
+from rlhf_rewards.engine.segment_attention import ExternalKV, Segment, SegmentPlan
 
 
 @dataclass
@@ -44,7 +45,12 @@ class PackedForward:
         position_ids: ``[1, T]``.
         segments: One per node, in packed order.
         sequences: Indices of the sequences completed by this forward.
-        row_maps: For each of ``sequences``, the packed row of each of its tokens (``[n_tokens]``).
+        row_maps: For each of ``sequences``, the packed row of each of its tokens (``[n_tokens]``) from
+            position ``row_offsets[i]`` on (the positions before it are cached keys and values).
+        nodes: The tree node of each segment.
+        row_offsets: For each of ``sequences``, its first position in the row (its cache hit's length).
+        external: Cached keys and values the segments read, by address (``num_tokens + 1 + offset``):
+            ``[layers, 2, kv_heads, n, head_dim]`` each (:class:`~rlhf_rewards.engine.kv_cache.Piece`).
     """
 
     input_ids: torch.Tensor
@@ -52,14 +58,23 @@ class PackedForward:
     segments: list[Segment]
     sequences: list[int]
     row_maps: list[torch.Tensor]
+    nodes: list[PrefixNode] = field(default_factory=list)
+    row_offsets: list[int] = field(default_factory=list)
+    external: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: Called with each layer's keys and values for the cross-call cache (``ExternalKV.capture``), or ``None``.
+    capture: Any = None
 
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[1])
 
+    @property
+    def external_rows(self) -> int:
+        return sum(int(kv.shape[3]) for kv in self.external.values())
+
     def plan(
         self, needed_rows: torch.Tensor | None = None, prune_layer: int | None = None, deterministic: bool = False,
-        workspace: Workspace | None = None,
+        workspace: Workspace | None = None, external: ExternalKV | None = None,
     ) -> SegmentPlan:
         """The attention plan; with ``needed_rows`` (sorted packed rows), layer ``prune_layer`` computes only those.
 
@@ -75,7 +90,7 @@ class PackedForward:
             for seg in self.segments:
                 seg.rows = None
         return SegmentPlan(segments=self.segments, total=self.num_tokens, prune_layer=prune_layer,
-                           deterministic=deterministic, workspace=workspace)
+                           deterministic=deterministic, workspace=workspace, external=external)
 
 
 def work_units(forest: PrefixForest, budget: int) -> list[WorkUnit]:
@@ -131,12 +146,21 @@ def bin_pack(units: Sequence[WorkUnit], budget: int) -> list[list[WorkUnit]]:
 
 
 def build_packed_forward(units: Sequence[WorkUnit], forest: PrefixForest, device: torch.device) -> PackedForward:
-    """Lay ``units`` out in one row and describe its segments."""
+    """Lay ``units`` out in one row and describe its segments.
+
+    A root with a cross-call cache hit (``PrefixNode.cached``) reads the hit's keys and values as its first
+    ancestors; they live outside the row, at addresses ``num_tokens + 1 + offset`` (one per cached piece).
+    """
     ids: list[int] = []
     positions: list[torch.Tensor] = []
     segments: list[Segment] = []
+    nodes: list[PrefixNode] = []
     sequences: list[int] = []
     row_maps: list[torch.Tensor] = []
+    row_offsets: list[int] = []
+    pieces: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}  # piece -> (offset, kv)
+    ext_of: list[list[tuple[int, int]]] = []  # per segment: (offset, length) of its cached ancestors
+    ext_rows = 0
     for unit in units:
         local: dict[int, int] = {}  # node -> packed start, within this unit
         for node in unit.nodes:
@@ -146,20 +170,39 @@ def build_packed_forward(units: Sequence[WorkUnit], forest: PrefixForest, device
             positions.append(torch.arange(node.start, node.end, dtype=torch.long))
             chain = []
             parent = node.parent
+            root = node
             while parent is not None:
                 chain.append((local[id(parent)], local[id(parent)] + len(parent.tokens)))
+                root = parent
                 parent = parent.parent
+            ext = []
+            if root.cached is not None:
+                for piece in root.cached.pieces:
+                    if piece.key not in pieces:
+                        pieces[piece.key] = (ext_rows, piece.kv)
+                        ext_rows += piece.length
+                    ext.append((pieces[piece.key][0], piece.length))
+            ext_of.append(ext)
             segments.append(Segment(start=start, end=len(ids), prefix=chain[::-1]))
+            nodes.append(node)
         for i in unit.sequences:
             sequences.append(i)
             path = forest.end_node[i].path()
+            row_offsets.append(path[0].start)
             row_maps.append(torch.cat([torch.arange(local[id(n)], local[id(n)] + len(n.tokens)) for n in path]))
+    base = len(ids) + 1  # external addresses follow the row and its zero/trash row
+    for seg, ext in zip(segments, ext_of, strict=True):
+        if ext:
+            seg.prefix = [(base + off, base + off + n) for off, n in ext] + seg.prefix
     return PackedForward(
         input_ids=torch.tensor([ids], dtype=torch.long, device=device),
         position_ids=torch.cat(positions).unsqueeze(0).to(device),
         segments=segments,
         sequences=sequences,
         row_maps=row_maps,
+        nodes=nodes,
+        row_offsets=row_offsets,
+        external={base + off: kv for off, kv in pieces.values()},
     )
 
 

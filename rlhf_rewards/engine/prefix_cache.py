@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 #: A shared run shorter than this is not split off into its own node (a node costs one attention call
 #: per layer and a copy of its ancestors' keys for every child; a few tokens are not worth it).
@@ -30,6 +31,9 @@ class PrefixNode:
         parent: The node holding the tokens before ``start`` (``None`` for a root).
         children: Nodes continuing this one.
         ends: Indices (into the forest's sequences) of the sequences that end with this node.
+        cached: On a root that starts after position 0: the cross-call cache's hit holding positions
+            ``[0, start)`` (:class:`~rlhf_rewards.engine.kv_cache.CacheHit`), whose keys and values the
+            tree reads as an ancestor's.
     """
 
     tokens: list[int]
@@ -37,6 +41,7 @@ class PrefixNode:
     parent: PrefixNode | None = None
     children: list[PrefixNode] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
+    cached: Any = None
 
     @property
     def end(self) -> int:

@@ -18,6 +18,8 @@ class EngineRequest:
         token_ids: Token ids to run (already truncated and validated).
         pooling: Effective pooling settings.
         lora: Adapter to apply, or ``None`` for the base model.
+        cache_salt: vLLM's ``cache_salt``: requests share cross-call cached prefixes only with requests of the
+            same salt (and adapter). ``None``: the unsalted namespace.
     """
 
     index: int
@@ -25,6 +27,7 @@ class EngineRequest:
     token_ids: list[int]
     pooling: ResolvedPooling
     lora: LoRARequest | None = None
+    cache_salt: str | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -32,11 +32,17 @@ import torch
 
 from rlhf_rewards.engine.decoder import direct_forward, supports_direct
 from rlhf_rewards.engine.deterministic import Workspace
+from rlhf_rewards.engine.kv_cache import CacheSession, PrefixKVCache, weights_fingerprint
 from rlhf_rewards.engine.packing import PackedForward, bin_pack, build_packed_forward, work_units
-from rlhf_rewards.engine.prefix_cache import DEFAULT_MIN_SHARED_TOKENS, build_prefix_forest
+from rlhf_rewards.engine.prefix_cache import (
+    DEFAULT_MIN_SHARED_TOKENS,
+    PrefixForest,
+    PrefixNode,
+    build_prefix_forest,
+)
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.engine.scheduler import plan_micro_batches
-from rlhf_rewards.engine.segment_attention import SegmentAttentionUnsupported, segment_attention
+from rlhf_rewards.engine.segment_attention import ExternalKV, SegmentAttentionUnsupported, segment_attention
 from rlhf_rewards.engine.threads import SMALL_FORWARD_FLOPS, dense_parameters, threads_for
 from rlhf_rewards.models.base import PoolingModel
 from rlhf_rewards.pooling import apply_score_transform, get_pooler
@@ -51,6 +57,7 @@ _STAT_KEYS = (
     "last_layer_rows",
     "attention_pairs",
     "last_layer_attention_pairs",
+    "cached_tokens",
 )
 #: The last layer is pruned when the poolers read at most this fraction of a forward's rows.
 PRUNE_MAX_FRACTION = 0.5
@@ -76,6 +83,8 @@ class ModelRunner:
         compile: Run the row-wise halves of each decoder layer through ``torch.compile`` (direct families
             only; attention stays eager). Default ``False``.
         deterministic: Batch-invariant execution (see the module docs). Default ``False``; not with ``compile``.
+        prefix_cache: Keys and values of prefixes kept across calls (:mod:`~rlhf_rewards.engine.kv_cache`),
+            used by the packed path; ``None`` (default) keeps nothing between calls.
     """
 
     def __init__(
@@ -92,6 +101,7 @@ class ModelRunner:
         small_forward_flops: float = SMALL_FORWARD_FLOPS,
         compile: bool = False,
         deterministic: bool = False,
+        prefix_cache: PrefixKVCache | None = None,
     ) -> None:
         if deterministic and compile:
             raise ValueError("deterministic=True runs eagerly: it cannot be combined with compile=True (enforce_eager=False).")
@@ -106,6 +116,7 @@ class ModelRunner:
         self.small_forward_flops = small_forward_flops
         self.compile = compile
         self.deterministic = deterministic
+        self.prefix_cache = prefix_cache
         #: The deterministic attention's scratch buffers, kept between forwards (empty until first used).
         self._workspace = Workspace()
         self._dense_params: int | None = None
@@ -207,22 +218,74 @@ class ModelRunner:
         for i, r in enumerate(requests):
             groups.setdefault(r.lora, []).append(i)
         budget = self.max_num_batched_tokens
-        for members in groups.values():
-            forest = build_prefix_forest(
-                [requests[i].token_ids for i in members], self.min_shared_tokens if self.prefix_sharing else 0
-            )
-            for units in bin_pack(work_units(forest, budget), budget):
-                packed = build_packed_forward(units, forest, self.device)
-                chunk = [requests[members[s]] for s in packed.sequences]
-                with self._threads(packed.num_tokens):
-                    outputs = self.run_packed(packed, chunk)
-                for s, tensor in zip(packed.sequences, outputs, strict=True):
-                    results[members[s]] = tensor
-                self.last_stats["forwards"] += 1
-                self.last_stats["tokens_run"] += packed.num_tokens
-                if on_batch_done is not None:
-                    on_batch_done(len(chunk))
+        cache = self.prefix_cache
+        if cache is not None:
+            cache.check_weights(weights_fingerprint(self.model.backbone))
+        with cache.session() if cache is not None else contextlib.nullcontext() as session:
+            for members in groups.values():
+                group = [requests[i] for i in members]
+                if session is not None:
+                    forest = self._cached_forest(session, group)
+                else:
+                    forest = build_prefix_forest(
+                        [r.token_ids for r in group], self.min_shared_tokens if self.prefix_sharing else 0
+                    )
+                inserted: dict[int, bool] = {}
+                for units in bin_pack(work_units(forest, budget), budget):
+                    packed = build_packed_forward(units, forest, self.device)
+                    chunk = [group[s] for s in packed.sequences]
+                    capture = _Capture(packed, inserted, self._expected_attention_calls()) if session else None
+                    packed.capture = capture
+                    with self._threads(packed.num_tokens):
+                        outputs = self.run_packed(packed, chunk)
+                    if capture is not None:
+                        capture.commit(session, group, forest)
+                    for s, tensor in zip(packed.sequences, outputs, strict=True):
+                        results[members[s]] = tensor
+                    self.last_stats["forwards"] += 1
+                    self.last_stats["tokens_run"] += packed.num_tokens
+                    if on_batch_done is not None:
+                        on_batch_done(len(chunk))
+            if session is not None:
+                self.last_stats["cached_tokens"] += session.hit_tokens
         return [r for r in results if r is not None]
+
+    def _cached_forest(self, session: CacheSession, group: list[EngineRequest]) -> PrefixForest:
+        """The prefix forest of one adapter's requests, each starting after its cross-call cache hit.
+
+        A hit ends before the first position the request's pooler reads (and before its last token), so
+        every position an output comes from is computed. Requests with the same hit (and namespace: adapter
+        and ``cache_salt``) share one tree over their remaining tokens; the tree's roots read the hit's keys
+        and values as ancestors.
+        """
+        lora = group[0].lora
+        adapter = None if lora is None else (lora.lora_name, lora.lora_int_id, lora.lora_path)
+        by_hit: dict[Any, list[int]] = {}
+        hits = []
+        for i, r in enumerate(group):
+            positions = get_pooler(r.pooling.pooling_type).positions(torch.tensor(r.token_ids), r.pooling)
+            limit = r.num_tokens - 1
+            if positions.numel():
+                limit = min(limit, int(positions.min()))
+            hit = session.lookup((adapter, r.cache_salt), r.token_ids, limit)
+            hits.append(hit)
+            by_hit.setdefault(hit.key, []).append(i)
+        roots: list[PrefixNode] = []
+        end_node: list[PrefixNode | None] = [None] * len(group)
+        min_shared = self.min_shared_tokens if self.prefix_sharing else 0
+        for idxs in by_hit.values():
+            hit = hits[idxs[0]]
+            h = hit.length
+            sub = build_prefix_forest([group[i].token_ids[h:] for i in idxs], min_shared)
+            for root in sub.roots:
+                root.cached = hit
+                for node in root.subtree():
+                    node.start += h
+                    node.ends = [idxs[j] for j in node.ends]  # the sub-forest's indices -> the group's
+            roots.extend(sub.roots)
+            for j, i in enumerate(idxs):
+                end_node[i] = sub.end_node[j]
+        return PrefixForest(roots=roots, end_node=end_node)  # type: ignore[arg-type]
 
     def _threads(self, tokens: int):
         """One intra-op thread for a small CPU forward of ``tokens`` rows (see :mod:`~rlhf_rewards.engine.threads`)."""
@@ -247,12 +310,19 @@ class ModelRunner:
         return self._attention_layers
 
     def run_packed(self, packed: PackedForward, requests: list[EngineRequest]) -> list[torch.Tensor]:
-        """One packed forward; ``requests[i]`` owns ``packed.row_maps[i]``. All share one adapter."""
+        """One packed forward; ``requests[i]`` owns ``packed.row_maps[i]``. All share one adapter.
+
+        Cached keys and values the row reads (``packed.external``) and the capture of its own
+        (``packed.capture``) serve the cross-call prefix cache.
+        """
+        external = ExternalKV(pieces=packed.external, capture=packed.capture) if (
+            packed.external or packed.capture is not None) else None
         extra = self.forward_kwargs(requests) if self.forward_kwargs is not None else {}
         rows = []
-        for r, row_map in zip(requests, packed.row_maps, strict=True):
+        offsets = packed.row_offsets or [0] * len(requests)
+        for r, row_map, offset in zip(requests, packed.row_maps, offsets, strict=True):
             positions = get_pooler(r.pooling.pooling_type).positions(torch.tensor(r.token_ids), r.pooling)
-            rows.append(row_map.index_select(0, positions))
+            rows.append(row_map.index_select(0, positions - offset if offset else positions))
         needed = torch.unique(torch.cat(rows)) if rows else torch.empty(0, dtype=torch.long)
         if needed.numel() == 0:
             # Nothing is read (STEP pooling over texts without a step tag): every result is [0, k], as in
@@ -265,13 +335,14 @@ class ModelRunner:
             raise SegmentAttentionUnsupported("no attention modules found in the backbone")
         hf_model = self.model.hf_model
         if self.deterministic:
-            hidden, rows = self._deterministic_packed(packed, extra, needed, rows)
+            hidden, rows = self._deterministic_packed(packed, extra, needed, rows, external)
             return self.pool(requests, [hidden.index_select(0, r.to(hidden.device)) for r in rows],
                              head_kwargs=extra.get("head", {}))
         if self._uses_direct() and not extra.get("forward"):
             prune = self.prune_last_layer and needed.numel() <= PRUNE_MAX_FRACTION * total
             layers = self.model.backbone.config.num_hidden_layers
-            plan = packed.plan(needed.to(self.device) if prune else None, prune_layer=layers - 1 if prune else None)
+            plan = packed.plan(needed.to(self.device) if prune else None, prune_layer=layers - 1 if prune else None,
+                               external=external)
             with segment_attention(hf_model, plan):
                 hidden = direct_forward(
                     self.model.backbone,
@@ -286,7 +357,7 @@ class ModelRunner:
                 rows = [lookup[r] for r in rows]
         else:
             row_kwargs = self.forward_kwargs(requests[:1]).get("forward", {}) if self.forward_kwargs is not None else {}
-            plan = packed.plan()
+            plan = packed.plan(external=external)
             with segment_attention(hf_model, plan):
                 hidden = self.model.hidden_states(
                     packed.input_ids, attention_mask=None, position_ids=packed.position_ids, **row_kwargs
@@ -299,7 +370,8 @@ class ModelRunner:
         gathered = [hidden.index_select(0, r.to(hidden.device)) for r in rows]
         return self.pool(requests, gathered, head_kwargs=extra.get("head", {}))
 
-    def _deterministic_packed(self, packed: PackedForward, extra: dict[str, Any], needed: torch.Tensor, rows: list):
+    def _deterministic_packed(self, packed: PackedForward, extra: dict[str, Any], needed: torch.Tensor, rows: list,
+                              external: ExternalKV | None = None):
         """The direct loop on fixed tiles with blocked attention; the group's adapter (if any) is made active."""
         from rlhf_rewards.lora.routing import BASE, active_adapter
 
@@ -308,7 +380,7 @@ class ModelRunner:
         layers = self.model.backbone.config.num_hidden_layers
         kept = needed.to(self.device) if prune else None
         plan = packed.plan(kept, prune_layer=layers - 1 if prune else None, deterministic=True,
-                           workspace=self._workspace)
+                           workspace=self._workspace, external=external)
         names = set(extra.get("forward", {}).get("adapter_names", ())) - {BASE}
         if len(names) > 1:
             raise RuntimeError(f"one packed forward holds one adapter, got {sorted(names)}")
@@ -413,6 +485,54 @@ class ModelRunner:
                 extra["adapter_names"] = list(names[s:e]) + [names[s]] * (HEAD_TILE - (e - s))
             parts.append(self.model.score(tile_rows(states, s, e, HEAD_TILE, dim=0), columns, **extra)[: e - s])
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+class _Capture:
+    """Copies the keys and values of a forward's new tree nodes out of every layer, then inserts them into
+    the cross-call cache (:meth:`commit`). ``inserted`` maps a node (by id) to whether it is cached; nodes
+    already tried (a tree re-run in several forwards) are not captured again."""
+
+    def __init__(self, packed: PackedForward, inserted: dict[int, bool], layers: int) -> None:
+        self.inserted = inserted
+        self.layers = layers
+        seen: set[int] = set()
+        self.todo: list[tuple[PrefixNode, int, int]] = []
+        for node, seg in zip(packed.nodes, packed.segments, strict=True):
+            if id(node) not in inserted and id(node) not in seen:
+                seen.add(id(node))
+                self.todo.append((node, seg.start, seg.end))
+        self.buffers: list[torch.Tensor] = []
+        self.layers_seen: set[int] = set()
+
+    def __call__(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        if not self.todo:
+            return
+        if not self.buffers:
+            kv_heads, head_dim = keys.shape[0], keys.shape[-1]
+            self.buffers = [keys.new_empty((self.layers, 2, kv_heads, e - s, head_dim)) for _, s, e in self.todo]
+        for (_, s, e), buf in zip(self.todo, self.buffers, strict=True):
+            buf[layer, 0].copy_(keys[:, s:e])
+            buf[layer, 1].copy_(values[:, s:e])
+        self.layers_seen.add(layer)
+
+    def commit(self, session: CacheSession, requests: list[EngineRequest], forest: PrefixForest) -> None:
+        if not self.todo or len(self.layers_seen) != self.layers:
+            return  # the forward did not run (nothing to pool) or ran another path
+        first_seq: dict[int, int] = {}
+        for i, end in enumerate(forest.end_node):
+            for node in end.path():
+                first_seq.setdefault(id(node), i)
+        for (node, _, _), buf in zip(self.todo, self.buffers, strict=True):
+            if node.parent is not None and not self.inserted.get(id(node.parent), False):
+                self.inserted[id(node)] = False
+                continue
+            root = node.path()[0]
+            seq = requests[first_seq[id(node)]]
+            self.inserted[id(node)] = session.extend(
+                root.cached.namespace, seq.token_ids, node.start, node.end, buf,
+                pin=bool(node.children))
+        self.buffers = []
+        session.evict()
 
 
 def _embed_post(x: torch.Tensor, params: ResolvedPooling) -> torch.Tensor:

@@ -38,7 +38,7 @@ included, so a model left in this mode still computes exactly what SDPA does.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -137,6 +137,41 @@ class _Cross:
 
 
 @dataclass(eq=False)
+class ExternalKV:
+    """Keys and values a forward reads from outside its packed row (cross-call cached prefixes,
+    :mod:`~rlhf_rewards.engine.kv_cache`), and the capture of the row's own keys and values for the cache.
+
+    Args:
+        pieces: By address (``total + 1 + offset``: after the row and its trash/zero row), one cached run's
+            keys and values ``[layers, 2, kv_heads, n, head_dim]``; a segment's ``prefix`` names it by its
+            address range.
+        capture: Called once per attention layer with ``(layer index, keys, values)``, both
+            ``[kv_heads, total, head_dim]`` (rotated keys), before attention runs.
+    """
+
+    pieces: dict[int, torch.Tensor] = field(default_factory=dict)
+    capture: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(int(kv.shape[3]) for kv in self.pieces.values())
+
+    def kv(self, layer: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[1, kv_heads, end - start, head_dim]`` of the piece at address ``start``."""
+        piece = self.pieces[start]
+        if piece.shape[3] != end - start:
+            raise RuntimeError(f"external key range {start}:{end} does not match its piece ({piece.shape[3]} rows)")
+        return piece[layer, 0].unsqueeze(0), piece[layer, 1].unsqueeze(0)
+
+
+def _layer_index(module: nn.Module) -> int:
+    layer = getattr(module, "layer_idx", None)
+    if layer is None:
+        raise SegmentAttentionUnsupported("cached keys and values need attention modules with a layer_idx")
+    return int(layer)
+
+
+@dataclass(eq=False)
 class SegmentPlan:
     """The segments of one packed forward, and which layer (if any) only needs some query rows."""
 
@@ -153,13 +188,16 @@ class SegmentPlan:
     #: Scratch buffers of the deterministic kernel (:class:`~rlhf_rewards.engine.deterministic.Workspace`),
     #: usually the engine's; one is made for the plan when none is given.
     workspace: Workspace | None = None
+    #: Cached keys/values read from outside the row, and the capture of the row's own (:class:`ExternalKV`).
+    external: ExternalKV | None = None
 
     def blocked_layout(self, pruned: bool, device: torch.device) -> BlockedLayout:
         """The deterministic kernel's tiles for a (pruned or full) layer; built once."""
         if pruned not in self._blocked:
             if self.workspace is None:
                 self.workspace = Workspace()  # one set of scratch buffers for the full and pruned layers
-            self._blocked[pruned] = BlockedLayout(self.segments, self.total, pruned, device, workspace=self.workspace)
+            self._blocked[pruned] = BlockedLayout(self.segments, self.total, pruned, device, workspace=self.workspace,
+                                                  external_rows=self.external.rows if self.external else 0)
         return self._blocked[pruned]
 
     def varlen_layout(self, device: torch.device) -> varlen_attention.VarlenLayout:
@@ -340,7 +378,16 @@ def deterministic_layout(module: nn.Module, device: torch.device) -> BlockedLayo
         raise SegmentAttentionUnsupported("deterministic attention needs an active SegmentPlan(deterministic=True)")
     plan.calls += 1
     pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
-    return plan.blocked_layout(pruned, device)
+    layout = plan.blocked_layout(pruned, device)
+    ext = plan.external
+    if ext is not None:
+        layer = _layer_index(module)
+        for address, piece in ext.pieces.items():
+            layout.write_external(address, piece[layer, 0].transpose(0, 1), piece[layer, 1].transpose(0, 1))
+        if ext.capture is not None:
+            capture = ext.capture
+            layout.capture = lambda k, v: capture(layer, k, v)
+    return layout
 
 
 def segment_attention_forward(
@@ -376,8 +423,20 @@ def segment_attention_forward(
 
         return blocked_attention(deterministic_layout(module, query.device), query, key, value, scaling), None
     plan.calls += 1
+    ext = plan.external
+    layer = _layer_index(module) if ext is not None else -1
+    if ext is not None and ext.capture is not None:
+        ext.capture(layer, key[0], value[0])
+
+    def keys_of(ks: int, ke: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if ks > total:
+            assert ext is not None
+            return ext.kv(layer, ks, ke)
+        return key[:, :, ks:ke], value[:, :, ks:ke]
+
     if varlen_attention.applies(query):
-        return varlen_attention.forward(plan.varlen_layout(query.device), query, key, value, scaling, _merge), None
+        return varlen_attention.forward(plan.varlen_layout(query.device), query, key, value, scaling, _merge,
+                                        keys_of=keys_of), None
     heads, kv_heads, head_dim = query.shape[1], key.shape[1], value.shape[-1]
     groups = heads // kv_heads
     pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
@@ -410,8 +469,7 @@ def segment_attention_forward(
         if b.lse:
             out_lse.index_copy_(0, b.dst, lse.transpose(1, 2).reshape(b.batch * b.q_len, heads))
     for c in crosses:
-        ks, ke = c.k_range
-        k, v = key[:, :, ks:ke], value[:, :, ks:ke]
+        k, v = keys_of(*c.k_range)
         if c.q_range is not None:
             qs, qe = c.q_range
             res, lse = _sdpa_lse(query[:, :, qs:qe], k, v, mask=None, is_causal=False, scale=scaling)
@@ -485,6 +543,7 @@ def segment_attention(model: nn.Module, plan: SegmentPlan) -> Iterator[SegmentPl
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "ExternalKV",
     "Segment",
     "SegmentAttentionUnsupported",
     "SegmentPlan",

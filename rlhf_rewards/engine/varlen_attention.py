@@ -149,11 +149,13 @@ def forward(
     value: torch.Tensor,
     scale: float | None,
     merge: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None],
+    keys_of: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Attention of a packed row: ``query [1, H, T, d]``, ``key/value [1, Hkv, T, d]`` -> ``[1, T, H, d]``.
 
     ``merge(acc, acc_lse, out, lse)`` folds a partial result into the running one in place
-    (:func:`~rlhf_rewards.engine.segment_attention._merge`).
+    (:func:`~rlhf_rewards.engine.segment_attention._merge`). ``keys_of(start, end)`` gives the keys and values
+    ``[1, kv_heads, n, d]`` of an ancestor range outside the row (cross-call cached prefixes).
     """
     gqa = query.shape[1] != key.shape[1]
     # The kernel takes token-major [T, heads, d] tensors with a unit last stride.
@@ -183,8 +185,13 @@ def forward(
         n, m = q_part.shape[0], ke - ks
         cu_q = torch.tensor([0, n], dtype=torch.int32, device=q.device)
         cu_k = torch.tensor([0, m], dtype=torch.int32, device=q.device)
+        if ks < k.shape[0]:
+            k_part, v_part = k[ks:ke], v[ks:ke]
+        else:
+            assert keys_of is not None, "an ancestor range outside the row needs keys_of"
+            k_part, v_part = (t[0].transpose(0, 1).contiguous() for t in keys_of(ks, ke))
         part, part_lse = _call(
-            q_part, k[ks:ke], v[ks:ke], cu_q, cu_k, n, m, window=_FULL, lse=True, scale=scale, gqa=gqa
+            q_part, k_part, v_part, cu_q, cu_k, n, m, window=_FULL, lse=True, scale=scale, gqa=gqa
         )
         if q_range is not None:
             merge(acc[q_range[0] : q_range[1]], lse[q_range[0] : q_range[1]], part.float(), part_lse)

@@ -45,8 +45,8 @@ _OBSERVABILITY = ("is ignored: this engine logs through the standard logging mod
                   "there are no engine stats or traces to configure")
 _SLEEP = ("is ignored: sleep mode is ColocatedWorker(..., offload=True) with worker.sleep() / worker.wake_up() "
           "(weights moved to the CPU)")
-_PREFIX = ("is ignored: prefix sharing within a call is always on and exact for every pooler; nothing is "
-           "cached across calls")
+_PREFIX = ("is ignored: prefixes are shared within a call and cached across calls by token ids (exact; "
+           "enable_prefix_caching and prefix_cache_bytes configure the cache)")
 _QUANT = ("is ignored: weights load as transformers loads the checkpoint (a checkpoint's own quantization_config "
           "applies); choose precision with dtype=")
 _MISC = "is ignored: it configures a vLLM engine feature this pooling engine does not have"
@@ -67,7 +67,7 @@ _rows(_NO_KV_CACHE, """gpu_memory_utilization kv_cache_memory_bytes kv_cache_dty
     mamba_ssm_cache_dtype mamba_block_size mamba_cache_mode enable_mamba_shared_prefix_checkpoint
     enable_mamba_cache_stochastic_rounding mamba_cache_philox_rounds ec_transfer_config ec_manager_config
     replayssm_buffer_len use_replayssm swa_bounded_replay""")
-_rows(_PREFIX, "enable_prefix_caching prefix_caching_hash_algo prefix_cache_retention_interval prefix_match_unit")
+_rows(_PREFIX, "prefix_caching_hash_algo prefix_cache_retention_interval prefix_match_unit")
 _rows(_SCHEDULER, """max_num_seqs max_num_scheduled_tokens max_num_active_seqs max_num_queued_reqs
     max_num_queued_tokens long_prefill_token_threshold long_prefill_token_threshold_adaptive enable_chunked_prefill
     disable_chunked_mm_input scheduler_reserve_full_isl prefill_schedule_interval scheduling_policy scheduler_cls
@@ -123,6 +123,9 @@ HONOURED: dict[str, str] = {
     "chat_template": "the default template of render_chat (a string or a file path)",
     "disable_log_stats": "nothing logs engine stats here, so it always holds",
     "data_parallel_size": "1 only: more is an error, as in vLLM's LLM (use RayWorkerPool for replicas)",
+    "enable_prefix_caching": ("the cross-call prefix cache (keys/values of recent prefixes, exact); default on "
+                              "here, False turns it off"),
+    "prefix_cache_bytes": "the prefix cache's bound in bytes (LRU; default 1 GiB; 0 turns it off); not a vLLM name",
     "task": ("removed from vLLM's engine arguments; a pooling task becomes PoolerConfig(task=...), the removed "
              "names (reward, score, encode) warn naming the replacement"),
 }

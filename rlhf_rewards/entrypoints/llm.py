@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf_rewards.contract import ModelInfo, Prompts, normalize_prompts, per_prompt, truncation_of
 from rlhf_rewards.engine.inputs import tokenize_prompts
+from rlhf_rewards.engine.kv_cache import make_prefix_cache
 from rlhf_rewards.engine.placement import resolve_device, resolve_dtype
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.engine.runner import ModelRunner
@@ -211,6 +212,7 @@ class LLM:
                 forward_kwargs=self.lora_manager.forward_kwargs if self.lora_manager is not None else None,
                 compile=not enforce_eager,
                 deterministic=deterministic,
+                prefix_cache=make_prefix_cache(extra, parallel=self.parallel_config.enabled),
             )
             self.task_configs = self._task_configs()
         except BaseException as exc:
@@ -220,6 +222,17 @@ class LLM:
         if self._parallel is not None:
             self.runner = self._parallel.lockstep(self.runner)  # waits until every rank has its shard
             self.device = self._parallel.user_device  # the driver loaded on `meta`; the ranks hold the weights
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop the keys and values kept across calls (vLLM's ``LLM.reset_prefix_cache``); ``True`` when done.
+
+        The cache also drops itself when the weights change (a fingerprint of every parameter's storage and
+        version) and on adapter changes; call this after writing weights through ``param.data``.
+        """
+        cache = getattr(getattr(self, "runner", None), "prefix_cache", None)
+        if cache is not None:
+            cache.clear()
+        return True
 
     def shutdown(self) -> None:
         """Stop the worker processes of a split engine (``tensor_parallel_size``/``pipeline_parallel_size`` > 1)
@@ -328,11 +341,13 @@ class LLM:
         demand. Returns ``False`` if this exact adapter was already registered.
         """
         with self._engine_lock:  # loading changes the model's modules: never during another thread's forward
+            self.reset_prefix_cache()  # cached keys/values of a re-registered name may be another adapter's
             return self._lora().add_lora(lora_request)
 
     def remove_lora(self, lora: int | str | LoRARequest) -> bool:
         """Unregister and unload an adapter (by ``lora_int_id``, name or request); ``False`` if unknown."""
         with self._engine_lock:
+            self.reset_prefix_cache()
             return self._lora().remove_lora(lora)
 
     def list_loras(self) -> list[LoRARequest]:
@@ -412,7 +427,7 @@ class LLM:
             resolved = resolve_pooling(task, params, config)
             requests.append(
                 EngineRequest(index=i, request_id=f"{next(_request_counter)}-{uuid.uuid4().hex[:8]}",
-                              token_ids=ids, pooling=resolved, lora=lora)
+                              token_ids=ids, pooling=resolved, lora=lora, cache_salt=_cache_salt(items[i]))
             )
         tensors = self._run(requests, use_tqdm)
         return [
@@ -576,6 +591,14 @@ class LLM:
         factory = use_tqdm if callable(use_tqdm) else tqdm
         with factory(total=len(requests), desc="Scoring prompts", unit="prompt", dynamic_ncols=True) as bar:
             return self.runner.run(requests, on_batch_done=bar.update)
+
+
+def _cache_salt(prompt: Any) -> str | None:
+    """vLLM's ``cache_salt`` of a dict prompt: the prefix cache namespace it shares (``None``: unsalted)."""
+    salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
+    if salt is not None and not isinstance(salt, str):
+        raise ValueError(f"cache_salt must be a string, got {type(salt).__name__}.")
+    return salt
 
 
 def _non_finite_error(data: torch.Tensor) -> str | None:

@@ -11,7 +11,9 @@ requests that keep coming less than ``arrival_gap_s`` apart (clients answered by
 next one). Without this, closed-loop clients split into a lone first request and "everyone else": at
 concurrency 32 one text per request, the engine alternated calls of 1 and 31 texts, and a one-text call
 costs about half a 31-text call (with GRPO texts, its prompt also misses the shared-prefix reuse). A
-lone request on an idle server never waits: nothing is arriving and no call has just ended.
+lone request on an idle server waits at most ``hold_s`` (a few milliseconds): a one-prompt request is held
+that long after it was queued, so siblings sent at the same moment (a trainer posting each rollout of a group
+as it finishes) share one forward, and with it their prompt's keys and values.
 
 Requests are validated before they are queued, so a merged call rarely fails; when it does (or when it
 yields a NaN/inf item error), its members are re-run one by one, so one bad request never fails the others.
@@ -45,11 +47,13 @@ class EngineItem:
         token_ids: Token ids, already truncated and checked against the vocabulary and ``max_model_len``.
         params: Pooling parameters (truncation already applied, so ``truncate_prompt_tokens`` is unset).
         lora: Adapter, or ``None`` for the base model.
+        cache_salt: vLLM's ``cache_salt``: prefix-cache entries are shared only within one salt.
     """
 
     token_ids: list[int]
     params: PoolingParams
     lora: LoRARequest | None = None
+    cache_salt: str | None = None
 
 
 @dataclass
@@ -89,17 +93,22 @@ class Batcher:
             ``0`` starts every round at once. Default 0.05.
         arrival_gap_s: Right after an engine call, the round waits while requests keep coming at most this
             far apart. Default 0.01.
+        hold_s: A round whose oldest request holds one prompt starts at the earliest this long after that
+            request was queued (within ``batch_wait_s``). Default 0.005.
     """
 
     def __init__(self, encode: EncodeFn, *, max_queue_size: int, max_batch_tokens: int,
                  metrics: ServerMetrics | None = None, batch_wait_s: float = 0.05,
-                 arrival_gap_s: float = 0.01) -> None:
+                 arrival_gap_s: float = 0.01, hold_s: float = 0.005) -> None:
         if batch_wait_s < 0 or not math.isfinite(batch_wait_s):
             raise ValueError(f"batch_wait_s must be a finite number >= 0, got {batch_wait_s}.")
         if arrival_gap_s < 0 or not math.isfinite(arrival_gap_s):
             raise ValueError(f"arrival_gap_s must be a finite number >= 0, got {arrival_gap_s}.")
+        if hold_s < 0 or not math.isfinite(hold_s):
+            raise ValueError(f"hold_s must be a finite number >= 0, got {hold_s}.")
         self._encode = encode
         self.batch_wait_s = batch_wait_s
+        self.hold_s = hold_s
         self.arrival_gap_s = arrival_gap_s
         self._arriving = 0
         self._last_event = 0.0  # loop time of the last submit or engine-call end
@@ -210,15 +219,24 @@ class Batcher:
             now = loop.time()
             if now >= deadline:
                 return
+            held = self._hold_left()
             if self._arriving:
                 until = deadline
             elif after_call and now - self._last_event < self.arrival_gap_s:
-                until = min(deadline, self._last_event + self.arrival_gap_s)
+                until = min(deadline, max(self._last_event + self.arrival_gap_s, now + held))
+            elif held > 0:
+                until = min(deadline, now + held)
             else:
                 return
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), until - now)
+
+    def _hold_left(self) -> float:
+        """Seconds the oldest queued request still waits for siblings (one-prompt requests only)."""
+        if not self.hold_s or not self._queue or len(self._queue[0].items) != 1:
+            return 0.0
+        return max(0.0, self.hold_s - (time.perf_counter() - self._queue[0].enqueued))
 
     def _take(self) -> list[_Job]:
         """The oldest live job plus every queued job of its task that fits the token budget (FIFO)."""

@@ -43,6 +43,24 @@ class ServerMetrics:
         self.engine_latency = Histogram("rlhf_rewards_engine_seconds", "Duration of one engine call.",
                                         buckets=_LATENCY_BUCKETS, registry=r)
 
+    def watch_prefix_cache(self, cache: Any) -> None:
+        """Expose the engine's cross-call prefix cache (:class:`~rlhf_rewards.engine.kv_cache.PrefixKVCache`):
+        read at every scrape. ``None`` (no cache) exposes nothing."""
+        if cache is None or getattr(self, "_watching_cache", False):
+            return
+        self._watching_cache = True
+        for name, key, doc in (
+            ("bytes", "bytes", "Bytes of keys/values the prefix cache holds now."),
+            ("max_bytes", "max_bytes", "Bound of the prefix cache in bytes."),
+            ("nodes", "nodes", "Cached prefix runs (radix-tree nodes) held now."),
+            ("hit_tokens", "hit_tokens", "Prompt tokens served from the prefix cache (cumulative)."),
+            ("queried_tokens", "queried_tokens", "Prompt tokens looked up in the prefix cache (cumulative)."),
+            ("inserted_tokens", "inserted_tokens", "Tokens inserted into the prefix cache (cumulative)."),
+            ("evictions", "evictions", "Prefix cache nodes evicted (cumulative)."),
+        ):
+            gauge = Gauge(f"rlhf_rewards_prefix_cache_{name}", doc, registry=self.registry)
+            gauge.set_function(lambda key=key: float(getattr(cache, key) if key != "nodes" else cache.num_nodes))
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -88,6 +88,7 @@ class ServingEngine:
         self.batcher = Batcher(self._encode, max_queue_size=self.limits.max_queue_size,
                                max_batch_tokens=self.limits.max_batch_tokens, metrics=self.metrics,
                                batch_wait_s=self.limits.batch_wait_s)
+        self.metrics.watch_prefix_cache(getattr(getattr(self.llm, "runner", None), "prefix_cache", None))
         self.info: ModelInfo = self.llm.model_info(self.model_name)
         #: The task of a request that names none (vLLM's ``pooling_task``): ``--pooler-config``'s ``task`` if
         #: set, else the model's reward task.
@@ -357,7 +358,8 @@ class ServingEngine:
             return encode_label_reads(self.llm, items)
         loras = [i.lora for i in items]
         return self.llm.encode(
-            [{"prompt_token_ids": i.token_ids} for i in items],
+            [{"prompt_token_ids": i.token_ids, **({"cache_salt": i.cache_salt} if i.cache_salt else {})}
+             for i in items],
             [i.params for i in items],
             pooling_task=task,
             lora_request=loras if any(lo is not None for lo in loras) else None,

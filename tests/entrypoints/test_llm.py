@@ -38,8 +38,9 @@ def reference(rm3):
 
 @pytest.fixture(scope="module")
 def llm(rm3):
-    # A small token budget forces several micro-batches of mixed lengths within one call.
-    return LLM(str(rm3), runner="pooling", device="cpu", max_num_batched_tokens=96)
+    # A small token budget forces several micro-batches of mixed lengths within one call (the cross-call prefix
+    # cache is off: texts repeated between tests would otherwise run as a few suffix tokens in one forward).
+    return LLM(str(rm3), runner="pooling", device="cpu", max_num_batched_tokens=96, enable_prefix_caching=False)
 
 
 def _data(outputs: list[PoolingRequestOutput]) -> list[torch.Tensor]:

@@ -105,10 +105,12 @@ def test_habit_arguments_on_a_real_llm(reranker_like, tmp_path):
                   served_model_name=["rm", "alias"], chat_template=str(template), tokenizer_revision=None,
                   task="reward")
     messages = [str(w.message) for w in caught if issubclass(w.category, IgnoredEngineArgWarning)]
-    for name in ("gpu_memory_utilization", "max_num_seqs", "enable_prefix_caching", "swap_space", "kv_cache_dtype"):
+    for name in ("gpu_memory_utilization", "max_num_seqs", "swap_space", "kv_cache_dtype"):
         assert sum(f"LLM({name}=" in m for m in messages) == 1, name
     assert any("`reward` task was removed; use `token_classify`" in m for m in messages)
-    assert not any("disable_log_stats" in m or "served_model_name" in m for m in messages)
+    # enable_prefix_caching is honoured (the cross-call prefix cache): no warning.
+    assert not any("disable_log_stats" in m or "served_model_name" in m or "enable_prefix_caching" in m
+                   for m in messages)
     assert llm.model_info().model == "rm"
     assert llm.render_chat([[{"role": "user", "content": "hi"}]]) == [llm.get_tokenizer()("hi|", add_special_tokens=False)["input_ids"]]
     with pytest.raises(ValueError, match="RayWorkerPool"):
