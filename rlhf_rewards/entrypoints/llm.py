@@ -46,6 +46,7 @@ from rlhf_rewards.outputs import (
 from rlhf_rewards.parallel import ParallelConfig, ParallelEngine
 from rlhf_rewards.pooling import PoolerConfig, PoolingParams, check_task, resolve_pooling
 from rlhf_rewards.pooling.step import (
+    VLLM_DEFAULT_STEP_TAG_IDS,
     default_step_tag_id,
     detect_step_kind,
     step_tag_text,
@@ -105,6 +106,12 @@ class LLM:
             order, shared prefixes, micro-batch boundaries, ``max_num_batched_tokens``, LoRA neighbours), on the
             same hardware, library versions, dtype and device (README "Reproducible rewards";
             :mod:`rlhf_rewards.engine.deterministic`). Needs ``enforce_eager=True``. Default ``False``.
+        strict_vllm_compat: ``True``: every request vLLM 0.32 refuses is refused here too, with vLLM's exception
+            type and message, instead of being served by one of this library's extensions (a pooling task other
+            than the model's own, embeddings of a classifier, ``PoolingParams(truncate_prompt_tokens=...)``), and
+            the defaults this library chooses where vLLM's are of no use (a process reward model's step tag)
+            are vLLM's. The differential suite (``tests/compat/vllm_live``) checks each such case against vLLM;
+            ``rlhf-rewards serve --strict-vllm-compat`` sets it. Default ``False``.
     """
 
     def __init__(
@@ -132,6 +139,7 @@ class LLM:
         pipeline_parallel_size: int = 1,
         parallel_start_timeout_s: float | None = None,
         parallel_call_timeout_s: float | None = None,
+        strict_vllm_compat: bool = False,
         **engine_kwargs: Any,
     ) -> None:
         # What a split engine's worker processes build (the same LLM, each loading its shard).
@@ -155,6 +163,9 @@ class LLM:
             raise ValueError(f"enforce_eager must be True or False, got {enforce_eager!r}.")
         if not isinstance(deterministic, bool):
             raise ValueError(f"deterministic must be True or False, got {deterministic!r}.")
+        if not isinstance(strict_vllm_compat, bool):
+            raise ValueError(f"strict_vllm_compat must be True or False, got {strict_vllm_compat!r}.")
+        self.strict_vllm_compat = strict_vllm_compat
         if deterministic and not enforce_eager:
             raise ValueError("deterministic=True needs enforce_eager=True: compiled kernels are not batch-invariant.")
         torch.manual_seed(seed)
@@ -248,7 +259,9 @@ class LLM:
     # ------------------------------------------------------------------ introspection
     @property
     def supported_tasks(self) -> tuple[str, ...]:
-        """Pooling tasks this model can run."""
+        """Pooling tasks this model can run (with ``strict_vllm_compat``: the tasks vLLM's pooler lists)."""
+        if self.strict_vllm_compat:
+            return _vllm_supported_tasks(self.spec)
         return self.spec.tasks
 
     def get_tokenizer(self) -> PreTrainedTokenizerBase:
@@ -268,9 +281,13 @@ class LLM:
         configs: dict[str, PoolerConfig] = {}
         for task, default in defaults.items():
             config = user_config_for_task(self.user_pooler_config, task, defaults).merged_over(default).for_task(task)
-            config.step_tag_id = default_step_tag_id(
-                config, self.spec.default_step_tag, self.tokenizer, self.spec.architecture
-            )
+            vllm_tag = VLLM_DEFAULT_STEP_TAG_IDS.get(self.spec.architecture)
+            if self.strict_vllm_compat and config.is_step and config.step_tag_id is None and vllm_tag is not None:
+                config.step_tag_id = vllm_tag  # vLLM's fixed id, whatever the tokenizer
+            else:
+                config.step_tag_id = default_step_tag_id(
+                    config, self.spec.default_step_tag, self.tokenizer, self.spec.architecture
+                )
             configs[task] = config
         return configs
 
@@ -396,6 +413,8 @@ class LLM:
         if isinstance(prompts, dict) and "data" in prompts:
             raise ValueError("The 'data' field is only supported for the 'plugin' pooling task, which this "
                              "engine does not have (no IOProcessor plugins).")
+        if self.strict_vllm_compat:
+            self._check_vllm_request(pooling_task, pooling_params)
         if pooling_task is None:
             raise RequestError(_POOLING_TASK_REQUIRED.format(tasks=list(self.supported_tasks)), field="pooling_task",
                                sep=" ")
@@ -550,12 +569,41 @@ class LLM:
                              "pooling_task='token_classify') for token reward models, or pooling_task='classify' "
                              "for sequence reward models.")
 
+    def _check_vllm_request(self, pooling_task: str | None, pooling_params: Any) -> None:
+        """``strict_vllm_compat``: refuse what vLLM 0.32's ``LLM.encode`` refuses, with its messages
+        (``vllm/entrypoints/pooling/offline.py``, ``vllm/pooling_params.py``)."""
+        supported = _vllm_supported_tasks(self.spec)
+        if pooling_task in ("embed", "token_embed") and pooling_task not in supported:
+            raise ValueError("Embedding API is not supported by this model. "
+                             "Try converting the model using `--convert embed`.")
+        if pooling_task in ("classify", "token_classify") and pooling_task not in supported:
+            raise ValueError("Classification API is not supported by this model. "
+                             "Try converting the model using `--convert classify`.")
+        if pooling_task in POOLING_TASKS and pooling_task != self.pooling_task:
+            raise ValueError(f"Try switching the model's pooling_task via `PoolerConfig(task=\"{pooling_task}\")`")
+        params_list = pooling_params if isinstance(pooling_params, Sequence) else [pooling_params]
+        for params in params_list:
+            if not isinstance(params, PoolingParams):
+                continue
+            if params.truncate_prompt_tokens is not None or params.normalize is not None:
+                name = "truncate_prompt_tokens" if params.truncate_prompt_tokens is not None else "normalize"
+                raise TypeError(f"Unexpected keyword argument {name!r}")
+            if pooling_task in ("embed", "token_embed") and params.dimensions is not None:
+                config = self.model.config
+                if not (getattr(config, "matryoshka_dimensions", None) or getattr(config, "is_matryoshka", False)):
+                    name = self.served_model_name or self.model_name
+                    raise ValueError(f"Model {name!r} does not support Matryoshka embeddings; dimensions must be "
+                                     f"unset (received dimensions={params.dimensions}).")
+
     @property
     def pooling_task(self) -> str:
         """The model's own pooling task (vLLM's ``LLM.pooling_task``): ``PoolerConfig(task=...)`` if set,
         else the architecture's default (``token_classify`` for process reward models)."""
         if self.user_pooler_config.task is not None:
             return check_task(self.user_pooler_config.task, self.supported_tasks)
+        if self.strict_vllm_compat:  # vLLM's ModelConfig.get_pooling_task priority
+            supported = self.supported_tasks
+            return next(t for t in ("embed", "classify", "token_embed", "token_classify") if t in supported)
         return self.model_info().default_task
 
     @classmethod
@@ -599,6 +647,14 @@ def _cache_salt(prompt: Any) -> str | None:
     if salt is not None and not isinstance(salt, str):
         raise ValueError(f"cache_salt must be a string, got {type(salt).__name__}.")
     return salt
+
+
+def _vllm_supported_tasks(spec: ModelSpec) -> tuple[str, ...]:
+    """The tasks vLLM 0.32's pooler lists for ``spec``'s model: a classifier or reward model has no embedding
+    tasks there (its ``embed``/``token_embed`` here are this library's extension)."""
+    if spec.kind == "embedding":
+        return spec.tasks
+    return tuple(t for t in spec.tasks if t not in ("embed", "token_embed")) or spec.tasks
 
 
 def _non_finite_error(data: torch.Tensor) -> str | None:

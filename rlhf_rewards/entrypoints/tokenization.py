@@ -3,9 +3,11 @@
 vLLM's ``TokenizeParams.with_kwargs`` pops ``max_length``, ``truncate_prompt_tokens``, ``truncation_side``,
 ``add_special_tokens`` and ``truncation`` (``True``/``"longest_first"``: cut to ``max_length``, which defaults
 to the model's length; ``False``/``"do_not_truncate"``: no cut) and logs the other keys as ignored. The
-same happens here. One deliberate difference: when no side is given, truncation keeps the LAST tokens (vLLM
-uses the tokenizer's side, usually the right, i.e. it keeps the first tokens) because a reward model reads
-its score at the end of the text: cutting the end would drop the completion being scored.
+same happens here, and so does the side: ``truncation_side="left"`` keeps the LAST k tokens, ``"right"`` the
+first k, and without one the tokenizer's side applies, which vLLM's pooling runner always loads as ``"right"``
+(``vllm/tokenizers/registry.py``): vLLM keeps the FIRST k tokens by default, and so does this library.
+Reward code that reads a score at the last token asks for ``truncation_side="left"`` itself (the reward
+workers do).
 """
 
 from __future__ import annotations
@@ -27,34 +29,31 @@ class TokenizationOptions:
 
     Args:
         truncate_prompt_tokens: Keep k tokens (``-1``: ``max_model_len``); ``None``: no truncation.
-        truncation_side: ``"left"`` keeps the last k tokens (default), ``"right"`` the first k.
+        truncation_side: ``"left"`` keeps the last k tokens, ``"right"`` the first k; ``None`` (default): vLLM's
+            default for pooling models, ``"right"``.
         add_special_tokens: Add the tokenizer's special tokens to text prompts.
     """
 
     truncate_prompt_tokens: int | None = None
-    truncation_side: str = "left"
+    truncation_side: str | None = None
     add_special_tokens: bool = True
 
     def cut(self, index: int, token_ids: list[int], truncate: int | None, max_model_len: int) -> list[int]:
         """Apply ``truncate`` on this call's side, then the ``max_model_len`` check (a ``RequestError``)."""
-        if truncate is not None and self.truncation_side == "right":
-            keep = max_model_len if truncate == -1 else truncate
-            if keep <= max_model_len:
-                token_ids = token_ids[:keep]
-        return apply_length_limit(index, token_ids, max_model_len, truncate)
+        return apply_length_limit(index, token_ids, max_model_len, truncate, side=self.truncation_side or "right")
 
 
 def tokenization_options(kwargs: Mapping[str, Any] | None, *, truncate_prompt_tokens: int | None = None,
                          add_special_tokens: bool = True, max_model_len: int) -> TokenizationOptions:
     """Merge ``tokenization_kwargs`` over the call's keywords (vLLM's rules; unknown keys warn and are ignored)."""
     if kwargs is None:
-        return TokenizationOptions(truncate_prompt_tokens, "left", add_special_tokens)
+        return TokenizationOptions(truncate_prompt_tokens, None, add_special_tokens)
     if not isinstance(kwargs, Mapping):
         raise RequestError(f"must be a dict, got {type(kwargs).__name__}.", field="tokenization_kwargs")
     rest = dict(kwargs)
     max_length = rest.pop("max_length", max_model_len)
     truncate = rest.pop("truncate_prompt_tokens", truncate_prompt_tokens)
-    side = rest.pop("truncation_side", None) or "left"
+    side = rest.pop("truncation_side", None)
     add_special = rest.pop("add_special_tokens", add_special_tokens)
     truncation = rest.pop("truncation", None)
     if truncation in (True, "longest_first"):
@@ -63,7 +62,7 @@ def tokenization_options(kwargs: Mapping[str, Any] | None, *, truncate_prompt_to
         truncate = None
     elif truncation is not None:
         rest["truncation"] = truncation  # e.g. "only_second": reported below, as vLLM does
-    if side not in ("left", "right"):
+    if side not in (None, "left", "right"):
         raise RequestError("must be either 'left' or 'right'.", field="truncation_side", sep=" ")
     if not isinstance(add_special, bool):
         raise RequestError(f"must be true or false, got {add_special!r}.", field="add_special_tokens")

@@ -14,10 +14,11 @@ def supports_packing(architecture: str) -> bool:
 
 
 def embed_defaults() -> dict[str, PoolerConfig]:
-    """``embed`` (last token, normalized) and ``token_embed`` (every token) for any backbone."""
+    """``embed`` (last token) and ``token_embed`` (every token) for any backbone, both L2-normalized by default
+    as in vLLM (its ``TokenEmbeddingPoolerHead`` normalizes each row unless ``use_activation=False``)."""
     return {
         "embed": PoolerConfig(pooling_type="LAST", normalize=True),
-        "token_embed": PoolerConfig(pooling_type="ALL", normalize=False),
+        "token_embed": PoolerConfig(pooling_type="ALL", normalize=True),
     }
 
 

@@ -110,7 +110,9 @@ register(
         architecture="Qwen2ForRewardModel",
         loader=load_qwen2_reward,
         kind="token",
-        task_defaults={"token_classify": PoolerConfig(pooling_type="ALL", use_activation=True), **embed_defaults()},
+        # vLLM's Qwen2ForRewardModelConfig sets use_activation=False when the user's pooler config leaves it
+        # unset: this model's default token_classify output is the raw score (InternLM2's is its sigmoid).
+        task_defaults={"token_classify": PoolerConfig(pooling_type="ALL", use_activation=False), **embed_defaults()},
         description="token reward model (Qwen2.5-Math-RM): raw score per token, the last one is the reward",
     )
 )

@@ -31,6 +31,11 @@ from rlhf_rewards.pooling.params import ResolvedPooling
 from rlhf_rewards.pooling.tasks import SEQUENCE_POOLING_TYPES, TOKEN_POOLING_TYPES, TOKEN_TASKS
 
 EMBED_TASKS = frozenset({"embed", "token_embed"})
+#: The ``step_tag_id`` vLLM 0.32 gives an architecture whose pooler config sets none, whatever its tokenizer
+#: (``Qwen2ForProcessRewardModelConfig``: ``<extra_0>`` in Qwen2.5's vocabulary). This library looks the
+#: architecture's tag up in the model's tokenizer instead (:func:`default_step_tag_id`), which gives the same
+#: id on the real model; ``LLM(..., strict_vllm_compat=True)`` uses these.
+VLLM_DEFAULT_STEP_TAG_IDS: dict[str, int] = {"Qwen2ForProcessRewardModel": 151651}
 
 
 class StepPooler:
@@ -177,6 +182,7 @@ def step_score_column(k: int, *, returned_token_ids: Sequence[int] | None = None
 
 
 __all__ = [
+    "VLLM_DEFAULT_STEP_TAG_IDS",
     "StepPooler",
     "check_columns",
     "default_step_tag_id",

@@ -47,6 +47,10 @@ class WorkerStats:
         self.busy_seconds += seconds
 
 
+#: The ``tokenization_kwargs`` a worker passes to ``LLM.encode``: truncation keeps the last tokens.
+KEEP_LAST_TOKENS: dict[str, str] = {"truncation_side": "left"}
+
+
 class RewardWorker(ABC):
     """Runs pooling requests somewhere. Same arguments and outputs as :meth:`rlhf_rewards.LLM.encode`."""
 
@@ -63,7 +67,13 @@ class RewardWorker(ABC):
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = False,
     ) -> list[PoolingRequestOutput]:
-        """Pool ``prompts``; see :meth:`rlhf_rewards.LLM.encode`."""
+        """Pool ``prompts``; see :meth:`rlhf_rewards.LLM.encode`.
+
+        One difference: ``truncate_prompt_tokens=k`` keeps the LAST k tokens of a prompt (workers serve reward
+        functions, which read the score at the end of the text), where ``LLM.encode`` keeps the first k unless
+        ``tokenization_kwargs={"truncation_side": "left"}``, as vLLM. Implementations ask the engine for
+        left truncation (:data:`KEEP_LAST_TOKENS`).
+        """
 
     async def aencode(
         self,
@@ -102,6 +112,14 @@ class RewardWorker(ABC):
         :meth:`rlhf_rewards.LLM.generative_score` (vLLM's ``/generative_scoring``). With ``all_labels`` every
         output's ``label_probs`` holds each label's probability (a remote worker then asks once per label)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement generative scoring.")
+
+    def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
+        """Token ids of each text with the model's tokenizer. The default renders each text verbatim with
+        :meth:`render_chat` (no special tokens: ``add_special_tokens`` must be False)."""
+        if add_special_tokens:
+            raise NotImplementedError(f"{type(self).__name__}.tokenize adds no special tokens.")
+        template = "{{ messages[0]['content'] }}"
+        return self.render_chat([[{"role": "user", "content": t}] for t in texts], chat_template=template)
 
     async def agenerative_score(
         self,

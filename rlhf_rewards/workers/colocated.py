@@ -24,7 +24,7 @@ from rlhf_rewards.entrypoints.llm import LLM
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
-from rlhf_rewards.workers.base import ModelInfo, RewardWorker, WorkerHealth, WorkerStats
+from rlhf_rewards.workers.base import KEEP_LAST_TOKENS, ModelInfo, RewardWorker, WorkerHealth, WorkerStats
 from rlhf_rewards.workers.zero3 import partitioned_parameters, unsharded_loading
 
 logger = logging.getLogger(__name__)
@@ -119,10 +119,14 @@ class ColocatedWorker(RewardWorker):
         """Move the weights to CPU and free their accelerator memory (``torch.cuda.empty_cache()`` on CUDA).
 
         Does nothing if already asleep, or if the worker was built with ``offload=False``. On a CPU device
-        the weights already are on CPU: the worker is only marked asleep.
+        the weights already are on CPU: the worker is only marked asleep. The engine's cross-call prefix cache
+        is dropped either way (its memory is freed; the weights may change before the worker wakes).
         """
         with self._lock:
             llm = self._require_open()
+            reset = getattr(llm, "reset_prefix_cache", None)
+            if reset is not None:
+                reset()
             if self._sleeping or not self.offload:
                 return
             start = time.perf_counter()
@@ -165,6 +169,7 @@ class ColocatedWorker(RewardWorker):
                 pooling_task=pooling_task,
                 lora_request=lora_request,
                 truncate_prompt_tokens=truncate_prompt_tokens,
+                tokenization_kwargs=KEEP_LAST_TOKENS,
                 use_tqdm=use_tqdm,
             )
             self.stats.record(outputs, time.perf_counter() - start)
@@ -197,6 +202,11 @@ class ColocatedWorker(RewardWorker):
             self.stats.tokens += sum(len(o.prompt_token_ids or ()) for o in outputs)
             self.stats.busy_seconds += time.perf_counter() - start
             return outputs
+
+    def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
+        """Token ids of each text with the model's tokenizer."""
+        tok = self._require_open().get_tokenizer()
+        return [list(ids) for ids in tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
 
     def model_info(self) -> ModelInfo:
         if self._info is None:

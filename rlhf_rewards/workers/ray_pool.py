@@ -31,7 +31,7 @@ from rlhf_rewards.errors import RequestError
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
-from rlhf_rewards.workers.base import WorkerHealth
+from rlhf_rewards.workers.base import KEEP_LAST_TOKENS, WorkerHealth
 from rlhf_rewards.workers.loop import PER_PROMPT_FIELDS, CheckedPrompt, LoopThreadWorker, gather_or_raise
 from rlhf_rewards.workers.retry import Endpoint, EndpointFailure, EndpointPool, RetryPolicy
 
@@ -95,7 +95,7 @@ class ReplicaActor:
         """``LLM.encode`` on one chunk."""
         return self._require_llm().encode(prompts, pooling_params, pooling_task=pooling_task,
                                           lora_request=lora_request, truncate_prompt_tokens=truncate_prompt_tokens,
-                                          use_tqdm=False)
+                                          tokenization_kwargs=KEEP_LAST_TOKENS, use_tqdm=False)
 
     def generative_score(self, query: Any, items: list[Any], label_token_ids: list[int],
                          kwargs: dict[str, Any]) -> list[Any]:

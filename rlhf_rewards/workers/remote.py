@@ -215,6 +215,7 @@ class RemoteWorker(LoopThreadWorker):
                                         "return_details": True, **params_to_fields(params)}
                 if truncate is not None:
                     body["truncate_prompt_tokens"] = truncate
+                    body["truncation_side"] = "left"  # the worker contract: keep the last k tokens
                 groups[key], bodies[key] = [], body
             groups[key].append(i)
         size = min(self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size))
@@ -257,6 +258,16 @@ class RemoteWorker(LoopThreadWorker):
             j = item["index"]
             results[indices[j]] = _output(f"{chunk_id}-{j}", item)
 
+
+    def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
+        """Token ids of each text, by the server's ``POST /tokenize`` (its ``prompt`` form)."""
+        async def run() -> list[list[int]]:
+            info = await self._model_info()
+            answers = await gather_or_raise([self._request("POST", "/tokenize", {
+                "model": info.model, "prompt": t, "add_special_tokens": add_special_tokens}) for t in texts])
+            return [list(a["tokens"]) for a in answers]
+
+        return self._run(run())
 
     async def _generative_score(self, query: Any, items: list[Any], label_token_ids: list[int], *,
                                 apply_softmax: bool = True, item_first: bool = False, add_special_tokens: bool = True,

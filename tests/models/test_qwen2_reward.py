@@ -86,11 +86,15 @@ def test_rm_token_classify_raw_scores_match_reference(rm):
         assert out.prompt_token_ids == ids
         assert out.outputs.data.shape == (len(ids), 1)
         torch.testing.assert_close(out.outputs.data, logits, atol=ATOL, rtol=0)
-    # The default and use_activation=True give the sigmoid, as in vLLM 0.33.
-    for params in (None, PoolingParams(use_activation=True)):
-        act = llm.encode(MIXED_TEXTS[:2], params, pooling_task="token_classify")
-        torch.testing.assert_close(act[1].outputs.data, torch.sigmoid(reference(MIXED_TEXTS[1])[1]), atol=ATOL,
-                                   rtol=0)
+    # The default is the raw score too (vLLM 0.32's Qwen2ForRewardModelConfig sets use_activation=False when the
+    # pooler config leaves it unset); use_activation=True gives the sigmoid.
+    default = llm.encode(MIXED_TEXTS[:2], pooling_task="token_classify")
+    torch.testing.assert_close(default[1].outputs.data, reference(MIXED_TEXTS[1])[1], atol=ATOL, rtol=0)
+    act = llm.encode(MIXED_TEXTS[:2], PoolingParams(use_activation=True), pooling_task="token_classify")
+    torch.testing.assert_close(act[1].outputs.data, torch.sigmoid(reference(MIXED_TEXTS[1])[1]), atol=ATOL, rtol=0)
+    on = LLM(str(rm), device="cpu", pooler_config={"use_activation": True})
+    torch.testing.assert_close(on.encode(MIXED_TEXTS[1], pooling_task="token_classify")[0].outputs.data,
+                               torch.sigmoid(reference(MIXED_TEXTS[1])[1]), atol=ATOL, rtol=0)
 
 
 def test_rm_forward_returns_the_last_real_token_score(rm):

@@ -32,10 +32,12 @@ def test_every_seed_architecture_resolves_with_its_defaults(architecture):
     assert {"embed", "token_embed"} <= set(spec.tasks)  # every backbone embeds
 
 
-def test_token_reward_models_default_to_the_activation_as_vllm():
-    # Issue 15: vLLM 0.33's token_classify applies the activation by default, for every architecture.
-    for architecture in ("Qwen2ForRewardModel", "InternLM2ForRewardModel"):
-        assert resolve_spec(architecture).task_defaults["token_classify"].use_activation is True
+def test_token_reward_models_default_activation_as_vllm():
+    # vLLM's token_classify applies the activation by default (InternLM2 too), except Qwen2ForRewardModel:
+    # its Qwen2ForRewardModelConfig sets use_activation=False (measured against vLLM 0.32 in
+    # tests/compat/vllm_live/test_offline_token.py).
+    assert resolve_spec("InternLM2ForRewardModel").task_defaults["token_classify"].use_activation is True
+    assert resolve_spec("Qwen2ForRewardModel").task_defaults["token_classify"].use_activation is False
     prm = resolve_spec("Qwen2ForProcessRewardModel")
     assert prm.task_defaults["token_classify"].use_activation is True and prm.default_step_tag == "<extra_0>"
 

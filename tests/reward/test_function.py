@@ -252,8 +252,12 @@ def test_truncate_keeps_the_end(short_llm):
     completions = [" ok", " mathematics, poetry and long walks."]
     want = [float(o.outputs.data[0]) for o in short_llm.encode(
         [p + c for p, c in zip(prompts, completions, strict=True)], RAW, pooling_task="classify",
-        truncate_prompt_tokens=-1, use_tqdm=False)]
+        tokenization_kwargs={"truncate_prompt_tokens": -1, "truncation_side": "left"}, use_tqdm=False)]
     assert close(rf(prompts, completions), want)
+    # LLM.encode's default (vLLM's) keeps the first tokens: a different score for the cut text.
+    first = short_llm.encode(prompts[1] + completions[1], RAW, pooling_task="classify", truncate_prompt_tokens=-1,
+                             use_tqdm=False)[0]
+    assert not close([float(first.outputs.data[0])], want[1:])
 
 
 def test_text_exactly_at_max_model_len_is_scored(rm_path, rm_llm):

@@ -15,6 +15,7 @@ import torch
 from rlhf_rewards import LLM, PoolingParams
 from rlhf_rewards.testing.server import ServerProcess, shared_server
 from rlhf_rewards.workers import RemoteWorker, RewardWorker
+from rlhf_rewards.workers.base import KEEP_LAST_TOKENS
 from tests.conftest import MIXED_TEXTS
 from tests.server.conftest import SERVED_NAME, SERVER_ARGS
 
@@ -61,11 +62,13 @@ def test_same_outputs_as_the_engine_for_every_task_and_prompt_form(pair, llm):
                              ("token_classify", PoolingParams(truncate_prompt_tokens=4)),
                              ("embed", PoolingParams(dimensions=16, normalize=False)), ("token_embed", None)):
             _assert_same(worker.encode(prompts, params, pooling_task=task),
-                         llm.encode(prompts, params, pooling_task=task, use_tqdm=False))
-        # per-prompt parameters and a call-level truncation, as LLM.encode takes them
+                         llm.encode(prompts, params, pooling_task=task, tokenization_kwargs=KEEP_LAST_TOKENS,
+                                    use_tqdm=False))
+        # per-prompt parameters and a call-level truncation (a worker keeps the last tokens)
         per_prompt = [PoolingParams(use_activation=bool(i % 2)) for i in range(len(prompts))]
         _assert_same(worker.encode(prompts, per_prompt, pooling_task="classify", truncate_prompt_tokens=6),
-                     llm.encode(prompts, per_prompt, pooling_task="classify", truncate_prompt_tokens=6, use_tqdm=False))
+                     llm.encode(prompts, per_prompt, pooling_task="classify", truncate_prompt_tokens=6,
+                                tokenization_kwargs=KEEP_LAST_TOKENS, use_tqdm=False))
         assert worker.stats.requests == 6 and worker.stats.prompts == 6 * len(prompts)
         assert worker.stats.tokens > 0 and worker.stats.retries == 0
     after = [_served_prompts(s.url) for s in pair]

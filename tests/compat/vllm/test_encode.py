@@ -4,9 +4,8 @@
 
 Kept: ``test_multiple_pooling_params`` as it is (``VLLMValidationError`` is this engine's ``RequestError``,
 also a ``ValueError``). Changed: ``test_right_side_truncation`` asserts the tokenizer's side as vLLM's does,
-then the deliberate deviation: this engine's ``truncate_prompt_tokens`` keeps the LAST tokens unless
-``tokenization_kwargs={"truncation_side": "right"}`` asks for the first ones (a reward model reads its
-score at the end; cutting the end would drop the completion being scored).
+then what vLLM 0.32 does with it (measured in ``tests/compat/vllm_live``): ``truncate_prompt_tokens`` and
+``truncation=True`` keep the FIRST tokens, ``truncation_side="left"`` the last ones.
 """
 
 from __future__ import annotations
@@ -65,11 +64,14 @@ def test_right_side_truncation(llm: LLM):
     tokenizer = llm.get_tokenizer()
     assert tokenizer.truncation_side == "right"
     ids = tokenizer(PROMPTS[1])["input_ids"]
-    (kept_last,) = llm.encode(PROMPTS[1], pooling_task="embed", tokenization_kwargs={"truncate_prompt_tokens": 3})
+    (default,) = llm.encode(PROMPTS[1], pooling_task="embed", tokenization_kwargs={"truncate_prompt_tokens": 3})
     (kept_first,) = llm.encode(PROMPTS[1], pooling_task="embed",
                                tokenization_kwargs={"truncate_prompt_tokens": 3, "truncation_side": "right"})
-    assert kept_last.prompt_token_ids == ids[-3:]
+    (kept_last,) = llm.encode(PROMPTS[1], pooling_task="embed",
+                              tokenization_kwargs={"truncate_prompt_tokens": 3, "truncation_side": "left"})
+    assert default.prompt_token_ids == ids[:3]
     assert kept_first.prompt_token_ids == ids[:3]
+    assert kept_last.prompt_token_ids == ids[-3:]
     # vLLM's truncation=True cuts to max_length.
     (cut,) = llm.encode(PROMPTS[1], pooling_task="embed", tokenization_kwargs={"truncation": True, "max_length": 2})
-    assert cut.prompt_token_ids == ids[-2:]
+    assert cut.prompt_token_ids == ids[:2]

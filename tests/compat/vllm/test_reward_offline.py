@@ -5,7 +5,7 @@ checkpoints instead of ``internlm/internlm2-1_8b-reward``.
 
 Kept: the LLM arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ``trust_remote_code``...:
 accepted, the ignored ones with one warning each) and ``test_pooling_params``' assertions ("Default should use
-activation."). Changed: the models (the Qwen2 RM is an added parametrization); ``test_config`` reads
+activation."). Changed: the models (the Qwen2 RM is an added parametrization, whose default is the raw score as in vLLM); ``test_config`` reads
 ``llm.llm_engine.vllm_config`` (vLLM's engine internals, absent here): it checks the equivalent facts instead
 (prefix sharing is always on, no chunked prefill to configure); the older file's ``llm.reward(...)`` was
 removed in vLLM 0.33 and raises here with the replacement named, so it is ported as ``encode(...,
@@ -64,7 +64,13 @@ def test_pooling_params(llm: LLM):
     w_activation = get_outputs(use_activation=True)
     wo_activation = get_outputs(use_activation=False)
 
-    assert torch.allclose(default, w_activation, atol=1e-2), "Default should use activation."
+    if llm.spec.architecture == "Qwen2ForRewardModel":
+        # The added Qwen2 RM parametrization: vLLM 0.32's Qwen2ForRewardModelConfig sets use_activation=False
+        # when the pooler config leaves it unset, so this model's default is its raw score (checked against the
+        # running vLLM in tests/compat/vllm_live/test_offline_token.py).
+        assert torch.allclose(default, wo_activation, atol=1e-2), "Qwen2ForRewardModel's default is the raw score."
+    else:
+        assert torch.allclose(default, w_activation, atol=1e-2), "Default should use activation."
     assert not torch.allclose(w_activation, wo_activation, atol=1e-2), "wo_activation should not use activation."
     assert torch.allclose(softmax(wo_activation), w_activation, atol=1e-2), (
         "w_activation should be close to activation(wo_activation).")
