@@ -4,7 +4,7 @@
 Modules: ``function`` (the TRL-facing classes), ``config`` (the settings), ``base`` (construction and
 call bookkeeping), ``plan`` (the scoring plan, a generator of worker calls) run by ``calls`` (sync and
 async), ``readout`` (one reading per reward kind), ``kinds`` (which kind and what it needs), ``source``
-(the worker behind a source), ``errors``; ``formatting``, ``steps`` and ``aggregation`` prepare inputs
+(the worker behind a source), ``errors``, ``judge`` (the judge kind, with ``judge_config``); ``formatting``, ``steps`` and ``aggregation`` prepare inputs
 and combine step scores; ``trl_compat`` backs PPO's ``reward_model``.
 """
 
@@ -17,11 +17,13 @@ from rlhf_rewards.reward.function import (
     RewardInputError,
     UnscorableCompletionWarning,
 )
+from rlhf_rewards.reward.judge_config import JudgeConfig
 from rlhf_rewards.reward.trl_compat import as_trl_reward_model
 
 __all__ = [
     "AGGREGATIONS",
     "AsyncRewardFunction",
+    "JudgeConfig",
     "RewardFunction",
     "RewardFunctionConfig",
     "RewardFunctionError",

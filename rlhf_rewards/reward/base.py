@@ -18,6 +18,7 @@ from rlhf_rewards.reward.errors import (
     UnscorableCompletionWarning,
     wrap_error,
 )
+from rlhf_rewards.reward.judge import JudgePlan
 from rlhf_rewards.reward.kinds import resolve_kind, resolve_step_tag
 from rlhf_rewards.reward.plan import ScoringPlan
 from rlhf_rewards.reward.readout import ProcessReadout, ScoreResult
@@ -44,7 +45,7 @@ class RewardFunctionBase:
         self.__name__ = self.config.name or default_name(self.model_info, self.config)
         self.kind = resolve_kind(self.config.kind, self.model_info, self._owner)
         self.step_tag = resolve_step_tag(self.kind, self.config.step_tag, self.model_info, self._owner)
-        self._scoring = ScoringPlan(self.config, self.model_info, self.kind, self.step_tag)
+        self._scoring = self._plan()
         self.pooling_task = self._scoring.pooling_task
         self._call_listeners: list[Callable[[list[float | None], float], None]] = []
 
@@ -83,7 +84,13 @@ class RewardFunctionBase:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._scoring = ScoringPlan(self.config, self.model_info, self.kind, self.step_tag)
+        self._scoring = self._plan()
+
+    def _plan(self) -> Any:
+        """The scoring plan of the function's kind (a judge's is :class:`~rlhf_rewards.reward.judge.JudgePlan`)."""
+        if self.kind == "judge":
+            return JudgePlan(self.config, self.model_info)
+        return ScoringPlan(self.config, self.model_info, self.kind, self.step_tag)
 
     @property
     def _owner(self) -> str:

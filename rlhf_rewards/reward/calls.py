@@ -19,7 +19,7 @@ from rlhf_rewards.workers.base import RewardWorker
 T = TypeVar("T")
 
 #: A plan yields worker calls, is sent their results and returns a ``T``.
-Plan = Generator["RenderChat | EncodeBatch", Any, T]
+Plan = Generator["RenderChat | EncodeBatch | GenerativeScore | Tokenize", Any, T]
 
 
 @dataclass
@@ -28,6 +28,7 @@ class RenderChat:
 
     conversations: list[list[dict[str, Any]]]
     chat_template: str | None
+    add_generation_prompt: bool = False
 
 
 @dataclass
@@ -53,6 +54,31 @@ class EncodeBatch:
         }
 
 
+@dataclass
+class GenerativeScore:
+    """``worker.generative_score(query, items, label_token_ids, ...)``: one output per item (a judge's read)."""
+
+    query: str | list[int]
+    items: list[Any]
+    label_token_ids: list[int]
+    apply_softmax: bool = True
+    add_special_tokens: bool = True
+    lora_request: Any = None
+    all_labels: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``generative_score``/``agenerative_score`` after the three positionals."""
+        return {"apply_softmax": self.apply_softmax, "add_special_tokens": self.add_special_tokens,
+                "lora_request": self.lora_request, "all_labels": self.all_labels}
+
+
+@dataclass
+class Tokenize:
+    """``worker.tokenize(texts)``: token ids of each text, no special tokens added."""
+
+    texts: list[str]
+
+
 def _plan_catches(request: Any) -> bool:
     return isinstance(request, EncodeBatch) and request.catch
 
@@ -67,7 +93,13 @@ def run_plan(plan: Plan[T], worker: RewardWorker) -> T:
             return stop.value
         try:
             if isinstance(request, RenderChat):
-                result = worker.render_chat(request.conversations, chat_template=request.chat_template)
+                result = worker.render_chat(request.conversations, chat_template=request.chat_template,
+                                            add_generation_prompt=request.add_generation_prompt)
+            elif isinstance(request, Tokenize):
+                result = worker.tokenize(request.texts)
+            elif isinstance(request, GenerativeScore):
+                result = worker.generative_score(request.query, request.items, request.label_token_ids,
+                                                 **request.kwargs())
             else:
                 result = worker.encode(request.prompts, request.pooling_params, **request.encode_kwargs())
         except Exception as exc:  # noqa: BLE001 - the plan decides (catch=True) or it propagates
@@ -87,8 +119,14 @@ async def arun_plan(plan: Plan[T], worker: RewardWorker) -> T:
         try:
             if isinstance(request, RenderChat):
                 result = await asyncio.to_thread(
-                    worker.render_chat, request.conversations, chat_template=request.chat_template
+                    worker.render_chat, request.conversations, chat_template=request.chat_template,
+                    add_generation_prompt=request.add_generation_prompt,
                 )
+            elif isinstance(request, Tokenize):
+                result = await asyncio.to_thread(worker.tokenize, request.texts)
+            elif isinstance(request, GenerativeScore):
+                result = await worker.agenerative_score(request.query, request.items, request.label_token_ids,
+                                                        **request.kwargs())
             else:
                 result = await worker.aencode(request.prompts, request.pooling_params, **request.encode_kwargs())
         except Exception as exc:  # noqa: BLE001 - the plan decides (catch=True) or it propagates
@@ -97,4 +135,4 @@ async def arun_plan(plan: Plan[T], worker: RewardWorker) -> T:
             result = exc
 
 
-__all__ = ["EncodeBatch", "Plan", "RenderChat", "arun_plan", "run_plan"]
+__all__ = ["EncodeBatch", "GenerativeScore", "Plan", "RenderChat", "Tokenize", "arun_plan", "run_plan"]

@@ -13,8 +13,9 @@ from typing import Any
 
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.reward.aggregation import StepAggregation, check_aggregation
+from rlhf_rewards.reward.judge_config import JudgeConfig
 
-KINDS = ("outcome", "token", "process")
+KINDS = ("outcome", "token", "process", "judge")
 
 
 @dataclass
@@ -83,6 +84,14 @@ class RewardFunctionConfig:
         llm_kwargs (`dict[str, Any]`, *optional*, defaults to `{}`):
             Keyword arguments for ``LLM`` when the source is a path or hub id (e.g. ``device``, ``dtype``,
             ``pooler_config``). `None` is read as `{}`; the dict is copied.
+
+        > Judges (kind ``"judge"``)
+
+        judge (`JudgeConfig`, `dict`, `str` or `None`, *optional*, defaults to `None`):
+            Read a causal LM as a judge: the template the prompt and completion go into and the label tokens
+            whose next-token probability is the reward (``JudgeConfig(template=..., labels=("Yes", "No"))``,
+            a dict of its fields, or just the template). Setting it makes ``kind`` ``"judge"``; see
+            :mod:`rlhf_rewards.reward.judge`.
     """
 
     name: str | None = None
@@ -100,6 +109,7 @@ class RewardFunctionConfig:
     reward_scale: float = 1.0
     truncate: bool = False
     llm_kwargs: dict[str, Any] = field(default_factory=dict)
+    judge: JudgeConfig | dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:
         for name in ("name", "chat_template", "step_tag"):
@@ -132,6 +142,14 @@ class RewardFunctionConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{num} must be a finite number, got {value!r}.")
             setattr(self, num, float(value))
+        if self.judge is not None:
+            self.judge = JudgeConfig.from_any(self.judge)
+            if self.kind is None:
+                self.kind = "judge"
+        if self.kind == "judge" and self.judge is None:
+            raise ValueError("kind='judge' needs judge=JudgeConfig(template=..., labels=...) (or a template string).")
+        if self.judge is not None and self.kind != "judge":
+            raise ValueError(f"judge=... reads the model as a judge, but kind={self.kind!r}; leave kind None.")
         if self.llm_kwargs is None:
             self.llm_kwargs = {}
         if not isinstance(self.llm_kwargs, Mapping):

@@ -3,7 +3,9 @@
 - ``outcome``: a sequence classifier, read with the ``classify`` task (one score at the last token);
 - ``token``: a token reward model, read with ``token_classify`` at the final token (after the model's
   reward token, if it has one);
-- ``process``: a PRM, read with ``token_classify`` under STEP pooling, one row per step tag.
+- ``process``: a PRM, read with ``token_classify`` under STEP pooling, one row per step tag;
+- ``judge``: a causal LM asked a question, read through the next-token probability of its answer
+  (``generative_score``, vLLM's ``/generative_scoring``; :mod:`rlhf_rewards.reward.judge`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ def resolve_kind(requested: str | None, info: ModelInfo, owner: str) -> str:
             f"{owner}: the model's kind is {info.kind!r} ({info.architecture}), not a reward model; "
             "pass kind='outcome', 'token' or 'process' if it does score rewards."
         )
+    if kind == "judge":
+        if not info.architecture.endswith(("ForCausalLM", "LMHeadModel")) or info.kind != "process":
+            raise ValueError(f"{owner}: a judge is read through its LM head, but {info.architecture} (kind "
+                             f"{info.kind!r}) has none; load a *ForCausalLM checkpoint with convert='auto'.")
+        return kind
     task = pooling_task_of(kind)
     if task not in info.tasks:
         raise ValueError(

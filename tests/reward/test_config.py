@@ -32,7 +32,7 @@ def test_every_field_is_documented_with_its_type_and_default():
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
-        ("kind", "reward", r"kind='reward'; choose one of \['outcome', 'token', 'process'\]"),
+        ("kind", "reward", r"kind='reward'; choose one of \['outcome', 'token', 'process', 'judge'\]"),
         ("step_aggregation", "median", r"step_aggregation='median'; choose one of \['last', 'mean', 'min', 'prod'\]"),
         ("step_score_column", -1, r"step_score_column must be a non-negative integer or None, got -1"),
         ("score_column", 1.5, r"score_column must be a non-negative integer, got 1.5"),
