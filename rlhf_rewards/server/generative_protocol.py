@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from rlhf_rewards.server.protocol import ResponseModel, ScoredList, StrictModel
 
@@ -39,17 +39,17 @@ class GenerativeScoringRequest(StrictModel):
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=256,
                             description="Response id suffix (the X-Request-Id header wins, as in vLLM).")
 
-    @field_validator("cache_salt")
-    @classmethod
-    def _salt(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if not value:
-            raise ValueError("Parameter 'cache_salt' must be a non-empty string if provided.")
-        if len(value) > 128 or any(c in _CACHE_SALT_FORBIDDEN for c in value):
-            raise ValueError("Parameter 'cache_salt' must be at most 128 characters and must not contain "
-                             "'@', '/', '\\\\', or NUL.")
-        return value
+
+def check_cache_salt(value: str | None) -> str | None:
+    """vLLM's ``validate_cache_salt``: a ``BadRequestError`` (not a schema error) naming ``cache_salt``."""
+    if value is None:
+        return None
+    if not value:
+        return "Parameter 'cache_salt' must be a non-empty string if provided."
+    if len(value) > 128 or any(c in _CACHE_SALT_FORBIDDEN for c in value):
+        return ("Parameter 'cache_salt' must be at most 128 characters and must not contain '@', '/', '\\\\', "
+                "or NUL.")
+    return None
 
 
 class GenerativeScoringItemResult(ResponseModel):
@@ -79,5 +79,5 @@ class GenerativeScoringResponse(ScoredList[GenerativeScoringItemResult]):
     usage: GenerativeScoringUsage  # type: ignore[assignment]
 
 
-__all__ = ["GenerativeScoringItemResult", "GenerativeScoringRequest", "GenerativeScoringResponse",
+__all__ = ["check_cache_salt", "GenerativeScoringItemResult", "GenerativeScoringRequest", "GenerativeScoringResponse",
            "GenerativeScoringUsage"]

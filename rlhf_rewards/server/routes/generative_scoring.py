@@ -35,6 +35,7 @@ from rlhf_rewards.server.generative_protocol import (
     GenerativeScoringRequest,
     GenerativeScoringResponse,
     GenerativeScoringUsage,
+    check_cache_salt,
 )
 from rlhf_rewards.server.label_reads import GENERATIVE_SCORING_TASK, label_item
 from rlhf_rewards.server.protocol import NOT_OFFERED_RESPONSES
@@ -67,6 +68,9 @@ def vocab_size(engine: ServingEngine) -> int:
 async def generative_scoring(body: GenerativeScoringRequest, request: Request) -> JSONResponse:
     """Probability of ``label_token_ids[0]`` as the next token after each ``query + item``."""
     engine = engine_of(request)
+    salt_error = check_cache_salt(body.cache_salt)  # vLLM checks it while parsing, before anything else
+    if salt_error is not None:
+        raise APIError(400, salt_error, param="cache_salt")
     name, lora = engine.resolve_model(body.model)
     try:
         labels = check_labels(body.label_token_ids, vocab_size(engine))
