@@ -84,6 +84,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     model.add_argument("--deterministic", action="store_true",
                        help="Batch-invariant scores: a text's score is bit-identical whatever else is batched "
                             "with it (README, Reproducible rewards). Needs --enforce-eager.")
+    model.add_argument("--strict-vllm-compat", action="store_true",
+                       help="Answer every request vLLM 0.32 refuses with vLLM's status and error instead of this "
+                            "server's extensions (tasks other than the model's own, /classify on token reward "
+                            "models, /v1/embeddings on reward models, `normalize`/`dimensions` on /pooling...): "
+                            "LLM(strict_vllm_compat=True).")
 
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024,
@@ -186,6 +191,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         prefix_cache_bytes=args.prefix_cache_bytes,
         tensor_parallel_size=args.tensor_parallel_size,
         pipeline_parallel_size=args.pipeline_parallel_size,
+        **({"strict_vllm_compat": True} if getattr(args, "strict_vllm_compat", False) else {}),
     )
     for i, (name, path) in enumerate(modules.items()):
         llm.add_lora(LoRARequest(name, i + 1, path))  # loads and checks each adapter now, not on first use

@@ -115,9 +115,19 @@ class ChatMessage(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+#: Task names vLLM 0.32 refuses as removed (its ``_REMOVED_POOLING_TASK_MESSAGES``: a ``BadRequestError``).
+_REMOVED_TASKS = {
+    "score": "`score` task was removed; use `classify` instead.",
+    "encode": "`encode` task was removed; use `token_embed` or `token_classify` instead.",
+}
+
+
 def _check_task(value: Any) -> Any:
-    if value is None or value in POOLING_TASKS or value == "plugin":  # plugin: refused by the route, as vLLM
+    # plugin and embed&token_classify: vLLM's task names, refused by the route (no plugin, no combined task)
+    if value is None or value in POOLING_TASKS or value in ("plugin", "embed&token_classify"):
         return value
+    if isinstance(value, str) and value in _REMOVED_TASKS:
+        raise RequestRefused(_REMOVED_TASKS[value], "task")
     hint = _TASK_HINT.get(str(value))
     suffix = f"; for {value!r} use {hint}" if hint else ""
     raise ValueError(f"{value!r} is not a pooling task; choose one of {list(POOLING_TASKS)}{suffix}")

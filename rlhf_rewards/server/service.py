@@ -385,22 +385,21 @@ def _request_errors(field_name: str | None) -> Iterator[None]:
 
     A :class:`RequestError` on the engine's ``prompts`` is moved to ``field_name`` (``prompts[3]`` ->
     ``input[3]``, the token-id subfield dropped: the request has none) and ``pooling_task`` becomes ``task``.
-    The error's ``param`` is ``field_name`` when given (every error of the prompts' checks blames the
-    prompts, ``truncate_prompt_tokens`` over ``max_model_len`` included), else the error's own; any other
-    ``ValueError`` keeps its message with ``field_name`` as ``param``.
+    The error's ``param`` is vLLM's for the prompts' checks (``input_tokens`` for a prompt over
+    ``max_model_len``, none for the others: the structure in the error header still locates it), else the
+    error's own.
     """
     try:
         yield
     except RequestError as exc:
-        param = field_name or exc.param
+        param = exc.param if field_name is None else _vllm_prompt_param(exc.message)
         if exc.field == "prompts" and field_name is not None:
             exc = exc.located(field=field_name, subfield=None)
-            param = _vllm_prompt_param(exc.message)
         elif exc.field in _ENGINE_FIELDS:
             exc = exc.located(field=_ENGINE_FIELDS[exc.field])
         raise APIError.from_request_error(exc, param=param) from None
     except ValueError as exc:
-        raise APIError(400, str(exc), param=field_name) from None
+        raise APIError(400, str(exc), param=None if field_name is None else _vllm_prompt_param(str(exc))) from None
 
 
 __all__ = ["ServerLimits", "ServingEngine"]
