@@ -320,7 +320,7 @@ class WorkerPool(ParallelGroup):
         self._store: Any = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                                          timeout=timedelta(seconds=float(config.start_timeout_s or 0)))
         self.port = int(self._store.port)
-        self.workers: list[_Worker] = []
+        self._workers: list[_Worker] = []  # rank order
         try:
             self._spawn(factory, kwargs)
         except BaseException:
@@ -328,9 +328,9 @@ class WorkerPool(ParallelGroup):
             raise
 
     @property
-    def processes(self) -> list[Any]:
+    def workers(self) -> list[Any]:
         """The worker processes (``multiprocessing.Process``), rank order."""
-        return [w.proc for w in self.workers]
+        return [w.proc for w in self._workers]
 
     def _spawn(self, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -353,7 +353,7 @@ class WorkerPool(ParallelGroup):
                 child_conn.close()
             threading.Thread(target=_pump_stderr, args=(read_fd, rank, tail), name=f"rlhf-rewards-rank{rank}-stderr",
                              daemon=True).start()
-            self.workers.append(_Worker(rank, proc, Channel(parent_conn), tail))
+            self._workers.append(_Worker(rank, proc, Channel(parent_conn), tail))
 
     # ------------------------------------------------------------------ waiting
     def _wait(self, pending: set[int], deadline: float, timeout_s: float, handle: Callable[[_Worker, Any], bool],
@@ -364,8 +364,8 @@ class WorkerPool(ParallelGroup):
         arrives before ``deadline``. In a call, every message is progress and moves the deadline ``timeout_s`` on.
         """
         while pending:
-            live = [w for w in self.workers if w.open]
-            waitables = [w.channel.conn for w in live] + [w.proc.sentinel for w in self.workers]
+            live = [w for w in self._workers if w.open]
+            waitables = [w.channel.conn for w in live] + [w.proc.sentinel for w in self._workers]
             multiprocessing.connection.wait(waitables, timeout=max(0.0, min(deadline - time.monotonic(), _POLL_S)))
             for worker in live:
                 while worker.open and worker.channel.conn.poll():
@@ -377,7 +377,7 @@ class WorkerPool(ParallelGroup):
                         pending.discard(worker.rank)
                     if phase == "call":
                         deadline = time.monotonic() + timeout_s
-            for worker in self.workers:
+            for worker in self._workers:
                 if worker.proc.exitcode is not None or not worker.open:
                     worker.proc.join(1.0)  # a closed pipe: the exit code follows at once
                     raise self._died(worker, phase)
@@ -386,13 +386,13 @@ class WorkerPool(ParallelGroup):
 
     def _died(self, worker: _Worker, phase: str) -> WorkerFailed:
         when = {"start": "while starting, before it was ready", "call": "during a call"}.get(phase, "between calls")
-        tail = "\n".join(worker.tail)
         after = ("" if phase == "start" else
                  " The other ranks were stopped and this engine refuses further calls: build a new LLM.")
+        hint = _guard_hint("\n".join(worker.tail))  # the fix first: the traceback below is long
         return WorkerFailed(
             f"rank {worker.rank} of the split engine for {self.model} (pid {worker.proc.pid}) "
-            f"{_describe_exit(worker.proc.exitcode)} {when}.{after}\nLast lines of its stderr:\n"
-            f"{worker.stderr_tail()}{_guard_hint(tail)}"
+            f"{_describe_exit(worker.proc.exitcode)} {when}.{after}{hint}\n"
+            f"Last lines of its stderr:\n{worker.stderr_tail()}"
         )
 
     def _timed_out(self, ranks: list[int], phase: str) -> WorkerFailed:
@@ -402,7 +402,7 @@ class WorkerPool(ParallelGroup):
                 f"{self.config.start_timeout_s:.0f} s (start_timeout_s). They are alive, so they are stuck (for "
                 "instance setting up NCCL/gloo) or load very slowly. To wait longer pass LLM(..., "
                 f"parallel_start_timeout_s=...) or set {START_TIMEOUT_ENV}.\n"
-                + "\n".join(f"Last lines of rank {r}'s stderr:\n{self.workers[r].stderr_tail(8)}" for r in ranks)
+                + "\n".join(f"Last lines of rank {r}'s stderr:\n{self._workers[r].stderr_tail(8)}" for r in ranks)
             )
         return WorkerFailed(
             f"ranks {ranks} of the split engine for {self.model} sent nothing for {self.config.call_timeout_s:.0f} s "
@@ -498,7 +498,7 @@ class WorkerPool(ParallelGroup):
         raise failure from first.rebuild()
 
     def _send_all(self, payload: bytes) -> None:
-        for worker in self.workers:
+        for worker in self._workers:
             try:
                 worker.channel.send_bytes(payload)
             except OSError:
@@ -510,7 +510,7 @@ class WorkerPool(ParallelGroup):
                                "shutdown() this one).")
         if self.closed:
             raise RuntimeError("this split engine was closed (shutdown()); build a new LLM to score again.")
-        for worker in self.workers:  # one that died between calls: say so before sending anything
+        for worker in self._workers:  # one that died between calls: say so before sending anything
             if worker.proc.exitcode is not None:
                 failure = self._died(worker, "idle")
                 self._break(str(failure).split("\n", 1)[0])
@@ -533,25 +533,25 @@ class WorkerPool(ParallelGroup):
         self.closed = True
         if graceful and self.broken is None:
             stop = pickle.dumps(("stop",))
-            for worker in self.workers:
+            for worker in self._workers:
                 try:
                     if worker.proc.exitcode is None:
                         worker.channel.send_bytes(stop)
                 except OSError:
                     pass
             deadline = time.monotonic() + STOP_TIMEOUT_S
-            for worker in self.workers:
+            for worker in self._workers:
                 worker.proc.join(max(0.0, deadline - time.monotonic()))
         self._terminate()
-        for worker in self.workers:
+        for worker in self._workers:
             worker.channel.close()
         self._store = None  # closes the listening socket: the port is free again
 
     def _terminate(self) -> None:
-        for worker in self.workers:
+        for worker in self._workers:
             if worker.proc.exitcode is None:
                 worker.proc.terminate()
-        for worker in self.workers:
+        for worker in self._workers:
             worker.proc.join(3.0)
             if worker.proc.exitcode is None:  # ignored SIGTERM, or stopped (SIGSTOP): SIGKILL always works
                 worker.proc.kill()

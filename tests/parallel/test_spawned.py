@@ -19,7 +19,7 @@ def split_prm(prm):
 
 def test_engine_started_ranks_score_like_one_process(prm, split_prm):
     reference = LLM(str(prm), device="cpu", dtype="float32", max_num_batched_tokens=64)
-    workers = split_prm._parallel.group.processes
+    workers = split_prm._parallel.group.workers
     # One worker per rank; this process only schedules, and joins no process group (its torch.distributed stays
     # the user's).
     assert len(workers) == 2 and all(w.is_alive() for w in workers) and not dist.is_initialized()
@@ -38,13 +38,18 @@ def test_engine_started_ranks_score_like_one_process(prm, split_prm):
                                                                     use_tqdm=False)[0].outputs.data, atol=1e-5, rtol=0)
 
 
-def test_shutdown_stops_the_workers(split_prm):
-    workers = split_prm._parallel.group.processes
+@pytest.mark.timeout(60)
+def test_shutdown_stops_the_workers_and_frees_the_port(split_prm):
+    from tests.parallel.test_faults import _port_is_free
+
+    workers, port = split_prm._parallel.group.workers, split_prm._parallel.group.port
+    assert not _port_is_free(port)  # the workers' rendezvous store listens while the engine lives
     split_prm.shutdown()
-    for worker in workers:
-        worker.join(30)
+    for worker in workers:  # shutdown() returns once they have exited: nothing to wait for here
         assert not worker.is_alive() and worker.exitcode == 0
+    assert _port_is_free(port)
     assert not dist.is_initialized()
+    split_prm.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         split_prm.encode(PRM_TEXTS[:1], pooling_task="token_classify")
 
