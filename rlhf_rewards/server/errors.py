@@ -221,7 +221,9 @@ def install_error_handlers(app: FastAPI) -> None:
         # error's location, or the parameter a validator names); the message is this server's, naming the field.
         errors = list(exc.errors())
         message, _ = describe_validation_errors(errors, request.headers.get("content-type"))
-        param = _schema_param(request, errors, getattr(exc, "body", None))
+        content_type = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+        # vLLM refuses another media type before reading the body, naming no field.
+        param = _schema_param(request, errors, getattr(exc, "body", None)) if content_type == "application/json" else None
         return error_response(400, message, param, error_type=HTTPStatus.BAD_REQUEST.phrase)
 
     @app.exception_handler(StarletteHTTPException)

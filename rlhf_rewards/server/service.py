@@ -156,6 +156,16 @@ class ServingEngine:
     # ------------------------------------------------------------------ preparation
     async def prepare(self, req: ScoringRequest, task: str, params: PoolingParams,
                       lora: LoRARequest | None, field_name: str = "input") -> list[EngineItem]:
+        """:meth:`_prepare_request`, each item carrying the request's ``cache_salt`` (its prefix-cache namespace)."""
+        items = await self._prepare_request(req, task, params, lora, field_name)
+        salt = getattr(req, "cache_salt", None)
+        if salt:
+            for item in items:
+                item.cache_salt = salt
+        return items
+
+    async def _prepare_request(self, req: ScoringRequest, task: str, params: PoolingParams,
+                               lora: LoRARequest | None, field_name: str = "input") -> list[EngineItem]:
         """Validated engine items of a ``/pooling``, ``/classify`` or ``/v1/embeddings`` request (its ``input``
         or ``messages``), cut on the request's ``truncation_side``.
 
@@ -173,7 +183,7 @@ class ServingEngine:
                 raise APIError(400, f"{chat_only} only apply to the chat form (`messages`), not to `input`.",
                                param=chat_only[0])
         if req.messages is None:
-            if not req.input:
+            if req.input == []:
                 raise APIError(400, f"`{field_name}` is empty: you must pass at least one prompt.")
             add_special = True if req.add_special_tokens is None else req.add_special_tokens
             return await self.prepare_prompts(prompts_from_input(req.input), task, params, lora,
