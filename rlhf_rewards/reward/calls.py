@@ -35,6 +35,8 @@ class RenderChat:
 class EncodeBatch:
     """``worker.encode(prompts, pooling_params, ...)``: one output per prompt.
 
+    ``add_special_tokens`` applies to text prompts (the standard format); token-id prompts are sent as they are.
+
     With ``catch=True`` the plan handles a failure itself: it is sent the exception instead of a result.
     """
 
@@ -44,14 +46,22 @@ class EncodeBatch:
     lora_request: Any
     truncate_prompt_tokens: int | None
     catch: bool = False
+    add_special_tokens: bool = True
 
     def encode_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of ``encode``/``aencode`` after ``prompts`` and ``pooling_params``."""
-        return {
+        """The keyword arguments of ``encode``/``aencode`` after ``prompts`` and ``pooling_params``.
+
+        ``add_special_tokens`` is sent only when it is ``False`` (the workers' default is ``True``), so a
+        worker written before the keyword existed still serves every call that does not need it.
+        """
+        kwargs: dict[str, Any] = {
             "pooling_task": self.pooling_task,
             "lora_request": self.lora_request,
             "truncate_prompt_tokens": self.truncate_prompt_tokens,
         }
+        if not self.add_special_tokens:
+            kwargs["add_special_tokens"] = False
+        return kwargs
 
 
 @dataclass

@@ -43,6 +43,14 @@ class RewardFunctionConfig:
         chat_template (`str` or `None`, *optional*, defaults to `None`):
             Jinja template used instead of the reward model's own for conversational input. `None`: the
             reward model's tokenizer template (never the policy's).
+        add_special_tokens (`bool`, *optional*, defaults to `True`):
+            Standard (string) format: tokenize ``prompt + completion`` with the reward model's special tokens
+            (Llama-3's ``<|begin_of_text|>`` first), as a model card's ``tokenizer(text)`` does and as TRL's
+            own `RewardTrainer` tokenized the texts the model was trained on. `False`: tokenize the text
+            alone, which reproduces the built-in reward-model path of TRL's `GRPOTrainer` and `RLOOTrainer`
+            (``reward_funcs="path/to/rm"``: ``tokenizer(texts, add_special_tokens=False)``). On a BOS
+            tokenizer the two give different rewards. Conversational input is not affected: the chat
+            template writes its own special tokens (a BOS included) and none are added to it.
 
         > Process rewards (step tags)
 
@@ -98,6 +106,7 @@ class RewardFunctionConfig:
     kind: str | None = None
     lora: LoRARequest | str | os.PathLike[str] | None = None
     chat_template: str | None = None
+    add_special_tokens: bool = True
     step_separator: str = "\n\n"
     step_aggregation: StepAggregation = "min"
     step_tag: str | None = None
@@ -125,7 +134,7 @@ class RewardFunctionConfig:
         if not isinstance(self.step_separator, str) or not self.step_separator:
             raise ValueError(f"step_separator must be a non-empty string, got {self.step_separator!r}.")
         self.step_aggregation = check_aggregation(self.step_aggregation)
-        for flag in ("keep_step_separator", "truncate"):
+        for flag in ("add_special_tokens", "keep_step_separator", "truncate"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
         if self.use_activation is not None and not isinstance(self.use_activation, bool):

@@ -126,7 +126,8 @@ class ScoringPlan:
 
     def _encode(self, prompts: list[Any], *, truncate: int | None, catch: bool = False) -> EncodeBatch:
         params = pooling_params_for(self.kind, self.config)
-        return EncodeBatch(prompts, params, self.pooling_task, self.config.lora, truncate, catch)
+        return EncodeBatch(prompts, params, self.pooling_task, self.config.lora, truncate, catch,
+                           add_special_tokens=self.config.add_special_tokens)
 
     def _tagger(self) -> Callable[[str], TaggedText]:
         cfg, tag = self.config, self.step_tag

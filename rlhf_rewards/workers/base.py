@@ -66,13 +66,15 @@ class RewardWorker(ABC):
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = False,
+        add_special_tokens: bool = True,
     ) -> list[PoolingRequestOutput]:
         """Pool ``prompts``; see :meth:`rlhf_rewards.LLM.encode`.
 
         One difference: ``truncate_prompt_tokens=k`` keeps the LAST k tokens of a prompt (workers serve reward
         functions, which read the score at the end of the text), where ``LLM.encode`` keeps the first k unless
         ``tokenization_kwargs={"truncation_side": "left"}``, as vLLM. Implementations ask the engine for
-        left truncation (:data:`KEEP_LAST_TOKENS`).
+        left truncation (:data:`KEEP_LAST_TOKENS`). ``add_special_tokens``: as ``LLM.encode``'s (string prompts
+        only; ``False`` tokenizes a text without the tokenizer's BOS/EOS).
         """
 
     async def aencode(
@@ -84,6 +86,7 @@ class RewardWorker(ABC):
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = False,
+        add_special_tokens: bool = True,
     ) -> list[PoolingRequestOutput]:
         """Async :meth:`encode`; the default runs it in a thread so the event loop stays free."""
         return await asyncio.to_thread(
@@ -94,6 +97,7 @@ class RewardWorker(ABC):
             lora_request=lora_request,
             truncate_prompt_tokens=truncate_prompt_tokens,
             use_tqdm=use_tqdm,
+            add_special_tokens=add_special_tokens,
         )
 
     def generative_score(

@@ -156,6 +156,7 @@ class ColocatedWorker(RewardWorker):
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = False,
+        add_special_tokens: bool = True,
     ) -> list[PoolingRequestOutput]:
         """Pool ``prompts`` (waking the worker first if it sleeps); see :meth:`rlhf_rewards.LLM.encode`."""
         with self._lock:
@@ -170,6 +171,7 @@ class ColocatedWorker(RewardWorker):
                 lora_request=lora_request,
                 truncate_prompt_tokens=truncate_prompt_tokens,
                 tokenization_kwargs=KEEP_LAST_TOKENS,
+                add_special_tokens=add_special_tokens,
                 use_tqdm=use_tqdm,
             )
             self.stats.record(outputs, time.perf_counter() - start)

@@ -91,10 +91,11 @@ class LoopThreadWorker(RewardWorker):
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = False,
+        add_special_tokens: bool = True,
     ) -> list[PoolingRequestOutput]:
         """Pool ``prompts`` on the worker's endpoints; see :meth:`rlhf_rewards.LLM.encode` (``use_tqdm`` is ignored)."""
         return self._run(self._checked_encode(prompts, pooling_params, pooling_task, lora_request,
-                                              truncate_prompt_tokens))
+                                              truncate_prompt_tokens, add_special_tokens))
 
     async def aencode(
         self,
@@ -105,10 +106,11 @@ class LoopThreadWorker(RewardWorker):
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = False,
+        add_special_tokens: bool = True,
     ) -> list[PoolingRequestOutput]:
         """Async :meth:`encode`, from any event loop (the work runs on the worker's own loop)."""
         return await self._arun(self._checked_encode(prompts, pooling_params, pooling_task, lora_request,
-                                                     truncate_prompt_tokens))
+                                                     truncate_prompt_tokens, add_special_tokens))
 
     def generative_score(
         self,
@@ -179,7 +181,8 @@ class LoopThreadWorker(RewardWorker):
     @abstractmethod
     async def _encode(self, prompts: list[CheckedPrompt], params_list: list[PoolingParams | None],
                       lora_list: list[LoRARequest | None], task: str,
-                      truncate_prompt_tokens: int | None) -> list[PoolingRequestOutput]:
+                      truncate_prompt_tokens: int | None, *,
+                      add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
         """Score checked prompts (one params and adapter entry per prompt); one output per prompt, in order."""
 
     @abstractmethod
@@ -200,7 +203,8 @@ class LoopThreadWorker(RewardWorker):
         return self._info
 
     async def _checked_encode(self, prompts: Prompts, pooling_params: Any, pooling_task: str | None,
-                              lora_request: Any, truncate_prompt_tokens: int | None) -> list[PoolingRequestOutput]:
+                              lora_request: Any, truncate_prompt_tokens: int | None,
+                              add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
         """``LLM.encode``'s checks, in its order, then :meth:`_encode`, then the stats."""
         start = time.perf_counter()
         task = check_task(pooling_task, tuple((await self._model_info()).tasks))
@@ -210,7 +214,10 @@ class LoopThreadWorker(RewardWorker):
         require_prompts(items)
         checked = [check_prompt(i, p) for i, p in enumerate(items)]
         truncation_of(None, truncate_prompt_tokens)  # validates the call-level value
-        outputs = await self._encode(checked, params_list, lora_list, task, truncate_prompt_tokens)
+        if not isinstance(add_special_tokens, bool):
+            raise RequestError(f"must be true or false, got {add_special_tokens!r}.", field="add_special_tokens")
+        outputs = await self._encode(checked, params_list, lora_list, task, truncate_prompt_tokens,
+                                     add_special_tokens=add_special_tokens)
         self.stats.record(outputs, time.perf_counter() - start)
         return outputs
 

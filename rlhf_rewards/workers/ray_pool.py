@@ -91,11 +91,12 @@ class ReplicaActor:
         return self.llm
 
     def encode(self, prompts: list[Any], pooling_params: Any, pooling_task: str | None, lora_request: Any,
-               truncate_prompt_tokens: int | None) -> list[PoolingRequestOutput]:
+               truncate_prompt_tokens: int | None, add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
         """``LLM.encode`` on one chunk."""
         return self._require_llm().encode(prompts, pooling_params, pooling_task=pooling_task,
                                           lora_request=lora_request, truncate_prompt_tokens=truncate_prompt_tokens,
-                                          tokenization_kwargs=KEEP_LAST_TOKENS, use_tqdm=False)
+                                          tokenization_kwargs=KEEP_LAST_TOKENS, add_special_tokens=add_special_tokens,
+                                          use_tqdm=False)
 
     def generative_score(self, query: Any, items: list[Any], label_token_ids: list[int],
                          kwargs: dict[str, Any]) -> list[Any]:
@@ -307,7 +308,8 @@ class RayWorkerPool(LoopThreadWorker):
 
     async def _encode(self, prompts: list[CheckedPrompt], params_list: list[PoolingParams | None],
                       lora_list: list[LoRARequest | None], task: str,
-                      truncate_prompt_tokens: int | None) -> list[PoolingRequestOutput]:
+                      truncate_prompt_tokens: int | None, *,
+                      add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
         assert self.pool is not None
         n = len(prompts)
         items = [value if kind == "text" else {"prompt_token_ids": value} for kind, value in prompts]
@@ -317,16 +319,17 @@ class RayWorkerPool(LoopThreadWorker):
         chunks = [_Chunk(lo, items[lo: lo + size], params_list[lo: lo + size], lora_list[lo: lo + size])
                   for lo in range(0, n, size)]
         results: list[PoolingRequestOutput | None] = [None] * n
-        await gather_or_raise([self._run_chunk(c, results, task, truncate_prompt_tokens) for c in chunks])
+        await gather_or_raise([self._run_chunk(c, results, task, truncate_prompt_tokens, add_special_tokens)
+                               for c in chunks])
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:  # every chunk fills its slots or raises; this guards the invariant
             raise RayWorkerPoolError(f"No result for prompts {missing[:10]}.")
         return [r for r in results if r is not None]
 
     async def _run_chunk(self, chunk: _Chunk, results: list[PoolingRequestOutput | None], task: str,
-                         truncate_prompt_tokens: int | None) -> None:
+                         truncate_prompt_tokens: int | None, add_special_tokens: bool = True) -> None:
         assert self.pool is not None
-        args = (chunk.prompts, chunk.params, task, chunk.loras, truncate_prompt_tokens)
+        args = (chunk.prompts, chunk.params, task, chunk.loras, truncate_prompt_tokens, add_special_tokens)
         outputs = await self.pool.call(
             lambda endpoint: self._actor_call(endpoint, "encode", args, offset=chunk.start), self.policy,
             units=len(chunk.prompts), what=f"prompts {chunk.start}..{chunk.start + len(chunk.prompts) - 1}",

@@ -196,7 +196,8 @@ class RemoteWorker(LoopThreadWorker):
     # ------------------------------------------------------------------ scoring
     async def _encode(self, prompts: list[CheckedPrompt], params_list: list[PoolingParams | None],
                       lora_list: list[LoRARequest | None], task: str,
-                      truncate_prompt_tokens: int | None) -> list[PoolingRequestOutput]:
+                      truncate_prompt_tokens: int | None, *,
+                      add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
         info = await self._model_info()
         groups: dict[tuple[Any, ...], list[int]] = {}
         bodies: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -213,6 +214,8 @@ class RemoteWorker(LoopThreadWorker):
             if key not in groups:
                 body: dict[str, Any] = {"model": lora.lora_name if lora else info.model, "task": task,
                                         "return_details": True, **params_to_fields(params)}
+                if not add_special_tokens:
+                    body["add_special_tokens"] = False  # text prompts only; the server's default is true
                 if truncate is not None:
                     body["truncate_prompt_tokens"] = truncate
                     body["truncation_side"] = "left"  # the worker contract: keep the last k tokens

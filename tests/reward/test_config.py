@@ -37,6 +37,7 @@ def test_every_field_is_documented_with_its_type_and_default():
         ("step_score_column", -1, r"step_score_column must be a non-negative integer or None, got -1"),
         ("score_column", 1.5, r"score_column must be a non-negative integer, got 1.5"),
         ("keep_step_separator", 1, r"keep_step_separator must be True or False, got 1"),
+        ("add_special_tokens", None, r"add_special_tokens must be True or False, got None"),
         ("use_activation", "no", r"use_activation must be True, False or None"),
         ("reward_scale", float("inf"), r"reward_scale must be a finite number, got inf"),
         ("step_tag", "", r"step_tag must be a non-empty string or None"),
