@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rlhf_rewards.entrypoints.tokenization import tokenization_options
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import ScoringOutput, ScoringRequestOutput
 from rlhf_rewards.pooling import PoolingParams
@@ -117,15 +118,33 @@ def score_pairs(llm: Any, data_1: str | Sequence[str], data_2: str | Sequence[st
 
 def _pair_ids(llm: Any, tok: Any, query: str, doc: str, tokenization_kwargs: dict[str, Any] | None,
               chat_template: str | None) -> list[int]:
-    """The cross-encoder prompt of one pair, as vLLM's ``get_score_prompt`` builds it."""
+    """The cross-encoder prompt of one pair, as vLLM's ``get_score_prompt`` builds it.
+
+    A truncation without an explicit side is the tokenizer's own, as vLLM's ``TokenizeParams.get_encode_kwargs``
+    asks for it (``truncation=True, max_length=k``): a pair is then cut ``longest_first``, from both texts.
+    """
     add_special = (tokenization_kwargs or {}).get("add_special_tokens", True)
+    cut = _tokenizer_truncation(llm, tokenization_kwargs)
     if chat_template is not None:
         text = tok.apply_chat_template([{"role": "query", "content": query}, {"role": "document", "content": doc}],
                                        chat_template=chat_template, tokenize=False)
-        return list(tok(text, add_special_tokens=add_special)["input_ids"])
+        return list(tok(text, add_special_tokens=add_special, **cut)["input_ids"])
     if getattr(llm.model.config, "use_sep_token", getattr(llm.model.config, "use_pad_token", True)):
-        return list(tok(text=query, text_pair=doc, add_special_tokens=add_special)["input_ids"])
-    return list(tok(text=query + doc, add_special_tokens=add_special)["input_ids"])
+        return list(tok(text=query, text_pair=doc, add_special_tokens=add_special, **cut)["input_ids"])
+    return list(tok(text=query + doc, add_special_tokens=add_special, **cut)["input_ids"])
+
+
+def _tokenizer_truncation(llm: Any, kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"truncation": True, "max_length": k}`` when the call truncates on the tokenizer's side, else ``{}``
+    (an explicit side, or a k over ``max_model_len``, is left to ``encode``, which cuts or refuses)."""
+    if not kwargs:
+        return {}
+    options = tokenization_options(kwargs, max_model_len=llm.max_model_len)
+    keep = options.truncate_prompt_tokens
+    if keep is None or options.truncation_side is not None:
+        return {}
+    keep = llm.max_model_len if keep == -1 else keep
+    return {"truncation": True, "max_length": keep} if 0 < keep <= llm.max_model_len else {}
 
 
 def _truncation_only(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
