@@ -7,6 +7,11 @@ vLLM 0.32 gives a Qwen2 PRM without a configured ``step_tag_id`` the id 151651 (
 real vocabulary; ``Qwen2ForProcessRewardModelConfig``), whatever the tokenizer. The tiny tokenizer's
 ``<extra_0>`` is id 3, so vLLM finds no step there: this project looks the tag up in the model's own
 tokenizer (same id on the real model), kept as ``prm-step-tag-from-tokenizer``; strict mode uses 151651.
+
+The math-shepherd engine does not start in vLLM 0.32's CPU build: with ``runner="pooling"`` a
+``LlamaForCausalLM`` is converted to an embedding model, and ``returned_token_ids`` then index the hidden
+states instead of the LM head's vocabulary (the engine dies in its warm-up: "index 280 is out of bounds for
+dimension 0 with size 128"). Those cases are skipped with vLLM's error until the oracle can run them.
 """
 
 from __future__ import annotations
@@ -48,10 +53,15 @@ def pair(request, compat, checkpoints):
     ours_kwargs = {k: v for k, v in kwargs.items() if k != "runner"}
     ours = ours_engine(path, **ours_kwargs)
     strict = ours_engine(path, strict_vllm_compat=True, **ours_kwargs)
-    for vllm in vllm_engine(path, **kwargs):
-        pair = Pair(compat, f"{arch} ({request.param})", vllm, ours, strict)
-        pair.name = request.param
-        yield pair
+    engines = vllm_engine(path, **kwargs)
+    try:
+        vllm = next(engines)
+    except RuntimeError as exc:
+        pytest.skip(f"vLLM 0.32's CPU build cannot start {request.param}: {str(exc)[-300:]}")
+    pair = Pair(compat, f"{arch} ({request.param})", vllm, ours, strict)
+    pair.name = request.param
+    yield pair
+    engines.close()
 
 
 @pytest.mark.timeout(600)
@@ -59,7 +69,8 @@ def test_step_default(pair):
     deliberate = "prm-step-tag-from-tokenizer" if pair.name == "qwen2-prm" else None
     pair.check("encode token_classify (STEP default)", "encode", PROMPTS, pooling_task="token_classify",
                deliberate=deliberate)
-    pair.check("supported_tasks", "attr", "supported_tasks", deliberate=deliberate and "supported-tasks")
+    pair.check("supported_tasks", "attr", "supported_tasks",
+               deliberate="supported-tasks" if pair.name.startswith("qwen2") else None)
     pair.check("pooling_task", "attr", "pooling_task")
     pair.check("encode classify (not served)", "encode", PROMPTS, pooling_task="classify")
 
