@@ -143,7 +143,7 @@ class CommonRequest(StrictModel):
                                          "`truncation_side`.")
     truncation_side: Literal["left", "right"] | None = Field(
         default=None, description="With truncate_prompt_tokens: 'left' keeps the last k tokens, 'right' the "
-                                  "first k. Default 'left' (the engine's: a reward is read at the end).")
+                                  "first k. Default 'right' (vLLM's); reward code reading the end asks for 'left'.")
     padding: Literal["max_length", "do_not_pad"] | None = Field(
         default=None, description="'do_not_pad' (what the server does). 'max_length' is refused: pad tokens "
                                   "would change a causal reward model's scores.")

@@ -213,8 +213,8 @@ class ServingEngine:
         """Validated engine items of ``prompts``, the entries of the request field ``field_name``.
 
         More prompts than ``max_client_batch_size`` is a 413; a mistake in prompt ``i`` is a 400 on
-        ``<field_name>[i]``. ``truncation_side`` (vLLM's): ``"right"`` keeps the first
-        ``truncate_prompt_tokens`` tokens; ``"left"`` or ``None`` the last ones (the engine's behaviour).
+        ``<field_name>[i]``. ``truncation_side`` (vLLM's): ``"right"`` or ``None`` keeps the first
+        ``truncate_prompt_tokens`` tokens (vLLM's default, and the engine's), ``"left"`` the last ones.
         """
         self._check_count(len(prompts), field_name)
         return await self._prepare_in_thread(lambda: prompts, field_name, task, params, lora,
@@ -268,11 +268,8 @@ class ServingEngine:
             token_ids = tokenize_prompts(prompts, llm.tokenizer, vocab_size=llm.model.vocab_size,
                                          add_special_tokens=add_special_tokens)
             truncate = params.truncate_prompt_tokens
-            if truncation_side == "right" and truncate is not None:
-                keep = llm.max_model_len if truncate == -1 else truncate
-                if keep <= llm.max_model_len:  # a larger k is apply_length_limit's error
-                    token_ids = [ids[:keep] for ids in token_ids]
-            token_ids = [apply_length_limit(i, ids, llm.max_model_len, truncate)
+            # vLLM's default side (the engine's too): unset keeps the FIRST k tokens; "left" keeps the last k.
+            token_ids = [apply_length_limit(i, ids, llm.max_model_len, truncate, side=truncation_side or "right")
                          for i, ids in enumerate(token_ids)]
         if pad:  # vLLM's padding="max_length": pad token ids up to max_model_len, scored as prompt tokens
             pad_id = getattr(llm.tokenizer, "pad_token_id", None) or 0

@@ -41,7 +41,8 @@ def test_completion_form_as_in_vllm_docs(server, llm):
     # The default task of an outcome reward model is classify (sigmoid of the reward).
     _close(item["data"], _ref(llm, "vLLM is great!", "classify")[0])
     n_tokens = len(llm.get_tokenizer()("vLLM is great!")["input_ids"])
-    assert body["usage"] == {"prompt_tokens": n_tokens, "total_tokens": n_tokens, "completion_tokens": 0}
+    assert body["usage"] == {"prompt_tokens": n_tokens, "total_tokens": n_tokens, "completion_tokens": 0,
+                             "prompt_tokens_details": None, "completion_tokens_details": None}  # vLLM's UsageInfo
 
 
 @pytest.mark.parametrize("task", ["classify", "token_classify", "embed", "token_embed"])

@@ -54,12 +54,9 @@ def test_classify_and_pooling_inputs(pair):
     pair.done()
 
 
-@pytest.mark.xfail(reason="TODO(issue 23, offline half): the engine's default truncation side becomes vLLM's "
-                          "(keep the first k tokens); re-run when it lands", strict=False)
 @pytest.mark.timeout(300)
 def test_truncation_default_keeps_first_tokens(pair):
-    # TODO(issue 23, offline half): vLLM keeps the FIRST k tokens by default; the engine's default is being
-    # changed to that by the offline fix. Until it lands this comparison fails.
+    # vLLM keeps the FIRST k tokens by default (the engine's default since issue 23's offline half).
     pair.compare("/classify truncate 2 default side", "POST", "/classify",
                  {"input": "hi there you", "truncate_prompt_tokens": 2})
     pair.done()

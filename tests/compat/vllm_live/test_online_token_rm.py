@@ -45,8 +45,6 @@ def test_pooling(pair):
     pair.done()
 
 
-@pytest.mark.xfail(reason="TODO(issue 23, offline half): Qwen2ForRewardModel's token_classify default becomes "
-                          "raw scores, as vLLM's; re-run when it lands", strict=False)
 @pytest.mark.timeout(300)
 def test_pooling_default_activation(pair):
     pair.compare("/pooling default activation", "POST", "/pooling", {"input": TEXT})
