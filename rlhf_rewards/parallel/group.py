@@ -24,18 +24,21 @@ ones scored, and every rank gets the outputs (:class:`SpmdGroup`). The user's gr
 
 from __future__ import annotations
 
+import ast
 import itertools
 import logging
 import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.resource_tracker
+import multiprocessing.util
 import os
 import pickle
 import signal
 import sys
 import threading
 import time
+import tokenize
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -227,8 +230,8 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _guard_hint(tail: str) -> str:
-    """How to fix a worker that re-ran the user's script because it has no ``__main__`` guard, if that is what
-    happened; else ``""``."""
+    """How to fix a worker that re-ran the user's script because it has no ``__main__`` guard, if its stderr
+    ``tail`` shows that; else ``""``."""
     if not any(marker in tail for marker in _GUARD_MARKERS):
         return ""
     main = getattr(sys.modules.get("__main__"), "__file__", None)
@@ -236,9 +239,60 @@ def _guard_hint(tail: str) -> str:
     return (
         "\nCause: the script that builds the LLM has no `if __name__ == \"__main__\":` guard. The worker processes "
         "are started with 'spawn', which imports the main script again in each worker; without the guard each "
-        f"worker re-ran the script{script} from the top and tried to start its own workers. Fix: put the code that "
-        "builds and uses the LLM under `if __name__ == \"__main__\":` (as vLLM requires)."
+        f"worker re-ran the script{script} from the top and tried to start its own workers. {_GUARD_FIX}"
     )
+
+
+_GUARD_FIX = ("Fix: put the code that builds and uses the LLM under `if __name__ == \"__main__\":` (as vLLM "
+              "requires).")
+
+
+def first_unguarded_line(source: str, lines: list[int]) -> int | None:
+    """The first of ``lines`` (top-level lines of a script's ``source``) that is not inside an ``if`` testing
+    ``__name__``; ``None`` if all are. Any ``if`` whose test names ``__name__`` counts as a guard (no false alarm
+    for ``if "__main__" == __name__`` or ``if __name__ != "__mp_main__"``)."""
+    tree = ast.parse(source)
+    guards = [(node.lineno, node.end_lineno or node.lineno) for node in ast.walk(tree)
+              if isinstance(node, ast.If)
+              and any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.test))]
+    for line in lines:
+        if not any(start <= line <= end for start, end in guards):
+            return line
+    return None
+
+
+def check_main_guard() -> None:
+    """Refuse, before any process starts, to build an engine from top-level code of a main script that ``spawn``
+    will run again in every worker (no ``if __name__ == "__main__":`` guard): each worker would build the engine
+    again and die. Mirrors ``multiprocessing.spawn``'s rule for when it re-runs the main module. Anything it cannot
+    tell (no source, an interactive session, a thread) passes: a worker that dies anyway is reported by rank, with
+    the same advice when its stderr shows this cause."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if main is None or not path or (spec_name is not None and (spec_name == "__main__"
+                                                               or spec_name.endswith(".__main__"))):
+        return  # `python -c`, a notebook, `python -m package`: spawn does not run the main module again
+    lines = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>":
+            lines.append(frame.f_lineno)
+        frame = frame.f_back
+    if not lines:
+        return
+    try:
+        with tokenize.open(path) as f:
+            line = first_unguarded_line(f.read(), lines)
+    except (OSError, SyntaxError, ValueError):
+        return
+    if line is not None:
+        raise RuntimeError(
+            f"a split engine (tensor_parallel_size/pipeline_parallel_size > 1) is being built by top-level code of "
+            f"{path} (line {line}) that is not under an `if __name__ == \"__main__\":` guard. Its worker processes "
+            "are started with 'spawn', which imports that script again in each worker: without the guard every "
+            f"worker would run this line again and fail. {_GUARD_FIX}"
+        )
 
 
 def _start_with_stderr(proc: Any, stderr_fd: int) -> None:
@@ -551,6 +605,10 @@ class WorkerPool(ParallelGroup):
         for worker in self._workers:
             if worker.proc.exitcode is None:
                 worker.proc.terminate()
+                try:  # a stopped process (SIGSTOP, a debugger) acts on SIGTERM only once continued
+                    os.kill(worker.proc.pid, signal.SIGCONT)
+                except OSError:
+                    pass
         for worker in self._workers:
             worker.proc.join(3.0)
             if worker.proc.exitcode is None:  # ignored SIGTERM, or stopped (SIGSTOP): SIGKILL always works
@@ -607,6 +665,11 @@ def worker_main(spec: _WorkerSpec, conn: multiprocessing.connection.Connection) 
     _set_rank_env(rank, world)
     channel = Channel(conn)
     start_timeout = timedelta(seconds=float(config.start_timeout_s or 0))
+    # tqdm's default lock is a multiprocessing semaphore, registered with the driver's resource tracker, which
+    # reports it as leaked when the worker is terminated (a broken engine). One process needs a thread lock only.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     try:
         if spec.backend == "nccl":
             torch.cuda.set_device(rank)
@@ -636,6 +699,18 @@ def worker_main(spec: _WorkerSpec, conn: multiprocessing.connection.Connection) 
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    # Told to stop (or the driver is gone): nothing is left to save, and tearing down an interpreter that holds
+    # torch, transformers and a model takes seconds that shutdown() and the driver's exit would wait for. Only
+    # multiprocessing's own finalizers run (they release the named semaphores tqdm made, which the resource tracker
+    # would otherwise report as leaked).
+    multiprocessing.util._run_finalizers(0)
+    multiprocessing.util._run_finalizers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream: nothing to flush
+            pass
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------------------- torchrun
@@ -730,6 +805,7 @@ def start_group(config: ParallelConfig, device: torch.device, factory: Callable[
         logger.info("torch.distributed is initialized with world_size=%d, not tensor_parallel_size * "
                     "pipeline_parallel_size = %d: this engine starts its own %d worker processes and leaves that "
                     "group alone.", world, config.world_size, config.world_size)
+    check_main_guard()
     return WorkerPool(config, backend, factory, kwargs, model)
 
 
@@ -769,6 +845,8 @@ __all__ = [
     "WorkerFailed",
     "WorkerGroup",
     "WorkerPool",
+    "check_main_guard",
+    "first_unguarded_line",
     "handshake",
     "pack_outputs",
     "rank_device",

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from rlhf_rewards import LLM
 from rlhf_rewards.parallel import ParallelConfig, WorkerFailed
 from rlhf_rewards.parallel.config import CALL_TIMEOUT_ENV, START_TIMEOUT_ENV
+from rlhf_rewards.parallel.group import _guard_hint, first_unguarded_line
 from tests.parallel.conftest import GROUP_TEXTS, PRM_TEXTS
 
 ATOL = 1e-5
@@ -206,8 +207,7 @@ print("SCORED", llm.encode(["hello"], pooling_task="token_classify", use_tqdm=Fa
 """
 
 
-@pytest.mark.slow  # a fresh interpreter, plus the workers it starts
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60)  # a fresh interpreter (imports torch and transformers): about 10 s
 def test_a_script_without_main_guard_fails_fast_and_says_how_to_fix_it(prm, tmp_path):
     script = tmp_path / "score_no_guard.py"
     script.write_text(NO_GUARD_SCRIPT)
@@ -221,9 +221,90 @@ def test_a_script_without_main_guard_fails_fast_and_says_how_to_fix_it(prm, tmp_
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0 and "SCORED" not in out
-    assert "WorkerFailed: rank" in err and "while starting" in err, err[-3000:]
-    assert 'if __name__ == "__main__":' in err and "score_no_guard.py" in err, err[-3000:]
-    assert "exited with code 1" in err
+    # Refused before any worker starts, naming the script, the line and the fix.
+    assert f'{script} (line 5) that is not under an `if __name__ == "__main__":` guard' in err, err[-3000:]
+    assert 'Fix: put the code that builds and uses the LLM under `if __name__ == "__main__":`' in err
+    assert "(rlhf-rewards rank" not in err  # no worker ran
+
+
+def test_the_main_guard_check_reads_the_script():
+    source = "import x\nllm = LLM()\nif __name__ == '__main__':\n    llm = LLM()\n    main()\n"
+    assert first_unguarded_line(source, [2]) == 2
+    assert first_unguarded_line(source, [4]) is None and first_unguarded_line(source, [5]) is None
+    assert first_unguarded_line('if "__main__" == __name__ and True:\n    go()\n', [2]) is None
+
+
+CHILD_TRACEBACK = """Traceback (most recent call last):
+  File "/usr/lib/python3.11/multiprocessing/spawn.py", line 140, in _check_not_importing_main
+    raise RuntimeError(
+RuntimeError:
+        An attempt has been made to start a new process before the
+        current process has finished its bootstrapping phase."""
+
+
+def test_a_worker_that_re_ran_an_unguarded_script_is_explained():
+    """The fallback where the check above cannot see the script: the dead worker's stderr names the cause."""
+    hint = _guard_hint(CHILD_TRACEBACK)
+    assert 'no `if __name__ == "__main__":` guard' in hint and "Fix: put the code" in hint
+    assert _guard_hint("RuntimeError: CUDA out of memory") == ""
+
+
+EXIT_SCRIPT = """
+import sys, time
+from rlhf_rewards import LLM
+
+if __name__ == "__main__":
+    llm = LLM(sys.argv[1], device="cpu", tensor_parallel_size=2)
+    llm.encode(["hello"], pooling_task="token_classify", use_tqdm=False)
+    print("WORKERS", *[p.pid for p in llm._parallel.group.workers], flush=True)
+    if sys.argv[2] == "wait":
+        time.sleep(600)  # killed by the test
+"""
+
+
+def _gone(pids: list[int], timeout: float) -> bool:
+    """Every pid has exited (a zombie waiting for a reaper counts as exited) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow  # two fresh interpreters, each with its workers
+@pytest.mark.timeout(180)
+def test_interpreter_exit_and_a_killed_driver_take_the_workers_along(prm, tmp_path):
+    script = tmp_path / "score_and_exit.py"
+    script.write_text(EXIT_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": ROOT}
+    # The script ends without shutdown(): interpreter exit stops the workers (and does not wait long for them).
+    done = subprocess.run([sys.executable, str(script), str(prm), "exit"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    pids = [int(p) for p in next(line for line in done.stdout.splitlines() if line.startswith("WORKERS")).split()[1:]]
+    assert len(pids) == 2 and _gone(pids, 10)
+    assert "leaked" not in done.stderr  # the workers released what multiprocessing tracks
+
+    # The driver killed outright (no atexit, no finalizer): each worker notices and exits by itself.
+    driver = subprocess.Popen([sys.executable, str(script), str(prm), "wait"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = driver.stdout.readline()
+        assert line.startswith("WORKERS"), line
+        pids = [int(p) for p in line.split()[1:]]
+    finally:
+        driver.kill()
+        driver.wait()
+    assert _gone(pids, 10)
 
 
 TORCHRUN_IN_USER_GROUP = """
