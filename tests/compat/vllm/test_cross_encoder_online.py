@@ -231,11 +231,12 @@ def test_rerank_max_tokens_per_doc_validation(server: RemoteOpenAIServer):
     response = requests.post(server.url_for("rerank"), json={
         "model": MODEL_NAME, "query": query, "documents": documents, "max_tokens_per_doc": 0})
     assert response.status_code == 200
-    for bad in (-5, 100):  # negative, and not below max_model_len
+    # negative (a schema error: vLLM's param "body.<field>"), and not below max_model_len (the route's check)
+    for bad, param in ((-5, "body.max_tokens_per_doc"), (100, "max_tokens_per_doc")):
         response = requests.post(server.url_for("rerank"), json={
             "model": MODEL_NAME, "query": query, "documents": documents, "max_tokens_per_doc": bad})
         assert response.status_code == 400
-        assert "max_tokens_per_doc" in response.text and response.json()["error"]["param"] == "max_tokens_per_doc"
+        assert "max_tokens_per_doc" in response.text and response.json()["error"]["param"] == param
 
 
 def test_score_max_tokens_per_doc_with_score_template(server: RemoteOpenAIServer):
