@@ -27,7 +27,7 @@ import torch.distributed as dist
 from rlhf_rewards import LLM
 from rlhf_rewards.parallel import ParallelConfig, WorkerFailed
 from rlhf_rewards.parallel.config import CALL_TIMEOUT_ENV, START_TIMEOUT_ENV
-from rlhf_rewards.parallel.group import _guard_hint, first_unguarded_line
+from rlhf_rewards.parallel.group import RemoteError, WorkerPool, _guard_hint, first_unguarded_line
 from tests.parallel.conftest import GROUP_TEXTS, PRM_TEXTS
 
 ATOL = 1e-5
@@ -107,6 +107,55 @@ def test_a_worker_killed_at_startup_fails_the_constructor(seq_rm):
     assert "Last lines of its stderr" in str(failure.value)
     assert _rank_processes() == []  # rank 0 was stopped too
     assert not dist.is_initialized()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_hangs_while_starting_hits_the_start_timeout(seq_rm):
+    stopper = _kill_when_started(1, signal.SIGSTOP)  # alive, but never gets anywhere
+    with pytest.raises(WorkerFailed, match=r"ranks \[(0, )?1\] .* did not finish starting within 5 s"):
+        LLM(str(seq_rm), device="cpu", tensor_parallel_size=2, parallel_start_timeout_s=5)
+    stopper.join()
+    assert _rank_processes() == []  # terminated, the stopped one included
+
+
+class FailsOnRank1(LLM):
+    """An engine whose rank 1 cannot load its shard (as a GPU out of memory would), in a worker only."""
+
+    def __init__(self, *args, **kwargs):
+        if os.environ.get("RLHF_REWARDS_PARALLEL_WORKER") == "1":
+            raise ValueError("no room for this shard")
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.slow  # the failing worker imports torch, transformers and this test module first (10-25 s)
+@pytest.mark.timeout(90)
+def test_a_worker_that_fails_to_load_reports_its_own_error(seq_rm):
+    with pytest.raises(WorkerFailed, match="rank 1 .* failed to start: ValueError: no room for this shard") as failure:
+        FailsOnRank1(str(seq_rm), device="cpu", tensor_parallel_size=2)
+    assert isinstance(failure.value.__cause__, ValueError)  # the worker's exception, chained
+    assert _rank_processes() == []
+
+
+def _remote(exc: BaseException) -> RemoteError:
+    try:
+        raise exc
+    except BaseException as raised:  # noqa: BLE001 - captured as a worker captures it
+        return RemoteError.capture(raised)
+
+
+def test_a_call_error_is_raised_as_is_only_when_every_rank_failed_alike():
+    pool = WorkerPool.__new__(WorkerPool)  # the decision alone, without processes
+    pool.config, pool.model, pool._workers, pool.broken = ParallelConfig(2), "rm", [], None
+    with pytest.raises(ValueError, match="bad input"):
+        pool._raise_call_errors({0: _remote(ValueError("bad input")), 1: _remote(ValueError("bad input"))})
+    assert pool.broken is None  # in step: the engine keeps working, as one process would
+    with pytest.raises(WorkerFailed, match=r"rank 1: OutOfMemoryError: .* ranks \[0\] succeeded"):
+        pool._raise_call_errors({1: _remote(torch.OutOfMemoryError("out of memory on cuda:1"))})
+    assert "no longer in step" in pool.broken
+    pool.broken = None
+    lost = RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4242")
+    with pytest.raises(WorkerFailed, match="failed differently"):  # a collective error: never in step
+        pool._raise_call_errors({0: _remote(lost), 1: _remote(lost)})
 
 
 # ---------------------------------------------------------------------------------------------------- calls
