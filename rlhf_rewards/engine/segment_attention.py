@@ -128,6 +128,27 @@ class _Bucket:
 
 
 @dataclass(eq=False)
+class _ExtBucket:
+    """Queries of several segments attending, unmasked, to their cached (external) keys, as one padded call.
+
+    Each layer gathers the items' keys (``k_index``, rows of the layer's cached pieces concatenated in address
+    order) in one call into a buffer kept for the forward, or reads a lone piece in place (``piece``): a few
+    large copies, not one per piece, as every kernel call can cost a time slice on a busy CPU. Padded key
+    slots are masked, padded query slots land in the trash row.
+    """
+
+    batch: int
+    q_len: int
+    k_len: int
+    q_index: torch.Tensor  # [batch * q_len] packed rows
+    dst: torch.Tensor  # [batch * q_len] rows of the output (pads -> the trash row)
+    k_index: torch.Tensor | None  # [batch * k_len] rows of the concatenated pieces
+    mask: torch.Tensor | None  # [batch, 1, q_len, k_len] bool (True: visible), or None
+    piece: int | None = None  # the address of the one piece read in place
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass(eq=False)
 class _Cross:
     """Queries of a node's descendants attending (unmasked) to the node's own keys."""
 
@@ -151,10 +172,20 @@ class ExternalKV:
 
     pieces: dict[int, torch.Tensor] = field(default_factory=dict)
     capture: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+    _cat: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
         return sum(int(kv.shape[3]) for kv in self.pieces.values())
+
+    def concatenated(self, layer: int) -> torch.Tensor:
+        """``[2, kv_heads, rows, head_dim]``: every piece's keys and values of ``layer``, in address order, in a
+        buffer kept for the forward (written again by every layer)."""
+        parts = [self.pieces[a][layer] for a in sorted(self.pieces)]
+        if self._cat is None:
+            shape = (2, parts[0].shape[1], self.rows, parts[0].shape[3])
+            self._cat = parts[0].new_empty(shape)
+        return torch.cat(parts, dim=2, out=self._cat) if len(parts) > 1 else parts[0]
 
     def kv(self, layer: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[1, kv_heads, end - start, head_dim]`` of the piece at address ``start``."""
@@ -181,7 +212,7 @@ class SegmentPlan:
     calls: int = 0
     #: Batch-invariant attention (:mod:`~rlhf_rewards.engine.deterministic`) instead of buckets and merges.
     deterministic: bool = False
-    _buckets: dict[bool, tuple[list[_Bucket], list[_Cross]]] = field(default_factory=dict)
+    _buckets: dict[bool, tuple[list[_Bucket], list[_Cross], list[_ExtBucket]]] = field(default_factory=dict)
     _masks: dict = field(default_factory=dict)
     _varlen: varlen_attention.VarlenLayout | None = None
     _blocked: dict = field(default_factory=dict)
@@ -210,19 +241,21 @@ class SegmentPlan:
             self._varlen = varlen_attention.VarlenLayout(self.segments, self.total, _crosses(cross_rows, device), device)
         return self._varlen
 
-    def buckets(self, pruned: bool, device: torch.device) -> tuple[list[_Bucket], list[_Cross]]:
-        """The attention calls of a (pruned or full) layer: own-part buckets and ancestor parts; built once."""
+    def buckets(self, pruned: bool, device: torch.device) -> tuple[list[_Bucket], list[_Cross], list[_ExtBucket]]:
+        """The attention calls of a (pruned or full) layer: own-part buckets, ancestor parts in the row, and
+        cached-ancestor parts; built once."""
         if pruned not in self._buckets:
             self._buckets[pruned] = _make_buckets(self.segments, self.total, pruned, device)
         return self._buckets[pruned]
 
 
 def _make_buckets(
-    segments: list[Segment], total: int, pruned: bool, device: torch.device
-) -> tuple[list[_Bucket], list[_Cross]]:
+    segments: list[Segment], total: int, pruned: bool, device: torch.device,
+) -> tuple[list[_Bucket], list[_Cross], list[_ExtBucket]]:
     causal: dict[bool, list[_Item]] = {False: [], True: []}  # every query: SDPA's causal mode
     masked: dict[bool, list[_Item]] = {False: [], True: []}  # some queries (pruned layer): explicit mask
     cross_rows: dict[tuple[int, int], list[int]] = {}
+    ext_rows: dict[tuple[tuple[int, int], ...], list[int]] = {}
     for seg in segments:
         has_prefix = bool(seg.prefix)
         if pruned and seg.rows is not None:
@@ -235,14 +268,59 @@ def _make_buckets(
         else:
             q_rows = list(range(seg.start, seg.end))
             causal[has_prefix].append(_Item(q_rows, list(range(seg.length)), q_rows, lse=has_prefix))
+        ext = tuple(r for r in seg.prefix if r[0] > total)
+        if ext:
+            ext_rows.setdefault(ext, []).extend(q_rows)
         for key_range in seg.prefix:
-            cross_rows.setdefault(key_range, []).extend(q_rows)
+            if key_range[0] <= total:
+                cross_rows.setdefault(key_range, []).extend(q_rows)
     buckets = []
     for items, is_causal in ((causal, True), (masked, False)):
         for lse in (False, True):
             for group in _group(items[lse]):
                 buckets.append(_bucket(group, is_causal, total, device, lse))
-    return buckets, _crosses(cross_rows, device)
+    return buckets, _crosses(cross_rows, device), _ext_buckets(ext_rows, total, device)
+
+
+def _ext_buckets(ext_rows: dict[tuple[tuple[int, int], ...], list[int]], total: int,
+                 device: torch.device) -> list[_ExtBucket]:
+    offsets: dict[int, int] = {}
+    for ranges in ext_rows:
+        for s, e in ranges:
+            offsets[s] = e - s
+    off = 0
+    for address in sorted(offsets):  # concatenation order: by address
+        offsets[address], off = off, off + offsets[address]
+    """Cached-ancestor parts: one item per distinct run of cached pieces (the queries of every segment reading
+    it), grouped into padded calls by size like the own parts. Sequences with different cache hits (a batch
+    of repeated texts) then cost a few calls per layer, not one per sequence."""
+    items, ranges_of = [], {}
+    for ranges, rows in ext_rows.items():
+        item = _Item(sorted(set(rows)), [], list(range(sum(e - s for s, e in ranges))), lse=True)
+        items.append(item)
+        ranges_of[id(item)] = ranges
+    out = []
+    as_tensor = lambda x: torch.from_numpy(x.reshape(-1)).to(device)  # noqa: E731
+    for group in _group(items):
+        batch, q_len, k_len = len(group), max(len(it.q_rows) for it in group), max(len(it.k_rows) for it in group)
+        q_index = np.zeros((batch, q_len), dtype=np.int64)
+        dst = np.full((batch, q_len), total, dtype=np.int64)  # padding queries land in the trash row
+        for b, it in enumerate(group):
+            q_index[b, : len(it.q_rows)] = it.q_rows
+            dst[b, : len(it.q_rows)] = it.q_rows
+        ranges = ranges_of[id(group[0])]
+        if batch == 1 and len(ranges) == 1:  # one piece: read in place
+            out.append(_ExtBucket(1, q_len, k_len, as_tensor(q_index), as_tensor(dst), None, None, piece=ranges[0][0]))
+            continue
+        k_index = np.zeros((batch, k_len), dtype=np.int64)
+        mask = np.zeros((batch, 1, q_len, k_len), dtype=bool)
+        for b, it in enumerate(group):
+            rows = np.concatenate([np.arange(offsets[s], offsets[s] + e - s) for s, e in ranges_of[id(it)]])
+            k_index[b, : rows.size] = rows
+            mask[b, 0, :, : rows.size] = True
+        out.append(_ExtBucket(batch, q_len, k_len, as_tensor(q_index), as_tensor(dst), as_tensor(k_index),
+                              torch.from_numpy(mask).to(device)))
+    return out
 
 
 def _crosses(cross_rows: dict[tuple[int, int], list[int]], device: torch.device) -> list[_Cross]:
@@ -440,13 +518,14 @@ def segment_attention_forward(
     heads, kv_heads, head_dim = query.shape[1], key.shape[1], value.shape[-1]
     groups = heads // kv_heads
     pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
-    buckets, crosses = plan.buckets(pruned, query.device)
+    buckets, crosses, ext_buckets = plan.buckets(pruned, query.device)
     # Token-major views: [T, heads, d]. Rows of a merged result accumulate in float32.
     q_t, k_t, v_t = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)
-    acc_dtype = torch.float32 if crosses else query.dtype
+    merged = bool(crosses or ext_buckets)
+    acc_dtype = torch.float32 if merged else query.dtype
     out = query.new_zeros((total + 1, heads, head_dim), dtype=acc_dtype) if pruned else \
         query.new_empty((total + 1, heads, head_dim), dtype=acc_dtype)  # +1: trash row for padding
-    out_lse = query.new_zeros((total + 1, heads), dtype=torch.float32) if crosses else None
+    out_lse = query.new_zeros((total + 1, heads), dtype=torch.float32) if merged else None
     for b in buckets:
         mask = _additive(b.mask, query.dtype, plan._masks) if b.mask is not None else None
         if b.contiguous is not None:
@@ -481,7 +560,41 @@ def segment_attention_forward(
             _merge(acc, acc_lse, res[0].transpose(0, 1), lse[0].transpose(0, 1))
             out.index_copy_(0, c.q_index, acc)
             out_lse.index_copy_(0, c.q_index, acc_lse)
+    if ext_buckets:
+        assert ext is not None
+        _attend_cached(ext, layer, ext_buckets, q_t, out, out_lse, scaling, plan._masks)
     return out[:total].to(query.dtype).unsqueeze(0), None
+
+
+def _attend_cached(ext: ExternalKV, layer: int, ext_buckets: list[_ExtBucket], q_t: torch.Tensor, out: torch.Tensor,
+                   out_lse: torch.Tensor, scaling: float | None, masks: dict) -> None:
+    """The cached-ancestor parts of a layer, merged into ``out``/``out_lse`` (see :func:`_ext_buckets`)."""
+    heads, head_dim = q_t.shape[1], q_t.shape[2]
+    cat = None
+    for b in ext_buckets:
+        q = q_t.index_select(0, b.q_index).view(b.batch, b.q_len, heads, head_dim).transpose(1, 2)
+        if b.piece is not None:
+            k, v = ext.kv(layer, b.piece, b.piece + b.k_len)
+            mask = None
+        else:
+            if cat is None:
+                cat = ext.concatenated(layer)
+            kv_heads = cat.shape[1]
+            if b.buffers is None:
+                shape = (kv_heads, b.batch * b.k_len, head_dim)
+                b.buffers = (cat.new_empty(shape), cat.new_empty(shape))
+            k = torch.index_select(cat[0], 1, b.k_index, out=b.buffers[0])
+            v = torch.index_select(cat[1], 1, b.k_index, out=b.buffers[1])
+            k = k.view(kv_heads, b.batch, b.k_len, head_dim).transpose(0, 1)
+            v = v.view(kv_heads, b.batch, b.k_len, head_dim).transpose(0, 1)
+            mask = _additive(b.mask, q.dtype, masks)
+        res, lse = _sdpa_lse(q, k, v, mask=mask, is_causal=False, scale=scaling)
+        res = res.transpose(1, 2).reshape(b.batch * b.q_len, heads, head_dim).to(out.dtype)
+        lse = lse.transpose(1, 2).reshape(b.batch * b.q_len, heads)
+        acc, acc_lse = out.index_select(0, b.dst), out_lse.index_select(0, b.dst)
+        _merge(acc, acc_lse, res, lse)
+        out.index_copy_(0, b.dst, acc)
+        out_lse.index_copy_(0, b.dst, acc_lse)
 
 
 def _segment_mask(*args, **kwargs):

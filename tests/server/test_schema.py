@@ -206,6 +206,10 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, embeddi
     answer = requests.post(url + "/generative_scoring", json={"query": "q", "items": ["a"], "label_token_ids": [1]},
                            timeout=30)
     assert answer.status_code == 404 and c.check(answer, "/generative_scoring") == {"detail": "Not Found"}
+    # /generative_scoring needs a causal LM: a reward model answers vLLM's pooling-runner 404.
+    answer = requests.post(url + "/generative_scoring", json={"query": "q", "items": ["a"], "label_token_ids": [1]},
+                           timeout=30)
+    assert answer.status_code == 404 and c.check(answer, "/generative_scoring") == {"detail": "Not Found"}
     emb = embedding_server.url
     for body in ({"texts": ["a b", "c"], "embedding_types": ["float", "binary", "ubinary", "base64"]},
                  {"inputs": [{"content": [{"type": "text", "text": "a"}]}], "truncate": "START", "max_tokens": 3}):
