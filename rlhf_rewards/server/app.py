@@ -15,7 +15,8 @@ from rlhf_rewards.server.routes import ROUTERS
 from rlhf_rewards.server.service import ServingEngine
 
 DESCRIPTION = """Reward model server with vLLM 0.33's pooling API (`/pooling`, `/classify`, `/v1/embeddings`,
-`/v2/embed`, `/score`, `/rerank`, `/invocations`, `/tokenize`, `/v1/models`) plus OpenRLHF's `/get_reward`.
+`/v2/embed`, `/score`, `/rerank`, `/invocations`, `/tokenize`, `/v1/models`), vLLM 0.32's `/generative_scoring` on
+causal LMs (judges read through their answer token) and OpenRLHF's `/get_reward`.
 Concurrent requests are batched together on the server. Errors are vLLM's `{"error": {"message", "type", "param",
 "code"}}`; a route that does not exist (or that the served model does not offer) answers `{"detail": "Not Found"}`.
 Every route but `/health` needs `Authorization: Bearer <key>` when the server runs with `--api-key`."""

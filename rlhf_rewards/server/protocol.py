@@ -347,8 +347,8 @@ class ScoreRequest(ScoreFields):
                                      ("text_1", "text_2"))
                  if getattr(self, a) is not None and getattr(self, b) is not None]
         if not forms:
-            raise ValueError("send `queries` and `documents` (or `queries`/`items`, `data_1`/`data_2`, "
-                             "`text_1`/`text_2`)")
+            raise ParamValueError("send `queries` and `documents` (or `queries`/`items`, `data_1`/`data_2`, "
+                                  "`text_1`/`text_2`)", "body.documents")  # vLLM's first missing field
         return self
 
     def pair(self) -> tuple[list[str], list[str]]:
@@ -679,9 +679,10 @@ class ScoreResponse(ScoredList[ScoreResponseData]):
 
 
 class RerankDocument(ResponseModel):
-    """The document a rerank result is about."""
+    """The document a rerank result is about (``multi_modal`` always null: text-only server, vLLM's field)."""
 
     text: str
+    multi_modal: None = None
 
 
 class RerankResult(ResponseModel):

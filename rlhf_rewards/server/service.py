@@ -399,7 +399,7 @@ def _request_errors(field_name: str | None) -> Iterator[None]:
     try:
         yield
     except RequestError as exc:
-        param = exc.param if field_name is None else _vllm_prompt_param(exc.message)
+        param = exc.param if field_name in (None, "task") else _vllm_prompt_param(exc.message)
         if exc.field == "prompts" and field_name is not None:
             exc = exc.located(field=field_name, subfield=None)
         elif exc.field in _ENGINE_FIELDS:

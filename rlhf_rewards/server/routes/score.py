@@ -61,11 +61,11 @@ def require_scoring(request: Request) -> None:
 def _expand(one: list[str], two: list[str]) -> list[tuple[int, int]]:
     """Index pairs 1:1, 1:N or N:N (vLLM's rule)."""
     if not one:
-        raise APIError(400, "At least one text element must be given", param="queries")
+        raise APIError(400, "At least one text element must be given")  # vLLM's messages, no param
     if not two:
-        raise APIError(400, "At least one text_pair element must be given", param="documents")
+        raise APIError(400, "At least one text_pair element must be given")
     if len(one) > 1 and len(one) != len(two):
-        raise APIError(400, "Input lengths must be either 1:1, 1:N or N:N", param="documents")
+        raise APIError(400, "Input lengths must be either 1:1, 1:N or N:N")
     return [(0 if len(one) == 1 else j, j) for j in range(len(two))]
 
 
@@ -90,8 +90,7 @@ async def _pair_scores(engine: ServingEngine, body: ScoreFields, one: list[str],
     for field in ("max_tokens_per_query", "max_tokens_per_doc"):
         limit = getattr(body, field)
         if limit >= engine.llm.max_model_len:  # vLLM 0.33's _validate_token_limit (negative: the schema's 400)
-            raise APIError(400, f"{field} ({limit}) must be less than max_model_len ({engine.llm.max_model_len}).",
-                           param=field)
+            raise APIError(400, f"{field} ({limit}) must be less than max_model_len ({engine.llm.max_model_len}).")
     template = engine.limits.chat_template
     if (body.instruction is not None or body.chat_template_kwargs) and (mode != "cross" or template is None):
         raise APIError(400, "`instruction` and `chat_template_kwargs` need a score template: start the server "
