@@ -8,8 +8,8 @@ side runs vLLM's own code only). Requests on stdin, one JSON per line:
 
 - ``{"op": "calls", "task": "classify" | "token_classify", "calls": [[ids, ...], ...], "column": int}``: runs
   ``encode`` once per inner list (token ids as ``{"prompt_token_ids": ...}``, ``use_activation=False``), timed
-  as a whole; answers ``{"seconds": s, "scores": [...]}`` (one float per text for ``classify``; for
-  ``token_classify``, the ``column`` of each row: a list per text).
+  as a whole; answers ``{"seconds": s, "cpu_s": CPU time of its processes, "scores": [...]}`` (one float per
+  text for ``classify``; for ``token_classify``, the ``column`` of each row: a list per text).
 - ``{"op": "rss"}``: ``{"rss_mib": ..., "hwm_mib": ...}`` summed over this process and its descendants
   (vLLM's engine core is a child process), and ``{"op": "reset_hwm"}``.
 - ``{"op": "stats"}``: the engine's prefix-cache counters (this project only).
@@ -60,6 +60,19 @@ def _status_kib(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of ``pid`` (default: this process) and its live descendants."""
+    total = 0
+    for p in _tree(pid or os.getpid()):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def memory() -> dict[str, float]:
@@ -131,10 +144,12 @@ def main() -> None:
         op = req["op"]
         if op == "calls":
             task, column = req["task"], int(req.get("column", 0))
+            cpu = cpu_seconds()
             t = time.perf_counter()
             outs = [engine.encode(ids, task) for ids in req["calls"]]
             seconds = time.perf_counter() - t
-            _answer({"seconds": seconds, "scores": [_scores(d, task, column) for call in outs for d in call]})
+            _answer({"seconds": seconds, "cpu_s": cpu_seconds() - cpu,
+                     "scores": [_scores(d, task, column) for call in outs for d in call]})
         elif op == "rss":
             _answer(memory())
         elif op == "reset_hwm":

@@ -157,6 +157,7 @@ def run_offline(names: list[str], rm_dir: Path, prm_dir: Path, step_id: int, tok
                     s.ask(op="calls", task=task, calls=warm[:2] if name == "per_call" else warm, column=1)
                     s.ask(op="reset_hwm")
                 times: dict[str, list[float]] = {"ours": [], "vllm": []}
+                cpu: dict[str, list[float]] = {"ours": [], "vllm": []}
                 diffs = []
                 for r in range(repeats):
                     calls, task = make(name, tok, 1000 + r)
@@ -167,9 +168,11 @@ def run_offline(names: list[str], rm_dir: Path, prm_dir: Path, step_id: int, tok
                             sides[who].ask(op="calls", task=task, calls=calls, column=1)
                         ans = sides[who].ask(op="calls", task=task, calls=calls, column=1)
                         times[who].append(ans["seconds"])
+                        cpu[who].append(ans["cpu_s"])
                         scores[who] = ans["scores"]
                     diffs.append(_diff(scores["ours"], scores["vllm"]))
-                    print(f"  [{name} {r}] ours {times['ours'][-1]:.2f} s, vLLM {times['vllm'][-1]:.2f} s, "
+                    print(f"  [{name} {r}] ours {times['ours'][-1]:.2f} s ({cpu['ours'][-1]:.1f} CPU-s), vLLM "
+                          f"{times['vllm'][-1]:.2f} s ({cpu['vllm'][-1]:.1f} CPU-s), "
                           f"max abs diff {diffs[-1]:.1e}, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
                 mem = {who: s.ask(op="rss") for who, s in sides.items()}
                 ours_s, vllm_s = statistics.median(times["ours"]), statistics.median(times["vllm"])
@@ -180,6 +183,7 @@ def run_offline(names: list[str], rm_dir: Path, prm_dir: Path, step_id: int, tok
                     "target": TARGETS.get(name), "vllm_times_s": times["vllm"], "ours_times_s": times["ours"],
                     "max_abs_diff": max(diffs), "vllm_peak_mib": mem["vllm"]["hwm_mib"],
                     "ours_peak_mib": mem["ours"]["hwm_mib"], "ours_cache": sides["ours"].ask(op="stats"),
+                    "vllm_cpu_s": statistics.median(cpu["vllm"]), "ours_cpu_s": statistics.median(cpu["ours"]),
                 })
         finally:
             for s in sides.values():
@@ -215,10 +219,15 @@ async def _post_ids(url: str, ids: list[list[int]], concurrency: int) -> list[fl
 
 
 def _tree_hwm(pid: int) -> float:
-    sys.path.insert(0, str(Path(__file__).parent))
     from benchmarks.engine_side import _status_kib, _tree
 
     return sum(_status_kib(p, "VmHWM") for p in _tree(pid)) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    from benchmarks.engine_side import cpu_seconds as tree_cpu
+
+    return tree_cpu(pid)
 
 
 def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: list[int],
@@ -242,6 +251,8 @@ def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: lis
             asyncio.run(_post_ids(url, _ids(tok, warm.texts), 8))
         for c in concurrencies:
             times: dict[str, list[float]] = {"ours": [], "vllm": []}
+            cpu: dict[str, list[float]] = {"ours": [], "vllm": []}
+            pids = {"ours": ours.proc.pid, "vllm": vllm._proc.pid}
             diffs = []
             for r in range(repeats):
                 w = grpo_workload(tok, 2000 + 10 * c + r, 8, 8, prompt_range=(128, 384))
@@ -249,9 +260,10 @@ def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: lis
                 ids = [ids[i] for i in rollout_order(w)]
                 scores = {}
                 for who in (["ours", "vllm"] if r % 2 == 0 else ["vllm", "ours"]):
-                    t = time.perf_counter()
+                    c0, t = cpu_seconds(pids[who]), time.perf_counter()
                     scores[who] = asyncio.run(_post_ids(urls[who], ids, c))
                     times[who].append(time.perf_counter() - t)
+                    cpu[who].append(cpu_seconds(pids[who]) - c0)
                 diffs.append(_diff(scores["ours"], scores["vllm"]))
                 print(f"  [server c={c} {r}] ours {times['ours'][-1]:.2f} s, vLLM {times['vllm'][-1]:.2f} s, "
                       f"diff {diffs[-1]:.1e}, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
@@ -261,6 +273,7 @@ def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: lis
                 "tokens": sum(len(x) for x in ids), "vllm_s": vllm_s, "ours_s": ours_s, "ratio": vllm_s / ours_s,
                 "target": TARGETS.get(f"server c={c}"), "vllm_times_s": times["vllm"], "ours_times_s": times["ours"],
                 "max_abs_diff": max(diffs), "vllm_peak_mib": _tree_hwm(vllm._proc.pid),
+                "vllm_cpu_s": statistics.median(cpu["vllm"]), "ours_cpu_s": statistics.median(cpu["ours"]),
                 "ours_peak_mib": _tree_hwm(ours.proc.pid),
             })
     finally:
@@ -271,13 +284,14 @@ def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: lis
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workload | texts / calls | tokens | vLLM s | rlhf-rewards s | ratio (target) | peak MiB vLLM / "
-             "rlhf-rewards | max abs diff |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | texts / calls | tokens | vLLM s | rlhf-rewards s | ratio (target) | CPU-s vLLM / "
+             "rlhf-rewards | peak MiB vLLM / rlhf-rewards | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         target = r.get("target")
         mark = "" if target is None else f" ({'>=' if r['ratio'] >= target else 'MISSED >='}{target:g}x)"
         lines.append(f"| {r['workload']} | {r['texts']} / {r['calls']} | {r['tokens']} | {r['vllm_s']:.2f} | "
-                     f"{r['ours_s']:.2f} | **{r['ratio']:.2f}x**{mark} | {r['vllm_peak_mib']:.0f} / "
+                     f"{r['ours_s']:.2f} | **{r['ratio']:.2f}x**{mark} | {r.get('vllm_cpu_s', float('nan')):.1f} / "
+                     f"{r.get('ours_cpu_s', float('nan')):.1f} | {r['vllm_peak_mib']:.0f} / "
                      f"{r['ours_peak_mib']:.0f} | {r['max_abs_diff']:.1e} |")
     return "\n".join(lines)
 
