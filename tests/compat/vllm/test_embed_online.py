@@ -9,7 +9,8 @@ Kept: request bodies and assertions. The ``openai`` client is not installed here
 -> the tiny model's 64), prompt token counts (computed with the tiny tokenizer), token ids outside the tiny
 vocabulary (499 -> 99; the real model's 21 ids of the truncation test -> the tiny tokenizer's ids of that
 text); ``run_embedding_correctness_test`` (sentence-transformers) compares with the in-process engine
-(``LLM.encode(..., pooling_task="embed")``). ``normalize`` is this library's extension (vLLM 0.33 removed it;
+(``LLM.encode(..., pooling_task="embed")``); the server runs with ``--no-enable-prefix-caching``, as vLLM
+serves the real (encoder) model. ``normalize`` is this library's extension (vLLM 0.33 removed it;
 this stored test still uses it). Deliberate deviations: ``test_pooling_not_supported`` — ``classify`` and
 ``token_classify`` are 400 ``BadRequestError`` here too, with this server's message ("... not supported ...",
 vLLM: "Task classify is not supported"); ``plugin`` starts with vLLM 0.33's "No IOProcessor plugin installed.".
@@ -52,7 +53,10 @@ MESSAGES = [
 
 @pytest.fixture(scope="module")
 def server(e5_like):
-    args = ["--max-model-len", "512", "--chat-template", DUMMY_CHAT_TEMPLATE]
+    # The real e5 is an encoder: vLLM keeps no prefix cache for it. The causal stand-in would reuse the chat
+    # request's cached keys/values for the same prompt sent as text (test_conversation_embedding), which the
+    # engine documents as exact only up to float rounding (~1e-7) outside --deterministic; this test wants ==.
+    args = ["--max-model-len", "512", "--chat-template", DUMMY_CHAT_TEMPLATE, "--no-enable-prefix-caching"]
     with RemoteOpenAIServer(e5_like, args, MODEL_NAME) as remote_server:
         yield remote_server
 
