@@ -3,20 +3,24 @@
 The workload of a GRPO group judged against a long rubric: each request is one query of ``--query-tokens``
 (a 1,500-token rubric, different in every request so no engine can reuse an earlier one) and 8 items of
 100-400 tokens, sent as token ids (no tokenizer differences). The judge is a ``Qwen3ForCausalLM`` built
-locally (hidden 512, 4 layers, head_dim 64, fp32). The two servers run one after the other, never together,
-each on both cores: vLLM with ``VLLM_CPU_OMP_THREADS_BIND=0-1 OMP_NUM_THREADS=2`` (``vllm_env(threads=2)``),
+locally (hidden 512, 4 layers, head_dim 64, fp32). Both servers are up and requests alternate between them, one at a
+time (each idles while the other runs, and both see the same load of a shared machine), each on both cores: vLLM with ``VLLM_CPU_OMP_THREADS_BIND=0-1 OMP_NUM_THREADS=2`` (``vllm_env(threads=2)``),
 this server with ``OMP_NUM_THREADS=2`` (two torch threads). Requests are sent one at a time after a warm-up;
 the medians of their latencies are compared, and every score must agree (within ``--atol``).
 
     python -m benchmarks.generative_scoring [--requests 6] [--out benchmarks/results/generative-scoring.json]
 
 The machine may be shared: the ratio of medians is the figure to read; absolute times move with the load.
+On an oversubscribed machine (load above the core count) OpenMP's default spin-waiting costs a two-thread torch
+process several times its CPU time: ``--omp-wait-policy PASSIVE`` (and ``--vllm-omp-wait-policy PASSIVE``)
+measure both servers without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -42,8 +46,8 @@ def workload(n_requests: int, query_tokens: int, items: int, vocab: int, seed: i
     return bodies
 
 
-def run(url: str, bodies: list[dict[str, Any]]) -> tuple[list[float], list[list[float]]]:
-    """Latencies (warm-up excluded) and scores of every request, sent one at a time."""
+def run(url: str, bodies: list[dict[str, Any]], keep_first: bool = False) -> tuple[list[float], list[list[float]]]:
+    """Latencies (the first excluded unless ``keep_first``) and scores of every request, sent one at a time."""
     times, scores = [], []
     with httpx.Client(timeout=600) as client:
         for k, body in enumerate(bodies):
@@ -52,7 +56,7 @@ def run(url: str, bodies: list[dict[str, Any]]) -> tuple[list[float], list[list[
             elapsed = time.perf_counter() - start
             r.raise_for_status()
             scores.append([d["score"] for d in r.json()["data"]])
-            if k:
+            if k or keep_first:
                 times.append(elapsed)
     return times, scores
 
@@ -63,6 +67,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=8)
     parser.add_argument("--query-tokens", type=int, default=1500)
     parser.add_argument("--atol", type=float, default=1e-4)
+    parser.add_argument("--ours-threads", type=int, default=2, help="OMP_NUM_THREADS of rlhf-rewards serve.")
+    parser.add_argument("--omp-wait-policy", default=None, help="OMP_WAIT_POLICY of rlhf-rewards serve (unset).")
+    parser.add_argument("--vllm-omp-wait-policy", default=None, help="OMP_WAIT_POLICY of vLLM's server (unset).")
     parser.add_argument("--out", default=None, help="Write the result as JSON here.")
     args = parser.parse_args()
 
@@ -75,17 +82,32 @@ def main() -> None:
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     bodies = workload(args.requests, args.query_tokens, args.items, vocab)
     max_len = str(MODEL["max_position_embeddings"])
-    with serve(model, "--dtype", "float32", "--max-model-len", max_len, omp_threads=2) as url:
-        ours_t, ours_s = run(url, bodies)
-    vllm = VllmServer(model, "--max-model-len", max_len, "--enforce-eager", threads=2, startup_timeout=400)
-    try:
-        theirs_t, theirs_s = run(vllm.url, bodies)
-    finally:
-        vllm.close()
+    env = {"OMP_WAIT_POLICY": args.omp_wait_policy} if args.omp_wait_policy else None
+    ours_t: list[float] = []
+    theirs_t: list[float] = []
+    ours_s: list[list[float]] = []
+    theirs_s: list[list[float]] = []
+    with serve(model, "--dtype", "float32", "--max-model-len", max_len, omp_threads=args.ours_threads, env=env) as url:
+        if args.vllm_omp_wait_policy:
+            os.environ["OMP_WAIT_POLICY"] = args.vllm_omp_wait_policy  # vllm_env copies this process's environment
+        vllm = VllmServer(model, "--max-model-len", max_len, "--enforce-eager", threads=2, startup_timeout=400)
+        try:
+            # Interleaved, one request at a time: each server idles while the other runs, and both see the
+            # same machine load (it is shared); the first request of each is a warm-up.
+            for k, body in enumerate(bodies):
+                for target, times, scores in ((url, ours_t, ours_s), (vllm.url, theirs_t, theirs_s)):
+                    t, sc = run(target, [body], keep_first=True)
+                    scores.extend(sc)
+                    if k:
+                        times.extend(t)
+        finally:
+            vllm.close()
     diff = max(abs(a - b) for ra, rb in zip(ours_s, theirs_s, strict=True) for a, b in zip(ra, rb, strict=True))
     ours_m, theirs_m = statistics.median(ours_t), statistics.median(theirs_t)
     tokens = statistics.mean(len(b["query"]) * args.items + sum(len(i) for i in b["items"]) for b in bodies[1:])
     result = {
+        "ours_threads": args.ours_threads, "omp_wait_policy": args.omp_wait_policy,
+        "vllm_omp_wait_policy": args.vllm_omp_wait_policy,
         "workload": {"requests": args.requests, "items": args.items, "query_tokens": args.query_tokens,
                      "item_tokens": "100-400", "mean_prompt_tokens_per_request": tokens, "model": MODEL},
         "rlhf_rewards_s": ours_t, "vllm_s": theirs_t,
