@@ -261,3 +261,44 @@ def test_a_server_fault_is_a_500_that_leaks_nothing_and_the_server_keeps_serving
     assert "abc123" not in r.text and "Traceback" not in r.text and "RuntimeError" in r.json()["error"]["message"]
     assert requests.get(embedding_server.url + "/health", timeout=10).status_code == 200
     assert requests.post(embedding_server.url + "/pooling", json={"input": "hi"}, timeout=30).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def prm_server(checkpoint_factory):
+    from rlhf_rewards.testing.server import InProcessServer
+
+    with InProcessServer(checkpoint_factory("Qwen2ForProcessRewardModel"), "--served-model-name", "tiny-prm") as proc:
+        yield proc
+
+
+def test_prm_embeddings_without_a_step_tag_is_a_4xx_and_the_connection_survives(prm_server):
+    # Regression (issue 23, found by the online differential): a process reward model's prompt without a step
+    # tag keeps no STEP row; /v1/embeddings read its last row and answered 500 (IndexError), closing the
+    # connection. Now a 400 naming the input, and the same keep-alive connection serves the next request.
+    import http.client
+
+    host, port = prm_server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        def post(body: dict) -> tuple[int, dict, str | None]:
+            conn.request("POST", "/v1/embeddings", body=json.dumps(body), headers=JSON)
+            r = conn.getresponse()
+            return r.status, json.loads(r.read()), r.getheader("connection")
+
+        status, body, connection = post({"input": "no tag here"})
+        assert status == 400, body
+        assert body["error"]["type"] == "BadRequestError" and body["error"]["param"] == "input", body
+        assert "step tag" in body["error"]["message"] and "input[0]" in body["error"]["message"]
+        assert connection != "close"
+        sock = conn.sock
+        assert sock is not None  # kept open after the 400
+        status, body, _ = post({"input": "step one <extra_0>"})  # <extra_0>: the tiny tokenizer's step tag
+        assert status == 200, body
+        assert conn.sock is sock  # the same connection, not a reconnect
+        assert len(body["data"]) == 1 and len(body["data"][0]["embedding"]) == 2  # the PRM's two labels
+        # Mixed in one request: the whole request is the 400 (as before), and the server keeps serving.
+        status, body, _ = post({"input": ["step <extra_0>", "no tag"]})
+        assert status == 400 and "input[1]" in body["error"]["message"], body
+    finally:
+        conn.close()
+    assert requests.get(prm_server.url + "/health", timeout=10).status_code == 200
