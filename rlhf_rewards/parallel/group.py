@@ -423,7 +423,13 @@ class WorkerPool(ParallelGroup):
             multiprocessing.connection.wait(waitables, timeout=max(0.0, min(deadline - time.monotonic(), _POLL_S)))
             for worker in live:
                 while worker.open and worker.channel.conn.poll():
-                    message = worker.channel.receive()
+                    try:
+                        message = worker.channel.receive()
+                    except Exception as exc:  # noqa: BLE001 - e.g. a call interrupted while its answer arrived
+                        raise WorkerFailed(
+                            f"a message from rank {worker.rank} of the split engine for {self.model} could not be "
+                            f"read ({type(exc).__name__}: {exc}): the pipe to it is out of step. The workers were "
+                            "stopped and this engine refuses further calls: build a new LLM.") from exc
                     if message is None:
                         worker.open = False
                         break
