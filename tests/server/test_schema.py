@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,15 +112,20 @@ class SchemaChecker:
         return set(self.doc["components"]["schemas"][name]["properties"])
 
 
-@pytest.fixture(scope="module")
-def poisoned_server(qwen3_rm, tmp_path_factory):
-    """The tiny RM with one NaN embedding row (NaN items), an API key (401) and a queue of one prompt (503)."""
-    path = tmp_path_factory.mktemp("nan-rm")
-    for f in qwen3_rm.iterdir():
+def _poisoned_copy(model: Path, path: Path) -> Path:
+    """A copy of ``model`` in ``path`` whose embedding row ``POISON`` is NaN."""
+    for f in model.iterdir():
         (path / f.name).write_bytes(f.read_bytes())
     weights = load_file(str(path / "model.safetensors"))
     weights["model.embed_tokens.weight"][POISON] = float("nan")
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def poisoned_server(qwen3_rm, tmp_path_factory):
+    """The tiny RM with one NaN embedding row (NaN items), an API key (401) and a queue of one prompt (503)."""
+    path = _poisoned_copy(qwen3_rm, tmp_path_factory.mktemp("nan-rm"))
     with InProcessServer(path, "--api-key", KEY, "--max-queue-size", "1") as proc:
         yield proc
 
@@ -168,7 +174,16 @@ def embedding_server(checkpoint_factory):
         yield proc
 
 
-def test_every_answer_matches_its_routes_schema(server, poisoned_server, embedding_server, checker):
+@pytest.fixture(scope="module")
+def judge_server(checkpoint_factory, tmp_path_factory):
+    """A tiny causal LM (``/generative_scoring``) with the same NaN embedding row as ``poisoned_server``
+    (an item's ``error``)."""
+    path = _poisoned_copy(checkpoint_factory("Qwen3ForCausalLM"), tmp_path_factory.mktemp("nan-judge"))
+    with InProcessServer(path, "--served-model-name", "tiny-judge") as proc:
+        yield proc
+
+
+def test_every_answer_matches_its_routes_schema(server, poisoned_server, embedding_server, judge_server, checker):
     url = server.url
     c = checker
     # /pooling: every task, both encodings, with and without details, completion and chat forms.
@@ -206,10 +221,19 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, embeddi
     answer = requests.post(url + "/generative_scoring", json={"query": "q", "items": ["a"], "label_token_ids": [1]},
                            timeout=30)
     assert answer.status_code == 404 and c.check(answer, "/generative_scoring") == {"detail": "Not Found"}
-    # /generative_scoring needs a causal LM: a reward model answers vLLM's pooling-runner 404.
-    answer = requests.post(url + "/generative_scoring", json={"query": "q", "items": ["a"], "label_token_ids": [1]},
+    judge = judge_server.url
+    body = c.check(requests.post(judge + "/generative_scoring", json={
+        "query": "Is 2 + 2 = 4? Answer:", "items": [" yes", " no"], "label_token_ids": [21, 33]}, timeout=30),
+        "/generative_scoring")
+    assert [item["index"] for item in body["data"]] == [0, 1] and body["model"] == "tiny-judge"
+    body = c.check(requests.post(judge + "/generative_scoring", json={  # a NaN item: score null, error set
+        "query": [5, 6], "items": [[POISON], [7]], "label_token_ids": [21], "apply_softmax": False}, timeout=30),
+        "/generative_scoring")
+    assert body["data"][0]["score"] is None and "error" in body["data"][0] and "error" not in body["data"][1]
+    answer = requests.post(judge + "/generative_scoring", json={"query": "q", "items": ["a"], "label_token_ids": [10**6]},
                            timeout=30)
-    assert answer.status_code == 404 and c.check(answer, "/generative_scoring") == {"detail": "Not Found"}
+    assert answer.status_code == 400, answer.text
+    c.check(answer, "/generative_scoring")
     emb = embedding_server.url
     for body in ({"texts": ["a b", "c"], "embedding_types": ["float", "binary", "ubinary", "base64"]},
                  {"inputs": [{"content": [{"type": "text", "text": "a"}]}], "truncate": "START", "max_tokens": 3}):
