@@ -51,7 +51,7 @@ class Side:
 
         self.which = which
         if which == "vllm":
-            python, env = str(VLLM_PYTHON), vllm_env(threads=threads, kv_cache_gib=2)
+            python, env = str(VLLM_PYTHON), vllm_env(threads=threads, kv_cache_gib=1)
         else:
             python, env = sys.executable, dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
             env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -152,43 +152,51 @@ def run_offline(names: list[str], rm_dir: Path, prm_dir: Path, step_id: int, tok
             sides["ours"] = Side("ours", model, ok, threads)
             sides["vllm"] = Side("vllm", model, vk, threads)
             for name in rows:
-                warm, task = make(name, tok, 999)
-                for s in sides.values():
-                    s.ask(op="calls", task=task, calls=warm[:2] if name == "per_call" else warm, column=1)
-                    s.ask(op="reset_hwm")
-                times: dict[str, list[float]] = {"ours": [], "vllm": []}
-                cpu: dict[str, list[float]] = {"ours": [], "vllm": []}
-                diffs = []
-                for r in range(repeats):
-                    calls, task = make(name, tok, 1000 + r)
-                    order = ["ours", "vllm"] if r % 2 == 0 else ["vllm", "ours"]
-                    scores = {}
-                    for who in order:
-                        if name == "repeat":
-                            sides[who].ask(op="calls", task=task, calls=calls, column=1)
-                        ans = sides[who].ask(op="calls", task=task, calls=calls, column=1)
-                        times[who].append(ans["seconds"])
-                        cpu[who].append(ans["cpu_s"])
-                        scores[who] = ans["scores"]
-                    diffs.append(_diff(scores["ours"], scores["vllm"]))
-                    print(f"  [{name} {r}] ours {times['ours'][-1]:.2f} s ({cpu['ours'][-1]:.1f} CPU-s), vLLM "
-                          f"{times['vllm'][-1]:.2f} s ({cpu['vllm'][-1]:.1f} CPU-s), "
-                          f"max abs diff {diffs[-1]:.1e}, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
-                mem = {who: s.ask(op="rss") for who, s in sides.items()}
-                ours_s, vllm_s = statistics.median(times["ours"]), statistics.median(times["vllm"])
-                tokens = sum(len(x) for call in calls for x in call)
-                results.append({
-                    "workload": name, "texts": sum(len(c) for c in calls), "calls": len(calls), "tokens": tokens,
-                    "vllm_s": vllm_s, "ours_s": ours_s, "ratio": vllm_s / ours_s,
-                    "target": TARGETS.get(name), "vllm_times_s": times["vllm"], "ours_times_s": times["ours"],
-                    "max_abs_diff": max(diffs), "vllm_peak_mib": mem["vllm"]["hwm_mib"],
-                    "ours_peak_mib": mem["ours"]["hwm_mib"], "ours_cache": sides["ours"].ask(op="stats"),
-                    "vllm_cpu_s": statistics.median(cpu["vllm"]), "ours_cpu_s": statistics.median(cpu["ours"]),
-                })
+                try:
+                    results.append(_offline_row(name, sides, tok, repeats))
+                except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
+                    print(f"  [{name}] failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                    results.append({"workload": name, "error": f"{type(exc).__name__}: {exc}"})
         finally:
             for s in sides.values():
                 s.close()
     return results
+
+
+def _offline_row(name: str, sides: dict[str, Side], tok, repeats: int) -> dict[str, Any]:
+    warm, task = make(name, tok, 999)
+    for s in sides.values():
+        s.ask(op="calls", task=task, calls=warm[:2] if name == "per_call" else warm, column=1)
+        s.ask(op="reset_hwm")
+    times: dict[str, list[float]] = {"ours": [], "vllm": []}
+    cpu: dict[str, list[float]] = {"ours": [], "vllm": []}
+    diffs = []
+    for r in range(repeats):
+        calls, task = make(name, tok, 1000 + r)
+        order = ["ours", "vllm"] if r % 2 == 0 else ["vllm", "ours"]
+        scores = {}
+        for who in order:
+            if name == "repeat":
+                sides[who].ask(op="calls", task=task, calls=calls, column=1)
+            ans = sides[who].ask(op="calls", task=task, calls=calls, column=1)
+            times[who].append(ans["seconds"])
+            cpu[who].append(ans["cpu_s"])
+            scores[who] = ans["scores"]
+        diffs.append(_diff(scores["ours"], scores["vllm"]))
+        print(f"  [{name} {r}] ours {times['ours'][-1]:.2f} s ({cpu['ours'][-1]:.1f} CPU-s), vLLM "
+              f"{times['vllm'][-1]:.2f} s ({cpu['vllm'][-1]:.1f} CPU-s), "
+              f"max abs diff {diffs[-1]:.1e}, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+    mem = {who: s.ask(op="rss") for who, s in sides.items()}
+    ours_s, vllm_s = statistics.median(times["ours"]), statistics.median(times["vllm"])
+    tokens = sum(len(x) for call in calls for x in call)
+    return {
+        "workload": name, "texts": sum(len(c) for c in calls), "calls": len(calls), "tokens": tokens,
+        "vllm_s": vllm_s, "ours_s": ours_s, "ratio": vllm_s / ours_s,
+        "target": TARGETS.get(name), "vllm_times_s": times["vllm"], "ours_times_s": times["ours"],
+        "max_abs_diff": max(diffs), "vllm_peak_mib": mem["vllm"]["hwm_mib"],
+        "ours_peak_mib": mem["ours"]["hwm_mib"], "ours_cache": sides["ours"].ask(op="stats"),
+        "vllm_cpu_s": statistics.median(cpu["vllm"]), "ours_cpu_s": statistics.median(cpu["ours"]),
+    }
 
 
 # ---------------------------------------------------------------------- server
@@ -287,6 +295,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     lines = ["| workload | texts / calls | tokens | vLLM s | rlhf-rewards s | ratio (target) | CPU-s vLLM / "
              "rlhf-rewards | peak MiB vLLM / rlhf-rewards | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['workload']} | failed: {r['error'][:200]} |||||||")
+            continue
         target = r.get("target")
         mark = "" if target is None else f" ({'>=' if r['ratio'] >= target else 'MISSED >='}{target:g}x)"
         lines.append(f"| {r['workload']} | {r['texts']} / {r['calls']} | {r['tokens']} | {r['vllm_s']:.2f} | "
@@ -313,7 +324,11 @@ def main(names: list[str], *, repeats: int, threads: int, server: bool, concurre
     rows = run_offline([n for n in names if n != "server"], rm_dir, prm_dir, step_id, tok, repeats, threads,
                        cache_bytes) if any(n != "server" for n in names) else []
     if server:
-        rows += run_server(rm_dir, tok, repeats, threads, concurrencies, cache_bytes)
+        try:
+            rows += run_server(rm_dir, tok, repeats, threads, concurrencies, cache_bytes)
+        except Exception as exc:  # noqa: BLE001 - keep the offline rows
+            print(f"  [server] failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            rows.append({"workload": "server", "error": f"{type(exc).__name__}: {exc}"})
     report = {"command": "python -m benchmarks.run " + " ".join(sys.argv[1:]), "repeats": repeats,
               "threads": threads, "load_average_start": load_start, "load_average_end": os.getloadavg(),
               "wall_s": time.perf_counter() - started, "rows": rows}

@@ -22,7 +22,6 @@ Families whose decoder layer does anything else are not listed and take the back
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -84,8 +83,15 @@ def _sliding_window(attn: nn.Module) -> int | None:
     return getattr(attn, "sliding_window", None)
 
 
-def _rope(attn: nn.Module):
-    return sys.modules[type(attn).__module__].apply_rotary_pos_emb
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE of one tensor ``[1, heads, n, d]``: the families' ``apply_rotary_pos_emb`` formula
+    (``x * cos + rotate_half(x) * sin``, same operations, same numbers), without rotating a second tensor
+    that would be thrown away (the model's function always rotates a query and a key: half its work was
+    wasted here, ~5% of a forward)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos) + (rotated * sin)
 
 
 def _keys_values(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -95,7 +101,7 @@ def _keys_values(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch
     if hasattr(attn, "k_norm"):
         k = attn.k_norm(k)
     k = k.transpose(1, 2)
-    _, k = _rope(attn)(k, k, cos, sin)
+    k = _rotate(k, cos, sin)
     return k, attn.v_proj(x).view(shape).transpose(1, 2)
 
 
@@ -105,7 +111,7 @@ def _queries(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     if hasattr(attn, "q_norm"):
         q = attn.q_norm(q)
     q = q.transpose(1, 2)
-    q, _ = _rope(attn)(q, q, cos, sin)
+    q = _rotate(q, cos, sin)
     return q
 
 
