@@ -135,3 +135,24 @@ def test_config_checks(llm, qwen3_rm):
         RewardFunction(llm, judge={"template": "{completion}", "labels": ["Yes definitely not"]})(["q"], ["a"])
     with pytest.raises(ValueError, match="has none"):
         RewardFunction(LLM(str(qwen3_rm), device="cpu"), judge="{completion}")
+
+
+def test_ray_pool_judge_and_generative_score(judge_path, llm):
+    ray = pytest.importorskip("ray")
+    from rlhf_rewards.workers import RayWorkerPool
+
+    cfg = {"template": TEMPLATE, "labels": ["Y", "N"], "label_values": [1.0, -1.0]}
+    expected = RewardFunction(llm, judge=cfg)(PROMPTS, COMPLETIONS)
+    direct = llm.generative_score(RUBRIC, COMPLETIONS, [5, 9, 5])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with RayWorkerPool(str(judge_path), num_replicas=2, num_cpus_per_replica=1, max_batch_size=4,
+                           device="cpu", max_model_len=256) as pool:
+            got = pool.generative_score(RUBRIC, COMPLETIONS, [5, 9, 5])
+            assert [o.index for o in got] == list(range(len(COMPLETIONS)))
+            assert [o.score for o in got] == pytest.approx([o.score for o in direct], abs=1e-6)
+            rf = RewardFunction(pool, judge=cfg)
+            assert rf(PROMPTS, COMPLETIONS) == pytest.approx(expected, abs=1e-5)
+            assert pickle.loads(pickle.dumps(rf))(PROMPTS, COMPLETIONS) == pytest.approx(expected, abs=1e-5)
+    finally:
+        ray.shutdown()
