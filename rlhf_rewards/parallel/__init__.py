@@ -1,9 +1,10 @@
 """Reward models larger than one device: tensor and pipeline parallelism over ``torch.distributed``.
 
 ``LLM(model, tensor_parallel_size=N, pipeline_parallel_size=M)`` checks the split (:mod:`.plan`), starts its
-own ``N * M - 1`` worker processes or joins ``torchrun``'s (:mod:`.group`), loads each rank's shard with
-transformers' distributed loading (:mod:`.sharding`) and runs every call on all ranks in lockstep
-(:mod:`.lockstep`). See the README section "Models larger than one device".
+own ``N * M`` worker processes (the calling process schedules and holds no weights) or joins ``torchrun``'s
+(:mod:`.group`), loads each rank's shard with transformers' distributed loading (:mod:`.sharding`) and runs every
+call on all ranks in lockstep (:mod:`.lockstep`). Every wait is bounded and watches the workers, so a fault ends
+in an error (:class:`WorkerFailed`), never a hang. See the README section "Models larger than one device".
 """
 
 from rlhf_rewards.parallel.config import ParallelConfig

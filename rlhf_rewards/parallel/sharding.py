@@ -140,12 +140,15 @@ def as_pipeline_stage(model: PoolingModel) -> PoolingModel:
 
 
 def resident_parameter_bytes(module: torch.nn.Module) -> int:
-    """Bytes of the parameters this rank holds (a sharded ``DTensor`` counts its local shard only)."""
+    """Bytes of the parameters this rank holds (a sharded ``DTensor`` counts its local shard only; a split
+    engine's driver, whose model is on the ``meta`` device, holds none)."""
     from torch.distributed.tensor import DTensor
 
     total = 0
     for p in module.parameters():  # shared (tied) parameters are listed once
         local = p.to_local() if isinstance(p, DTensor) else p
+        if local.is_meta:
+            continue
         total += local.numel() * local.element_size()
     return total
 

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 
 from rlhf_rewards import LLM
+from rlhf_rewards.parallel import resident_parameter_bytes
 from tests.parallel.conftest import GROUP_TEXTS, PRM_TEXTS
 
 
@@ -23,7 +24,11 @@ def test_engine_started_ranks_score_like_one_process(prm, split_prm):
     # One worker per rank; this process only schedules, and joins no process group (its torch.distributed stays
     # the user's).
     assert len(workers) == 2 and all(w.is_alive() for w in workers) and not dist.is_initialized()
-    assert split_prm.device == torch.device("cpu") and split_prm._parallel.rank_resident_bytes[0] > 0
+    assert split_prm.device == torch.device("cpu")
+    # This process holds no weights (its model is on `meta`); each worker about half of them.
+    whole = resident_parameter_bytes(reference.model)
+    assert resident_parameter_bytes(split_prm.model) == 0
+    assert all(0.45 * whole < b < 0.56 * whole for b in split_prm._parallel.rank_resident_bytes)
     for texts, task in ((PRM_TEXTS, "token_classify"), (GROUP_TEXTS, "embed")):
         want = reference.encode(texts, pooling_task=task, use_tqdm=False)
         got = split_prm.encode(texts, pooling_task=task, use_tqdm=False)
