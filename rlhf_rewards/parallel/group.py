@@ -65,7 +65,8 @@ _TAIL_LINES = 40
 _LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
                  "GROUP_WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
 #: Text of the error a spawned child raises when the main script builds the engine outside a ``__main__`` guard.
-_GUARD_MARKERS = ("_check_not_importing_main", "bootstrapping phase", "freeze_support()")
+_GUARD_MARKERS = ("_check_not_importing_main", "bootstrapping phase", "freeze_support()",
+                  "that is not under an `if __name__")  # the last: check_main_guard() refusing in the worker
 #: Set in a spawned worker while it builds its engine: its pipe to the driver.
 _WORKER_CHANNEL: Channel | None = None
 #: Serializes the fd-2 swap around ``Process.start`` (see :func:`_start_with_stderr`).
