@@ -101,7 +101,10 @@ def build_qwen3_classifier(path: str | os.PathLike[str], **kw: Any) -> Path:
 def build_llama_classifier(path: str | os.PathLike[str], **kw: Any) -> Path:
     """A Skywork-Reward-V2-Llama-style ``LlamaForSequenceClassification`` with one label."""
     kw.setdefault("num_labels", 1)
-    kw.pop("head_dim", None)
+    # Llama's head_dim is hidden_size // num_attention_heads (as Skywork-Reward-V2-Llama's config); small_dims'
+    # 16 would stay otherwise, and vLLM's CPU attention refuses head_dim 16.
+    dims = {**small_dims(), **kw}
+    kw["head_dim"] = dims["hidden_size"] // dims["num_attention_heads"]
     return build_hf_model("LlamaForSequenceClassification", path, config_cls="LlamaConfig", **kw)
 
 

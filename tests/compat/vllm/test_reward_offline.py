@@ -7,13 +7,14 @@ Kept: the LLM arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, `
 accepted, the ignored ones with one warning each) and ``test_pooling_params``' assertions ("Default should use
 activation."). Changed: the models (the Qwen2 RM is an added parametrization, whose default is the raw score as in vLLM); ``test_config`` reads
 ``llm.llm_engine.vllm_config`` (vLLM's engine internals, absent here): it checks the equivalent facts instead
-(prefix sharing is always on, no chunked prefill to configure); the older file's ``llm.reward(...)`` was
+(the prefix cache is on by default, no chunked prefill to configure); the older file's ``llm.reward(...)`` was
 removed in vLLM 0.33 and raises here with the replacement named, so it is ported as ``encode(...,
 pooling_task="token_classify")`` plus a check of that error.
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import pytest
@@ -44,10 +45,16 @@ def llm(request, internlm2_reward_like, qwen2_reward_like):
 
 
 def test_config(llm: LLM):
-    # vLLM: cache_config.enable_prefix_caching and scheduler_config.enable_chunked_prefill are on. Here prefix
-    # sharing is always on (no switch), and asking for it or for chunked prefill warns that nothing changes.
-    with pytest.warns(IgnoredEngineArgWarning, match="prefix sharing within a call is always on"):
-        LLM(model=llm.model_name, enable_prefix_caching=True, device="cpu")
+    # vLLM: cache_config.enable_prefix_caching and scheduler_config.enable_chunked_prefill are on. Here the
+    # cross-call prefix cache (engine/kv_cache.py) is on by default and enable_prefix_caching is honoured (no
+    # warning); there is no chunked prefill to configure, so asking for it warns that nothing changes.
+    assert llm.runner.prefix_cache is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IgnoredEngineArgWarning)
+        on = LLM(model=llm.model_name, enable_prefix_caching=True, device="cpu")
+    assert on.runner.prefix_cache is not None
+    with pytest.warns(IgnoredEngineArgWarning, match="enable_chunked_prefill"):
+        LLM(model=llm.model_name, enable_chunked_prefill=True, device="cpu")
 
 
 def test_pooling_params(llm: LLM):
