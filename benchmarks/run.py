@@ -471,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows of --baselines vllm: grpo, prm, unrelated, per_call, repeat, server")
     parser.add_argument("--threads", type=int, default=2, help="--baselines vllm: cores and threads per engine")
     parser.add_argument("--concurrencies", default="8,32", help="--baselines vllm: server client concurrencies")
+    parser.add_argument("--omp-wait-policy", default=None, choices=["ACTIVE", "PASSIVE"],
+                        help="--baselines vllm: OMP_WAIT_POLICY of both engines' processes (unset: OpenMP's default "
+                             "spin-waiting, which costs both several times their CPU time on an oversubscribed "
+                             "machine)")
     parser.add_argument("--prefix-cache-bytes", type=int, default=None,
                         help="--baselines vllm: this engine's prefix cache bound (default: the engine's)")
     parser.add_argument("--json", default=None,
@@ -499,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         bad = set(rows) - {"grpo", "prm", "unrelated", "per_call", "repeat", "server"}
         if bad:
             parser.error(f"--vllm-workloads: unknown {sorted(bad)}")
+        if args.omp_wait_policy:
+            os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # every process of both sides inherits it
         return vs_vllm.main(rows, repeats=args.repeats or 3, threads=args.threads, server="server" in rows,
                             concurrencies=[int(c) for c in args.concurrencies.split(",") if c.strip()],
                             cache_bytes=args.prefix_cache_bytes,

@@ -330,12 +330,12 @@ def main(names: list[str], *, repeats: int, threads: int, server: bool, concurre
             print(f"  [server] failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             rows.append({"workload": "server", "error": f"{type(exc).__name__}: {exc}"})
     report = {"command": "python -m benchmarks.run " + " ".join(sys.argv[1:]), "repeats": repeats,
-              "threads": threads, "load_average_start": load_start, "load_average_end": os.getloadavg(),
+              "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_start": load_start, "load_average_end": os.getloadavg(),
               "wall_s": time.perf_counter() - started, "rows": rows}
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2))
     print(format_rows(rows))
-    print(f"threads {threads} per engine; load average start {load_start}, end {report['load_average_end']}; "
+    print(f"threads {threads} per engine, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; load average start {load_start}, end {report['load_average_end']}; "
           f"{report['wall_s']:.0f} s; JSON: {json_path}")
     return 0
 

@@ -309,3 +309,40 @@ def test_cache_sessions_from_threads_keep_the_tree_consistent():
     assert cache.bytes <= cache.max_bytes and cache.evictions > 0 and cache.hit_tokens > 0
     nodes = [n for r in cache._roots.values() for n in _all(r) if n.kv is not None]
     assert sum(n.nbytes for n in nodes) == cache.bytes
+
+
+# ---------------------------------------------------------------------- the server's hold window
+def test_batcher_holds_one_prompt_requests_so_siblings_share_a_call():
+    import asyncio
+    import time
+
+    from rlhf_rewards.outputs import PoolingOutput, PoolingRequestOutput
+    from rlhf_rewards.server.batcher import Batcher, EngineItem
+
+    calls: list[int] = []
+
+    def encode(task, items):
+        calls.append(len(items))
+        return [PoolingRequestOutput(str(i), PoolingOutput(torch.zeros(1)), it.token_ids) for i, it in enumerate(items)]
+
+    async def run(hold_s: float) -> float:
+        calls.clear()
+        batcher = Batcher(encode, max_queue_size=100, max_batch_tokens=10_000, hold_s=hold_s)
+        batcher.start()
+        try:
+            async def one(k: int) -> None:
+                await asyncio.sleep(0.001 * k)  # siblings arrive within a few milliseconds of each other
+                await batcher.submit("classify", [EngineItem([1, 2, k], PoolingParams())])
+
+            t = time.perf_counter()
+            await asyncio.gather(*(one(k) for k in range(4)))
+            return time.perf_counter() - t
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run(0.0))
+    assert len(calls) > 1  # without a hold the first request runs alone
+    elapsed = asyncio.run(run(0.1))
+    assert calls == [4] and elapsed < 1.0
+    with pytest.raises(ValueError, match="hold_s"):
+        Batcher(encode, max_queue_size=1, max_batch_tokens=1, hold_s=-1)
