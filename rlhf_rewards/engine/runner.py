@@ -11,6 +11,12 @@ Two execution paths, chosen per model:
 - **Padded**: length-sorted micro-batches under the padded-token budget; used for models that cannot be
   packed (SSM/hybrid such as Jamba) or whose attention does not accept segment plans.
 
+**Cross-call prefix cache** (``prefix_cache``, :mod:`~rlhf_rewards.engine.kv_cache`): on the packed path each
+request first looks up its longest cached prefix (per adapter and ``cache_salt``, ending before the first
+position its pooler reads); requests with the same hit share one tree over their remaining tokens, whose roots
+read the hit's keys and values as ancestors outside the row. Every forward's new nodes are copied into the
+cache as they are computed (:class:`_Capture`).
+
 Both return the same numbers up to float rounding; ``tests/engine`` checks every path against plain
 transformers.
 
