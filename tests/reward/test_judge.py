@@ -99,10 +99,10 @@ def test_async_and_pickled_path_source(judge_path, llm):
     cfg = {"template": TEMPLATE, "labels": ["Y", "N"]}
     expected = RewardFunction(llm, judge=cfg)(PROMPTS, COMPLETIONS)
     arf = AsyncRewardFunction(llm, judge=cfg)
-    assert asyncio.run(arf(PROMPTS, COMPLETIONS)) == pytest.approx(expected, abs=1e-6)
+    assert asyncio.run(arf(PROMPTS, COMPLETIONS)) == pytest.approx(expected, abs=1e-5)
     by_path = RewardFunction(str(judge_path), judge=cfg, llm_kwargs={"device": "cpu", "max_model_len": 256})
     clone = pickle.loads(pickle.dumps(by_path))
-    assert clone(PROMPTS, COMPLETIONS) == pytest.approx(expected, abs=1e-6)
+    assert clone(PROMPTS, COMPLETIONS) == pytest.approx(expected, abs=1e-5)
 
 
 def test_remote_through_generative_scoring(judge_path, llm):
