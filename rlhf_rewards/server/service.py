@@ -399,11 +399,12 @@ def _request_errors(field_name: str | None) -> Iterator[None]:
     try:
         yield
     except RequestError as exc:
+        if exc.field in _ENGINE_FIELDS:
+            exc = exc.located(field=_ENGINE_FIELDS[exc.field])
         param = exc.param if field_name in (None, "task") else _vllm_prompt_param(exc.message)
+        param = _ENGINE_FIELDS.get(param, param) if param is not None else None
         if exc.field == "prompts" and field_name is not None:
             exc = exc.located(field=field_name, subfield=None)
-        elif exc.field in _ENGINE_FIELDS:
-            exc = exc.located(field=_ENGINE_FIELDS[exc.field])
         raise APIError.from_request_error(exc, param=param) from None
     except ValueError as exc:
         raise APIError(400, str(exc), param=None if field_name is None else _vllm_prompt_param(str(exc))) from None
