@@ -7,6 +7,8 @@ Every problem is a :class:`~rlhf_rewards.errors.RequestError` naming the prompt'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from transformers import PreTrainedTokenizerBase
 
 from rlhf_rewards.contract.prompts import PromptType, check_prompt, normalize_prompts, require_prompts
@@ -22,8 +24,14 @@ def tokenize_prompts(
     *,
     vocab_size: int,
     add_special_tokens: bool = True,
+    max_lengths: Sequence[int | None] | None = None,
 ) -> list[list[int]]:
-    """Token ids for every prompt; strings are tokenized in one batched call."""
+    """Token ids for every prompt; strings are tokenized in one batched call (one per ``max_lengths`` value).
+
+    ``max_lengths``: per prompt, a truncation the tokenizer itself applies to a text prompt
+    (``truncation=True, max_length=k``, on the tokenizer's side; its special tokens are kept, as vLLM's
+    ``TokenizeParams.get_encode_kwargs`` asks when no ``truncation_side`` is given); ``None``: no cut here.
+    """
     require_prompts(prompts)
     ids: list[list[int] | None] = [None] * len(prompts)
     texts: list[tuple[int, str]] = []
@@ -36,11 +44,16 @@ def tokenize_prompts(
     if texts:
         if tokenizer is None:
             raise RequestError("This LLM has no tokenizer: pass prompts as {'prompt_token_ids': [...]}.")
-        encoded = tokenizer([t for _, t in texts], add_special_tokens=add_special_tokens)["input_ids"]
-        for (i, _), token_ids in zip(texts, encoded, strict=True):
-            if not token_ids:
-                raise RequestError("tokenizes to no tokens.", field="prompts", index=i)
-            ids[i] = list(token_ids)
+        groups: dict[int | None, list[tuple[int, str]]] = {}
+        for i, t in texts:
+            groups.setdefault(max_lengths[i] if max_lengths is not None else None, []).append((i, t))
+        for max_length, group in groups.items():
+            cut = {} if max_length is None else {"truncation": True, "max_length": max_length}
+            encoded = tokenizer([t for _, t in group], add_special_tokens=add_special_tokens, **cut)["input_ids"]
+            for (i, _), token_ids in zip(group, encoded, strict=True):
+                if not token_ids:
+                    raise RequestError("tokenizes to no tokens.", field="prompts", index=i)
+                ids[i] = list(token_ids)
     return [x for x in ids if x is not None]
 
 

@@ -205,6 +205,10 @@ class LLM:
             self.tokenizer: PreTrainedTokenizerBase | None = None if extra.get("skip_tokenizer_init") else (
                 load_tokenizer(tokenizer or model, revision=tokenizer_revision, trust_remote_code=trust_remote_code)
             )
+            if self.tokenizer is not None:
+                # vLLM's pooling runner loads every tokenizer with truncation_side="right" (vllm/tokenizers/
+                # registry.py), whatever its tokenizer_config says: a cut without a side keeps the first tokens.
+                self.tokenizer.truncation_side = "right"
             served = extra.get("served_model_name")
             self.served_model_name: str | None = served[0] if isinstance(served, (list, tuple)) and served else served
             self.chat_template: str | None = _load_chat_template(extra.get("chat_template"))
@@ -405,9 +409,11 @@ class LLM:
                 unlike vLLM, any task the model supports, not only its :attr:`pooling_task`).
             tokenization_kwargs: vLLM's overrides for the tokenizer: ``truncate_prompt_tokens``,
                 ``truncation`` (``True``: cut to ``max_length``, default ``max_model_len``), ``max_length``,
-                ``truncation_side`` (``"left"``: keep the last tokens, this library's default, or ``"right"``)
-                and ``add_special_tokens``; other keys are ignored with a warning, as vLLM does.
-            truncate_prompt_tokens: Keep the last k tokens of each prompt (``-1``: ``max_model_len``).
+                ``truncation_side`` (``"left"``: keep the last tokens, ``"right"``: the first; without one a
+                text prompt is cut by the tokenizer, keeping its special tokens, as vLLM does) and
+                ``add_special_tokens``; other keys are ignored with a warning, as vLLM does.
+            truncate_prompt_tokens: Keep k tokens of each prompt (``-1``: ``max_model_len``), as
+                ``tokenization_kwargs={"truncate_prompt_tokens": k}``.
             add_special_tokens: Add the tokenizer's special tokens (BOS...) to string prompts. Default True.
         """
         if isinstance(prompts, dict) and "data" in prompts:
@@ -435,14 +441,16 @@ class LLM:
             if self.lora_manager is None:
                 raise ValueError("lora_request was given but this LLM was built with enable_lora=False.")
             self.lora_manager.check(lora_list)  # bad adapters fail before anything runs; loading is in _run
+        truncations = [truncation_of(params, truncate_prompt_tokens) for params in params_list]
         token_ids = tokenize_prompts(
-            items, self.tokenizer, vocab_size=self.model.vocab_size, add_special_tokens=add_special_tokens
+            items, self.tokenizer, vocab_size=self.model.vocab_size, add_special_tokens=add_special_tokens,
+            max_lengths=[tok_options.tokenizer_max_length(t, self.max_model_len) for t in truncations],
         )
         requests: list[EngineRequest] = []
         config = self.task_configs[task]
         for i, (ids, params, lora) in enumerate(zip(token_ids, params_list, lora_list, strict=True)):
             params = params or PoolingParams()
-            ids = tok_options.cut(i, ids, truncation_of(params, truncate_prompt_tokens), self.max_model_len)
+            ids = tok_options.cut(i, ids, truncations[i], self.max_model_len)
             resolved = resolve_pooling(task, params, config)
             requests.append(
                 EngineRequest(index=i, request_id=f"{next(_request_counter)}-{uuid.uuid4().hex[:8]}",

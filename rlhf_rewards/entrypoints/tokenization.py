@@ -38,6 +38,16 @@ class TokenizationOptions:
     truncation_side: str | None = None
     add_special_tokens: bool = True
 
+    def tokenizer_max_length(self, truncate: int | None, max_model_len: int) -> int | None:
+        """The ``max_length`` the tokenizer itself cuts a text prompt to, as vLLM's
+        ``TokenizeParams.get_encode_kwargs``: a truncation with no side given is the tokenizer's own
+        (``truncation=True, max_length=k``: special tokens such as an appended EOS are kept); with a side,
+        or a k over ``max_model_len`` (refused by :meth:`cut`), ``None``: the ids are sliced afterwards."""
+        if truncate is None or self.truncation_side is not None:
+            return None
+        keep = max_model_len if truncate == -1 else truncate
+        return keep if 0 < keep <= max_model_len else None
+
     def cut(self, index: int, token_ids: list[int], truncate: int | None, max_model_len: int) -> list[int]:
         """Apply ``truncate`` on this call's side, then the ``max_model_len`` check (a ``RequestError``)."""
         return apply_length_limit(index, token_ids, max_model_len, truncate, side=self.truncation_side or "right")

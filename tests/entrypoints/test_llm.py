@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 
 import pytest
 import torch
@@ -169,6 +170,37 @@ def test_truncation_keeps_the_first_tokens_as_vllm(rm3, reference):
     assert out.prompt_token_ids == ids[-5:]
     out = llm.encode(text, PoolingParams(truncate_prompt_tokens=-1), pooling_task="classify")[0]
     assert out.prompt_token_ids == ids[:16]
+
+
+def test_truncation_without_side_is_the_tokenizers(rm3, tmp_path):
+    # vLLM 0.32 cuts a text prompt inside the tokenizer when no truncation_side is given (truncation=True,
+    # max_length=k: a post-processor's BOS and EOS are kept), and slices the ids when a side is given; its pooling
+    # runner loads every tokenizer with truncation_side="right" (checked in tests/compat/vllm_live).
+    import shutil
+
+    from tests.compat.vllm_live.offline import add_bos_eos
+
+    path = add_bos_eos(shutil.copytree(rm3, tmp_path / "rm"))
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "truncation_side": "left"}))
+    llm = LLM(str(path), device="cpu", max_model_len=16)
+    text = MIXED_TEXTS[3]
+    ids = llm.get_tokenizer()(text)["input_ids"]
+    assert llm.get_tokenizer().truncation_side == "right"
+    first = llm.get_tokenizer()(text, truncation=True, max_length=5)["input_ids"]
+    assert first == ids[:4] + ids[-1:]  # BOS, 3 tokens, EOS
+    for kwargs in ({"truncate_prompt_tokens": 5}, {"truncation": True, "max_length": 5}):
+        out = llm.encode(text, pooling_task="classify", tokenization_kwargs=kwargs)[0]
+        assert out.prompt_token_ids == first
+    assert llm.encode(text, pooling_task="classify", truncate_prompt_tokens=5)[0].prompt_token_ids == first
+    out = llm.encode(text, pooling_task="classify", tokenization_kwargs={"truncate_prompt_tokens": 5,
+                                                                          "truncation_side": "right"})[0]
+    assert out.prompt_token_ids == ids[:5]
+    out = llm.encode(text, pooling_task="classify", tokenization_kwargs={"truncate_prompt_tokens": 5,
+                                                                          "truncation_side": "left"})[0]
+    assert out.prompt_token_ids == ids[-5:]
+    out = llm.encode({"prompt_token_ids": ids}, pooling_task="classify", truncate_prompt_tokens=5)[0]
+    assert out.prompt_token_ids == ids[:5]  # token ids are sliced: no tokenizer call
 
 
 @pytest.mark.parametrize(

@@ -167,5 +167,31 @@ def build(tmp_path_factory: pytest.TempPathFactory, architecture: str, name: str
     return build_checkpoint(architecture, tmp_path_factory.mktemp(name), **fields)
 
 
-__all__ = ["DIMS", "LONG", "MAX_MODEL_LEN", "PROMPTS", "Pair", "build", "family", "ours_call", "ours_engine",
+def add_bos_eos(path: str | os.PathLike[str], bos: str = "<|im_start|>", eos: str = "<|endoftext|>") -> Path:
+    """Give the checkpoint's tokenizer a post-processor that writes ``bos`` before and ``eos`` after every text
+    (a pair: ``bos A eos B eos``), so truncation inside the tokenizer (which keeps them) and slicing the ids
+    afterwards (which would drop the EOS) differ."""
+    import json
+
+    path = Path(path)
+    data = json.loads((path / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in data["added_tokens"]}
+
+    def special(token: str, type_id: int = 0) -> dict[str, Any]:
+        return {"SpecialToken": {"id": token, "type_id": type_id}}
+
+    def seq(name: str, type_id: int) -> dict[str, Any]:
+        return {"Sequence": {"id": name, "type_id": type_id}}
+
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [special(bos), seq("A", 0), special(eos)],
+        "pair": [special(bos), seq("A", 0), special(eos), seq("B", 1), special(eos, 1)],
+        "special_tokens": {t: {"id": t, "ids": [ids[t]], "tokens": [t]} for t in (bos, eos)},
+    }
+    (path / "tokenizer.json").write_text(json.dumps(data))
+    return path
+
+
+__all__ = ["DIMS", "LONG", "MAX_MODEL_LEN", "PROMPTS", "Pair", "add_bos_eos", "build", "family", "ours_call", "ours_engine",
            "run_ours", "run_theirs", "vllm_engine"]

@@ -5,6 +5,10 @@
 Each engine (one per parameter of ``pair``, started once and stopped before the next) answers the same
 ``encode``/``classify``/``embed``/``score`` calls as vLLM 0.32's CPU build; numbers agree to 1e-5 in fp32 and
 token ids exactly.
+
+The Llama classifier's tokenizer writes a BOS before and an EOS after every text (``add_bos_eos``): a
+truncation without ``truncation_side`` is the tokenizer's own in vLLM (``truncation=True, max_length=k``,
+which keeps both), and one with a side slices the ids afterwards (the EOS goes with the right cut).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.compat.vllm_live.offline import LONG, PROMPTS, Pair, build, ours_engine, vllm_engine
+from tests.compat.vllm_live.offline import LONG, PROMPTS, Pair, add_bos_eos, build, ours_engine, vllm_engine
 from tests.compat.vllm_live.oracle import pooling_params
 
 pytestmark = pytest.mark.slow
@@ -30,8 +34,10 @@ BASE = ("qwen3", "llama")
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    return {arch: build(tmp_path_factory, arch, arch.lower())
-            for arch in ("Qwen3ForSequenceClassification", "LlamaForSequenceClassification")}
+    paths = {arch: build(tmp_path_factory, arch, arch.lower())
+             for arch in ("Qwen3ForSequenceClassification", "LlamaForSequenceClassification")}
+    add_bos_eos(paths["LlamaForSequenceClassification"])  # truncation must keep the tokenizer's BOS and EOS
+    return paths
 
 
 @pytest.fixture(scope="module", params=list(ENGINES))
