@@ -41,6 +41,7 @@ ERROR_TYPES = {
     422: "UnprocessableEntityError",
     429: "RateLimitError",
     500: "InternalServerError",
+    501: "NotImplementedError",
     503: "ServiceUnavailableError",
 }
 #: Response header holding a structured client mistake (``RequestError.to_dict()`` as JSON).

@@ -125,9 +125,11 @@ class ServingEngine:
     def vllm_tasks(self) -> tuple[str, ...]:
         """The pooling tasks vLLM 0.32 supports for this model (its ``supported_tasks``): a sequence
         classifier ``classify`` and ``token_classify``, an embedding model ``embed`` and ``token_embed``, a
-        token or process reward model ``token_classify``. vLLM serves only :attr:`default_task` of them."""
+        token or process reward model ``token_classify``, a causal LM converted to a classifier (``--convert
+        classify``, e.g. math-shepherd read through two LM-head rows) both classify tasks whatever its pooling.
+        vLLM serves only :attr:`default_task` of them."""
         kind = self.info.kind
-        if kind == "outcome":
+        if kind == "outcome" or "classify" in self.info.tasks:
             return ("classify", "token_classify")
         if kind == "embedding":
             return ("embed", "token_embed")

@@ -14,11 +14,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhf_rewards.outputs import PoolingRequestOutput
+from rlhf_rewards.server.errors import APIError
 from rlhf_rewards.server.protocol import (
     NOT_OFFERED_RESPONSES,
     ClassificationData,
     ClassificationResponse,
     ClassifyRequest,
+    ErrorResponse,
 )
 from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, response_id, usage
 from rlhf_rewards.server.service import ServingEngine
@@ -36,12 +38,18 @@ def serves_classify(engine: ServingEngine) -> bool:
 
 def require_classify(request: Request) -> None:
     """404 ``{"detail": "Not Found"}`` before the body is read when the model has no ``/classify`` (vLLM
-    registers the route only for models with the ``classify`` task)."""
-    if not serves_classify(engine_of(request)):
+    registers the route only for models with the ``classify`` task); vLLM's 501 when the model has the task
+    but serves another (``--pooler-config '{"task": "token_classify"}'``: vLLM then has no handler for it)."""
+    engine = engine_of(request)
+    if not serves_classify(engine):
         raise StarletteHTTPException(404)
+    if "classify" in engine.vllm_tasks and engine.default_task != "classify":
+        raise APIError(501, "The model does not support Classification API")
 
 
-@router.post("/classify", response_model=ClassificationResponse, responses=NOT_OFFERED_RESPONSES,
+@router.post("/classify", response_model=ClassificationResponse, responses={**NOT_OFFERED_RESPONSES, 501: {
+    "model": ErrorResponse, "description": "The model has the `classify` task but serves another "
+                                           "(`--pooler-config` `task`), as vLLM."}},
              dependencies=[Depends(require_classify)])
 async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
     """Class probabilities per prompt (raw logits with ``use_activation: false``) and the argmax label."""
