@@ -10,15 +10,11 @@ differential suite checks that too.
 from __future__ import annotations
 
 DELIBERATE: dict[str, str] = {
-    "mixed-lora-batch": (
-        "a batch mixing adapter rows with base-model rows scores the base rows wrong on the CPU build "
-        "(-1.06 where the base model alone gives -0.46) || each row gets its own adapter or none, as peft "
-        "computes it (the test checks peft's own numbers); kept, and a known vLLM difference"
-    ),
     "task-not-served": (
-        "serves one pooling task per model (`token_classify` on a sequence classifier: \"Try switching the "
-        "model's pooling_task via `PoolerConfig(task=...)`\") || every task the architecture supports runs in "
-        "the same engine (a classifier's per-token scores, what a token-level reward view needs)"
+        "serves one pooling task per model (`token_classify` on a sequence classifier, `token_embed` on an "
+        "embedding model: \"Try switching the model's pooling_task via `PoolerConfig(task=...)`\") || every task "
+        "the architecture supports runs in the same engine (a classifier's per-token scores, what a token-level "
+        "reward view needs; an embedding model's per-token vectors)"
     ),
     "embedding-api": (
         "`embed`/`token_embed` (with or without `dimensions`) on a classifier or a reward model are refused "

@@ -1,17 +1,24 @@
 """Offline differential, process reward models (STEP pooling): ``Qwen2ForProcessRewardModel``
 (Qwen2.5-Math-PRM style, two labels read at each ``<extra_0>``) with and without a configured
-``step_tag_id``, and a math-shepherd-style ``LlamaForCausalLM`` read at its step tag through the LM head's
-``returned_token_ids`` columns.
+``step_tag_id``, and a math-shepherd-style ``LlamaForCausalLM`` read at its step tag through two LM-head rows.
 
 vLLM 0.32 gives a Qwen2 PRM without a configured ``step_tag_id`` the id 151651 (``<extra_0>`` in Qwen2.5's
 real vocabulary; ``Qwen2ForProcessRewardModelConfig``), whatever the tokenizer. The tiny tokenizer's
 ``<extra_0>`` is id 3, so vLLM finds no step there: this project looks the tag up in the model's own
 tokenizer (same id on the real model), kept as ``prm-step-tag-from-tokenizer``; strict mode uses 151651.
 
-The math-shepherd engine does not start in vLLM 0.32's CPU build: with ``runner="pooling"`` a
-``LlamaForCausalLM`` is converted to an embedding model, and ``returned_token_ids`` then index the hidden
-states instead of the LM head's vocabulary (the engine dies in its warm-up: "index 280 is out of bounds for
-dimension 0 with size 128"). Those cases are skipped with vLLM's error until the oracle can run them.
+Math-shepherd in vLLM 0.32: the recipe of older releases (``runner="pooling"`` with
+``{"pooling_type": "STEP", "step_tag_id": ..., "returned_token_ids": [good, bad]}``) does not start. With
+``runner="pooling"`` a ``LlamaForCausalLM`` becomes an embedding model (``convert="embed"``, no LM head), and
+``StepPool`` (``model_executor/layers/pooler/tokwise/methods.py``) applies ``returned_token_ids`` to the
+hidden states, before any head: the engine dies in its warm-up ("index 280 is out of bounds for dimension 0
+with size 128"). What 0.32 runs is the LM-head conversion (``adapters.py``, ``SEQ_CLS_LOAD_METHODS``):
+``convert="classify"`` with ``hf_overrides={"classifier_from_token": [good, bad], "method":
+"no_post_processing"}`` makes ``score.weight = lm_head[[good, bad]]``, and ``tok_pooling_type: "STEP"`` with
+``step_tag_id`` reads those two logits (softmaxed) at each step tag: math-shepherd's ``softmax(logits[:,
+[good, bad]])``. The converted model's own task is ``classify`` there, so ``task: "token_classify"`` too (else
+vLLM refuses the step scores: "Try switching the model's pooling_task"). Both engines get that configuration. ``returned_token_ids`` per request is not sent to it: vLLM
+0.32 would index the 128 hidden dimensions before the 2-label head (a shape error that kills its engine).
 """
 
 from __future__ import annotations
@@ -30,13 +37,15 @@ PROMPTS = [
     "No step tag in this one.",
 ]
 STEP_TAG_ID = 3  # "<extra_0>" in the tiny tokenizer
-GOOD_BAD = [280, 279]  # " the", " is": two single tokens standing for math-shepherd's "+" / "-"
+#: " the", " is" (ids 280, 279): two single tokens standing for math-shepherd's "+" / "-" (classifier_from_token)
+GOOD_TOKENS = ["Ġthe", "Ġis"]
 
 ENGINES = {
     "qwen2-prm": ("Qwen2ForProcessRewardModel", {}),
     "qwen2-prm-step-tag": ("Qwen2ForProcessRewardModel", {"pooler_config": {"step_tag_id": STEP_TAG_ID}}),
-    "llama-shepherd": ("LlamaForCausalLM", {"runner": "pooling", "pooler_config": {
-        "tok_pooling_type": "STEP", "step_tag_id": STEP_TAG_ID, "returned_token_ids": GOOD_BAD}}),
+    "llama-shepherd": ("LlamaForCausalLM", {
+        "convert": "classify", "hf_overrides": {"classifier_from_token": GOOD_TOKENS, "method": "no_post_processing"},
+        "pooler_config": {"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": STEP_TAG_ID}}),
 }
 
 
@@ -69,10 +78,13 @@ def test_step_default(pair):
     deliberate = "prm-step-tag-from-tokenizer" if pair.name == "qwen2-prm" else None
     pair.check("encode token_classify (STEP default)", "encode", PROMPTS, pooling_task="token_classify",
                deliberate=deliberate)
-    pair.check("supported_tasks", "attr", "supported_tasks",
-               deliberate="supported-tasks" if pair.name.startswith("qwen2") else None)
+    pair.check("supported_tasks", "attr", "supported_tasks", deliberate="supported-tasks")
     pair.check("pooling_task", "attr", "pooling_task")
-    pair.check("encode classify (not served)", "encode", PROMPTS, pooling_task="classify")
+    if pair.name.startswith("qwen2"):
+        pair.check("encode classify (not served)", "encode", PROMPTS, pooling_task="classify")
+    else:  # vLLM: the engine's task is token_classify; here the converted head's classify runs beside it
+        pair.check("encode classify (other task)", "encode", PROMPTS, pooling_task="classify",
+                   deliberate="task-not-served")
 
 
 @pytest.mark.timeout(600)
@@ -83,9 +95,9 @@ def test_step_params(pair):
                pooling_params(use_activation=False, step_tag_id=STEP_TAG_ID), pooling_task="token_classify")
     pair.check("token_classify step_tag_id=280", "encode", PROMPTS, pooling_params(step_tag_id=280),
                pooling_task="token_classify")
-    columns = [1] if pair.name.startswith("qwen2") else GOOD_BAD[::-1]
-    pair.check(f"token_classify returned_token_ids={columns}", "encode", PROMPTS,
-               pooling_params(step_tag_id=STEP_TAG_ID, returned_token_ids=columns), pooling_task="token_classify")
+    if pair.name.startswith("qwen2"):  # see the module docstring for the converted LM
+        pair.check("token_classify returned_token_ids=[1]", "encode", PROMPTS,
+                   pooling_params(step_tag_id=STEP_TAG_ID, returned_token_ids=[1]), pooling_task="token_classify")
     pair.check("token_classify dimensions (refused)", "encode", PROMPTS, pooling_params(dimensions=4),
                pooling_task="token_classify")
     pair.check("token_classify truncate_prompt_tokens=12", "encode", PROMPTS + [LONG],
@@ -95,6 +107,6 @@ def test_step_params(pair):
 
 @pytest.mark.timeout(600)
 def test_embeddings(pair):
-    deliberate = "embedding-api" if pair.name.startswith("qwen2") else None
+    deliberate = "embedding-api"
     pair.check("encode embed", "encode", PROMPTS, pooling_task="embed", deliberate=deliberate)
     pair.check("encode token_embed", "encode", PROMPTS, pooling_task="token_embed", deliberate=deliberate)
