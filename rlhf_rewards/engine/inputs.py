@@ -7,6 +7,7 @@ Every problem is a :class:`~rlhf_rewards.errors.RequestError` naming the prompt'
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
@@ -49,12 +50,24 @@ def tokenize_prompts(
             groups.setdefault(max_lengths[i] if max_lengths is not None else None, []).append((i, t))
         for max_length, group in groups.items():
             cut = {} if max_length is None else {"truncation": True, "max_length": max_length}
-            encoded = tokenizer([t for _, t in group], add_special_tokens=add_special_tokens, **cut)["input_ids"]
+            tok = tokenizer if max_length is None else right_truncating(tokenizer)
+            encoded = tok([t for _, t in group], add_special_tokens=add_special_tokens, **cut)["input_ids"]
             for (i, _), token_ids in zip(group, encoded, strict=True):
                 if not token_ids:
                     raise RequestError("tokenizes to no tokens.", field="prompts", index=i)
                 ids[i] = list(token_ids)
     return [x for x in ids if x is not None]
+
+
+def right_truncating(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """``tokenizer``, or a shallow copy of it with ``truncation_side="right"``: vLLM's pooling runner loads every
+    tokenizer so (``vllm/tokenizers/registry.py``), whatever its ``tokenizer_config.json`` says, so a cut made
+    by the tokenizer keeps the first tokens. The model's own tokenizer is left as loaded."""
+    if getattr(tokenizer, "truncation_side", "right") == "right":
+        return tokenizer
+    view = copy.copy(tokenizer)
+    view.truncation_side = "right"
+    return view
 
 
 def apply_length_limit(i: int, token_ids: list[int], max_model_len: int, truncate: int | None, *,
@@ -77,4 +90,4 @@ def apply_length_limit(i: int, token_ids: list[int], max_model_len: int, truncat
     return token_ids
 
 
-__all__ = ["PromptInput", "apply_length_limit", "normalize_prompts", "tokenize_prompts"]
+__all__ = ["PromptInput", "apply_length_limit", "normalize_prompts", "right_truncating", "tokenize_prompts"]

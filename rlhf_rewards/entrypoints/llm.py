@@ -205,10 +205,6 @@ class LLM:
             self.tokenizer: PreTrainedTokenizerBase | None = None if extra.get("skip_tokenizer_init") else (
                 load_tokenizer(tokenizer or model, revision=tokenizer_revision, trust_remote_code=trust_remote_code)
             )
-            if self.tokenizer is not None:
-                # vLLM's pooling runner loads every tokenizer with truncation_side="right" (vllm/tokenizers/
-                # registry.py), whatever its tokenizer_config says: a cut without a side keeps the first tokens.
-                self.tokenizer.truncation_side = "right"
             served = extra.get("served_model_name")
             self.served_model_name: str | None = served[0] if isinstance(served, (list, tuple)) and served else served
             self.chat_template: str | None = _load_chat_template(extra.get("chat_template"))

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rlhf_rewards.engine.inputs import right_truncating
 from rlhf_rewards.entrypoints.tokenization import tokenization_options
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import ScoringOutput, ScoringRequestOutput
@@ -125,6 +126,8 @@ def _pair_ids(llm: Any, tok: Any, query: str, doc: str, tokenization_kwargs: dic
     """
     add_special = (tokenization_kwargs or {}).get("add_special_tokens", True)
     cut = _tokenizer_truncation(llm, tokenization_kwargs)
+    if cut:
+        tok = right_truncating(tok)  # vLLM's pooling tokenizer truncates on the right
     if chat_template is not None:
         text = tok.apply_chat_template([{"role": "query", "content": query}, {"role": "document", "content": doc}],
                                        chat_template=chat_template, tokenize=False)
