@@ -1,5 +1,6 @@
 """Online differential on process reward models: ``Qwen2ForProcessRewardModel`` and a math-shepherd-style
-``LlamaForCausalLM`` served with STEP pooling (``--pooler-config``)."""
+``LlamaForCausalLM`` served as vLLM 0.32 serves one: ``--convert classify`` with two LM-head rows
+(``--hf-overrides``) and STEP pooling (``--pooler-config``), the same flags to both servers."""
 
 from __future__ import annotations
 
@@ -46,32 +47,40 @@ def test_pooling_and_extensions(pair):
     pair.done()
 
 
+#: Math-shepherd in vLLM 0.32 (see test_offline_process.py): ``--runner pooling`` with ``returned_token_ids`` makes
+#: a ``LlamaForCausalLM`` an embedding model (no LM head). What 0.32 serves as STEP ``token_classify`` is the
+#: LM-head conversion: ``--convert classify`` with ``classifier_from_token`` (" the", " is": math-shepherd's "+"
+#: / "-") and ``no_post_processing`` (``score.weight = lm_head[[good, bad]]``), STEP pooling at the step tag,
+#: and ``task: token_classify``: without it vLLM serves such a model's ``classify`` (the last token), its first
+#: task by priority (``ModelConfig.get_pooling_task``), and refuses ``token_classify`` on ``/pooling``.
+SHEPHERD_FLAGS = (
+    "--convert", "classify",
+    "--hf-overrides", json.dumps({"classifier_from_token": ["\u0120the", "\u0120is"], "method": "no_post_processing"}),
+    "--pooler-config", json.dumps({"task": "token_classify", "tok_pooling_type": "STEP",
+                                   "step_tag_id": 3}),  # <extra_0> in the tiny vocabulary
+)
+
+
 @pytest.fixture(scope="module")
 def shepherd(tmp_path_factory, compat, pair):
     pair.close()  # one vLLM server at a time
     model = build("LlamaForCausalLM", tmp_path_factory.mktemp("shepherd"))
-    config = {"pooling_type": "STEP", "step_tag_id": 12, "returned_token_ids": [3, 7]}
-    with servers(compat, model, "llama-math-shepherd-step", "--runner", "pooling", "--pooler-config", json.dumps(config),
-                 strict=False) as p:
+    with servers(compat, model, "llama-math-shepherd-step", *SHEPHERD_FLAGS) as p:
         yield p
 
 
-@pytest.mark.xfail(reason="TODO(issue 23): vLLM 0.32 serves this LlamaForCausalLM with --runner pooling as an "
-                          "embedding model (128-wide `embed` answers, /invocations -> embeddings) despite the STEP "
-                          "pooler config; which engine side should follow is open", strict=False)
 @pytest.mark.timeout(900)
 def test_math_shepherd_step(shepherd):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(shepherd.model)
-    tag = tok.convert_ids_to_tokens(12)
-    text = f"step one{tag} step two{tag}"
+    text = "step one <extra_0> step two <extra_0>"
     for act in (None, True, False):
         body = {"input": [text, "no tag"]} if act is None else {"input": [text, "no tag"], "use_activation": act}
         shepherd.compare(f"/pooling STEP use_activation={act}", "POST", "/pooling", body)
-    shepherd.compare("/pooling STEP token ids", "POST", "/pooling", {"input": [[5, 12, 6, 12]]})
+    shepherd.compare("/pooling STEP token ids", "POST", "/pooling", {"input": [[5, 3, 6, 3]]})
     shepherd.compare("/pooling STEP messages", "POST", "/pooling", {"messages": [{"role": "user", "content": text}]})
-    shepherd.compare("/classify not offered", "POST", "/classify", {"input": text})
+    shepherd.compare("/pooling task token_classify", "POST", "/pooling", {"input": text, "task": "token_classify"})
+    shepherd.compare("/pooling task classify", "POST", "/pooling", {"input": text, "task": "classify"},
+                     deliberate="task-not-served")
+    shepherd.compare("/classify (vLLM: the route, no handler)", "POST", "/classify", {"input": text})
     shepherd.compare("/invocations", "POST", "/invocations", {"input": text})
     shepherd.compare("GET /v1/models", "GET", "/v1/models", deliberate="models-owned-by")
     shepherd.done()
