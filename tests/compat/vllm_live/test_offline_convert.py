@@ -66,13 +66,15 @@ def test_embed(pair):
     pair.check("embed", "embed", PROMPTS)
     pair.check("encode embed", "encode", PROMPTS, pooling_task="embed")
     pair.check("embed use_activation=False", "embed", PROMPTS, pooling_params=pooling_params(use_activation=False))
-    pair.check("encode token_embed (default)", "encode", PROMPTS[:2], pooling_task="token_embed")
+    # vLLM serves one task per engine: an embedding model's pooling_task is embed, token_embed is refused.
+    pair.check("encode token_embed (default)", "encode", PROMPTS[:2], pooling_task="token_embed",
+               deliberate="task-not-served")
     pair.check("encode token_embed use_activation=False", "encode", PROMPTS[:2],
-               pooling_params(use_activation=False), pooling_task="token_embed")
+               pooling_params(use_activation=False), pooling_task="token_embed", deliberate="task-not-served")
     pair.check("embed dimensions=16", "embed", PROMPTS, pooling_params=pooling_params(dimensions=16),
                deliberate="dimensions-any-model")
     pair.check("encode token_embed dimensions=16", "encode", PROMPTS[:1], pooling_params(dimensions=16),
-               pooling_task="token_embed", deliberate="dimensions-any-model")
+               pooling_task="token_embed", deliberate="task-not-served")
     pair.check("embed dimensions=0 (refused)", "embed", PROMPTS, pooling_params=pooling_params(dimensions=0))
     pair.check("encode classify (not served)", "encode", PROMPTS, pooling_task="classify")
     pair.check("encode token_classify (not served)", "encode", PROMPTS, pooling_task="token_classify")
