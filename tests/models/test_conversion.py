@@ -156,11 +156,14 @@ def test_embed_and_token_embed_on_any_backbone(checkpoint_factory, architecture)
     assert type(backbone).__name__.endswith("Model") and "For" not in type(backbone).__name__
     emb = llm.encode(MIXED_TEXTS, pooling_task="embed")
     tok_emb = llm.encode(MIXED_TEXTS, pooling_task="token_embed")
-    for e, t in zip(emb, tok_emb, strict=True):
+    tok_raw = llm.encode(MIXED_TEXTS, RAW, pooling_task="token_embed")
+    for e, t, r in zip(emb, tok_emb, tok_raw, strict=True):
         ids = torch.tensor([e.prompt_token_ids])
         with torch.no_grad():
             hidden = backbone(input_ids=ids).last_hidden_state[0]
-        torch.testing.assert_close(t.outputs.data, hidden, atol=ATOL, rtol=0)
+        # token_embed rows are L2-normalized by default, as vLLM's (use_activation=False: the hidden states)
+        torch.testing.assert_close(t.outputs.data, F.normalize(hidden, dim=-1), atol=ATOL, rtol=0)
+        torch.testing.assert_close(r.outputs.data, hidden, atol=ATOL, rtol=0)
         torch.testing.assert_close(e.outputs.data, F.normalize(hidden[-1], dim=-1), atol=ATOL, rtol=0)
 
 
