@@ -5,7 +5,9 @@ same thread count (vLLM: ``VLLM_CPU_OMP_THREADS_BIND=0-{n-1}``, ``OMP_NUM_THREAD
 ``OMP_NUM_THREADS=n``, torch's ``n`` intra-op threads), and both score the same token ids, sent as
 ``{"prompt_token_ids": ...}`` with ``use_activation=False``. Every timed run draws a fresh workload (a new
 seed; both engines get it), except the repeated-texts row, whose point is the repeat. Repeats alternate which
-engine goes first; times are medians. Peak memory is the high-water mark of each side's resident set,
+engine goes first; times are medians. While one engine is timed, the other's processes are stopped (SIGSTOP): an
+idle vLLM keeps polling and spin-waiting, which took a core from this engine (one text per call, 64 calls: 37 s
+instead of 2 s). Peak memory is the high-water mark of each side's resident set,
 summed over its processes (vLLM's engine core is a child process), model included.
 
 Rows (``--vllm-workloads``):
@@ -23,8 +25,10 @@ Rows (``--vllm-workloads``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +45,24 @@ SIDE = Path(__file__).with_name("engine_side.py")
 MARK = "@@engine-side@@ "
 #: Issue 26's targets: this engine's speed-up over vLLM per row.
 TARGETS = {"grpo": 1.5, "prm": 1.5, "unrelated": 1.0, "per_call": 1.5, "repeat": 1.5, "server c=8": 1.5}
+
+
+@contextlib.contextmanager
+def paused(pid: int):
+    """Stop ``pid``'s process tree (SIGSTOP) for the block: an idle engine that polls or spin-waits (vLLM's
+    engine core and worker do) must not take cores from the engine being timed."""
+    from benchmarks.engine_side import _tree
+
+    pids = _tree(pid)
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
 
 
 class Side:
@@ -165,8 +187,10 @@ def run_offline(names: list[str], rm_dir: Path, prm_dir: Path, step_id: int, tok
 
 def _offline_row(name: str, sides: dict[str, Side], tok, repeats: int) -> dict[str, Any]:
     warm, task = make(name, tok, 999)
-    for s in sides.values():
-        s.ask(op="calls", task=task, calls=warm[:2] if name == "per_call" else warm, column=1)
+    other = {"ours": "vllm", "vllm": "ours"}
+    for who, s in sides.items():
+        with paused(sides[other[who]].proc.pid):
+            s.ask(op="calls", task=task, calls=warm[:2] if name == "per_call" else warm, column=1)
         s.ask(op="reset_hwm")
     times: dict[str, list[float]] = {"ours": [], "vllm": []}
     cpu: dict[str, list[float]] = {"ours": [], "vllm": []}
@@ -176,9 +200,10 @@ def _offline_row(name: str, sides: dict[str, Side], tok, repeats: int) -> dict[s
         order = ["ours", "vllm"] if r % 2 == 0 else ["vllm", "ours"]
         scores = {}
         for who in order:
-            if name == "repeat":
-                sides[who].ask(op="calls", task=task, calls=calls, column=1)
-            ans = sides[who].ask(op="calls", task=task, calls=calls, column=1)
+            with paused(sides[other[who]].proc.pid):
+                if name == "repeat":
+                    sides[who].ask(op="calls", task=task, calls=calls, column=1)
+                ans = sides[who].ask(op="calls", task=task, calls=calls, column=1)
             times[who].append(ans["seconds"])
             cpu[who].append(ans["cpu_s"])
             scores[who] = ans["scores"]
@@ -255,12 +280,14 @@ def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: lis
                           startup_timeout=600)
         urls = {"ours": ours.url, "vllm": vllm.url}
         warm = grpo_workload(tok, 998, 2, 8, prompt_range=(128, 384))
-        for url in urls.values():
-            asyncio.run(_post_ids(url, _ids(tok, warm.texts), 8))
+        pids = {"ours": ours.proc.pid, "vllm": vllm._proc.pid}
+        other = {"ours": "vllm", "vllm": "ours"}
+        for who, url in urls.items():
+            with paused(pids[other[who]]):
+                asyncio.run(_post_ids(url, _ids(tok, warm.texts), 8))
         for c in concurrencies:
             times: dict[str, list[float]] = {"ours": [], "vllm": []}
             cpu: dict[str, list[float]] = {"ours": [], "vllm": []}
-            pids = {"ours": ours.proc.pid, "vllm": vllm._proc.pid}
             diffs = []
             for r in range(repeats):
                 w = grpo_workload(tok, 2000 + 10 * c + r, 8, 8, prompt_range=(128, 384))
@@ -268,10 +295,11 @@ def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: lis
                 ids = [ids[i] for i in rollout_order(w)]
                 scores = {}
                 for who in (["ours", "vllm"] if r % 2 == 0 else ["vllm", "ours"]):
-                    c0, t = cpu_seconds(pids[who]), time.perf_counter()
-                    scores[who] = asyncio.run(_post_ids(urls[who], ids, c))
-                    times[who].append(time.perf_counter() - t)
-                    cpu[who].append(cpu_seconds(pids[who]) - c0)
+                    with paused(pids[other[who]]):
+                        c0, t = cpu_seconds(pids[who]), time.perf_counter()
+                        scores[who] = asyncio.run(_post_ids(urls[who], ids, c))
+                        times[who].append(time.perf_counter() - t)
+                        cpu[who].append(cpu_seconds(pids[who]) - c0)
                 diffs.append(_diff(scores["ours"], scores["vllm"]))
                 print(f"  [server c={c} {r}] ours {times['ours'][-1]:.2f} s, vLLM {times['vllm'][-1]:.2f} s, "
                       f"diff {diffs[-1]:.1e}, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
