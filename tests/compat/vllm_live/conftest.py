@@ -5,9 +5,10 @@ Without ``.venv-vllm`` they are skipped locally with the command that builds it;
 environment is built first (``scripts/vllm_env.sh``), so nothing is skipped there.
 
 ``compat`` (session fixture) records every comparison; at the end of the session the counts and the table
-of deliberate differences are written to ``outputs/vllm_live/compat_table.md``. A full run with
-``VLLM_LIVE_WRITE_TABLE=1`` also writes the committed ``COMPAT_TABLE`` and the README's copy of it (section
-"Measured against vLLM"); ``tests/compat/test_vllm_table.py`` keeps the two equal.
+of deliberate differences are written to ``outputs/vllm_live/compat_table.md``. A passing run with
+``VLLM_LIVE_WRITE_TABLE=1`` also replaces its modules' records in ``records/`` (committed), and rebuilds
+``COMPAT_TABLE`` and the README's copy of it (section "Measured against vLLM") from every module's record;
+``tests/compat/test_vllm_table.py`` keeps the README, the table and the records equal.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.compat.vllm_live.oracle import (
 )
 
 COMPAT_TABLE = Path(__file__).with_name("compat_table.md")
+RECORDS = Path(__file__).with_name("records")
 RUN_TABLE = Path(__file__).resolve().parents[3] / "outputs" / "vllm_live" / "compat_table.md"
 README = Path(__file__).resolve().parents[3] / "README.md"
 #: The README's copy of the table sits between these two lines.
@@ -55,10 +57,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _RECORDER.comparisons:
         return
     _RECORDER.write(RUN_TABLE, DELIBERATE)
-    # The committed table and the README change only on a full run asked for by name (a run of one file
-    # would leave only that file's rows).
+    # The committed records, table and README change only when asked (and the run passed): the run's
+    # modules replace their own records, and the table is built from every module's record.
     if os.environ.get("VLLM_LIVE_WRITE_TABLE") == "1" and exitstatus == 0:
-        _RECORDER.write(COMPAT_TABLE, DELIBERATE)
+        _RECORDER.save_records(RECORDS)
+        CompatRecorder.from_records(RECORDS).write(COMPAT_TABLE, DELIBERATE)
         splice_readme(COMPAT_TABLE.read_text())
 
 
@@ -86,7 +89,8 @@ class Compat:
         if deliberate is not None and deliberate not in DELIBERATE:
             raise KeyError(f"{deliberate!r} is not in tests/compat/vllm_live/deliberate.py")
         details = diff(ours, theirs, atol=atol)
-        self.recorder.add(Comparison(surface=surface, case=case, model=model, matched=not details,
+        current = os.environ.get("PYTEST_CURRENT_TEST", "unknown::").split("::", 1)[0]
+        self.recorder.add(Comparison(surface=surface, module=Path(current).stem, case=case, model=model, matched=not details,
                                      deliberate=deliberate if details else None,
                                      max_abs_diff=max_abs_diff(ours, theirs), details=details))
         if deliberate is None:

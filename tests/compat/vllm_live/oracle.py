@@ -296,6 +296,7 @@ class Comparison:
     """One request or call sent to both, and how the answers compare."""
 
     surface: str  # "offline" or "online"
+    module: str  # the test module that compared (records are kept per module)
     case: str  # what was sent, in a few words
     model: str  # which checkpoint
     matched: bool
@@ -307,8 +308,23 @@ class Comparison:
 class CompatRecorder:
     """Collects every comparison of a differential run and writes its counts and the deliberate-difference table."""
 
-    def __init__(self) -> None:
-        self.comparisons: list[Comparison] = []
+    def __init__(self, comparisons: Iterable[Comparison] = ()) -> None:
+        self.comparisons: list[Comparison] = list(comparisons)
+
+    def save_records(self, folder: Path) -> None:
+        """Write one ``<module>.json`` per test module compared in this run (replacing that module's record)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        by_module: dict[str, list[dict[str, Any]]] = {}
+        for c in self.comparisons:
+            row = {k: v for k, v in c.__dict__.items() if k != "details"}
+            by_module.setdefault(c.module, []).append(row)
+        for module, rows in by_module.items():
+            (folder / f"{module}.json").write_text(json.dumps(rows, indent=0) + "\n")
+
+    @classmethod
+    def from_records(cls, folder: Path) -> CompatRecorder:
+        """Every module's last recorded comparisons (``save_records``)."""
+        return cls(Comparison(**row) for path in sorted(folder.glob("*.json")) for row in json.loads(path.read_text()))
 
     def add(self, comparison: Comparison) -> None:
         """Record one comparison."""
