@@ -142,8 +142,12 @@ def run_label_reads(
     apply_softmax: Sequence[bool],
     lora_request: Sequence[LoRARequest | None],
     use_tqdm: bool | Callable[..., Any] = False,
+    cache_salt: Sequence[str | None] | None = None,
 ) -> list[tuple[torch.Tensor, str | None]]:
-    """One engine call over prompts that may each have their own labels, softmax mode and adapter.
+    """One engine call over prompts that may each have their own labels, softmax mode, adapter and salt.
+
+    ``cache_salt``: vLLM's ``cache_salt`` per prompt (cross-call cached prefixes are shared only within one
+    salt); ``None``: every prompt unsalted.
 
     Returns ``(label probabilities [k] float64, error)`` per prompt. Prompts sharing a prefix share its
     forward; the head multiplies, per group of equal label sets, only those rows of the LM head.
@@ -154,11 +158,14 @@ def run_label_reads(
         if llm.lora_manager is None:
             raise ValueError("lora_request was given but this LLM was built with enable_lora=False.")
         llm.lora_manager.check(loras)
+    salts = list(cache_salt) if cache_salt is not None else [None] * len(loras)
     requests = []
-    for i, (ids, labels, soft, lora) in enumerate(zip(token_ids, label_token_ids, apply_softmax, loras, strict=True)):
+    for i, (ids, labels, soft, lora, salt) in enumerate(
+            zip(token_ids, label_token_ids, apply_softmax, loras, salts, strict=True)):
         check_labels(labels, head)
         requests.append(EngineRequest(index=i, request_id=f"gs-{next(_counter)}-{uuid.uuid4().hex[:8]}",
-                                      token_ids=list(ids), pooling=label_pooling(labels, soft), lora=lora))
+                                      token_ids=list(ids), pooling=label_pooling(labels, soft), lora=lora,
+                                      cache_salt=salt))
     tensors = llm._run(requests, use_tqdm)
     results = []
     for t, labels, soft in zip(tensors, label_token_ids, apply_softmax, strict=True):

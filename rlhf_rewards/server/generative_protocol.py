@@ -3,8 +3,8 @@
 Field for field vLLM's (``vllm/entrypoints/generate/generative_scoring/serving.py``), strictly typed as this
 server's other requests are: ``query`` is text or token ids, ``items`` all texts or all token-id lists
 (mixing them is a 400), ``priority`` is accepted in vLLM's range and, as in vLLM's first-come-first-served
-scheduler, changes nothing; ``cache_salt`` is checked as vLLM checks it (there is no cross-request cache
-here to salt). The response's ``usage`` carries vLLM's two ``*_details`` fields (always ``null``).
+scheduler, changes nothing; ``cache_salt`` is checked as vLLM checks it and
+names the prefix-cache namespace the request's prompts share. The response's ``usage`` carries vLLM's two ``*_details`` fields (always ``null``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class GenerativeScoringRequest(StrictModel):
     item_first: bool = Field(default=False, description="If True, prepend items to query. Otherwise append items to query.")
     add_special_tokens: bool = Field(default=True, description="Add special tokens when tokenizing the query (never items).")
     cache_salt: str | None = Field(
-        default=None, description="Checked as vLLM does; there is no cross-request prefix cache here to salt.")
+        default=None, description="Checked as vLLM does: cached prefixes are shared only between requests of the same salt.")
     priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1,
                           description="Accepted (vLLM's range); requests are served first come, first served.")
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=256,

@@ -155,7 +155,7 @@ class CommonRequest(StrictModel):
         default=None, description="Only empty: this server scores text, it has no multimodal processor.")
     cache_salt: str | None = Field(
         default=None,
-        description="Accepted and checked as vLLM does; there is no cross-request prefix cache here to salt.")
+        description="Checked as vLLM does: cached prefixes are shared only between requests of the same salt.")
 
     @model_validator(mode="before")
     @classmethod

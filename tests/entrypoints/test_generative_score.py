@@ -145,3 +145,29 @@ def test_model_without_lm_head_is_refused(checkpoint_factory):
     rm = LLM(str(checkpoint_factory("Qwen3ForSequenceClassification")), device="cpu")
     with pytest.raises(RequestError, match="no LM head"):
         rm.generative_score("q", ["a"], [1])
+
+
+def test_cache_salt_keeps_label_reads_apart(llm):
+    """vLLM's ``cache_salt`` isolates tenants: a salted read never reuses another salt's cached prefix."""
+    from rlhf_rewards.entrypoints.generative_scoring import run_label_reads
+
+    cache = llm.runner.prefix_cache
+    if cache is None:
+        pytest.skip("this LLM keeps no cross-call prefix cache")
+    ids = llm.tokenizer(QUERY + ITEMS[0])["input_ids"]
+    llm.reset_prefix_cache()
+
+    def read(salt):
+        before = cache.stats()["hit_tokens"]
+        (probs, error), = run_label_reads(llm, [ids], [LABELS], [True], [None], cache_salt=[salt])
+        assert error is None
+        return probs, cache.stats()["hit_tokens"] - before
+
+    first, hits = read("tenant-a")
+    assert hits == 0
+    other, hits = read("tenant-b")
+    assert hits == 0, "a read under another salt reused tenant-a's cached prefix"
+    again, hits = read("tenant-a")
+    assert hits > 0, "the same salt should reuse its own cached prefix"
+    torch.testing.assert_close(again, first, atol=1e-6, rtol=0)
+    torch.testing.assert_close(other, first, atol=1e-6, rtol=0)

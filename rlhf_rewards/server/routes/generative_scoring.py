@@ -84,7 +84,7 @@ async def generative_scoring(body: GenerativeScoringRequest, request: Request) -
         prompts = build_prompts(body.query, body.items, llm.tokenizer, vocab_size=llm.model.vocab_size,
                                 max_model_len=llm.max_model_len, item_first=body.item_first,
                                 add_special_tokens=body.add_special_tokens)
-        return [label_item(ids, labels, body.apply_softmax, lora) for ids in prompts]
+        return [label_item(ids, labels, body.apply_softmax, lora, body.cache_salt) for ids in prompts]
 
     with engine.batcher.arriving():  # a round about to start waits for this request's tokenization
         try:
