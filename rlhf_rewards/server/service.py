@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf_rewards.contract import ModelInfo, PromptType, prompts_from_input
-from rlhf_rewards.engine.inputs import apply_length_limit, tokenize_prompts
+from rlhf_rewards.engine.inputs import tokenize_prompts
 from rlhf_rewards.entrypoints.llm import LLM
+from rlhf_rewards.entrypoints.tokenization import TokenizationOptions
 from rlhf_rewards.errors import RequestError
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
@@ -267,12 +268,14 @@ class ServingEngine:
             check_task(task, llm.supported_tasks)
         prompts = get_prompts()  # a conversation is rendered here, after the task check
         with _request_errors(field_name):
-            token_ids = tokenize_prompts(prompts, llm.tokenizer, vocab_size=llm.model.vocab_size,
-                                         add_special_tokens=add_special_tokens)
+            # The offline call's rules, written once (TokenizationOptions): with no side the tokenizer itself
+            # cuts a text (keeping its BOS/EOS, as vLLM), with a side the ids are sliced ("left": the last k).
+            options = TokenizationOptions(params.truncate_prompt_tokens, truncation_side, add_special_tokens)
             truncate = params.truncate_prompt_tokens
-            # vLLM's default side (the engine's too): unset keeps the FIRST k tokens; "left" keeps the last k.
-            token_ids = [apply_length_limit(i, ids, llm.max_model_len, truncate, side=truncation_side or "right")
-                         for i, ids in enumerate(token_ids)]
+            limit = options.tokenizer_max_length(truncate, llm.max_model_len)
+            token_ids = tokenize_prompts(prompts, llm.tokenizer, vocab_size=llm.model.vocab_size,
+                                         add_special_tokens=add_special_tokens, max_lengths=[limit] * len(prompts))
+            token_ids = [options.cut(i, ids, truncate, llm.max_model_len) for i, ids in enumerate(token_ids)]
         if pad:  # vLLM's padding="max_length": pad token ids up to max_model_len, scored as prompt tokens
             pad_id = getattr(llm.tokenizer, "pad_token_id", None) or 0
             token_ids = [ids + [pad_id] * (llm.max_model_len - len(ids)) for ids in token_ids]

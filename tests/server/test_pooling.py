@@ -130,3 +130,31 @@ def test_concurrent_requests_are_batched_together_and_stay_correct(server, llm):
     merged = _metric(server, "rlhf_rewards_batch_size_requests_sum") - requests_before
     assert merged == len(texts)
     assert engine_calls < len(texts)  # several requests shared an engine call
+
+
+def test_truncation_is_the_offline_calls(checkpoint_factory, tmp_path):
+    """``/pooling`` truncates as ``LLM.encode`` does (both checked against vLLM in tests/compat/vllm_live): with
+    no ``truncation_side`` the tokenizer cuts the text and keeps its BOS/EOS; with a side the ids are sliced."""
+    import shutil
+
+    from rlhf_rewards import LLM
+    from rlhf_rewards.testing.server import InProcessServer
+    from tests.compat.vllm_live.offline import add_bos_eos
+
+    path = add_bos_eos(shutil.copytree(checkpoint_factory("Qwen3ForSequenceClassification", num_labels=3, seed=3),
+                                       tmp_path / "rm"))
+    text = "The quick brown fox jumps over the lazy dog. " * 3
+    llm = LLM(str(path), device="cpu", max_model_len=32)
+    with InProcessServer(path, "--max-model-len", "32") as server:
+        for side in (None, "left", "right"):
+            kwargs = {"truncate_prompt_tokens": 5, **({"truncation_side": side} if side else {})}
+            (expected,) = llm.encode(text, pooling_task="token_classify", tokenization_kwargs=kwargs)
+            body = {"input": text, "task": "token_classify", "return_details": True, **kwargs}
+            r = requests.post(server.url + "/pooling", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            item = r.json()["data"][0]
+            assert item["prompt_token_ids"] == expected.prompt_token_ids, side
+            assert torch.allclose(torch.tensor(item["data"]), expected.outputs.data, atol=1e-5)
+    ids = llm.get_tokenizer()(text)["input_ids"]
+    (none,) = llm.encode(text, pooling_task="classify", tokenization_kwargs={"truncate_prompt_tokens": 5})
+    assert none.prompt_token_ids == ids[:4] + ids[-1:]  # the EOS is kept: the tokenizer made the cut
