@@ -521,6 +521,9 @@ class Run:
             self.bf16_llms[case.name] = llm
             worker = ColocatedWorker(llm)
             state["worker"] = worker
+            # sleep() drops the cross-call prefix cache, so the scores after wake_up() are computed whole: so must
+            # these be (a cache hit's shorter forward rounds differently in bf16; bit-identity is per path).
+            llm.reset_prefix_cache()
             state["before"] = worker_scores(worker, texts, case.kind)
             tensors = {t.data_ptr(): t for t in (*llm.model.parameters(), *llm.model.buffers())
                        if t.device.type == self.device.type}

@@ -53,7 +53,9 @@ def test_a_vllm_serve_command_line_parses_and_ignored_engine_flags_warn(caplog):
     assert args.disable_access_log and args.log_level == "warning"
     with caplog.at_level("INFO", logger="rlhf_rewards.server"):
         given = check_vllm_flags(args)
-    assert given == ["enable_lora", "enable_prefix_caching", "gpu_memory_utilization", "max_num_seqs", "seed"]
+    # --enable-prefix-caching is honoured now (the cross-call prefix cache), so it is not in the ignored list.
+    assert given == ["enable_lora", "gpu_memory_utilization", "max_num_seqs", "seed"]
+    assert args.enable_prefix_caching is True
     text = caplog.text
     assert "--gpu-memory-utilization is ignored" in text and "--max-num-seqs is ignored" in text
     with pytest.raises(ValueError, match="pooling server"):

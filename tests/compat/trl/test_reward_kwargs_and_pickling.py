@@ -35,7 +35,8 @@ def test_dataset_columns_never_collide_with_options(request, which):
     plain = rf(prompts=PROMPTS, completions=COMPLETIONS)
     with_columns = rf(prompts=PROMPTS, completions=COMPLETIONS, completion_ids=[[1], [2]], trainer_state=None,
                       log_extra=None, **COLUMNS)
-    assert isinstance(with_columns, list) and with_columns == plain
+    # Equal up to float rounding: the second call reads the first one's prompts from the cross-call prefix cache.
+    assert isinstance(with_columns, list) and with_columns == pytest.approx(plain, abs=1e-5)
 
 
 def test_step_scores_through_their_own_method(prm_llm):
@@ -77,8 +78,9 @@ def test_function_from_a_path_reloads_lazily(qwen3_rm, rm_llm):
     clone = pickle.loads(pickle.dumps(rf))
     assert clone._worker is None  # nothing loaded until the first call
     assert clone.__name__ == rf.__name__ and clone.kind == rf.kind
-    assert clone(prompts=PROMPTS, completions=COMPLETIONS) == RewardFunction(rm_llm)(prompts=PROMPTS,
-                                                                                    completions=COMPLETIONS)
+    # rm_llm may score these from its prefix cache (equal up to float rounding); the clone computes them whole.
+    assert clone(prompts=PROMPTS, completions=COMPLETIONS) == pytest.approx(
+        RewardFunction(rm_llm)(prompts=PROMPTS, completions=COMPLETIONS), abs=1e-5)
     assert clone._worker is not None
     clone.close()
     rf.close()
