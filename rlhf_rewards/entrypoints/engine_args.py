@@ -27,8 +27,9 @@ class IgnoredEngineArgWarning(UserWarning):
     """A vLLM engine argument that means nothing to this engine; the message says what happens instead."""
 
 
-_NO_KV_CACHE = ("is ignored: this engine keeps no KV cache between calls (each call is one forward pass per "
-                "micro-batch); memory is bounded by max_num_batched_tokens")
+_NO_KV_CACHE = ("is ignored: there is no paged KV cache to size (each call is one forward pass per micro-batch, "
+                "bounded by max_num_batched_tokens); keys and values kept across calls are the prefix cache's, "
+                "bounded by prefix_cache_bytes")
 _SCHEDULER = ("is ignored: there is no request scheduler; a call is split into micro-batches of at most "
               "max_num_batched_tokens tokens, whatever the number of sequences")
 _GENERATION = "is ignored: it configures text generation, and this engine only pools (no sampling, no decoding)"
