@@ -65,7 +65,9 @@ import torch.distributed as dist
 from rlhf_rewards import LLM
 llm = LLM(sys.argv[1], device="cpu", dtype="float32", tensor_parallel_size=2)
 outs = llm.encode(json.loads(sys.argv[2]), pooling_task="token_classify", use_tqdm=False)
-print("RESULT", dist.get_rank(), json.dumps([o.outputs.data.tolist() for o in outs]), flush=True)
+# One file per rank: two ranks printing payloads over PIPE_BUF to one pipe can interleave mid-line.
+with open(f"{sys.argv[3]}/rank{dist.get_rank()}.json", "w") as f:
+    json.dump([o.outputs.data.tolist() for o in outs], f)
 llm.shutdown()
 '''
 
@@ -81,13 +83,14 @@ def test_under_torchrun_every_rank_scores(prm, tmp_path):
     script.write_text(TORCHRUN_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script),
-                           str(prm), json.dumps(PRM_TEXTS)], capture_output=True, text=True, env=env, timeout=300)
+                           str(prm), json.dumps(PRM_TEXTS), str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line.split(" ", 2) for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    assert sorted(int(rank) for _, rank, _ in lines) == [0, 1]
+    assert sorted(p.name for p in tmp_path.glob("rank*.json")) == ["rank0.json", "rank1.json"]
     reference = LLM(str(prm), device="cpu", dtype="float32")
     want = [o.outputs.data for o in reference.encode(PRM_TEXTS, pooling_task="token_classify", use_tqdm=False)]
-    for _, _, payload in lines:
+    for rank in (0, 1):
+        payload = (tmp_path / f"rank{rank}.json").read_text()
         for got, w in zip(json.loads(payload), want, strict=True):
             torch.testing.assert_close(torch.tensor(got, dtype=torch.float32).reshape(w.shape), w, atol=1e-5, rtol=0)
 
