@@ -73,8 +73,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="Write the result as JSON here.")
     args = parser.parse_args()
 
+    from benchmarks.vs_vllm import paused
     from rlhf_rewards.testing.checkpoints import build_checkpoint
-    from rlhf_rewards.testing.server import serve
+    from rlhf_rewards.testing.server import ServerProcess
     from tests.compat.vllm_live.oracle import VllmServer
 
     root = Path(tempfile.mkdtemp(prefix="gs-bench-"))
@@ -87,16 +88,20 @@ def main() -> None:
     theirs_t: list[float] = []
     ours_s: list[list[float]] = []
     theirs_s: list[list[float]] = []
-    with serve(model, "--dtype", "float32", "--max-model-len", max_len, omp_threads=args.ours_threads, env=env) as url:
+    with ServerProcess(model, "--dtype", "float32", "--max-model-len", max_len, omp_threads=args.ours_threads,
+                       env=env) as ours:
         if args.vllm_omp_wait_policy:
             os.environ["OMP_WAIT_POLICY"] = args.vllm_omp_wait_policy  # vllm_env copies this process's environment
         vllm = VllmServer(model, "--max-model-len", max_len, "--enforce-eager", threads=2, startup_timeout=400)
         try:
-            # Interleaved, one request at a time: each server idles while the other runs, and both see the
-            # same machine load (it is shared); the first request of each is a warm-up.
+            # Interleaved, one request at a time, so both see the same machine load; the first request of each
+            # is a warm-up. The server not being timed is stopped (SIGSTOP): an idle vLLM engine polls and
+            # spin-waits, which would take a core from the one being timed (benchmarks.vs_vllm does the same).
+            sides = ((ours.url, vllm._proc.pid, ours_t, ours_s), (vllm.url, ours.proc.pid, theirs_t, theirs_s))
             for k, body in enumerate(bodies):
-                for target, times, scores in ((url, ours_t, ours_s), (vllm.url, theirs_t, theirs_s)):
-                    t, sc = run(target, [body], keep_first=True)
+                for target, other, times, scores in sides:
+                    with paused(other):
+                        t, sc = run(target, [body], keep_first=True)
                     scores.extend(sc)
                     if k:
                         times.extend(t)
