@@ -12,6 +12,7 @@ The public API is exported here, once:
 
 from rlhf_rewards import models as _models  # noqa: F401  (registers architectures)
 from rlhf_rewards.entrypoints.cli_args import EngineArgs
+from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
 from rlhf_rewards.entrypoints.llm import LLM
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import (
@@ -21,9 +22,11 @@ from rlhf_rewards.outputs import (
     PoolingRequestOutput,
     ScoringRequestOutput,
 )
+from rlhf_rewards.parallel.group import WorkerFailed
 from rlhf_rewards.pooling.config import PoolerConfig
 from rlhf_rewards.pooling.params import PoolingParams
 from rlhf_rewards.reward import AsyncRewardFunction, RewardFunction, RewardFunctionConfig, as_trl_reward_model
+from rlhf_rewards.reward.judge_config import JudgeConfig
 
 __version__ = "0.1.0"
 
@@ -33,6 +36,8 @@ __all__ = [
     "ClassificationRequestOutput",
     "EmbeddingRequestOutput",
     "EngineArgs",
+    "GenerativeScoringOutput",
+    "JudgeConfig",
     "LoRARequest",
     "PoolerConfig",
     "PoolingOutput",
@@ -41,6 +46,7 @@ __all__ = [
     "RewardFunction",
     "ScoringRequestOutput",
     "RewardFunctionConfig",
+    "WorkerFailed",
     "__version__",
     "as_trl_reward_model",
 ]
