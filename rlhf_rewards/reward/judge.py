@@ -30,7 +30,7 @@ from typing import Any
 from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.reward.calls import GenerativeScore, Plan, RenderChat, Tokenize
 from rlhf_rewards.reward.errors import RewardFunctionError
-from rlhf_rewards.reward.formatting import detect_format
+from rlhf_rewards.reward.formatting import pair_format, require_chat_template
 from rlhf_rewards.reward.judge_config import JudgeConfig
 from rlhf_rewards.reward.readout import ScoreResult
 
@@ -53,21 +53,17 @@ class JudgePlan:
 
     def completions(self, prompts: Sequence[Any], completions: Sequence[Any], owner: str) -> Plan[ScoreResult]:
         """Score ``prompt + completion`` pairs in either of TRL's dataset formats (one judge request)."""
-        if prompts is None or completions is None:
-            raise ValueError(f"{owner}: prompts and completions are required (TRL passes both).")
-        n = len(completions)
-        if n == 0 and len(prompts) == 0:
+        fmt = pair_format(prompts, completions, owner)
+        if fmt is None:
             return ScoreResult([], [], 0, {})
-        fmt = detect_format(prompts, completions, owner)
+        n = len(completions)
         judge = self.judge
         if fmt == "standard":
             inputs: list[Any] = [judge.template.format(prompt=p, completion=c)
                                  for p, c in zip(prompts, completions, strict=True)]
             add_special = judge.add_special_tokens
         else:
-            if self.config.chat_template is None and not self.info.has_chat_template:
-                raise ValueError(f"{owner}: the judge's tokenizer has no chat template, so conversational inputs "
-                                 "cannot be rendered; pass chat_template=... or use the standard (string) format.")
+            require_chat_template(self.config.chat_template, self.info.has_chat_template, owner, "judge")
             system = [{"role": "system", "content": judge.system_prompt}] if judge.system_prompt else []
             conversations = [[*system, {"role": "user", "content": judge.template.format(
                 prompt=_text(p), completion=_text(c))}] for p, c in zip(prompts, completions, strict=True)]

@@ -18,7 +18,7 @@ from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.reward.calls import EncodeBatch, Plan, RenderChat
 from rlhf_rewards.reward.config import RewardFunctionConfig
 from rlhf_rewards.reward.errors import RewardFunctionError
-from rlhf_rewards.reward.formatting import conversation, detect_format, standard_text
+from rlhf_rewards.reward.formatting import conversation, pair_format, require_chat_template, standard_text
 from rlhf_rewards.reward.kinds import pooling_params_for, pooling_task_of
 from rlhf_rewards.reward.readout import Item, ScoreResult, read_scores, readout_for
 from rlhf_rewards.reward.steps import TaggedText, tag_completion
@@ -50,21 +50,14 @@ class ScoringPlan:
     # ------------------------------------------------------------------ the two entry plans
     def completions(self, prompts: Sequence[Any], completions: Sequence[Any], owner: str) -> Plan[ScoreResult]:
         """Score ``prompt + completion`` pairs in either of TRL's dataset formats."""
-        if prompts is None or completions is None:
-            raise ValueError(f"{owner}: prompts and completions are required (TRL passes both).")
-        n = len(completions)
-        if n == 0 and len(prompts) == 0:
+        fmt = pair_format(prompts, completions, owner)
+        if fmt is None:
             return ScoreResult([], [], 0, {})
-        fmt = detect_format(prompts, completions, owner)
+        n = len(completions)
         unscored: dict[int, str] = {}
         items: list[Item] = []
         if fmt == "conversational":
-            if self.config.chat_template is None and not self.info.has_chat_template:
-                raise ValueError(
-                    f"{owner}: the reward model's tokenizer has no chat template, so conversational "
-                    "prompts/completions cannot be rendered; pass chat_template=... (a Jinja template) or use the "
-                    "standard (string) format."
-                )
+            require_chat_template(self.config.chat_template, self.info.has_chat_template, owner, "reward model")
             tag = self._tagger() if self.kind == "process" else None
             built = [conversation(p, c, tag) for p, c in zip(prompts, completions, strict=True)]
             ids_list = yield RenderChat([m for m, _ in built], self.config.chat_template)
