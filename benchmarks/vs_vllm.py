@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -84,23 +83,14 @@ class Side:
         self.ready = self._read(600)
 
     def _read(self, timeout: float) -> dict[str, Any]:
-        box: dict[str, Any] = {}
+        from tests.compat.vllm_live.oracle import read_marked
 
-        def reader() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                if line.startswith(MARK):
-                    box["answer"] = json.loads(line[len(MARK):])
-                    return
-
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
-        t.join(timeout)
-        if "answer" not in box:
+        answer = read_marked(self.proc, MARK, timeout)
+        if answer is None:
             self.close()
             self.log.flush()
             raise RuntimeError(f"{self.which} side gave no answer; log tail:\n{Path(self.log.name).read_text()[-3000:]}")
-        return box["answer"]
+        return answer
 
     def ask(self, timeout: float = 1800, **req: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None

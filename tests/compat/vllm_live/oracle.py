@@ -80,6 +80,24 @@ def lora_request(name: str, lora_id: int, path: str | os.PathLike[str]) -> dict[
     return {"__lora__": [name, lora_id, str(path)]}
 
 
+def read_marked(proc: subprocess.Popen, mark: str, timeout: float) -> Any:
+    """The JSON of the next stdout line of ``proc`` that starts with ``mark`` (other lines are logs), or
+    ``None`` if none comes within ``timeout`` seconds."""
+    box: dict[str, Any] = {}
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(mark):
+                box["answer"] = json.loads(line[len(mark):])
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return box.get("answer")
+
+
 class VllmError(RuntimeError):
     """vLLM raised: ``type`` and ``message`` are its exception's."""
 
@@ -115,23 +133,12 @@ class VllmOffline:
         self._read(startup_timeout)
 
     def _read(self, timeout: float) -> Any:
-        result: dict[str, Any] = {}
-
-        def reader() -> None:
-            assert self._proc.stdout is not None
-            for line in self._proc.stdout:
-                if line.startswith(_MARK):
-                    result["answer"] = json.loads(line[len(_MARK):])
-                    return
-
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if "answer" not in result:
+        result = read_marked(self._proc, _MARK, timeout)
+        if result is None:
             self.close()
             raise RuntimeError(f"vLLM gave no answer in {timeout:.0f} s (exit code {self._proc.poll()}); "
                                f"log tail:\n{self.log_tail()}")
-        return result["answer"]
+        return result
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of vLLM's stderr."""
