@@ -18,7 +18,9 @@ import torch
 from rlhf_rewards.testing.references import make_step_rewards
 
 
-def trl_builtin(model: torch.nn.Module, tokenizer: Any, prompts: list[str], completions: list[str]) -> torch.Tensor:
+def trl_builtin(
+    model: torch.nn.Module, tokenizer: Any, prompts: list[str], completions: list[str]
+) -> torch.Tensor:
     """Rewards exactly as TRL's ``GRPOTrainer`` computes them for ``reward_funcs=<model path>``."""
     try:
         from trl import GRPOTrainer
@@ -46,7 +48,9 @@ def trl_builtin(model: torch.nn.Module, tokenizer: Any, prompts: list[str], comp
 
 def _trl_replica(model, tokenizer, prompts, completions) -> torch.Tensor:
     texts = [p + c for p, c in zip(prompts, completions, strict=True)]
-    inputs = tokenizer(text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    inputs = tokenizer(
+        text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
+    )
     with torch.inference_mode():
         return model(**inputs).logits[:, 0].float().cpu()
 
@@ -56,7 +60,9 @@ def hf_loop(model: torch.nn.Module, tokenizer: Any, texts: list[str], batch_size
     out = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            inputs = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = tokenizer(
+                texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            )
             out.append(model(**inputs).logits[:, 0].float())
     return torch.cat(out).cpu()
 
@@ -71,7 +77,9 @@ def unpadded_loop(model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> t
     return torch.stack(out).cpu()
 
 
-def prm_model_card(model: torch.nn.Module, tokenizer: Any, texts: list[str], step_tag: str) -> list[list[float]]:
+def prm_model_card(
+    model: torch.nn.Module, tokenizer: Any, texts: list[str], step_tag: str
+) -> list[list[float]]:
     """The PRM card's loop: per sample, ``model(input_ids)`` then ``make_step_rewards`` at the step tags."""
     step_sep_id = tokenizer.encode(step_tag, add_special_tokens=False)[0]
     rewards = []

@@ -77,8 +77,11 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 def memory() -> dict[str, float]:
     pids = _tree(os.getpid())
-    return {"rss_mib": sum(_status_kib(p, "VmRSS") for p in pids) / 1024,
-            "hwm_mib": sum(_status_kib(p, "VmHWM") for p in pids) / 1024, "processes": len(pids)}
+    return {
+        "rss_mib": sum(_status_kib(p, "VmRSS") for p in pids) / 1024,
+        "hwm_mib": sum(_status_kib(p, "VmHWM") for p in pids) / 1024,
+        "processes": len(pids),
+    }
 
 
 def reset_hwm() -> None:
@@ -103,7 +106,9 @@ class _Vllm:
 
     def encode(self, ids: list[list[int]], task: str):
         params = self.vllm.PoolingParams(use_activation=False)
-        outs = self.llm.encode([{"prompt_token_ids": x} for x in ids], params, pooling_task=task, use_tqdm=False)
+        outs = self.llm.encode(
+            [{"prompt_token_ids": x} for x in ids], params, pooling_task=task, use_tqdm=False
+        )
         return [o.outputs.data for o in outs]
 
     def stats(self) -> dict:
@@ -119,7 +124,9 @@ class _Ours:
 
     def encode(self, ids: list[list[int]], task: str):
         params = self.rr.PoolingParams(use_activation=False)
-        outs = self.llm.encode([{"prompt_token_ids": x} for x in ids], params, pooling_task=task, use_tqdm=False)
+        outs = self.llm.encode(
+            [{"prompt_token_ids": x} for x in ids], params, pooling_task=task, use_tqdm=False
+        )
         return [o.outputs.data for o in outs]
 
     def stats(self) -> dict:
@@ -148,8 +155,13 @@ def main() -> None:
             t = time.perf_counter()
             outs = [engine.encode(ids, task) for ids in req["calls"]]
             seconds = time.perf_counter() - t
-            _answer({"seconds": seconds, "cpu_s": cpu_seconds() - cpu,
-                     "scores": [_scores(d, task, column) for call in outs for d in call]})
+            _answer(
+                {
+                    "seconds": seconds,
+                    "cpu_s": cpu_seconds() - cpu,
+                    "scores": [_scores(d, task, column) for call in outs for d in call],
+                }
+            )
         elif op == "rss":
             _answer(memory())
         elif op == "reset_hwm":

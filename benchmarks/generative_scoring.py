@@ -30,12 +30,21 @@ from typing import Any
 
 import httpx
 
-MODEL = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8,
-         "num_key_value_heads": 4, "head_dim": 64, "max_position_embeddings": 2048}
+MODEL = {
+    "hidden_size": 512,
+    "intermediate_size": 1408,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+    "max_position_embeddings": 2048,
+}
 LABELS = [17, 42]
 
 
-def workload(n_requests: int, query_tokens: int, items: int, vocab: int, seed: int = 0) -> list[dict[str, Any]]:
+def workload(
+    n_requests: int, query_tokens: int, items: int, vocab: int, seed: int = 0
+) -> list[dict[str, Any]]:
     """``n_requests`` bodies (one warm-up first): a distinct long query each, ``items`` items of 100-400 tokens."""
     rng = random.Random(seed)
     bodies = []
@@ -46,7 +55,9 @@ def workload(n_requests: int, query_tokens: int, items: int, vocab: int, seed: i
     return bodies
 
 
-def run(url: str, bodies: list[dict[str, Any]], keep_first: bool = False) -> tuple[list[float], list[list[float]]]:
+def run(
+    url: str, bodies: list[dict[str, Any]], keep_first: bool = False
+) -> tuple[list[float], list[list[float]]]:
     """Latencies (the first excluded unless ``keep_first``) and scores of every request, sent one at a time."""
     times, scores = [], []
     with httpx.Client(timeout=600) as client:
@@ -68,8 +79,12 @@ def main() -> None:
     parser.add_argument("--query-tokens", type=int, default=1500)
     parser.add_argument("--atol", type=float, default=1e-4)
     parser.add_argument("--ours-threads", type=int, default=2, help="OMP_NUM_THREADS of rlhf-rewards serve.")
-    parser.add_argument("--omp-wait-policy", default=None, help="OMP_WAIT_POLICY of rlhf-rewards serve (unset).")
-    parser.add_argument("--vllm-omp-wait-policy", default=None, help="OMP_WAIT_POLICY of vLLM's server (unset).")
+    parser.add_argument(
+        "--omp-wait-policy", default=None, help="OMP_WAIT_POLICY of rlhf-rewards serve (unset)."
+    )
+    parser.add_argument(
+        "--vllm-omp-wait-policy", default=None, help="OMP_WAIT_POLICY of vLLM's server (unset)."
+    )
     parser.add_argument("--out", default=None, help="Write the result as JSON here.")
     args = parser.parse_args()
 
@@ -88,16 +103,24 @@ def main() -> None:
     theirs_t: list[float] = []
     ours_s: list[list[float]] = []
     theirs_s: list[list[float]] = []
-    with ServerProcess(model, "--dtype", "float32", "--max-model-len", max_len, omp_threads=args.ours_threads,
-                       env=env) as ours:
+    with ServerProcess(
+        model, "--dtype", "float32", "--max-model-len", max_len, omp_threads=args.ours_threads, env=env
+    ) as ours:
         if args.vllm_omp_wait_policy:
-            os.environ["OMP_WAIT_POLICY"] = args.vllm_omp_wait_policy  # vllm_env copies this process's environment
-        vllm = VllmServer(model, "--max-model-len", max_len, "--enforce-eager", threads=2, startup_timeout=400)
+            os.environ["OMP_WAIT_POLICY"] = (
+                args.vllm_omp_wait_policy
+            )  # vllm_env copies this process's environment
+        vllm = VllmServer(
+            model, "--max-model-len", max_len, "--enforce-eager", threads=2, startup_timeout=400
+        )
         try:
             # Interleaved, one request at a time, so both see the same machine load; the first request of each
             # is a warm-up. The server not being timed is stopped (SIGSTOP): an idle vLLM engine polls and
             # spin-waits, which would take a core from the one being timed (benchmarks.vs_vllm does the same).
-            sides = ((ours.url, vllm._proc.pid, ours_t, ours_s), (vllm.url, ours.proc.pid, theirs_t, theirs_s))
+            sides = (
+                (ours.url, vllm._proc.pid, ours_t, ours_s),
+                (vllm.url, ours.proc.pid, theirs_t, theirs_s),
+            )
             for k, body in enumerate(bodies):
                 for target, other, times, scores in sides:
                     with paused(other):
@@ -107,20 +130,36 @@ def main() -> None:
                         times.extend(t)
         finally:
             vllm.close()
-    diff = max(abs(a - b) for ra, rb in zip(ours_s, theirs_s, strict=True) for a, b in zip(ra, rb, strict=True))
+    diff = max(
+        abs(a - b) for ra, rb in zip(ours_s, theirs_s, strict=True) for a, b in zip(ra, rb, strict=True)
+    )
     ours_m, theirs_m = statistics.median(ours_t), statistics.median(theirs_t)
-    tokens = statistics.mean(len(b["query"]) * args.items + sum(len(i) for i in b["items"]) for b in bodies[1:])
+    tokens = statistics.mean(
+        len(b["query"]) * args.items + sum(len(i) for i in b["items"]) for b in bodies[1:]
+    )
     result = {
-        "ours_threads": args.ours_threads, "omp_wait_policy": args.omp_wait_policy,
+        "ours_threads": args.ours_threads,
+        "omp_wait_policy": args.omp_wait_policy,
         "vllm_omp_wait_policy": args.vllm_omp_wait_policy,
-        "workload": {"requests": args.requests, "items": args.items, "query_tokens": args.query_tokens,
-                     "item_tokens": "100-400", "mean_prompt_tokens_per_request": tokens, "model": MODEL},
-        "rlhf_rewards_s": ours_t, "vllm_s": theirs_t,
-        "rlhf_rewards_median_s": ours_m, "vllm_median_s": theirs_m,
-        "speedup": theirs_m / ours_m, "max_abs_score_diff": diff,
+        "workload": {
+            "requests": args.requests,
+            "items": args.items,
+            "query_tokens": args.query_tokens,
+            "item_tokens": "100-400",
+            "mean_prompt_tokens_per_request": tokens,
+            "model": MODEL,
+        },
+        "rlhf_rewards_s": ours_t,
+        "vllm_s": theirs_t,
+        "rlhf_rewards_median_s": ours_m,
+        "vllm_median_s": theirs_m,
+        "speedup": theirs_m / ours_m,
+        "max_abs_score_diff": diff,
     }
-    print(f"generative_scoring, {args.items} items x ({args.query_tokens}-token query + 100-400-token item), "
-          f"{args.requests} requests after a warm-up, 2 cores each")
+    print(
+        f"generative_scoring, {args.items} items x ({args.query_tokens}-token query + 100-400-token item), "
+        f"{args.requests} requests after a warm-up, 2 cores each"
+    )
     print(f"  rlhf-rewards serve: median {ours_m:.3f} s/request  {[round(t, 3) for t in ours_t]}")
     print(f"  vLLM {'0.32'} server:  median {theirs_m:.3f} s/request  {[round(t, 3) for t in theirs_t]}")
     print(f"  speedup (vLLM / ours): {theirs_m / ours_m:.2f}x   max |score difference|: {diff:.2e}")

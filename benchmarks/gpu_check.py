@@ -111,40 +111,107 @@ class ModelCase:
         return dict(self.tiny_fields if tiny else self.fields)
 
 
-_TINY = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 2}
-_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+_TINY = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+_LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 CASES: dict[str, ModelCase] = {
     "qwen3-0.6b": ModelCase(
-        "qwen3-0.6b", "Qwen/Qwen3-0.6B", "Qwen3ForSequenceClassification", "Qwen3Config", "rm",
-        fields={"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
-                "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960,
-                "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
-                "tie_word_embeddings": True, "num_labels": 1},
-        tiny_fields={**_TINY, "head_dim": 32, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}, "num_labels": 1},
+        "qwen3-0.6b",
+        "Qwen/Qwen3-0.6B",
+        "Qwen3ForSequenceClassification",
+        "Qwen3Config",
+        "rm",
+        fields={
+            "hidden_size": 1024,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "vocab_size": 151936,
+            "max_position_embeddings": 40960,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+            "tie_word_embeddings": True,
+            "num_labels": 1,
+        },
+        tiny_fields={
+            **_TINY,
+            "head_dim": 32,
+            "max_position_embeddings": 40960,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+            "num_labels": 1,
+        },
         note="all 28 layers",
     ),
     "llama-3.2-1b": ModelCase(
-        "llama-3.2-1b", "meta-llama/Llama-3.2-1B", "LlamaForSequenceClassification", "LlamaConfig", "rm",
-        fields={"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-                "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "max_position_embeddings": 131072,
-                "rms_norm_eps": 1e-5, "rope_parameters": dict(_LLAMA3_ROPE), "tie_word_embeddings": True,
-                "num_labels": 1},
-        tiny_fields={**_TINY, "head_dim": 32, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
-                     "rope_parameters": dict(_LLAMA3_ROPE), "num_labels": 1},
+        "llama-3.2-1b",
+        "meta-llama/Llama-3.2-1B",
+        "LlamaForSequenceClassification",
+        "LlamaConfig",
+        "rm",
+        fields={
+            "hidden_size": 2048,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 16,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 64,
+            "vocab_size": 128256,
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-5,
+            "rope_parameters": dict(_LLAMA3_ROPE),
+            "tie_word_embeddings": True,
+            "num_labels": 1,
+        },
+        tiny_fields={
+            **_TINY,
+            "head_dim": 32,
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-5,
+            "rope_parameters": dict(_LLAMA3_ROPE),
+            "num_labels": 1,
+        },
         note="all 16 layers, llama3 RoPE scaling",
     ),
     "qwen2.5-math-prm": ModelCase(
-        "qwen2.5-math-prm", "Qwen/Qwen2.5-Math-PRM-7B", "Qwen2ForProcessRewardModel", "Qwen2Config", "prm",
-        fields={"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 4, "num_attention_heads": 28,
-                "num_key_value_heads": 4, "vocab_size": 152064, "max_position_embeddings": 4096,
-                "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-                "tie_word_embeddings": False},
-        tiny_fields={**_TINY, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+        "qwen2.5-math-prm",
+        "Qwen/Qwen2.5-Math-PRM-7B",
+        "Qwen2ForProcessRewardModel",
+        "Qwen2Config",
+        "prm",
+        fields={
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+            "tie_word_embeddings": False,
+        },
+        tiny_fields={
+            **_TINY,
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
         note="full width, 4 of the 28 layers (the depth only repeats the same kernels)",
     ),
 }
@@ -158,7 +225,9 @@ BENCH_MODELS = {"grpo": ("qwen3-0.6b", "llama-3.2-1b"), "prm": ("qwen2.5-math-pr
 def _model_class(architecture: str) -> type:
     import transformers
 
-    if architecture == "Qwen2ForProcessRewardModel":  # remote code on the hub; rlhf_rewards' class replaces it
+    if (
+        architecture == "Qwen2ForProcessRewardModel"
+    ):  # remote code on the hub; rlhf_rewards' class replaces it
         from rlhf_rewards.models.qwen2_reward import Qwen2ForProcessRewardModel
 
         return Qwen2ForProcessRewardModel
@@ -178,7 +247,9 @@ def shared_tokenizer() -> Path:
     return path
 
 
-def build_checkpoint(case: ModelCase, tiny: bool, tokenizer_dir: Path, device: torch.device, seed: int = 0) -> Path:
+def build_checkpoint(
+    case: ModelCase, tiny: bool, tokenizer_dir: Path, device: torch.device, seed: int = 0
+) -> Path:
     """Build (once, cached by shape) ``case`` with transformers' own random initialisation, saved in bfloat16.
 
     Built on ``device`` (fast on a GPU). Norm weights are set to ``1 + 0.1 N(0, 1)`` and biases to
@@ -187,7 +258,9 @@ def build_checkpoint(case: ModelCase, tiny: bool, tokenizer_dir: Path, device: t
     from transformers import AutoTokenizer
 
     fields = case.config_fields(tiny)
-    key = hashlib.sha1(json.dumps([case.architecture, fields, seed, 1], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps([case.architecture, fields, seed, 1], sort_keys=True).encode()).hexdigest()[
+        :12
+    ]
     path = CACHE_DIR / "gpu_check" / f"{case.name}{'-tiny' if tiny else ''}-{key}"
     if (path / "config.json").exists() and (path / "tokenizer.json").exists():
         return path
@@ -212,10 +285,14 @@ def build_checkpoint(case: ModelCase, tiny: bool, tokenizer_dir: Path, device: t
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    if case.architecture == "Qwen2ForProcessRewardModel":  # as the hub ships it: remote code named, not needed
+    if (
+        case.architecture == "Qwen2ForProcessRewardModel"
+    ):  # as the hub ships it: remote code named, not needed
         cfg = json.loads((tmp / "config.json").read_text())
-        cfg["auto_map"] = {"AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
-                           "AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"}
+        cfg["auto_map"] = {
+            "AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
+            "AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel",
+        }
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
     for name in os.listdir(tokenizer_dir):
         shutil.copy(tokenizer_dir / name, tmp / name)
@@ -240,7 +317,9 @@ def _free(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------- scoring
-def reference_scores(model: torch.nn.Module, tok: Any, texts: list[str], kind: str, step_id: int) -> torch.Tensor:
+def reference_scores(
+    model: torch.nn.Module, tok: Any, texts: list[str], kind: str, step_id: int
+) -> torch.Tensor:
     """transformers' forward, one unpadded text at a time: the raw score (RM) or both logits at every step tag."""
     device = next(model.parameters()).device
     out = []
@@ -265,8 +344,13 @@ def _per_text(llm: Any, texts: list[str], kind: str) -> list[torch.Tensor]:
     from rlhf_rewards import PoolingParams
 
     task = "classify" if kind == "rm" else "token_classify"
-    outs = llm.encode(texts, PoolingParams(use_activation=False), pooling_task=task, use_tqdm=False,
-                      add_special_tokens=False)
+    outs = llm.encode(
+        texts,
+        PoolingParams(use_activation=False),
+        pooling_task=task,
+        use_tqdm=False,
+        add_special_tokens=False,
+    )
     return [(o.outputs.data[:1] if kind == "rm" else o.outputs.data).float().cpu() for o in outs]
 
 
@@ -292,6 +376,7 @@ def varlen_setting(on: bool) -> Iterator[list[int]]:
     calls = [0]
     original = varlen_attention.KERNEL
     if original is not None:
+
         @functools.wraps(original)  # keeps the signature, which the engine inspects
         def counted(*args: Any, **kwargs: Any) -> Any:
             calls[0] += 1
@@ -324,7 +409,8 @@ def half_tolerance(ref32: torch.Tensor, hf_half: torch.Tensor | None) -> tuple[f
         return bound, f"{HALF_REL_TOL:.0%} of max|fp32 score| {scale:.3g} (transformers' own error {hf_err})"
     return max(bound, HALF_VS_HF_FACTOR * hf_err + HALF_SLACK * scale), (
         f"max({HALF_REL_TOL:.0%} of max|fp32 score| {scale:.3g}, {HALF_VS_HF_FACTOR:g} x transformers' own error "
-        f"{hf_err:.2e} + {HALF_SLACK:.0%})")
+        f"{hf_err:.2e} + {HALF_SLACK:.0%})"
+    )
 
 
 # ---------------------------------------------------------------------- report
@@ -367,9 +453,20 @@ class Report:
         except Exception as e:  # noqa: BLE001 - a crash is this check's failure, the others still run
             status, detail = "FAIL", f"{type(e).__name__}: {e}"
             data = {"traceback": traceback.format_exc()}
-        self.checks.append({"name": name, "status": status, "detail": detail, "seconds": time.perf_counter() - t0,
-                            **({"data": data} if data else {})})
-        print(f"[{time.perf_counter() - self.started:6.1f}s] {status} {name}: {detail}", file=sys.stderr, flush=True)
+        self.checks.append(
+            {
+                "name": name,
+                "status": status,
+                "detail": detail,
+                "seconds": time.perf_counter() - t0,
+                **({"data": data} if data else {}),
+            }
+        )
+        print(
+            f"[{time.perf_counter() - self.started:6.1f}s] {status} {name}: {detail}",
+            file=sys.stderr,
+            flush=True,
+        )
         self.write()
         return status
 
@@ -377,9 +474,15 @@ class Report:
         return f"{check['status']} {check['name']}" + (f": {check['detail']}" if check["detail"] else "")
 
     def write(self) -> None:
-        report = {**self.meta, "wall_s": time.perf_counter() - self.started, "checks": self.checks,
-                  "table": self.table,
-                  "summary": {s: sum(c["status"] == s for c in self.checks) for s in ("PASS", "FAIL", "SKIP", "N/A")}}
+        report = {
+            **self.meta,
+            "wall_s": time.perf_counter() - self.started,
+            "checks": self.checks,
+            "table": self.table,
+            "summary": {
+                s: sum(c["status"] == s for c in self.checks) for s in ("PASS", "FAIL", "SKIP", "N/A")
+            },
+        }
         text = json.dumps(report, indent=2, default=str)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text(text)
@@ -433,14 +536,31 @@ class Run:
         self.paths[case.name] = path
         config = json.loads((path / "config.json").read_text())
         size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-        shape = {k: config.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                            "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size")}
+        shape = {
+            k: config.get(k)
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "intermediate_size",
+                "vocab_size",
+            )
+        }
         note = "tiny: 2 layers x hidden 128" if self.tiny else case.note
-        self.report.meta["models"][case.name] = {"architecture": case.architecture, "shaped_as": case.shaped_as,
-                                                 "note": note, "shape": shape, "path": str(path),
-                                                 "safetensors_mib": size / 2**20}
-        return (f"{case.architecture} shaped as {case.shaped_as} ({note}), {size / 2**20:.0f} MiB bf16, "
-                f"{time.perf_counter() - t0:.1f}s"), {"shape": shape}
+        self.report.meta["models"][case.name] = {
+            "architecture": case.architecture,
+            "shaped_as": case.shaped_as,
+            "note": note,
+            "shape": shape,
+            "path": str(path),
+            "safetensors_mib": size / 2**20,
+        }
+        return (
+            f"{case.architecture} shaped as {case.shaped_as} ({note}), {size / 2**20:.0f} MiB bf16, "
+            f"{time.perf_counter() - t0:.1f}s"
+        ), {"shape": shape}
 
     # ------------------------------------------------------------------ accuracy
     def accuracy(self, case: ModelCase) -> None:
@@ -465,15 +585,24 @@ class Run:
 
             for on in (True, False):
                 name = f"accuracy {case.name} {dtype} varlen={'on' if on else 'off'}"
-                self.report.run(name, lambda dtype=dtype, on=on: self._accuracy_one(
-                    case, dtype, on, texts, reference, load))
+                self.report.run(
+                    name,
+                    lambda dtype=dtype, on=on: self._accuracy_one(case, dtype, on, texts, reference, load),
+                )
             if dtype == "bfloat16" and llm_box:
                 self.bf16_llms[case.name] = llm_box[0]
             llm_box.clear()
             _free(self.device)
 
-    def _accuracy_one(self, case: ModelCase, dtype: str, on: bool, texts: list[str],
-                      reference: Callable[[str], torch.Tensor], load: Callable[[], Any]) -> tuple[str, dict]:
+    def _accuracy_one(
+        self,
+        case: ModelCase,
+        dtype: str,
+        on: bool,
+        texts: list[str],
+        reference: Callable[[str], torch.Tensor],
+        load: Callable[[], Any],
+    ) -> tuple[str, dict]:
         ref32 = reference("float32")
         hf_half = None if dtype == "float32" else reference(dtype)
         llm = load()
@@ -484,8 +613,14 @@ class Run:
             tol, how = FP32_ATOL, f"{FP32_ATOL:g} absolute"
         else:
             tol, how = half_tolerance(ref32, hf_half)
-        data = {"max_abs_diff_vs_fp32": err, "tolerance": tol, "tolerance_rule": how, "varlen_kernel_calls": calls[0],
-                "scores": got.numel(), "max_abs_fp32_score": float(ref32.abs().max())}
+        data = {
+            "max_abs_diff_vs_fp32": err,
+            "tolerance": tol,
+            "tolerance_rule": how,
+            "varlen_kernel_calls": calls[0],
+            "scores": got.numel(),
+            "max_abs_fp32_score": float(ref32.abs().max()),
+        }
         if hf_half is not None:
             data["hf_same_dtype_max_abs_diff_vs_fp32"] = max_abs_diff(hf_half, ref32)
             data["max_abs_diff_vs_hf_same_dtype"] = max_abs_diff(got, hf_half)
@@ -496,15 +631,26 @@ class Run:
         if wants_kernel and calls[0] == 0:
             from rlhf_rewards.engine import varlen_attention
 
-            why = "torch has no usable varlen_attn" if varlen_attention.KERNEL is None else "applies() said no"
-            raise CheckFailed(f"scores fine but the FlashAttention varlen kernel was never called ({why}); {summary}")
+            why = (
+                "torch has no usable varlen_attn" if varlen_attention.KERNEL is None else "applies() said no"
+            )
+            raise CheckFailed(
+                f"scores fine but the FlashAttention varlen kernel was never called ({why}); {summary}"
+            )
         if not wants_kernel and calls[0]:
-            raise CheckFailed(f"the varlen kernel ran {calls[0]} times where the bucket path was expected; {summary}")
+            raise CheckFailed(
+                f"the varlen kernel ran {calls[0]} times where the bucket path was expected; {summary}"
+            )
         if on and not self.cuda:
-            raise NotApplicable(f"FlashAttention varlen kernel is CUDA-only; the bucket fallback was used "
-                                f"(0 kernel calls) and {summary}")
+            raise NotApplicable(
+                f"FlashAttention varlen kernel is CUDA-only; the bucket fallback was used "
+                f"(0 kernel calls) and {summary}"
+            )
         if on and dtype == "float32":
-            return f"float32 keeps the bucket path (0 varlen calls, kernel is half-precision only); {summary}", data
+            return (
+                f"float32 keeps the bucket path (0 varlen calls, kernel is half-precision only); {summary}",
+                data,
+            )
         return summary + (f"; {calls[0]} varlen kernel calls" if calls[0] else "; bucket path"), data
 
     # ------------------------------------------------------------------ sleep / wake
@@ -525,30 +671,43 @@ class Run:
             # these be (a cache hit's shorter forward rounds differently in bf16; bit-identity is per path).
             llm.reset_prefix_cache()
             state["before"] = worker_scores(worker, texts, case.kind)
-            tensors = {t.data_ptr(): t for t in (*llm.model.parameters(), *llm.model.buffers())
-                       if t.device.type == self.device.type}
+            tensors = {
+                t.data_ptr(): t
+                for t in (*llm.model.parameters(), *llm.model.buffers())
+                if t.device.type == self.device.type
+            }
             weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
             if not self.cuda:
                 worker.sleep()
                 if not worker.is_sleeping:
                     raise CheckFailed("sleep() did not mark the worker asleep")
-                raise NotApplicable(f"CUDA memory release is CUDA-only (on a CPU the {weight_bytes / 2**20:.0f} MiB "
-                                    "of weights stay where they are); sleep() marked the worker asleep")
+                raise NotApplicable(
+                    f"CUDA memory release is CUDA-only (on a CPU the {weight_bytes / 2**20:.0f} MiB "
+                    "of weights stay where they are); sleep() marked the worker asleep"
+                )
             _free(self.device)
             free0, alloc0 = torch.cuda.mem_get_info(self.device)[0], torch.cuda.memory_allocated(self.device)
             worker.sleep()
             free1, alloc1 = torch.cuda.mem_get_info(self.device)[0], torch.cuda.memory_allocated(self.device)
             returned, released = free1 - free0, alloc0 - alloc1
-            data = {"weight_bytes": weight_bytes, "driver_bytes_returned": returned,
-                    "allocator_bytes_released": released, "weight_device_asleep": str(worker.weight_device)}
+            data = {
+                "weight_bytes": weight_bytes,
+                "driver_bytes_returned": returned,
+                "allocator_bytes_released": released,
+                "weight_device_asleep": str(worker.weight_device),
+            }
             if not worker.is_sleeping or worker.weight_device.type != "cpu":
                 raise CheckFailed(f"after sleep() the weights are on {worker.weight_device}")
             if returned < SLEEP_FREED_FRACTION * weight_bytes:
-                raise CheckFailed(f"sleep() gave back {returned / 2**20:.0f} MiB to the driver (allocator released "
-                                  f"{released / 2**20:.0f} MiB) of {weight_bytes / 2**20:.0f} MiB of weights, "
-                                  f"under {SLEEP_FREED_FRACTION:.0%}")
-            return (f"gave back {returned / 2**20:.0f} MiB to the driver = {returned / weight_bytes:.1%} of "
-                    f"{weight_bytes / 2**20:.0f} MiB of weights (>= {SLEEP_FREED_FRACTION:.0%})"), data
+                raise CheckFailed(
+                    f"sleep() gave back {returned / 2**20:.0f} MiB to the driver (allocator released "
+                    f"{released / 2**20:.0f} MiB) of {weight_bytes / 2**20:.0f} MiB of weights, "
+                    f"under {SLEEP_FREED_FRACTION:.0%}"
+                )
+            return (
+                f"gave back {returned / 2**20:.0f} MiB to the driver = {returned / weight_bytes:.1%} of "
+                f"{weight_bytes / 2**20:.0f} MiB of weights (>= {SLEEP_FREED_FRACTION:.0%})"
+            ), data
 
         def wake() -> tuple[str, dict]:
             worker = state.get("worker")
@@ -562,9 +721,13 @@ class Run:
             after = worker_scores(worker, texts, case.kind)
             before = state["before"]
             if not torch.equal(before, after):
-                raise CheckFailed(f"scores after wake_up() differ from before sleep(): max abs diff "
-                                  f"{max_abs_diff(before, after):.3e}")
-            return f"{after.numel()} scores bit-identical to before sleep() (wake_up {wake_s:.2f}s)", {"wake_s": wake_s}
+                raise CheckFailed(
+                    f"scores after wake_up() differ from before sleep(): max abs diff "
+                    f"{max_abs_diff(before, after):.3e}"
+                )
+            return f"{after.numel()} scores bit-identical to before sleep() (wake_up {wake_s:.2f}s)", {
+                "wake_s": wake_s
+            }
 
         self.report.run(f"sleep {case.name}", sleep)
         self.report.run(f"wake {case.name}", wake)
@@ -577,15 +740,19 @@ class Run:
         if case.name not in DETERMINISTIC_MODELS:
             return
         for dtype in DETERMINISTIC_DTYPES:
-            self.report.run(f"deterministic {case.name} {dtype}", lambda dtype=dtype: self._deterministic(case, dtype))
+            self.report.run(
+                f"deterministic {case.name} {dtype}", lambda dtype=dtype: self._deterministic(case, dtype)
+            )
             _free(self.device)
 
     def _deterministic(self, case: ModelCase, dtype: str) -> tuple[str, dict]:
         texts = self.texts(case.kind)
         det = self.llm(case, dtype, deterministic=True)
         alone = [_per_text(det, [t], case.kind)[0] for t in texts]
-        runs = {"together": _per_text(det, texts, case.kind),
-                "reversed": _per_text(det, texts[::-1], case.kind)[::-1]}
+        runs = {
+            "together": _per_text(det, texts, case.kind),
+            "reversed": _per_text(det, texts[::-1], case.kind)[::-1],
+        }
         lengths = token_lengths(self.tok, texts)
         budget = max(lengths) + 8  # a few micro-batches, each one or two texts and prefixes
         saved = det.runner.max_num_batched_tokens
@@ -594,16 +761,21 @@ class Run:
             runs[f"budget {budget}"] = _per_text(det, texts, case.kind)
         finally:
             det.runner.max_num_batched_tokens = saved
-        unequal = {name: sum(not torch.equal(a, b) for a, b in zip(alone, got, strict=True))
-                   for name, got in runs.items()}
+        unequal = {
+            name: sum(not torch.equal(a, b) for a, b in zip(alone, got, strict=True))
+            for name, got in runs.items()
+        }
         default = self.llm(case, dtype)
         reference = torch.cat([x.flatten() for x in _per_text(default, texts, case.kind)])
         mine = torch.cat([x.flatten() for x in alone])
         err = max_abs_diff(mine, reference)
         tol = FP32_ATOL if dtype == "float32" else HALF_REL_TOL * float(reference.abs().max())
         # Throughput on the bench workload, deterministic vs default (reported; the CPU target is the benchmark's).
-        workload = (grpo_workload(self.tok, **({"prompts": 1} if self.tiny else {})) if case.kind == "rm" else
-                    prm_workload(self.tok, **({"problems": 1, "samples": 4} if self.tiny else {})))
+        workload = (
+            grpo_workload(self.tok, **({"prompts": 1} if self.tiny else {}))
+            if case.kind == "rm"
+            else prm_workload(self.tok, **({"problems": 1, "samples": 4} if self.tiny else {}))
+        )
         times: dict[str, list[float]] = {"default": [], "deterministic": []}
         # Both engines are warm (they just scored the texts); two timed calls each keep the check short on a GPU.
         for _ in range(self.args.repeats or (2 if self.cuda else 1)):
@@ -613,24 +785,41 @@ class Run:
                 _sync(self.device)
                 times[name].append(time.perf_counter() - t0)
         ratio = statistics.median(times["default"]) / statistics.median(times["deterministic"])
-        data = {"texts": len(texts), "unequal_vs_alone": unequal, "max_abs_diff_vs_default": err, "tolerance": tol,
-                "bench_times_s": times, "throughput_ratio_vs_default": ratio, "bench_texts": len(workload.texts)}
+        data = {
+            "texts": len(texts),
+            "unequal_vs_alone": unequal,
+            "max_abs_diff_vs_default": err,
+            "tolerance": tol,
+            "bench_times_s": times,
+            "throughput_ratio_vs_default": ratio,
+            "bench_texts": len(workload.texts),
+        }
         det = default = None
         if any(unequal.values()):
-            raise CheckFailed("scores not bit-identical to the text alone: "
-                              + ", ".join(f"{n}: {k} of {len(texts)} texts" for n, k in unequal.items() if k))
+            raise CheckFailed(
+                "scores not bit-identical to the text alone: "
+                + ", ".join(f"{n}: {k} of {len(texts)} texts" for n, k in unequal.items() if k)
+            )
         if not err <= tol:
             raise CheckFailed(f"max abs diff {err:.3e} vs the default engine > {tol:.3e}")
-        return (f"{len(texts)} texts x {len(runs)} batchings torch.equal to each text alone; max abs diff vs default "
-                f"{err:.2e} <= {tol:.2e}; bench {workload.name} throughput {ratio:.2f}x the default engine's"), data
+        return (
+            f"{len(texts)} texts x {len(runs)} batchings torch.equal to each text alone; max abs diff vs default "
+            f"{err:.2e} <= {tol:.2e}; bench {workload.name} throughput {ratio:.2f}x the default engine's"
+        ), data
 
     # ------------------------------------------------------------------ benchmarks
     def bench(self, workload_name: str, case: ModelCase, compiled: bool) -> None:
         name = f"{'bench-compiled' if compiled else 'bench'} {workload_name} {case.name}"
         if compiled and not self.cuda and not self.args.cpu_compile:
-            self.report.run(name, lambda: _raise(Skipped(
-                "torch.compile on a CPU is slow to build and says nothing about CUDA graphs; "
-                "pass --cpu-compile to run it anyway")))
+            self.report.run(
+                name,
+                lambda: _raise(
+                    Skipped(
+                        "torch.compile on a CPU is slow to build and says nothing about CUDA graphs; "
+                        "pass --cpu-compile to run it anyway"
+                    )
+                ),
+            )
             return
         if self.over_budget():
             self.report.run(name, lambda: _raise(Skipped(f"over the {self.args.budget_s:.0f}s time budget")))
@@ -657,12 +846,28 @@ class Run:
         if not compiled:
             hf = load_reference(case, self.paths[case.name], dtype, self.device)
             if workload_name == "grpo":
-                methods.append((f"TRL built-in ({TRL_IMPL['name']})",
-                                lambda: baselines.trl_builtin(hf, tok, workload.prompts, workload.completions)))
-                methods.append(("HF loop (batches of 8, padded)", lambda: baselines.hf_loop(hf, tok, workload.texts)))
+                methods.append(
+                    (
+                        f"TRL built-in ({TRL_IMPL['name']})",
+                        lambda: baselines.trl_builtin(hf, tok, workload.prompts, workload.completions),
+                    )
+                )
+                methods.append(
+                    ("HF loop (batches of 8, padded)", lambda: baselines.hf_loop(hf, tok, workload.texts))
+                )
             else:
-                methods.append(("HF loop (model card: one forward per sample + make_step_rewards)", lambda: torch.tensor(
-                    [x for row in baselines.prm_model_card(hf, tok, workload.texts, STEP_TAG) for x in row])))
+                methods.append(
+                    (
+                        "HF loop (model card: one forward per sample + make_step_rewards)",
+                        lambda: torch.tensor(
+                            [
+                                x
+                                for row in baselines.prm_model_card(hf, tok, workload.texts, STEP_TAG)
+                                for x in row
+                            ]
+                        ),
+                    )
+                )
         repeats = self.args.repeats or (3 if self.cuda else 1)
         rows, scores = [], {}
         # --tiny on a CPU times the first call (a warm-up would double a test's time); otherwise one warm-up
@@ -684,12 +889,23 @@ class Run:
                     times.append(time.perf_counter() - t)
                 scores.setdefault(method, out)
                 peaks.append(mem.peak_mib)
-            rows.append({"workload": workload_name, "model": case.name, "method": method, "dtype": dtype,
-                         "items": len(workload.texts), "tokens": tokens, "warmup_s": warmup_s,
-                         "median_s": statistics.median(times), "times_s": times,
-                         "items_per_s": len(workload.texts) / statistics.median(times),
-                         "tokens_per_s": tokens / statistics.median(times), "peak_mib": statistics.median(peaks),
-                         "peak_memory": "CUDA max allocated over the call" if self.cuda else "extra resident set"})
+            rows.append(
+                {
+                    "workload": workload_name,
+                    "model": case.name,
+                    "method": method,
+                    "dtype": dtype,
+                    "items": len(workload.texts),
+                    "tokens": tokens,
+                    "warmup_s": warmup_s,
+                    "median_s": statistics.median(times),
+                    "times_s": times,
+                    "items_per_s": len(workload.texts) / statistics.median(times),
+                    "tokens_per_s": tokens / statistics.median(times),
+                    "peak_mib": statistics.median(peaks),
+                    "peak_memory": "CUDA max allocated over the call" if self.cuda else "extra resident set",
+                }
+            )
         reference = scores[engine_name]
         if compiled:  # compiled vs eager: the eager bench's scores, else an eager runner on the same weights
             reference = self._eager_scores.get((workload_name, case.name))
@@ -715,11 +931,16 @@ class Run:
             print(format_row(row), file=sys.stderr, flush=True)
         data = {"rows": rows, "tolerance": tol}
         if worst:
-            raise CheckFailed(f"scores differ from the {'eager ' if compiled else ''}engine beyond {tol:.2e}: "
-                              + "; ".join(worst))
+            raise CheckFailed(
+                f"scores differ from the {'eager ' if compiled else ''}engine beyond {tol:.2e}: "
+                + "; ".join(worst)
+            )
         parts = [f"engine {rows[0]['items_per_s']:.1f} items/s"]
-        parts += [f"{r['method'].split(' (')[0]} {r['items_per_s']:.1f} items/s (engine speed-up "
-                  f"{r['median_s'] / rows[0]['median_s']:.2f}x)" for r in rows[1:]]
+        parts += [
+            f"{r['method'].split(' (')[0]} {r['items_per_s']:.1f} items/s (engine speed-up "
+            f"{r['median_s'] / rows[0]['median_s']:.2f}x)"
+            for r in rows[1:]
+        ]
         if compiled:
             parts.append(f"first call (compile) {rows[0]['warmup_s']:.1f}s")
         return "; ".join(parts) + f"; scores within {tol:.1e}", data
@@ -767,48 +988,82 @@ def _trl_impl() -> dict[str, str]:
 
         return {"name": f"TRL {trl.__version__} GRPOTrainer._calculate_rewards", "real": "yes"}
     except Exception as e:  # noqa: BLE001 - TRL or one of its dependencies (datasets, pyarrow...) is missing
-        return {"name": "TRL not importable: benchmarks/baselines.py's line-for-line replica of its padded "
-                        "right-side forward, logits[:, 0]", "real": "no", "why": f"{type(e).__name__}: {e}"}
+        return {
+            "name": "TRL not importable: benchmarks/baselines.py's line-for-line replica of its padded "
+            "right-side forward, logits[:, 0]",
+            "real": "no",
+            "why": f"{type(e).__name__}: {e}",
+        }
 
 
 TRL_IMPL: dict[str, str] = {}
 
 
 def format_row(r: dict[str, Any]) -> str:
-    return (f"| {r['workload']} | {r['model']} | {r['method']} | {r['dtype']} | {r['median_s']:.3f} | "
-            f"{r['items_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_mib']:.0f} | "
-            f"{r.get('max_abs_diff_vs_engine', float('nan')):.1e} |")
+    return (
+        f"| {r['workload']} | {r['model']} | {r['method']} | {r['dtype']} | {r['median_s']:.3f} | "
+        f"{r['items_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_mib']:.0f} | "
+        f"{r.get('max_abs_diff_vs_engine', float('nan')):.1e} |"
+    )
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| workload | model | method | dtype | median s | items/s | tokens/s | peak MiB | max abs diff vs engine |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| workload | model | method | dtype | median s | items/s | tokens/s | peak MiB | max abs diff vs engine |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
     return "\n".join([head, *(format_row(r) for r in rows)])
 
 
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument("--tiny", action="store_true", help="2 layers x hidden 128 and a few texts (the CPU test)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON report (default {DEFAULT_OUT}); also "
-                        "copied into $OUT when that is set")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda, cuda:N or cpu (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="2 layers x hidden 128 and a few texts (the CPU test)"
+    )
+    parser.add_argument(
+        "--out",
+        default=str(DEFAULT_OUT),
+        help=f"JSON report (default {DEFAULT_OUT}); also copied into $OUT when that is set",
+    )
     parser.add_argument("--models", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
-    parser.add_argument("--checks", default="accuracy,sleep,deterministic,bench,compiled",
-                        help="comma-separated, from accuracy, sleep, deterministic, bench, compiled")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default 3 on CUDA, 1 "
-                        "on CPU), after one warm-up")
-    parser.add_argument("--budget-s", type=float, default=None, help="benchmarks that would start after this many "
-                        "seconds are skipped (default 360 on CUDA, unlimited on CPU)")
-    parser.add_argument("--cpu-compile", action="store_true", help="also run the compiled benchmarks on a CPU")
+    parser.add_argument(
+        "--checks",
+        default="accuracy,sleep,deterministic,bench,compiled",
+        help="comma-separated, from accuracy, sleep, deterministic, bench, compiled",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per method (default 3 on CUDA, 1 on CPU), after one warm-up",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="benchmarks that would start after this many "
+        "seconds are skipped (default 360 on CUDA, unlimited on CPU)",
+    )
+    parser.add_argument(
+        "--cpu-compile", action="store_true", help="also run the compiled benchmarks on a CPU"
+    )
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     checks = {c.strip() for c in args.checks.split(",") if c.strip()}
     if unknown := [m for m in models if m not in CASES]:
         parser.error(f"--models: unknown {unknown}; choose from {', '.join(CASES)}")
     if unknown := sorted(checks - {"accuracy", "sleep", "deterministic", "bench", "compiled"}):
-        parser.error(f"--checks: unknown {unknown}; choose from accuracy, sleep, deterministic, bench, compiled")
+        parser.error(
+            f"--checks: unknown {unknown}; choose from accuracy, sleep, deterministic, bench, compiled"
+        )
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     device = torch.device(args.device)
@@ -828,13 +1083,22 @@ def main(argv: list[str] | None = None) -> int:
         "tiny": args.tiny,
         "machine": machine(),
         "trl_builtin": TRL_IMPL,
-        "tolerances": {"fp32_atol": FP32_ATOL, "half_rel_tol": HALF_REL_TOL, "half_vs_hf_factor": HALF_VS_HF_FACTOR,
-                       "half_slack": HALF_SLACK, "sleep_freed_fraction": SLEEP_FREED_FRACTION},
+        "tolerances": {
+            "fp32_atol": FP32_ATOL,
+            "half_rel_tol": HALF_REL_TOL,
+            "half_vs_hf_factor": HALF_VS_HF_FACTOR,
+            "half_slack": HALF_SLACK,
+            "sleep_freed_fraction": SLEEP_FREED_FRACTION,
+        },
         "models": {},
     }
     report = Report(Path(args.out), meta)
-    print(f"gpu_check on {device}{' (' + meta['gpu'] + ')' if meta['gpu'] else ''}, tiny={args.tiny}; "
-          f"TRL built-in path: {TRL_IMPL['name']}", file=sys.stderr, flush=True)
+    print(
+        f"gpu_check on {device}{' (' + meta['gpu'] + ')' if meta['gpu'] else ''}, tiny={args.tiny}; "
+        f"TRL built-in path: {TRL_IMPL['name']}",
+        file=sys.stderr,
+        flush=True,
+    )
     run = Run(args, report)
     built = []
     for name in models:
@@ -867,8 +1131,10 @@ def main(argv: list[str] | None = None) -> int:
         print(report.line(check))
     counts = {s: sum(c["status"] == s for c in report.checks) for s in ("PASS", "FAIL", "SKIP", "N/A")}
     wall = time.perf_counter() - report.started
-    print(f"gpu_check: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP, {counts['N/A']} N/A "
-          f"on {meta['gpu'] or device} in {wall:.0f}s; JSON: {report.out}")
+    print(
+        f"gpu_check: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP, {counts['N/A']} N/A "
+        f"on {meta['gpu'] or device} in {wall:.0f}s; JSON: {report.out}"
+    )
     return 1 if counts["FAIL"] else 0
 
 

@@ -77,28 +77,31 @@ class LoadReport:
 
     def summary(self) -> str:
         """Human-readable lines."""
+
         def ms(v: float | None) -> str:
             return "n/a" if v is None else f"{1000 * v:.0f} ms"
 
-        return "\n".join([
-            f"concurrency {self.concurrency}, {self.duration_s:.0f} s, {self.prompts_per_request} prompts/request",
-            f"logical requests {self.logical_requests}: accepted {self.accepted}, 503 answers {self.rejected_503} "
-            f"(retried), 4xx {self.client_errors_4xx}, 5xx {self.server_errors_5xx}, "
-            f"transport errors {self.transport_errors}",
-            f"dropped {self.dropped}, duplicated {self.duplicated}, mismatched {self.mismatched} "
-            f"(max |diff| {self.max_abs_diff:.2e})",
-            f"latency of accepted requests: p50 {ms(self.latency_p50)}, p90 {ms(self.latency_p90)}, "
-            f"p99 {ms(self.latency_p99)}, max {ms(self.latency_max)}; "
-            f"throughput {self.throughput_prompts_per_s:.0f} prompts/s",
-            f"server RSS: before {self.rss_before_mib} MiB, peak {self.rss_peak_mib} MiB, after {self.rss_after_mib} MiB;"
-            f" max queue depth {self.max_queue_depth:.0f} prompts",
-            f"server side (/metrics): mean /pooling latency {ms(self.server_mean_latency)} (503s included), "
-            f"{_fmt(self.server_mean_requests_per_engine_call)} requests and "
-            f"{_fmt(self.server_mean_prompts_per_engine_call)} prompts per engine call",
-            f"recovered: {self.recovered} in {self.recovery_s if self.recovery_s is None else round(self.recovery_s, 2)}"
-            f" s; single requests after: p50 {ms(self.after_latency_p50)}, correct {self.after_correct}",
-            *self.notes,
-        ])
+        return "\n".join(
+            [
+                f"concurrency {self.concurrency}, {self.duration_s:.0f} s, {self.prompts_per_request} prompts/request",
+                f"logical requests {self.logical_requests}: accepted {self.accepted}, 503 answers {self.rejected_503} "
+                f"(retried), 4xx {self.client_errors_4xx}, 5xx {self.server_errors_5xx}, "
+                f"transport errors {self.transport_errors}",
+                f"dropped {self.dropped}, duplicated {self.duplicated}, mismatched {self.mismatched} "
+                f"(max |diff| {self.max_abs_diff:.2e})",
+                f"latency of accepted requests: p50 {ms(self.latency_p50)}, p90 {ms(self.latency_p90)}, "
+                f"p99 {ms(self.latency_p99)}, max {ms(self.latency_max)}; "
+                f"throughput {self.throughput_prompts_per_s:.0f} prompts/s",
+                f"server RSS: before {self.rss_before_mib} MiB, peak {self.rss_peak_mib} MiB, after {self.rss_after_mib} MiB;"
+                f" max queue depth {self.max_queue_depth:.0f} prompts",
+                f"server side (/metrics): mean /pooling latency {ms(self.server_mean_latency)} (503s included), "
+                f"{_fmt(self.server_mean_requests_per_engine_call)} requests and "
+                f"{_fmt(self.server_mean_prompts_per_engine_call)} prompts per engine call",
+                f"recovered: {self.recovered} in {self.recovery_s if self.recovery_s is None else round(self.recovery_s, 2)}"
+                f" s; single requests after: p50 {ms(self.after_latency_p50)}, correct {self.after_correct}",
+                *self.notes,
+            ]
+        )
 
 
 def _fmt(value: float | None) -> str:
@@ -106,8 +109,10 @@ def _fmt(value: float | None) -> str:
 
 
 _SERVER_SERIES = {
-    "latency": ('rlhf_rewards_request_latency_seconds_sum{route="/pooling"}',
-                'rlhf_rewards_request_latency_seconds_count{route="/pooling"}'),
+    "latency": (
+        'rlhf_rewards_request_latency_seconds_sum{route="/pooling"}',
+        'rlhf_rewards_request_latency_seconds_count{route="/pooling"}',
+    ),
     "requests": ("rlhf_rewards_batch_size_requests_sum", "rlhf_rewards_batch_size_requests_count"),
     "prompts": ("rlhf_rewards_batch_size_prompts_sum", "rlhf_rewards_batch_size_prompts_count"),
 }
@@ -155,14 +160,19 @@ class _Http:
             import aiohttp
 
             self._session = aiohttp.ClientSession(
-                headers=self.headers, connector=aiohttp.TCPConnector(limit=self.connections),
-                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=30.0))
+                headers=self.headers,
+                connector=aiohttp.TCPConnector(limit=self.connections),
+                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=30.0),
+            )
         else:
             import httpx
 
-            limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
-            self._session = httpx.AsyncClient(headers=self.headers, limits=limits,
-                                              timeout=httpx.Timeout(self.timeout, connect=30.0))
+            limits = httpx.Limits(
+                max_connections=self.connections, max_keepalive_connections=self.connections
+            )
+            self._session = httpx.AsyncClient(
+                headers=self.headers, limits=limits, timeout=httpx.Timeout(self.timeout, connect=30.0)
+            )
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -223,9 +233,18 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-async def run_load(url: str, reference: list[float], *, concurrency: int = 256, duration: float = 20.0,
-                   prompts_per_request: int = 2, api_key: str | None = None, server_pid: int | None = None,
-                   atol: float = 1e-4, grace: float = 120.0) -> LoadReport:
+async def run_load(
+    url: str,
+    reference: list[float],
+    *,
+    concurrency: int = 256,
+    duration: float = 20.0,
+    prompts_per_request: int = 2,
+    api_key: str | None = None,
+    server_pid: int | None = None,
+    atol: float = 1e-4,
+    grace: float = 120.0,
+) -> LoadReport:
     """Drive ``url`` with ``concurrency`` clients for ``duration`` seconds and check every answer.
 
     Args:
@@ -267,7 +286,9 @@ async def run_load(url: str, reference: list[float], *, concurrency: int = 256, 
             while time.monotonic() < stop_at:
                 try:
                     text = (await client.get("/metrics")).text
-                    report.max_queue_depth = max(report.max_queue_depth, _metric(text, "rlhf_rewards_queue_depth"))
+                    report.max_queue_depth = max(
+                        report.max_queue_depth, _metric(text, "rlhf_rewards_queue_depth")
+                    )
                 except _TransportError:
                     pass
                 await asyncio.sleep(0.25)
@@ -277,8 +298,12 @@ async def run_load(url: str, reference: list[float], *, concurrency: int = 256, 
                 k = next(counter)
                 report.logical_requests += 1
                 idx = [(k + j) % len(prompts) for j in range(prompts_per_request)]
-                body = {"input": [prompts[i] for i in idx], "task": "classify", "use_activation": False,
-                        "request_id": f"load-{k}"}
+                body = {
+                    "input": [prompts[i] for i in idx],
+                    "task": "classify",
+                    "use_activation": False,
+                    "request_id": f"load-{k}",
+                }
                 done = False
                 while not done and time.monotonic() < hard_stop:
                     start = time.monotonic()
@@ -320,7 +345,10 @@ async def run_load(url: str, reference: list[float], *, concurrency: int = 256, 
         report.server_mean_prompts_per_engine_call = means["prompts"]
         report.duplicated += sum(n - 1 for n in answered.values() if n > 1)
         report.latency_p50, report.latency_p90 = _quantile(latencies, 0.5), _quantile(latencies, 0.9)
-        report.latency_p99, report.latency_max = _quantile(latencies, 0.99), (max(latencies) if latencies else None)
+        report.latency_p99, report.latency_max = (
+            _quantile(latencies, 0.99),
+            (max(latencies) if latencies else None),
+        )
         report.throughput_prompts_per_s = report.accepted * prompts_per_request / elapsed
 
         # Recovery: the queue empties and single requests are answered correctly again.
@@ -340,8 +368,15 @@ async def run_load(url: str, reference: list[float], *, concurrency: int = 256, 
         for k in range(5):
             idx = [k]
             t0 = time.monotonic()
-            response = await client.post("/pooling", json={"input": [prompts[k]], "task": "classify",
-                                                            "use_activation": False, "request_id": f"after-{k}"})
+            response = await client.post(
+                "/pooling",
+                json={
+                    "input": [prompts[k]],
+                    "task": "classify",
+                    "use_activation": False,
+                    "request_id": f"after-{k}",
+                },
+            )
             after.append(time.monotonic() - t0)
             bad_before = report.mismatched
             if response.status_code != 200:
@@ -355,8 +390,9 @@ async def run_load(url: str, reference: list[float], *, concurrency: int = 256, 
     return report
 
 
-def _check(report: LoadReport, body: dict[str, Any], k: Any, idx: list[int], reference: list[float],
-           atol: float) -> None:
+def _check(
+    report: LoadReport, body: dict[str, Any], k: Any, idx: list[int], reference: list[float], atol: float
+) -> None:
     """Count a mismatch unless ``body`` answers request ``k`` with the reference score of each prompt."""
     data = body.get("data") or []
     ok = body.get("id") == f"pooling-{k}" if isinstance(k, str) else body.get("id") == f"pooling-load-{k}"
@@ -382,27 +418,44 @@ def reference_scores(model: str | None, url: str | None = None, api_key: str | N
         from rlhf_rewards import LLM, PoolingParams
 
         llm = LLM(model, device="cpu")
-        outputs = llm.encode([{"prompt_token_ids": p} for p in prompts], PoolingParams(use_activation=False),
-                             pooling_task="classify", use_tqdm=False)
+        outputs = llm.encode(
+            [{"prompt_token_ids": p} for p in prompts],
+            PoolingParams(use_activation=False),
+            pooling_task="classify",
+            use_tqdm=False,
+        )
         return [float(o.outputs.data[0]) for o in outputs]
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return [float(httpx.post(f"{url}/pooling", json={"input": [p], "task": "classify", "use_activation": False},
-                             headers=headers, timeout=60).json()["data"][0]["data"][0]) for p in prompts]
+    return [
+        float(
+            httpx.post(
+                f"{url}/pooling",
+                json={"input": [p], "task": "classify", "use_activation": False},
+                headers=headers,
+                timeout=60,
+            ).json()["data"][0]["data"][0]
+        )
+        for p in prompts
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; exits 1 if any answer was dropped, duplicated, wrong or a 5xx."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--model", help="Start `rlhf-rewards serve MODEL` for the test (and score it in-process).")
+    where.add_argument(
+        "--model", help="Start `rlhf-rewards serve MODEL` for the test (and score it in-process)."
+    )
     where.add_argument("--url", help="Test an already running server.")
     p.add_argument("--api-key", default=os.environ.get("RLHF_REWARDS_API_KEY"))
     p.add_argument("--concurrency", type=int, default=256)
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--prompts-per-request", type=int, default=2)
-    p.add_argument("--max-queue-size", type=int, default=256, help="Passed to the server started with --model.")
+    p.add_argument(
+        "--max-queue-size", type=int, default=256, help="Passed to the server started with --model."
+    )
     p.add_argument("--json", default=None, help="Write the report here as JSON.")
     args = p.parse_args(argv)
     server = None
@@ -417,16 +470,30 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url
     try:
         reference = reference_scores(args.model, url, args.api_key)
-        report = asyncio.run(run_load(url, reference, concurrency=args.concurrency, duration=args.duration,
-                                      prompts_per_request=args.prompts_per_request, api_key=args.api_key,
-                                      server_pid=server.proc.pid if server else None))
+        report = asyncio.run(
+            run_load(
+                url,
+                reference,
+                concurrency=args.concurrency,
+                duration=args.duration,
+                prompts_per_request=args.prompts_per_request,
+                api_key=args.api_key,
+                server_pid=server.proc.pid if server else None,
+            )
+        )
     finally:
         if server is not None:
             server.stop()
     print(report.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))
-    bad = report.dropped or report.duplicated or report.mismatched or report.server_errors_5xx or not report.recovered
+    bad = (
+        report.dropped
+        or report.duplicated
+        or report.mismatched
+        or report.server_errors_5xx
+        or not report.recovered
+    )
     return 1 if bad else 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 TEXTS = ["Question: what is 12 + 7? Answer: 19.", "Hello, my name is", "The quick brown fox " * 20]
 
-_CHILD = r'''
+_CHILD = r"""
 import json, os, sys, psutil, torch
 from rlhf_rewards import LLM
 from rlhf_rewards.parallel import resident_parameter_bytes
@@ -38,50 +38,82 @@ if llm._parallel is not None:
         ranks.append({"rank": i, "rss": anon(proc.pid), "total_rss": psutil.Process(proc.pid).memory_info().rss})
 print("RESULT " + json.dumps({"scores": scores, "ranks": ranks}), flush=True)
 llm.shutdown()
-'''
+"""
 
-_BARE = r'''
+_BARE = r"""
 import os, torch, transformers
 from rlhf_rewards import LLM
 import transformers.distributed, torch.distributed
 line = next(l for l in open(f"/proc/{os.getpid()}/status") if l.startswith("RssAnon:"))
 print("RESULT", int(line.split()[1]) * 1024, flush=True)
-'''
+"""
 
 
 def _run(code: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
-                          env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-                               "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
     return next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))[7:]
 
 
 def main() -> None:
     """Build the model, measure both ways, print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tensor-parallel-size", type=int, default=2)
     parser.add_argument("--pipeline-parallel-size", type=int, default=1)
     args = parser.parse_args()
     from rlhf_rewards.testing.checkpoints import build_qwen3_classifier
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_qwen3_classifier(Path(tmp) / "rm", hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
-                                      num_attention_heads=8, num_key_value_heads=4, head_dim=128, vocab_size=32000)
+        path = build_qwen3_classifier(
+            Path(tmp) / "rm",
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=128,
+            vocab_size=32000,
+        )
         bare = int(_run(_BARE))
         one = json.loads(_run(_CHILD, str(path), "1", "1", json.dumps(TEXTS)))
-        split = json.loads(_run(_CHILD, str(path), str(args.tensor_parallel_size), str(args.pipeline_parallel_size),
-                                json.dumps(TEXTS)))
+        split = json.loads(
+            _run(
+                _CHILD,
+                str(path),
+                str(args.tensor_parallel_size),
+                str(args.pipeline_parallel_size),
+                json.dumps(TEXTS),
+            )
+        )
     whole = one["ranks"][0]["param_bytes"]
-    print(f"one process: parameters {whole / 2**20:.1f} MiB, anonymous RSS growth on load "
-          f"{one['ranks'][0]['rss_growth'] / 2**20:.1f} MiB (total RSS growth, mmapped file pages included: "
-          f"{one['ranks'][0]['total_rss_growth'] / 2**20:.1f} MiB)")
+    print(
+        f"one process: parameters {whole / 2**20:.1f} MiB, anonymous RSS growth on load "
+        f"{one['ranks'][0]['rss_growth'] / 2**20:.1f} MiB (total RSS growth, mmapped file pages included: "
+        f"{one['ranks'][0]['total_rss_growth'] / 2**20:.1f} MiB)"
+    )
     print(f"bare interpreter with the same imports: anonymous RSS {bare / 2**20:.1f} MiB")
     r0 = split["ranks"][0]
-    print(f"rank 0: parameters {r0['param_bytes'] / 2**20:.1f} MiB ({r0['param_bytes'] / whole:.3f} of the whole), "
-          f"anonymous RSS growth on load {r0['rss_growth'] / 2**20:.1f} MiB (total {r0['total_rss_growth'] / 2**20:.1f} MiB)")
+    print(
+        f"rank 0: parameters {r0['param_bytes'] / 2**20:.1f} MiB ({r0['param_bytes'] / whole:.3f} of the whole), "
+        f"anonymous RSS growth on load {r0['rss_growth'] / 2**20:.1f} MiB (total {r0['total_rss_growth'] / 2**20:.1f} MiB)"
+    )
     for r in split["ranks"][1:]:
-        print(f"rank {r['rank']}: anonymous RSS {r['rss'] / 2**20:.1f} MiB = bare + {(r['rss'] - bare) / 2**20:.1f} MiB "
-              f"(total RSS {r['total_rss'] / 2**20:.1f} MiB)")
+        print(
+            f"rank {r['rank']}: anonymous RSS {r['rss'] / 2**20:.1f} MiB = bare + {(r['rss'] - bare) / 2**20:.1f} MiB "
+            f"(total RSS {r['total_rss'] / 2**20:.1f} MiB)"
+        )
     diff = max(abs(a[0] - b[0]) for a, b in zip(one["scores"], split["scores"], strict=True))
     print(f"max abs score diff split vs one process: {diff:.1e}")
 

@@ -29,9 +29,22 @@ def serve(model_dir: Path, port: int, extra_args: list[str], log_path: Path) -> 
     yields the base URL once ``/health`` answers."""
     from rlhf_rewards.testing.server import serve as serve_model
 
-    with serve_model(model_dir, "--host", "127.0.0.1", "--dtype", "float32", "--device", "cpu", "--log-level",
-                     "warning", *extra_args, port=port, log_path=log_path, omp_threads=None,
-                     startup_timeout=STARTUP_TIMEOUT_S) as url:
+    with serve_model(
+        model_dir,
+        "--host",
+        "127.0.0.1",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+        *extra_args,
+        port=port,
+        log_path=log_path,
+        omp_threads=None,
+        startup_timeout=STARTUP_TIMEOUT_S,
+    ) as url:
         yield url
 
 
@@ -102,16 +115,30 @@ async def _post_all_httpx(url: str, texts: list[str], concurrency: int) -> list[
         return await _drain(texts, concurrency, post)
 
 
-def compare(workload: Any, model_dir: Path, llm: Any, *, repeats: int, concurrency: int, port: int,
-            extra_args: list[str], log_path: Path | None = None) -> dict[str, Any]:
+def compare(
+    workload: Any,
+    model_dir: Path,
+    llm: Any,
+    *,
+    repeats: int,
+    concurrency: int,
+    port: int,
+    extra_args: list[str],
+    log_path: Path | None = None,
+) -> dict[str, Any]:
     """Remote vs in-process throughput and the largest score difference between them."""
     from rlhf_rewards import PoolingParams
 
     texts = workload.texts
 
     def local() -> torch.Tensor:
-        outs = llm.encode(texts, PoolingParams(use_activation=False), pooling_task="classify", use_tqdm=False,
-                          add_special_tokens=False)
+        outs = llm.encode(
+            texts,
+            PoolingParams(use_activation=False),
+            pooling_task="classify",
+            use_tqdm=False,
+            add_special_tokens=False,
+        )
         return torch.stack([o.outputs.data[0] for o in outs])
 
     from benchmarks.workloads import CACHE_DIR

@@ -125,7 +125,9 @@ def runner_variant(llm: Any, **flags: Any):
     from rlhf_rewards.engine.runner import ModelRunner
 
     saved = llm.runner
-    llm.runner = ModelRunner(saved.model, saved.device, saved.max_num_batched_tokens, saved.forward_kwargs, **flags)
+    llm.runner = ModelRunner(
+        saved.model, saved.device, saved.max_num_batched_tokens, saved.forward_kwargs, **flags
+    )
     try:
         yield llm.runner
     finally:
@@ -137,8 +139,13 @@ def _engine_classify(llm: Any, texts: list[str], **flags: Any) -> Callable[[], t
 
     def run() -> torch.Tensor:
         with runner_variant(llm, **flags) if flags else contextlib.nullcontext():
-            outs = llm.encode(texts, PoolingParams(use_activation=False), pooling_task="classify",
-                              use_tqdm=False, add_special_tokens=False)
+            outs = llm.encode(
+                texts,
+                PoolingParams(use_activation=False),
+                pooling_task="classify",
+                use_tqdm=False,
+                add_special_tokens=False,
+            )
             run.stats = dict(llm.runner.last_stats)
         return torch.stack([o.outputs.data[0] for o in outs])
 
@@ -169,8 +176,14 @@ ABLATIONS = {
 DETERMINISTIC = "rlhf-rewards engine, deterministic=True"
 
 
-def build_methods(workload: Workload, rm: Any, prm: Any, tok: Any, ablation: bool,
-                  deterministic: dict[str, Any] | None = None) -> list[Method]:
+def build_methods(
+    workload: Workload,
+    rm: Any,
+    prm: Any,
+    tok: Any,
+    ablation: bool,
+    deterministic: dict[str, Any] | None = None,
+) -> list[Method]:
     """The timed methods of one workload; ``deterministic`` maps ``"rm"``/``"prm"`` to an
     ``LLM(..., deterministic=True)`` twin of ``rm``/``prm`` (built once, as a user would)."""
     shapes = Shapes.from_config((prm if workload.name == "prm" else rm).model.config)
@@ -178,22 +191,38 @@ def build_methods(workload: Workload, rm: Any, prm: Any, tok: Any, ablation: boo
     methods: list[Method] = []
     if workload.name == "prm":
         model = prm.model.hf_model
-        methods.append(Method("model card loop (per sample + make_step_rewards)",
-                              lambda: baselines.prm_model_card(model, tok, workload.texts, STEP_TAG), "baseline",
-                              lambda: sequences_flops(shapes, lengths)))
+        methods.append(
+            Method(
+                "model card loop (per sample + make_step_rewards)",
+                lambda: baselines.prm_model_card(model, tok, workload.texts, STEP_TAG),
+                "baseline",
+                lambda: sequences_flops(shapes, lengths),
+            )
+        )
         engine_fn, llm = _engine_prm, prm
     else:
         model = rm.model.hf_model
         prompts = workload.prompts or workload.texts
         completions = workload.completions or [""] * len(workload.texts)
         methods += [
-            Method("TRL built-in (GRPOTrainer._calculate_rewards)",
-                   lambda: baselines.trl_builtin(model, tok, prompts, completions), "baseline",
-                   lambda: padded_flops(shapes, lengths)),
-            Method("HF loop (batches of 8, padded)", lambda: baselines.hf_loop(model, tok, workload.texts), "baseline",
-                   lambda: padded_flops(shapes, lengths, 8)),
-            Method("unpadded loop (one forward per text)", lambda: baselines.unpadded_loop(model, tok, workload.texts),
-                   "baseline", lambda: sequences_flops(shapes, lengths)),
+            Method(
+                "TRL built-in (GRPOTrainer._calculate_rewards)",
+                lambda: baselines.trl_builtin(model, tok, prompts, completions),
+                "baseline",
+                lambda: padded_flops(shapes, lengths),
+            ),
+            Method(
+                "HF loop (batches of 8, padded)",
+                lambda: baselines.hf_loop(model, tok, workload.texts),
+                "baseline",
+                lambda: padded_flops(shapes, lengths, 8),
+            ),
+            Method(
+                "unpadded loop (one forward per text)",
+                lambda: baselines.unpadded_loop(model, tok, workload.texts),
+                "baseline",
+                lambda: sequences_flops(shapes, lengths),
+            ),
         ]
         engine_fn, llm = _engine_classify, rm
     if ablation:
@@ -202,14 +231,17 @@ def build_methods(workload: Workload, rm: Any, prm: Any, tok: Any, ablation: boo
             methods.append(Method(name, fn, "ablation", (lambda fn=fn: engine_flops(shapes, fn.stats))))
     if deterministic:
         det_fn = engine_fn(deterministic["prm" if workload.name == "prm" else "rm"], workload.texts)
-        methods.append(Method(DETERMINISTIC, det_fn, "deterministic", lambda: engine_flops(shapes, det_fn.stats)))
+        methods.append(
+            Method(DETERMINISTIC, det_fn, "deterministic", lambda: engine_flops(shapes, det_fn.stats))
+        )
     fn = engine_fn(llm, workload.texts)
     methods.append(Method("rlhf-rewards engine", fn, "engine", lambda: engine_flops(shapes, fn.stats)))
     return methods
 
 
-def run_workload(workload: Workload, methods: list[Method], repeats: int, device: torch.device,
-                 shapes: Shapes) -> dict[str, Any]:
+def run_workload(
+    workload: Workload, methods: list[Method], repeats: int, device: torch.device, shapes: Shapes
+) -> dict[str, Any]:
     # Warm-up of the engine paths only (first-call set-up); the baselines are eager PyTorch loops whose
     # single calls take long enough that a warm-up would only add minutes. Scores come from the first run.
     for m in methods:
@@ -218,7 +250,7 @@ def run_workload(workload: Workload, methods: list[Method], repeats: int, device
     engine = methods[-1]
     peaks: list[float] = []
     for r in range(repeats):
-        order = methods[r % len(methods):] + methods[: r % len(methods)]
+        order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for m in order:
             with PeakMemory(device) as mem:
                 t = time.perf_counter()
@@ -239,22 +271,26 @@ def run_workload(workload: Workload, methods: list[Method], repeats: int, device
     for m in methods:
         t = statistics.median(m.times)
         flops = m.flops() if m.flops is not None else float("nan")
-        rows.append({
-            "method": m.name,
-            "kind": m.kind,
-            "median_s": t,
-            "times_s": m.times,
-            "items_per_s": len(workload.texts) / t,
-            "speedup_vs_first_baseline": statistics.median(baseline.times) / t,
-            "engine_speedup": t / statistics.median(engine.times),
-            "peak_mib": statistics.median(m.peaks),
-            "max_abs_diff_vs_engine": _max_diff(m.scores, engine.scores),
-            "max_abs_diff_vs_first_baseline": _max_diff(m.scores, baseline.scores) if baseline.kind == "baseline" else None,
-            "gflop": flops / 1e9,
-            "gflop_per_s": flops / t / 1e9,
-            "matmul_utilisation": flops / t / peak,
-            "stats": getattr(m.fn, "stats", None),
-        })
+        rows.append(
+            {
+                "method": m.name,
+                "kind": m.kind,
+                "median_s": t,
+                "times_s": m.times,
+                "items_per_s": len(workload.texts) / t,
+                "speedup_vs_first_baseline": statistics.median(baseline.times) / t,
+                "engine_speedup": t / statistics.median(engine.times),
+                "peak_mib": statistics.median(m.peaks),
+                "max_abs_diff_vs_engine": _max_diff(m.scores, engine.scores),
+                "max_abs_diff_vs_first_baseline": _max_diff(m.scores, baseline.scores)
+                if baseline.kind == "baseline"
+                else None,
+                "gflop": flops / 1e9,
+                "gflop_per_s": flops / t / 1e9,
+                "matmul_utilisation": flops / t / peak,
+                "stats": getattr(m.fn, "stats", None),
+            }
+        )
     lengths = [len(x) for x in methods[-1].scores] if workload.name == "prm" else None
     return {
         "workload": workload.name,
@@ -267,13 +303,21 @@ def run_workload(workload: Workload, methods: list[Method], repeats: int, device
 
 
 # ---------------------------------------------------------------------- remote
-def run_remote(workload: Workload, model_dir: Path, llm: Any, repeats: int, concurrency: int,
-               port: int, extra_args: list[str]) -> dict[str, Any]:
+def run_remote(
+    workload: Workload,
+    model_dir: Path,
+    llm: Any,
+    repeats: int,
+    concurrency: int,
+    port: int,
+    extra_args: list[str],
+) -> dict[str, Any]:
     """Start ``rlhf-rewards serve`` and time ``/pooling`` at ``concurrency`` against in-process ``encode``."""
     from benchmarks import remote
 
-    return remote.compare(workload, model_dir, llm, repeats=repeats, concurrency=concurrency, port=port,
-                          extra_args=extra_args)
+    return remote.compare(
+        workload, model_dir, llm, repeats=repeats, concurrency=concurrency, port=port, extra_args=extra_args
+    )
 
 
 # ---------------------------------------------------------------------- report
@@ -324,8 +368,13 @@ DETERMINISTIC_TARGET = 0.9
 
 def method_key(name: str) -> str:
     """Short key of a method name (``trl``, ``hf8``, ``unpadded``, ``card``, ``engine``, ``ablation``)."""
-    for prefix, key in (("TRL", "trl"), ("HF loop", "hf8"), ("unpadded", "unpadded"), ("model card", "card"),
-                        ("rlhf-rewards", "engine")):
+    for prefix, key in (
+        ("TRL", "trl"),
+        ("HF loop", "hf8"),
+        ("unpadded", "unpadded"),
+        ("model card", "card"),
+        ("rlhf-rewards", "engine"),
+    ):
         if name.startswith(prefix):
             return key
     return "ablation"
@@ -342,18 +391,20 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             key = method_key(row["method"])
             target = TARGETS.get((res["workload"], key))
             ratio = row["median_s"] / engine["median_s"]
-            rows.append({
-                "workload": res["workload"],
-                "baseline": row["method"],
-                "baseline_s": row["median_s"],
-                "engine_s": engine["median_s"],
-                "ratio": ratio,
-                "target": target,
-                "met": None if target is None else ratio >= target,
-                "baseline_peak_mib": row["peak_mib"],
-                "engine_peak_mib": engine["peak_mib"],
-                "max_abs_diff": row["max_abs_diff_vs_engine"],
-            })
+            rows.append(
+                {
+                    "workload": res["workload"],
+                    "baseline": row["method"],
+                    "baseline_s": row["median_s"],
+                    "engine_s": engine["median_s"],
+                    "ratio": ratio,
+                    "target": target,
+                    "met": None if target is None else ratio >= target,
+                    "baseline_peak_mib": row["peak_mib"],
+                    "engine_peak_mib": engine["peak_mib"],
+                    "max_abs_diff": row["max_abs_diff_vs_engine"],
+                }
+            )
     return rows
 
 
@@ -398,18 +449,20 @@ def deterministic_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if row["kind"] != "deterministic":
                 continue
             ratio = engine["median_s"] / row["median_s"]
-            rows.append({
-                "workload": res["workload"],
-                "default_s": engine["median_s"],
-                "deterministic_s": row["median_s"],
-                "default_times_s": engine["times_s"],
-                "deterministic_times_s": row["times_s"],
-                "throughput_ratio": ratio,
-                "target": DETERMINISTIC_TARGET,
-                "met": ratio >= DETERMINISTIC_TARGET,
-                "max_abs_diff_vs_default": row["max_abs_diff_vs_engine"],
-                "max_abs_diff_vs_baseline": row["max_abs_diff_vs_first_baseline"],
-            })
+            rows.append(
+                {
+                    "workload": res["workload"],
+                    "default_s": engine["median_s"],
+                    "deterministic_s": row["median_s"],
+                    "default_times_s": engine["times_s"],
+                    "deterministic_times_s": row["times_s"],
+                    "throughput_ratio": ratio,
+                    "target": DETERMINISTIC_TARGET,
+                    "met": ratio >= DETERMINISTIC_TARGET,
+                    "max_abs_diff_vs_default": row["max_abs_diff_vs_engine"],
+                    "max_abs_diff_vs_baseline": row["max_abs_diff_vs_first_baseline"],
+                }
+            )
     return rows
 
 
@@ -417,8 +470,11 @@ def format_deterministic(results: list[dict[str, Any]]) -> str:
     """One line per workload for ``--deterministic``."""
     lines = []
     for r in deterministic_rows(results):
-        vs_baseline = (f", vs the first baseline {r['max_abs_diff_vs_baseline']:.1e}"
-                       if r["max_abs_diff_vs_baseline"] is not None else "")
+        vs_baseline = (
+            f", vs the first baseline {r['max_abs_diff_vs_baseline']:.1e}"
+            if r["max_abs_diff_vs_baseline"] is not None
+            else ""
+        )
         lines.append(
             f"deterministic {r['workload']}: {r['deterministic_s']:.2f} s vs default {r['default_s']:.2f} s -> "
             f"{r['throughput_ratio']:.2f}x default throughput ({'>=' if r['met'] else 'MISSED >='}"
@@ -430,8 +486,10 @@ def format_deterministic(results: list[dict[str, Any]]) -> str:
 def format_table(results: list[dict[str, Any]]) -> str:
     """Every method of every workload, with work done (GFLOP) and utilisation."""
     lines = []
-    header = ("| workload | method | median s | items/s | engine speed-up | peak MiB | max abs diff | GFLOP | "
-              "GFLOP/s | % matmul peak |")
+    header = (
+        "| workload | method | median s | items/s | engine speed-up | peak MiB | max abs diff | GFLOP | "
+        "GFLOP/s | % matmul peak |"
+    )
     lines.append(header)
     lines.append("|" + "---|" * 10)
     for res in results:
@@ -447,40 +505,82 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: ``--quick``: a smaller model and workloads (CI smoke run, about a minute), same code paths.
-QUICK = {"layers": 2, "hidden": 256, "repeats": 1, "grpo": {"prompts": 2}, "mixed": {"n": 16},
-         "prm": {"problems": 1}}
+QUICK = {
+    "layers": 2,
+    "hidden": 256,
+    "repeats": 1,
+    "grpo": {"prompts": 2},
+    "mixed": {"n": 16},
+    "prm": {"problems": 1},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workloads", default="grpo,mixed,prm", help="comma-separated: grpo, mixed, prm")
-    parser.add_argument("--quick", action="store_true",
-                        help="CI smoke run: 2 layers of 256, 2x8 GRPO, 16 mixed, 1x8 PRM texts, 1 repeat")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved timed repeats per method (median); "
-                        "default 3, 1 with --quick")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke run: 2 layers of 256, 2x8 GRPO, 16 mixed, 1x8 PRM texts, 1 repeat",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved timed repeats per method (median); default 3, 1 with --quick",
+    )
     parser.add_argument("--layers", type=int, default=None, help=f"default {ModelShape.num_hidden_layers}")
     parser.add_argument("--hidden", type=int, default=None, help=f"default {ModelShape.hidden_size}")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--ablation", action="store_true", help="also time the engine with optimizations off")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="also time LLM(deterministic=True) (batch-invariant scores) against the default engine")
-    parser.add_argument("--baselines", default="trl,hf8,unpadded,card",
-                        help="comma-separated baselines to time: trl, hf8, unpadded, card (default all), or vllm: "
-                             "vLLM's CPU build side by side (benchmarks/vs_vllm.py; its own rows)")
-    parser.add_argument("--vllm-workloads", default="grpo,prm,unrelated,per_call,repeat,server",
-                        help="rows of --baselines vllm: grpo, prm, unrelated, per_call, repeat, server")
-    parser.add_argument("--threads", type=int, default=2, help="--baselines vllm: cores and threads per engine")
-    parser.add_argument("--concurrencies", default="8,32", help="--baselines vllm: server client concurrencies")
-    parser.add_argument("--omp-wait-policy", default=None, choices=["ACTIVE", "PASSIVE"],
-                        help="--baselines vllm: OMP_WAIT_POLICY of both engines' processes (unset: OpenMP's default "
-                             "spin-waiting, which costs both several times their CPU time on an oversubscribed "
-                             "machine)")
-    parser.add_argument("--prefix-cache-bytes", type=int, default=None,
-                        help="--baselines vllm: this engine's prefix cache bound (default: the engine's)")
-    parser.add_argument("--json", default=None,
-                        help="where to write the results; default benchmarks/results/{full,quick}.json")
-    parser.add_argument("--remote", action="store_true",
-                        help="also time /pooling of `rlhf-rewards serve` (started here) at --concurrency")
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="also time LLM(deterministic=True) (batch-invariant scores) against the default engine",
+    )
+    parser.add_argument(
+        "--baselines",
+        default="trl,hf8,unpadded,card",
+        help="comma-separated baselines to time: trl, hf8, unpadded, card (default all), or vllm: "
+        "vLLM's CPU build side by side (benchmarks/vs_vllm.py; its own rows)",
+    )
+    parser.add_argument(
+        "--vllm-workloads",
+        default="grpo,prm,unrelated,per_call,repeat,server",
+        help="rows of --baselines vllm: grpo, prm, unrelated, per_call, repeat, server",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="--baselines vllm: cores and threads per engine"
+    )
+    parser.add_argument(
+        "--concurrencies", default="8,32", help="--baselines vllm: server client concurrencies"
+    )
+    parser.add_argument(
+        "--omp-wait-policy",
+        default=None,
+        choices=["ACTIVE", "PASSIVE"],
+        help="--baselines vllm: OMP_WAIT_POLICY of both engines' processes (unset: OpenMP's default "
+        "spin-waiting, which costs both several times their CPU time on an oversubscribed "
+        "machine)",
+    )
+    parser.add_argument(
+        "--prefix-cache-bytes",
+        type=int,
+        default=None,
+        help="--baselines vllm: this engine's prefix cache bound (default: the engine's)",
+    )
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="where to write the results; default benchmarks/results/{full,quick}.json",
+    )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="also time /pooling of `rlhf-rewards serve` (started here) at --concurrency",
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=18765)
     parser.add_argument("--device", default="cpu")
@@ -494,7 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     layers = args.layers or quick.get("layers", ModelShape.num_hidden_layers)
     hidden = args.hidden or quick.get("hidden", ModelShape.hidden_size)
     if hidden % 128:
-        parser.error(f"--hidden must be a multiple of 128 (heads of 64, 2 query heads per key-value head), got {hidden}")
+        parser.error(
+            f"--hidden must be a multiple of 128 (heads of 64, 2 query heads per key-value head), got {hidden}"
+        )
     wanted = {b.strip() for b in args.baselines.split(",") if b.strip()}
     if "vllm" in wanted:
         from benchmarks import vs_vllm
@@ -505,10 +607,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--vllm-workloads: unknown {sorted(bad)}")
         if args.omp_wait_policy:
             os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # every process of both sides inherits it
-        return vs_vllm.main(rows, repeats=args.repeats or 3, threads=args.threads, server="server" in rows,
-                            concurrencies=[int(c) for c in args.concurrencies.split(",") if c.strip()],
-                            cache_bytes=args.prefix_cache_bytes,
-                            json_path=Path(args.json) if args.json else RESULTS_DIR / "vs-vllm.json")
+        return vs_vllm.main(
+            rows,
+            repeats=args.repeats or 3,
+            threads=args.threads,
+            server="server" in rows,
+            concurrencies=[int(c) for c in args.concurrencies.split(",") if c.strip()],
+            cache_bytes=args.prefix_cache_bytes,
+            json_path=Path(args.json) if args.json else RESULTS_DIR / "vs-vllm.json",
+        )
     if wanted - {"trl", "hf8", "unpadded", "card"}:
         parser.error(f"--baselines: unknown {sorted(wanted - {'trl', 'hf8', 'unpadded', 'card'})}")
     json_path = Path(args.json) if args.json else RESULTS_DIR / ("quick.json" if args.quick else "full.json")
@@ -519,8 +626,13 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     device = torch.device(args.device)
-    shape = ModelShape(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=3 * hidden,
-                       num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 128))
+    shape = ModelShape(
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 128),
+    )
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [n for n in names if n not in ("grpo", "mixed", "prm")]
     if unknown:
@@ -540,8 +652,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.deterministic:
         twins = {"rm": LLM(str(rm_dir), deterministic=True, **kwargs)}
         if prm is not None:
-            twins["prm"] = LLM(str(prm_dir), pooler_config={"pooling_type": "STEP", "step_tag_id": step_id},
-                               deterministic=True, **kwargs)
+            twins["prm"] = LLM(
+                str(prm_dir),
+                pooler_config={"pooling_type": "STEP", "step_tag_id": step_id},
+                deterministic=True,
+                **kwargs,
+            )
     makers = {"grpo": grpo_workload, "mixed": mixed_workload, "prm": prm_workload}
     results = []
     for name in names:
@@ -549,8 +665,12 @@ def main(argv: list[str] | None = None) -> int:
         methods = build_methods(workload, rm, prm, tok, args.ablation, twins)
         methods = [m for m in methods if m.kind != "baseline" or method_key(m.name) in wanted]
         shapes = Shapes.from_config((prm if name == "prm" else rm).model.config)
-        print(f"[{name}] {len(workload.texts)} texts, {sum(token_lengths(tok, workload.texts))} tokens, "
-              f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+        print(
+            f"[{name}] {len(workload.texts)} texts, {sum(token_lengths(tok, workload.texts))} tokens, "
+            f"load average {os.getloadavg()[0]:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
         res = run_workload(workload, methods, repeats, device, shapes)
         results.append(res)
         print(format_table([res]), file=sys.stderr, flush=True)
@@ -558,7 +678,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.remote:
         for name in [n for n in names if n != "prm"]:
             workload = makers[name](tok, **quick.get(name, {}))
-            print(f"[remote {name}] starting `rlhf-rewards serve` on port {args.port}", file=sys.stderr, flush=True)
+            print(
+                f"[remote {name}] starting `rlhf-rewards serve` on port {args.port}",
+                file=sys.stderr,
+                flush=True,
+            )
             remote_results.append(run_remote(workload, rm_dir, rm, repeats, args.concurrency, args.port, []))
     report = {
         "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -582,12 +706,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.deterministic:
         print(format_deterministic(results))
     for rr in remote_results:
-        print(f"remote {rr['workload']}: /pooling at concurrency {rr['concurrency']} {rr['remote_items_per_s']:.1f} "
-              f"items/s vs in-process {rr['local_items_per_s']:.1f} items/s -> {rr['ratio']:.2f}x "
-              f"(target >= {REMOTE_TARGET}x; max abs diff {rr['max_abs_diff']:.1e})")
+        print(
+            f"remote {rr['workload']}: /pooling at concurrency {rr['concurrency']} {rr['remote_items_per_s']:.1f} "
+            f"items/s vs in-process {rr['local_items_per_s']:.1f} items/s -> {rr['ratio']:.2f}x "
+            f"(target >= {REMOTE_TARGET}x; max abs diff {rr['max_abs_diff']:.1e})"
+        )
     m = report["machine"]
-    print(f"machine: {m['cpu']}, {m['logical_cpus']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
-          f"load average at end {m.get('load_average_at_end')}; {report['wall_s']:.0f} s; JSON: {json_path}")
+    print(
+        f"machine: {m['cpu']}, {m['logical_cpus']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"load average at end {m.get('load_average_at_end')}; {report['wall_s']:.0f} s; JSON: {json_path}"
+    )
     return 0
 
 

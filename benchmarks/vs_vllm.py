@@ -74,12 +74,22 @@ class Side:
         if which == "vllm":
             python, env = str(VLLM_PYTHON), vllm_env(threads=threads, kv_cache_gib=1)
         else:
-            python, env = sys.executable, dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+            python, env = (
+                sys.executable,
+                dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false"),
+            )
             env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{which}-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([python, str(SIDE), which, json.dumps({"model": model, "kwargs": kwargs})],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env=env, cwd=tempfile.gettempdir(), start_new_session=True)
+        self.proc = subprocess.Popen(
+            [python, str(SIDE), which, json.dumps({"model": model, "kwargs": kwargs})],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+            cwd=tempfile.gettempdir(),
+            start_new_session=True,
+        )
         self.ready = self._read(600)
 
     def _read(self, timeout: float) -> dict[str, Any]:
@@ -89,7 +99,9 @@ class Side:
         if answer is None:
             self.close()
             self.log.flush()
-            raise RuntimeError(f"{self.which} side gave no answer; log tail:\n{Path(self.log.name).read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{self.which} side gave no answer; log tail:\n{Path(self.log.name).read_text()[-3000:]}"
+            )
         return answer
 
     def ask(self, timeout: float = 1800, **req: Any) -> dict[str, Any]:
@@ -122,7 +134,9 @@ def make(name: str, tok, seed: int) -> tuple[list[list[list[int]]], str]:
     if name in ("grpo", "repeat"):
         return [_ids(tok, grpo_workload(tok, seed, 16, 8, prompt_range=(128, 384)).texts)], "classify"
     if name == "prm":
-        return [_ids(tok, prm_workload(tok, seed, problems=6, samples=8, min_steps=4).texts)], "token_classify"
+        return [
+            _ids(tok, prm_workload(tok, seed, problems=6, samples=8, min_steps=4).texts)
+        ], "token_classify"
     if name == "unrelated":
         rng = np.random.RandomState(seed)
         return [_ids(tok, [_fit(tok, rng, int(n)) for n in rng.randint(20, 1001, size=96)])], "classify"
@@ -141,15 +155,27 @@ def _diff(a: list, b: list) -> float:
     return float(np.abs(fa - fb).max()) if fa.size else 0.0
 
 
-def run_offline(names: list[str], rm_dir: Path, prm_dir: Path, step_id: int, tok, repeats: int, threads: int,
-                cache_bytes: int | None) -> list[dict[str, Any]]:
+def run_offline(
+    names: list[str],
+    rm_dir: Path,
+    prm_dir: Path,
+    step_id: int,
+    tok,
+    repeats: int,
+    threads: int,
+    cache_bytes: int | None,
+) -> list[dict[str, Any]]:
     """Every offline row, both engines alive (one vLLM engine), alternating which goes first."""
     results = []
     ours_kwargs: dict[str, Any] = {"dtype": "float32", "device": "cpu"}
     if cache_bytes is not None:
         ours_kwargs["prefix_cache_bytes"] = cache_bytes
-    vllm_kwargs: dict[str, Any] = {"dtype": "float32", "enforce_eager": True, "max_model_len": 4096,
-                                   "enable_prefix_caching": True}
+    vllm_kwargs: dict[str, Any] = {
+        "dtype": "float32",
+        "enforce_eager": True,
+        "max_model_len": 4096,
+        "enable_prefix_caching": True,
+    }
     by_model: dict[str, list[str]] = {}
     for n in names:
         by_model.setdefault("prm" if n == "prm" else "rm", []).append(n)
@@ -198,19 +224,33 @@ def _offline_row(name: str, sides: dict[str, Side], tok, repeats: int) -> dict[s
             cpu[who].append(ans["cpu_s"])
             scores[who] = ans["scores"]
         diffs.append(_diff(scores["ours"], scores["vllm"]))
-        print(f"  [{name} {r}] ours {times['ours'][-1]:.2f} s ({cpu['ours'][-1]:.1f} CPU-s), vLLM "
-              f"{times['vllm'][-1]:.2f} s ({cpu['vllm'][-1]:.1f} CPU-s), "
-              f"max abs diff {diffs[-1]:.1e}, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+        print(
+            f"  [{name} {r}] ours {times['ours'][-1]:.2f} s ({cpu['ours'][-1]:.1f} CPU-s), vLLM "
+            f"{times['vllm'][-1]:.2f} s ({cpu['vllm'][-1]:.1f} CPU-s), "
+            f"max abs diff {diffs[-1]:.1e}, load {os.getloadavg()[0]:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
     mem = {who: s.ask(op="rss") for who, s in sides.items()}
     ours_s, vllm_s = statistics.median(times["ours"]), statistics.median(times["vllm"])
     tokens = sum(len(x) for call in calls for x in call)
     return {
-        "workload": name, "texts": sum(len(c) for c in calls), "calls": len(calls), "tokens": tokens,
-        "vllm_s": vllm_s, "ours_s": ours_s, "ratio": vllm_s / ours_s,
-        "target": TARGETS.get(name), "vllm_times_s": times["vllm"], "ours_times_s": times["ours"],
-        "max_abs_diff": max(diffs), "vllm_peak_mib": mem["vllm"]["hwm_mib"],
-        "ours_peak_mib": mem["ours"]["hwm_mib"], "ours_cache": sides["ours"].ask(op="stats"),
-        "vllm_cpu_s": statistics.median(cpu["vllm"]), "ours_cpu_s": statistics.median(cpu["ours"]),
+        "workload": name,
+        "texts": sum(len(c) for c in calls),
+        "calls": len(calls),
+        "tokens": tokens,
+        "vllm_s": vllm_s,
+        "ours_s": ours_s,
+        "ratio": vllm_s / ours_s,
+        "target": TARGETS.get(name),
+        "vllm_times_s": times["vllm"],
+        "ours_times_s": times["ours"],
+        "max_abs_diff": max(diffs),
+        "vllm_peak_mib": mem["vllm"]["hwm_mib"],
+        "ours_peak_mib": mem["ours"]["hwm_mib"],
+        "ours_cache": sides["ours"].ask(op="stats"),
+        "vllm_cpu_s": statistics.median(cpu["vllm"]),
+        "ours_cpu_s": statistics.median(cpu["ours"]),
     }
 
 
@@ -223,8 +263,10 @@ async def _post_ids(url: str, ids: list[list[int]], concurrency: int) -> list[fl
     for i in range(len(ids)):
         queue.put_nowait(i)
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(base_url=url, connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=1200)) as session:
+    async with aiohttp.ClientSession(
+        base_url=url, connector=connector, timeout=aiohttp.ClientTimeout(total=1200)
+    ) as session:
+
         async def worker() -> None:
             while True:
                 try:
@@ -253,21 +295,35 @@ def cpu_seconds(pid: int) -> float:
     return tree_cpu(pid)
 
 
-def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: list[int],
-               cache_bytes: int | None) -> list[dict[str, Any]]:
+def run_server(
+    rm_dir: Path, tok, repeats: int, threads: int, concurrencies: list[int], cache_bytes: int | None
+) -> list[dict[str, Any]]:
     """Both servers up (one vLLM engine), per-sample requests in rollout order, alternating servers."""
     from benchmarks.workloads import grpo_workload
     from rlhf_rewards.testing.server import ServerProcess
     from tests.compat.vllm_live.oracle import VllmServer
 
     extra = ["--prefix-cache-bytes", str(cache_bytes)] if cache_bytes is not None else []
-    ours = ServerProcess(str(rm_dir), "--host", "127.0.0.1", "--dtype", "float32", "--device", "cpu",
-                         "--log-level", "warning", *extra, omp_threads=threads, startup_timeout=300).start()
+    ours = ServerProcess(
+        str(rm_dir),
+        "--host",
+        "127.0.0.1",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+        *extra,
+        omp_threads=threads,
+        startup_timeout=300,
+    ).start()
     results = []
     vllm = None
     try:
-        vllm = VllmServer(str(rm_dir), "--enforce-eager", "--max-model-len", "4096", threads=threads,
-                          startup_timeout=600)
+        vllm = VllmServer(
+            str(rm_dir), "--enforce-eager", "--max-model-len", "4096", threads=threads, startup_timeout=600
+        )
         urls = {"ours": ours.url, "vllm": vllm.url}
         warm = grpo_workload(tok, 998, 2, 8, prompt_range=(128, 384))
         pids = {"ours": ours.proc.pid, "vllm": vllm._proc.pid}
@@ -284,24 +340,39 @@ def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: lis
                 ids = _ids(tok, w.texts)
                 ids = [ids[i] for i in rollout_order(w)]
                 scores = {}
-                for who in (["ours", "vllm"] if r % 2 == 0 else ["vllm", "ours"]):
+                for who in ["ours", "vllm"] if r % 2 == 0 else ["vllm", "ours"]:
                     with paused(pids[other[who]]):
                         c0, t = cpu_seconds(pids[who]), time.perf_counter()
                         scores[who] = asyncio.run(_post_ids(urls[who], ids, c))
                         times[who].append(time.perf_counter() - t)
                         cpu[who].append(cpu_seconds(pids[who]) - c0)
                 diffs.append(_diff(scores["ours"], scores["vllm"]))
-                print(f"  [server c={c} {r}] ours {times['ours'][-1]:.2f} s, vLLM {times['vllm'][-1]:.2f} s, "
-                      f"diff {diffs[-1]:.1e}, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+                print(
+                    f"  [server c={c} {r}] ours {times['ours'][-1]:.2f} s, vLLM {times['vllm'][-1]:.2f} s, "
+                    f"diff {diffs[-1]:.1e}, load {os.getloadavg()[0]:.1f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             ours_s, vllm_s = statistics.median(times["ours"]), statistics.median(times["vllm"])
-            results.append({
-                "workload": f"server c={c}", "texts": len(ids), "calls": len(ids),
-                "tokens": sum(len(x) for x in ids), "vllm_s": vllm_s, "ours_s": ours_s, "ratio": vllm_s / ours_s,
-                "target": TARGETS.get(f"server c={c}"), "vllm_times_s": times["vllm"], "ours_times_s": times["ours"],
-                "max_abs_diff": max(diffs), "vllm_peak_mib": _tree_hwm(vllm._proc.pid),
-                "vllm_cpu_s": statistics.median(cpu["vllm"]), "ours_cpu_s": statistics.median(cpu["ours"]),
-                "ours_peak_mib": _tree_hwm(ours.proc.pid),
-            })
+            results.append(
+                {
+                    "workload": f"server c={c}",
+                    "texts": len(ids),
+                    "calls": len(ids),
+                    "tokens": sum(len(x) for x in ids),
+                    "vllm_s": vllm_s,
+                    "ours_s": ours_s,
+                    "ratio": vllm_s / ours_s,
+                    "target": TARGETS.get(f"server c={c}"),
+                    "vllm_times_s": times["vllm"],
+                    "ours_times_s": times["ours"],
+                    "max_abs_diff": max(diffs),
+                    "vllm_peak_mib": _tree_hwm(vllm._proc.pid),
+                    "vllm_cpu_s": statistics.median(cpu["vllm"]),
+                    "ours_cpu_s": statistics.median(cpu["ours"]),
+                    "ours_peak_mib": _tree_hwm(ours.proc.pid),
+                }
+            )
     finally:
         if vllm is not None:
             vllm.close()
@@ -310,23 +381,36 @@ def run_server(rm_dir: Path, tok, repeats: int, threads: int, concurrencies: lis
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workload | texts / calls | tokens | vLLM s | rlhf-rewards s | ratio (target) | CPU-s vLLM / "
-             "rlhf-rewards | peak MiB vLLM / rlhf-rewards | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| workload | texts / calls | tokens | vLLM s | rlhf-rewards s | ratio (target) | CPU-s vLLM / "
+        "rlhf-rewards | peak MiB vLLM / rlhf-rewards | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['workload']} | failed: {r['error'][:200]} |||||||")
             continue
         target = r.get("target")
         mark = "" if target is None else f" ({'>=' if r['ratio'] >= target else 'MISSED >='}{target:g}x)"
-        lines.append(f"| {r['workload']} | {r['texts']} / {r['calls']} | {r['tokens']} | {r['vllm_s']:.2f} | "
-                     f"{r['ours_s']:.2f} | **{r['ratio']:.2f}x**{mark} | {r.get('vllm_cpu_s', float('nan')):.1f} / "
-                     f"{r.get('ours_cpu_s', float('nan')):.1f} | {r['vllm_peak_mib']:.0f} / "
-                     f"{r['ours_peak_mib']:.0f} | {r['max_abs_diff']:.1e} |")
+        lines.append(
+            f"| {r['workload']} | {r['texts']} / {r['calls']} | {r['tokens']} | {r['vllm_s']:.2f} | "
+            f"{r['ours_s']:.2f} | **{r['ratio']:.2f}x**{mark} | {r.get('vllm_cpu_s', float('nan')):.1f} / "
+            f"{r.get('ours_cpu_s', float('nan')):.1f} | {r['vllm_peak_mib']:.0f} / "
+            f"{r['ours_peak_mib']:.0f} | {r['max_abs_diff']:.1e} |"
+        )
     return "\n".join(lines)
 
 
-def main(names: list[str], *, repeats: int, threads: int, server: bool, concurrencies: list[int],
-         cache_bytes: int | None, json_path: Path) -> int:
+def main(
+    names: list[str],
+    *,
+    repeats: int,
+    threads: int,
+    server: bool,
+    concurrencies: list[int],
+    cache_bytes: int | None,
+    json_path: Path,
+) -> int:
     from transformers import AutoTokenizer
 
     from benchmarks.workloads import STEP_TAG, ModelShape, build_model
@@ -339,22 +423,36 @@ def main(names: list[str], *, repeats: int, threads: int, server: bool, concurre
     tok = AutoTokenizer.from_pretrained(str(rm_dir))
     step_id = tok.convert_tokens_to_ids(STEP_TAG)
     load_start = os.getloadavg()
-    rows = run_offline([n for n in names if n != "server"], rm_dir, prm_dir, step_id, tok, repeats, threads,
-                       cache_bytes) if any(n != "server" for n in names) else []
+    rows = (
+        run_offline(
+            [n for n in names if n != "server"], rm_dir, prm_dir, step_id, tok, repeats, threads, cache_bytes
+        )
+        if any(n != "server" for n in names)
+        else []
+    )
     if server:
         try:
             rows += run_server(rm_dir, tok, repeats, threads, concurrencies, cache_bytes)
         except Exception as exc:  # noqa: BLE001 - keep the offline rows
             print(f"  [server] failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             rows.append({"workload": "server", "error": f"{type(exc).__name__}: {exc}"})
-    report = {"command": "python -m benchmarks.run " + " ".join(sys.argv[1:]), "repeats": repeats,
-              "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_start": load_start, "load_average_end": os.getloadavg(),
-              "wall_s": time.perf_counter() - started, "rows": rows}
+    report = {
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
+        "repeats": repeats,
+        "threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "wall_s": time.perf_counter() - started,
+        "rows": rows,
+    }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2))
     print(format_rows(rows))
-    print(f"threads {threads} per engine, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; load average start {load_start}, end {report['load_average_end']}; "
-          f"{report['wall_s']:.0f} s; JSON: {json_path}")
+    print(
+        f"threads {threads} per engine, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; load average start {load_start}, end {report['load_average_end']}; "
+        f"{report['wall_s']:.0f} s; JSON: {json_path}"
+    )
     return 0
 
 

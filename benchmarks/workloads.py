@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-CACHE_DIR = Path(os.environ.get("RLHF_REWARDS_BENCH_CACHE", Path(__file__).resolve().parents[1] / "outputs" / "bench"))
+CACHE_DIR = Path(
+    os.environ.get("RLHF_REWARDS_BENCH_CACHE", Path(__file__).resolve().parents[1] / "outputs" / "bench")
+)
 
 STEP_TAG = "<extra_0>"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", STEP_TAG, "<pad>"]
@@ -59,7 +61,20 @@ class Workload:
 # ---------------------------------------------------------------------- tokenizer and model
 def _words(n: int = 6000, seed: int = 1234) -> list[str]:
     rng = np.random.RandomState(seed)
-    onsets = list("bcdfghjklmnprstvwz") + ["br", "ch", "cl", "dr", "fl", "gr", "pl", "pr", "sh", "st", "th", "tr"]
+    onsets = list("bcdfghjklmnprstvwz") + [
+        "br",
+        "ch",
+        "cl",
+        "dr",
+        "fl",
+        "gr",
+        "pl",
+        "pr",
+        "sh",
+        "st",
+        "th",
+        "tr",
+    ]
     vowels = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "io"]
     codas = ["", "", "n", "r", "s", "t", "l", "m", "nd", "st"]
     words: set[str] = set()
@@ -76,8 +91,9 @@ def build_tokenizer(path: Path, vocab_size: int = 8192) -> Path:
     words = _words()
     rng = np.random.RandomState(99)
     corpus = [" ".join(rng.choice(words, size=64)) for _ in range(3000)]
-    return build_bpe_tokenizer(path, corpus, vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                               chat_template=None)
+    return build_bpe_tokenizer(
+        path, corpus, vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, chat_template=None
+    )
 
 
 def build_model(kind: str, shape: ModelShape, seed: int = 0) -> Path:
@@ -94,8 +110,14 @@ def build_model(kind: str, shape: ModelShape, seed: int = 0) -> Path:
     build_tokenizer(path)
     tok = AutoTokenizer.from_pretrained(str(path))
     fields = shape.config_fields()
-    fields.update(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                  bos_token_id=tok.eos_token_id, num_labels=1 if kind == "rm" else 2, tie_word_embeddings=False)
+    fields.update(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        num_labels=1 if kind == "rm" else 2,
+        tie_word_embeddings=False,
+    )
     if kind == "rm":
         config = transformers.Qwen3Config(**fields)
         config.architectures = ["Qwen3ForSequenceClassification"]
@@ -117,7 +139,9 @@ def build_model(kind: str, shape: ModelShape, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------- workloads
-def _long_tail(rng: np.random.RandomState, n: int, low: int, high: int, median: float, sigma: float) -> list[int]:
+def _long_tail(
+    rng: np.random.RandomState, n: int, low: int, high: int, median: float, sigma: float
+) -> list[int]:
     """Log-normal lengths clipped to ``[low, high]``: most short, a few long."""
     x = rng.lognormal(mean=np.log(median), sigma=sigma, size=n)
     return [int(v) for v in np.clip(np.round(x), low, high)]
@@ -130,7 +154,9 @@ def single_token_words(tok) -> list[str]:
     """Words ``w`` for which ``" " + w`` is exactly one token, so a text of n such words is n tokens."""
     key = id(tok)
     if key not in _WORDS_CACHE:
-        candidates = sorted(t[1:] for t in tok.get_vocab() if t.startswith("\u0120") and t[1:].isalpha() and len(t) > 3)
+        candidates = sorted(
+            t[1:] for t in tok.get_vocab() if t.startswith("\u0120") and t[1:].isalpha() and len(t) > 3
+        )
         encoded = tok([" " + w for w in candidates], add_special_tokens=False)["input_ids"]
         _WORDS_CACHE[key] = [w for w, ids in zip(candidates, encoded, strict=True) if len(ids) == 1]
     return _WORDS_CACHE[key]
@@ -142,8 +168,9 @@ def _fit(tok, rng: np.random.RandomState, n_tokens: int) -> str:
     return "".join(" " + words[i] for i in rng.randint(0, len(words), size=max(n_tokens, 1)))
 
 
-def grpo_workload(tok, seed: int = 0, prompts: int = 16, group: int = 8,
-                  prompt_range: tuple[int, int] = (256, 512)) -> Workload:
+def grpo_workload(
+    tok, seed: int = 0, prompts: int = 16, group: int = 8, prompt_range: tuple[int, int] = (256, 512)
+) -> Workload:
     """16 prompts x 8 completions: prompts 256-512 tokens, completions 16-512 long-tailed (median 96)."""
     rng = np.random.RandomState(seed)
     ps, cs = [], []
@@ -179,7 +206,9 @@ def prm_workload(tok, seed: int = 2, problems: int = 8, samples: int = 8, min_st
             "<|im_start|>assistant\n"
         )
         for _ in range(samples):
-            steps = [_fit(tok, rng, m) for m in _long_tail(rng, int(rng.randint(min_steps, 13)), 8, 96, 32, 0.7)]
+            steps = [
+                _fit(tok, rng, m) for m in _long_tail(rng, int(rng.randint(min_steps, 13)), 8, 96, 32, 0.7)
+            ]
             texts.append(head + STEP_TAG.join(steps) + STEP_TAG + "<|im_end|>\n")
     return Workload("prm", texts, meta={"problems": problems, "samples": samples})
 

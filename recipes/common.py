@@ -31,12 +31,16 @@ class RecipeArguments(ScriptArguments):
 
     build_tiny_models: str | None = field(
         default=None,
-        metadata={"help": "Build tiny models in this folder and train on built-in prompts (CPU smoke runs, CI). "
-                  "Replaces the model, reward model and dataset arguments."},
+        metadata={
+            "help": "Build tiny models in this folder and train on built-in prompts (CPU smoke runs, CI). "
+            "Replaces the model, reward model and dataset arguments."
+        },
     )
     log_history_file: str | None = field(
         default=None,
-        metadata={"help": "Where to write trainer.state.log_history as JSON. Default: <output_dir>/log_history.json."},
+        metadata={
+            "help": "Where to write trainer.state.log_history as JSON. Default: <output_dir>/log_history.json."
+        },
     )
 
 
@@ -61,8 +65,11 @@ def tiny_models(script_args: RecipeArguments, model_args: Any) -> dict[str, Path
 
 def apply_model_args(model_args: Any, training_args: Any) -> None:
     """Pass ``ModelConfig``'s loading options (revision, dtype, attention) on to the trainer, as TRL's scripts do."""
-    kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
-              "dtype": model_args.dtype}
+    kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
     kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = kwargs
 
@@ -75,8 +82,9 @@ def load_train_dataset(script_args: RecipeArguments) -> Any:
         raise ValueError("--dataset_name is required (or --build_tiny_models DIR for a tiny run).")
     from datasets import load_dataset
 
-    return load_dataset(script_args.dataset_name, name=script_args.dataset_config,
-                        split=script_args.dataset_train_split)
+    return load_dataset(
+        script_args.dataset_name, name=script_args.dataset_config, split=script_args.dataset_train_split
+    )
 
 
 def run_info(trainer: Any) -> dict[str, Any]:
@@ -105,7 +113,9 @@ def finish(trainer: Any, script_args: RecipeArguments) -> Path:
     if trainer.accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(trainer.state.log_history, indent=2) + "\n", encoding="utf-8")
-        (path.parent / "run_info.json").write_text(json.dumps(run_info(trainer), indent=2) + "\n", encoding="utf-8")
+        (path.parent / "run_info.json").write_text(
+            json.dumps(run_info(trainer), indent=2) + "\n", encoding="utf-8"
+        )
         trainer.accelerator.print(f"Training completed: policy saved to {output_dir}, log history in {path}.")
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
         trainer.end()

@@ -43,7 +43,9 @@ class DemoConfig:
         if self.prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be at least 1, got {self.prompts_per_step}.")
         if self.num_generations < 2:
-            raise ValueError(f"num_generations must be at least 2 (GRPO compares completions), got {self.num_generations}.")
+            raise ValueError(
+                f"num_generations must be at least 2 (GRPO compares completions), got {self.num_generations}."
+            )
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}.")
         if self.max_completion_length < 1:
@@ -64,7 +66,9 @@ def make_step_logger(history: list[dict[str, Any]], reward_name: str) -> Any:
     from transformers import TrainerCallback
 
     class StepLogger(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+        ) -> None:
             if not logs or "reward" not in logs:
                 return
             entry = {
@@ -98,8 +102,8 @@ def plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.plot(steps, rewards, marker="o", markersize=3, label="mean reward per step")
     window = 5
     if len(rewards) >= window:
-        smooth = [sum(rewards[i - window + 1:i + 1]) / window for i in range(window - 1, len(rewards))]
-        ax.plot(steps[window - 1:], smooth, linewidth=2.5, label=f"{window}-step moving average")
+        smooth = [sum(rewards[i - window + 1 : i + 1]) / window for i in range(window - 1, len(rewards))]
+        ax.plot(steps[window - 1 :], smooth, linewidth=2.5, label=f"{window}-step moving average")
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("outcome reward (raw logit)")
     ax.set_title(title)
@@ -118,9 +122,19 @@ def sample_answers(model: Any, tokenizer: Any, questions: list[str], seed: int) 
     tokenizer.padding_side = "left"
     enc = tokenizer(questions, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, top_k=0, top_p=1.0)
-    return [a.strip() for a in tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            max_new_tokens=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            top_k=0,
+            top_p=1.0,
+        )
+    return [
+        a.strip()
+        for a in tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    ]
 
 
 def run(cfg: DemoConfig, output_dir: Path) -> dict[str, Any]:
@@ -153,8 +167,10 @@ def run(cfg: DemoConfig, output_dir: Path) -> dict[str, Any]:
         model.eval()
         answers = sample_answers(model, tokenizer, [ex.prompt for ex in probe], cfg.seed)
         tokenizer.padding_side = "right"
-        return {"number_rate": sum(a.isdigit() for a in answers) / len(probe),
-                "correct_rate": sum(a == ex.chosen for a, ex in zip(answers, probe, strict=True)) / len(probe)}
+        return {
+            "number_rate": sum(a.isdigit() for a in answers) / len(probe),
+            "correct_rate": sum(a == ex.chosen for a, ex in zip(answers, probe, strict=True)) / len(probe),
+        }
 
     before = answer_rates()
     history: list[dict[str, Any]] = []
@@ -214,24 +230,43 @@ def run(cfg: DemoConfig, output_dir: Path) -> dict[str, Any]:
         "steps": history,
     }
     (output_dir / "rewards.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    plot(history, output_dir / "rewards.png",
-         f"GRPO on arith-policy with the shipped outcome RM ({len(history)} steps)")
+    plot(
+        history,
+        output_dir / "rewards.png",
+        f"GRPO on arith-policy with the shipped outcome RM ({len(history)} steps)",
+    )
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=DemoConfig.steps, help="GRPO steps. Default %(default)s.")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=DemoConfig.steps, help="GRPO steps. Default %(default)s."
+    )
     parser.add_argument("--prompts-per-step", type=int, default=DemoConfig.prompts_per_step)
     parser.add_argument("--num-generations", type=int, default=DemoConfig.num_generations)
     parser.add_argument("--learning-rate", type=float, default=DemoConfig.learning_rate)
     parser.add_argument("--seed", type=int, default=DemoConfig.seed)
-    parser.add_argument("--threads", type=int, default=DemoConfig.threads, help="torch CPU threads. Default 1.")
-    parser.add_argument("--output-dir", default="outputs/demo", help="Where rewards.json and rewards.png go. Default: %(default)s.")
+    parser.add_argument(
+        "--threads", type=int, default=DemoConfig.threads, help="torch CPU threads. Default 1."
+    )
+    parser.add_argument(
+        "--output-dir",
+        default="outputs/demo",
+        help="Where rewards.json and rewards.png go. Default: %(default)s.",
+    )
     args = parser.parse_args(argv)
     try:
-        cfg = DemoConfig(steps=args.steps, prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
-                         learning_rate=args.learning_rate, seed=args.seed, threads=args.threads)
+        cfg = DemoConfig(
+            steps=args.steps,
+            prompts_per_step=args.prompts_per_step,
+            num_generations=args.num_generations,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            threads=args.threads,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -34,8 +34,10 @@ from rlhf_rewards.assets.arithmetic import question
 from rlhf_rewards.callbacks import RewardMetricsCallback
 from rlhf_rewards.reward import JudgeConfig, RewardFunction
 
-RUBRIC = ("You are a strict grader of arithmetic. An answer is correct when it states the exact result of the "
-          "question and nothing else; words, guesses and wrong numbers are incorrect.\n")
+RUBRIC = (
+    "You are a strict grader of arithmetic. An answer is correct when it states the exact result of the "
+    "question and nothing else; words, guesses and wrong numbers are incorrect.\n"
+)
 TEMPLATE = RUBRIC + "Question: {prompt}\nAnswer: {completion}\nIs the answer correct? Answer 1 or 0: "
 
 
@@ -50,9 +52,13 @@ class GRPOJudgeArguments(RecipeArguments):
         judge_labels: The answer tokens, first = "correct" (each must be one token of the judge's vocabulary).
     """
 
-    dataset_name: str | None = field(default=None, metadata={"help": "Prompt dataset (default: arithmetic questions)."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Prompt dataset (default: arithmetic questions)."}
+    )
     judge_model: str | None = field(default=None, metadata={"help": "Judge model id or path."})
-    judge_url: str | None = field(default=None, metadata={"help": "URL of an rlhf-rewards server serving the judge."})
+    judge_url: str | None = field(
+        default=None, metadata={"help": "URL of an rlhf-rewards server serving the judge."}
+    )
     judge_template: str = field(default=TEMPLATE, metadata={"help": "Judge prompt template."})
     judge_labels: list[str] = field(default_factory=lambda: ["1", "0"], metadata={"help": "Answer tokens."})
 
@@ -78,8 +84,11 @@ def main(script_args: GRPOJudgeArguments, training_args: GRPOConfig, model_args:
     else:
         source = script_args.judge_model or default_policy_path()
     reward = RewardFunction(source, judge=judge, name="judge", llm_kwargs={"dtype": "float32"})
-    dataset = load_train_dataset(script_args) if script_args.dataset_name or script_args.build_tiny_models \
+    dataset = (
+        load_train_dataset(script_args)
+        if script_args.dataset_name or script_args.build_tiny_models
         else arithmetic_dataset()
+    )
     trainer = GRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=[reward],

@@ -65,14 +65,22 @@ class GRPOProcessRewardArguments(RecipeArguments):
     step_separator: str = field(default="\n\n", metadata={"help": "Text between the steps of a completion."})
     step_aggregation: str = field(default="min", metadata={"help": "min, last, mean or prod."})
     step_tag: str | None = field(default=None, metadata={"help": "Step tag text. Default: the model's."})
-    keep_step_separator: bool = field(default=False, metadata={"help": "Keep the separator between tagged steps."})
+    keep_step_separator: bool = field(
+        default=False, metadata={"help": "Keep the separator between tagged steps."}
+    )
     pooler_config: str | None = field(default=None, metadata={"help": "PoolerConfig of the PRM as JSON."})
-    reward_dtype: str = field(default="auto", metadata={"help": "Reward model dtype (auto, bfloat16, float16, float32)."})
-    sleep_reward_model: bool = field(default=True, metadata={"help": "Offload the reward model between scoring calls."})
+    reward_dtype: str = field(
+        default="auto", metadata={"help": "Reward model dtype (auto, bfloat16, float16, float32)."}
+    )
+    sleep_reward_model: bool = field(
+        default=True, metadata={"help": "Offload the reward model between scoring calls."}
+    )
 
     def __post_init__(self) -> None:
         if self.step_aggregation not in ("min", "last", "mean", "prod"):
-            raise ValueError(f"--step_aggregation must be min, last, mean or prod, got {self.step_aggregation!r}.")
+            raise ValueError(
+                f"--step_aggregation must be min, last, mean or prod, got {self.step_aggregation!r}."
+            )
         if not self.step_separator:
             raise ValueError("--step_separator must not be empty.")
 

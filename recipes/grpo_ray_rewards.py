@@ -53,14 +53,22 @@ class GRPORayRewardsArguments(RecipeArguments):
         ray_address: Ray cluster to join (``auto``: the one ``ray start`` runs here). Default: a local instance.
     """
 
-    dataset_name: str | None = field(default="trl-lib/ultrafeedback-prompt", metadata={"help": "Prompt dataset."})
-    reward_model: str = field(default="Skywork/Skywork-Reward-V2-Qwen3-0.6B", metadata={"help": "Reward model id or path."})
+    dataset_name: str | None = field(
+        default="trl-lib/ultrafeedback-prompt", metadata={"help": "Prompt dataset."}
+    )
+    reward_model: str = field(
+        default="Skywork/Skywork-Reward-V2-Qwen3-0.6B", metadata={"help": "Reward model id or path."}
+    )
     reward_name: str | None = field(default=None, metadata={"help": "Name of the reward in the logs."})
     num_replicas: int = field(default=2, metadata={"help": "Reward model replicas per training process."})
     num_gpus_per_replica: float = field(default=0.0, metadata={"help": "GPUs per replica (0: CPU)."})
     num_cpus_per_replica: float = field(default=1.0, metadata={"help": "CPUs per replica."})
-    reward_dtype: str = field(default="auto", metadata={"help": "Reward model dtype (auto, bfloat16, float16, float32)."})
-    ray_address: str | None = field(default=None, metadata={"help": "Ray cluster address (auto: the local one)."})
+    reward_dtype: str = field(
+        default="auto", metadata={"help": "Reward model dtype (auto, bfloat16, float16, float32)."}
+    )
+    ray_address: str | None = field(
+        default=None, metadata={"help": "Ray cluster address (auto: the local one)."}
+    )
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:

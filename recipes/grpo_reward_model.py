@@ -51,18 +51,28 @@ class GRPORewardModelArguments(RecipeArguments):
         sleep_reward_model: Offload the reward model between scoring calls. Default True.
     """
 
-    dataset_name: str | None = field(default="trl-lib/ultrafeedback-prompt", metadata={"help": "Prompt dataset."})
-    reward_model: str = field(default="Skywork/Skywork-Reward-V2-Qwen3-0.6B", metadata={"help": "Reward model id or path."})
+    dataset_name: str | None = field(
+        default="trl-lib/ultrafeedback-prompt", metadata={"help": "Prompt dataset."}
+    )
+    reward_model: str = field(
+        default="Skywork/Skywork-Reward-V2-Qwen3-0.6B", metadata={"help": "Reward model id or path."}
+    )
     reward_name: str | None = field(default=None, metadata={"help": "Name of the reward in the logs."})
-    reward_dtype: str = field(default="auto", metadata={"help": "Reward model dtype (auto, bfloat16, float16, float32)."})
-    sleep_reward_model: bool = field(default=True, metadata={"help": "Offload the reward model between scoring calls."})
+    reward_dtype: str = field(
+        default="auto", metadata={"help": "Reward model dtype (auto, bfloat16, float16, float32)."}
+    )
+    sleep_reward_model: bool = field(
+        default=True, metadata={"help": "Offload the reward model between scoring calls."}
+    )
 
 
 def main(script_args: GRPORewardModelArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
     tiny = tiny_models(script_args, model_args)
     apply_model_args(model_args, training_args)
     reward_model = str(tiny["reward_model"]) if tiny else script_args.reward_model
-    reward = RewardFunction(reward_model, name=script_args.reward_name, llm_kwargs={"dtype": script_args.reward_dtype})
+    reward = RewardFunction(
+        reward_model, name=script_args.reward_name, llm_kwargs={"dtype": script_args.reward_dtype}
+    )
     trainer = GRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=[reward],

@@ -31,7 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2, help="PPO updates to run (default 2)")
-    parser.add_argument("--workdir", default=None, help="where checkpoints and outputs go (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", default=None, help="where checkpoints and outputs go (default: a temp dir)"
+    )
     parser.add_argument("--reward-model", default=None, help="reward model path (default: a tiny local one)")
     parser.add_argument("--policy", default=None, help="policy path (default: a tiny local Qwen3ForCausalLM)")
     parser.add_argument("--summary", default=None, help="write a JSON summary here")
@@ -62,9 +64,15 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ppo-legacy-"))
     work.mkdir(parents=True, exist_ok=True)
-    rm_path = args.reward_model or str(build_checkpoint("Qwen3ForSequenceClassification", work / "rm", seed=1))
-    policy_path = args.policy or str(build_checkpoint("Qwen3ForCausalLM", work / "policy", seed=2, tokenizer_dir=rm_path))
-    value_path = str(build_checkpoint("Qwen3ForSequenceClassification", work / "value", seed=3, tokenizer_dir=policy_path))
+    rm_path = args.reward_model or str(
+        build_checkpoint("Qwen3ForSequenceClassification", work / "rm", seed=1)
+    )
+    policy_path = args.policy or str(
+        build_checkpoint("Qwen3ForCausalLM", work / "policy", seed=2, tokenizer_dir=rm_path)
+    )
+    value_path = str(
+        build_checkpoint("Qwen3ForSequenceClassification", work / "value", seed=3, tokenizer_dir=policy_path)
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(policy_path, padding_side="left")
     policy = AutoModelForCausalLM.from_pretrained(policy_path)
@@ -132,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.state.global_step != args.steps:
         problems.append(f"ran {trainer.state.global_step} updates, expected {args.steps}")
     if len(steps) != args.steps or len(logged) != args.steps:
-        problems.append(f"{len(steps)} scored updates and {len(logged)} logged scores for {args.steps} updates")
+        problems.append(
+            f"{len(steps)} scored updates and {len(logged)} logged scores for {args.steps} updates"
+        )
     llm = reward_model.reward_function.worker.llm
     raw = PoolingParams(use_activation=False)
     for k, (bucket, mean_logged) in enumerate(zip(steps, logged, strict=False)):
         ids = [row for row, _ in bucket]
         got = [r for _, r in bucket]
-        outs = llm.encode([{"prompt_token_ids": r} for r in ids], raw, pooling_task="classify", use_tqdm=False)
+        outs = llm.encode(
+            [{"prompt_token_ids": r} for r in ids], raw, pooling_task="classify", use_tqdm=False
+        )
         want = [float(o.outputs.data[0]) for o in outs]
         if not all(math.isclose(g, w, rel_tol=1e-5, abs_tol=1e-5) for g, w in zip(got, want, strict=True)):
             problems.append(f"update {k}: PPO scores {got} != LLM.encode {want}")

@@ -35,8 +35,15 @@ class RewardServer:
         log_file: Where the server's output goes. Default ``reward-server.log`` in the working directory.
     """
 
-    def __init__(self, model: str, *, port: int | None = None, host: str = "127.0.0.1", serve_args: str = "",
-                 log_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        serve_args: str = "",
+        log_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"port must be in 1..65535, got {port}.")
         self.model = model
@@ -56,8 +63,18 @@ class RewardServer:
         import httpx
 
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "rlhf_rewards.cli.main", "serve", self.model, "--host", self.host,
-               "--port", str(self.port), *self.serve_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlhf_rewards.cli.main",
+            "serve",
+            self.model,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            *self.serve_args,
+        ]
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -72,8 +89,10 @@ class RewardServer:
             time.sleep(0.5)
         self.stop()
         tail = self.log_file.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"`{shlex.join(cmd)}` did not become healthy at {self.url} within {timeout:.0f}s "
-                           f"(exit code {self.process.returncode}); its log ({self.log_file}) ends with:\n{tail}")
+        raise RuntimeError(
+            f"`{shlex.join(cmd)}` did not become healthy at {self.url} within {timeout:.0f}s "
+            f"(exit code {self.process.returncode}); its log ({self.log_file}) ends with:\n{tail}"
+        )
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (the server finishes requests in flight), then SIGKILL if it has not exited in ``timeout``."""
@@ -87,8 +106,13 @@ class RewardServer:
             self.process.wait(30)
 
 
-def serve_on_main_process(model: str, *, serve_args: str = "", port: int | None = None,
-                          log_file: str | os.PathLike[str] | None = None) -> tuple[str, RewardServer | None]:
+def serve_on_main_process(
+    model: str,
+    *,
+    serve_args: str = "",
+    port: int | None = None,
+    log_file: str | os.PathLike[str] | None = None,
+) -> tuple[str, RewardServer | None]:
     """Start a :class:`RewardServer` on the main process and share its URL with every rank.
 
     Returns ``(url, server)``; ``server`` is ``None`` on the other ranks. Stop it after training (main process).

@@ -66,16 +66,25 @@ class RLOORemoteRewardArguments(RecipeArguments):
         max_concurrency: Most requests in flight per rank.
     """
 
-    dataset_name: str | None = field(default="trl-lib/ultrafeedback-prompt", metadata={"help": "Prompt dataset."})
-    reward_url: str | None = field(default=None, metadata={"help": "URL(s) of rlhf-rewards servers, comma-separated."})
-    serve: bool = field(default=False, metadata={"help": "Start a reward server for --reward_model on this machine."})
-    reward_model: str = field(default="Skywork/Skywork-Reward-V2-Qwen3-0.6B",
-                              metadata={"help": "Reward model served with --serve."})
+    dataset_name: str | None = field(
+        default="trl-lib/ultrafeedback-prompt", metadata={"help": "Prompt dataset."}
+    )
+    reward_url: str | None = field(
+        default=None, metadata={"help": "URL(s) of rlhf-rewards servers, comma-separated."}
+    )
+    serve: bool = field(
+        default=False, metadata={"help": "Start a reward server for --reward_model on this machine."}
+    )
+    reward_model: str = field(
+        default="Skywork/Skywork-Reward-V2-Qwen3-0.6B", metadata={"help": "Reward model served with --serve."}
+    )
     serve_args: str = field(default="", metadata={"help": "Extra `rlhf-rewards serve` options with --serve."})
     serve_port: int | None = field(default=None, metadata={"help": "Port for --serve. Default: a free port."})
     api_key: str | None = field(default=None, metadata={"help": "API key of the server(s)."})
     reward_name: str | None = field(default=None, metadata={"help": "Name of the reward in the logs."})
-    request_timeout: float = field(default=120.0, metadata={"help": "Seconds per HTTP request before a retry."})
+    request_timeout: float = field(
+        default=120.0, metadata={"help": "Seconds per HTTP request before a retry."}
+    )
     max_retries: int = field(default=4, metadata={"help": "Retries per request."})
     max_concurrency: int = field(default=8, metadata={"help": "Most requests in flight per rank."})
 
@@ -90,13 +99,22 @@ def main(script_args: RLOORemoteRewardArguments, training_args: RLOOConfig, mode
     server = None
     if script_args.serve:
         model = str(tiny["reward_model"]) if tiny else script_args.reward_model
-        url, server = serve_on_main_process(model, serve_args=script_args.serve_args, port=script_args.serve_port,
-                                            log_file=os.path.join(training_args.output_dir, "reward-server.log"))
+        url, server = serve_on_main_process(
+            model,
+            serve_args=script_args.serve_args,
+            port=script_args.serve_port,
+            log_file=os.path.join(training_args.output_dir, "reward-server.log"),
+        )
         urls = [url]
     else:
         urls = [u.strip() for u in script_args.reward_url.split(",") if u.strip()]
-    worker = RemoteWorker(urls, api_key=script_args.api_key, timeout=script_args.request_timeout,
-                          max_retries=script_args.max_retries, max_concurrency=script_args.max_concurrency)
+    worker = RemoteWorker(
+        urls,
+        api_key=script_args.api_key,
+        timeout=script_args.request_timeout,
+        max_retries=script_args.max_retries,
+        max_concurrency=script_args.max_concurrency,
+    )
     try:
         reward = RewardFunction(worker, name=script_args.reward_name)
         trainer = RLOOTrainer(

@@ -34,8 +34,16 @@ class RequestError(ValueError):
             can only be set with STEP`` blames ``step_tag_id``). Default: ``field``.
     """
 
-    def __init__(self, reason: str, *, field: str | None = None, index: int | None = None,
-                 subfield: str | None = None, sep: str = " ", param: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        field: str | None = None,
+        index: int | None = None,
+        subfield: str | None = None,
+        sep: str = " ",
+        param: str | None = None,
+    ) -> None:
         self.reason = reason
         self.field = field
         self.index = index
@@ -63,8 +71,14 @@ class RequestError(ValueError):
         loc = self.location
         return self.reason if loc is None else f"{loc}{self.sep}{self.reason}"
 
-    def located(self, *, field: str | None = _KEEP, index: int | None = _KEEP, offset: int = 0,
-                subfield: str | None = _KEEP) -> RequestError:
+    def located(
+        self,
+        *,
+        field: str | None = _KEEP,
+        index: int | None = _KEEP,
+        offset: int = 0,
+        subfield: str | None = _KEEP,
+    ) -> RequestError:
         """A copy moved to another field name and/or index (``offset`` is added to the index)."""
         new_index = self.index if index is _KEEP else index
         if new_index is not None:
@@ -80,14 +94,26 @@ class RequestError(ValueError):
 
     def to_dict(self) -> dict[str, Any]:
         """The error's parts, JSON-ready (the server sends them so a client can relocate the error)."""
-        return {"reason": self.reason, "field": self.field, "index": self.index, "subfield": self.subfield,
-                "sep": self.sep, "param": self._param}
+        return {
+            "reason": self.reason,
+            "field": self.field,
+            "index": self.index,
+            "subfield": self.subfield,
+            "sep": self.sep,
+            "param": self._param,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestError:
         """Inverse of :meth:`to_dict`; raises ``KeyError``/``TypeError`` on a malformed dict."""
-        return cls(str(data["reason"]), field=data.get("field"), index=data.get("index"),
-                   subfield=data.get("subfield"), sep=str(data.get("sep", " ")), param=data.get("param"))
+        return cls(
+            str(data["reason"]),
+            field=data.get("field"),
+            index=data.get("index"),
+            subfield=data.get("subfield"),
+            sep=str(data.get("sep", " ")),
+            param=data.get("param"),
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Exceptions pickle through ``args`` (the message alone); keep the structure across processes (Ray).

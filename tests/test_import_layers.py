@@ -96,9 +96,14 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_every_package_has_a_layer() -> None:
-    packages = {p.name if p.is_dir() else p.stem for p in PACKAGE.iterdir()
-                if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
-    assert packages - set(RANK) == set(), "add the new package to LAYERS (and to the README's architecture map)"
+    packages = {
+        p.name if p.is_dir() else p.stem
+        for p in PACKAGE.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")
+    }
+    assert packages - set(RANK) == set(), (
+        "add the new package to LAYERS (and to the README's architecture map)"
+    )
 
 
 def test_no_upward_import() -> None:
@@ -116,6 +121,7 @@ def test_no_upward_import() -> None:
 
 def test_no_import_cycle() -> None:
     graph = _graph()
+
     # Package __init__ modules re-export their children; an edge child -> own package __init__ is how a
     # child reaches its siblings' public names, so cycles are looked for between modules, not through the
     # parent package's re-exports of its own children.
@@ -131,7 +137,7 @@ def test_no_import_cycle() -> None:
         stack.append(node)
         for dep in sorted(edges(node)):
             if state.get(dep) == 1:
-                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+                cycles.append(" -> ".join(stack[stack.index(dep) :] + [dep]))
             elif dep not in state:
                 visit(dep)
         stack.pop()

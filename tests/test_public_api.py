@@ -20,10 +20,30 @@ def test_public_names_exist_and_have_docstrings():
 
 def test_llm_signature_matches_vllm_offline_api():
     params = inspect.signature(rlhf_rewards.LLM.__init__).parameters
-    for name in ("model", "runner", "tokenizer", "pooler_config", "dtype", "device", "trust_remote_code",
-                 "max_model_len", "max_num_batched_tokens", "enable_lora", "max_loras", "max_lora_rank", "seed"):
+    for name in (
+        "model",
+        "runner",
+        "tokenizer",
+        "pooler_config",
+        "dtype",
+        "device",
+        "trust_remote_code",
+        "max_model_len",
+        "max_num_batched_tokens",
+        "enable_lora",
+        "max_loras",
+        "max_lora_rank",
+        "seed",
+    ):
         assert name in params
     assert params["trust_remote_code"].default is False
     encode = inspect.signature(rlhf_rewards.LLM.encode).parameters
-    for name in ("prompts", "pooling_params", "pooling_task", "lora_request", "truncate_prompt_tokens", "use_tqdm"):
+    for name in (
+        "prompts",
+        "pooling_params",
+        "pooling_task",
+        "lora_request",
+        "truncate_prompt_tokens",
+        "use_tqdm",
+    ):
         assert name in encode

@@ -35,8 +35,28 @@ STEP_TAG = "<extra_0>"
 #: Separator of steps in a PRM completion before tagging (``RewardFunction``'s default ``step_separator``).
 STEP_SEPARATOR = "\n\n"
 #: Words of the off-format answers (chatter instead of a number) that the outcome RM learns to rank last.
-CHATTER_WORDS = ("the", "answer", "is", "maybe", "hmm", "I", "think", "so", "not", "sure", "let", "me", "see",
-                 "well", "it", "a", "number", "yes", "no", "ok")
+CHATTER_WORDS = (
+    "the",
+    "answer",
+    "is",
+    "maybe",
+    "hmm",
+    "I",
+    "think",
+    "so",
+    "not",
+    "sure",
+    "let",
+    "me",
+    "see",
+    "well",
+    "it",
+    "a",
+    "number",
+    "yes",
+    "no",
+    "ok",
+)
 
 
 def apply(x: int, op: str, y: int) -> int:
@@ -51,8 +71,13 @@ def apply(x: int, op: str, y: int) -> int:
 @functools.cache
 def facts() -> tuple[tuple[int, str, int], ...]:
     """Every ``(a, op, b)`` of the task (``a >= b`` for ``-``)."""
-    return tuple((a, op, b) for op in OPS for a in range(MAX_OPERAND + 1) for b in range(MAX_OPERAND + 1)
-                 if not (op == "-" and a < b))
+    return tuple(
+        (a, op, b)
+        for op in OPS
+        for a in range(MAX_OPERAND + 1)
+        for b in range(MAX_OPERAND + 1)
+        if not (op == "-" and a < b)
+    )
 
 
 def is_held_out(a: int, op: str, b: int, wrong: int) -> bool:
@@ -121,7 +146,11 @@ def outcome_examples(seed: int, n: int, *, held_out: bool) -> list[OutcomeExampl
     out = []
     for _ in range(n):
         a, op, b = rng.choice(table)
-        out.append(OutcomeExample(a, op, b, str(apply(a, op, b)), str(wrong_answer(rng, a, op, b, held_out=held_out))))
+        out.append(
+            OutcomeExample(
+                a, op, b, str(apply(a, op, b)), str(wrong_answer(rng, a, op, b, held_out=held_out))
+            )
+        )
     return out
 
 
@@ -130,7 +159,10 @@ def render_outcome(prompt: str, answer: str, fmt: str) -> dict:
     if fmt == "standard":
         return {"prompt": prompt, "completion": " " + answer}
     if fmt == "conversational":
-        return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": answer}]}
+        return {
+            "prompt": [{"role": "user", "content": prompt}],
+            "completion": [{"role": "assistant", "content": answer}],
+        }
     raise ValueError(f"fmt must be 'standard' or 'conversational', got {fmt!r}")
 
 
@@ -181,8 +213,9 @@ class ProcessExample:
         return "".join(s.text + STEP_TAG for s in self.steps)
 
 
-def process_examples(seed: int, n: int, *, held_out: bool, min_steps: int = 2, max_steps: int = 4,
-                     error_rate: float = 0.4) -> list[ProcessExample]:
+def process_examples(
+    seed: int, n: int, *, held_out: bool, min_steps: int = 2, max_steps: int = 4, error_rate: float = 0.4
+) -> list[ProcessExample]:
     """``n`` solutions of ``min_steps..max_steps`` steps; each step is wrong with probability ``error_rate``,
     with a wrong result from the chosen split (reproducible from ``seed``)."""
     if not 1 <= min_steps <= max_steps:

@@ -42,7 +42,9 @@ def evaluate_outcome_rm(path: str, *, seed: int = 0, n: int = 1000) -> dict[str,
     fn = _reward_function(path)
     try:
         prompts = [ex.prompt for ex in examples]
-        std = _pairwise(fn, prompts, [" " + ex.chosen for ex in examples], [" " + ex.rejected for ex in examples])
+        std = _pairwise(
+            fn, prompts, [" " + ex.chosen for ex in examples], [" " + ex.rejected for ex in examples]
+        )
         conv = examples[: max(1, n // 4)]
         conv_acc = _pairwise(
             fn,
@@ -50,12 +52,17 @@ def evaluate_outcome_rm(path: str, *, seed: int = 0, n: int = 1000) -> dict[str,
             [[{"role": "assistant", "content": ex.chosen}] for ex in conv],
             [[{"role": "assistant", "content": ex.rejected}] for ex in conv],
         )
-        chat = _pairwise(fn, prompts, [" " + ex.chosen for ex in examples],
-                         [" " + ar.chatter(rng) for _ in examples])
+        chat = _pairwise(
+            fn, prompts, [" " + ex.chosen for ex in examples], [" " + ar.chatter(rng) for _ in examples]
+        )
     finally:
         fn.close()
-    return {"pairwise_accuracy": round(std, 4), "pairwise_accuracy_conversational": round(conv_acc, 4),
-            "vs_chatter_accuracy": round(chat, 4), "pairs": n}
+    return {
+        "pairwise_accuracy": round(std, 4),
+        "pairwise_accuracy_conversational": round(conv_acc, 4),
+        "vs_chatter_accuracy": round(chat, 4),
+        "pairs": n,
+    }
 
 
 def evaluate_prm(path: str, *, seed: int = 0, n: int = 400) -> dict[str, float]:
@@ -69,8 +76,9 @@ def evaluate_prm(path: str, *, seed: int = 0, n: int = 400) -> dict[str, float]:
     examples = ar.process_examples(seed + PROCESS_EVAL_OFFSET, n, held_out=True)
     fn = _reward_function(path, step_aggregation="min")
     try:
-        rewards, steps = fn([ex.prompt + "\n" for ex in examples], [ex.completion() for ex in examples],
-                            return_steps=True)
+        rewards, steps = fn(
+            [ex.prompt + "\n" for ex in examples], [ex.completion() for ex in examples], return_steps=True
+        )
     finally:
         fn.close()
     hits = total = solved = 0
@@ -80,8 +88,12 @@ def evaluate_prm(path: str, *, seed: int = 0, n: int = 400) -> dict[str, float]:
         hits += sum((p > 0.5) == ok for p, ok in zip(probs, ex.labels, strict=True))
         total += len(probs)
         solved += (reward > 0.5) == all(ex.labels)
-    return {"step_accuracy": round(hits / total, 4), "solution_accuracy": round(solved / n, 4),
-            "steps": total, "solutions": n}
+    return {
+        "step_accuracy": round(hits / total, 4),
+        "solution_accuracy": round(solved / n, 4),
+        "steps": total,
+        "solutions": n,
+    }
 
 
 def evaluate_policy(path: str, *, seed: int = 0, n: int = 200) -> dict[str, float]:
@@ -98,9 +110,17 @@ def evaluate_policy(path: str, *, seed: int = 0, n: int = 200) -> dict[str, floa
     torch.manual_seed(seed)
     enc = tok([ex.prompt for ex in examples], return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=8,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    answers = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=8,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    answers = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     numbers = [a.strip() for a in answers]
     number_rate = sum(a.isdigit() for a in numbers) / n
     correct_rate = sum(a == ex.chosen for a, ex in zip(numbers, examples, strict=True)) / n

@@ -203,7 +203,9 @@ class RewardMetricsCallback(TrainerCallback):
             logs.update(summarize(tracked.name, [p[i] for p in per_process]))
         return logs
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if logs is None:
             return
         entries = self.collect()

@@ -161,10 +161,18 @@ class RewardWorkerCallback(TrainerCallback):
     """
 
     def __init__(
-        self, workers: Any, *, sleep: bool = True, check_health: bool = True, require_all_endpoints: bool = True
+        self,
+        workers: Any,
+        *,
+        sleep: bool = True,
+        check_health: bool = True,
+        require_all_endpoints: bool = True,
     ) -> None:
-        for flag, value in (("sleep", sleep), ("check_health", check_health),
-                            ("require_all_endpoints", require_all_endpoints)):
+        for flag, value in (
+            ("sleep", sleep),
+            ("check_health", check_health),
+            ("require_all_endpoints", require_all_endpoints),
+        ):
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be True or False, got {value!r}.")
         self.workers = resolve_workers(workers)
@@ -188,8 +196,11 @@ class RewardWorkerCallback(TrainerCallback):
             down = list(health.down) or [describe_worker(worker)]
             reasons = "; ".join(f"{url} ({_reason(health.details, url)})" for url in down)
             if health.ok and not self.require_all_endpoints:
-                logger.warning("Reward worker %s is serving, but these endpoints are down: %s",
-                               describe_worker(worker), reasons)
+                logger.warning(
+                    "Reward worker %s is serving, but these endpoints are down: %s",
+                    describe_worker(worker),
+                    reasons,
+                )
                 continue
             problems.append(reasons)
         if problems:
@@ -213,7 +224,10 @@ class RewardWorkerCallback(TrainerCallback):
                 if not worker.is_sleeping:
                     worker.sleep()
             if self._guards:
-                logger.info("Reward workers sleep outside scoring: %s", [describe_worker(g.worker) for g in self._guards])
+                logger.info(
+                    "Reward workers sleep outside scoring: %s",
+                    [describe_worker(g.worker) for g in self._guards],
+                )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for guard in self._guards:

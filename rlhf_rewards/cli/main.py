@@ -26,8 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
             # An optional extra is missing: keep the command visible, explain on use.
             missing = exc.name
             p = sub.add_parser(name, help=f"(needs an extra: {missing} is not installed)")
-            p.set_defaults(func=lambda _a, m=missing, n=name: sys.exit(
-                f"`rlhf-rewards {n}` needs {m}: pip install 'rlhf-rewards[server]'"))
+            p.set_defaults(
+                func=lambda _a, m=missing, n=name: sys.exit(
+                    f"`rlhf-rewards {n}` needs {m}: pip install 'rlhf-rewards[server]'"
+                )
+            )
             continue
         module.add_parser(sub)
     return parser

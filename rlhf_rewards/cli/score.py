@@ -48,29 +48,64 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", help="JSONL file to score ('-' reads standard input).")
-    p.add_argument("-o", "--output", default="-", help="Where to write the JSONL scores. Default: standard output.")
+    p.add_argument(
+        "-o", "--output", default="-", help="Where to write the JSONL scores. Default: standard output."
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default=None,
-                     help="Reward model folder or hub id, loaded in this process. Default: the outcome reward "
-                          "model shipped with rlhf-rewards.")
-    src.add_argument("--default", choices=["outcome", "process"], default=None,
-                     help="Use the shipped outcome or process reward model (see rlhf_rewards.assets).")
-    src.add_argument("--url", action="append", default=None, metavar="URL",
-                     help="Score through an `rlhf-rewards serve` server (repeat for several).")
+    src.add_argument(
+        "--model",
+        default=None,
+        help="Reward model folder or hub id, loaded in this process. Default: the outcome reward "
+        "model shipped with rlhf-rewards.",
+    )
+    src.add_argument(
+        "--default",
+        choices=["outcome", "process"],
+        default=None,
+        help="Use the shipped outcome or process reward model (see rlhf_rewards.assets).",
+    )
+    src.add_argument(
+        "--url",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="Score through an `rlhf-rewards serve` server (repeat for several).",
+    )
     p.add_argument("--api-key", default=None, help="Bearer key for --url. Default: $RLHF_REWARDS_API_KEY.")
     p.add_argument("--batch-size", type=int, default=64, help="Lines read and scored at a time. Default 64.")
-    p.add_argument("--skip-errors", action="store_true",
-                   help="Write {\"line\": N, \"error\": ...} for a bad line and go on, instead of stopping.")
-    p.add_argument("--kind", choices=["outcome", "token", "process"], default=None,
-                   help="How to read the model's output. Default: the model's own kind.")
-    p.add_argument("--step-separator", default="\n\n",
-                   help="Process rewards: text between the steps of a completion. Default: a blank line.")
-    p.add_argument("--step-aggregation", default="min", choices=["min", "last", "mean", "prod"],
-                   help="Process rewards: how step scores become one score. Default min.")
-    p.add_argument("--truncate", action="store_true",
-                   help="Score the last max_model_len tokens of an over-long input instead of giving it no score.")
-    p.add_argument("--device", default=None, help="Local model: cpu, cuda, cuda:1... Default: CUDA if present.")
-    p.add_argument("--dtype", default="auto", help="Local model: auto, float32, bfloat16 or float16. Default auto.")
+    p.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help='Write {"line": N, "error": ...} for a bad line and go on, instead of stopping.',
+    )
+    p.add_argument(
+        "--kind",
+        choices=["outcome", "token", "process"],
+        default=None,
+        help="How to read the model's output. Default: the model's own kind.",
+    )
+    p.add_argument(
+        "--step-separator",
+        default="\n\n",
+        help="Process rewards: text between the steps of a completion. Default: a blank line.",
+    )
+    p.add_argument(
+        "--step-aggregation",
+        default="min",
+        choices=["min", "last", "mean", "prod"],
+        help="Process rewards: how step scores become one score. Default min.",
+    )
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="Score the last max_model_len tokens of an over-long input instead of giving it no score.",
+    )
+    p.add_argument(
+        "--device", default=None, help="Local model: cpu, cuda, cuda:1... Default: CUDA if present."
+    )
+    p.add_argument(
+        "--dtype", default="auto", help="Local model: auto, float32, bfloat16 or float16. Default auto."
+    )
     p.add_argument("--no-progress", action="store_true", help="Do not show the progress bar (on stderr).")
     p.set_defaults(func=run)
     return p
@@ -198,8 +233,15 @@ def score_records(reward_fn: Any, records: list[Record], *, skip_errors: bool) -
     return [by_line[r.line] for r in records]
 
 
-def score_stream(reward_fn: Any, lines: Iterable[str], out: IO[str], *, batch_size: int = 64,
-                 skip_errors: bool = False, progress: Any = None) -> dict[str, int]:
+def score_stream(
+    reward_fn: Any,
+    lines: Iterable[str],
+    out: IO[str],
+    *,
+    batch_size: int = 64,
+    skip_errors: bool = False,
+    progress: Any = None,
+) -> dict[str, int]:
     """Read JSONL ``lines``, score them ``batch_size`` at a time and write one JSON line per input line.
 
     Only one batch is held in memory. Returns counts: ``lines`` (non-blank), ``scored`` and ``errors``.
@@ -290,7 +332,10 @@ def _open_input(path: str) -> IO[str]:
 def run(args: argparse.Namespace) -> int:
     """Score ``args.input`` into ``args.output``; returns the exit code (1 on a bad line without --skip-errors)."""
     if args.batch_size < 1:
-        print(f"rlhf-rewards score: error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
+        print(
+            f"rlhf-rewards score: error: --batch-size must be at least 1, got {args.batch_size}",
+            file=sys.stderr,
+        )
         return 2
     if args.input != "-" and not os.path.isfile(args.input):
         print(f"rlhf-rewards score: error: no such input file: {args.input}", file=sys.stderr)
@@ -299,10 +344,23 @@ def run(args: argparse.Namespace) -> int:
     total = count_lines(args.input)
     out: IO[str] = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
     src = _open_input(args.input)
-    bar = tqdm(total=total, unit="line", desc="scoring", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        unit="line",
+        desc="scoring",
+        file=sys.stderr,
+        disable=args.no_progress,
+        dynamic_ncols=True,
+    )
     try:
-        counts = score_stream(reward_fn, _lines(src), out, batch_size=args.batch_size,
-                              skip_errors=args.skip_errors, progress=bar)
+        counts = score_stream(
+            reward_fn,
+            _lines(src),
+            out,
+            batch_size=args.batch_size,
+            skip_errors=args.skip_errors,
+            progress=bar,
+        )
     except ScoreInputError as exc:
         bar.close()
         print(f"rlhf-rewards score: error: {exc}", file=sys.stderr)
@@ -318,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
             close()
     summary = f"scored {counts['scored']} of {counts['lines']} line(s)"
     if counts["errors"]:
-        summary += f"; {counts['errors']} error(s) written as \"error\" fields"
+        summary += f'; {counts["errors"]} error(s) written as "error" fields'
     print(summary, file=sys.stderr)
     return 0
 
@@ -327,5 +385,13 @@ def _lines(src: IO[str]) -> Iterator[str]:
     yield from src
 
 
-__all__ = ["Record", "ScoreInputError", "add_parser", "count_lines", "parse_record", "run", "score_records",
-           "score_stream"]
+__all__ = [
+    "Record",
+    "ScoreInputError",
+    "add_parser",
+    "count_lines",
+    "parse_record",
+    "run",
+    "score_records",
+    "score_stream",
+]

@@ -22,21 +22,40 @@ def add_ignored_vllm_flags(parser: argparse.ArgumentParser) -> None:
     """Add ``--runner`` and every ignored vLLM engine flag (value optional) that ``parser`` does not define."""
     group = parser.add_argument_group("vLLM engine flags (accepted and ignored, with a warning)")
     if "--runner" not in parser._option_string_actions:
-        group.add_argument("--runner", default="pooling", choices=["auto", "pooling", "generate"],
-                           help="vLLM's runner: this server pools (auto and pooling mean the same); generate is "
-                                "an error.")
+        group.add_argument(
+            "--runner",
+            default="pooling",
+            choices=["auto", "pooling", "generate"],
+            help="vLLM's runner: this server pools (auto and pooling mean the same); generate is an error.",
+        )
     # vLLM's names of flags this CLI has under its own name.
     if "--disable-uvicorn-access-log" not in parser._option_string_actions:
-        group.add_argument("--disable-uvicorn-access-log", dest="disable_access_log", action="store_true",
-                           help="vLLM's name of --disable-access-log.")
+        group.add_argument(
+            "--disable-uvicorn-access-log",
+            dest="disable_access_log",
+            action="store_true",
+            help="vLLM's name of --disable-access-log.",
+        )
     if "--uvicorn-log-level" not in parser._option_string_actions:
-        group.add_argument("--uvicorn-log-level", dest="log_level", choices=["debug", "info", "warning", "error"],
-                           help="vLLM's name of --log-level.")
-    for flag, why in (("--enable-lora", "LoRA is on when --lora-modules names adapters"),
-                      ("--seed", "pooling draws no random numbers (scores are deterministic)")):
+        group.add_argument(
+            "--uvicorn-log-level",
+            dest="log_level",
+            choices=["debug", "info", "warning", "error"],
+            help="vLLM's name of --log-level.",
+        )
+    for flag, why in (
+        ("--enable-lora", "LoRA is on when --lora-modules names adapters"),
+        ("--seed", "pooling draws no random numbers (scores are deterministic)"),
+    ):
         if flag not in parser._option_string_actions:
-            group.add_argument(flag, dest=_DEST + flag[2:].replace("-", "_"), nargs="?", const=True,
-                               default=argparse.SUPPRESS, help=f"Accepted; {why}.")
+            group.add_argument(
+                flag,
+                dest=_DEST + flag[2:].replace("-", "_"),
+                nargs="?",
+                const=True,
+                default=argparse.SUPPRESS,
+                help=f"Accepted; {why}.",
+            )
             _HONOURED_ELSEWHERE[flag[2:].replace("-", "_")] = why
     for name in sorted(RULES):
         if name.startswith("_"):
@@ -45,21 +64,26 @@ def add_ignored_vllm_flags(parser: argparse.ArgumentParser) -> None:
         if flag in parser._option_string_actions:
             continue
         # nargs="?": vLLM's boolean flags come without a value, the others with one.
-        group.add_argument(flag, dest=_DEST + name, nargs="?", const=True, default=argparse.SUPPRESS,
-                           help=argparse.SUPPRESS)
+        group.add_argument(
+            flag, dest=_DEST + name, nargs="?", const=True, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
 
 
 def check_vllm_flags(args: argparse.Namespace) -> list[str]:
     """Log one warning per ignored vLLM flag given; ``ValueError`` for ``--runner generate``. Returns their names."""
     if getattr(args, "runner", "pooling") == "generate":
-        raise ValueError("--runner generate: rlhf-rewards serve is a pooling server (rewards, scores, embeddings); "
-                         "serve generation with vLLM itself.")
+        raise ValueError(
+            "--runner generate: rlhf-rewards serve is a pooling server (rewards, scores, embeddings); "
+            "serve generation with vLLM itself."
+        )
     given = sorted(k.removeprefix(_DEST) for k in vars(args) if k.startswith(_DEST))
     for name in given:
         if name in RULES:
             logger.warning("--%s %s.", name.replace("_", "-"), RULES[name])
         else:
-            logger.info("--%s is accepted: %s.", name.replace("_", "-"), _HONOURED_ELSEWHERE.get(name, "no effect"))
+            logger.info(
+                "--%s is accepted: %s.", name.replace("_", "-"), _HONOURED_ELSEWHERE.get(name, "no effect")
+            )
     return given
 
 

@@ -14,7 +14,13 @@ from rlhf_rewards.errors import RequestError
 from rlhf_rewards.pooling.params import PoolingParams
 
 #: PoolingParams fields that travel as request fields of the same name.
-PARAM_FIELDS: tuple[str, ...] = ("use_activation", "dimensions", "normalize", "step_tag_id", "returned_token_ids")
+PARAM_FIELDS: tuple[str, ...] = (
+    "use_activation",
+    "dimensions",
+    "normalize",
+    "step_tag_id",
+    "returned_token_ids",
+)
 
 
 def params_to_fields(params: PoolingParams | None) -> dict[str, Any]:
@@ -24,8 +30,12 @@ def params_to_fields(params: PoolingParams | None) -> dict[str, Any]:
     return {name: getattr(params, name) for name in PARAM_FIELDS if getattr(params, name) is not None}
 
 
-def params_from_fields(source: Mapping[str, Any] | object, *, names: tuple[str, ...] = PARAM_FIELDS,
-                       truncate_prompt_tokens: int | None = None) -> PoolingParams:
+def params_from_fields(
+    source: Mapping[str, Any] | object,
+    *,
+    names: tuple[str, ...] = PARAM_FIELDS,
+    truncate_prompt_tokens: int | None = None,
+) -> PoolingParams:
     """``PoolingParams`` from a mapping or an object with the fields (a request model); fields that
     ``source`` lacks stay unset. A bad value raises ``RequestError`` naming the field."""
     get = source.get if isinstance(source, Mapping) else (lambda n: getattr(source, n, None))
@@ -50,4 +60,11 @@ def params_key(params: PoolingParams | None) -> tuple[Any, ...]:
     return tuple((n, tuple(v) if isinstance(v, list) else v) for n, v in sorted(fields.items()))
 
 
-__all__ = ["PARAM_FIELDS", "RequestError", "params_from_fields", "params_key", "params_to_fields", "truncation_of"]
+__all__ = [
+    "PARAM_FIELDS",
+    "RequestError",
+    "params_from_fields",
+    "params_key",
+    "params_to_fields",
+    "truncation_of",
+]

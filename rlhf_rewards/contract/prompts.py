@@ -39,13 +39,18 @@ def normalize_prompts(prompts: Any) -> list[PromptType]:
     if isinstance(prompts, Sequence) and not isinstance(prompts, (bytes, bytearray)):
         items = list(prompts)
         if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
-            raise RequestError("a bare list of ints is ambiguous; pass {'prompt_token_ids': [...]} for token ids.",
-                               field="prompts", sep=": ")
+            raise RequestError(
+                "a bare list of ints is ambiguous; pass {'prompt_token_ids': [...]} for token ids.",
+                field="prompts",
+                sep=": ",
+            )
         # vLLM's batch form: an entry that is itself a list of token ids is a token prompt.
         return [{"prompt_token_ids": list(x)} if isinstance(x, (list, tuple)) else x for x in items]
     raise RequestError(
         "must be a str, a dict with 'prompt' or 'prompt_token_ids', or a list of those; "
-        f"got {type(prompts).__name__}.", field="prompts")
+        f"got {type(prompts).__name__}.",
+        field="prompts",
+    )
 
 
 def require_prompts(items: Sequence[Any]) -> None:
@@ -61,18 +66,26 @@ def check_prompt(i: int, prompt: Any, vocab_size: int | None = None) -> tuple[Li
         if "prompt_token_ids" in prompt:
             return "ids", check_token_ids(i, prompt["prompt_token_ids"], vocab_size)
         if "prompt" not in prompt:
-            raise RequestError(f"is a dict without 'prompt' or 'prompt_token_ids' (keys: {sorted(prompt)}).",
-                               field="prompts", index=i)
+            raise RequestError(
+                f"is a dict without 'prompt' or 'prompt_token_ids' (keys: {sorted(prompt)}).",
+                field="prompts",
+                index=i,
+            )
         prompt = prompt["prompt"]
     if not isinstance(prompt, str):
-        raise RequestError(f"must be a string or a dict, got {type(prompt).__name__}.", field="prompts", index=i)
+        raise RequestError(
+            f"must be a string or a dict, got {type(prompt).__name__}.", field="prompts", index=i
+        )
     if not prompt:
-        raise RequestError("is an empty string; every prompt needs at least one token.", field="prompts", index=i)
+        raise RequestError(
+            "is an empty string; every prompt needs at least one token.", field="prompts", index=i
+        )
     return "text", prompt
 
 
 def check_token_ids(i: int, token_ids: Any, vocab_size: int | None = None) -> list[int]:
     """Prompt ``i``'s token ids as a list, checked to be non-empty ints (in ``[0, vocab_size)`` if given)."""
+
     def error(reason: str) -> RequestError:
         return RequestError(reason, field="prompts", index=i, subfield="prompt_token_ids")
 
@@ -98,5 +111,14 @@ def prompts_from_input(value: str | list[str] | list[int] | list[list[int]]) -> 
     return [{"prompt_token_ids": v} if isinstance(v, list) else v for v in value]  # type: ignore[misc]
 
 
-__all__ = ["PromptType", "Prompts", "TextPrompt", "TokensPrompt", "check_prompt", "check_token_ids",
-           "normalize_prompts", "prompts_from_input", "require_prompts"]
+__all__ = [
+    "PromptType",
+    "Prompts",
+    "TextPrompt",
+    "TokensPrompt",
+    "check_prompt",
+    "check_token_ids",
+    "normalize_prompts",
+    "prompts_from_input",
+    "require_prompts",
+]

@@ -116,7 +116,12 @@ def _queries(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
 
 
 def _layer(
-    layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunks, compile: bool = False
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    chunks,
+    compile: bool = False,
 ) -> torch.Tensor:
     """One decoder layer over the packed row: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
     from rlhf_rewards.engine.segment_attention import segment_attention_forward
@@ -198,14 +203,18 @@ def direct_forward(
     return backbone.norm(hidden)
 
 
-def _attention_rows(layer: nn.Module, hidden: torch.Tensor, cos, sin, rows: torch.Tensor, chunks) -> torch.Tensor:
+def _attention_rows(
+    layer: nn.Module, hidden: torch.Tensor, cos, sin, rows: torch.Tensor, chunks
+) -> torch.Tensor:
     """The attention block of a Llama-family layer with queries and output projection on ``rows`` only."""
     from rlhf_rewards.engine.segment_attention import segment_attention_forward
 
     attn = layer.self_attn
     total = hidden.shape[1]
     # Keys and values of every token; queries only for the kept rows, rotated at their own positions.
-    parts = [_keys_values(attn, layer.input_layernorm(hidden[:, s:e]), cos[:, s:e], sin[:, s:e]) for s, e in chunks]
+    parts = [
+        _keys_values(attn, layer.input_layernorm(hidden[:, s:e]), cos[:, s:e], sin[:, s:e]) for s, e in chunks
+    ]
     k, v = (torch.cat(t, dim=2) if len(parts) > 1 else t[0] for t in zip(*parts, strict=True))
     del parts
     x_rows = layer.input_layernorm(hidden.index_select(1, rows))
@@ -287,8 +296,12 @@ def _deterministic_layer(layer: nn.Module, hidden: torch.Tensor, cos, sin, spans
     total = hidden.shape[1]
     layout = _blocked_layout(attn, hidden.device)
     for s, e in spans:
-        q, k, v = _pre_attention(layer, det.tile_rows(hidden, s, e, tile), det.tile_rows(cos, s, e, tile),
-                                 det.tile_rows(sin, s, e, tile))
+        q, k, v = _pre_attention(
+            layer,
+            det.tile_rows(hidden, s, e, tile),
+            det.tile_rows(cos, s, e, tile),
+            det.tile_rows(sin, s, e, tile),
+        )
         n = e - s
         layout.write_keys(s, k[0, :, :n].transpose(0, 1), v[0, :, :n].transpose(0, 1))
         layout.write_queries(q[0, :, :n].transpose(0, 1), start=s)

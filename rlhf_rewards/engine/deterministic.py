@@ -92,7 +92,9 @@ def rope_is_static(rotary_emb: nn.Module) -> bool:
     return getattr(rotary_emb, "rope_type", "default") not in DYNAMIC_ROPE_TYPES
 
 
-def rope_lookup(rotary_emb: nn.Module, like: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_lookup(
+    rotary_emb: nn.Module, like: torch.Tensor, position_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``rotary_emb(like, position_ids)`` for one packed row, with each position's cos/sin from a fixed table.
 
     The table is built in blocks of :data:`ROPE_BLOCK` positions by the module itself (so the values are the
@@ -131,7 +133,9 @@ class Workspace:
     def __init__(self) -> None:
         self._flat: dict[str, torch.Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, zero_new: bool = False) -> torch.Tensor:
+    def get(
+        self, name: str, shape: tuple[int, ...], like: torch.Tensor, zero_new: bool = False
+    ) -> torch.Tensor:
         """A ``shape`` view of the buffer ``name`` (grown if too small; zeroed when grown if ``zero_new``).
 
         The contents are whatever the buffer last held.
@@ -183,8 +187,16 @@ class BlockedLayout:
             there.
     """
 
-    def __init__(self, segments: list, total: int, pruned: bool, device: torch.device,
-                 batched: bool | None = None, workspace: Workspace | None = None, external_rows: int = 0) -> None:
+    def __init__(
+        self,
+        segments: list,
+        total: int,
+        pruned: bool,
+        device: torch.device,
+        batched: bool | None = None,
+        workspace: Workspace | None = None,
+        external_rows: int = 0,
+    ) -> None:
         block = KEY_BLOCK
         self.total = total
         self.external_rows = external_rows
@@ -206,7 +218,8 @@ class BlockedLayout:
             else:
                 offsets = np.arange(seg.length, dtype=np.int64)
             context = np.concatenate(
-                [np.arange(s, e, dtype=np.int64) for s, e in seg.prefix] + [np.arange(seg.start, seg.end, dtype=np.int64)]
+                [np.arange(s, e, dtype=np.int64) for s, e in seg.prefix]
+                + [np.arange(seg.start, seg.end, dtype=np.int64)]
             )
             prefix = seg.prefix_length
             positions = prefix + offsets
@@ -219,10 +232,20 @@ class BlockedLayout:
                 here = positions[blocks == b]
                 lo, hi = int(here.min()) - b * block, int(here.max()) + 1 - b * block
                 # Query buffer row of the tile's slot 0 (the buffer has KEY_BLOCK zero rows before row 0).
-                self.tiles.append((block + seg.start + b * block - prefix, k_off, b, lo, hi,
-                                   seg.start + b * block + lo - prefix))
+                self.tiles.append(
+                    (
+                        block + seg.start + b * block - prefix,
+                        k_off,
+                        b,
+                        lo,
+                        hi,
+                        seg.start + b * block + lo - prefix,
+                    )
+                )
             k_off += n_keys
-        self.k_index = torch.from_numpy(np.concatenate(k_parts) if k_parts else np.zeros(0, np.int64)).to(device)
+        self.k_index = torch.from_numpy(np.concatenate(k_parts) if k_parts else np.zeros(0, np.int64)).to(
+            device
+        )
         self._owned = np.concatenate(owned) if owned else np.zeros(0, np.int64)
         self._calls: list[_Call] | None = None
         self._views: list | None = None
@@ -259,7 +282,12 @@ class BlockedLayout:
 
     def _key_buffers(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         shape = (self.total + 1 + self.external_rows, *keys.shape[1:])
-        if self._k is None or self._k.shape != shape or self._k.dtype != keys.dtype or self._k.device != keys.device:
+        if (
+            self._k is None
+            or self._k.shape != shape
+            or self._k.dtype != keys.dtype
+            or self._k.device != keys.device
+        ):
             self._k = self.workspace.get("k", shape, keys)
             self._v = self.workspace.get("v", shape, values)
             self._k[self.total].zero_()  # row ``total``: the zero row of padded contexts
@@ -280,7 +308,9 @@ class BlockedLayout:
         """
         q, k, v = self._q, self._k, self._v
         if q is None or k is None or v is None:
-            raise RuntimeError("BlockedLayout.attend: write the queries (write_queries) and keys (write_keys) first")
+            raise RuntimeError(
+                "BlockedLayout.attend: write the queries (write_queries) and keys (write_keys) first"
+            )
         heads, kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
         total, block, ws = self.total, KEY_BLOCK, self.workspace
         if self.capture is not None:
@@ -289,7 +319,9 @@ class BlockedLayout:
         n_k = self.k_index.numel()
         ks = torch.index_select(k, 0, self.k_index, out=ws.get("ks", (n_k, kv_heads, head_dim), k))
         vs = torch.index_select(v, 0, self.k_index, out=ws.get("vs", (n_k, kv_heads, head_dim), v))
-        out = ws.get("out", (total + 1, heads, head_dim), q)  # +1: the trash row of batched calls' empty slots
+        out = ws.get(
+            "out", (total + 1, heads, head_dim), q
+        )  # +1: the trash row of batched calls' empty slots
         if self.batched:
             for call in self.calls(q.device):
                 n, keys = call.tiles, (call.block + 1) * block
@@ -307,12 +339,17 @@ class BlockedLayout:
             self._views = []
             for q_row, k_off, b, lo, hi, row in self.tiles:
                 keys = (b + 1) * block
-                self._views.append((
-                    q[q_row : q_row + block].unsqueeze(0).transpose(1, 2),
-                    ks[k_off : k_off + keys].unsqueeze(0).transpose(1, 2),
-                    vs[k_off : k_off + keys].unsqueeze(0).transpose(1, 2),
-                    self.mask(b, q.dtype, q.device), lo, hi, out[row : row + hi - lo],
-                ))
+                self._views.append(
+                    (
+                        q[q_row : q_row + block].unsqueeze(0).transpose(1, 2),
+                        ks[k_off : k_off + keys].unsqueeze(0).transpose(1, 2),
+                        vs[k_off : k_off + keys].unsqueeze(0).transpose(1, 2),
+                        self.mask(b, q.dtype, q.device),
+                        lo,
+                        hi,
+                        out[row : row + hi - lo],
+                    )
+                )
         for qt, kt, vt, mask, lo, hi, dst in self._views:
             dst.copy_(_kernel(qt, kt, vt, mask, scale)[0, :, lo:hi].transpose(0, 1))
         return out[:total]
@@ -338,12 +375,19 @@ class BlockedLayout:
                     chunk = items[i : i + per_call]
                     q_index = np.concatenate([q_row + slots for q_row, *_ in chunk])
                     k_index = np.concatenate([k_off + np.arange(keys) for _, k_off, *_ in chunk])
-                    out_rows = np.concatenate([
-                        np.where((slots >= lo) & (slots < hi), row - lo + slots, self.total)
-                        for _, _, lo, hi, row in chunk
-                    ])
-                    self._calls.append(_Call(b, len(chunk), *(torch.from_numpy(a).to(device)
-                                                              for a in (q_index, k_index, out_rows))))
+                    out_rows = np.concatenate(
+                        [
+                            np.where((slots >= lo) & (slots < hi), row - lo + slots, self.total)
+                            for _, _, lo, hi, row in chunk
+                        ]
+                    )
+                    self._calls.append(
+                        _Call(
+                            b,
+                            len(chunk),
+                            *(torch.from_numpy(a).to(device) for a in (q_index, k_index, out_rows)),
+                        )
+                    )
         return self._calls
 
 
@@ -355,17 +399,25 @@ def causal_block_mask(b: int, dtype: torch.dtype, device: torch.device) -> torch
     return mask.masked_fill_(keys > b * KEY_BLOCK + slot, float("-inf")).view(1, 1, KEY_BLOCK, -1)
 
 
-def _kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float | None) -> torch.Tensor:
+def _kernel(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float | None
+) -> torch.Tensor:
     """Masked attention whose per-query result depends only on that query, its keys and its mask row."""
     if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask, scale=scale)[0]
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=mask, scale=scale
+        )[0]
     # On CUDA: memory-efficient attention, one thread block per (item, head, query tile) and a fixed loop over
     # key tiles; pinned so the backend choice cannot change with the batch.
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
         return torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.expand(q.shape[0], q.shape[1], -1, -1), scale=scale,
+            q,
+            k,
+            v,
+            attn_mask=mask.expand(q.shape[0], q.shape[1], -1, -1),
+            scale=scale,
             enable_gqa=q.shape[1] != k.shape[1],
         )
 

@@ -70,8 +70,9 @@ def right_truncating(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return view
 
 
-def apply_length_limit(i: int, token_ids: list[int], max_model_len: int, truncate: int | None, *,
-                       side: str = "left") -> list[int]:
+def apply_length_limit(
+    i: int, token_ids: list[int], max_model_len: int, truncate: int | None, *, side: str = "left"
+) -> list[int]:
     """Keep ``truncate`` tokens (``-1``: ``max_model_len``) from ``side``'s end: ``"left"`` keeps the last ones
     (this function's default, what reward reading needs), ``"right"`` the first ones (vLLM's default for
     pooling requests); then an error if still over ``max_model_len``."""
@@ -80,13 +81,17 @@ def apply_length_limit(i: int, token_ids: list[int], max_model_len: int, truncat
         if keep > max_model_len:
             raise RequestError(
                 f"{truncate} is over max_model_len={max_model_len}; use at most {max_model_len} or -1.",
-                field="truncate_prompt_tokens", sep="=")
+                field="truncate_prompt_tokens",
+                sep="=",
+            )
         token_ids = token_ids[:keep] if side == "right" else token_ids[-keep:]
     if len(token_ids) > max_model_len:
         raise RequestError(
             f"has {len(token_ids)} tokens, over max_model_len={max_model_len}; "
             "shorten it or pass truncate_prompt_tokens (with truncation_side 'left' to keep the last k tokens).",
-            field="prompts", index=i)
+            field="prompts",
+            index=i,
+        )
     return token_ids
 
 

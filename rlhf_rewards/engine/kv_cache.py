@@ -106,7 +106,9 @@ class PrefixKVCache:
         min_hit_tokens: Shortest prefix taken from the cache.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES, min_hit_tokens: int = DEFAULT_MIN_HIT_TOKENS) -> None:
+    def __init__(
+        self, max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES, min_hit_tokens: int = DEFAULT_MIN_HIT_TOKENS
+    ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ValueError(f"prefix cache max_bytes must be a positive integer, got {max_bytes!r}.")
         self.max_bytes = max_bytes
@@ -153,9 +155,16 @@ class PrefixKVCache:
     def stats(self) -> dict[str, int]:
         """Counters for metrics and logs."""
         with self._lock:
-            return {"bytes": self.bytes, "max_bytes": self.max_bytes, "nodes": self.num_nodes,
-                    "queried_tokens": self.queried_tokens, "hit_tokens": self.hit_tokens,
-                    "inserted_tokens": self.inserted_tokens, "evictions": self.evictions, "clears": self.clears}
+            return {
+                "bytes": self.bytes,
+                "max_bytes": self.max_bytes,
+                "nodes": self.num_nodes,
+                "queried_tokens": self.queried_tokens,
+                "hit_tokens": self.hit_tokens,
+                "inserted_tokens": self.inserted_tokens,
+                "evictions": self.evictions,
+                "clears": self.clears,
+            }
 
     @contextlib.contextmanager
     def session(self) -> Iterator[CacheSession]:
@@ -183,8 +192,14 @@ class PrefixKVCache:
         """Cut ``node`` after ``at`` tokens: ``node`` keeps the head, a new child the tail (same bytes)."""
         kv = node.kv
         assert kv is not None and 0 < at < len(node.tokens)
-        tail = CacheNode(tokens=node.tokens[at:], start=node.start + at, kv=kv[:, :, :, at:].clone(), parent=node,
-                         children=node.children, last_used=node.last_used)
+        tail = CacheNode(
+            tokens=node.tokens[at:],
+            start=node.start + at,
+            kv=kv[:, :, :, at:].clone(),
+            parent=node,
+            children=node.children,
+            last_used=node.last_used,
+        )
         for child in tail.children.values():
             child.parent = tail
         node.kv = kv[:, :, :, :at].clone()
@@ -194,8 +209,12 @@ class PrefixKVCache:
     def _evict(self) -> None:
         if self.bytes <= self.max_bytes:
             return
-        heap = [(n.last_used, id(n), n) for root in self._roots.values() for n in _subtree(root)
-                if n.kv is not None and not n.children and n.pins == 0]
+        heap = [
+            (n.last_used, id(n), n)
+            for root in self._roots.values()
+            for n in _subtree(root)
+            if n.kv is not None and not n.children and n.pins == 0
+        ]
         heapq.heapify(heap)
         while heap and self.bytes > self.max_bytes:
             _, _, node = heapq.heappop(heap)
@@ -283,8 +302,15 @@ class CacheSession:
             self.hit_tokens += pos
             return CacheHit(namespace, pieces, pos)
 
-    def extend(self, namespace: Hashable, token_ids: list[int], start: int, end: int, kv: torch.Tensor,
-               pin: bool = True) -> bool:
+    def extend(
+        self,
+        namespace: Hashable,
+        token_ids: list[int],
+        start: int,
+        end: int,
+        kv: torch.Tensor,
+        pin: bool = True,
+    ) -> bool:
         """Insert positions ``[start, end)`` of ``token_ids`` with their keys and values
         (``kv [layers, 2, kv_heads, end - start, head_dim]``). Positions ``[0, start)`` must be cached (a hit
         or an earlier insertion of this session pinned with ``pin``); returns whether the run is now cached."""
@@ -301,7 +327,7 @@ class CacheSession:
             while pos < end:
                 child = node.children.get(token_ids[pos])
                 if child is None:
-                    rest = kv if pos == start else kv[:, :, :, pos - start:].clone()
+                    rest = kv if pos == start else kv[:, :, :, pos - start :].clone()
                     if rest.numel() * rest.element_size() > cache.max_bytes:
                         return False
                     new = CacheNode(tokens=list(token_ids[pos:end]), start=pos, kv=rest, parent=node)
@@ -356,5 +382,14 @@ def make_prefix_cache(engine_args: dict, parallel: bool = False) -> PrefixKVCach
     return PrefixKVCache(DEFAULT_PREFIX_CACHE_BYTES if size is None else size)
 
 
-__all__ = ["DEFAULT_MIN_HIT_TOKENS", "DEFAULT_PREFIX_CACHE_BYTES", "CacheHit", "CacheNode", "CacheSession",
-           "Piece", "PrefixKVCache", "make_prefix_cache", "weights_fingerprint"]
+__all__ = [
+    "DEFAULT_MIN_HIT_TOKENS",
+    "DEFAULT_PREFIX_CACHE_BYTES",
+    "CacheHit",
+    "CacheNode",
+    "CacheSession",
+    "Piece",
+    "PrefixKVCache",
+    "make_prefix_cache",
+    "weights_fingerprint",
+]

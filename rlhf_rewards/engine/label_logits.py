@@ -33,12 +33,21 @@ def label_pooling(label_token_ids: Sequence[int], apply_softmax: bool) -> Resolv
     """
     columns = tuple(dict.fromkeys(int(t) for t in label_token_ids)) if apply_softmax else None
     return ResolvedPooling(
-        task="classify", pooling_type="LAST", use_activation=False, logit_mean=None, logit_sigma=None,
-        step_tag_id=None, returned_token_ids=columns, dimensions=None, normalize=False,
+        task="classify",
+        pooling_type="LAST",
+        use_activation=False,
+        logit_mean=None,
+        logit_sigma=None,
+        step_tag_id=None,
+        returned_token_ids=columns,
+        dimensions=None,
+        normalize=False,
     )
 
 
-def label_probabilities(logits: torch.Tensor, label_token_ids: Sequence[int], apply_softmax: bool) -> torch.Tensor:
+def label_probabilities(
+    logits: torch.Tensor, label_token_ids: Sequence[int], apply_softmax: bool
+) -> torch.Tensor:
     """``[len(label_token_ids)]`` float64 probabilities of the labels, in the order given (repeats allowed).
 
     ``logits`` is the head's output for one sequence under :func:`label_pooling`: ``[k_distinct]`` label

@@ -73,8 +73,12 @@ class PackedForward:
         return sum(int(kv.shape[3]) for kv in self.external.values())
 
     def plan(
-        self, needed_rows: torch.Tensor | None = None, prune_layer: int | None = None, deterministic: bool = False,
-        workspace: Workspace | None = None, external: ExternalKV | None = None,
+        self,
+        needed_rows: torch.Tensor | None = None,
+        prune_layer: int | None = None,
+        deterministic: bool = False,
+        workspace: Workspace | None = None,
+        external: ExternalKV | None = None,
     ) -> SegmentPlan:
         """The attention plan; with ``needed_rows`` (sorted packed rows), layer ``prune_layer`` computes only those.
 
@@ -89,8 +93,14 @@ class PackedForward:
         else:
             for seg in self.segments:
                 seg.rows = None
-        return SegmentPlan(segments=self.segments, total=self.num_tokens, prune_layer=prune_layer,
-                           deterministic=deterministic, workspace=workspace, external=external)
+        return SegmentPlan(
+            segments=self.segments,
+            total=self.num_tokens,
+            prune_layer=prune_layer,
+            deterministic=deterministic,
+            workspace=workspace,
+            external=external,
+        )
 
 
 def work_units(forest: PrefixForest, budget: int) -> list[WorkUnit]:
@@ -145,7 +155,9 @@ def bin_pack(units: Sequence[WorkUnit], budget: int) -> list[list[WorkUnit]]:
     return bins
 
 
-def build_packed_forward(units: Sequence[WorkUnit], forest: PrefixForest, device: torch.device) -> PackedForward:
+def build_packed_forward(
+    units: Sequence[WorkUnit], forest: PrefixForest, device: torch.device
+) -> PackedForward:
     """Lay ``units`` out in one row and describe its segments.
 
     A root with a cross-call cache hit (``PrefixNode.cached``) reads the hit's keys and values as its first
@@ -189,7 +201,9 @@ def build_packed_forward(units: Sequence[WorkUnit], forest: PrefixForest, device
             sequences.append(i)
             path = forest.end_node[i].path()
             row_offsets.append(path[0].start)
-            row_maps.append(torch.cat([torch.arange(local[id(n)], local[id(n)] + len(n.tokens)) for n in path]))
+            row_maps.append(
+                torch.cat([torch.arange(local[id(n)], local[id(n)] + len(n.tokens)) for n in path])
+            )
     base = len(ids) + 1  # external addresses follow the row and its zero/trash row
     for seg, ext in zip(segments, ext_of, strict=True):
         if ext:

@@ -21,13 +21,21 @@ _DTYPES: dict[str, torch.dtype] = {
 def resolve_device(device: str | torch.device | int | None) -> torch.device:
     """``None`` picks CUDA when available, else CPU; an unknown or unavailable device is a ``ValueError``."""
     if device is None:
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a valid torch device (e.g. 'cpu', 'cuda', 'cuda:1'): {exc}") from None
+        raise ValueError(
+            f"device={device!r} is not a valid torch device (e.g. 'cpu', 'cuda', 'cuda:1'): {exc}"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine; use device='cpu'.")
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; use device='cpu'."
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -41,7 +49,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, config: Any, device: torch.de
     """``"auto"``: the checkpoint's dtype on accelerators, float32 on CPU (bf16 matmuls are slow on most CPUs)."""
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype={dtype} is not supported; choose one of {sorted(set(_DTYPES))} or 'auto'.")
+            raise ValueError(
+                f"dtype={dtype} is not supported; choose one of {sorted(set(_DTYPES))} or 'auto'."
+            )
         return dtype
     if dtype is None or dtype == "auto":
         if device.type == "cpu":
@@ -52,4 +62,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, config: Any, device: torch.de
         return checkpoint if checkpoint in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
-    raise ValueError(f"dtype={dtype!r} is not supported; choose one of ['auto', {', '.join(repr(k) for k in _DTYPES)}].")
+    raise ValueError(
+        f"dtype={dtype!r} is not supported; choose one of ['auto', {', '.join(repr(k) for k in _DTYPES)}]."
+    )

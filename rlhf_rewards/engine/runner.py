@@ -110,12 +110,16 @@ class ModelRunner:
         prefix_cache: PrefixKVCache | None = None,
     ) -> None:
         if deterministic and compile:
-            raise ValueError("deterministic=True runs eagerly: it cannot be combined with compile=True (enforce_eager=False).")
+            raise ValueError(
+                "deterministic=True runs eagerly: it cannot be combined with compile=True (enforce_eager=False)."
+            )
         self.model = model
         self.device = device
         self.max_num_batched_tokens = max_num_batched_tokens
         self.forward_kwargs = forward_kwargs
-        self.packing = bool(model.supports_packing) if packing is None else bool(packing and model.supports_packing)
+        self.packing = (
+            bool(model.supports_packing) if packing is None else bool(packing and model.supports_packing)
+        )
         self.prefix_sharing = prefix_sharing
         self.min_shared_tokens = min_shared_tokens
         self.prune_last_layer = prune_last_layer
@@ -155,7 +159,9 @@ class ModelRunner:
                 return self._run_packed(requests, on_batch_done)
             except SegmentAttentionUnsupported as exc:
                 self.packing_disabled_reason = str(exc)
-                logger.warning("Packed execution is not available for this model (%s); using padded batches.", exc)
+                logger.warning(
+                    "Packed execution is not available for this model (%s); using padded batches.", exc
+                )
                 self.last_stats.update({k: 0 for k in _STAT_KEYS if k != "tokens_requested"})
         return self._run_padded(requests, on_batch_done)
 
@@ -169,8 +175,11 @@ class ModelRunner:
                 return self._run_packed(requests, on_batch_done)
             except SegmentAttentionUnsupported as exc:
                 self.packing_disabled_reason = str(exc)
-                logger.warning("Packed execution is not available for this model (%s); deterministic mode runs "
-                               "one request per forward.", exc)
+                logger.warning(
+                    "Packed execution is not available for this model (%s); deterministic mode runs "
+                    "one request per forward.",
+                    exc,
+                )
                 self.last_stats.update({k: 0 for k in _STAT_KEYS if k != "tokens_requested"})
         return self._run_alone(requests, on_batch_done)
 
@@ -180,7 +189,9 @@ class ModelRunner:
 
         return self._uses_direct() and rope_is_static(self.model.backbone.rotary_emb)
 
-    def _run_alone(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
+    def _run_alone(
+        self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None
+    ) -> list[torch.Tensor]:
         """One unpadded forward per request: its kernels' shapes depend on that request alone."""
         results = []
         for r in requests:
@@ -197,7 +208,9 @@ class ModelRunner:
         return results
 
     # ------------------------------------------------------------------ padded path
-    def _run_padded(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
+    def _run_padded(
+        self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None
+    ) -> list[torch.Tensor]:
         results: list[torch.Tensor | None] = [None] * len(requests)
         for batch in plan_micro_batches([r.num_tokens for r in requests], self.max_num_batched_tokens):
             chunk = [requests[i] for i in batch]
@@ -217,7 +230,9 @@ class ModelRunner:
         return [r for r in results if r is not None]
 
     # ------------------------------------------------------------------ packed path
-    def _run_packed(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
+    def _run_packed(
+        self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None
+    ) -> list[torch.Tensor]:
         results: list[torch.Tensor | None] = [None] * len(requests)
         # Requests with different adapters never share a forward (one packed row has one adapter).
         groups: dict[Any, list[int]] = {}
@@ -240,7 +255,9 @@ class ModelRunner:
                 for units in bin_pack(work_units(forest, budget), budget):
                     packed = build_packed_forward(units, forest, self.device)
                     chunk = [group[s] for s in packed.sequences]
-                    capture = _Capture(packed, inserted, self._expected_attention_calls()) if session else None
+                    capture = (
+                        _Capture(packed, inserted, self._expected_attention_calls()) if session else None
+                    )
                     packed.capture = capture
                     with self._threads(packed.num_tokens):
                         outputs = self.run_packed(packed, chunk)
@@ -321,8 +338,11 @@ class ModelRunner:
         Cached keys and values the row reads (``packed.external``) and the capture of its own
         (``packed.capture``) serve the cross-call prefix cache.
         """
-        external = ExternalKV(pieces=packed.external, capture=packed.capture) if (
-            packed.external or packed.capture is not None) else None
+        external = (
+            ExternalKV(pieces=packed.external, capture=packed.capture)
+            if (packed.external or packed.capture is not None)
+            else None
+        )
         extra = self.forward_kwargs(requests) if self.forward_kwargs is not None else {}
         rows = []
         offsets = packed.row_offsets or [0] * len(requests)
@@ -342,13 +362,19 @@ class ModelRunner:
         hf_model = self.model.hf_model
         if self.deterministic:
             hidden, rows = self._deterministic_packed(packed, extra, needed, rows, external)
-            return self.pool(requests, [hidden.index_select(0, r.to(hidden.device)) for r in rows],
-                             head_kwargs=extra.get("head", {}))
+            return self.pool(
+                requests,
+                [hidden.index_select(0, r.to(hidden.device)) for r in rows],
+                head_kwargs=extra.get("head", {}),
+            )
         if self._uses_direct() and not extra.get("forward"):
             prune = self.prune_last_layer and needed.numel() <= PRUNE_MAX_FRACTION * total
             layers = self.model.backbone.config.num_hidden_layers
-            plan = packed.plan(needed.to(self.device) if prune else None, prune_layer=layers - 1 if prune else None,
-                               external=external)
+            plan = packed.plan(
+                needed.to(self.device) if prune else None,
+                prune_layer=layers - 1 if prune else None,
+                external=external,
+            )
             with segment_attention(hf_model, plan):
                 hidden = direct_forward(
                     self.model.backbone,
@@ -362,7 +388,11 @@ class ModelRunner:
                 lookup[needed] = torch.arange(needed.numel())
                 rows = [lookup[r] for r in rows]
         else:
-            row_kwargs = self.forward_kwargs(requests[:1]).get("forward", {}) if self.forward_kwargs is not None else {}
+            row_kwargs = (
+                self.forward_kwargs(requests[:1]).get("forward", {})
+                if self.forward_kwargs is not None
+                else {}
+            )
             plan = packed.plan(external=external)
             with segment_attention(hf_model, plan):
                 hidden = self.model.hidden_states(
@@ -376,8 +406,14 @@ class ModelRunner:
         gathered = [hidden.index_select(0, r.to(hidden.device)) for r in rows]
         return self.pool(requests, gathered, head_kwargs=extra.get("head", {}))
 
-    def _deterministic_packed(self, packed: PackedForward, extra: dict[str, Any], needed: torch.Tensor, rows: list,
-                              external: ExternalKV | None = None):
+    def _deterministic_packed(
+        self,
+        packed: PackedForward,
+        extra: dict[str, Any],
+        needed: torch.Tensor,
+        rows: list,
+        external: ExternalKV | None = None,
+    ):
         """The direct loop on fixed tiles with blocked attention; the group's adapter (if any) is made active."""
         from rlhf_rewards.lora.routing import BASE, active_adapter
 
@@ -385,14 +421,21 @@ class ModelRunner:
         prune = self.prune_last_layer and needed.numel() <= PRUNE_MAX_FRACTION * total
         layers = self.model.backbone.config.num_hidden_layers
         kept = needed.to(self.device) if prune else None
-        plan = packed.plan(kept, prune_layer=layers - 1 if prune else None, deterministic=True,
-                           workspace=self._workspace, external=external)
+        plan = packed.plan(
+            kept,
+            prune_layer=layers - 1 if prune else None,
+            deterministic=True,
+            workspace=self._workspace,
+            external=external,
+        )
         names = set(extra.get("forward", {}).get("adapter_names", ())) - {BASE}
         if len(names) > 1:
             raise RuntimeError(f"one packed forward holds one adapter, got {sorted(names)}")
         adapter = active_adapter(self.model.backbone, names.pop()) if names else contextlib.nullcontext()
         with adapter, segment_attention(self.model.hf_model, plan):
-            hidden = direct_forward(self.model.backbone, packed.input_ids, packed.position_ids, kept, deterministic=True)
+            hidden = direct_forward(
+                self.model.backbone, packed.input_ids, packed.position_ids, kept, deterministic=True
+            )
         self._record(packed, plan)
         if plan.calls != self._expected_attention_calls():
             raise SegmentAttentionUnsupported(
@@ -407,7 +450,9 @@ class ModelRunner:
     def _record(self, packed: PackedForward, plan) -> None:
         """Work counters of a packed forward (rows through the last layer, query-key pairs per layer)."""
         stats = self.last_stats
-        pairs = sum(seg.length * seg.prefix_length + seg.length * (seg.length + 1) // 2 for seg in packed.segments)
+        pairs = sum(
+            seg.length * seg.prefix_length + seg.length * (seg.length + 1) // 2 for seg in packed.segments
+        )
         stats["attention_pairs"] += pairs
         if plan.prune_layer is None:
             stats["last_layer_rows"] += packed.num_tokens
@@ -416,7 +461,9 @@ class ModelRunner:
         for seg in packed.segments:
             rows = seg.rows if seg.rows is not None else torch.arange(seg.length)
             stats["last_layer_rows"] += int(rows.numel())
-            stats["last_layer_attention_pairs"] += int((rows + 1).sum()) + int(rows.numel()) * seg.prefix_length
+            stats["last_layer_attention_pairs"] += (
+                int((rows + 1).sum()) + int(rows.numel()) * seg.prefix_length
+            )
 
     # ------------------------------------------------------------------ shared
     def run_batch(self, requests: list[EngineRequest]) -> list[torch.Tensor]:
@@ -451,7 +498,10 @@ class ModelRunner:
         head_kwargs: dict[str, Any] | None = None,
     ) -> list[torch.Tensor]:
         """Reduce gathered states per request, run the head once per column set, and post-process."""
-        reduced = [get_pooler(r.pooling.pooling_type).reduce(g).float() for r, g in zip(requests, gathered, strict=True)]
+        reduced = [
+            get_pooler(r.pooling.pooling_type).reduce(g).float()
+            for r, g in zip(requests, gathered, strict=True)
+        ]
         outputs: list[torch.Tensor | None] = [None] * len(requests)
         head_rows = [i for i, r in enumerate(requests) if r.pooling.runs_head]
         # Group head calls by their column selection so each group is one matmul.
@@ -463,7 +513,9 @@ class ModelRunner:
             sizes = [s.shape[0] for s in states]
             kwargs = dict(head_kwargs or {})
             if "adapter_names" in kwargs:  # expand per-request adapter names to per-row
-                kwargs["adapter_names"] = [kwargs["adapter_names"][i] for i, n in zip(members, sizes, strict=True) for _ in range(n)]
+                kwargs["adapter_names"] = [
+                    kwargs["adapter_names"][i] for i, n in zip(members, sizes, strict=True) for _ in range(n)
+                ]
             if self.deterministic:
                 logits = self._tiled_score(torch.cat(states, dim=0), columns, kwargs)
             else:
@@ -477,7 +529,9 @@ class ModelRunner:
                 outputs[i] = _embed_post(reduced[i], r.pooling)
         return [o.detach().to("cpu", torch.float32).contiguous() for o in outputs if o is not None]
 
-    def _tiled_score(self, states: torch.Tensor, columns: tuple[int, ...] | None, kwargs: dict[str, Any]) -> torch.Tensor:
+    def _tiled_score(
+        self, states: torch.Tensor, columns: tuple[int, ...] | None, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
         """``model.score`` on fixed tiles of ``HEAD_TILE`` rows (padding rows take the tile's first adapter)."""
         from rlhf_rewards.engine.deterministic import HEAD_TILE, tile_rows, tiles
 
@@ -489,7 +543,9 @@ class ModelRunner:
             extra = dict(kwargs)
             if names is not None:
                 extra["adapter_names"] = list(names[s:e]) + [names[s]] * (HEAD_TILE - (e - s))
-            parts.append(self.model.score(tile_rows(states, s, e, HEAD_TILE, dim=0), columns, **extra)[: e - s])
+            parts.append(
+                self.model.score(tile_rows(states, s, e, HEAD_TILE, dim=0), columns, **extra)[: e - s]
+            )
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
@@ -515,7 +571,9 @@ class _Capture:
             return
         if not self.buffers:
             kv_heads, head_dim = keys.shape[0], keys.shape[-1]
-            self.buffers = [keys.new_empty((self.layers, 2, kv_heads, e - s, head_dim)) for _, s, e in self.todo]
+            self.buffers = [
+                keys.new_empty((self.layers, 2, kv_heads, e - s, head_dim)) for _, s, e in self.todo
+            ]
         for (_, s, e), buf in zip(self.todo, self.buffers, strict=True):
             buf[layer, 0].copy_(keys[:, s:e])
             buf[layer, 1].copy_(values[:, s:e])
@@ -535,8 +593,8 @@ class _Capture:
             root = node.path()[0]
             seq = requests[first_seq[id(node)]]
             self.inserted[id(node)] = session.extend(
-                root.cached.namespace, seq.token_ids, node.start, node.end, buf,
-                pin=bool(node.children))
+                root.cached.namespace, seq.token_ids, node.start, node.end, buf, pin=bool(node.children)
+            )
         self.buffers = []
         session.evict()
 

@@ -191,7 +191,9 @@ class ExternalKV:
         """Keys and values ``[1, kv_heads, end - start, head_dim]`` of the piece at address ``start``."""
         piece = self.pieces[start]
         if piece.shape[3] != end - start:
-            raise RuntimeError(f"external key range {start}:{end} does not match its piece ({piece.shape[3]} rows)")
+            raise RuntimeError(
+                f"external key range {start}:{end} does not match its piece ({piece.shape[3]} rows)"
+            )
         return piece[layer, 0].unsqueeze(0), piece[layer, 1].unsqueeze(0)
 
 
@@ -227,8 +229,14 @@ class SegmentPlan:
         if pruned not in self._blocked:
             if self.workspace is None:
                 self.workspace = Workspace()  # one set of scratch buffers for the full and pruned layers
-            self._blocked[pruned] = BlockedLayout(self.segments, self.total, pruned, device, workspace=self.workspace,
-                                                  external_rows=self.external.rows if self.external else 0)
+            self._blocked[pruned] = BlockedLayout(
+                self.segments,
+                self.total,
+                pruned,
+                device,
+                workspace=self.workspace,
+                external_rows=self.external.rows if self.external else 0,
+            )
         return self._blocked[pruned]
 
     def varlen_layout(self, device: torch.device) -> varlen_attention.VarlenLayout:
@@ -238,10 +246,14 @@ class SegmentPlan:
             for seg in self.segments:  # every query row: the varlen path never prunes
                 for key_range in seg.prefix:
                     cross_rows.setdefault(key_range, []).extend(range(seg.start, seg.end))
-            self._varlen = varlen_attention.VarlenLayout(self.segments, self.total, _crosses(cross_rows, device), device)
+            self._varlen = varlen_attention.VarlenLayout(
+                self.segments, self.total, _crosses(cross_rows, device), device
+            )
         return self._varlen
 
-    def buckets(self, pruned: bool, device: torch.device) -> tuple[list[_Bucket], list[_Cross], list[_ExtBucket]]:
+    def buckets(
+        self, pruned: bool, device: torch.device
+    ) -> tuple[list[_Bucket], list[_Cross], list[_ExtBucket]]:
         """The attention calls of a (pruned or full) layer: own-part buckets, ancestor parts in the row, and
         cached-ancestor parts; built once."""
         if pruned not in self._buckets:
@@ -250,7 +262,10 @@ class SegmentPlan:
 
 
 def _make_buckets(
-    segments: list[Segment], total: int, pruned: bool, device: torch.device,
+    segments: list[Segment],
+    total: int,
+    pruned: bool,
+    device: torch.device,
 ) -> tuple[list[_Bucket], list[_Cross], list[_ExtBucket]]:
     causal: dict[bool, list[_Item]] = {False: [], True: []}  # every query: SDPA's causal mode
     masked: dict[bool, list[_Item]] = {False: [], True: []}  # some queries (pruned layer): explicit mask
@@ -264,7 +279,8 @@ def _make_buckets(
             offsets = [int(x) for x in seg.rows.tolist()]
             q_rows = [seg.start + o for o in offsets]
             masked[has_prefix].append(
-                _Item(q_rows, offsets, list(range(seg.start, seg.start + offsets[-1] + 1)), lse=has_prefix))
+                _Item(q_rows, offsets, list(range(seg.start, seg.start + offsets[-1] + 1)), lse=has_prefix)
+            )
         else:
             q_rows = list(range(seg.start, seg.end))
             causal[has_prefix].append(_Item(q_rows, list(range(seg.length)), q_rows, lse=has_prefix))
@@ -282,8 +298,9 @@ def _make_buckets(
     return buckets, _crosses(cross_rows, device), _ext_buckets(ext_rows, total, device)
 
 
-def _ext_buckets(ext_rows: dict[tuple[tuple[int, int], ...], list[int]], total: int,
-                 device: torch.device) -> list[_ExtBucket]:
+def _ext_buckets(
+    ext_rows: dict[tuple[tuple[int, int], ...], list[int]], total: int, device: torch.device
+) -> list[_ExtBucket]:
     offsets: dict[int, int] = {}
     for ranges in ext_rows:
         for s, e in ranges:
@@ -302,7 +319,11 @@ def _ext_buckets(ext_rows: dict[tuple[tuple[int, int], ...], list[int]], total: 
     out = []
     as_tensor = lambda x: torch.from_numpy(x.reshape(-1)).to(device)  # noqa: E731
     for group in _group(items):
-        batch, q_len, k_len = len(group), max(len(it.q_rows) for it in group), max(len(it.k_rows) for it in group)
+        batch, q_len, k_len = (
+            len(group),
+            max(len(it.q_rows) for it in group),
+            max(len(it.k_rows) for it in group),
+        )
         q_index = np.zeros((batch, q_len), dtype=np.int64)
         dst = np.full((batch, q_len), total, dtype=np.int64)  # padding queries land in the trash row
         for b, it in enumerate(group):
@@ -310,7 +331,11 @@ def _ext_buckets(ext_rows: dict[tuple[tuple[int, int], ...], list[int]], total: 
             dst[b, : len(it.q_rows)] = it.q_rows
         ranges = ranges_of[id(group[0])]
         if batch == 1 and len(ranges) == 1:  # one piece: read in place
-            out.append(_ExtBucket(1, q_len, k_len, as_tensor(q_index), as_tensor(dst), None, None, piece=ranges[0][0]))
+            out.append(
+                _ExtBucket(
+                    1, q_len, k_len, as_tensor(q_index), as_tensor(dst), None, None, piece=ranges[0][0]
+                )
+            )
             continue
         k_index = np.zeros((batch, k_len), dtype=np.int64)
         mask = np.zeros((batch, 1, q_len, k_len), dtype=bool)
@@ -318,8 +343,17 @@ def _ext_buckets(ext_rows: dict[tuple[tuple[int, int], ...], list[int]], total: 
             rows = np.concatenate([np.arange(offsets[s], offsets[s] + e - s) for s, e in ranges_of[id(it)]])
             k_index[b, : rows.size] = rows
             mask[b, 0, :, : rows.size] = True
-        out.append(_ExtBucket(batch, q_len, k_len, as_tensor(q_index), as_tensor(dst), as_tensor(k_index),
-                              torch.from_numpy(mask).to(device)))
+        out.append(
+            _ExtBucket(
+                batch,
+                q_len,
+                k_len,
+                as_tensor(q_index),
+                as_tensor(dst),
+                as_tensor(k_index),
+                torch.from_numpy(mask).to(device),
+            )
+        )
     return out
 
 
@@ -377,8 +411,14 @@ def _bucket(items: list[_Item], is_causal: bool, total: int, device: torch.devic
             mask[b, 0, nq:, 0] = True  # padding queries see one key (no all-masked rows)
     as_tensor = lambda x: torch.from_numpy(x.reshape(-1)).to(device)  # noqa: E731
     return _Bucket(
-        batch, q_len, k_len, as_tensor(q_index), as_tensor(k_index), as_tensor(dst),
-        torch.from_numpy(mask).to(device) if mask is not None else None, lse=lse,
+        batch,
+        q_len,
+        k_len,
+        as_tensor(q_index),
+        as_tensor(k_index),
+        as_tensor(dst),
+        torch.from_numpy(mask).to(device) if mask is not None else None,
+        lse=lse,
     )
 
 
@@ -386,7 +426,9 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype, cache: dict) -> torch.Tens
     """The boolean mask as an additive float mask (SDPA would convert it on every call otherwise)."""
     key = (id(mask), dtype)
     if key not in cache:
-        cache[key] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+        cache[key] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+            ~mask, float("-inf")
+        )
     return cache[key]
 
 
@@ -432,7 +474,8 @@ def _sdpa_lse_math(query, key, value, *, mask, is_causal, scale):
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * (scale or query.shape[-1] ** -0.5)
     if is_causal:
         scores = scores.masked_fill(
-            torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1), float("-inf"))
+            torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1), float("-inf")
+        )
     if mask is not None:
         scores = scores + mask.float()
     lse = torch.logsumexp(scores, dim=-1)
@@ -453,7 +496,9 @@ def deterministic_layout(module: nn.Module, device: torch.device) -> BlockedLayo
     queries, keys and values straight into it."""
     plan = _ACTIVE_PLAN.get()
     if plan is None or not plan.deterministic:
-        raise SegmentAttentionUnsupported("deterministic attention needs an active SegmentPlan(deterministic=True)")
+        raise SegmentAttentionUnsupported(
+            "deterministic attention needs an active SegmentPlan(deterministic=True)"
+        )
     plan.calls += 1
     pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
     layout = plan.blocked_layout(pruned, device)
@@ -487,7 +532,9 @@ def segment_attention_forward(
     if plan is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     for name in ("sliding_window", "softcap", "s_aux"):
         if kwargs.get(name) is not None:
             raise SegmentAttentionUnsupported(f"segment attention does not implement `{name}`")
@@ -513,8 +560,9 @@ def segment_attention_forward(
         return key[:, :, ks:ke], value[:, :, ks:ke]
 
     if varlen_attention.applies(query):
-        return varlen_attention.forward(plan.varlen_layout(query.device), query, key, value, scaling, _merge,
-                                        keys_of=keys_of), None
+        return varlen_attention.forward(
+            plan.varlen_layout(query.device), query, key, value, scaling, _merge, keys_of=keys_of
+        ), None
     heads, kv_heads, head_dim = query.shape[1], key.shape[1], value.shape[-1]
     groups = heads // kv_heads
     pruned = plan.prune_layer is not None and getattr(module, "layer_idx", None) == plan.prune_layer
@@ -523,8 +571,11 @@ def segment_attention_forward(
     q_t, k_t, v_t = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)
     merged = bool(crosses or ext_buckets)
     acc_dtype = torch.float32 if merged else query.dtype
-    out = query.new_zeros((total + 1, heads, head_dim), dtype=acc_dtype) if pruned else \
-        query.new_empty((total + 1, heads, head_dim), dtype=acc_dtype)  # +1: trash row for padding
+    out = (
+        query.new_zeros((total + 1, heads, head_dim), dtype=acc_dtype)
+        if pruned
+        else query.new_empty((total + 1, heads, head_dim), dtype=acc_dtype)
+    )  # +1: trash row for padding
     out_lse = query.new_zeros((total + 1, heads), dtype=torch.float32) if merged else None
     for b in buckets:
         mask = _additive(b.mask, query.dtype, plan._masks) if b.mask is not None else None
@@ -544,7 +595,9 @@ def segment_attention_forward(
             if b.lse:
                 out_lse[s:e] = lse[0].transpose(0, 1)
             continue
-        out.index_copy_(0, b.dst, res.transpose(1, 2).reshape(b.batch * b.q_len, heads, head_dim).to(acc_dtype))
+        out.index_copy_(
+            0, b.dst, res.transpose(1, 2).reshape(b.batch * b.q_len, heads, head_dim).to(acc_dtype)
+        )
         if b.lse:
             out_lse.index_copy_(0, b.dst, lse.transpose(1, 2).reshape(b.batch * b.q_len, heads))
     for c in crosses:
@@ -566,8 +619,16 @@ def segment_attention_forward(
     return out[:total].to(query.dtype).unsqueeze(0), None
 
 
-def _attend_cached(ext: ExternalKV, layer: int, ext_buckets: list[_ExtBucket], q_t: torch.Tensor, out: torch.Tensor,
-                   out_lse: torch.Tensor, scaling: float | None, masks: dict) -> None:
+def _attend_cached(
+    ext: ExternalKV,
+    layer: int,
+    ext_buckets: list[_ExtBucket],
+    q_t: torch.Tensor,
+    out: torch.Tensor,
+    out_lse: torch.Tensor,
+    scaling: float | None,
+    masks: dict,
+) -> None:
     """The cached-ancestor parts of a layer, merged into ``out``/``out_lse`` (see :func:`_ext_buckets`)."""
     heads, head_dim = q_t.shape[1], q_t.shape[2]
     cat = None

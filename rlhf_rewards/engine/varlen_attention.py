@@ -74,8 +74,10 @@ def _lse_heads_major(kernel: Callable[..., Any], device: torch.device, dtype: to
     _, lse = kernel(x, x, x, cu, cu, tokens, tokens, return_aux=_lse_request(), window_size=_FULL)
     if tuple(lse.shape) in ((heads, tokens), (tokens, heads)):
         return tuple(lse.shape) == (heads, tokens)
-    raise RuntimeError(f"varlen kernel returned a log-sum-exp of shape {tuple(lse.shape)} for {tokens} tokens "
-                       f"x {heads} heads; expected [heads, tokens] or [tokens, heads]")
+    raise RuntimeError(
+        f"varlen kernel returned a log-sum-exp of shape {tuple(lse.shape)} for {tokens} tokens "
+        f"x {heads} heads; expected [heads, tokens] or [tokens, heads]"
+    )
 
 
 #: The kernel in use; tests swap in a reference implementation with the same signature.

@@ -30,16 +30,38 @@ def _json(value: str) -> Any:
 
 # (flag name, type or "bool", extra aliases): vLLM's spelling of the flags a pooling user passes.
 _FLAGS: tuple[tuple[str, Any, tuple[str, ...]], ...] = (
-    ("model", str, ()), ("runner", str, ()), ("convert", str, ()), ("tokenizer", str, ()),
-    ("tokenizer-revision", str, ()), ("revision", str, ()), ("dtype", str, ()), ("device", str, ()),
-    ("trust-remote-code", "bool", ()), ("max-model-len", int, ()), ("max-num-batched-tokens", int, ()),
-    ("enable-lora", "bool", ()), ("max-loras", int, ()), ("max-lora-rank", int, ()), ("seed", int, ()),
-    ("hf-overrides", _json, ()), ("pooler-config", _json, ()), ("enforce-eager", "bool", ()),
-    ("tensor-parallel-size", int, ("-tp",)), ("pipeline-parallel-size", int, ("-pp",)),
-    ("served-model-name", str, ()), ("chat-template", str, ()), ("skip-tokenizer-init", "bool", ()),
-    ("gpu-memory-utilization", float, ()), ("max-num-seqs", int, ()), ("enable-prefix-caching", "bool", ()),
-    ("enable-chunked-prefill", "bool", ()), ("kv-cache-dtype", str, ()), ("quantization", str, ("-q",)),
-    ("block-size", int, ()), ("disable-log-stats", "bool", ()), ("distributed-executor-backend", str, ()),
+    ("model", str, ()),
+    ("runner", str, ()),
+    ("convert", str, ()),
+    ("tokenizer", str, ()),
+    ("tokenizer-revision", str, ()),
+    ("revision", str, ()),
+    ("dtype", str, ()),
+    ("device", str, ()),
+    ("trust-remote-code", "bool", ()),
+    ("max-model-len", int, ()),
+    ("max-num-batched-tokens", int, ()),
+    ("enable-lora", "bool", ()),
+    ("max-loras", int, ()),
+    ("max-lora-rank", int, ()),
+    ("seed", int, ()),
+    ("hf-overrides", _json, ()),
+    ("pooler-config", _json, ()),
+    ("enforce-eager", "bool", ()),
+    ("tensor-parallel-size", int, ("-tp",)),
+    ("pipeline-parallel-size", int, ("-pp",)),
+    ("served-model-name", str, ()),
+    ("chat-template", str, ()),
+    ("skip-tokenizer-init", "bool", ()),
+    ("gpu-memory-utilization", float, ()),
+    ("max-num-seqs", int, ()),
+    ("enable-prefix-caching", "bool", ()),
+    ("enable-chunked-prefill", "bool", ()),
+    ("kv-cache-dtype", str, ()),
+    ("quantization", str, ("-q",)),
+    ("block-size", int, ()),
+    ("disable-log-stats", "bool", ()),
+    ("distributed-executor-backend", str, ()),
 )
 
 
@@ -84,8 +106,9 @@ class EngineArgs:
             flags = (f"--{name}", *aliases)
             dest = name.replace("-", "_")
             if kind == "bool":
-                parser.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction,
-                                    default=argparse.SUPPRESS)
+                parser.add_argument(
+                    *flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS
+                )
             else:
                 parser.add_argument(*flags, dest=dest, type=kind, default=argparse.SUPPRESS)
         return parser

@@ -66,15 +66,18 @@ def check_labels(label_token_ids: Sequence[int], vocab_size: int) -> list[int]:
     """vLLM's checks of ``label_token_ids``, in its order and with its messages (``RequestError`` without a
     field, so the server answers exactly vLLM's text)."""
     if isinstance(label_token_ids, (str, bytes)) or not isinstance(label_token_ids, Sequence):
-        raise RequestError(f"must be a list of token ids, got {type(label_token_ids).__name__}.",
-                           field="label_token_ids")
+        raise RequestError(
+            f"must be a list of token ids, got {type(label_token_ids).__name__}.", field="label_token_ids"
+        )
     labels = []
     for token_id in label_token_ids:
         if isinstance(token_id, bool) or not isinstance(token_id, int):
             raise RequestError(f"must hold integer token ids, got {token_id!r}.", field="label_token_ids")
         if token_id < 0 or token_id >= vocab_size:
-            raise RequestError(f"label_token_id {token_id} is out of vocabulary range [0, {vocab_size}). "
-                               "Please provide valid token IDs.")
+            raise RequestError(
+                f"label_token_id {token_id} is out of vocabulary range [0, {vocab_size}). "
+                "Please provide valid token IDs."
+            )
         labels.append(int(token_id))
     if not labels:
         raise RequestError("label_token_ids must contain at least one token ID.")
@@ -84,7 +87,9 @@ def check_labels(label_token_ids: Sequence[int], vocab_size: int) -> list[int]:
 def check_items(items: Sequence[Any]) -> None:
     """vLLM's check of an empty ``items``; mixed text and token ids are refused too (vLLM's schema does)."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise RequestError(f"must be a list of texts or of token-id lists, got {type(items).__name__}.", field="items")
+        raise RequestError(
+            f"must be a list of texts or of token-id lists, got {type(items).__name__}.", field="items"
+        )
     if len(items) == 0:
         raise RequestError("items must contain at least one item.")
     kinds = {"text" if isinstance(x, str) else "ids" for x in items}
@@ -161,11 +166,19 @@ def run_label_reads(
     salts = list(cache_salt) if cache_salt is not None else [None] * len(loras)
     requests = []
     for i, (ids, labels, soft, lora, salt) in enumerate(
-            zip(token_ids, label_token_ids, apply_softmax, loras, salts, strict=True)):
+        zip(token_ids, label_token_ids, apply_softmax, loras, salts, strict=True)
+    ):
         check_labels(labels, head)
-        requests.append(EngineRequest(index=i, request_id=f"gs-{next(_counter)}-{uuid.uuid4().hex[:8]}",
-                                      token_ids=list(ids), pooling=label_pooling(labels, soft), lora=lora,
-                                      cache_salt=salt))
+        requests.append(
+            EngineRequest(
+                index=i,
+                request_id=f"gs-{next(_counter)}-{uuid.uuid4().hex[:8]}",
+                token_ids=list(ids),
+                pooling=label_pooling(labels, soft),
+                lora=lora,
+                cache_salt=salt,
+            )
+        )
     tensors = llm._run(requests, use_tqdm)
     results = []
     for t, labels, soft in zip(tensors, label_token_ids, apply_softmax, strict=True):
@@ -192,38 +205,59 @@ def generative_score(
     """See :meth:`rlhf_rewards.LLM.generative_score`."""
     if isinstance(items, str):
         items = [items]
-    for name, flag in (("apply_softmax", apply_softmax), ("item_first", item_first),
-                       ("add_special_tokens", add_special_tokens)):
+    for name, flag in (
+        ("apply_softmax", apply_softmax),
+        ("item_first", item_first),
+        ("add_special_tokens", add_special_tokens),
+    ):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}.")
     if lora_request is not None and not isinstance(lora_request, LoRARequest):
         raise ValueError(f"lora_request must be one LoRARequest or None, got {type(lora_request).__name__}.")
     labels = check_labels(label_token_ids, _lm_head_rows(llm))
     check_items(items)
-    prompts = build_prompts(query, items, llm.tokenizer, vocab_size=llm.model.vocab_size,
-                            max_model_len=llm.max_model_len, item_first=item_first,
-                            add_special_tokens=add_special_tokens)
+    prompts = build_prompts(
+        query,
+        items,
+        llm.tokenizer,
+        vocab_size=llm.model.vocab_size,
+        max_model_len=llm.max_model_len,
+        item_first=item_first,
+        add_special_tokens=add_special_tokens,
+    )
     n = len(prompts)
     reads = run_label_reads(llm, prompts, [labels] * n, [apply_softmax] * n, [lora_request] * n, use_tqdm)
     outputs = []
     for i, (prompt, (probs, error)) in enumerate(zip(prompts, reads, strict=True)):
         values = [float(p) for p in probs]
-        outputs.append(GenerativeScoringOutput(index=i, score=values[0] if error is None else math.nan,
-                                               label_probs=values, prompt_token_ids=prompt,
-                                               request_id=f"generative-scoring-{uuid.uuid4().hex}-{i}", error=error))
+        outputs.append(
+            GenerativeScoringOutput(
+                index=i,
+                score=values[0] if error is None else math.nan,
+                label_probs=values,
+                prompt_token_ids=prompt,
+                request_id=f"generative-scoring-{uuid.uuid4().hex}-{i}",
+                error=error,
+            )
+        )
     return outputs
 
 
 def _ids(value: Any, vocab_size: int, field_name: str, index: int | None) -> list[int]:
     """Token ids checked to be ints in ``[0, vocab_size)`` (an empty list is allowed, as in vLLM)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise RequestError(f"must be a list of token ids, got {type(value).__name__}.", field=field_name, index=index)
+        raise RequestError(
+            f"must be a list of token ids, got {type(value).__name__}.", field=field_name, index=index
+        )
     for t in value:
         if isinstance(t, bool) or not isinstance(t, int):
             raise RequestError(f"must hold integer token ids, found {t!r}.", field=field_name, index=index)
         if t < 0 or t >= vocab_size:
-            raise RequestError(f"has token id {t}, outside the vocabulary range [0, {vocab_size}).",
-                               field=field_name, index=index)
+            raise RequestError(
+                f"has token id {t}, outside the vocabulary range [0, {vocab_size}).",
+                field=field_name,
+                index=index,
+            )
     return [int(t) for t in value]
 
 
@@ -231,12 +265,22 @@ def _lm_head_rows(llm: LLM) -> int:
     """The vocabulary the labels index: the rows of the model's LM head (an error for a model without one)."""
     model = llm.model
     if getattr(model, "lm_head_name", None) is None:
-        raise RequestError(f"{llm.spec.architecture} has no LM head: generative scoring needs a causal LM "
-                           "(a *ForCausalLM checkpoint loaded with convert='auto').", field="model", sep=": ")
+        raise RequestError(
+            f"{llm.spec.architecture} has no LM head: generative scoring needs a causal LM "
+            "(a *ForCausalLM checkpoint loaded with convert='auto').",
+            field="model",
+            sep=": ",
+        )
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     vocab = getattr(config, "vocab_size", None)
     return int(vocab) if vocab else int(model.num_labels)
 
 
-__all__ = ["GenerativeScoringOutput", "build_prompts", "check_items", "check_labels", "generative_score",
-           "run_label_reads"]
+__all__ = [
+    "GenerativeScoringOutput",
+    "build_prompts",
+    "check_items",
+    "check_labels",
+    "generative_score",
+    "run_label_reads",
+]

@@ -143,7 +143,9 @@ class LLM:
         **engine_kwargs: Any,
     ) -> None:
         # What a split engine's worker processes build (the same LLM, each loading its shard).
-        init_arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__", "engine_kwargs")}
+        init_arguments = {
+            k: v for k, v in locals().items() if k not in ("self", "__class__", "engine_kwargs")
+        }
         init_arguments.update(engine_kwargs)
         # vLLM's other engine arguments: honoured ones mapped here, the rest warned about once each.
         extra = split_engine_args(engine_kwargs)
@@ -151,12 +153,17 @@ class LLM:
             pooler_config = PoolerConfig.from_any(pooler_config)
         pooler_config = _pooler_config_with_task(pooler_config, extra.pop("task", None))
         if runner not in ("pooling", "auto"):
-            raise ValueError(f"runner={runner!r}: rlhf-rewards only runs pooling models; use runner='pooling'.")
+            raise ValueError(
+                f"runner={runner!r}: rlhf-rewards only runs pooling models; use runner='pooling'."
+            )
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a local folder or hub id string, got {model!r}.")
-        for name, value in (("max_model_len", max_model_len), ("max_num_batched_tokens", max_num_batched_tokens)):
+        for name, value in (
+            ("max_model_len", max_model_len),
+            ("max_num_batched_tokens", max_num_batched_tokens),
+        ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not isinstance(enforce_eager, bool):
@@ -167,7 +174,9 @@ class LLM:
             raise ValueError(f"strict_vllm_compat must be True or False, got {strict_vllm_compat!r}.")
         self.strict_vllm_compat = strict_vllm_compat
         if deterministic and not enforce_eager:
-            raise ValueError("deterministic=True needs enforce_eager=True: compiled kernels are not batch-invariant.")
+            raise ValueError(
+                "deterministic=True needs enforce_eager=True: compiled kernels are not batch-invariant."
+            )
         torch.manual_seed(seed)
         self._engine_lock = threading.RLock()
         self.model_name = model
@@ -179,13 +188,20 @@ class LLM:
         self.dtype = resolve_dtype(dtype, _DictConfig(raw_config), self.device)
         # tensor/pipeline parallel (rlhf_rewards.parallel): the split is checked against config.json, then the
         # other ranks' processes start; each loads only its shard, and every call runs on all ranks in lockstep.
-        self.parallel_config = ParallelConfig(tensor_parallel_size, pipeline_parallel_size,
-                                              parallel_start_timeout_s, parallel_call_timeout_s)
+        self.parallel_config = ParallelConfig(
+            tensor_parallel_size, pipeline_parallel_size, parallel_start_timeout_s, parallel_call_timeout_s
+        )
         self._parallel: ParallelEngine | None = None
         if self.parallel_config.enabled:
             self._parallel = ParallelEngine.start(
-                self.parallel_config, model=model, config_dict=raw_config, device=self.device,
-                enable_lora=enable_lora, factory=type(self), kwargs=init_arguments)
+                self.parallel_config,
+                model=model,
+                config_dict=raw_config,
+                device=self.device,
+                enable_lora=enable_lora,
+                factory=type(self),
+                kwargs=init_arguments,
+            )
             self.device = self._parallel.device
         try:
             self.model: PoolingModel = load_pooling_model(
@@ -202,11 +218,19 @@ class LLM:
                 self.model = self._parallel.adopt(self.model)
             self.spec: ModelSpec = self.model.spec
             tokenizer_revision = extra.get("tokenizer_revision") or (None if tokenizer else revision)
-            self.tokenizer: PreTrainedTokenizerBase | None = None if extra.get("skip_tokenizer_init") else (
-                load_tokenizer(tokenizer or model, revision=tokenizer_revision, trust_remote_code=trust_remote_code)
+            self.tokenizer: PreTrainedTokenizerBase | None = (
+                None
+                if extra.get("skip_tokenizer_init")
+                else (
+                    load_tokenizer(
+                        tokenizer or model, revision=tokenizer_revision, trust_remote_code=trust_remote_code
+                    )
+                )
             )
             served = extra.get("served_model_name")
-            self.served_model_name: str | None = served[0] if isinstance(served, (list, tuple)) and served else served
+            self.served_model_name: str | None = (
+                served[0] if isinstance(served, (list, tuple)) and served else served
+            )
             self.chat_template: str | None = _load_chat_template(extra.get("chat_template"))
             self.max_model_len = self._resolve_max_model_len(max_model_len)
             self.max_num_batched_tokens = max(max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS, 1)
@@ -232,7 +256,9 @@ class LLM:
             raise
         if self._parallel is not None:
             self.runner = self._parallel.lockstep(self.runner)  # waits until every rank has its shard
-            self.device = self._parallel.user_device  # the driver loaded on `meta`; the ranks hold the weights
+            self.device = (
+                self._parallel.user_device
+            )  # the driver loaded on `meta`; the ranks hold the weights
 
     def reset_prefix_cache(self) -> bool:
         """Drop the keys and values kept across calls (vLLM's ``LLM.reset_prefix_cache``); ``True`` when done.
@@ -280,9 +306,18 @@ class LLM:
         defaults = self.spec.task_defaults
         configs: dict[str, PoolerConfig] = {}
         for task, default in defaults.items():
-            config = user_config_for_task(self.user_pooler_config, task, defaults).merged_over(default).for_task(task)
+            config = (
+                user_config_for_task(self.user_pooler_config, task, defaults)
+                .merged_over(default)
+                .for_task(task)
+            )
             vllm_tag = VLLM_DEFAULT_STEP_TAG_IDS.get(self.spec.architecture)
-            if self.strict_vllm_compat and config.is_step and config.step_tag_id is None and vllm_tag is not None:
+            if (
+                self.strict_vllm_compat
+                and config.is_step
+                and config.step_tag_id is None
+                and vllm_tag is not None
+            ):
                 config.step_tag_id = vllm_tag  # vLLM's fixed id, whatever the tokenizer
             else:
                 config.step_tag_id = default_step_tag_id(
@@ -298,7 +333,9 @@ class LLM:
         if requested is None:
             return int(limit) if limit else 8192
         if limit and requested > limit:
-            raise ValueError(f"max_model_len={requested} is over the model's max_position_embeddings={limit}.")
+            raise ValueError(
+                f"max_model_len={requested} is over the model's max_position_embeddings={limit}."
+            )
         return requested
 
     def model_info(self, served_model_name: str | None = None) -> ModelInfo:
@@ -307,7 +344,9 @@ class LLM:
         tok = self.tokenizer
         step_tag = step_tag_text(tok, step_tag_id)
         reward_token_id = getattr(self.model.config, "reward_token_id", None)
-        reward_token = tok.decode([reward_token_id]) if (tok is not None and reward_token_id is not None) else None
+        reward_token = (
+            tok.decode([reward_token_id]) if (tok is not None and reward_token_id is not None) else None
+        )
         return ModelInfo(
             model=served_model_name or self.served_model_name or self.model_name,
             architecture=self.spec.architecture,
@@ -343,7 +382,10 @@ class LLM:
             if not conv:
                 raise ValueError(f"conversations[{i}] is empty.")
             text = tok.apply_chat_template(
-                list(conv), chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+                list(conv),
+                chat_template=chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
             )
             # The template already holds any BOS it wants: do not add special tokens again.
             rendered.append(list(tok(text, add_special_tokens=False)["input_ids"]))
@@ -413,21 +455,33 @@ class LLM:
             add_special_tokens: Add the tokenizer's special tokens (BOS...) to string prompts. Default True.
         """
         if isinstance(prompts, dict) and "data" in prompts:
-            raise ValueError("The 'data' field is only supported for the 'plugin' pooling task, which this "
-                             "engine does not have (no IOProcessor plugins).")
+            raise ValueError(
+                "The 'data' field is only supported for the 'plugin' pooling task, which this "
+                "engine does not have (no IOProcessor plugins)."
+            )
         if self.strict_vllm_compat:
             self._check_vllm_request(pooling_task, pooling_params)
         if pooling_task is None:
-            raise RequestError(_POOLING_TASK_REQUIRED.format(tasks=list(self.supported_tasks)), field="pooling_task",
-                               sep=" ")
+            raise RequestError(
+                _POOLING_TASK_REQUIRED.format(tasks=list(self.supported_tasks)), field="pooling_task", sep=" "
+            )
         if pooling_task in POOLING_TASKS and pooling_task not in self.supported_tasks:
-            api, convert = ("Embedding", "embed") if "embed" in pooling_task else ("Classification", "classify")
-            raise RequestError(f"{pooling_task!r}: {api} API is not supported by this model (it supports "
-                               f"{list(self.supported_tasks)}). Try converting the model using `convert={convert!r}`.",
-                               field="pooling_task", sep="=")
+            api, convert = (
+                ("Embedding", "embed") if "embed" in pooling_task else ("Classification", "classify")
+            )
+            raise RequestError(
+                f"{pooling_task!r}: {api} API is not supported by this model (it supports "
+                f"{list(self.supported_tasks)}). Try converting the model using `convert={convert!r}`.",
+                field="pooling_task",
+                sep="=",
+            )
         task = check_task(pooling_task, self.supported_tasks)
-        tok_options = tokenization_options(tokenization_kwargs, truncate_prompt_tokens=truncate_prompt_tokens,
-                                           add_special_tokens=add_special_tokens, max_model_len=self.max_model_len)
+        tok_options = tokenization_options(
+            tokenization_kwargs,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            add_special_tokens=add_special_tokens,
+            max_model_len=self.max_model_len,
+        )
         truncate_prompt_tokens = tok_options.truncate_prompt_tokens
         add_special_tokens = tok_options.add_special_tokens
         items = normalize_prompts(prompts)
@@ -439,7 +493,10 @@ class LLM:
             self.lora_manager.check(lora_list)  # bad adapters fail before anything runs; loading is in _run
         truncations = [truncation_of(params, truncate_prompt_tokens) for params in params_list]
         token_ids = tokenize_prompts(
-            items, self.tokenizer, vocab_size=self.model.vocab_size, add_special_tokens=add_special_tokens,
+            items,
+            self.tokenizer,
+            vocab_size=self.model.vocab_size,
+            add_special_tokens=add_special_tokens,
             max_lengths=[tok_options.tokenizer_max_length(t, self.max_model_len) for t in truncations],
         )
         requests: list[EngineRequest] = []
@@ -449,8 +506,14 @@ class LLM:
             ids = tok_options.cut(i, ids, truncations[i], self.max_model_len)
             resolved = resolve_pooling(task, params, config)
             requests.append(
-                EngineRequest(index=i, request_id=f"{next(_request_counter)}-{uuid.uuid4().hex[:8]}",
-                              token_ids=ids, pooling=resolved, lora=lora, cache_salt=_cache_salt(items[i]))
+                EngineRequest(
+                    index=i,
+                    request_id=f"{next(_request_counter)}-{uuid.uuid4().hex[:8]}",
+                    token_ids=ids,
+                    pooling=resolved,
+                    lora=lora,
+                    cache_salt=_cache_salt(items[i]),
+                )
             )
         tensors = self._run(requests, use_tqdm)
         return [
@@ -474,11 +537,19 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[ClassificationRequestOutput]:
         """vLLM's ``LLM.classify``: ``encode(..., pooling_task="classify")`` with ``outputs.probs`` lists."""
-        outs = self.encode(prompts, pooling_params, pooling_task="classify", lora_request=lora_request,
-                           truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm,
-                           tokenization_kwargs=tokenization_kwargs)
+        outs = self.encode(
+            prompts,
+            pooling_params,
+            pooling_task="classify",
+            lora_request=lora_request,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+        )
         return [
-            ClassificationRequestOutput(o.request_id, ClassificationOutput(o.outputs.data.tolist()), o.prompt_token_ids)
+            ClassificationRequestOutput(
+                o.request_id, ClassificationOutput(o.outputs.data.tolist()), o.prompt_token_ids
+            )
             for o in outs
         ]
 
@@ -493,9 +564,15 @@ class LLM:
         tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """vLLM's ``LLM.embed``: ``encode(..., pooling_task="embed")`` with ``outputs.embedding`` lists."""
-        outs = self.encode(prompts, pooling_params, pooling_task="embed", lora_request=lora_request,
-                           truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm,
-                           tokenization_kwargs=tokenization_kwargs)
+        outs = self.encode(
+            prompts,
+            pooling_params,
+            pooling_task="embed",
+            lora_request=lora_request,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=tokenization_kwargs,
+        )
         return [
             EmbeddingRequestOutput(o.request_id, EmbeddingOutput(o.outputs.data.tolist()), o.prompt_token_ids)
             for o in outs
@@ -523,9 +600,16 @@ class LLM:
         (MaxSim). ``pooling_params.extra_kwargs={"max_tokens_per_doc": k}`` cuts documents to k tokens.
         See :mod:`rlhf_rewards.entrypoints.scoring`.
         """
-        return score_pairs(self, data_1, data_2, use_tqdm=use_tqdm, pooling_params=pooling_params,
-                           lora_request=lora_request, tokenization_kwargs=tokenization_kwargs,
-                           chat_template=chat_template if chat_template is not None else self.chat_template)
+        return score_pairs(
+            self,
+            data_1,
+            data_2,
+            use_tqdm=use_tqdm,
+            pooling_params=pooling_params,
+            lora_request=lora_request,
+            tokenization_kwargs=tokenization_kwargs,
+            chat_template=chat_template if chat_template is not None else self.chat_template,
+        )
 
     def generative_score(
         self,
@@ -563,28 +647,44 @@ class LLM:
             order: ``.score``, ``.label_probs`` (every label's probability), ``.prompt_token_ids``.
             Prompts are cut to their first ``max_model_len - 1`` tokens, as vLLM does.
         """
-        return generative_score(self, query, items, label_token_ids, apply_softmax=apply_softmax,
-                                item_first=item_first, add_special_tokens=add_special_tokens,
-                                lora_request=lora_request, use_tqdm=use_tqdm)
+        return generative_score(
+            self,
+            query,
+            items,
+            label_token_ids,
+            apply_softmax=apply_softmax,
+            item_first=item_first,
+            add_special_tokens=add_special_tokens,
+            lora_request=lora_request,
+            use_tqdm=use_tqdm,
+        )
 
     def reward(self, *args: Any, **kwargs: Any) -> list[PoolingRequestOutput]:
         """Removed, as in vLLM 0.33: raises ``AttributeError`` naming the replacement."""
-        raise AttributeError("LLM.reward() was removed (as in vLLM): use llm.encode(prompts, "
-                             "pooling_task='token_classify') for token reward models, or pooling_task='classify' "
-                             "for sequence reward models.")
+        raise AttributeError(
+            "LLM.reward() was removed (as in vLLM): use llm.encode(prompts, "
+            "pooling_task='token_classify') for token reward models, or pooling_task='classify' "
+            "for sequence reward models."
+        )
 
     def _check_vllm_request(self, pooling_task: str | None, pooling_params: Any) -> None:
         """``strict_vllm_compat``: refuse what vLLM 0.32's ``LLM.encode`` refuses, with its messages
         (``vllm/entrypoints/pooling/offline.py``, ``vllm/pooling_params.py``)."""
         supported = _vllm_supported_tasks(self.spec)
         if pooling_task in ("embed", "token_embed") and pooling_task not in supported:
-            raise ValueError("Embedding API is not supported by this model. "
-                             "Try converting the model using `--convert embed`.")
+            raise ValueError(
+                "Embedding API is not supported by this model. "
+                "Try converting the model using `--convert embed`."
+            )
         if pooling_task in ("classify", "token_classify") and pooling_task not in supported:
-            raise ValueError("Classification API is not supported by this model. "
-                             "Try converting the model using `--convert classify`.")
+            raise ValueError(
+                "Classification API is not supported by this model. "
+                "Try converting the model using `--convert classify`."
+            )
         if pooling_task in POOLING_TASKS and pooling_task != self.pooling_task:
-            raise ValueError(f"Try switching the model's pooling_task via `PoolerConfig(task=\"{pooling_task}\")`")
+            raise ValueError(
+                f'Try switching the model\'s pooling_task via `PoolerConfig(task="{pooling_task}")`'
+            )
         params_list = pooling_params if isinstance(pooling_params, Sequence) else [pooling_params]
         for params in params_list:
             if not isinstance(params, PoolingParams):
@@ -594,10 +694,14 @@ class LLM:
                 raise TypeError(f"Unexpected keyword argument {name!r}")
             if pooling_task in ("embed", "token_embed") and params.dimensions is not None:
                 config = self.model.config
-                if not (getattr(config, "matryoshka_dimensions", None) or getattr(config, "is_matryoshka", False)):
+                if not (
+                    getattr(config, "matryoshka_dimensions", None) or getattr(config, "is_matryoshka", False)
+                ):
                     name = self.served_model_name or self.model_name
-                    raise ValueError(f"Model {name!r} does not support Matryoshka embeddings; dimensions must be "
-                                     f"unset (received dimensions={params.dimensions}).")
+                    raise ValueError(
+                        f"Model {name!r} does not support Matryoshka embeddings; dimensions must be "
+                        f"unset (received dimensions={params.dimensions})."
+                    )
 
     @property
     def pooling_task(self) -> str:
@@ -629,13 +733,17 @@ class LLM:
                         tensors[i] = self._run_unlocked([requests[i]], False)[0]
             return tensors
 
-    def _run_unlocked(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:
+    def _run_unlocked(
+        self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]
+    ) -> list[torch.Tensor]:
         if self.lora_manager is not None and any(r.lora is not None for r in requests):
             # Adapters are loaded (at most max_loras at a time) and their requests run in as few waves as possible.
             return self.lora_manager.run_in_waves(requests, lambda chunk: self._run_loaded(chunk, use_tqdm))
         return self._run_loaded(requests, use_tqdm)
 
-    def _run_loaded(self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]) -> list[torch.Tensor]:
+    def _run_loaded(
+        self, requests: list[EngineRequest], use_tqdm: bool | Callable[..., Any]
+    ) -> list[torch.Tensor]:
         total_tokens = sum(r.num_tokens for r in requests)
         show = bool(use_tqdm) and total_tokens > self.max_num_batched_tokens
         if not show:
@@ -672,11 +780,12 @@ def _non_finite_error(data: torch.Tensor) -> str | None:
 
 _POOLING_TASK_REQUIRED = (
     "is required for `LLM.encode` (this model supports {tasks}). Please use one of the more specific methods or set "
-    "the pooling_task when using `LLM.encode`: for embeddings, use `LLM.embed(...)` or `pooling_task=\"embed\"`; for "
-    "classification logits, use `LLM.classify(...)` or `pooling_task=\"classify\"`; for similarity scores, use "
-    "`LLM.score(...)`; for rewards, `pooling_task=\"classify\"` or `pooling_task=\"token_classify\"`; for token "
-    "classification, use `pooling_task=\"token_classify\"`; for multi-vector retrieval, use "
-    "`pooling_task=\"token_embed\"`.")
+    'the pooling_task when using `LLM.encode`: for embeddings, use `LLM.embed(...)` or `pooling_task="embed"`; for '
+    'classification logits, use `LLM.classify(...)` or `pooling_task="classify"`; for similarity scores, use '
+    '`LLM.score(...)`; for rewards, `pooling_task="classify"` or `pooling_task="token_classify"`; for token '
+    'classification, use `pooling_task="token_classify"`; for multi-vector retrieval, use '
+    '`pooling_task="token_embed"`.'
+)
 
 
 def _pooler_config_with_task(config: Any, task: Any) -> Any:
@@ -685,11 +794,19 @@ def _pooler_config_with_task(config: Any, task: Any) -> Any:
         return config
     if task in REMOVED_POOLING_TASKS or task not in POOLING_TASKS:
         hint = REMOVED_POOLING_TASKS.get(task, f"{task!r} is not a pooling task")
-        warnings.warn(f"LLM(task={task!r}) is ignored: the `task` engine argument was removed from vLLM; {hint} "
-                      "Pass pooling_task=... to encode().", IgnoredEngineArgWarning, stacklevel=3)
+        warnings.warn(
+            f"LLM(task={task!r}) is ignored: the `task` engine argument was removed from vLLM; {hint} "
+            "Pass pooling_task=... to encode().",
+            IgnoredEngineArgWarning,
+            stacklevel=3,
+        )
         return config
-    warnings.warn(f"LLM(task={task!r}): the `task` engine argument was removed from vLLM; used as "
-                  f"PoolerConfig(task={task!r}).", IgnoredEngineArgWarning, stacklevel=3)
+    warnings.warn(
+        f"LLM(task={task!r}): the `task` engine argument was removed from vLLM; used as "
+        f"PoolerConfig(task={task!r}).",
+        IgnoredEngineArgWarning,
+        stacklevel=3,
+    )
     if isinstance(config, PoolerConfig) and config.task is None:
         return dataclasses.replace(config, task=task)
     return config

@@ -30,7 +30,11 @@ from rlhf_rewards.pooling import PoolingParams
 
 logger = logging.getLogger(__name__)
 
-SCORE_TYPES: dict[str, str] = {"classify": "cross-encoder", "embed": "bi-encoder", "token_embed": "late-interaction"}
+SCORE_TYPES: dict[str, str] = {
+    "classify": "cross-encoder",
+    "embed": "bi-encoder",
+    "token_embed": "late-interaction",
+}
 
 
 def valid_inputs(data_1: str | Sequence[str], data_2: str | Sequence[str]) -> tuple[list[str], list[str]]:
@@ -40,8 +44,10 @@ def valid_inputs(data_1: str | Sequence[str], data_2: str | Sequence[str]) -> tu
     for name, items in (("data_1", q), ("data_2", d)):
         for i, x in enumerate(items):
             if not isinstance(x, str):
-                raise ValueError(f"{name}[{i}] must be a string (multimodal score inputs are not supported), "
-                                 f"got {type(x).__name__}.")
+                raise ValueError(
+                    f"{name}[{i}] must be a string (multimodal score inputs are not supported), "
+                    f"got {type(x).__name__}."
+                )
     if len(q) > 1 and len(q) != len(d):
         raise ValueError("Input lengths must be either 1:1, 1:N or N:N")
     if not q:
@@ -61,11 +67,17 @@ def truncate_text_to_tokens(text: str, tokenizer: Any, max_tokens: int) -> str:
     return tokenizer.decode(ids[:max_tokens])
 
 
-def score_pairs(llm: Any, data_1: str | Sequence[str], data_2: str | Sequence[str], *,
-                use_tqdm: bool | Callable[..., Any] = True, pooling_params: PoolingParams | None = None,
-                lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
-                tokenization_kwargs: dict[str, Any] | None = None,
-                chat_template: str | None = None) -> list[ScoringRequestOutput]:
+def score_pairs(
+    llm: Any,
+    data_1: str | Sequence[str],
+    data_2: str | Sequence[str],
+    *,
+    use_tqdm: bool | Callable[..., Any] = True,
+    pooling_params: PoolingParams | None = None,
+    lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+    tokenization_kwargs: dict[str, Any] | None = None,
+    chat_template: str | None = None,
+) -> list[ScoringRequestOutput]:
     """Score every pair with ``llm`` (an :class:`~rlhf_rewards.LLM`; see the module docstring); one output
     per pair, in order."""
     task = llm.pooling_task
@@ -77,7 +89,9 @@ def score_pairs(llm: Any, data_1: str | Sequence[str], data_2: str | Sequence[st
     queries, docs = valid_inputs(data_1, data_2)
     params = (pooling_params or PoolingParams()).clone()
     if params.task is not None and params.task != task:
-        raise ValueError(f"You cannot overwrite pooling_params.task={params.task!r} with pooling_task={task!r}!")
+        raise ValueError(
+            f"You cannot overwrite pooling_params.task={params.task!r} with pooling_task={task!r}!"
+        )
     max_doc = int((params.extra_kwargs or {}).get("max_tokens_per_doc", 0) or 0)
     params = params.clone(task=None, extra_kwargs=None)
     tok = llm.get_tokenizer()
@@ -86,22 +100,42 @@ def score_pairs(llm: Any, data_1: str | Sequence[str], data_2: str | Sequence[st
     if score_type == "cross-encoder":
         if getattr(llm.model.config, "is_original_qwen3_reranker", False) and chat_template is None:
             # vLLM warns the same way: the original Qwen3-Reranker was trained with one prompt template.
-            logger.warning("Scoring an original Qwen3 reranker without a chat_template: the model was trained with a "
-                           "specific prompt template; pass chat_template= (vLLM's "
-                           "examples/pooling/score/template/qwen3_reranker.jinja).")
+            logger.warning(
+                "Scoring an original Qwen3 reranker without a chat_template: the model was trained with a "
+                "specific prompt template; pass chat_template= (vLLM's "
+                "examples/pooling/score/template/qwen3_reranker.jinja)."
+            )
         if len(queries) == 1:
             queries = queries * len(docs)
-        prompts = [{"prompt_token_ids": _pair_ids(llm, tok, q, d, tokenization_kwargs, chat_template)}
-                   for q, d in zip(queries, docs, strict=True)]
-        outs = llm.encode(prompts, params, pooling_task="classify", lora_request=lora_request, use_tqdm=use_tqdm,
-                          tokenization_kwargs=_truncation_only(tokenization_kwargs))
-        return [ScoringRequestOutput(o.request_id, ScoringOutput(float(o.outputs.data.flatten()[0])),
-                                     o.prompt_token_ids) for o in outs]
+        prompts = [
+            {"prompt_token_ids": _pair_ids(llm, tok, q, d, tokenization_kwargs, chat_template)}
+            for q, d in zip(queries, docs, strict=True)
+        ]
+        outs = llm.encode(
+            prompts,
+            params,
+            pooling_task="classify",
+            lora_request=lora_request,
+            use_tqdm=use_tqdm,
+            tokenization_kwargs=_truncation_only(tokenization_kwargs),
+        )
+        return [
+            ScoringRequestOutput(
+                o.request_id, ScoringOutput(float(o.outputs.data.flatten()[0])), o.prompt_token_ids
+            )
+            for o in outs
+        ]
     if score_type == "late-interaction" and params.use_activation is None and params.normalize is None:
         params = params.clone(use_activation=True)  # vLLM's token_embed normalizes by default
     n_q = len(queries)
-    outs = llm.encode(queries + docs, params, pooling_task=task, lora_request=lora_request, use_tqdm=use_tqdm,
-                      tokenization_kwargs=tokenization_kwargs)
+    outs = llm.encode(
+        queries + docs,
+        params,
+        pooling_task=task,
+        lora_request=lora_request,
+        use_tqdm=use_tqdm,
+        tokenization_kwargs=tokenization_kwargs,
+    )
     q_outs, d_outs = outs[:n_q], outs[n_q:]
     if len(q_outs) == 1:
         q_outs = q_outs * len(d_outs)
@@ -112,13 +146,24 @@ def score_pairs(llm: Any, data_1: str | Sequence[str], data_2: str | Sequence[st
             value = F.cosine_similarity(a.outputs.data.float(), b.outputs.data.float(), dim=0)
         else:
             value = torch.matmul(a.outputs.data.float(), b.outputs.data.float().T).amax(dim=-1).sum()
-        results.append(ScoringRequestOutput(f"{a.request_id}_{b.request_id}", ScoringOutput(float(value)),
-                                            a.prompt_token_ids + pad + b.prompt_token_ids))
+        results.append(
+            ScoringRequestOutput(
+                f"{a.request_id}_{b.request_id}",
+                ScoringOutput(float(value)),
+                a.prompt_token_ids + pad + b.prompt_token_ids,
+            )
+        )
     return results
 
 
-def _pair_ids(llm: Any, tok: Any, query: str, doc: str, tokenization_kwargs: dict[str, Any] | None,
-              chat_template: str | None) -> list[int]:
+def _pair_ids(
+    llm: Any,
+    tok: Any,
+    query: str,
+    doc: str,
+    tokenization_kwargs: dict[str, Any] | None,
+    chat_template: str | None,
+) -> list[int]:
     """The cross-encoder prompt of one pair, as vLLM's ``get_score_prompt`` builds it.
 
     A truncation without an explicit side is the tokenizer's own, as vLLM's ``TokenizeParams.get_encode_kwargs``
@@ -129,8 +174,11 @@ def _pair_ids(llm: Any, tok: Any, query: str, doc: str, tokenization_kwargs: dic
     if cut:
         tok = right_truncating(tok)  # vLLM's pooling tokenizer truncates on the right
     if chat_template is not None:
-        text = tok.apply_chat_template([{"role": "query", "content": query}, {"role": "document", "content": doc}],
-                                       chat_template=chat_template, tokenize=False)
+        text = tok.apply_chat_template(
+            [{"role": "query", "content": query}, {"role": "document", "content": doc}],
+            chat_template=chat_template,
+            tokenize=False,
+        )
         return list(tok(text, add_special_tokens=add_special, **cut)["input_ids"])
     if getattr(llm.model.config, "use_sep_token", getattr(llm.model.config, "use_pad_token", True)):
         return list(tok(text=query, text_pair=doc, add_special_tokens=add_special, **cut)["input_ids"])
@@ -154,8 +202,11 @@ def _truncation_only(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
     """The pair is already tokenized: only the truncation keys still apply to it."""
     if kwargs is None:
         return None
-    return {k: v for k, v in kwargs.items() if k in ("truncate_prompt_tokens", "truncation", "max_length",
-                                                     "truncation_side")}
+    return {
+        k: v
+        for k, v in kwargs.items()
+        if k in ("truncate_prompt_tokens", "truncation", "max_length", "truncation_side")
+    }
 
 
 __all__ = ["SCORE_TYPES", "score_pairs", "truncate_text_to_tokens", "valid_inputs"]

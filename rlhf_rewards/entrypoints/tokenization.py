@@ -50,11 +50,18 @@ class TokenizationOptions:
 
     def cut(self, index: int, token_ids: list[int], truncate: int | None, max_model_len: int) -> list[int]:
         """Apply ``truncate`` on this call's side, then the ``max_model_len`` check (a ``RequestError``)."""
-        return apply_length_limit(index, token_ids, max_model_len, truncate, side=self.truncation_side or "right")
+        return apply_length_limit(
+            index, token_ids, max_model_len, truncate, side=self.truncation_side or "right"
+        )
 
 
-def tokenization_options(kwargs: Mapping[str, Any] | None, *, truncate_prompt_tokens: int | None = None,
-                         add_special_tokens: bool = True, max_model_len: int) -> TokenizationOptions:
+def tokenization_options(
+    kwargs: Mapping[str, Any] | None,
+    *,
+    truncate_prompt_tokens: int | None = None,
+    add_special_tokens: bool = True,
+    max_model_len: int,
+) -> TokenizationOptions:
     """Merge ``tokenization_kwargs`` over the call's keywords (vLLM's rules; unknown keys warn and are ignored)."""
     if kwargs is None:
         return TokenizationOptions(truncate_prompt_tokens, None, add_special_tokens)
@@ -76,7 +83,9 @@ def tokenization_options(kwargs: Mapping[str, Any] | None, *, truncate_prompt_to
         raise RequestError("must be either 'left' or 'right'.", field="truncation_side", sep=" ")
     if not isinstance(add_special, bool):
         raise RequestError(f"must be true or false, got {add_special!r}.", field="add_special_tokens")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+    ):
         raise RequestError(f"must be a positive integer, got {max_length!r}.", field="max_length")
     if rest:
         logger.warning("The following tokenization arguments are not supported and will be ignored: %s", rest)

@@ -32,7 +32,9 @@ UNSUPPORTED_FEATURES: dict[str, str] = {
 
 def describe(request: LoRARequest) -> str:
     """How errors name an adapter: its name, id and path."""
-    return f"LoRA adapter {request.lora_name!r} (lora_int_id={request.lora_int_id}, path={request.lora_path!r})"
+    return (
+        f"LoRA adapter {request.lora_name!r} (lora_int_id={request.lora_int_id}, path={request.lora_path!r})"
+    )
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,15 @@ class ModuleIndex:
         self.types: dict[str, type] = {}
         for name, module in hf_model.named_modules():
             if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-                raise ValueError("The model already holds peft layers; LoRAManager needs the unadapted model.")
+                raise ValueError(
+                    "The model already holds peft layers; LoRAManager needs the unadapted model."
+                )
             if name:
                 self.types[name] = type(module)
         output = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
-        self.output_name = next((n for n, m in hf_model.named_modules() if output is not None and m is output), None)
+        self.output_name = next(
+            (n for n, m in hf_model.named_modules() if output is not None and m is output), None
+        )
         self.model_name: str = str(getattr(hf_model, "name_or_path", "") or "")
 
     def footprint(self, config: Any) -> Footprint:
@@ -97,7 +103,11 @@ class ModuleIndex:
         target = config.target_modules
         if isinstance(target, str) and target.lower() == "all-linear":
             # peft's choice, or a superset of it (it also skips some heads): only used to predict conflicts.
-            linear = {n for n, t in self.types.items() if issubclass(t, (nn.Linear, Conv1D)) and n != self.output_name}
+            linear = {
+                n
+                for n, t in self.types.items()
+                if issubclass(t, (nn.Linear, Conv1D)) and n != self.output_name
+            }
             lora = {n for n in linear if not _overlaps(frozenset(saved), frozenset([n]))}
         else:
             lora = {n for n in self.types if check_target_module_exists(config, n)}
@@ -110,11 +120,17 @@ def read_adapter_config(request: LoRARequest, index: ModuleIndex, max_lora_rank:
 
     path = request.lora_path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "adapter_config.json")):
-        raise ValueError(f"{describe(request)}: the folder has no adapter_config.json; it is not a peft adapter.")
+        raise ValueError(
+            f"{describe(request)}: the folder has no adapter_config.json; it is not a peft adapter."
+        )
     try:
         config = PeftConfig.from_pretrained(path)
     except Exception as exc:  # peft/hub raise many types (OSError, HFValidationError, ValueError...)
-        where = "no such local folder, and it could not be read from the hub" if not os.path.exists(path) else "unreadable"
+        where = (
+            "no such local folder, and it could not be read from the hub"
+            if not os.path.exists(path)
+            else "unreadable"
+        )
         raise ValueError(f"{describe(request)}: cannot read the adapter ({where}): {exc}") from None
     if config.peft_type != PeftType.LORA:
         kind = getattr(config.peft_type, "value", config.peft_type)
@@ -155,7 +171,9 @@ def _warn_on_other_base(request: LoRARequest, config: Any, model_name: str) -> N
         logger.warning(
             "%s was trained on %r, not on this model (%r); loading it anyway (its module names and weight shapes "
             "are checked when it loads).",
-            describe(request), base, model_name,
+            describe(request),
+            base,
+            model_name,
         )
 
 
@@ -169,4 +187,11 @@ def _short(value: Any) -> str:
     return repr(value)
 
 
-__all__ = ["AdapterInfo", "Footprint", "ModuleIndex", "UNSUPPORTED_FEATURES", "describe", "read_adapter_config"]
+__all__ = [
+    "AdapterInfo",
+    "Footprint",
+    "ModuleIndex",
+    "UNSUPPORTED_FEATURES",
+    "describe",
+    "read_adapter_config",
+]

@@ -109,7 +109,9 @@ class LoRAManager:
         with self._lock:
             if name in self._registered:
                 return self._registered[name]
-            raise ValueError(f"Unknown LoRA adapter {name!r}; registered adapters: {sorted(self._registered)}.")
+            raise ValueError(
+                f"Unknown LoRA adapter {name!r}; registered adapters: {sorted(self._registered)}."
+            )
 
     @property
     def loaded_loras(self) -> list[LoRARequest]:
@@ -210,7 +212,9 @@ class LoRAManager:
             for request in distinct:
                 info = self._info(request)
                 for wave in waves:
-                    if len(wave) < self.max_loras and not any(info.footprint.conflicts_with(o.footprint) for o in wave):
+                    if len(wave) < self.max_loras and not any(
+                        info.footprint.conflicts_with(o.footprint) for o in wave
+                    ):
                         wave.append(info)
                         break
                 else:

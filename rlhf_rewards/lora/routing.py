@@ -164,12 +164,19 @@ def score_rows_by_adapter(
 class PeftAdapterRouter:
     """:class:`~rlhf_rewards.models.base.AdapterRouter` over peft's layers (installed by ``LoRAManager``)."""
 
-    def backbone_rows(self, backbone: nn.Module, adapter_names: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+    def backbone_rows(
+        self, backbone: nn.Module, adapter_names: Sequence[str]
+    ) -> contextlib.AbstractContextManager[None]:
         """:func:`mixed_adapter_batch` over the backbone."""
         return mixed_adapter_batch(backbone, adapter_names)
 
-    def score_rows(self, model: PoolingModel, states: torch.Tensor, columns: tuple[int, ...] | None,
-                   adapter_names: Sequence[str]) -> torch.Tensor:
+    def score_rows(
+        self,
+        model: PoolingModel,
+        states: torch.Tensor,
+        columns: tuple[int, ...] | None,
+        adapter_names: Sequence[str],
+    ) -> torch.Tensor:
         """:func:`score_rows_by_adapter`."""
         return score_rows_by_adapter(model, states, columns, adapter_names)
 

@@ -42,7 +42,9 @@ class LoadContext:
         """Keyword arguments shared by every ``from_pretrained`` call of a loader."""
         return {"config": self.config, "dtype": self.dtype, "revision": self.revision}
 
-    def from_pretrained(self, cls: Any, *, head: str | None = None, head_required: bool = True, how_to_fix: str = "") -> Any:
+    def from_pretrained(
+        self, cls: Any, *, head: str | None = None, head_required: bool = True, how_to_fix: str = ""
+    ) -> Any:
         """``cls.from_pretrained`` on this checkpoint, refusing any weight left randomly initialized.
 
         transformers initializes missing weights at random and only logs it; for a reward model that
@@ -71,12 +73,19 @@ class AdapterRouter(Protocol):
     """Sends each row of a batch through its own adapter. The LoRA layer implements it and sets
     :attr:`PoolingModel.adapter_router` (models know nothing of LoRA; see ``rlhf_rewards.lora.routing``)."""
 
-    def backbone_rows(self, backbone: nn.Module, adapter_names: Sequence[str]) -> AbstractContextManager[None]:
+    def backbone_rows(
+        self, backbone: nn.Module, adapter_names: Sequence[str]
+    ) -> AbstractContextManager[None]:
         """While inside, row ``i`` of the backbone's batch uses ``adapter_names[i]``."""
         ...
 
-    def score_rows(self, model: PoolingModel, states: torch.Tensor, columns: tuple[int, ...] | None,
-                   adapter_names: Sequence[str]) -> torch.Tensor:
+    def score_rows(
+        self,
+        model: PoolingModel,
+        states: torch.Tensor,
+        columns: tuple[int, ...] | None,
+        adapter_names: Sequence[str],
+    ) -> torch.Tensor:
         """``model.score`` with row ``i`` of ``states`` scored by adapter ``adapter_names[i]``'s head."""
         ...
 
@@ -118,7 +127,9 @@ class PoolingModel(nn.Module):
 
     def _router(self) -> AdapterRouter:
         if self.adapter_router is None:
-            raise RuntimeError("adapter_names were given but no LoRA adapters are enabled: build LLM(..., enable_lora=True).")
+            raise RuntimeError(
+                "adapter_names were given but no LoRA adapters are enabled: build LLM(..., enable_lora=True)."
+            )
         return self.adapter_router
 
     @property
@@ -167,7 +178,11 @@ class PoolingModel(nn.Module):
         (through :attr:`adapter_router`).
         """
         adapter_names = kwargs.pop("adapter_names", None)
-        rows = nullcontext() if adapter_names is None else self._router().backbone_rows(self.backbone, adapter_names)
+        rows = (
+            nullcontext()
+            if adapter_names is None
+            else self._router().backbone_rows(self.backbone, adapter_names)
+        )
         with rows:
             out = self.backbone(
                 input_ids=input_ids,
@@ -178,7 +193,9 @@ class PoolingModel(nn.Module):
             )
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
-    def score(self, states: torch.Tensor, columns: tuple[int, ...] | None = None, **kwargs: Any) -> torch.Tensor:
+    def score(
+        self, states: torch.Tensor, columns: tuple[int, ...] | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         """Head logits for float32 ``states`` ``[..., hidden]``; ``columns`` keeps only those output columns.
 
         ``adapter_names`` (one per row of ``states``) scores each row with its LoRA adapter's head.

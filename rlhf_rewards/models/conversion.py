@@ -52,7 +52,9 @@ def with_score_head(base_cls: type) -> type:
         def __init__(self: Any, config: Any) -> None:
             base_cls.__init__(self, config)
             text_config = config.get_text_config()
-            self.score = nn.Linear(text_config.hidden_size, config.num_labels, bias=bool(getattr(config, "score_bias", False)))
+            self.score = nn.Linear(
+                text_config.hidden_size, config.num_labels, bias=bool(getattr(config, "score_bias", False))
+            )
 
         cls = type(
             f"{base_cls.__name__}WithScore",
@@ -70,10 +72,15 @@ def with_score_head(base_cls: type) -> type:
 
 def wants_token_head(config: Any) -> bool:
     """Whether ``config`` asks for a head built from LM-head rows (``classifier_from_token`` / ``method``)."""
-    return getattr(config, "classifier_from_token", None) is not None or getattr(config, "method", None) is not None
+    return (
+        getattr(config, "classifier_from_token", None) is not None
+        or getattr(config, "method", None) is not None
+    )
 
 
-def load_converted_classifier(ctx: LoadContext, spec: ModelSpec, base_cls: type | None = None) -> PoolingModel:
+def load_converted_classifier(
+    ctx: LoadContext, spec: ModelSpec, base_cls: type | None = None
+) -> PoolingModel:
     """Load ``base_cls`` (default: the spec's architecture) with a ``score`` head; see the module docstring."""
     base_cls = base_cls or getattr(transformers, spec.architecture)
     config = ctx.config
@@ -86,11 +93,16 @@ def load_converted_classifier(ctx: LoadContext, spec: ModelSpec, base_cls: type 
         shapes = checkpoint_tensor_shapes(ctx.model, ctx.revision, ("score.weight", "score.bias"))
         if shapes is not None:
             if "score.weight" not in shapes:
-                raise ValueError(f"{ctx.model}: {spec.architecture} has no `score` head in its checkpoint. {HOW_TO_SUPPLY_A_HEAD}")
+                raise ValueError(
+                    f"{ctx.model}: {spec.architecture} has no `score` head in its checkpoint. {HOW_TO_SUPPLY_A_HEAD}"
+                )
             config.num_labels = shapes["score.weight"][0]
             config.score_bias = "score.bias" in shapes
     hf_model = ctx.from_pretrained(
-        with_score_head(base_cls), head="score", head_required=not from_tokens, how_to_fix=HOW_TO_SUPPLY_A_HEAD
+        with_score_head(base_cls),
+        head="score",
+        head_required=not from_tokens,
+        how_to_fix=HOW_TO_SUPPLY_A_HEAD,
     )
     if from_tokens:
         rows = _lm_head_rows(hf_model, token_ids)
@@ -116,9 +128,13 @@ def _token_head_request(ctx: LoadContext) -> tuple[str, list[int]]:
     if method is None and getattr(config, "is_original_qwen3_reranker", False):
         method = "from_2_way_softmax"  # vLLM's Qwen3-Reranker recipe names no method
     if method not in CLASSIFY_METHODS:
-        raise ValueError(f"hf_overrides 'method'={method!r}: choose one of {list(CLASSIFY_METHODS)} (with 'classifier_from_token').")
+        raise ValueError(
+            f"hf_overrides 'method'={method!r}: choose one of {list(CLASSIFY_METHODS)} (with 'classifier_from_token')."
+        )
     if not isinstance(tokens, (list, tuple)) or not tokens:
-        raise ValueError(f"hf_overrides 'classifier_from_token' must be a non-empty list of tokens, got {tokens!r}.")
+        raise ValueError(
+            f"hf_overrides 'classifier_from_token' must be a non-empty list of tokens, got {tokens!r}."
+        )
     if method == "from_2_way_softmax" and len(tokens) != 2:
         raise ValueError(
             f"method='from_2_way_softmax' needs classifier_from_token=[false_token, true_token], got {len(tokens)} tokens."
@@ -147,7 +163,9 @@ def _resolve_token_ids(ctx: LoadContext, tokens: Sequence[Any]) -> list[int]:
         else:
             raise ValueError(f"classifier_from_token entries must be token strings or ids, got {token!r}.")
         if not 0 <= token_id < vocab_size:
-            raise ValueError(f"classifier_from_token: token id {token_id} is outside the vocabulary [0, {vocab_size}).")
+            raise ValueError(
+                f"classifier_from_token: token id {token_id} is outside the vocabulary [0, {vocab_size})."
+            )
         ids.append(int(token_id))
     return ids
 
@@ -175,7 +193,9 @@ def _release_untied_lm_head(hf_model: nn.Module) -> None:
             setattr(hf_model, name, None)
 
 
-def checkpoint_tensor_shapes(model: str, revision: str | None, names: Iterable[str]) -> dict[str, tuple[int, ...]] | None:
+def checkpoint_tensor_shapes(
+    model: str, revision: str | None, names: Iterable[str]
+) -> dict[str, tuple[int, ...]] | None:
     """Shapes of the named tensors of a safetensors checkpoint, read from file headers (absent names left out).
 
     ``None`` when the checkpoint is not in safetensors format (the shapes cannot be read without loading).

@@ -118,7 +118,9 @@ class InternLM2Attention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
         self.wqkv = nn.Linear(
-            config.hidden_size, (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim, bias=config.bias
+            config.hidden_size,
+            (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim,
+            bias=config.bias,
         )
         self.wo = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.bias)
 
@@ -140,7 +142,9 @@ class InternLM2Attention(nn.Module):
         value = qkv[..., -1, :].transpose(1, 2)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         out, weights = attention(
             self,
             query,
@@ -171,7 +175,9 @@ class InternLM2DecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        attn, _ = self.attention(self.attention_norm(hidden_states), position_embeddings, attention_mask, **kwargs)
+        attn, _ = self.attention(
+            self.attention_norm(hidden_states), position_embeddings, attention_mask, **kwargs
+        )
         hidden_states = hidden_states + attn
         return hidden_states + self.feed_forward(self.ffn_norm(hidden_states))
 
@@ -231,7 +237,9 @@ class InternLM2Model(InternLM2PreTrainedModel):
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, position_embeddings, mask, position_ids=position_ids, **kwargs)
+            hidden_states = layer(
+                hidden_states, position_embeddings, mask, position_ids=position_ids, **kwargs
+            )
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states))
 
 
@@ -258,14 +266,19 @@ class InternLM2ForRewardModel(InternLM2PreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.model.tok_embeddings = value
 
-    def forward(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> SequenceClassifierOutputWithPast:
+    def forward(
+        self, input_ids: torch.Tensor | None = None, **kwargs: Any
+    ) -> SequenceClassifierOutputWithPast:
         hidden = self.model(input_ids=input_ids, **kwargs).last_hidden_state
         scores = self.v_head(hidden[:, -1].to(self.v_head.weight.dtype))
         return SequenceClassifierOutputWithPast(logits=scores)
 
 
 def _causal_mask(
-    config: InternLM2Config, embeds: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor
+    config: InternLM2Config,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor,
 ) -> Any:
     """``create_causal_mask`` across transformers 5.x, whose keyword names changed between releases."""
     values = {
@@ -308,7 +321,10 @@ register(
         architecture="InternLM2ForRewardModel",
         loader=load_internlm2_reward,
         kind="token",
-        task_defaults={"token_classify": PoolerConfig(pooling_type="ALL", use_activation=True), **embed_defaults()},
+        task_defaults={
+            "token_classify": PoolerConfig(pooling_type="ALL", use_activation=True),
+            **embed_defaults(),
+        },
         config_loader=load_internlm2_config,
         description="token reward model (InternLM2-Reward): raw score per token; append reward_token_id",
     )

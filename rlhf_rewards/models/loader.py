@@ -16,7 +16,9 @@ def read_config_dict(model: str, revision: str | None = None) -> dict[str, Any]:
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(model, revision=revision)
     except OSError as exc:
-        raise ValueError(f"model={model!r}: no config.json found (not a local folder or reachable hub id): {exc}") from None
+        raise ValueError(
+            f"model={model!r}: no config.json found (not a local folder or reachable hub id): {exc}"
+        ) from None
     return config_dict
 
 
@@ -40,8 +42,14 @@ def load_pooling_model(
     config_dict.update(hf_overrides or {})
     architectures = config_dict.get("architectures") or []
     if not architectures:
-        raise ValueError(f"model={model!r}: config.json has no `architectures`; set it with hf_overrides={{'architectures': [...]}}.")
-    if convert == "auto" and "classifier_from_token" in config_dict and not architectures[0].endswith("ForSequenceClassification"):
+        raise ValueError(
+            f"model={model!r}: config.json has no `architectures`; set it with hf_overrides={{'architectures': [...]}}."
+        )
+    if (
+        convert == "auto"
+        and "classifier_from_token" in config_dict
+        and not architectures[0].endswith("ForSequenceClassification")
+    ):
         convert = "classify"  # a head built from LM-head rows only makes sense for a classifier
     spec: ModelSpec = resolve_spec(architectures[0], convert)
     if spec.config_loader is not None:

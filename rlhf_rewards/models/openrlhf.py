@@ -40,7 +40,9 @@ class NormalizedValueHead(nn.Linear):
     and a float applied to a float32 tensor rounds exactly as OpenRLHF's float32 ``mean``/``std`` buffers.
     """
 
-    def __init__(self, hidden_size: int, *, normalize: bool = False, mean: float = 0.0, std: float = 1.0) -> None:
+    def __init__(
+        self, hidden_size: int, *, normalize: bool = False, mean: float = 0.0, std: float = 1.0
+    ) -> None:
         super().__init__(hidden_size, 1, bias=False)
         self.normalize = bool(normalize)
         self.mean = float(mean)
@@ -61,9 +63,14 @@ def normalization_of(config: Any) -> dict[str, Any]:
     mean = getattr(config, "mean", None)
     std = getattr(config, "std", None)
     if std is not None and float(std) == 0.0:
-        raise ValueError("The OpenRLHF checkpoint's config has std=0: normalized rewards would divide by zero.")
-    return {"normalize": bool(getattr(config, "normalize_reward", False)),
-            "mean": 0.0 if mean is None else float(mean), "std": 1.0 if std is None else float(std)}
+        raise ValueError(
+            "The OpenRLHF checkpoint's config has std=0: normalized rewards would divide by zero."
+        )
+    return {
+        "normalize": bool(getattr(config, "normalize_reward", False)),
+        "mean": 0.0 if mean is None else float(mean),
+        "std": 1.0 if std is None else float(std),
+    }
 
 
 def value_head_name(config: Any) -> str:
@@ -77,8 +84,10 @@ def openrlhf_class(config: Any, architecture: str) -> type:
     try:
         base_class = AutoModel._model_mapping[type(config)]
     except KeyError:
-        raise ValueError(f"{architecture}: transformers has no base model for model_type="
-                         f"{getattr(config, 'model_type', None)!r}, so its OpenRLHF backbone cannot be built.") from None
+        raise ValueError(
+            f"{architecture}: transformers has no base model for model_type="
+            f"{getattr(config, 'model_type', None)!r}, so its OpenRLHF backbone cannot be built."
+        ) from None
     pretrained = base_class.__base__
     head = value_head_name(config)
 
@@ -107,30 +116,47 @@ def load_openrlhf(ctx: LoadContext, spec: ModelSpec) -> PoolingModel:
     """Load an OpenRLHF ``RewardModel``/``CriticModel`` checkpoint (every weight must be in it)."""
     cls = openrlhf_class(ctx.config, spec.architecture)
     head = value_head_name(ctx.config)
-    hf_model = ctx.from_pretrained(cls, head=head, how_to_fix=(
-        "OpenRLHF saves the value head as `<value_head_prefix>.weight`; set value_head_prefix in config.json "
-        "if the checkpoint names it otherwise."))
-    return PoolingModel(hf_model, spec, backbone_name=hf_model.base_model_prefix, head_name=head, num_labels=1)
+    hf_model = ctx.from_pretrained(
+        cls,
+        head=head,
+        how_to_fix=(
+            "OpenRLHF saves the value head as `<value_head_prefix>.weight`; set value_head_prefix in config.json "
+            "if the checkpoint names it otherwise."
+        ),
+    )
+    return PoolingModel(
+        hf_model, spec, backbone_name=hf_model.base_model_prefix, head_name=head, num_labels=1
+    )
 
 
 def _critic_defaults() -> dict[str, PoolerConfig]:
     return {"token_classify": PoolerConfig(pooling_type="ALL", use_activation=False), **embed_defaults()}
 
 
-register(ModelSpec(
-    architecture="RewardModel",
-    loader=load_openrlhf,
-    kind="outcome",
-    task_defaults=classifier_defaults(),
-    description="OpenRLHF reward model (train_rm): value head at the last token, normalized if the config says so",
-))
-register(ModelSpec(
-    architecture="CriticModel",
-    loader=load_openrlhf,
-    kind="token",
-    task_defaults=_critic_defaults(),
-    description="OpenRLHF critic: one value per token, normalized if the config says so",
-))
+register(
+    ModelSpec(
+        architecture="RewardModel",
+        loader=load_openrlhf,
+        kind="outcome",
+        task_defaults=classifier_defaults(),
+        description="OpenRLHF reward model (train_rm): value head at the last token, normalized if the config says so",
+    )
+)
+register(
+    ModelSpec(
+        architecture="CriticModel",
+        loader=load_openrlhf,
+        kind="token",
+        task_defaults=_critic_defaults(),
+        description="OpenRLHF critic: one value per token, normalized if the config says so",
+    )
+)
 
-__all__ = ["DEFAULT_VALUE_HEAD", "NormalizedValueHead", "load_openrlhf", "normalization_of", "openrlhf_class",
-           "value_head_name"]
+__all__ = [
+    "DEFAULT_VALUE_HEAD",
+    "NormalizedValueHead",
+    "load_openrlhf",
+    "normalization_of",
+    "openrlhf_class",
+    "value_head_name",
+]

@@ -75,7 +75,9 @@ class Qwen2ForRewardModel(_Qwen2ScoreModel):
             last = (positions * attention_mask.to(logits.device, torch.long)).argmax(-1)
         elif input_ids is not None and self.config.pad_token_id is not None:
             positions = torch.arange(logits.shape[1], device=logits.device)
-            last = (positions * (input_ids != self.config.pad_token_id).to(logits.device, torch.long)).argmax(-1)
+            last = (positions * (input_ids != self.config.pad_token_id).to(logits.device, torch.long)).argmax(
+                -1
+            )
         else:
             last = torch.full_like(rows, logits.shape[1] - 1)
         return SequenceClassifierOutputWithPast(logits=logits[rows, last])
@@ -112,7 +114,10 @@ register(
         kind="token",
         # vLLM's Qwen2ForRewardModelConfig sets use_activation=False when the user's pooler config leaves it
         # unset: this model's default token_classify output is the raw score (InternLM2's is its sigmoid).
-        task_defaults={"token_classify": PoolerConfig(pooling_type="ALL", use_activation=False), **embed_defaults()},
+        task_defaults={
+            "token_classify": PoolerConfig(pooling_type="ALL", use_activation=False),
+            **embed_defaults(),
+        },
         description="token reward model (Qwen2.5-Math-RM): raw score per token, the last one is the reward",
     )
 )
@@ -121,7 +126,10 @@ register(
         architecture="Qwen2ForProcessRewardModel",
         loader=load_qwen2_reward,
         kind="process",
-        task_defaults={"token_classify": PoolerConfig(pooling_type="STEP", use_activation=True), **embed_defaults()},
+        task_defaults={
+            "token_classify": PoolerConfig(pooling_type="STEP", use_activation=True),
+            **embed_defaults(),
+        },
         default_step_tag=QWEN_PRM_STEP_TAG,
         description="process reward model (Qwen2.5-Math-PRM): softmax over 2 labels at each <extra_0>",
     )

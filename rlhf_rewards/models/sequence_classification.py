@@ -25,7 +25,9 @@ def load_sequence_classifier(ctx: LoadContext, spec: ModelSpec) -> PoolingModel:
     if wants_token_head(ctx.config) and spec.architecture.endswith("ForSequenceClassification"):
         generative = spec.architecture.replace("ForSequenceClassification", "ForCausalLM")
         if not hasattr(transformers, generative):
-            raise ValueError(f"classifier_from_token needs a generative {generative} class, which transformers lacks.")
+            raise ValueError(
+                f"classifier_from_token needs a generative {generative} class, which transformers lacks."
+            )
         return load_converted_classifier(ctx, spec, base_cls=getattr(transformers, generative))
     cls = getattr(transformers, spec.architecture, None) or transformers.AutoModelForSequenceClassification
     hf_model = ctx.from_pretrained(cls, head="score", how_to_fix=HOW_TO_SUPPLY_A_HEAD)

@@ -14,7 +14,9 @@ from typing import Any
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 
-def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained`` with a remote-code-free fallback to ``tokenizer.json``."""
     try:
         return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
@@ -36,8 +38,17 @@ def _fast_tokenizer_from_files(name: str, revision: str | None) -> PreTrainedTok
     if config_file is not None:
         with open(config_file, encoding="utf-8") as f:
             cfg = json.load(f)
-        for key in ("bos_token", "eos_token", "unk_token", "pad_token", "chat_template", "padding_side",
-                    "add_bos_token", "add_eos_token", "model_max_length"):
+        for key in (
+            "bos_token",
+            "eos_token",
+            "unk_token",
+            "pad_token",
+            "chat_template",
+            "padding_side",
+            "add_bos_token",
+            "add_eos_token",
+            "model_max_length",
+        ):
             if cfg.get(key) is not None:
                 value = cfg[key]
                 kwargs[key] = value["content"] if isinstance(value, dict) and "content" in value else value

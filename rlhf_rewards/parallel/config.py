@@ -38,7 +38,12 @@ def _resolve_timeout(name: str, value: float | None, env: str, default: float) -
             value = float(raw)
         except ValueError:
             raise ValueError(f"{source}: expected a number of seconds > 0.") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{source} must be a number of seconds > 0, got {value!r}.")
     return float(value)
 
@@ -71,10 +76,18 @@ class ParallelConfig:
         _check_size("tensor_parallel_size", self.tensor_parallel_size)
         _check_size("pipeline_parallel_size", self.pipeline_parallel_size)
         # Resolved once, here: a bad environment value fails the constructor, not the first call.
-        object.__setattr__(self, "start_timeout_s", _resolve_timeout(
-            "start_timeout_s", self.start_timeout_s, START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT_S))
-        object.__setattr__(self, "call_timeout_s", _resolve_timeout(
-            "call_timeout_s", self.call_timeout_s, CALL_TIMEOUT_ENV, DEFAULT_CALL_TIMEOUT_S))
+        object.__setattr__(
+            self,
+            "start_timeout_s",
+            _resolve_timeout(
+                "start_timeout_s", self.start_timeout_s, START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT_S
+            ),
+        )
+        object.__setattr__(
+            self,
+            "call_timeout_s",
+            _resolve_timeout("call_timeout_s", self.call_timeout_s, CALL_TIMEOUT_ENV, DEFAULT_CALL_TIMEOUT_S),
+        )
 
     @property
     def world_size(self) -> int:
@@ -96,4 +109,10 @@ class ParallelConfig:
         return (self.pipeline_parallel_size - 1) * self.tensor_parallel_size
 
 
-__all__ = ["CALL_TIMEOUT_ENV", "DEFAULT_CALL_TIMEOUT_S", "DEFAULT_START_TIMEOUT_S", "START_TIMEOUT_ENV", "ParallelConfig"]
+__all__ = [
+    "CALL_TIMEOUT_ENV",
+    "DEFAULT_CALL_TIMEOUT_S",
+    "DEFAULT_START_TIMEOUT_S",
+    "START_TIMEOUT_ENV",
+    "ParallelConfig",
+]

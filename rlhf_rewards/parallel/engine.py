@@ -64,8 +64,9 @@ class ParallelEngine:
         rank_resident_bytes: On the driver: each rank's ``resident_bytes``, rank order, once started.
     """
 
-    def __init__(self, config: ParallelConfig, group: ParallelGroup, device: torch.device,
-                 user_device: torch.device) -> None:
+    def __init__(
+        self, config: ParallelConfig, group: ParallelGroup, device: torch.device, user_device: torch.device
+    ) -> None:
         self.config = config
         self.group = group
         self.device = device
@@ -78,8 +79,17 @@ class ParallelEngine:
             self._finalizer = weakref.finalize(self, group.close)
 
     @classmethod
-    def start(cls, config: ParallelConfig, *, model: str, config_dict: dict[str, Any], device: torch.device,
-              enable_lora: bool, factory: Callable[..., Any], kwargs: dict[str, Any]) -> ParallelEngine:
+    def start(
+        cls,
+        config: ParallelConfig,
+        *,
+        model: str,
+        config_dict: dict[str, Any],
+        device: torch.device,
+        enable_lora: bool,
+        factory: Callable[..., Any],
+        kwargs: dict[str, Any],
+    ) -> ParallelEngine:
         """Check the split (before any weights load), then join or start the ranks' processes."""
         check_split(config, config_dict, device=device, enable_lora=enable_lora, model=model)
         group = start_group(config, device, factory, kwargs, model=model)
@@ -112,8 +122,12 @@ class ParallelEngine:
         if self.config.pipeline_parallel_size > 1:
             model = as_pipeline_stage(model)
         self.resident_bytes = resident_parameter_bytes(model)
-        logger.info("rank %d/%d holds %.1f MiB of parameters", self.rank, self.config.world_size,
-                    self.resident_bytes / 2**20)
+        logger.info(
+            "rank %d/%d holds %.1f MiB of parameters",
+            self.rank,
+            self.config.world_size,
+            self.resident_bytes / 2**20,
+        )
         return model
 
     def lockstep(self, runner: Any) -> LockstepRunner:
@@ -125,7 +139,9 @@ class ParallelEngine:
             self.group.close()  # the driver has stopped its workers; a torchrun rank releases its control group
             raise
         if isinstance(self.group, WorkerPool):
-            self.rank_resident_bytes = [int(info.get("resident_bytes") or 0) for info in self.group.ready_info]
+            self.rank_resident_bytes = [
+                int(info.get("resident_bytes") or 0) for info in self.group.ready_info
+            ]
         return wrapped
 
     def abort(self, error: BaseException) -> None:

@@ -62,11 +62,25 @@ _POLL_S = 0.5
 #: Lines of each worker's stderr kept for error messages.
 _TAIL_LINES = 40
 #: torchrun's variables: a worker started from a torchrun rank must not take them for its own launch.
-_LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
-                 "GROUP_WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
+_LAUNCHER_ENV = (
+    "TORCHELASTIC_RUN_ID",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "GROUP_WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS",
+)
 #: Text of the error a spawned child raises when the main script builds the engine outside a ``__main__`` guard.
-_GUARD_MARKERS = ("_check_not_importing_main", "bootstrapping phase", "freeze_support()",
-                  "that is not under an `if __name__")  # the last: check_main_guard() refusing in the worker
+_GUARD_MARKERS = (
+    "_check_not_importing_main",
+    "bootstrapping phase",
+    "freeze_support()",
+    "that is not under an `if __name__",
+)  # the last: check_main_guard() refusing in the worker
 #: Set in a spawned worker while it builds its engine: its pipe to the driver.
 _WORKER_CHANNEL: Channel | None = None
 #: Serializes the fd-2 swap around ``Process.start`` (see :func:`_start_with_stderr`).
@@ -133,7 +147,8 @@ class RemoteError:
             blob = None
         text = str(exc)
         distributed = isinstance(exc, dist.DistError) or any(
-            word in text for word in ("gloo", "Gloo", "NCCL", "nccl", "Connection closed by peer"))
+            word in text for word in ("gloo", "Gloo", "NCCL", "nccl", "Connection closed by peer")
+        )
         return cls(type(exc).__name__, text, traceback.format_exc(), blob, distributed)
 
     def rebuild(self) -> BaseException:
@@ -225,8 +240,12 @@ def _describe_exit(code: int | None) -> str:
         name = signal.Signals(-code).name
     except ValueError:
         name = f"signal {-code}"
-    why = {"SIGKILL": " (killed: the out-of-memory killer, or kill -9)", "SIGSEGV": " (a crash)",
-           "SIGTERM": " (terminated)", "SIGABRT": " (aborted)"}.get(name, "")
+    why = {
+        "SIGKILL": " (killed: the out-of-memory killer, or kill -9)",
+        "SIGSEGV": " (a crash)",
+        "SIGTERM": " (terminated)",
+        "SIGABRT": " (aborted)",
+    }.get(name, "")
     return f"was killed by {name}{why}"
 
 
@@ -238,14 +257,15 @@ def _guard_hint(tail: str) -> str:
     main = getattr(sys.modules.get("__main__"), "__file__", None)
     script = f" ({main})" if main else ""
     return (
-        "\nCause: the script that builds the LLM has no `if __name__ == \"__main__\":` guard. The worker processes "
+        '\nCause: the script that builds the LLM has no `if __name__ == "__main__":` guard. The worker processes '
         "are started with 'spawn', which imports the main script again in each worker; without the guard each "
         f"worker re-ran the script{script} from the top and tried to start its own workers. {_GUARD_FIX}"
     )
 
 
-_GUARD_FIX = ("Fix: put the code that builds and uses the LLM under `if __name__ == \"__main__\":` (as vLLM "
-              "requires).")
+_GUARD_FIX = (
+    'Fix: put the code that builds and uses the LLM under `if __name__ == "__main__":` (as vLLM requires).'
+)
 
 
 def first_unguarded_line(source: str, lines: list[int]) -> int | None:
@@ -253,9 +273,12 @@ def first_unguarded_line(source: str, lines: list[int]) -> int | None:
     ``__name__``; ``None`` if all are. Any ``if`` whose test names ``__name__`` counts as a guard (no false alarm
     for ``if "__main__" == __name__`` or ``if __name__ != "__mp_main__"``)."""
     tree = ast.parse(source)
-    guards = [(node.lineno, node.end_lineno or node.lineno) for node in ast.walk(tree)
-              if isinstance(node, ast.If)
-              and any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.test))]
+    guards = [
+        (node.lineno, node.end_lineno or node.lineno)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If)
+        and any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.test))
+    ]
     for line in lines:
         if not any(start <= line <= end for start, end in guards):
             return line
@@ -271,8 +294,11 @@ def check_main_guard() -> None:
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     spec_name = getattr(getattr(main, "__spec__", None), "name", None)
-    if main is None or not path or (spec_name is not None and (spec_name == "__main__"
-                                                               or spec_name.endswith(".__main__"))):
+    if (
+        main is None
+        or not path
+        or (spec_name is not None and (spec_name == "__main__" or spec_name.endswith(".__main__")))
+    ):
         return  # `python -c`, a notebook, `python -m package`: spawn does not run the main module again
     lines = []
     frame = sys._getframe(1)
@@ -290,7 +316,7 @@ def check_main_guard() -> None:
     if line is not None:
         raise RuntimeError(
             f"a split engine (tensor_parallel_size/pipeline_parallel_size > 1) is being built by top-level code of "
-            f"{path} (line {line}) that is not under an `if __name__ == \"__main__\":` guard. Its worker processes "
+            f'{path} (line {line}) that is not under an `if __name__ == "__main__":` guard. Its worker processes '
             "are started with 'spawn', which imports that script again in each worker: without the guard every "
             f"worker would run this line again and fail. {_GUARD_FIX}"
         )
@@ -359,8 +385,14 @@ class WorkerPool(ParallelGroup):
         model: The model's name, for messages.
     """
 
-    def __init__(self, config: ParallelConfig, backend: str, factory: Callable[..., Any], kwargs: dict[str, Any],
-                 model: str) -> None:
+    def __init__(
+        self,
+        config: ParallelConfig,
+        backend: str,
+        factory: Callable[..., Any],
+        kwargs: dict[str, Any],
+        model: str,
+    ) -> None:
         super().__init__(config, rank=0)
         self.model = model
         self.backend = backend
@@ -372,8 +404,13 @@ class WorkerPool(ParallelGroup):
         self._call_lock = threading.Lock()
         self._started_at = time.monotonic()
         # The workers' rendezvous: a store private to this engine, on a port the OS picks (no race for a free one).
-        self._store: Any = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                                         timeout=timedelta(seconds=float(config.start_timeout_s or 0)))
+        self._store: Any = dist.TCPStore(
+            "127.0.0.1",
+            0,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=timedelta(seconds=float(config.start_timeout_s or 0)),
+        )
         self.port = int(self._store.port)
         self._workers: list[_Worker] = []  # rank order
         try:
@@ -393,8 +430,9 @@ class WorkerPool(ParallelGroup):
             parent_conn, child_conn = ctx.Pipe(duplex=True)
             read_fd, write_fd = os.pipe()
             spec = _WorkerSpec(rank, self.config, self.port, self.backend, factory, kwargs, os.getpid())
-            proc = ctx.Process(target=worker_main, args=(spec, child_conn), name=f"rlhf-rewards-rank{rank}",
-                               daemon=True)
+            proc = ctx.Process(
+                target=worker_main, args=(spec, child_conn), name=f"rlhf-rewards-rank{rank}", daemon=True
+            )
             tail: deque[str] = deque(maxlen=_TAIL_LINES)
             try:
                 _start_with_stderr(proc, write_fd)
@@ -406,13 +444,23 @@ class WorkerPool(ParallelGroup):
                 # Only the child holds the write ends now: end-of-file on them means it exited.
                 os.close(write_fd)
                 child_conn.close()
-            threading.Thread(target=_pump_stderr, args=(read_fd, rank, tail), name=f"rlhf-rewards-rank{rank}-stderr",
-                             daemon=True).start()
+            threading.Thread(
+                target=_pump_stderr,
+                args=(read_fd, rank, tail),
+                name=f"rlhf-rewards-rank{rank}-stderr",
+                daemon=True,
+            ).start()
             self._workers.append(_Worker(rank, proc, Channel(parent_conn), tail))
 
     # ------------------------------------------------------------------ waiting
-    def _wait(self, pending: set[int], deadline: float, timeout_s: float, handle: Callable[[_Worker, Any], bool],
-              phase: str) -> None:
+    def _wait(
+        self,
+        pending: set[int],
+        deadline: float,
+        timeout_s: float,
+        handle: Callable[[_Worker, Any], bool],
+        phase: str,
+    ) -> None:
         """Read messages until ``handle`` returned True for every rank in ``pending``.
 
         Raises :class:`WorkerFailed` as soon as a worker exits (after reading what it sent), or when nothing
@@ -421,7 +469,9 @@ class WorkerPool(ParallelGroup):
         while pending:
             live = [w for w in self._workers if w.open]
             waitables = [w.channel.conn for w in live] + [w.proc.sentinel for w in self._workers]
-            multiprocessing.connection.wait(waitables, timeout=max(0.0, min(deadline - time.monotonic(), _POLL_S)))
+            multiprocessing.connection.wait(
+                waitables, timeout=max(0.0, min(deadline - time.monotonic(), _POLL_S))
+            )
             for worker in live:
                 while worker.open and worker.channel.conn.poll():
                     try:
@@ -430,7 +480,8 @@ class WorkerPool(ParallelGroup):
                         raise WorkerFailed(
                             f"a message from rank {worker.rank} of the split engine for {self.model} could not be "
                             f"read ({type(exc).__name__}: {exc}): the pipe to it is out of step. The workers were "
-                            "stopped and this engine refuses further calls: build a new LLM.") from exc
+                            "stopped and this engine refuses further calls: build a new LLM."
+                        ) from exc
                     if message is None:
                         worker.open = False
                         break
@@ -446,9 +497,14 @@ class WorkerPool(ParallelGroup):
                 raise self._timed_out(sorted(pending), phase)
 
     def _died(self, worker: _Worker, phase: str) -> WorkerFailed:
-        when = {"start": "while starting, before it was ready", "call": "during a call"}.get(phase, "between calls")
-        after = ("" if phase == "start" else
-                 " The other ranks were stopped and this engine refuses further calls: build a new LLM.")
+        when = {"start": "while starting, before it was ready", "call": "during a call"}.get(
+            phase, "between calls"
+        )
+        after = (
+            ""
+            if phase == "start"
+            else " The other ranks were stopped and this engine refuses further calls: build a new LLM."
+        )
         hint = _guard_hint("\n".join(worker.tail))  # the fix first: the traceback below is long
         return WorkerFailed(
             f"rank {worker.rank} of the split engine for {self.model} (pid {worker.proc.pid}) "
@@ -463,7 +519,9 @@ class WorkerPool(ParallelGroup):
                 f"{self.config.start_timeout_s:.0f} s (start_timeout_s). They are alive, so they are stuck (for "
                 "instance setting up NCCL/gloo) or load very slowly. To wait longer pass LLM(..., "
                 f"parallel_start_timeout_s=...) or set {START_TIMEOUT_ENV}.\n"
-                + "\n".join(f"Last lines of rank {r}'s stderr:\n{self._workers[r].stderr_tail(8)}" for r in ranks)
+                + "\n".join(
+                    f"Last lines of rank {r}'s stderr:\n{self._workers[r].stderr_tail(8)}" for r in ranks
+                )
             )
         return WorkerFailed(
             f"ranks {ranks} of the split engine for {self.model} sent nothing for {self.config.call_timeout_s:.0f} s "
@@ -491,16 +549,22 @@ class WorkerPool(ParallelGroup):
             return False
 
         try:
-            self._wait(set(range(self.world_size)), self._started_at + float(self.config.start_timeout_s or 0),
-                       float(self.config.start_timeout_s or 0), handle, "start")
+            self._wait(
+                set(range(self.world_size)),
+                self._started_at + float(self.config.start_timeout_s or 0),
+                float(self.config.start_timeout_s or 0),
+                handle,
+                "start",
+            )
         except BaseException:
             self.close(graceful=False)
             raise
         self.ready_info = [infos[r] for r in range(self.world_size)]
 
     # ------------------------------------------------------------------ calls
-    def call(self, requests: list[Any], on_batch_done: Callable[[int], None] | None = None
-             ) -> tuple[list[torch.Tensor], dict[str, int]]:
+    def call(
+        self, requests: list[Any], on_batch_done: Callable[[int], None] | None = None
+    ) -> tuple[list[torch.Tensor], dict[str, int]]:
         """Run ``requests`` on every worker; the output rank's outputs and run statistics.
 
         An error raised alike on every rank is raised here and leaves the engine usable (as in one process); a
@@ -512,7 +576,9 @@ class WorkerPool(ParallelGroup):
             call_id = next(self._call_ids)
             payload = pickle.dumps(("run", call_id, requests), protocol=pickle.HIGHEST_PROTOCOL)
             # Sent from a thread: a worker that stopped reading (hung) must not block this wait, which watches it.
-            threading.Thread(target=self._send_all, args=(payload,), name="rlhf-rewards-send", daemon=True).start()
+            threading.Thread(
+                target=self._send_all, args=(payload,), name="rlhf-rewards-send", daemon=True
+            ).start()
             output_rank = self.config.output_rank
             result: dict[str, Any] = {}
             errors: dict[int, RemoteError] = {}
@@ -520,7 +586,9 @@ class WorkerPool(ParallelGroup):
             def handle(worker: _Worker, message: Any) -> bool:
                 kind = message[0]
                 if kind not in ("progress", "done", "error") or message[1] != call_id:
-                    return False  # left over from an earlier call that was interrupted here (KeyboardInterrupt)
+                    return (
+                        False  # left over from an earlier call that was interrupted here (KeyboardInterrupt)
+                    )
                 if kind == "progress":
                     if on_batch_done is not None:
                         on_batch_done(message[2])
@@ -543,15 +611,21 @@ class WorkerPool(ParallelGroup):
 
     def _raise_call_errors(self, errors: dict[int, RemoteError]) -> None:
         first = errors.get(self.config.output_rank) or errors[min(errors)]
-        in_step = (len(errors) == self.world_size and len({e.type_name for e in errors.values()}) == 1
-                   and not any(e.distributed for e in errors.values()))
+        in_step = (
+            len(errors) == self.world_size
+            and len({e.type_name for e in errors.values()}) == 1
+            and not any(e.distributed for e in errors.values())
+        )
         if in_step:  # every rank failed the same way at the same point (e.g. an input the model cannot take)
             raise first.rebuild()
         failure = WorkerFailed(
             f"the ranks of the split engine for {self.model} failed differently in one call ("
             + "; ".join(f"rank {r}: {e}" for r, e in sorted(errors.items()))
-            + (f"; ranks {sorted(set(range(self.world_size)) - set(errors))} succeeded" if len(errors) < self.world_size
-               else "")
+            + (
+                f"; ranks {sorted(set(range(self.world_size)) - set(errors))} succeeded"
+                if len(errors) < self.world_size
+                else ""
+            )
             + "), so they are no longer in step. The workers were stopped and this engine refuses further calls: "
             "build a new LLM."
         )
@@ -567,8 +641,10 @@ class WorkerPool(ParallelGroup):
 
     def _check_usable(self) -> None:
         if self.broken is not None:
-            raise WorkerFailed(f"this split engine can no longer score: {self.broken} Build a new LLM (and "
-                               "shutdown() this one).")
+            raise WorkerFailed(
+                f"this split engine can no longer score: {self.broken} Build a new LLM (and "
+                "shutdown() this one)."
+            )
         if self.closed:
             raise RuntimeError("this split engine was closed (shutdown()); build a new LLM to score again.")
         for worker in self._workers:  # one that died between calls: say so before sending anything
@@ -634,6 +710,7 @@ class WorkerGroup(ParallelGroup):
 
 def _exit_with_parent(parent_pid: int) -> None:
     """A worker whose driver died (killed, crashed) would wait for it forever: exit."""
+
     def watch() -> None:
         while True:
             time.sleep(1.0)
@@ -684,16 +761,28 @@ def worker_main(spec: _WorkerSpec, conn: multiprocessing.connection.Connection) 
             # The ranks share the machine's cores; each takes its part instead of all of them.
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
         store = dist.TCPStore("127.0.0.1", spec.port, is_master=False, timeout=start_timeout)
-        dist.init_process_group(spec.backend, store=dist.PrefixStore("rlhf-rewards", store), rank=rank,
-                                world_size=world, timeout=start_timeout,
-                                **_device_id(torch.device("cuda" if spec.backend == "nccl" else "cpu"), rank,
-                                             spec.backend))
+        dist.init_process_group(
+            spec.backend,
+            store=dist.PrefixStore("rlhf-rewards", store),
+            rank=rank,
+            world_size=world,
+            timeout=start_timeout,
+            **_device_id(torch.device("cuda" if spec.backend == "nccl" else "cpu"), rank, spec.backend),
+        )
         _WORKER_CHANNEL = channel
         engine = spec.factory(**spec.kwargs)
         _set_group_timeouts(float(config.call_timeout_s or 0))
         parallel = engine._parallel
-        channel.send(("ready", {"pid": os.getpid(), "device": str(parallel.device),
-                                "resident_bytes": parallel.resident_bytes}))
+        channel.send(
+            (
+                "ready",
+                {
+                    "pid": os.getpid(),
+                    "device": str(parallel.device),
+                    "resident_bytes": parallel.resident_bytes,
+                },
+            )
+        )
     except BaseException as exc:  # noqa: BLE001 - reported to the driver, which raises it
         traceback.print_exc()
         try:
@@ -733,7 +822,9 @@ class SpmdGroup(ParallelGroup):
             environment) and so tears it down on close.
     """
 
-    def __init__(self, config: ParallelConfig, rank: int, control: Any, destroy_default_on_close: bool) -> None:
+    def __init__(
+        self, config: ParallelConfig, rank: int, control: Any, destroy_default_on_close: bool
+    ) -> None:
         super().__init__(config, rank)
         self.control = control
         self.destroy_default_on_close = destroy_default_on_close
@@ -765,7 +856,9 @@ def handshake(group: SpmdGroup, error: BaseException | None = None) -> None:
     """torchrun start-up: every rank reports whether it built its shard; all raise the first failure."""
     group.handshake_done = True
     reports: list[Any] = [None] * group.world_size
-    dist.all_gather_object(reports, None if error is None else f"{type(error).__name__}: {error}", group=group.control)
+    dist.all_gather_object(
+        reports, None if error is None else f"{type(error).__name__}: {error}", group=group.control
+    )
     failed = [(rank, msg) for rank, msg in enumerate(reports) if msg is not None]
     if failed:
         rank, msg = failed[0]
@@ -773,12 +866,19 @@ def handshake(group: SpmdGroup, error: BaseException | None = None) -> None:
     # Started: a call waits for the other ranks' calls, not for their loading.
     from torch.distributed import distributed_c10d
 
-    distributed_c10d._set_pg_timeout(timedelta(seconds=float(group.config.call_timeout_s or 0)), group.control)
+    distributed_c10d._set_pg_timeout(
+        timedelta(seconds=float(group.config.call_timeout_s or 0)), group.control
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- choosing
-def start_group(config: ParallelConfig, device: torch.device, factory: Callable[..., Any], kwargs: dict[str, Any],
-                model: str = "the model") -> ParallelGroup:
+def start_group(
+    config: ParallelConfig,
+    device: torch.device,
+    factory: Callable[..., Any],
+    kwargs: dict[str, Any],
+    model: str = "the model",
+) -> ParallelGroup:
     """This process's group: a spawned worker's, a torchrun rank's, or (the default) a driver starting its workers.
 
     ``factory(**kwargs)`` is what each spawned worker builds (the ``LLM`` class and this engine's arguments).
@@ -797,8 +897,9 @@ def start_group(config: ParallelConfig, device: torch.device, factory: Callable[
             )
         local_rank = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
         _bind_device(device, local_rank)
-        dist.init_process_group(backend, init_method="env://", timeout=start_timeout,
-                                **_device_id(device, local_rank, backend))
+        dist.init_process_group(
+            backend, init_method="env://", timeout=start_timeout, **_device_id(device, local_rank, backend)
+        )
         created = True
     if dist.is_initialized():
         world = dist.get_world_size()
@@ -809,9 +910,14 @@ def start_group(config: ParallelConfig, device: torch.device, factory: Callable[
             return SpmdGroup(config, rank, control, destroy_default_on_close=created)
         # The process's own group (a trainer's) has another size: it is not a launch of this engine's ranks.
         # Leave it alone and start this engine's own workers, as in a plain process.
-        logger.info("torch.distributed is initialized with world_size=%d, not tensor_parallel_size * "
-                    "pipeline_parallel_size = %d: this engine starts its own %d worker processes and leaves that "
-                    "group alone.", world, config.world_size, config.world_size)
+        logger.info(
+            "torch.distributed is initialized with world_size=%d, not tensor_parallel_size * "
+            "pipeline_parallel_size = %d: this engine starts its own %d worker processes and leaves that "
+            "group alone.",
+            world,
+            config.world_size,
+            config.world_size,
+        )
     check_main_guard()
     return WorkerPool(config, backend, factory, kwargs, model)
 
@@ -821,12 +927,15 @@ def _launched_by_torchrun() -> bool:
     if os.environ.get(_WORKER_ENV) is not None:
         return False
     return "TORCHELASTIC_RUN_ID" in os.environ or all(
-        k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+        k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    )
 
 
 def _set_rank_env(rank: int, world: int) -> None:
     # transformers binds each rank's accelerator from LOCAL_RANK when it builds its device mesh.
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world)
+    )
 
 
 def _bind_device(device: torch.device, rank: int) -> None:

@@ -60,7 +60,9 @@ class LockstepRunner:
         elif isinstance(self.group, SpmdGroup):
             handshake(self.group, error)
 
-    def run(self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+    def run(
+        self, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None = None
+    ) -> list[torch.Tensor]:
         """The driver's (or, under torchrun, rank 0's) ``requests`` run on every rank; the outputs (float32 CPU
         tensors, request order)."""
         group = self.group
@@ -75,8 +77,9 @@ class LockstepRunner:
         message = group.broadcast(("run", requests))
         return self._step(group, message[1], on_batch_done if group.is_driver else None)
 
-    def _step(self, group: SpmdGroup, requests: list[EngineRequest],
-              on_batch_done: Callable[[int], None] | None) -> list[torch.Tensor]:
+    def _step(
+        self, group: SpmdGroup, requests: list[EngineRequest], on_batch_done: Callable[[int], None] | None
+    ) -> list[torch.Tensor]:
         outcome: Any
         try:
             outcome = self.runner.run(requests, on_batch_done)

@@ -88,14 +88,20 @@ def check_split(
                 f"allowed: tensor_parallel_size * pipeline_parallel_size <= {available}."
             )
         if device.index not in (None, 0):
-            raise ValueError(f"device={str(device)!r}: a split model uses cuda:0..cuda:{parallel.world_size - 1} "
-                             "(rank r on cuda:r); pass device='cuda' and choose GPUs with CUDA_VISIBLE_DEVICES.")
+            raise ValueError(
+                f"device={str(device)!r}: a split model uses cuda:0..cuda:{parallel.world_size - 1} "
+                "(rank r on cuda:r); pass device='cuda' and choose GPUs with CUDA_VISIBLE_DEVICES."
+            )
     elif device.type != "cpu":
-        raise ValueError(f"device={str(device)!r} is not supported with {sizes}; allowed devices: 'cpu' (gloo) and 'cuda' (nccl).")
+        raise ValueError(
+            f"device={str(device)!r} is not supported with {sizes}; allowed devices: 'cpu' (gloo) and 'cuda' (nccl)."
+        )
     elif torch.cuda.is_available():
         # transformers builds its device mesh on the machine's accelerator, whatever device= says.
-        raise ValueError(f"device='cpu' with {sizes} on a machine with CUDA: transformers shards onto the accelerator; "
-                         "use device='cuda'.")
+        raise ValueError(
+            f"device='cpu' with {sizes} on a machine with CUDA: transformers shards onto the accelerator; "
+            "use device='cuda'."
+        )
 
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "check_split", "divisors"]

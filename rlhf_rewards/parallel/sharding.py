@@ -43,9 +43,13 @@ def sharding_kwargs(parallel: ParallelConfig):
             overrides["lm_head"] = "replicate"
             if getattr(config, "tie_word_embeddings", False):
                 overrides[f"{cls.base_model_prefix}.embed_tokens"] = "replicate"
-        return {"distributed_config": DistributedConfig(
-            tp_size=parallel.tensor_parallel_size, pp_size=parallel.pipeline_parallel_size,
-            tp_plan=overrides or None)}
+        return {
+            "distributed_config": DistributedConfig(
+                tp_size=parallel.tensor_parallel_size,
+                pp_size=parallel.pipeline_parallel_size,
+                tp_plan=overrides or None,
+            )
+        }
 
     return kwargs_for
 
@@ -108,18 +112,26 @@ class PipelineStage:
         backbone = self.backbone  # type: ignore[attr-defined]
         dtype = next(p.dtype for p in backbone.parameters() if p.is_floating_point())
         device = input_ids.device
-        inputs: dict[str, Any] = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+        inputs: dict[str, Any] = {
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": False,
+        }
         if stage.pp_is_first_stage:
             inputs["input_ids"] = input_ids
         else:
             shape = (*input_ids.shape, self.hidden_size)
-            inputs["inputs_embeds"] = stage.communicate("recv_forward", device=device, dtype=dtype, shape=shape)
+            inputs["inputs_embeds"] = stage.communicate(
+                "recv_forward", device=device, dtype=dtype, shape=shape
+            )
         out = backbone(**inputs, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         stage.communicate("send_forward", device=device, dtype=dtype, tensor=hidden)
         return hidden
 
-    def score(self, states: torch.Tensor, columns: tuple[int, ...] | None = None, **kwargs: Any) -> torch.Tensor:
+    def score(
+        self, states: torch.Tensor, columns: tuple[int, ...] | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         """The head on the last stage; elsewhere zeros of the right shape (their states are not final)."""
         if self.is_last_stage:
             return super().score(states, columns, **kwargs)  # type: ignore[misc]
@@ -134,7 +146,9 @@ def as_pipeline_stage(model: PoolingModel) -> PoolingModel:
     """``model`` with :class:`PipelineStage`'s forward (its class swapped for a subclass; weights untouched)."""
     cls = type(model)
     if cls not in _STAGE_CLASSES:
-        _STAGE_CLASSES[cls] = type(f"PipelineStage{cls.__name__}", (PipelineStage, cls), {"__module__": __name__})
+        _STAGE_CLASSES[cls] = type(
+            f"PipelineStage{cls.__name__}", (PipelineStage, cls), {"__module__": __name__}
+        )
     model.__class__ = _STAGE_CLASSES[cls]
     return model
 

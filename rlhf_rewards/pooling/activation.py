@@ -7,7 +7,9 @@ import torch
 from rlhf_rewards.pooling.params import ResolvedPooling
 
 
-def apply_score_transform(logits: torch.Tensor, params: ResolvedPooling, problem_type: str | None) -> torch.Tensor:
+def apply_score_transform(
+    logits: torch.Tensor, params: ResolvedPooling, problem_type: str | None
+) -> torch.Tensor:
     """``activation((logits - logit_mean) / logit_sigma)``; the activation is skipped when ``use_activation`` is off.
 
     ``classify``: ``problem_type`` ``regression`` -> identity, ``multi_label_classification`` -> sigmoid,

@@ -79,10 +79,16 @@ class PoolerConfig:
     def __post_init__(self, pooling_task: str | None = None) -> None:
         if pooling_task is not None:
             if self.task is not None and self.task != pooling_task:
-                raise RequestError(f"sets both task={self.task!r} and its old name pooling_task={pooling_task!r}.",
-                                   field="pooler_config", sep=" ", param="task")
+                raise RequestError(
+                    f"sets both task={self.task!r} and its old name pooling_task={pooling_task!r}.",
+                    field="pooler_config",
+                    sep=" ",
+                    param="task",
+                )
             self.task = pooling_task
-        self.seq_pooling_type = _pooling_type("seq_pooling_type", self.seq_pooling_type, SEQUENCE_POOLING_TYPES)
+        self.seq_pooling_type = _pooling_type(
+            "seq_pooling_type", self.seq_pooling_type, SEQUENCE_POOLING_TYPES
+        )
         self.tok_pooling_type = _pooling_type("tok_pooling_type", self.tok_pooling_type, TOKEN_POOLING_TYPES)
         if self.pooling_type is not None:
             self.pooling_type = _pooling_type("pooling_type", self.pooling_type, POOLING_TYPES)
@@ -91,20 +97,28 @@ class PoolerConfig:
             if current is not None and current != self.pooling_type:
                 raise RequestError(
                     f"Cannot set both `pooling_type` ({self.pooling_type!r}) and `{level}` ({current!r}).",
-                    field="pooler_config.pooling_type", sep=": ", param="pooling_type")
+                    field="pooler_config.pooling_type",
+                    sep=": ",
+                    param="pooling_type",
+                )
             setattr(self, level, self.pooling_type)
         if self.task is not None:
             check_removed_pooling_task(self.task, "pooler_config.task")
             if self.task not in POOLING_TASKS:
-                raise RequestError(f"{self.task!r} is not a pooling task; choose one of {list(POOLING_TASKS)}.",
-                                   field="pooler_config.task", sep="=")
+                raise RequestError(
+                    f"{self.task!r} is not a pooling task; choose one of {list(POOLING_TASKS)}.",
+                    field="pooler_config.task",
+                    sep="=",
+                )
         # A sequence-level alias (pooling_type="LAST") declares a non-STEP config, as it always has here.
         step_owner_type = self.tok_pooling_type if self.tok_pooling_type is not None else self.pooling_type
         check_step_fields("pooler_config", step_owner_type, self.step_tag_id, self.returned_token_ids)
         if self.step_tag_id is not None:
             self.step_tag_id = _non_negative_int("pooler_config.step_tag_id", self.step_tag_id)
         if self.returned_token_ids is not None:
-            self.returned_token_ids = _token_id_list("pooler_config.returned_token_ids", self.returned_token_ids)
+            self.returned_token_ids = _token_id_list(
+                "pooler_config.returned_token_ids", self.returned_token_ids
+            )
         if self.logit_sigma is not None and float(self.logit_sigma) == 0.0:
             raise ValueError("pooler_config.logit_sigma must be non-zero (logits are divided by it).")
         if self.dimensions is not None:
@@ -114,11 +128,16 @@ class PoolerConfig:
             if value is not None and not isinstance(value, bool):
                 raise RequestError(f"must be true or false, got {value!r}.", field=f"pooler_config.{name}")
         if self.enable_chunked_processing is not False or self.max_embed_len is not None:
-            name = "enable_chunked_processing" if self.enable_chunked_processing is not False else "max_embed_len"
+            name = (
+                "enable_chunked_processing"
+                if self.enable_chunked_processing is not False
+                else "max_embed_len"
+            )
             raise RequestError(
                 "is not supported: a prompt over max_model_len is an error, or is cut with truncate_prompt_tokens "
                 "(chunk-averaged embeddings would change what a reward model scores).",
-                field=f"pooler_config.{name}")
+                field=f"pooler_config.{name}",
+            )
 
     def type_for(self, task: str) -> str | None:
         """The pooling type that applies to ``task``: ``tok_pooling_type`` for token tasks, else
@@ -130,8 +149,13 @@ class PoolerConfig:
         and the STEP fields for token tasks only."""
         if task in TOKEN_TASKS:
             return dataclasses.replace(self, pooling_type=self.tok_pooling_type, seq_pooling_type=None)
-        return dataclasses.replace(self, pooling_type=self.seq_pooling_type, tok_pooling_type=None, step_tag_id=None,
-                                   returned_token_ids=None)
+        return dataclasses.replace(
+            self,
+            pooling_type=self.seq_pooling_type,
+            tok_pooling_type=None,
+            step_tag_id=None,
+            returned_token_ids=None,
+        )
 
     @property
     def is_step(self) -> bool:
@@ -151,25 +175,32 @@ class PoolerConfig:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"pooler_config is not valid JSON: {exc}") from None
         if not isinstance(value, dict):
-            raise ValueError(f"pooler_config must be a PoolerConfig, a dict or a JSON object, got {type(value).__name__}.")
+            raise ValueError(
+                f"pooler_config must be a PoolerConfig, a dict or a JSON object, got {type(value).__name__}."
+            )
         value = dict(value)
         for old, new in FIELD_ALIASES.items():
             if old in value:
                 if new in value and value[new] != value[old]:
-                    raise ValueError(f"pooler_config sets both {old!r} and its new name {new!r}; keep {new!r}.")
+                    raise ValueError(
+                        f"pooler_config sets both {old!r} and its new name {new!r}; keep {new!r}."
+                    )
                 value[new] = value.pop(old)
         known = {f.name for f in dataclasses.fields(cls)} - set(FIELD_ALIASES)
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"pooler_config has unknown field(s) {unknown}; valid fields are {sorted(known)} "
-                             f"(aliases: {sorted(FIELD_ALIASES)}).")
+            raise ValueError(
+                f"pooler_config has unknown field(s) {unknown}; valid fields are {sorted(known)} "
+                f"(aliases: {sorted(FIELD_ALIASES)})."
+            )
         return cls(**value)
 
     def merged_over(self, defaults: PoolerConfig) -> PoolerConfig:
         """Return a config whose unset fields come from ``defaults``."""
         values = {
             f.name: getattr(self, f.name) if getattr(self, f.name) is not None else getattr(defaults, f.name)
-            for f in dataclasses.fields(self) if f.name != "pooling_type"
+            for f in dataclasses.fields(self)
+            if f.name != "pooling_type"
         }
         # The alias reads back the merged type at the level it names (this config's, else the defaults').
         alias = self.pooling_type or defaults.pooling_type
@@ -185,25 +216,39 @@ class PoolerConfig:
     def to_dict(self) -> dict[str, Any]:
         """The set fields, as a JSON-ready dict (vLLM's names; the unused switches at their defaults are left out)."""
         defaults = {"enable_chunked_processing": False, "enable_flash_late_interaction": True}
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if v is not None and not (k in defaults and v == defaults[k])}
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if v is not None and not (k in defaults and v == defaults[k])
+        }
 
 
-def check_step_fields(owner: str, pooling_type: str | None, step_tag_id: Any, returned_token_ids: Any) -> None:
+def check_step_fields(
+    owner: str, pooling_type: str | None, step_tag_id: Any, returned_token_ids: Any
+) -> None:
     """vLLM's rule: ``step_tag_id`` and ``returned_token_ids`` only make sense with STEP pooling."""
     if pooling_type is not None and pooling_type != "STEP":
-        bad = [n for n, v in (("step_tag_id", step_tag_id), ("returned_token_ids", returned_token_ids)) if v is not None]
+        bad = [
+            n
+            for n, v in (("step_tag_id", step_tag_id), ("returned_token_ids", returned_token_ids))
+            if v is not None
+        ]
         if bad:
             raise RequestError(
                 f"{', '.join(bad)} can only be set with tok_pooling_type='STEP' (got {pooling_type!r}).",
-                field=owner, sep=": ", param=bad[0])
+                field=owner,
+                sep=": ",
+                param=bad[0],
+            )
 
 
 def _pooling_type(name: str, value: Any, allowed: tuple[str, ...]) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or value.upper() not in allowed:
-        raise RequestError(f"{value!r}; choose one of {list(allowed)}.", field=f"pooler_config.{name}", sep="=")
+        raise RequestError(
+            f"{value!r}; choose one of {list(allowed)}.", field=f"pooler_config.{name}", sep="="
+        )
     return value.upper()
 
 

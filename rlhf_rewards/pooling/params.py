@@ -72,15 +72,25 @@ class PoolingParams:
         check_removed_pooling_task(self.task)
         if self.activation is not None:
             if self.use_activation is not None and self.use_activation != self.activation:
-                raise RequestError(f"activation={self.activation!r} and use_activation={self.use_activation!r} "
-                                   "disagree; `activation` is the old name of `use_activation`.", field="activation")
-            _warn_once("activation", "PoolingParams(activation=...) is deprecated; use use_activation=... (vLLM's name).")
+                raise RequestError(
+                    f"activation={self.activation!r} and use_activation={self.use_activation!r} "
+                    "disagree; `activation` is the old name of `use_activation`.",
+                    field="activation",
+                )
+            _warn_once(
+                "activation",
+                "PoolingParams(activation=...) is deprecated; use use_activation=... (vLLM's name).",
+            )
             self.use_activation, self.activation = self.activation, None
         t = self.truncate_prompt_tokens
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or (t < 1 and t != -1)):
-            raise RequestError(f"must be a positive integer or -1, got {t!r}.", field="truncate_prompt_tokens")
+            raise RequestError(
+                f"must be a positive integer or -1, got {t!r}.", field="truncate_prompt_tokens"
+            )
         if self.extra_kwargs is not None and not isinstance(self.extra_kwargs, dict):
-            raise RequestError(f"must be a dict, got {type(self.extra_kwargs).__name__}.", field="extra_kwargs")
+            raise RequestError(
+                f"must be a dict, got {type(self.extra_kwargs).__name__}.", field="extra_kwargs"
+            )
         # Reuse PoolerConfig's field validation for the shared fields, reported under this class's names.
         try:
             PoolerConfig(
@@ -107,13 +117,21 @@ class PoolingParams:
     def verify(self, task: str) -> None:
         """Raise ``RequestError`` if a field is set that ``task`` does not take (vLLM's rule)."""
         if self.task is not None and self.task != task:
-            raise RequestError(f"You cannot overwrite task={self.task!r} with pooling_task={task!r}!",
-                               field="pooling_params", sep=": ", param="task")
+            raise RequestError(
+                f"You cannot overwrite task={self.task!r} with pooling_task={task!r}!",
+                field="pooling_params",
+                sep=": ",
+                param="task",
+            )
         allowed = _TASK_FIELDS[task]
         bad = [name for name in _TASK_SPECIFIC if getattr(self, name) is not None and name not in allowed]
         if bad:
-            raise RequestError(f"{task!r} only supports the parameters {list(allowed)}, not {bad}.",
-                               field="pooling_task", sep="=", param=bad[0])
+            raise RequestError(
+                f"{task!r} only supports the parameters {list(allowed)}, not {bad}.",
+                field="pooling_task",
+                sep="=",
+                param=bad[0],
+            )
 
     def clone(self, **changes: Any) -> PoolingParams:
         """A copy with ``changes`` applied (nested values copied, as vLLM's deep-copying ``clone``)."""
@@ -150,15 +168,27 @@ def resolve_pooling(task: str, params: PoolingParams, config: PoolerConfig) -> R
     params.verify(task)
     pooling_type = config.type_for(task) or ("ALL" if task in TOKEN_TASKS else "LAST")
     step_tag_id = params.step_tag_id if params.step_tag_id is not None else config.step_tag_id
-    returned = params.returned_token_ids if params.returned_token_ids is not None else config.returned_token_ids
+    returned = (
+        params.returned_token_ids if params.returned_token_ids is not None else config.returned_token_ids
+    )
     if task not in TOKEN_TASKS:  # the config's STEP fields configure its token tasks only
         step_tag_id = returned = None
     check_step_fields("pooling_params", pooling_type, params.step_tag_id, params.returned_token_ids)
     check_step_fields("pooler_config", pooling_type, step_tag_id, returned)
     use_activation = params.use_activation if params.use_activation is not None else config.use_activation
     # Embedding tasks: vLLM 0.33's use_activation is the L2 normalization; this library's normalize wins.
-    normalize = next((v for v in (params.normalize, params.use_activation, config.normalize, config.use_activation)
-                      if v is not None), None) if task not in CLASSIFY_TASKS else None
+    normalize = (
+        next(
+            (
+                v
+                for v in (params.normalize, params.use_activation, config.normalize, config.use_activation)
+                if v is not None
+            ),
+            None,
+        )
+        if task not in CLASSIFY_TASKS
+        else None
+    )
     dimensions = params.dimensions if params.dimensions is not None else config.dimensions
     return ResolvedPooling(
         task=task,

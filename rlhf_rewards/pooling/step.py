@@ -60,7 +60,9 @@ def step_rows(token_ids: torch.Tensor, step_tag_id: int | None) -> torch.Tensor:
     return torch.nonzero(token_ids.flatten() == step_tag_id, as_tuple=False).flatten()
 
 
-def check_columns(columns: Sequence[int], width: int, what: str = "the head has {width} output columns") -> None:
+def check_columns(
+    columns: Sequence[int], width: int, what: str = "the head has {width} output columns"
+) -> None:
     """Raise ``ValueError`` naming ``returned_token_ids`` if a column is not below ``width``.
 
     ``what`` describes the limit (``{width}`` is filled in), e.g. ``"the vocabulary has {width} rows"``.
@@ -88,7 +90,11 @@ def step_tag_id_of(tokenizer: Any, tag: str, owner: str) -> int:
     token_id = None
     if tokenizer is not None:
         token_id = tokenizer.convert_tokens_to_ids(tag)
-        if token_id is not None and token_id == getattr(tokenizer, "unk_token_id", None) and tag != tokenizer.unk_token:
+        if (
+            token_id is not None
+            and token_id == getattr(tokenizer, "unk_token_id", None)
+            and tag != tokenizer.unk_token
+        ):
             token_id = None
     if token_id is None:
         raise ValueError(
@@ -98,7 +104,9 @@ def step_tag_id_of(tokenizer: Any, tag: str, owner: str) -> int:
     return int(token_id)
 
 
-def default_step_tag_id(config: PoolerConfig, default_tag: str | None, tokenizer: Any, owner: str) -> int | None:
+def default_step_tag_id(
+    config: PoolerConfig, default_tag: str | None, tokenizer: Any, owner: str
+) -> int | None:
     """The ``step_tag_id`` of an effective task config: its own, else the id of the architecture's
     ``default_tag`` when the task is STEP-pooled (looked up only then: see :func:`step_tag_id_of`)."""
     if not config.is_step or config.step_tag_id is not None or not default_tag:
@@ -106,7 +114,9 @@ def default_step_tag_id(config: PoolerConfig, default_tag: str | None, tokenizer
     return step_tag_id_of(tokenizer, default_tag, owner)
 
 
-def user_config_for_task(user: PoolerConfig, task: str, task_defaults: Mapping[str, PoolerConfig]) -> PoolerConfig:
+def user_config_for_task(
+    user: PoolerConfig, task: str, task_defaults: Mapping[str, PoolerConfig]
+) -> PoolerConfig:
     """The part of the user's pooler config that applies to ``task`` (to be merged over its default).
 
     ``seq_pooling_type`` reaches the sequence tasks and ``tok_pooling_type`` the token tasks by
@@ -154,7 +164,9 @@ def step_tag_text(tokenizer: Any, step_tag_id: int | None) -> str | None:
     return tokenizer.decode([step_tag_id])
 
 
-def step_score_column(k: int, *, returned_token_ids: Sequence[int] | None = None, override: int | None = None) -> int:
+def step_score_column(
+    k: int, *, returned_token_ids: Sequence[int] | None = None, override: int | None = None
+) -> int:
     """The column of a ``[n_steps, k]`` STEP output that holds the step reward.
 
     ``override`` (a reward function's ``step_score_column``) wins. Otherwise: column 0 when the pooler

@@ -24,14 +24,14 @@ REMOVED_POOLING_TASKS: dict[str, str] = {
     "score": "`score` task was removed; use `classify` instead.",
     "encode": "`encode` task was removed; use `token_embed` or `token_classify` instead.",
     "reward": "`reward` task was removed; use `token_classify` (token reward models) or `classify` "
-              "(sequence reward models) instead.",
+    "(sequence reward models) instead.",
 }
 #: vLLM 0.33 tasks this engine does not run, and why.
 UNSUPPORTED_POOLING_TASKS: dict[str, str] = {
     "plugin": "No IOProcessor plugin installed: IOProcessor plugins (vLLM's `plugin` task, for multimodal "
-              "non-text outputs) are not supported; this engine pools text reward models.",
+    "non-text outputs) are not supported; this engine pools text reward models.",
     "embed&token_classify": "`embed&token_classify` (one forward returning both) is not supported; call "
-                            "encode twice, with pooling_task='embed' and 'token_classify'.",
+    "encode twice, with pooling_task='embed' and 'token_classify'.",
 }
 
 
@@ -48,15 +48,22 @@ def check_task(task: object, supported: tuple[str, ...] | None = None) -> str:
     if task is None:
         raise RequestError(
             f"is required; this model supports {list(choices)} (for rewards use `classify` or `token_classify`).",
-            field="pooling_task")
+            field="pooling_task",
+        )
     check_removed_pooling_task(task, "pooling_task")
     if isinstance(task, str) and task in UNSUPPORTED_POOLING_TASKS:
         raise RequestError(UNSUPPORTED_POOLING_TASKS[task], field="pooling_task", sep=": ")
     if task not in POOLING_TASKS:
         raise RequestError(
             f"{task!r} is not a pooling task; choose one of {list(POOLING_TASKS)} "
-            "(for rewards use `classify` or `token_classify`).", field="pooling_task", sep="=")
+            "(for rewards use `classify` or `token_classify`).",
+            field="pooling_task",
+            sep="=",
+        )
     if task not in choices:
-        raise RequestError(f"{task!r} is not supported by this model; it supports {list(choices)}.",
-                           field="pooling_task", sep="=")
+        raise RequestError(
+            f"{task!r} is not supported by this model; it supports {list(choices)}.",
+            field="pooling_task",
+            sep="=",
+        )
     return str(task)

@@ -115,8 +115,14 @@ class RewardFunctionBase:
     def _wrap(self, exc: Exception) -> RewardFunctionError:
         return wrap_error(exc, self._owner)
 
-    def _finish(self, result: ScoreResult, started: float, return_steps: bool, kwargs: dict[str, Any],
-                stacklevel: int = 3) -> Any:
+    def _finish(
+        self,
+        result: ScoreResult,
+        started: float,
+        return_steps: bool,
+        kwargs: dict[str, Any],
+        stacklevel: int = 3,
+    ) -> Any:
         """Warn about unscored completions, notify listeners, log TRL metrics, and shape the return value
         (``stacklevel``: frames from here to the user's call, so the warning names the caller's line)."""
         n = len(result.rewards)

@@ -78,8 +78,12 @@ class GenerativeScore:
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``generative_score``/``agenerative_score`` after the three positionals."""
-        return {"apply_softmax": self.apply_softmax, "add_special_tokens": self.add_special_tokens,
-                "lora_request": self.lora_request, "all_labels": self.all_labels}
+        return {
+            "apply_softmax": self.apply_softmax,
+            "add_special_tokens": self.add_special_tokens,
+            "lora_request": self.lora_request,
+            "all_labels": self.all_labels,
+        }
 
 
 @dataclass
@@ -103,13 +107,17 @@ def run_plan(plan: Plan[T], worker: RewardWorker) -> T:
             return stop.value
         try:
             if isinstance(request, RenderChat):
-                result = worker.render_chat(request.conversations, chat_template=request.chat_template,
-                                            add_generation_prompt=request.add_generation_prompt)
+                result = worker.render_chat(
+                    request.conversations,
+                    chat_template=request.chat_template,
+                    add_generation_prompt=request.add_generation_prompt,
+                )
             elif isinstance(request, Tokenize):
                 result = worker.tokenize(request.texts)
             elif isinstance(request, GenerativeScore):
-                result = worker.generative_score(request.query, request.items, request.label_token_ids,
-                                                 **request.kwargs())
+                result = worker.generative_score(
+                    request.query, request.items, request.label_token_ids, **request.kwargs()
+                )
             else:
                 result = worker.encode(request.prompts, request.pooling_params, **request.encode_kwargs())
         except Exception as exc:  # noqa: BLE001 - the plan decides (catch=True) or it propagates
@@ -129,16 +137,21 @@ async def arun_plan(plan: Plan[T], worker: RewardWorker) -> T:
         try:
             if isinstance(request, RenderChat):
                 result = await asyncio.to_thread(
-                    worker.render_chat, request.conversations, chat_template=request.chat_template,
+                    worker.render_chat,
+                    request.conversations,
+                    chat_template=request.chat_template,
                     add_generation_prompt=request.add_generation_prompt,
                 )
             elif isinstance(request, Tokenize):
                 result = await asyncio.to_thread(worker.tokenize, request.texts)
             elif isinstance(request, GenerativeScore):
-                result = await worker.agenerative_score(request.query, request.items, request.label_token_ids,
-                                                        **request.kwargs())
+                result = await worker.agenerative_score(
+                    request.query, request.items, request.label_token_ids, **request.kwargs()
+                )
             else:
-                result = await worker.aencode(request.prompts, request.pooling_params, **request.encode_kwargs())
+                result = await worker.aencode(
+                    request.prompts, request.pooling_params, **request.encode_kwargs()
+                )
         except Exception as exc:  # noqa: BLE001 - the plan decides (catch=True) or it propagates
             if not _plan_catches(request):
                 raise

@@ -129,7 +129,9 @@ class RewardFunctionConfig:
             raise ValueError(f"kind={self.kind!r}; choose one of {list(KINDS)} or leave it None to infer it.")
         if self.lora is not None and not isinstance(self.lora, LoRARequest):
             if not isinstance(self.lora, (str, os.PathLike)) or not str(self.lora):
-                raise ValueError(f"lora must be a LoRARequest, an adapter path or name, or None, got {self.lora!r}.")
+                raise ValueError(
+                    f"lora must be a LoRARequest, an adapter path or name, or None, got {self.lora!r}."
+                )
             self.lora = lora_request_from(str(self.lora))
         if not isinstance(self.step_separator, str) or not self.step_separator:
             raise ValueError(f"step_separator must be a non-empty string, got {self.step_separator!r}.")
@@ -156,9 +158,13 @@ class RewardFunctionConfig:
             if self.kind is None:
                 self.kind = "judge"
         if self.kind == "judge" and self.judge is None:
-            raise ValueError("kind='judge' needs judge=JudgeConfig(template=..., labels=...) (or a template string).")
+            raise ValueError(
+                "kind='judge' needs judge=JudgeConfig(template=..., labels=...) (or a template string)."
+            )
         if self.judge is not None and self.kind != "judge":
-            raise ValueError(f"judge=... reads the model as a judge, but kind={self.kind!r}; leave kind None.")
+            raise ValueError(
+                f"judge=... reads the model as a judge, but kind={self.kind!r}; leave kind None."
+            )
         if self.llm_kwargs is None:
             self.llm_kwargs = {}
         if not isinstance(self.llm_kwargs, Mapping):
@@ -199,14 +205,18 @@ def resolve_config(
     if config is None:
         return RewardFunctionConfig(**overrides)
     if not isinstance(config, RewardFunctionConfig):
-        raise TypeError(f"{owner}: config must be a RewardFunctionConfig or None, got {type(config).__name__}.")
+        raise TypeError(
+            f"{owner}: config must be a RewardFunctionConfig or None, got {type(config).__name__}."
+        )
     return dataclasses.replace(config, **overrides)
 
 
 def lora_request_from(adapter: str) -> LoRARequest:
     """A ``LoRARequest`` for an adapter folder or served adapter name, with an id stable across processes."""
     name = Path(adapter).name or adapter
-    return LoRARequest(lora_name=name, lora_int_id=zlib.crc32(adapter.encode()) % (2**31 - 1) + 1, lora_path=adapter)
+    return LoRARequest(
+        lora_name=name, lora_int_id=zlib.crc32(adapter.encode()) % (2**31 - 1) + 1, lora_path=adapter
+    )
 
 
 __all__ = ["KINDS", "RewardFunctionConfig", "check_field_names", "lora_request_from", "resolve_config"]

@@ -26,7 +26,9 @@ def _is_messages(value: Any) -> bool:
     )
 
 
-def pair_format(prompts: Sequence[Any] | None, completions: Sequence[Any] | None, owner: str) -> Format | None:
+def pair_format(
+    prompts: Sequence[Any] | None, completions: Sequence[Any] | None, owner: str
+) -> Format | None:
     """TRL's format of a call's ``prompts``/``completions`` (:func:`detect_format`), ``None`` for an empty call;
     a ``ValueError`` naming ``owner`` when either is missing."""
     if prompts is None or completions is None:
@@ -39,15 +41,19 @@ def pair_format(prompts: Sequence[Any] | None, completions: Sequence[Any] | None
 def require_chat_template(chat_template: str | None, has_chat_template: bool, owner: str, model: str) -> None:
     """Conversational inputs need a template: the caller's ``chat_template`` or the ``model``'s tokenizer's."""
     if chat_template is None and not has_chat_template:
-        raise ValueError(f"{owner}: the {model}'s tokenizer has no chat template, so conversational "
-                         "prompts/completions cannot be rendered; pass chat_template=... (a Jinja template) or use the "
-                         "standard (string) format.")
+        raise ValueError(
+            f"{owner}: the {model}'s tokenizer has no chat template, so conversational "
+            "prompts/completions cannot be rendered; pass chat_template=... (a Jinja template) or use the "
+            "standard (string) format."
+        )
 
 
 def detect_format(prompts: Sequence[Any], completions: Sequence[Any], owner: str) -> Format:
     """``standard`` or ``conversational``, checking that every prompt and completion agrees."""
     if len(prompts) != len(completions):
-        raise ValueError(f"{owner}: got {len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion.")
+        raise ValueError(
+            f"{owner}: got {len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion."
+        )
     conversational = _is_messages(prompts[0])
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         if conversational:

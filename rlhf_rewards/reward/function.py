@@ -100,14 +100,17 @@ class RewardFunction(RewardFunctionBase):
         step scores (``kwargs`` as in a call: ``log_metric`` is used, anything else ignored)."""
         return self._score(prompts, completions, True, kwargs)
 
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], return_steps: bool,
-               kwargs: dict[str, Any]) -> Any:
+    def _score(
+        self, prompts: Sequence[Any], completions: Sequence[Any], return_steps: bool, kwargs: dict[str, Any]
+    ) -> Any:
         started = self._begin(return_steps)
         try:
             result = run_plan(self._scoring.completions(prompts, completions, self._owner), self.worker)
         except Exception as exc:  # noqa: BLE001 - re-raised with the function's name
             raise self._wrap(exc) from exc
-        return self._finish(result, started, return_steps, kwargs, stacklevel=4)  # via __call__ / score_with_steps
+        return self._finish(
+            result, started, return_steps, kwargs, stacklevel=4
+        )  # via __call__ / score_with_steps
 
     def score_token_ids(self, token_ids: Sequence[Sequence[int]], **kwargs: Any) -> list[float | None]:
         """Score sequences given as token ids of the reward model's vocabulary (outcome and token kinds).
@@ -148,14 +151,19 @@ class AsyncRewardFunction(RewardFunctionBase):
         """``(rewards, steps)`` of a process reward model (see :meth:`RewardFunction.score_with_steps`)."""
         return await self._score(prompts, completions, True, kwargs)
 
-    async def _score(self, prompts: Sequence[Any], completions: Sequence[Any], return_steps: bool,
-                     kwargs: dict[str, Any]) -> Any:
+    async def _score(
+        self, prompts: Sequence[Any], completions: Sequence[Any], return_steps: bool, kwargs: dict[str, Any]
+    ) -> Any:
         started = self._begin(return_steps)
         try:
-            result = await arun_plan(self._scoring.completions(prompts, completions, self._owner), self.worker)
+            result = await arun_plan(
+                self._scoring.completions(prompts, completions, self._owner), self.worker
+            )
         except Exception as exc:  # noqa: BLE001 - re-raised with the function's name
             raise self._wrap(exc) from exc
-        return self._finish(result, started, return_steps, kwargs, stacklevel=4)  # via __call__ / score_with_steps
+        return self._finish(
+            result, started, return_steps, kwargs, stacklevel=4
+        )  # via __call__ / score_with_steps
 
 
 __all__ = [

@@ -51,7 +51,9 @@ class JudgePlan:
         self.info = info
         self._label_ids: list[int] | None = None
 
-    def completions(self, prompts: Sequence[Any], completions: Sequence[Any], owner: str) -> Plan[ScoreResult]:
+    def completions(
+        self, prompts: Sequence[Any], completions: Sequence[Any], owner: str
+    ) -> Plan[ScoreResult]:
         """Score ``prompt + completion`` pairs in either of TRL's dataset formats (one judge request)."""
         fmt = pair_format(prompts, completions, owner)
         if fmt is None:
@@ -59,15 +61,24 @@ class JudgePlan:
         n = len(completions)
         judge = self.judge
         if fmt == "standard":
-            inputs: list[Any] = [judge.template.format(prompt=p, completion=c)
-                                 for p, c in zip(prompts, completions, strict=True)]
+            inputs: list[Any] = [
+                judge.template.format(prompt=p, completion=c)
+                for p, c in zip(prompts, completions, strict=True)
+            ]
             add_special = judge.add_special_tokens
         else:
             require_chat_template(self.config.chat_template, self.info.has_chat_template, owner, "judge")
             system = [{"role": "system", "content": judge.system_prompt}] if judge.system_prompt else []
-            conversations = [[*system, {"role": "user", "content": judge.template.format(
-                prompt=_text(p), completion=_text(c))}] for p, c in zip(prompts, completions, strict=True)]
-            inputs = list((yield RenderChat(conversations, self.config.chat_template, add_generation_prompt=True)))
+            conversations = [
+                [
+                    *system,
+                    {"role": "user", "content": judge.template.format(prompt=_text(p), completion=_text(c))},
+                ]
+                for p, c in zip(prompts, completions, strict=True)
+            ]
+            inputs = list(
+                (yield RenderChat(conversations, self.config.chat_template, add_generation_prompt=True))
+            )
             add_special = False  # the chat template writes its own special tokens
         labels = yield from self._labels(owner)
         limit = self.info.max_model_len - 1
@@ -82,26 +93,44 @@ class JudgePlan:
         tokens = 0
         if keep:
             values = judge.label_values
-            outputs = yield GenerativeScore(query="", items=[inputs[i] if isinstance(inputs[i], str) else list(inputs[i]) for i in keep], label_token_ids=labels,
-                                            apply_softmax=judge.apply_softmax, add_special_tokens=add_special,
-                                            lora_request=self.config.lora, all_labels=values is not None)
+            outputs = yield GenerativeScore(
+                query="",
+                items=[inputs[i] if isinstance(inputs[i], str) else list(inputs[i]) for i in keep],
+                label_token_ids=labels,
+                apply_softmax=judge.apply_softmax,
+                add_special_tokens=add_special,
+                lora_request=self.config.lora,
+                all_labels=values is not None,
+            )
             if len(outputs) != len(keep):
-                raise RewardFunctionError(f"{owner}: the worker returned {len(outputs)} outputs for {len(keep)} inputs.")
+                raise RewardFunctionError(
+                    f"{owner}: the worker returned {len(outputs)} outputs for {len(keep)} inputs."
+                )
             for i, out in zip(keep, outputs, strict=True):
                 n_ids = len(out.prompt_token_ids) if out.prompt_token_ids is not None else None
-                tokens += n_ids if n_ids is not None else (0 if isinstance(inputs[i], str) else len(inputs[i]))
+                tokens += (
+                    n_ids if n_ids is not None else (0 if isinstance(inputs[i], str) else len(inputs[i]))
+                )
                 if isinstance(inputs[i], str) and n_ids is not None and n_ids >= limit:
-                    unscored[i] = f"{n_ids} tokens: cut at max_model_len - 1 = {limit}, the question may be lost"
+                    unscored[i] = (
+                        f"{n_ids} tokens: cut at max_model_len - 1 = {limit}, the question may be lost"
+                    )
                     continue
                 if out.error is not None or not math.isfinite(out.score):
                     unscored[i] = out.error or "non-finite judge output"
                     continue
-                score = out.score if values is None else sum(p * v for p, v in zip(out.label_probs, values, strict=True))
+                score = (
+                    out.score
+                    if values is None
+                    else sum(p * v for p, v in zip(out.label_probs, values, strict=True))
+                )
                 rewards[i] = self.config.reward_scale * score + self.config.reward_offset
         return ScoreResult(rewards, [None] * n, tokens, unscored)
 
     def token_ids(self, token_ids: Sequence[Sequence[int]], owner: str) -> Plan[ScoreResult]:
-        raise ValueError(f"{owner}: a judge scores prompts and completions (its template needs them), not token ids.")
+        raise ValueError(
+            f"{owner}: a judge scores prompts and completions (its template needs them), not token ids."
+        )
         yield  # pragma: no cover - a generator, as every plan
 
     def _labels(self, owner: str) -> Plan[list[int]]:
@@ -118,9 +147,11 @@ class JudgePlan:
                     out.append(lab)
                     continue
                 if len(found[lab]) != 1:
-                    raise ValueError(f"{owner}: the judge label {lab!r} is {len(found[lab])} tokens {found[lab]} in the "
-                                     "judge's vocabulary; a label must be one token (try a leading space, e.g. "
-                                     "' Yes', or give token ids).")
+                    raise ValueError(
+                        f"{owner}: the judge label {lab!r} is {len(found[lab])} tokens {found[lab]} in the "
+                        "judge's vocabulary; a label must be one token (try a leading space, e.g. "
+                        "' Yes', or give token ids)."
+                    )
                 out.append(found[lab][0])
             self._label_ids = out
         return list(self._label_ids)

@@ -35,14 +35,19 @@ class JudgeConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.template, str) or "{completion}" not in self.template:
-            raise ValueError(f"judge template must be a string holding '{{completion}}', got {self.template!r}.")
+            raise ValueError(
+                f"judge template must be a string holding '{{completion}}', got {self.template!r}."
+            )
         try:
             self.template.format(prompt="", completion="")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"judge template may only use {{prompt}} and {{completion}} (double other braces): "
-                             f"{exc!r}.") from None
+            raise ValueError(
+                f"judge template may only use {{prompt}} and {{completion}} (double other braces): {exc!r}."
+            ) from None
         if isinstance(self.labels, (str, bytes)) or not self.labels:
-            raise ValueError(f"judge labels must be a non-empty list of texts or token ids, got {self.labels!r}.")
+            raise ValueError(
+                f"judge labels must be a non-empty list of texts or token ids, got {self.labels!r}."
+            )
         for label in self.labels:
             if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":
                 raise ValueError(f"judge labels must be non-empty texts or token ids, got {label!r}.")
@@ -50,9 +55,12 @@ class JudgeConfig:
         if self.label_values is not None:
             values = list(self.label_values)
             if len(values) != len(self.labels) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-                raise ValueError(f"judge label_values must be one finite number per label ({len(self.labels)}), "
-                                 f"got {self.label_values!r}.")
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+            ):
+                raise ValueError(
+                    f"judge label_values must be one finite number per label ({len(self.labels)}), "
+                    f"got {self.label_values!r}."
+                )
             self.label_values = tuple(float(v) for v in values)
         for flag in ("apply_softmax", "add_special_tokens"):
             if not isinstance(getattr(self, flag), bool):
@@ -69,7 +77,9 @@ class JudgeConfig:
             return cls(template=value)
         if isinstance(value, dict):
             return cls(**value)
-        raise ValueError(f"judge must be a JudgeConfig, a dict of its fields or a template string, got {value!r}.")
+        raise ValueError(
+            f"judge must be a JudgeConfig, a dict of its fields or a template string, got {value!r}."
+        )
 
 
 __all__ = ["JudgeConfig"]

@@ -34,8 +34,10 @@ def resolve_kind(requested: str | None, info: ModelInfo, owner: str) -> str:
         )
     if kind == "judge":
         if not info.architecture.endswith(("ForCausalLM", "LMHeadModel")) or info.kind != "process":
-            raise ValueError(f"{owner}: a judge is read through its LM head, but {info.architecture} (kind "
-                             f"{info.kind!r}) has none; load a *ForCausalLM checkpoint with convert='auto'.")
+            raise ValueError(
+                f"{owner}: a judge is read through its LM head, but {info.architecture} (kind "
+                f"{info.kind!r}) has none; load a *ForCausalLM checkpoint with convert='auto'."
+            )
         return kind
     task = pooling_task_of(kind)
     if task not in info.tasks:

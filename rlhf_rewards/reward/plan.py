@@ -38,7 +38,9 @@ class ScoringPlan:
         step_tag: Process rewards: the text inserted after each step.
     """
 
-    def __init__(self, config: RewardFunctionConfig, info: ModelInfo, kind: str, step_tag: str | None) -> None:
+    def __init__(
+        self, config: RewardFunctionConfig, info: ModelInfo, kind: str, step_tag: str | None
+    ) -> None:
         self.config = config
         self.info = info
         self.kind = kind
@@ -48,7 +50,9 @@ class ScoringPlan:
         self._reward_token_ids: list[int] | None = None  # found once, on first use
 
     # ------------------------------------------------------------------ the two entry plans
-    def completions(self, prompts: Sequence[Any], completions: Sequence[Any], owner: str) -> Plan[ScoreResult]:
+    def completions(
+        self, prompts: Sequence[Any], completions: Sequence[Any], owner: str
+    ) -> Plan[ScoreResult]:
         """Score ``prompt + completion`` pairs in either of TRL's dataset formats."""
         fmt = pair_format(prompts, completions, owner)
         if fmt is None:
@@ -57,7 +61,9 @@ class ScoringPlan:
         unscored: dict[int, str] = {}
         items: list[Item] = []
         if fmt == "conversational":
-            require_chat_template(self.config.chat_template, self.info.has_chat_template, owner, "reward model")
+            require_chat_template(
+                self.config.chat_template, self.info.has_chat_template, owner, "reward model"
+            )
             tag = self._tagger() if self.kind == "process" else None
             built = [conversation(p, c, tag) for p, c in zip(prompts, completions, strict=True)]
             ids_list = yield RenderChat([m for m, _ in built], self.config.chat_template)
@@ -86,7 +92,9 @@ class ScoringPlan:
         return (yield from self._score_items(len(token_ids), items, unscored, owner))
 
     # ------------------------------------------------------------------ shared steps
-    def _add_ids(self, items: list[Item], unscored: dict[int, str], i: int, ids: list[int], n_steps: int | None) -> None:
+    def _add_ids(
+        self, items: list[Item], unscored: dict[int, str], i: int, ids: list[int], n_steps: int | None
+    ) -> None:
         """Queue token-id input ``i``, or mark it unscored when it is over the limit and may not be cut."""
         max_len = self.info.max_model_len
         if len(ids) > max_len and not self.config.truncate:
@@ -94,7 +102,9 @@ class ScoringPlan:
             return
         items.append(Item(i, {"prompt_token_ids": ids}, len(ids), n_steps))
 
-    def _score_items(self, n: int, items: list[Item], unscored: dict[int, str], owner: str) -> Plan[ScoreResult]:
+    def _score_items(
+        self, n: int, items: list[Item], unscored: dict[int, str], owner: str
+    ) -> Plan[ScoreResult]:
         """Encode ``items`` in one request (plus re-checks of texts at the length limit) and read the scores."""
         max_len = self.info.max_model_len
         outputs: dict[int, Any] = {}
@@ -102,7 +112,9 @@ class ScoringPlan:
             # -1 keeps the last max_model_len tokens; inputs that fit are unchanged, so one request serves all.
             batch = yield self._encode([it.prompt for it in items], truncate=-1)
             if len(batch) != len(items):
-                raise RewardFunctionError(f"{owner}: the worker returned {len(batch)} outputs for {len(items)} inputs.")
+                raise RewardFunctionError(
+                    f"{owner}: the worker returned {len(batch)} outputs for {len(items)} inputs."
+                )
             for it, out in zip(items, batch, strict=True):
                 outputs[it.index] = out
             if not self.config.truncate:
@@ -112,15 +124,24 @@ class ScoringPlan:
                         single = yield self._encode([it.prompt], truncate=None, catch=True)
                         if isinstance(single, Exception):
                             del outputs[it.index]
-                            unscored[it.index] = f"over max_model_len={max_len} (truncate=False): {str(single).rstrip('.')}"
+                            unscored[it.index] = (
+                                f"over max_model_len={max_len} (truncate=False): {str(single).rstrip('.')}"
+                            )
                         else:
                             outputs[it.index] = single[0]
         return read_scores(self.readout, n, items, outputs, unscored, owner)
 
     def _encode(self, prompts: list[Any], *, truncate: int | None, catch: bool = False) -> EncodeBatch:
         params = pooling_params_for(self.kind, self.config)
-        return EncodeBatch(prompts, params, self.pooling_task, self.config.lora, truncate, catch,
-                           add_special_tokens=self.config.add_special_tokens)
+        return EncodeBatch(
+            prompts,
+            params,
+            self.pooling_task,
+            self.config.lora,
+            truncate,
+            catch,
+            add_special_tokens=self.config.add_special_tokens,
+        )
 
     def _tagger(self) -> Callable[[str], TaggedText]:
         cfg, tag = self.config, self.step_tag
@@ -138,7 +159,9 @@ class ScoringPlan:
             if token_id is not None:
                 self._reward_token_ids = [int(token_id)]
             else:
-                (ids,) = yield RenderChat([[{"role": "user", "content": self.info.reward_token}]], VERBATIM_TEMPLATE)
+                (ids,) = yield RenderChat(
+                    [[{"role": "user", "content": self.info.reward_token}]], VERBATIM_TEMPLATE
+                )
                 self._reward_token_ids = list(ids)
         return list(self._reward_token_ids)
 

@@ -69,7 +69,9 @@ class Readout:
     def _column(self, row: Any, owner: str) -> float:
         col = self.config.score_column
         if col >= row.shape[-1]:
-            raise RewardFunctionError(f"{owner}: score_column={col} but the model outputs {row.shape[-1]} column(s).")
+            raise RewardFunctionError(
+                f"{owner}: score_column={col} but the model outputs {row.shape[-1]} column(s)."
+            )
         return float(row[col])
 
 
@@ -85,7 +87,9 @@ class TokenReadout(Readout):
 
     def read(self, item: Item, data: Any, n_prompt_tokens: int, owner: str) -> Reading:
         if data.dim() != 2 or data.shape[0] == 0:
-            raise RewardFunctionError(f"{owner}: expected a [n_tokens, k] token output, got {tuple(data.shape)}.")
+            raise RewardFunctionError(
+                f"{owner}: expected a [n_tokens, k] token output, got {tuple(data.shape)}."
+            )
         return Reading(self._column(data[-1], owner))
 
 
@@ -103,7 +107,9 @@ class ProcessReadout(Readout):
     def read(self, item: Item, data: Any, n_prompt_tokens: int, owner: str) -> Reading:
         assert item.n_steps is not None
         if data.dim() != 2:
-            raise RewardFunctionError(f"{owner}: expected a [n_steps, k] STEP output, got {tuple(data.shape)}.")
+            raise RewardFunctionError(
+                f"{owner}: expected a [n_steps, k] STEP output, got {tuple(data.shape)}."
+            )
         n_rows = int(data.shape[0])
         rows = data[:, self.column(int(data.shape[1]), owner)].tolist() if n_rows else []
         truncated = self.config.truncate and n_prompt_tokens >= self.info.max_model_len
@@ -130,7 +136,11 @@ class ProcessReadout(Readout):
             )
 
 
-READOUTS: dict[str, type[Readout]] = {"outcome": OutcomeReadout, "token": TokenReadout, "process": ProcessReadout}
+READOUTS: dict[str, type[Readout]] = {
+    "outcome": OutcomeReadout,
+    "token": TokenReadout,
+    "process": ProcessReadout,
+}
 
 
 def readout_for(kind: str, config: RewardFunctionConfig, info: ModelInfo, step_tag: str | None) -> Readout:

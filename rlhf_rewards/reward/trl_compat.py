@@ -65,11 +65,17 @@ class TRLRewardModel(nn.Module):
         """The reward function's name."""
         return self.reward_function.__name__
 
-    def sequence_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def sequence_rewards(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The reward of each row's attended tokens, as a float32 tensor ``[B]`` on ``input_ids``' device."""
         if input_ids.dim() != 2:
-            raise ValueError(f"{self.name}: input_ids must be [batch, seq_len], got {tuple(input_ids.shape)}.")
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            raise ValueError(
+                f"{self.name}: input_ids must be [batch, seq_len], got {tuple(input_ids.shape)}."
+            )
+        mask = (
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
         rows = [ids[m].tolist() for ids, m in zip(input_ids.cpu(), mask.cpu(), strict=True)]
         if self.tokenizer is None:
             rewards = self.reward_function.score_token_ids(rows)
@@ -86,7 +92,9 @@ class TRLRewardModel(nn.Module):
             rewards = [self.missing_reward if r is None else r for r in rewards]
         return torch.tensor(rewards, dtype=torch.float32, device=input_ids.device)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> SequenceClassifierOutput:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> SequenceClassifierOutput:
         """``logits[:, 0]`` is the reward of each row (like a one-label sequence classifier)."""
         return SequenceClassifierOutput(logits=self.sequence_rewards(input_ids, attention_mask).unsqueeze(-1))
 
@@ -141,7 +149,9 @@ def as_trl_reward_model(
         rf = source
     else:
         rf = RewardFunction(source, **reward_function_kwargs)
-    return TRLRewardModel(rf, tokenizer, skip_special_tokens=skip_special_tokens, missing_reward=missing_reward)
+    return TRLRewardModel(
+        rf, tokenizer, skip_special_tokens=skip_special_tokens, missing_reward=missing_reward
+    )
 
 
 __all__ = ["TRLRewardModel", "as_trl_reward_model"]

@@ -41,11 +41,16 @@ def build_app(engine: ServingEngine, *, api_key: str | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    paths = frozenset([*(r.path for router in ROUTERS for r in router.routes),
-                       *(u for u in (app.docs_url, app.redoc_url, app.openapi_url) if u)])
+    paths = frozenset(
+        [
+            *(r.path for router in ROUTERS for r in router.routes),
+            *(u for u in (app.docs_url, app.redoc_url, app.openapi_url) if u),
+        ]
+    )
     # Added innermost first: metrics see every answer, the key is checked before the body is read.
-    app.add_middleware(LimitsMiddleware, max_body_bytes=engine.limits.max_body_bytes,
-                       is_draining=lambda: engine.draining)
+    app.add_middleware(
+        LimitsMiddleware, max_body_bytes=engine.limits.max_body_bytes, is_draining=lambda: engine.draining
+    )
     app.add_middleware(AuthMiddleware, api_key=api_key)
     app.add_middleware(MetricsMiddleware, metrics=engine.metrics, routes=paths)
     return app

@@ -48,8 +48,10 @@ def parse_networks(spec: str | Iterable[str] | None) -> tuple[Network, ...]:
         try:
             networks.append(ipaddress.ip_network(item, strict=True))
         except ValueError as exc:
-            raise ValueError(f"--allow-keyless-from: {item!r} is not a network (CIDR such as 127.0.0.1/32 or "
-                             f"10.0.0.0/8, host bits zero): {exc}") from None
+            raise ValueError(
+                f"--allow-keyless-from: {item!r} is not a network (CIDR such as 127.0.0.1/32 or "
+                f"10.0.0.0/8, host bits zero): {exc}"
+            ) from None
     return tuple(networks)
 
 
@@ -87,8 +89,9 @@ class AuthMiddleware:
             :func:`allow_keyless_from` on the application (none unless set).
     """
 
-    def __init__(self, app: Any, api_key: str | None = None,
-                 keyless_networks: Iterable[str] | str | None = None) -> None:
+    def __init__(
+        self, app: Any, api_key: str | None = None, keyless_networks: Iterable[str] | str | None = None
+    ) -> None:
         self.app = app
         self.api_key = api_key or None
         self.keyless_networks = parse_networks(keyless_networks) if keyless_networks is not None else None
@@ -106,9 +109,17 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         body = error_bytes(401, "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.")
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b"Bearer")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def _keyless(self, scope: dict[str, Any]) -> tuple[Network, ...]:
@@ -118,5 +129,12 @@ class AuthMiddleware:
         return getattr(getattr(app, "state", None), "keyless_networks", ()) or ()
 
 
-__all__ = ["API_KEY_ENV", "AuthMiddleware", "PUBLIC_PATHS", "allow_keyless_from", "key_matches", "parse_networks",
-           "peer_in"]
+__all__ = [
+    "API_KEY_ENV",
+    "AuthMiddleware",
+    "PUBLIC_PATHS",
+    "allow_keyless_from",
+    "key_matches",
+    "parse_networks",
+    "peer_in",
+]

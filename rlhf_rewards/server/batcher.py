@@ -72,8 +72,10 @@ class QueueFull(Exception):
     """The queue holds ``--max-queue-size`` prompts; retry after ``retry_after`` seconds."""
 
     def __init__(self, pending: int, limit: int, retry_after: int) -> None:
-        super().__init__(f"The server queue is full ({pending} prompts waiting, --max-queue-size={limit}); "
-                         f"retry after {retry_after} s.")
+        super().__init__(
+            f"The server queue is full ({pending} prompts waiting, --max-queue-size={limit}); "
+            f"retry after {retry_after} s."
+        )
         self.retry_after = retry_after
 
 
@@ -97,9 +99,17 @@ class Batcher:
             request was queued (within ``batch_wait_s``). Default 0.005.
     """
 
-    def __init__(self, encode: EncodeFn, *, max_queue_size: int, max_batch_tokens: int,
-                 metrics: ServerMetrics | None = None, batch_wait_s: float = 0.05,
-                 arrival_gap_s: float = 0.01, hold_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        encode: EncodeFn,
+        *,
+        max_queue_size: int,
+        max_batch_tokens: int,
+        metrics: ServerMetrics | None = None,
+        batch_wait_s: float = 0.05,
+        arrival_gap_s: float = 0.01,
+        hold_s: float = 0.005,
+    ) -> None:
         if batch_wait_s < 0 or not math.isfinite(batch_wait_s):
             raise ValueError(f"batch_wait_s must be a finite number >= 0, got {batch_wait_s}.")
         if arrival_gap_s < 0 or not math.isfinite(arrival_gap_s):
@@ -277,8 +287,11 @@ class Batcher:
             outputs = await loop.run_in_executor(self._executor, self._encode, task, items)
         except Exception as exc:  # noqa: BLE001 - isolate the failing request, keep serving
             if len(jobs) > 1:
-                logger.info("A merged batch of %d requests failed (%s); re-running them one by one.",
-                            len(jobs), type(exc).__name__)
+                logger.info(
+                    "A merged batch of %d requests failed (%s); re-running them one by one.",
+                    len(jobs),
+                    type(exc).__name__,
+                )
                 for job in jobs:
                     await self._run([job])
                 return
@@ -296,10 +309,16 @@ class Batcher:
         elapsed = time.perf_counter() - start
         if elapsed > 0:
             speed = n_tokens / elapsed
-            self._tokens_per_second = speed if self._tokens_per_second is None else (
-                0.8 * self._tokens_per_second + 0.2 * speed)
-        logger.debug("Engine call: %d requests, %d prompts, %d tokens, %.3f s.", len(jobs), len(items), n_tokens,
-                     elapsed)
+            self._tokens_per_second = (
+                speed if self._tokens_per_second is None else (0.8 * self._tokens_per_second + 0.2 * speed)
+            )
+        logger.debug(
+            "Engine call: %d requests, %d prompts, %d tokens, %.3f s.",
+            len(jobs),
+            len(items),
+            n_tokens,
+            elapsed,
+        )
         if m is not None:
             m.engine_latency.observe(elapsed)
             m.batch_prompts.observe(len(items))
@@ -307,12 +326,16 @@ class Batcher:
             m.batch_tokens.observe(n_tokens)
         offset = 0
         for job in jobs:
-            _resolve(job.future, result=outputs[offset: offset + len(job.items)])
+            _resolve(job.future, result=outputs[offset : offset + len(job.items)])
             offset += len(job.items)
 
 
-def _resolve(future: asyncio.Future[list[PoolingRequestOutput]], *, result: list[PoolingRequestOutput] | None = None,
-             exc: BaseException | None = None) -> None:
+def _resolve(
+    future: asyncio.Future[list[PoolingRequestOutput]],
+    *,
+    result: list[PoolingRequestOutput] | None = None,
+    exc: BaseException | None = None,
+) -> None:
     if future.done():
         return
     if exc is not None:

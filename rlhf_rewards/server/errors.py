@@ -62,9 +62,16 @@ class APIError(Exception):
             ``"Bad Request"`` of a schema error.
     """
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 headers: dict[str, str] | None = None, error: RequestError | None = None, *,
-                 error_type: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        error: RequestError | None = None,
+        *,
+        error_type: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.status = status
@@ -74,8 +81,9 @@ class APIError(Exception):
         self.error = error
 
     @classmethod
-    def from_request_error(cls, error: RequestError, *, param: str | None = _OWN_PARAM,
-                           status: int = 400) -> APIError:
+    def from_request_error(
+        cls, error: RequestError, *, param: str | None = _OWN_PARAM, status: int = 400
+    ) -> APIError:
         """The answer to ``error`` (already located under the request's field names): its message, its
         ``param`` unless ``param`` is given, and its structure in :data:`ERROR_HEADER`."""
         return cls(status, error.message, error.param if param is _OWN_PARAM else param, error=error)
@@ -92,22 +100,32 @@ def request_error_headers(error: RequestError) -> dict[str, str]:
     return {ERROR_HEADER: json.dumps(error.to_dict())}
 
 
-def error_body(status: int, message: str, param: str | None = None, *,
-               error_type: str | None = None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, param: str | None = None, *, error_type: str | None = None
+) -> dict[str, Any]:
     """vLLM's ``ErrorResponse`` as a dict (``type`` from :data:`ERROR_TYPES` unless ``error_type`` is given)."""
-    return ErrorResponse(error=ErrorInfo(
-        message=message,
-        type=error_type or ERROR_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
-        param=param,
-        code=status,
-    )).model_dump(mode="json")
+    return ErrorResponse(
+        error=ErrorInfo(
+            message=message,
+            type=error_type or ERROR_TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
+            param=param,
+            code=status,
+        )
+    ).model_dump(mode="json")
 
 
-def error_response(status: int, message: str, param: str | None = None,
-                   headers: dict[str, str] | None = None, *, error_type: str | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    error_type: str | None = None,
+) -> JSONResponse:
     """A JSON error response."""
-    return JSONResponse(error_body(status, message, param, error_type=error_type), status_code=status,
-                        headers=headers)
+    return JSONResponse(
+        error_body(status, message, param, error_type=error_type), status_code=status, headers=headers
+    )
 
 
 def error_bytes(status: int, message: str, param: str | None = None) -> bytes:
@@ -117,12 +135,40 @@ def error_bytes(status: int, message: str, param: str | None = None) -> bytes:
 
 _BRACKETED = re.compile(r"[\[\]{}()]")
 #: pydantic-core's schema-kind tags that appear in an error's ``loc`` (vLLM's ``_INTERNAL_LOC_MARKERS``).
-_INTERNAL_LOC_MARKERS = frozenset({
-    "function-wrap", "function-after", "function-before", "function-plain", "json-or-python", "lax-or-strict",
-    "chain", "default", "nullable", "tagged-union", "union", "call", "arguments", "is-instance", "is-subclass",
-    "callable", "str", "int", "float", "bool", "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset",
-    "complex", "none", "nonetype",
-})
+_INTERNAL_LOC_MARKERS = frozenset(
+    {
+        "function-wrap",
+        "function-after",
+        "function-before",
+        "function-plain",
+        "json-or-python",
+        "lax-or-strict",
+        "chain",
+        "default",
+        "nullable",
+        "tagged-union",
+        "union",
+        "call",
+        "arguments",
+        "is-instance",
+        "is-subclass",
+        "callable",
+        "str",
+        "int",
+        "float",
+        "bool",
+        "bytes",
+        "bytearray",
+        "list",
+        "tuple",
+        "dict",
+        "set",
+        "frozenset",
+        "complex",
+        "none",
+        "nonetype",
+    }
+)
 
 
 #: A schema error naming vLLM's ``param`` (raised in validators; vLLM's ``VLLMValidationError.parameter``).
@@ -165,7 +211,9 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def describe_validation_errors(errors: list[dict[str, Any]], content_type: str | None) -> tuple[str, str | None]:
+def describe_validation_errors(
+    errors: list[dict[str, Any]], content_type: str | None
+) -> tuple[str, str | None]:
     """One readable message (and vLLM's ``param``) from pydantic's error list; never echoes large input values."""
     param = validation_param(errors)
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -173,8 +221,10 @@ def describe_validation_errors(errors: list[dict[str, Any]], content_type: str |
         reason = (err.get("ctx") or {}).get("error", "malformed")
         return f"The request body is not valid JSON ({reason}).", param
     if content_type is not None and "json" not in content_type.lower():
-        return (f"The request body must be JSON sent with 'Content-Type: application/json' "
-                f"(got Content-Type {content_type!r})."), param
+        return (
+            f"The request body must be JSON sent with 'Content-Type: application/json' "
+            f"(got Content-Type {content_type!r})."
+        ), param
     messages: list[str] = []
     body_level = False
     seen: set[str] = set()
@@ -210,7 +260,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.response_headers(), error_type=exc.error_type)
+        return error_response(
+            exc.status, exc.message, exc.param, exc.response_headers(), error_type=exc.error_type
+        )
 
     @app.exception_handler(RequestRefused)
     async def _refused(_request: Request, exc: RequestRefused) -> JSONResponse:
@@ -222,9 +274,15 @@ def install_error_handlers(app: FastAPI) -> None:
         # error's location, or the parameter a validator names); the message is this server's, naming the field.
         errors = list(exc.errors())
         message, _ = describe_validation_errors(errors, request.headers.get("content-type"))
-        content_type = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+        content_type = (
+            (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+        )
         # vLLM refuses another media type before reading the body, naming no field.
-        param = _schema_param(request, errors, getattr(exc, "body", None)) if content_type == "application/json" else None
+        param = (
+            _schema_param(request, errors, getattr(exc, "body", None))
+            if content_type == "application/json"
+            else None
+        )
         return error_response(400, message, param, error_type=HTTPStatus.BAD_REQUEST.phrase)
 
     @app.exception_handler(StarletteHTTPException)
@@ -233,14 +291,16 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code in (404, 405):
             # Starlette's own answers, as vLLM gives them (``{"detail": "Not Found"}``, ``{"detail": "Method Not
             # Allowed"}``; vLLM's tests read ``["detail"] == "Not Found"``).
-            return JSONResponse({"detail": HTTPStatus(exc.status_code).phrase}, status_code=exc.status_code,
-                                headers=headers)
+            return JSONResponse(
+                {"detail": HTTPStatus(exc.status_code).phrase}, status_code=exc.status_code, headers=headers
+            )
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 400 and "parsing the body" in detail:
             detail = "The request body could not be decoded: send UTF-8 encoded JSON."
         # vLLM's HTTPException handler: ``type`` is the status phrase.
-        return error_response(exc.status_code, detail, headers=headers,
-                              error_type=HTTPStatus(exc.status_code).phrase)
+        return error_response(
+            exc.status_code, detail, headers=headers, error_type=HTTPStatus(exc.status_code).phrase
+        )
 
     @app.exception_handler(ValueError)
     async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
@@ -259,10 +319,26 @@ def install_error_handlers(app: FastAPI) -> None:
 
 #: The request field that vLLM's completion form requires, per route (vLLM validates a union of its completion
 #: form and chat form; with neither field sent, or a chat-form mistake, its first error is the missing field).
-_COMPLETION_FIELD = {"/pooling": "input", "/classify": "input", "/v1/embeddings": "input", "/tokenize": "prompt"}
+_COMPLETION_FIELD = {
+    "/pooling": "input",
+    "/classify": "input",
+    "/v1/embeddings": "input",
+    "/tokenize": "prompt",
+}
 #: Fields that come before the completion field in vLLM's schemas (their errors are reported first).
-_COMMON_FIELDS = frozenset({"model", "user", "truncate_prompt_tokens", "padding", "truncation_side", "request_id",
-                            "priority", "mm_processor_kwargs", "cache_salt"})
+_COMMON_FIELDS = frozenset(
+    {
+        "model",
+        "user",
+        "truncate_prompt_tokens",
+        "padding",
+        "truncation_side",
+        "request_id",
+        "priority",
+        "mm_processor_kwargs",
+        "cache_salt",
+    }
+)
 
 
 def _schema_param(request: Request, errors: list[dict[str, Any]], body: Any) -> str | None:
@@ -282,10 +358,22 @@ def _schema_param(request: Request, errors: list[dict[str, Any]], body: Any) -> 
 
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    logging.getLogger("rlhf_rewards.server").error("Internal error on %s %s", request.method, request.url.path,
-                                                   exc_info=exc)
+    logging.getLogger("rlhf_rewards.server").error(
+        "Internal error on %s %s", request.method, request.url.path, exc_info=exc
+    )
     return error_response(500, f"Internal server error ({type(exc).__name__}); see the server log.")
 
 
-__all__ = ["ERROR_HEADER", "APIError", "ParamError", "clean_loc", "validation_param", "describe_validation_errors", "error_body", "error_bytes", "error_response",
-           "install_error_handlers", "request_error_headers"]
+__all__ = [
+    "ERROR_HEADER",
+    "APIError",
+    "ParamError",
+    "clean_loc",
+    "validation_param",
+    "describe_validation_errors",
+    "error_body",
+    "error_bytes",
+    "error_response",
+    "install_error_handlers",
+    "request_error_headers",
+]

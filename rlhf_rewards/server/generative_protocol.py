@@ -23,21 +23,40 @@ class GenerativeScoringRequest(StrictModel):
     """``POST /generative_scoring``: for each item, the probability that the next token after
     ``query + item`` (``item + query`` with ``item_first``) is ``label_token_ids[0]``."""
 
-    model: str | None = Field(default=None, description="Served model name or LoRA module name; default the base model.")
+    model: str | None = Field(
+        default=None, description="Served model name or LoRA module name; default the base model."
+    )
     query: str | list[int] = Field(description="The query text or pre-tokenized query token IDs.")
-    items: list[str] | list[list[int]] = Field(description="List of item texts or pre-tokenized item token IDs.")
+    items: list[str] | list[list[int]] = Field(
+        description="List of item texts or pre-tokenized item token IDs."
+    )
     label_token_ids: list[int] = Field(description="List of token IDs to compute probabilities for.")
     apply_softmax: bool = Field(
-        default=True, description="True: softmax over the label tokens' logits only. False: the true model "
-                                  "probabilities over the full vocabulary for those ids.")
-    item_first: bool = Field(default=False, description="If True, prepend items to query. Otherwise append items to query.")
-    add_special_tokens: bool = Field(default=True, description="Add special tokens when tokenizing the query (never items).")
+        default=True,
+        description="True: softmax over the label tokens' logits only. False: the true model "
+        "probabilities over the full vocabulary for those ids.",
+    )
+    item_first: bool = Field(
+        default=False, description="If True, prepend items to query. Otherwise append items to query."
+    )
+    add_special_tokens: bool = Field(
+        default=True, description="Add special tokens when tokenizing the query (never items)."
+    )
     cache_salt: str | None = Field(
-        default=None, description="Checked as vLLM does: cached prefixes are shared only between requests of the same salt.")
-    priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1,
-                          description="Accepted (vLLM's range); requests are served first come, first served.")
-    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=256,
-                            description="Response id suffix (the X-Request-Id header wins, as in vLLM).")
+        default=None,
+        description="Checked as vLLM does: cached prefixes are shared only between requests of the same salt.",
+    )
+    priority: int = Field(
+        default=0,
+        ge=-(2**63),
+        le=2**63 - 1,
+        description="Accepted (vLLM's range); requests are served first come, first served.",
+    )
+    request_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        max_length=256,
+        description="Response id suffix (the X-Request-Id header wins, as in vLLM).",
+    )
 
 
 def check_cache_salt(value: str | None) -> str | None:
@@ -47,8 +66,10 @@ def check_cache_salt(value: str | None) -> str | None:
     if not value:
         return "Parameter 'cache_salt' must be a non-empty string if provided."
     if len(value) > 128 or any(c in _CACHE_SALT_FORBIDDEN for c in value):
-        return ("Parameter 'cache_salt' must be at most 128 characters and must not contain '@', '/', '\\\\', "
-                "or NUL.")
+        return (
+            "Parameter 'cache_salt' must be at most 128 characters and must not contain '@', '/', '\\\\', "
+            "or NUL."
+        )
     return None
 
 
@@ -59,8 +80,9 @@ class GenerativeScoringItemResult(ResponseModel):
     index: int
     object: str = "score"
     score: float | None
-    error: str | None = Field(default=None, exclude_if=lambda v: v is None,
-                              description="Extension: why this item has no score.")
+    error: str | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="Extension: why this item has no score."
+    )
 
 
 class GenerativeScoringUsage(ResponseModel):
@@ -79,5 +101,10 @@ class GenerativeScoringResponse(ScoredList[GenerativeScoringItemResult]):
     usage: GenerativeScoringUsage  # type: ignore[assignment]
 
 
-__all__ = ["check_cache_salt", "GenerativeScoringItemResult", "GenerativeScoringRequest", "GenerativeScoringResponse",
-           "GenerativeScoringUsage"]
+__all__ = [
+    "check_cache_salt",
+    "GenerativeScoringItemResult",
+    "GenerativeScoringRequest",
+    "GenerativeScoringResponse",
+    "GenerativeScoringUsage",
+]

@@ -9,11 +9,22 @@ from rlhf_rewards.server.errors import error_bytes
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-async def _answer(send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _answer(
+    send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = error_bytes(status, message)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -39,8 +50,12 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         if self.is_draining():
-            await _answer(send, 503, "The server is shutting down; send this request to another server.",
-                          [(b"retry-after", b"1")])
+            await _answer(
+                send,
+                503,
+                "The server is shutting down; send this request to another server.",
+                [(b"retry-after", b"1")],
+            )
             return
         limit = self.max_body_bytes
         for name, value in scope.get("headers", ()):
@@ -51,8 +66,12 @@ class LimitsMiddleware:
                     await _answer(send, 400, "The Content-Length header is not an integer.")
                     return
                 if declared > limit:
-                    await _answer(send, 413, f"The request body has {declared} bytes, over --max-body-bytes={limit}; "
-                                             "split the request.")
+                    await _answer(
+                        send,
+                        413,
+                        f"The request body has {declared} bytes, over --max-body-bytes={limit}; "
+                        "split the request.",
+                    )
                     return
         chunks: list[bytes] = []
         size = 0
@@ -63,7 +82,9 @@ class LimitsMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _answer(send, 413, f"The request body is over --max-body-bytes={limit} bytes; split the request.")
+                await _answer(
+                    send, 413, f"The request body is over --max-body-bytes={limit} bytes; split the request."
+                )
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -19,29 +19,58 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("rlhf_rewards_requests", "HTTP requests by route and status code.",
-                                ["route", "status"], registry=r)
-        self.request_latency = Histogram("rlhf_rewards_request_latency_seconds", "End-to-end request latency.",
-                                         ["route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.prompts = Counter("rlhf_rewards_prompts", "Prompts scored, by pooling task.", ["task"], registry=r)
+        self.requests = Counter(
+            "rlhf_rewards_requests",
+            "HTTP requests by route and status code.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "rlhf_rewards_request_latency_seconds",
+            "End-to-end request latency.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompts = Counter(
+            "rlhf_rewards_prompts", "Prompts scored, by pooling task.", ["task"], registry=r
+        )
         self.prompt_tokens = Counter("rlhf_rewards_prompt_tokens", "Prompt tokens scored.", registry=r)
-        self.item_errors = Counter("rlhf_rewards_item_errors", "Items answered with an error (NaN/inf output).",
-                                   registry=r)
-        self.rejected = Counter("rlhf_rewards_rejected", "Requests refused before scoring, by reason.",
-                                ["reason"], registry=r)
+        self.item_errors = Counter(
+            "rlhf_rewards_item_errors", "Items answered with an error (NaN/inf output).", registry=r
+        )
+        self.rejected = Counter(
+            "rlhf_rewards_rejected", "Requests refused before scoring, by reason.", ["reason"], registry=r
+        )
         self.queue_prompts = Gauge("rlhf_rewards_queue_depth", "Prompts waiting in the queue.", registry=r)
-        self.queue_requests = Gauge("rlhf_rewards_queue_requests", "Requests waiting in the queue.", registry=r)
+        self.queue_requests = Gauge(
+            "rlhf_rewards_queue_requests", "Requests waiting in the queue.", registry=r
+        )
         self.running_prompts = Gauge("rlhf_rewards_running_prompts", "Prompts in the engine now.", registry=r)
-        self.batch_prompts = Histogram("rlhf_rewards_batch_size_prompts", "Prompts per engine call.",
-                                       buckets=_SIZE_BUCKETS, registry=r)
-        self.batch_requests = Histogram("rlhf_rewards_batch_size_requests", "Requests merged into one engine call.",
-                                        buckets=_SIZE_BUCKETS, registry=r)
-        self.batch_tokens = Histogram("rlhf_rewards_batch_tokens", "Tokens per engine call.",
-                                      buckets=_TOKEN_BUCKETS, registry=r)
-        self.queue_wait = Histogram("rlhf_rewards_queue_wait_seconds", "Time a request waits before its engine call.",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
-        self.engine_latency = Histogram("rlhf_rewards_engine_seconds", "Duration of one engine call.",
-                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_prompts = Histogram(
+            "rlhf_rewards_batch_size_prompts", "Prompts per engine call.", buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.batch_requests = Histogram(
+            "rlhf_rewards_batch_size_requests",
+            "Requests merged into one engine call.",
+            buckets=_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "rlhf_rewards_batch_tokens", "Tokens per engine call.", buckets=_TOKEN_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "rlhf_rewards_queue_wait_seconds",
+            "Time a request waits before its engine call.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.engine_latency = Histogram(
+            "rlhf_rewards_engine_seconds",
+            "Duration of one engine call.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def watch_prefix_cache(self, cache: Any) -> None:
         """Expose the engine's cross-call prefix cache (:class:`~rlhf_rewards.engine.kv_cache.PrefixKVCache`):
@@ -59,7 +88,9 @@ class ServerMetrics:
             ("evictions", "evictions", "Prefix cache nodes evicted (cumulative)."),
         ):
             gauge = Gauge(f"rlhf_rewards_prefix_cache_{name}", doc, registry=self.registry)
-            gauge.set_function(lambda key=key: float(getattr(cache, key) if key != "nodes" else cache.num_nodes))
+            gauge.set_function(
+                lambda key=key: float(getattr(cache, key) if key != "nodes" else cache.num_nodes)
+            )
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

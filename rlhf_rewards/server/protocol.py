@@ -84,8 +84,11 @@ def log_ignored_fields(schema: type[BaseModel], data: dict[str, Any]) -> list[st
     ignored = sorted(str(k) for k in data if k not in known)
     if ignored:
         shown = [k[:60] for k in ignored[:20]]
-        logger.warning("The following fields were present in the request but ignored: %s%s", shown,
-                       f" (and {len(ignored) - 20} more)" if len(ignored) > 20 else "")
+        logger.warning(
+            "The following fields were present in the request but ignored: %s%s",
+            shown,
+            f" (and {len(ignored) - 20} more)" if len(ignored) > 20 else "",
+        )
     return ignored
 
 
@@ -104,8 +107,10 @@ class ChatMessage(BaseModel):
             texts = []
             for i, part in enumerate(value):
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ValueError(f"content[{i}] must be a text part {{'type': 'text', 'text': str}}; "
-                                     "this server scores text only")
+                    raise ValueError(
+                        f"content[{i}] must be a text part {{'type': 'text', 'text': str}}; "
+                        "this server scores text only"
+                    )
                 texts.append(part["text"])
             return "\n".join(texts)
         return value
@@ -136,26 +141,43 @@ def _check_task(value: Any) -> Any:
 class CommonRequest(StrictModel):
     """vLLM 0.33's common pooling request fields (``PoolingBasicRequestMixin``)."""
 
-    model: str | None = Field(default=None, description="Served model name or LoRA module name; default the base model.")
+    model: str | None = Field(
+        default=None, description="Served model name or LoRA module name; default the base model."
+    )
     user: str | None = Field(default=None, description="Accepted and ignored (vLLM's).")
     truncate_prompt_tokens: int | None = Field(
-        default=None, ge=-1, description="Cut each prompt to k tokens (-1: max_model_len); which side: "
-                                         "`truncation_side`.")
+        default=None,
+        ge=-1,
+        description="Cut each prompt to k tokens (-1: max_model_len); which side: `truncation_side`.",
+    )
     truncation_side: Literal["left", "right"] | None = Field(
-        default=None, description="With truncate_prompt_tokens: 'left' keeps the last k tokens, 'right' the "
-                                  "first k. Default 'right' (vLLM's); reward code reading the end asks for 'left'.")
+        default=None,
+        description="With truncate_prompt_tokens: 'left' keeps the last k tokens, 'right' the "
+        "first k. Default 'right' (vLLM's); reward code reading the end asks for 'left'.",
+    )
     padding: Literal["max_length", "do_not_pad"] | None = Field(
-        default=None, description="'do_not_pad' (what the server does). 'max_length' is refused: pad tokens "
-                                  "would change a causal reward model's scores.")
-    request_id: str | None = Field(default=None, max_length=256,
-                                   description="Response id suffix (the X-Request-Id header wins, as in vLLM).")
-    priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1,
-                          description="Accepted and unused (as vLLM's pooling server): first come, first served.")
+        default=None,
+        description="'do_not_pad' (what the server does). 'max_length' is refused: pad tokens "
+        "would change a causal reward model's scores.",
+    )
+    request_id: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Response id suffix (the X-Request-Id header wins, as in vLLM).",
+    )
+    priority: int = Field(
+        default=0,
+        ge=-(2**63),
+        le=2**63 - 1,
+        description="Accepted and unused (as vLLM's pooling server): first come, first served.",
+    )
     mm_processor_kwargs: dict[str, Any] | None = Field(
-        default=None, description="Only empty: this server scores text, it has no multimodal processor.")
+        default=None, description="Only empty: this server scores text, it has no multimodal processor."
+    )
     cache_salt: str | None = Field(
         default=None,
-        description="Checked as vLLM does: cached prefixes are shared only between requests of the same salt.")
+        description="Checked as vLLM does: cached prefixes are shared only between requests of the same salt.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -166,15 +188,25 @@ class CommonRequest(StrictModel):
         salt = data.get("cache_salt")
         if salt is not None:
             if not isinstance(salt, str) or not salt:
-                raise RequestRefused("Parameter 'cache_salt' must be a non-empty string if provided.", "cache_salt")
+                raise RequestRefused(
+                    "Parameter 'cache_salt' must be a non-empty string if provided.", "cache_salt"
+                )
             if len(salt) > 128 or any(c in _CACHE_SALT_FORBIDDEN for c in salt):
-                raise RequestRefused("Parameter 'cache_salt' must be at most 128 characters and must not contain "
-                                     "'@', '/', '\\\\', or NUL.", "cache_salt")
+                raise RequestRefused(
+                    "Parameter 'cache_salt' must be at most 128 characters and must not contain "
+                    "'@', '/', '\\\\', or NUL.",
+                    "cache_salt",
+                )
         if data.get("mm_processor_kwargs"):
-            raise RequestRefused("Per-request mm_processor_kwargs are refused: this server scores text only (it has "
-                                 "no multimodal processor).", "mm_processor_kwargs")
+            raise RequestRefused(
+                "Per-request mm_processor_kwargs are refused: this server scores text only (it has "
+                "no multimodal processor).",
+                "mm_processor_kwargs",
+            )
         if data.get("continue_final_message") and data.get("add_generation_prompt"):
-            raise RequestRefused("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+            raise RequestRefused(
+                "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+            )
         return data
 
 
@@ -182,17 +214,24 @@ class ScoringRequest(CommonRequest):
     """Fields shared by ``/pooling``, ``/classify`` and ``/v1/embeddings``: one of ``input`` or ``messages``."""
 
     input: list[int] | list[list[int]] | str | list[str] | None = Field(
-        default=None, description="Completion form: a string, strings, token ids, or lists of token ids.")
+        default=None, description="Completion form: a string, strings, token ids, or lists of token ids."
+    )
     messages: list[ChatMessage] | None = Field(
-        default=None, description="Chat form: one conversation, rendered with the model's chat template.")
+        default=None, description="Chat form: one conversation, rendered with the model's chat template."
+    )
     add_special_tokens: bool | None = Field(
-        default=None, description="Add BOS etc. Default true for `input`, false for `messages` (as vLLM).")
-    use_activation: bool | None = Field(default=None, description="Apply the task's activation (sigmoid/softmax).")
+        default=None, description="Add BOS etc. Default true for `input`, false for `messages` (as vLLM)."
+    )
+    use_activation: bool | None = Field(
+        default=None, description="Apply the task's activation (sigmoid/softmax)."
+    )
     add_generation_prompt: bool = False
     continue_final_message: bool = False
     chat_template: str | None = Field(
-        default=None, description="A Jinja chat template; refused unless the server runs with "
-                                  "--trust-request-chat-template.")
+        default=None,
+        description="A Jinja chat template; refused unless the server runs with "
+        "--trust-request-chat-template.",
+    )
     chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -213,8 +252,10 @@ class EncodingRequest(ScoringRequest):
     """``encoding_format`` and its options (vLLM's ``EncodingRequestMixin``)."""
 
     encoding_format: EncodingFormat = Field(
-        default="float", description="float (JSON numbers), base64 (each item's bytes), bytes (the binary body, "
-                                     "item offsets in the `metadata` header) or bytes_only (no header).")
+        default="float",
+        description="float (JSON numbers), base64 (each item's bytes), bytes (the binary body, "
+        "item offsets in the `metadata` header) or bytes_only (no header).",
+    )
     embed_dtype: EmbedDType = "float32"
     endianness: Endianness = "native"
 
@@ -223,14 +264,22 @@ class PoolingRequest(EncodingRequest):
     """``POST /pooling`` (vLLM's completion and chat forms in one schema)."""
 
     task: str | None = Field(
-        default=None, description="classify, token_classify, embed or token_embed; default: the model's reward task.")
-    dimensions: int | None = Field(default=None, gt=0, description="Extension. embed tasks: keep the first n dimensions.")
+        default=None,
+        description="classify, token_classify, embed or token_embed; default: the model's reward task.",
+    )
+    dimensions: int | None = Field(
+        default=None, gt=0, description="Extension. embed tasks: keep the first n dimensions."
+    )
     normalize: bool | None = Field(default=None, description="Extension. embed tasks: L2-normalize.")
-    step_tag_id: int | None = Field(default=None, ge=0, description="Extension. STEP pooling: keep rows of this token.")
+    step_tag_id: int | None = Field(
+        default=None, ge=0, description="Extension. STEP pooling: keep rows of this token."
+    )
     returned_token_ids: list[int] | None = Field(
-        default=None, min_length=1, description="Extension. STEP pooling: keep these output columns.")
+        default=None, min_length=1, description="Extension. STEP pooling: keep these output columns."
+    )
     return_details: bool = Field(
-        default=False, description="Extension. Add `prompt_token_ids` and `shape` to each item.")
+        default=False, description="Extension. Add `prompt_token_ids` and `shape` to each item."
+    )
 
     @field_validator("task", mode="before")
     @classmethod
@@ -247,9 +296,13 @@ class EmbeddingRequest(EncodingRequest):
     ``embedding`` is the raw score vector (``data[-1]["embedding"][-1]`` is the reward, as verl reads it)."""
 
     messages: list[ChatMessage] | list[list[ChatMessage]] | None = Field(
-        default=None, description="One conversation, or several (vLLM's batched chat form); a conversation may "
-                                  "also come in `input`.")
-    dimensions: int | None = Field(default=None, gt=0, description="Embedding models: keep the first n dimensions.")
+        default=None,
+        description="One conversation, or several (vLLM's batched chat form); a conversation may "
+        "also come in `input`.",
+    )
+    dimensions: int | None = Field(
+        default=None, gt=0, description="Embedding models: keep the first n dimensions."
+    )
     normalize: bool | None = Field(default=None, description="Extension. Embedding models: L2-normalize.")
 
     @model_validator(mode="before")
@@ -271,15 +324,18 @@ class EmbeddingRequest(EncodingRequest):
         return data
 
     late_chunking_params: dict[str, Any] | None = Field(
-        default=None, description="vLLM's late chunking of token embeddings: refused (not supported here).")
+        default=None, description="vLLM's late chunking of token embeddings: refused (not supported here)."
+    )
 
     @model_validator(mode="after")
     def _conversations_not_empty(self) -> EmbeddingRequest:
         if self.batched and not all(self.messages or []):
             raise ValueError("`messages` has an empty conversation: send at least one message in each")
         if self.late_chunking_params is not None:
-            raise ValueError("`late_chunking_params` is refused: this server has no late chunking (it returns "
-                             "one vector per token on token-embedding models; chunk them on the client)")
+            raise ValueError(
+                "`late_chunking_params` is refused: this server has no late chunking (it returns "
+                "one vector per token on token-embedding models; chunk them on the client)"
+            )
         return self
 
     @property
@@ -292,11 +348,14 @@ class CohereEmbedRequest(StrictModel):
     """``POST /v2/embed`` (Cohere's embed API as vLLM serves it), text inputs."""
 
     model: str | None = None
-    input_type: str | None = Field(default=None, description="Accepted; this server has no task instructions.")
+    input_type: str | None = Field(
+        default=None, description="Accepted; this server has no task instructions."
+    )
     texts: list[str] | None = None
     images: list[str] | None = Field(default=None, description="Refused: this server scores text only.")
     inputs: list[dict[str, Any]] | None = Field(
-        default=None, description="Content lists; only text parts ({'type': 'text', 'text': ...}).")
+        default=None, description="Content lists; only text parts ({'type': 'text', 'text': ...})."
+    )
     output_dimension: int | None = Field(default=None, gt=0)
     embedding_types: list[Literal["float", "binary", "ubinary", "base64"]] | None = None
     truncate: Literal["NONE", "START", "END"] = "END"
@@ -307,7 +366,9 @@ class CohereEmbedRequest(StrictModel):
     def _one_input(self) -> CohereEmbedRequest:
         given = [f for f in (self.texts, self.images, self.inputs) if f is not None]
         if len(given) != 1 or not given[0]:
-            raise ValueError("Exactly one of texts, images, or inputs must be provided, and it must be non-empty")
+            raise ValueError(
+                "Exactly one of texts, images, or inputs must be provided, and it must be non-empty"
+            )
         if self.images is not None:
             raise ValueError("`images` are refused: this server scores text only")
         if self.priority != 0:
@@ -322,11 +383,18 @@ class ScoreFields(CommonRequest):
     """Fields shared by ``/score`` and ``/rerank`` (vLLM's ``ScoringRequestMixin``)."""
 
     use_activation: bool | None = Field(default=None, description="Apply the sigmoid (default true).")
-    max_tokens_per_query: int = Field(default=0, ge=0, description="Cut queries to this many tokens (0: no cut).")
-    max_tokens_per_doc: int = Field(default=0, ge=0, description="Cut documents to this many tokens (0: no cut).")
-    instruction: str | None = Field(default=None, description="Refused unless the server has a score template.")
+    max_tokens_per_query: int = Field(
+        default=0, ge=0, description="Cut queries to this many tokens (0: no cut)."
+    )
+    max_tokens_per_doc: int = Field(
+        default=0, ge=0, description="Cut documents to this many tokens (0: no cut)."
+    )
+    instruction: str | None = Field(
+        default=None, description="Refused unless the server has a score template."
+    )
     chat_template_kwargs: dict[str, Any] | None = Field(
-        default=None, description="Refused unless the server has a score template.")
+        default=None, description="Refused unless the server has a score template."
+    )
 
 
 class ScoreRequest(ScoreFields):
@@ -343,20 +411,36 @@ class ScoreRequest(ScoreFields):
 
     @model_validator(mode="after")
     def _one_pair(self) -> ScoreRequest:
-        forms = [(a, b) for a, b in (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"),
-                                     ("text_1", "text_2"))
-                 if getattr(self, a) is not None and getattr(self, b) is not None]
+        forms = [
+            (a, b)
+            for a, b in (
+                ("queries", "documents"),
+                ("queries", "items"),
+                ("data_1", "data_2"),
+                ("text_1", "text_2"),
+            )
+            if getattr(self, a) is not None and getattr(self, b) is not None
+        ]
         if not forms:
-            raise ParamValueError("send `queries` and `documents` (or `queries`/`items`, `data_1`/`data_2`, "
-                                  "`text_1`/`text_2`)", "body.documents")  # vLLM's first missing field
+            raise ParamValueError(
+                "send `queries` and `documents` (or `queries`/`items`, `data_1`/`data_2`, `text_1`/`text_2`)",
+                "body.documents",
+            )  # vLLM's first missing field
         return self
 
     def pair(self) -> tuple[list[str], list[str]]:
         """``(data_1, data_2)`` as lists, from whichever names the request used."""
-        for a, b in (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2")):
+        for a, b in (
+            ("queries", "documents"),
+            ("queries", "items"),
+            ("data_1", "data_2"),
+            ("text_1", "text_2"),
+        ):
             one, two = getattr(self, a), getattr(self, b)
             if one is not None and two is not None:
-                return ([one] if isinstance(one, str) else list(one)), ([two] if isinstance(two, str) else list(two))
+                return ([one] if isinstance(one, str) else list(one)), (
+                    [two] if isinstance(two, str) else list(two)
+                )
         raise AssertionError("validated by _one_pair")
 
 
@@ -384,7 +468,9 @@ class TokenizeRequest(StrictModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_special_tokens: bool | None = Field(default=None, description="Default true for `prompt`, false for `messages`.")
+    add_special_tokens: bool | None = Field(
+        default=None, description="Default true for `prompt`, false for `messages`."
+    )
     add_generation_prompt: bool = Field(default=True, description="Chat form only; vLLM's default is true.")
     continue_final_message: bool = False
     chat_template: str | None = None
@@ -407,7 +493,8 @@ class DetokenizeRequest(StrictModel):
 
     model: str | None = None
     tokens: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
-        description="Token ids; ids outside the vocabulary decode to nothing, as vLLM's.")
+        description="Token ids; ids outside the vocabulary decode to nothing, as vLLM's."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -579,9 +666,13 @@ def _model_info_response() -> type[ResponseModel]:
         else:
             fields[f.name] = (hints[f.name], ...)
     return create_model(
-        "ModelInfoResponse", __base__=ResponseModel, __module__=__name__,
+        "ModelInfoResponse",
+        __base__=ResponseModel,
+        __module__=__name__,
         __doc__="``/v1/model_info`` response: ``ModelInfo.to_dict()`` plus the server's ``server_limits``.",
-        **fields, server_limits=(ServerLimitsInfo, ...))
+        **fields,
+        server_limits=(ServerLimitsInfo, ...),
+    )
 
 
 ModelInfoResponse = _model_info_response()
@@ -618,7 +709,8 @@ class EmbeddingResponseData(ResponseModel):
     object: str = "embedding"
     embedding: list[float] | list[list[float]] | str | None = Field(
         description="A vector; one vector per token on a token-embedding model (vLLM's TokenEmbeddingResponse); "
-                    "base64 with encoding_format base64; null with `error`.")
+        "base64 with encoding_format base64; null with `error`."
+    )
     error: str | None = _absent_if_none("Extension: why this item has no result.")
 
 
@@ -715,8 +807,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, desc in (
         (400, "A client mistake; the message names the field and the limit."),
         (401, "Missing or wrong API key."),
-        (404, "An unknown model or LoRA name in `model` (a route that does not exist answers "
-              "{\"detail\": \"Not Found\"})."),
+        (
+            404,
+            "An unknown model or LoRA name in `model` (a route that does not exist answers "
+            '{"detail": "Not Found"}).',
+        ),
         (413, "Body over --max-body-bytes or more inputs than --max-client-batch-size."),
         (503, "Queue full or server draining; retry after the Retry-After header's seconds."),
     )
@@ -725,12 +820,26 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 #: route answers when the served model does not offer it (``/score`` on a reward model...), as vLLM's do.
 NOT_OFFERED_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
-    404: {"description": "An unknown `model` (ErrorResponse), or {\"detail\": \"Not Found\"} when the served "
-                         "model does not offer this route (as vLLM).",
-          "content": {"application/json": {"schema": {"anyOf": [
-              {"$ref": "#/components/schemas/ErrorResponse"},
-              {"type": "object", "title": "NotFound", "properties": {"detail": {"type": "string"}},
-               "required": ["detail"], "additionalProperties": False}]}}}},
+    404: {
+        "description": 'An unknown `model` (ErrorResponse), or {"detail": "Not Found"} when the served '
+        "model does not offer this route (as vLLM).",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/ErrorResponse"},
+                        {
+                            "type": "object",
+                            "title": "NotFound",
+                            "properties": {"detail": {"type": "string"}},
+                            "required": ["detail"],
+                            "additionalProperties": False,
+                        },
+                    ]
+                }
+            }
+        },
+    },
 }
 
 __all__ = [

@@ -57,8 +57,11 @@ class ServerLimits:
 
     def to_dict(self) -> dict[str, Any]:
         """Public limits (sent to clients in ``/v1/model_info``)."""
-        return {"max_body_bytes": self.max_body_bytes, "max_client_batch_size": self.max_client_batch_size,
-                "max_queue_size": self.max_queue_size}
+        return {
+            "max_body_bytes": self.max_body_bytes,
+            "max_client_batch_size": self.max_client_batch_size,
+            "max_queue_size": self.max_queue_size,
+        }
 
 
 @dataclass
@@ -86,9 +89,13 @@ class ServingEngine:
             raise ValueError(f"--lora-modules names {sorted(clash)} clash with the served model name.")
         self._base_aliases = {*self.served_model_names, self.llm.model_name}
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-rewards-tokenizer")
-        self.batcher = Batcher(self._encode, max_queue_size=self.limits.max_queue_size,
-                               max_batch_tokens=self.limits.max_batch_tokens, metrics=self.metrics,
-                               batch_wait_s=self.limits.batch_wait_s)
+        self.batcher = Batcher(
+            self._encode,
+            max_queue_size=self.limits.max_queue_size,
+            max_batch_tokens=self.limits.max_batch_tokens,
+            metrics=self.metrics,
+            batch_wait_s=self.limits.batch_wait_s,
+        )
         self.metrics.watch_prefix_cache(getattr(getattr(self.llm, "runner", None), "prefix_cache", None))
         self.info: ModelInfo = self.llm.model_info(self.model_name)
         #: The task of a request that names none (vLLM's ``pooling_task``): ``--pooler-config``'s ``task`` if
@@ -98,7 +105,9 @@ class ServingEngine:
         #: refused with vLLM's status and error, instead of being served by one of this server's extensions.
         self.strict: bool = bool(getattr(self.llm, "strict_vllm_compat", False))
         tok = self.llm.tokenizer
-        self._template_params = set(inspect.signature(tok.apply_chat_template).parameters) if tok is not None else set()
+        self._template_params = (
+            set(inspect.signature(tok.apply_chat_template).parameters) if tok is not None else set()
+        )
 
     # ------------------------------------------------------------------ names
     @property
@@ -120,7 +129,9 @@ class ServingEngine:
         if name in self.lora_names:
             return name, self.llm.get_lora(name)
         known = [*self.served_model_names, *self.lora_names]
-        raise APIError(404, f"The model `{name[:200]}` does not exist; this server serves {known}.", param=param)
+        raise APIError(
+            404, f"The model `{name[:200]}` does not exist; this server serves {known}.", param=param
+        )
 
     @property
     def vllm_tasks(self) -> tuple[str, ...]:
@@ -141,10 +152,16 @@ class ServingEngine:
         if not self.strict or task == self.default_task:
             return
         if task not in self.vllm_tasks:
-            raise APIError(400, f"Unsupported task: {task!r} Supported tasks: {list(self.vllm_tasks)} "
-                                "(parameter=task)", param="task")
-        raise APIError(400, f"Try switching the model's pooling_task via --pooler-config.task {task}. "
-                            "(parameter=task)", param="task")
+            raise APIError(
+                400,
+                f"Unsupported task: {task!r} Supported tasks: {list(self.vllm_tasks)} (parameter=task)",
+                param="task",
+            )
+        raise APIError(
+            400,
+            f"Try switching the model's pooling_task via --pooler-config.task {task}. (parameter=task)",
+            param="task",
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -157,8 +174,14 @@ class ServingEngine:
         self._tokenizer_pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ preparation
-    async def prepare(self, req: ScoringRequest, task: str, params: PoolingParams,
-                      lora: LoRARequest | None, field_name: str = "input") -> list[EngineItem]:
+    async def prepare(
+        self,
+        req: ScoringRequest,
+        task: str,
+        params: PoolingParams,
+        lora: LoRARequest | None,
+        field_name: str = "input",
+    ) -> list[EngineItem]:
         """:meth:`_prepare_request`, each item carrying the request's ``cache_salt`` (its prefix-cache namespace)."""
         items = await self._prepare_request(req, task, params, lora, field_name)
         salt = getattr(req, "cache_salt", None)
@@ -167,8 +190,14 @@ class ServingEngine:
                 item.cache_salt = salt
         return items
 
-    async def _prepare_request(self, req: ScoringRequest, task: str, params: PoolingParams,
-                               lora: LoRARequest | None, field_name: str = "input") -> list[EngineItem]:
+    async def _prepare_request(
+        self,
+        req: ScoringRequest,
+        task: str,
+        params: PoolingParams,
+        lora: LoRARequest | None,
+        field_name: str = "input",
+    ) -> list[EngineItem]:
         """Validated engine items of a ``/pooling``, ``/classify`` or ``/v1/embeddings`` request (its ``input``
         or ``messages``), cut on the request's ``truncation_side``.
 
@@ -178,41 +207,76 @@ class ServingEngine:
         pad = self._padding(req.padding)
         if req.input is not None and req.messages is not None:
             if not self.strict:  # vLLM serves the chat form then (its union picks the chat request)
-                raise APIError(400, "Send one of `input` (completion form) or `messages` (chat form), not both.",
-                               param="messages")
+                raise APIError(
+                    400,
+                    "Send one of `input` (completion form) or `messages` (chat form), not both.",
+                    param="messages",
+                )
         else:
             chat_only = req.chat_only_fields()
-            if chat_only and not self.strict:  # vLLM ignores them on `input` (not fields of its completion form)
-                raise APIError(400, f"{chat_only} only apply to the chat form (`messages`), not to `input`.",
-                               param=chat_only[0])
+            if (
+                chat_only and not self.strict
+            ):  # vLLM ignores them on `input` (not fields of its completion form)
+                raise APIError(
+                    400,
+                    f"{chat_only} only apply to the chat form (`messages`), not to `input`.",
+                    param=chat_only[0],
+                )
         if req.messages is None:
             if req.input == []:
                 raise APIError(400, f"`{field_name}` is empty: you must pass at least one prompt.")
             add_special = True if req.add_special_tokens is None else req.add_special_tokens
-            return await self.prepare_prompts(prompts_from_input(req.input), task, params, lora,
-                                              field_name=field_name, add_special_tokens=add_special,
-                                              truncation_side=side, pad=pad)
+            return await self.prepare_prompts(
+                prompts_from_input(req.input),
+                task,
+                params,
+                lora,
+                field_name=field_name,
+                add_special_tokens=add_special,
+                truncation_side=side,
+                pad=pad,
+            )
         self._check_count(1, field_name)
         self._check_request_template(req.chat_template)
         messages = req.messages
         if not messages:
-            raise APIError(400, "Cannot apply chat template to an empty conversation. Provide at least one "
-                                "message (`messages` is empty).")
+            raise APIError(
+                400,
+                "Cannot apply chat template to an empty conversation. Provide at least one "
+                "message (`messages` is empty).",
+            )
 
         def render() -> list[PromptType]:
-            return [{"prompt_token_ids": self._render(
-                messages, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
-                continue_final_message=req.continue_final_message, chat_template_kwargs=req.chat_template_kwargs,
-                add_special_tokens=bool(req.add_special_tokens))}]
+            return [
+                {
+                    "prompt_token_ids": self._render(
+                        messages,
+                        chat_template=req.chat_template,
+                        add_generation_prompt=req.add_generation_prompt,
+                        continue_final_message=req.continue_final_message,
+                        chat_template_kwargs=req.chat_template_kwargs,
+                        add_special_tokens=bool(req.add_special_tokens),
+                    )
+                }
+            ]
 
         # The rendered conversation is token ids: nothing is tokenized again, so add_special_tokens is moot.
-        return await self._prepare_in_thread(render, "messages", task, params, lora, add_special_tokens=False,
-                                             truncation_side=side, pad=pad)
+        return await self._prepare_in_thread(
+            render, "messages", task, params, lora, add_special_tokens=False, truncation_side=side, pad=pad
+        )
 
-    async def prepare_prompts(self, prompts: list[PromptType], task: str, params: PoolingParams,
-                              lora: LoRARequest | None, *, field_name: str = "input",
-                              add_special_tokens: bool = True, truncation_side: str | None = None,
-                              pad: bool = False) -> list[EngineItem]:
+    async def prepare_prompts(
+        self,
+        prompts: list[PromptType],
+        task: str,
+        params: PoolingParams,
+        lora: LoRARequest | None,
+        *,
+        field_name: str = "input",
+        add_special_tokens: bool = True,
+        truncation_side: str | None = None,
+        pad: bool = False,
+    ) -> list[EngineItem]:
         """Validated engine items of ``prompts``, the entries of the request field ``field_name``.
 
         More prompts than ``max_client_batch_size`` is a 413; a mistake in prompt ``i`` is a 400 on
@@ -220,9 +284,16 @@ class ServingEngine:
         ``truncate_prompt_tokens`` tokens (vLLM's default, and the engine's), ``"left"`` the last ones.
         """
         self._check_count(len(prompts), field_name)
-        return await self._prepare_in_thread(lambda: prompts, field_name, task, params, lora,
-                                             add_special_tokens=add_special_tokens, truncation_side=truncation_side,
-                                             pad=pad)
+        return await self._prepare_in_thread(
+            lambda: prompts,
+            field_name,
+            task,
+            params,
+            lora,
+            add_special_tokens=add_special_tokens,
+            truncation_side=truncation_side,
+            pad=pad,
+        )
 
     def check_count(self, n: int, field_name: str) -> None:
         """413 when ``n`` prompts are over ``--max-client-batch-size``."""
@@ -232,8 +303,11 @@ class ServingEngine:
         limit = self.limits.max_client_batch_size
         if n > limit:
             self.metrics.rejected.labels("too_many_inputs").inc()
-            raise APIError(413, f"`{field_name}` has {n} prompts, over --max-client-batch-size={limit}; "
-                                "split the request.", param=field_name)
+            raise APIError(
+                413,
+                f"`{field_name}` has {n} prompts, over --max-client-batch-size={limit}; split the request.",
+                param=field_name,
+            )
 
     def _padding(self, padding: str | None) -> bool:
         """Whether prompts are padded to ``max_model_len`` (vLLM's ``padding="max_length"``): only in strict
@@ -241,28 +315,60 @@ class ServingEngine:
         if padding != "max_length":
             return False
         if not self.strict:
-            raise APIError(400, "`padding`='max_length' is refused: pad tokens would change a causal reward "
-                                "model's scores; prompts are never padded here (use 'do_not_pad' or leave it out).",
-                           param="padding")
+            raise APIError(
+                400,
+                "`padding`='max_length' is refused: pad tokens would change a causal reward "
+                "model's scores; prompts are never padded here (use 'do_not_pad' or leave it out).",
+                param="padding",
+            )
         return True
 
     def _check_request_template(self, chat_template: str | None) -> None:
         if chat_template is not None and not self.limits.trust_request_chat_template:
-            raise APIError(400, "`chat_template` in a request is refused: start the server with "
-                                "--trust-request-chat-template to allow it.", param="chat_template")
+            raise APIError(
+                400,
+                "`chat_template` in a request is refused: start the server with "
+                "--trust-request-chat-template to allow it.",
+                param="chat_template",
+            )
 
-    async def _prepare_in_thread(self, get_prompts: Callable[[], list[PromptType]], field_name: str, task: str,
-                                 params: PoolingParams, lora: LoRARequest | None, *,
-                                 add_special_tokens: bool, truncation_side: str | None = None,
-                                 pad: bool = False) -> list[EngineItem]:
+    async def _prepare_in_thread(
+        self,
+        get_prompts: Callable[[], list[PromptType]],
+        field_name: str,
+        task: str,
+        params: PoolingParams,
+        lora: LoRARequest | None,
+        *,
+        add_special_tokens: bool,
+        truncation_side: str | None = None,
+        pad: bool = False,
+    ) -> list[EngineItem]:
         # While this request tokenizes, a round about to start waits for it (the route submits it right after).
         with self.batcher.arriving():
-            return await self._in_tokenizer_thread(self._prepare, get_prompts, field_name, task, params, lora,
-                                                   add_special_tokens, truncation_side, pad)
+            return await self._in_tokenizer_thread(
+                self._prepare,
+                get_prompts,
+                field_name,
+                task,
+                params,
+                lora,
+                add_special_tokens,
+                truncation_side,
+                pad,
+            )
 
-    def _prepare(self, get_prompts: Callable[[], list[PromptType]], field_name: str, task: str,
-                 params: PoolingParams, lora: LoRARequest | None, add_special_tokens: bool,
-                 truncation_side: str | None = None, pad: bool = False) -> list[EngineItem]:
+    def _prepare(
+        self,
+        get_prompts: Callable[[], list[PromptType]],
+        field_name: str,
+        task: str,
+        params: PoolingParams,
+        lora: LoRARequest | None,
+        add_special_tokens: bool,
+        truncation_side: str | None = None,
+        pad: bool = False,
+    ) -> list[EngineItem]:
         llm = self.llm
         with _request_errors("task"):
             check_task(task, llm.supported_tasks)
@@ -273,8 +379,13 @@ class ServingEngine:
             options = TokenizationOptions(params.truncate_prompt_tokens, truncation_side, add_special_tokens)
             truncate = params.truncate_prompt_tokens
             limit = options.tokenizer_max_length(truncate, llm.max_model_len)
-            token_ids = tokenize_prompts(prompts, llm.tokenizer, vocab_size=llm.model.vocab_size,
-                                         add_special_tokens=add_special_tokens, max_lengths=[limit] * len(prompts))
+            token_ids = tokenize_prompts(
+                prompts,
+                llm.tokenizer,
+                vocab_size=llm.model.vocab_size,
+                add_special_tokens=add_special_tokens,
+                max_lengths=[limit] * len(prompts),
+            )
             token_ids = [options.cut(i, ids, truncate, llm.max_model_len) for i, ids in enumerate(token_ids)]
         if pad:  # vLLM's padding="max_length": pad token ids up to max_model_len, scored as prompt tokens
             pad_id = getattr(llm.tokenizer, "pad_token_id", None) or 0
@@ -290,11 +401,18 @@ class ServingEngine:
         if columns is not None and task in ("classify", "token_classify"):
             bad = [c for c in columns if c >= model.num_labels]
             if bad:
-                raise APIError(400, f"`returned_token_ids` {bad} are out of range: the model's head has "
-                                    f"{model.num_labels} output columns.", param="returned_token_ids")
+                raise APIError(
+                    400,
+                    f"`returned_token_ids` {bad} are out of range: the model's head has "
+                    f"{model.num_labels} output columns.",
+                    param="returned_token_ids",
+                )
         if dimensions is not None and dimensions > model.hidden_size:
-            raise APIError(400, f"`dimensions`={dimensions} is over the model's hidden size {model.hidden_size}.",
-                           param="dimensions")
+            raise APIError(
+                400,
+                f"`dimensions`={dimensions} is over the model's hidden size {model.hidden_size}.",
+                param="dimensions",
+            )
 
     # ------------------------------------------------------------------ chat and tokenize
     async def render(self, messages: list[ChatMessage], **kwargs: Any) -> list[int]:
@@ -302,30 +420,53 @@ class ServingEngine:
         self._check_request_template(kwargs.get("chat_template"))
         return await self._in_tokenizer_thread(self._render, messages, **kwargs)
 
-    def _render(self, messages: list[ChatMessage], *, chat_template: str | None, add_generation_prompt: bool,
-                continue_final_message: bool, chat_template_kwargs: dict[str, Any] | None,
-                add_special_tokens: bool) -> list[int]:
+    def _render(
+        self,
+        messages: list[ChatMessage],
+        *,
+        chat_template: str | None,
+        add_generation_prompt: bool,
+        continue_final_message: bool,
+        chat_template_kwargs: dict[str, Any] | None,
+        add_special_tokens: bool,
+    ) -> list[int]:
         # The same steps as LLM.render_chat (template to text, then tokens), plus vLLM's chat options.
         tok = self.llm.tokenizer
         if tok is None:
             raise APIError(400, "This model has no tokenizer: send token ids in `input`.", param="messages")
         chat_template = chat_template or self.limits.chat_template
         if chat_template is None and not getattr(tok, "chat_template", None):
-            raise APIError(400, f"{self.model_name} has no chat template: send `input` text, start the server "
-                                "with --chat-template, or send `chat_template` (with "
-                                "--trust-request-chat-template).", param="messages")
+            raise APIError(
+                400,
+                f"{self.model_name} has no chat template: send `input` text, start the server "
+                "with --chat-template, or send `chat_template` (with "
+                "--trust-request-chat-template).",
+                param="messages",
+            )
         extra = dict(chat_template_kwargs or {})
         clash = sorted(k for k in extra if k in self._template_params or not str(k).isidentifier())
         if clash:
-            raise APIError(400, f"`chat_template_kwargs` keys {clash} are not allowed (they are options of "
-                                "the renderer, not template variables).", param="chat_template_kwargs")
+            raise APIError(
+                400,
+                f"`chat_template_kwargs` keys {clash} are not allowed (they are options of "
+                "the renderer, not template variables).",
+                param="chat_template_kwargs",
+            )
         try:
-            text = tok.apply_chat_template([m.as_dict() for m in messages], chat_template=chat_template,
-                                           tokenize=False, add_generation_prompt=add_generation_prompt,
-                                           continue_final_message=continue_final_message, **extra)
+            text = tok.apply_chat_template(
+                [m.as_dict() for m in messages],
+                chat_template=chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                **extra,
+            )
         except Exception as exc:  # noqa: BLE001 - a template error is the request's (template or messages)
-            raise APIError(400, f"The chat template failed on these `messages`: {type(exc).__name__}: "
-                                f"{str(exc)[:300]}", param="messages") from None
+            raise APIError(
+                400,
+                f"The chat template failed on these `messages`: {type(exc).__name__}: {str(exc)[:300]}",
+                param="messages",
+            ) from None
         ids = list(tok(text, add_special_tokens=add_special_tokens)["input_ids"])
         if not ids:
             raise APIError(400, "`messages` render to no tokens.", param="messages")
@@ -336,7 +477,9 @@ class ServingEngine:
         tok = self.llm.tokenizer
         if tok is None:
             raise APIError(400, "This model has no tokenizer.", param="prompt")
-        return await self._in_tokenizer_thread(lambda: list(tok(text, add_special_tokens=add_special_tokens)["input_ids"]))
+        return await self._in_tokenizer_thread(
+            lambda: list(tok(text, add_special_tokens=add_special_tokens)["input_ids"])
+        )
 
     async def token_strs(self, ids: list[int]) -> list[str]:
         """Token strings of ``ids``."""
@@ -370,8 +513,10 @@ class ServingEngine:
             return encode_label_reads(self.llm, items)
         loras = [i.lora for i in items]
         return self.llm.encode(
-            [{"prompt_token_ids": i.token_ids, **({"cache_salt": i.cache_salt} if i.cache_salt else {})}
-             for i in items],
+            [
+                {"prompt_token_ids": i.token_ids, **({"cache_salt": i.cache_salt} if i.cache_salt else {})}
+                for i in items
+            ],
             [i.params for i in items],
             pooling_task=task,
             lora_request=loras if any(lo is not None for lo in loras) else None,
@@ -412,7 +557,9 @@ def _request_errors(field_name: str | None) -> Iterator[None]:
             exc = exc.located(field=field_name, subfield=None)
         raise APIError.from_request_error(exc, param=param) from None
     except ValueError as exc:
-        raise APIError(400, str(exc), param=None if field_name is None else _vllm_prompt_param(str(exc))) from None
+        raise APIError(
+            400, str(exc), param=None if field_name is None else _vllm_prompt_param(str(exc))
+        ) from None
 
 
 __all__ = ["ServerLimits", "ServingEngine"]

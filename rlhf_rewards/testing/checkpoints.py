@@ -37,15 +37,23 @@ def small_dims(**overrides: Any) -> dict[str, Any]:
     return dims
 
 
-def _finish(path: Path, model: torch.nn.Module, tokenizer_dir: Path | None, *, padding_side: str,
-            pad_token: bool, seed: int) -> Path:
+def _finish(
+    path: Path,
+    model: torch.nn.Module,
+    tokenizer_dir: Path | None,
+    *,
+    padding_side: str,
+    pad_token: bool,
+    seed: int,
+) -> Path:
     _write_tokenizer(path, tokenizer_dir, padding_side=padding_side, pad_token=pad_token)
     model.save_pretrained(path)
     return path
 
 
-def _write_tokenizer(path: Path, tokenizer_dir: str | os.PathLike[str] | None, *, padding_side: str,
-                     pad_token: bool) -> None:
+def _write_tokenizer(
+    path: Path, tokenizer_dir: str | os.PathLike[str] | None, *, padding_side: str, pad_token: bool
+) -> None:
     """Train a tokenizer into ``path``, or copy the tokenizer files of ``tokenizer_dir``."""
     if tokenizer_dir is None:
         build_tokenizer(path, padding_side=padding_side, pad_token=PAD_TOKEN if pad_token else None)
@@ -66,9 +74,18 @@ def _randomize(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
                 p.copy_(std * torch.randn(p.shape, generator=gen))
 
 
-def build_hf_model(architecture: str, path: str | os.PathLike[str], *, config_cls: str, seed: int = 0,
-                   padding_side: str = "right", pad_token: bool = True, tokenizer_dir: str | None = None,
-                   dtype: torch.dtype = torch.float32, **config_fields: Any) -> Path:
+def build_hf_model(
+    architecture: str,
+    path: str | os.PathLike[str],
+    *,
+    config_cls: str,
+    seed: int = 0,
+    padding_side: str = "right",
+    pad_token: bool = True,
+    tokenizer_dir: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **config_fields: Any,
+) -> Path:
     """Build any transformers architecture by class name (e.g. ``Qwen3ForSequenceClassification``)."""
     import transformers
 
@@ -88,8 +105,14 @@ def build_hf_model(architecture: str, path: str | os.PathLike[str], *, config_cl
     model = getattr(transformers, architecture)(config)
     _randomize(model, seed)
     model.to(dtype)
-    return _finish(path, model, Path(tokenizer_dir) if tokenizer_dir else None, padding_side=padding_side,
-                   pad_token=pad_token, seed=seed)
+    return _finish(
+        path,
+        model,
+        Path(tokenizer_dir) if tokenizer_dir else None,
+        padding_side=padding_side,
+        pad_token=pad_token,
+        seed=seed,
+    )
 
 
 def build_qwen3_classifier(path: str | os.PathLike[str], **kw: Any) -> Path:
@@ -148,7 +171,11 @@ def _save_raw_checkpoint(path: Path, tensors: dict[str, torch.Tensor], config: d
     """Write ``model.safetensors`` and a hand-written ``config.json`` (what remote-code checkpoints ship)."""
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(path / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return path
 
@@ -160,9 +187,18 @@ def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator, std:
     return std * torch.randn(shape, generator=gen)
 
 
-def _build_qwen2_score_model(architecture: str, num_labels: int, path: str | os.PathLike[str], *, seed: int = 0,
-                             padding_side: str = "right", pad_token: bool = True, tokenizer_dir: str | None = None,
-                             dtype: torch.dtype = torch.float32, **config_fields: Any) -> Path:
+def _build_qwen2_score_model(
+    architecture: str,
+    num_labels: int,
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    padding_side: str = "right",
+    pad_token: bool = True,
+    tokenizer_dir: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **config_fields: Any,
+) -> Path:
     """A Qwen2.5-Math RM/PRM checkpoint as the hub ships it: ``model_type: qwen2``, ``auto_map`` to remote code
     (absent here), backbone weights under ``model.`` and ``score.0`` / ``score.2`` head weights."""
     import transformers
@@ -176,8 +212,12 @@ def _build_qwen2_score_model(architecture: str, num_labels: int, path: str | os.
     tensors = {f"model.{k}": v for k, v in backbone.state_dict().items()}
     gen = torch.Generator().manual_seed(seed + 1)
     h = fields["hidden_size"]
-    for name, shape in (("score.0.weight", (h, h)), ("score.0.bias", (h,)), ("score.2.weight", (num_labels, h)),
-                        ("score.2.bias", (num_labels,))):
+    for name, shape in (
+        ("score.0.weight", (h, h)),
+        ("score.0.bias", (h,)),
+        ("score.2.weight", (num_labels, h)),
+        ("score.2.bias", (num_labels,)),
+    ):
         tensors[name] = _random_tensor(name, shape, gen)
     tensors = {k: v.to(dtype) for k, v in tensors.items()}
     config = {
@@ -226,10 +266,17 @@ def build_qwen2_process_reward_model(path: str | os.PathLike[str], **kw: Any) ->
     return _build_qwen2_score_model("Qwen2ForProcessRewardModel", 2, path, **kw)
 
 
-def build_internlm2_reward_model(path: str | os.PathLike[str], *, seed: int = 0, padding_side: str = "right",
-                                 pad_token: bool = True, tokenizer_dir: str | None = None,
-                                 dtype: torch.dtype = torch.float32, bias: bool = False,
-                                 **config_fields: Any) -> Path:
+def build_internlm2_reward_model(
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    padding_side: str = "right",
+    pad_token: bool = True,
+    tokenizer_dir: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    bias: bool = False,
+    **config_fields: Any,
+) -> Path:
     """An internlm2-reward-style checkpoint: ``model_type: internlm2`` (unknown to transformers), ``auto_map``
     to remote code (absent here), the original weight names (``model.tok_embeddings``,
     ``model.layers.N.attention.wqkv`` / ``wo``, ``feed_forward.w1/w2/w3``, ``attention_norm``, ``ffn_norm``,
@@ -254,7 +301,10 @@ def build_internlm2_reward_model(path: str | os.PathLike[str], *, seed: int = 0,
             (p + "ffn_norm.weight", (h,)),
         ]
         if bias:
-            names += [(p + "attention.wqkv.bias", ((heads + 2 * kv_heads) * head_dim,)), (p + "attention.wo.bias", (h,))]
+            names += [
+                (p + "attention.wqkv.bias", ((heads + 2 * kv_heads) * head_dim,)),
+                (p + "attention.wo.bias", (h,)),
+            ]
     names += [("model.norm.weight", (h,)), ("v_head.weight", (1, h))]
     gen = torch.Generator().manual_seed(seed)
     tensors = {name: _random_tensor(name, shape, gen).to(dtype) for name, shape in names}
@@ -263,7 +313,10 @@ def build_internlm2_reward_model(path: str | os.PathLike[str], *, seed: int = 0,
     tok_config = read_json(path / "tokenizer_config.json")
     tok_config["tokenizer_class"] = "InternLM2Tokenizer"
     tok_config["auto_map"] = {
-        "AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", "tokenization_internlm2_fast.InternLM2TokenizerFast"]
+        "AutoTokenizer": [
+            "tokenization_internlm2.InternLM2Tokenizer",
+            "tokenization_internlm2_fast.InternLM2TokenizerFast",
+        ]
     }
     (path / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2), encoding="utf-8")
     vocab = read_json(path / "tokenizer.json")["added_tokens"]
@@ -321,8 +374,13 @@ def build_checkpoint(architecture: str, path: str | os.PathLike[str], **kw: Any)
     return BUILDERS[architecture](path, **kw)
 
 
-def with_nan_embedding(src: str | os.PathLike[str], dst: str | os.PathLike[str], token_id: int, *,
-                       weight: str = "model.embed_tokens.weight") -> Path:
+def with_nan_embedding(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    token_id: int,
+    *,
+    weight: str = "model.embed_tokens.weight",
+) -> Path:
     """Copy checkpoint ``src`` to ``dst`` with row ``token_id`` of the input embedding ``weight`` set to NaN:
     every prompt containing that token then scores NaN (a poisoned model for non-finite output tests)."""
     from safetensors.torch import load_file, save_file

@@ -24,8 +24,14 @@ def _base_model(base: str | os.PathLike[str]) -> torch.nn.Module:
     return load_pooling_model(str(base), dtype=torch.float32, device=torch.device("cpu")).hf_model
 
 
-def build_adapter(base: str | os.PathLike[str], path: str | os.PathLike[str], *, seed: int = 0,
-                  std: float = 0.1, **lora_config: Any) -> Path:
+def build_adapter(
+    base: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    std: float = 0.1,
+    **lora_config: Any,
+) -> Path:
     """Save a random LoRA adapter for checkpoint ``base`` in ``path``.
 
     ``lora_config`` are :class:`peft.LoraConfig` fields (``r``, ``target_modules``, ``modules_to_save``,
@@ -49,7 +55,9 @@ def build_adapter(base: str | os.PathLike[str], path: str | os.PathLike[str], *,
     return path
 
 
-def build_merged(base: str | os.PathLike[str], adapter: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+def build_merged(
+    base: str | os.PathLike[str], adapter: str | os.PathLike[str], path: str | os.PathLike[str]
+) -> Path:
     """Save ``base`` with ``adapter`` merged in (peft's ``merge_and_unload``) in ``path``, tokenizer included."""
     from peft import PeftModel
 

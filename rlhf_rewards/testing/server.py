@@ -78,9 +78,16 @@ class ServerProcess:
         startup_timeout: Seconds ``with ServerProcess(...)`` waits for ``/health``.
     """
 
-    def __init__(self, model: str | Path, *args: str, env: dict[str, str] | None = None, port: int | None = None,
-                 log_path: str | os.PathLike[str] | None = None, omp_threads: int | None = 1,
-                 startup_timeout: float = 180.0) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        omp_threads: int | None = 1,
+        startup_timeout: float = 180.0,
+    ) -> None:
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"port must be in 1..65535, got {port}.")
         self.model = str(model)
@@ -114,10 +121,21 @@ class ServerProcess:
         if self.omp_threads is not None:
             env["OMP_NUM_THREADS"] = str(self.omp_threads)
         env.update(self.extra_env)
-        cmd = [sys.executable, "-m", "rlhf_rewards.cli.main", "serve", self.model, "--port", str(self.port),
-               "--disable-access-log", *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlhf_rewards.cli.main",
+            "serve",
+            self.model,
+            "--port",
+            str(self.port),
+            "--disable-access-log",
+            *self.args,
+        ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(_PACKAGE_ROOT))
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(_PACKAGE_ROOT)
+            )
         return self
 
     def wait(self, timeout: float = 180.0) -> ServerProcess:
@@ -130,8 +148,10 @@ class ServerProcess:
             if self.fixed_port is not None or "address already in use" not in self.log().lower():
                 break
             self.launch()
-        raise RuntimeError(f"server {self.url} did not start (exit {self.proc.poll()}); its log "
-                           f"({self.log_path}) ends with:\n{self.log()[-LOG_TAIL:]}")
+        raise RuntimeError(
+            f"server {self.url} did not start (exit {self.proc.poll()}); its log "
+            f"({self.log_path}) ends with:\n{self.log()[-LOG_TAIL:]}"
+        )
 
     def start(self, timeout: float = 180.0) -> ServerProcess:
         """Launch and wait until ready."""
@@ -278,4 +298,12 @@ class InProcessServer(AppThread):
         super().__init__(app, port=port, lifespan="on")
 
 
-__all__ = ["AppThread", "InProcessServer", "ServerProcess", "free_port", "serve", "shared_server", "wait_healthy"]
+__all__ = [
+    "AppThread",
+    "InProcessServer",
+    "ServerProcess",
+    "free_port",
+    "serve",
+    "shared_server",
+    "wait_healthy",
+]

@@ -41,10 +41,17 @@ TINY_CORPUS = [
 ] * 4
 
 
-def build_bpe_tokenizer(path: str | os.PathLike[str], corpus: Iterable[str] | None = None, *,
-                        vocab_size: int = 400, special_tokens: Sequence[str] = SPECIAL_TOKENS,
-                        split_digits: bool = False, padding_side: str = "right", pad_token: str | None = PAD_TOKEN,
-                        chat_template: str | None = CHATML_TEMPLATE) -> Path:
+def build_bpe_tokenizer(
+    path: str | os.PathLike[str],
+    corpus: Iterable[str] | None = None,
+    *,
+    vocab_size: int = 400,
+    special_tokens: Sequence[str] = SPECIAL_TOKENS,
+    split_digits: bool = False,
+    padding_side: str = "right",
+    pad_token: str | None = PAD_TOKEN,
+    chat_template: str | None = CHATML_TEMPLATE,
+) -> Path:
     """Train a byte-level BPE tokenizer on ``corpus`` and save it as a transformers fast tokenizer in ``path``.
 
     Args:
@@ -62,15 +69,20 @@ def build_bpe_tokenizer(path: str | os.PathLike[str], corpus: Iterable[str] | No
     from transformers import PreTrainedTokenizerFast
 
     if EOS_TOKEN not in special_tokens:
-        raise ValueError(f"special_tokens must include the EOS token {EOS_TOKEN!r}, got {list(special_tokens)}.")
+        raise ValueError(
+            f"special_tokens must include the EOS token {EOS_TOKEN!r}, got {list(special_tokens)}."
+        )
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}.")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                         if split_digits else byte_level)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -92,5 +104,12 @@ def build_bpe_tokenizer(path: str | os.PathLike[str], corpus: Iterable[str] | No
     return path
 
 
-__all__ = ["CHATML_TEMPLATE", "EOS_TOKEN", "PAD_TOKEN", "SPECIAL_TOKENS", "STEP_TAG", "TINY_CORPUS",
-           "build_bpe_tokenizer"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "EOS_TOKEN",
+    "PAD_TOKEN",
+    "SPECIAL_TOKENS",
+    "STEP_TAG",
+    "TINY_CORPUS",
+    "build_bpe_tokenizer",
+]

@@ -9,7 +9,10 @@ from rlhf_rewards.workers.base import ModelInfo, RewardWorker, WorkerHealth, Wor
 from rlhf_rewards.workers.colocated import ColocatedWorker
 from rlhf_rewards.workers.remote import RemoteWorker
 
-_LAZY = {"RayWorkerPool": "rlhf_rewards.workers.ray_pool", "RayWorkerPoolError": "rlhf_rewards.workers.ray_pool"}
+_LAZY = {
+    "RayWorkerPool": "rlhf_rewards.workers.ray_pool",
+    "RayWorkerPoolError": "rlhf_rewards.workers.ray_pool",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -20,5 +23,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ColocatedWorker", "ModelInfo", "RayWorkerPool", "RayWorkerPoolError", "RemoteWorker", "RewardWorker",
-           "WorkerHealth", "WorkerStats"]
+__all__ = [
+    "ColocatedWorker",
+    "ModelInfo",
+    "RayWorkerPool",
+    "RayWorkerPoolError",
+    "RemoteWorker",
+    "RewardWorker",
+    "WorkerHealth",
+    "WorkerStats",
+]

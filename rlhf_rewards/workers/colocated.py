@@ -61,7 +61,9 @@ class ColocatedWorker(RewardWorker):
     ) -> None:
         if isinstance(llm_or_path, LLM):
             if device is not None or llm_kwargs:
-                raise ValueError("device and LLM arguments only apply when loading from a path, not to an LLM.")
+                raise ValueError(
+                    "device and LLM arguments only apply when loading from a path, not to an LLM."
+                )
             partitioned = partitioned_parameters(llm_or_path.model)
             if partitioned:
                 raise ValueError(
@@ -74,7 +76,9 @@ class ColocatedWorker(RewardWorker):
             self._owns_llm = False
         else:
             if not isinstance(llm_or_path, (str, bytes)) and not hasattr(llm_or_path, "__fspath__"):
-                raise ValueError(f"llm_or_path must be an LLM or a model path/id, got {type(llm_or_path).__name__}.")
+                raise ValueError(
+                    f"llm_or_path must be an LLM or a model path/id, got {type(llm_or_path).__name__}."
+                )
             if device is None:
                 device = _rank_device()
             with unsharded_loading():
@@ -196,9 +200,16 @@ class ColocatedWorker(RewardWorker):
             start = time.perf_counter()
             if self._sleeping:
                 self.wake_up()
-            outputs = llm.generative_score(query, items, label_token_ids, apply_softmax=apply_softmax,
-                                           item_first=item_first, add_special_tokens=add_special_tokens,
-                                           lora_request=lora_request, use_tqdm=False)
+            outputs = llm.generative_score(
+                query,
+                items,
+                label_token_ids,
+                apply_softmax=apply_softmax,
+                item_first=item_first,
+                add_special_tokens=add_special_tokens,
+                lora_request=lora_request,
+                use_tqdm=False,
+            )
             self.stats.requests += 1
             self.stats.prompts += len(outputs)
             self.stats.tokens += sum(len(o.prompt_token_ids or ()) for o in outputs)
@@ -232,7 +243,11 @@ class ColocatedWorker(RewardWorker):
             return WorkerHealth(ok=False, details={"error": "closed"}, down=[repr(self)])
         return WorkerHealth(
             ok=True,
-            details={"device": str(self._device), "weight_device": str(self.weight_device), "sleeping": self._sleeping},
+            details={
+                "device": str(self._device),
+                "weight_device": str(self.weight_device),
+                "sleeping": self._sleeping,
+            },
         )
 
     def close(self) -> None:

@@ -70,8 +70,9 @@ class LoopThreadWorker(RewardWorker):
             raise RuntimeError(f"This {type(self).__name__} is closed.")
         if threading.current_thread() is self._thread:
             coro.close()
-            raise RuntimeError(f"{type(self).__name__}'s blocking methods cannot run on its own event loop; "
-                               "use aencode.")
+            raise RuntimeError(
+                f"{type(self).__name__}'s blocking methods cannot run on its own event loop; use aencode."
+            )
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     async def _arun(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -94,8 +95,16 @@ class LoopThreadWorker(RewardWorker):
         add_special_tokens: bool = True,
     ) -> list[PoolingRequestOutput]:
         """Pool ``prompts`` on the worker's endpoints; see :meth:`rlhf_rewards.LLM.encode` (``use_tqdm`` is ignored)."""
-        return self._run(self._checked_encode(prompts, pooling_params, pooling_task, lora_request,
-                                              truncate_prompt_tokens, add_special_tokens))
+        return self._run(
+            self._checked_encode(
+                prompts,
+                pooling_params,
+                pooling_task,
+                lora_request,
+                truncate_prompt_tokens,
+                add_special_tokens,
+            )
+        )
 
     async def aencode(
         self,
@@ -109,8 +118,16 @@ class LoopThreadWorker(RewardWorker):
         add_special_tokens: bool = True,
     ) -> list[PoolingRequestOutput]:
         """Async :meth:`encode`, from any event loop (the work runs on the worker's own loop)."""
-        return await self._arun(self._checked_encode(prompts, pooling_params, pooling_task, lora_request,
-                                                     truncate_prompt_tokens, add_special_tokens))
+        return await self._arun(
+            self._checked_encode(
+                prompts,
+                pooling_params,
+                pooling_task,
+                lora_request,
+                truncate_prompt_tokens,
+                add_special_tokens,
+            )
+        )
 
     def generative_score(
         self,
@@ -132,10 +149,18 @@ class LoopThreadWorker(RewardWorker):
         """Async :meth:`generative_score`, from any event loop (the work runs on the worker's own loop)."""
         return await self._arun(self._generative_score(query, list(items), list(label_token_ids), **kwargs))
 
-    async def _generative_score(self, query: Any, items: list[Any], label_token_ids: list[int], *,
-                                apply_softmax: bool = True, item_first: bool = False, add_special_tokens: bool = True,
-                                lora_request: LoRARequest | None = None,
-                                all_labels: bool = False) -> list[GenerativeScoringOutput]:
+    async def _generative_score(
+        self,
+        query: Any,
+        items: list[Any],
+        label_token_ids: list[int],
+        *,
+        apply_softmax: bool = True,
+        item_first: bool = False,
+        add_special_tokens: bool = True,
+        lora_request: LoRARequest | None = None,
+        all_labels: bool = False,
+    ) -> list[GenerativeScoringOutput]:
         """Dispatch one generative-scoring call (subclasses that serve it override this)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement generative scoring.")
 
@@ -179,10 +204,16 @@ class LoopThreadWorker(RewardWorker):
 
     # ------------------------------------------------------------------ for subclasses
     @abstractmethod
-    async def _encode(self, prompts: list[CheckedPrompt], params_list: list[PoolingParams | None],
-                      lora_list: list[LoRARequest | None], task: str,
-                      truncate_prompt_tokens: int | None, *,
-                      add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
+    async def _encode(
+        self,
+        prompts: list[CheckedPrompt],
+        params_list: list[PoolingParams | None],
+        lora_list: list[LoRARequest | None],
+        task: str,
+        truncate_prompt_tokens: int | None,
+        *,
+        add_special_tokens: bool = True,
+    ) -> list[PoolingRequestOutput]:
         """Score checked prompts (one params and adapter entry per prompt); one output per prompt, in order."""
 
     @abstractmethod
@@ -190,8 +221,12 @@ class LoopThreadWorker(RewardWorker):
         """Ask the endpoints for the model's :class:`ModelInfo` (called once; :meth:`_model_info` caches it)."""
 
     @abstractmethod
-    async def _render_chat(self, conversations: list[list[dict[str, Any]]], chat_template: str | None,
-                           add_generation_prompt: bool) -> list[list[int]]:
+    async def _render_chat(
+        self,
+        conversations: list[list[dict[str, Any]]],
+        chat_template: str | None,
+        add_generation_prompt: bool,
+    ) -> list[list[int]]:
         """Render non-empty conversations on the endpoints."""
 
     def _close_resources(self) -> None:  # noqa: B027 - optional hook
@@ -202,9 +237,15 @@ class LoopThreadWorker(RewardWorker):
             self._info = await self._fetch_model_info()
         return self._info
 
-    async def _checked_encode(self, prompts: Prompts, pooling_params: Any, pooling_task: str | None,
-                              lora_request: Any, truncate_prompt_tokens: int | None,
-                              add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
+    async def _checked_encode(
+        self,
+        prompts: Prompts,
+        pooling_params: Any,
+        pooling_task: str | None,
+        lora_request: Any,
+        truncate_prompt_tokens: int | None,
+        add_special_tokens: bool = True,
+    ) -> list[PoolingRequestOutput]:
         """``LLM.encode``'s checks, in its order, then :meth:`_encode`, then the stats."""
         start = time.perf_counter()
         task = check_task(pooling_task, tuple((await self._model_info()).tasks))
@@ -215,9 +256,17 @@ class LoopThreadWorker(RewardWorker):
         checked = [check_prompt(i, p) for i, p in enumerate(items)]
         truncation_of(None, truncate_prompt_tokens)  # validates the call-level value
         if not isinstance(add_special_tokens, bool):
-            raise RequestError(f"must be true or false, got {add_special_tokens!r}.", field="add_special_tokens")
-        outputs = await self._encode(checked, params_list, lora_list, task, truncate_prompt_tokens,
-                                     add_special_tokens=add_special_tokens)
+            raise RequestError(
+                f"must be true or false, got {add_special_tokens!r}.", field="add_special_tokens"
+            )
+        outputs = await self._encode(
+            checked,
+            params_list,
+            lora_list,
+            task,
+            truncate_prompt_tokens,
+            add_special_tokens=add_special_tokens,
+        )
         self.stats.record(outputs, time.perf_counter() - start)
         return outputs
 

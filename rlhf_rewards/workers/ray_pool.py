@@ -90,16 +90,30 @@ class ReplicaActor:
             raise self.load_error  # type: ignore[misc]
         return self.llm
 
-    def encode(self, prompts: list[Any], pooling_params: Any, pooling_task: str | None, lora_request: Any,
-               truncate_prompt_tokens: int | None, add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
+    def encode(
+        self,
+        prompts: list[Any],
+        pooling_params: Any,
+        pooling_task: str | None,
+        lora_request: Any,
+        truncate_prompt_tokens: int | None,
+        add_special_tokens: bool = True,
+    ) -> list[PoolingRequestOutput]:
         """``LLM.encode`` on one chunk."""
-        return self._require_llm().encode(prompts, pooling_params, pooling_task=pooling_task,
-                                          lora_request=lora_request, truncate_prompt_tokens=truncate_prompt_tokens,
-                                          tokenization_kwargs=KEEP_LAST_TOKENS, add_special_tokens=add_special_tokens,
-                                          use_tqdm=False)
+        return self._require_llm().encode(
+            prompts,
+            pooling_params,
+            pooling_task=pooling_task,
+            lora_request=lora_request,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            tokenization_kwargs=KEEP_LAST_TOKENS,
+            add_special_tokens=add_special_tokens,
+            use_tqdm=False,
+        )
 
-    def generative_score(self, query: Any, items: list[Any], label_token_ids: list[int],
-                         kwargs: dict[str, Any]) -> list[Any]:
+    def generative_score(
+        self, query: Any, items: list[Any], label_token_ids: list[int], kwargs: dict[str, Any]
+    ) -> list[Any]:
         """``LLM.generative_score`` on one chunk of items."""
         return self._require_llm().generative_score(query, items, label_token_ids, use_tqdm=False, **kwargs)
 
@@ -107,10 +121,13 @@ class ReplicaActor:
         """``LLM.model_info()``."""
         return self._require_llm().model_info()
 
-    def render_chat(self, conversations: Any, chat_template: str | None, add_generation_prompt: bool) -> list[list[int]]:
+    def render_chat(
+        self, conversations: Any, chat_template: str | None, add_generation_prompt: bool
+    ) -> list[list[int]]:
         """``LLM.render_chat``."""
-        return self._require_llm().render_chat(conversations, chat_template=chat_template,
-                                               add_generation_prompt=add_generation_prompt)
+        return self._require_llm().render_chat(
+            conversations, chat_template=chat_template, add_generation_prompt=add_generation_prompt
+        )
 
     def ping(self) -> dict[str, Any]:
         """Liveness and placement."""
@@ -181,14 +198,19 @@ class RayWorkerPool(LoopThreadWorker):
         _check_int("max_retries", max_retries, 0)
         _check_int("max_batch_size", max_batch_size, 1)
         _check_int("max_inflight_per_replica", max_inflight_per_replica, 1)
-        for name, value in (("num_gpus_per_replica", num_gpus_per_replica),
-                            ("num_cpus_per_replica", num_cpus_per_replica), ("down_for", down_for),
-                            ("ready_timeout", ready_timeout)):
+        for name, value in (
+            ("num_gpus_per_replica", num_gpus_per_replica),
+            ("num_cpus_per_replica", num_cpus_per_replica),
+            ("down_for", down_for),
+            ("ready_timeout", ready_timeout),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
         if num_gpus_per_replica > 1 and num_gpus_per_replica != int(num_gpus_per_replica):
-            raise ValueError(f"num_gpus_per_replica must be a whole number above 1 (one replica spans that many GPUs), "
-                             f"got {num_gpus_per_replica!r}.")
+            raise ValueError(
+                f"num_gpus_per_replica must be a whole number above 1 (one replica spans that many GPUs), "
+                f"got {num_gpus_per_replica!r}."
+            )
         self.model = model
         self.num_replicas = num_replicas
         self.max_retries = max_retries
@@ -205,23 +227,41 @@ class RayWorkerPool(LoopThreadWorker):
                 self._owns_ray = True
             kwargs = dict(llm_kwargs)
             kwargs.setdefault("device", "cuda" if num_gpus_per_replica > 0 else "cpu")
-            if num_gpus_per_replica > 1 and not {"tensor_parallel_size", "pipeline_parallel_size"} & set(kwargs):
+            if num_gpus_per_replica > 1 and not {"tensor_parallel_size", "pipeline_parallel_size"} & set(
+                kwargs
+            ):
                 # One replica spans its GPUs, as in vLLM: the model is split over them (rlhf_rewards.parallel).
                 kwargs["tensor_parallel_size"] = int(num_gpus_per_replica)
             actor_cls = ray.remote(ReplicaActor)
             # Named in a fixed namespace, so a pickled pool (TRL's AsyncGRPOTrainer spawns its scorer) finds
             # the same replicas again from another process connected to this cluster.
-            self._actor_names = [f"rlhf-rewards-{uuid.uuid4().hex[:12]}-replica-{i}" for i in range(num_replicas)]
-            options = {"num_cpus": num_cpus_per_replica, "num_gpus": num_gpus_per_replica,
-                       "max_restarts": max_restarts, "max_task_retries": 0, "namespace": ACTOR_NAMESPACE,
-                       **(actor_options or {})}
+            self._actor_names = [
+                f"rlhf-rewards-{uuid.uuid4().hex[:12]}-replica-{i}" for i in range(num_replicas)
+            ]
+            options = {
+                "num_cpus": num_cpus_per_replica,
+                "num_gpus": num_gpus_per_replica,
+                "max_restarts": max_restarts,
+                "max_task_retries": 0,
+                "namespace": ACTOR_NAMESPACE,
+                **(actor_options or {}),
+            }
             # max_task_retries=0: the pool, not Ray, resends a dead replica's chunks, to a replica that is alive.
             # A replica is down after one failure: a dead process fails every chunk it holds.
             self.pool = EndpointPool(
-                {f"replica-{i}": actor_cls.options(**options, name=self._actor_names[i]).remote(model, kwargs)
-                 for i in range(num_replicas)},
-                down_after=1, down_for=self.down_for, max_in_flight=max_inflight_per_replica)
-            self._info = self._wait_until_loaded(ray, ready_timeout, num_cpus_per_replica, num_gpus_per_replica)
+                {
+                    f"replica-{i}": actor_cls.options(**options, name=self._actor_names[i]).remote(
+                        model, kwargs
+                    )
+                    for i in range(num_replicas)
+                },
+                down_after=1,
+                down_for=self.down_for,
+                max_in_flight=max_inflight_per_replica,
+            )
+            self._info = self._wait_until_loaded(
+                ray, ready_timeout, num_cpus_per_replica, num_gpus_per_replica
+            )
         except BaseException:
             self.close()
             raise
@@ -241,10 +281,14 @@ class RayWorkerPool(LoopThreadWorker):
             if isinstance(cause, ReplicaLoadError):
                 if isinstance(cause.error, ValueError):  # a bad model path or LLM argument, as in-process
                     raise cause.error from None
-                raise RuntimeError(f"RayWorkerPool: a replica failed to load {self.model!r}: {cause}") from None
+                raise RuntimeError(
+                    f"RayWorkerPool: a replica failed to load {self.model!r}: {cause}"
+                ) from None
             raise
         except ray.exceptions.RayActorError as exc:  # the actor process died while loading
-            raise RuntimeError(f"RayWorkerPool: a replica died while loading {self.model!r}: {exc.error_msg}") from None
+            raise RuntimeError(
+                f"RayWorkerPool: a replica died while loading {self.model!r}: {exc.error_msg}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"RayWorkerPool({self.model!r}, num_replicas={self.num_replicas})"
@@ -256,10 +300,17 @@ class RayWorkerPool(LoopThreadWorker):
         ray = _import_ray()
         if self._closed or self.pool is None:
             raise TypeError(f"{self!r} is closed and cannot be pickled.")
-        state = {"address": ray.get_runtime_context().gcs_address, "names": list(self._actor_names),
-                 "model": self.model, "num_replicas": self.num_replicas, "max_retries": self.max_retries,
-                 "max_batch_size": self.max_batch_size, "max_inflight_per_replica": self.max_inflight_per_replica,
-                 "down_for": self.down_for, "info": self._info}
+        state = {
+            "address": ray.get_runtime_context().gcs_address,
+            "names": list(self._actor_names),
+            "model": self.model,
+            "num_replicas": self.num_replicas,
+            "max_retries": self.max_retries,
+            "max_batch_size": self.max_batch_size,
+            "max_inflight_per_replica": self.max_inflight_per_replica,
+            "down_for": self.down_for,
+            "info": self._info,
+        }
         return _reconnect_pool, (state,)
 
     @property
@@ -271,9 +322,18 @@ class RayWorkerPool(LoopThreadWorker):
         """Per replica: chunks and prompts in flight, calls done, failures, whether it is set aside now."""
         assert self.pool is not None
         now = self.pool.clock()
-        return [{"replica": i, "inflight_chunks": e.in_flight, "inflight_prompts": e.in_flight_units,
-                 "chunks_done": e.successes, "failures": e.failures, "down": e.down_until > now,
-                 "last_error": e.last_error} for i, e in enumerate(self.pool.endpoints)]
+        return [
+            {
+                "replica": i,
+                "inflight_chunks": e.in_flight,
+                "inflight_prompts": e.in_flight_units,
+                "chunks_done": e.successes,
+                "failures": e.failures,
+                "down": e.down_until > now,
+                "last_error": e.last_error,
+            }
+            for i, e in enumerate(self.pool.endpoints)
+        ]
 
     # ------------------------------------------------------------------ RewardWorker
     def health(self, timeout: float = 10.0) -> WorkerHealth:
@@ -299,61 +359,97 @@ class RayWorkerPool(LoopThreadWorker):
             ray.shutdown()
 
     # ------------------------------------------------------------------ scheduling
-    async def _render_chat(self, conversations: list[list[dict[str, Any]]], chat_template: str | None,
-                           add_generation_prompt: bool) -> list[list[int]]:
+    async def _render_chat(
+        self,
+        conversations: list[list[dict[str, Any]]],
+        chat_template: str | None,
+        add_generation_prompt: bool,
+    ) -> list[list[int]]:
         return await self._call_any("render_chat", conversations, chat_template, add_generation_prompt)
 
     async def _fetch_model_info(self) -> ModelInfo:
         return await self._call_any("model_info")  # normally cached by the constructor
 
-    async def _encode(self, prompts: list[CheckedPrompt], params_list: list[PoolingParams | None],
-                      lora_list: list[LoRARequest | None], task: str,
-                      truncate_prompt_tokens: int | None, *,
-                      add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
+    async def _encode(
+        self,
+        prompts: list[CheckedPrompt],
+        params_list: list[PoolingParams | None],
+        lora_list: list[LoRARequest | None],
+        task: str,
+        truncate_prompt_tokens: int | None,
+        *,
+        add_special_tokens: bool = True,
+    ) -> list[PoolingRequestOutput]:
         assert self.pool is not None
         n = len(prompts)
         items = [value if kind == "text" else {"prompt_token_ids": value} for kind, value in prompts]
         live = max(1, len(self.pool.endpoints) - len(self.pool.down()))
         # Spread even a small call over the replicas, but never beyond max_batch_size per chunk.
         size = min(self.max_batch_size, max(1, math.ceil(n / live)))
-        chunks = [_Chunk(lo, items[lo: lo + size], params_list[lo: lo + size], lora_list[lo: lo + size])
-                  for lo in range(0, n, size)]
+        chunks = [
+            _Chunk(lo, items[lo : lo + size], params_list[lo : lo + size], lora_list[lo : lo + size])
+            for lo in range(0, n, size)
+        ]
         results: list[PoolingRequestOutput | None] = [None] * n
-        await gather_or_raise([self._run_chunk(c, results, task, truncate_prompt_tokens, add_special_tokens)
-                               for c in chunks])
+        await gather_or_raise(
+            [self._run_chunk(c, results, task, truncate_prompt_tokens, add_special_tokens) for c in chunks]
+        )
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:  # every chunk fills its slots or raises; this guards the invariant
             raise RayWorkerPoolError(f"No result for prompts {missing[:10]}.")
         return [r for r in results if r is not None]
 
-    async def _run_chunk(self, chunk: _Chunk, results: list[PoolingRequestOutput | None], task: str,
-                         truncate_prompt_tokens: int | None, add_special_tokens: bool = True) -> None:
+    async def _run_chunk(
+        self,
+        chunk: _Chunk,
+        results: list[PoolingRequestOutput | None],
+        task: str,
+        truncate_prompt_tokens: int | None,
+        add_special_tokens: bool = True,
+    ) -> None:
         assert self.pool is not None
         args = (chunk.prompts, chunk.params, task, chunk.loras, truncate_prompt_tokens, add_special_tokens)
         outputs = await self.pool.call(
-            lambda endpoint: self._actor_call(endpoint, "encode", args, offset=chunk.start), self.policy,
-            units=len(chunk.prompts), what=f"prompts {chunk.start}..{chunk.start + len(chunk.prompts) - 1}",
-            error=RayWorkerPoolError, stats=self.stats)
+            lambda endpoint: self._actor_call(endpoint, "encode", args, offset=chunk.start),
+            self.policy,
+            units=len(chunk.prompts),
+            what=f"prompts {chunk.start}..{chunk.start + len(chunk.prompts) - 1}",
+            error=RayWorkerPoolError,
+            stats=self.stats,
+        )
         if len(outputs) != len(chunk.prompts):
-            raise RayWorkerPoolError(f"a replica returned {len(outputs)} outputs for {len(chunk.prompts)} prompts.")
+            raise RayWorkerPoolError(
+                f"a replica returned {len(outputs)} outputs for {len(chunk.prompts)} prompts."
+            )
         for j, out in enumerate(outputs):
             results[chunk.start + j] = out
 
-    async def _generative_score(self, query: Any, items: list[Any], label_token_ids: list[int], *,
-                                all_labels: bool = False, **kwargs: Any) -> list[Any]:
+    async def _generative_score(
+        self,
+        query: Any,
+        items: list[Any],
+        label_token_ids: list[int],
+        *,
+        all_labels: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
         """Items spread over the replicas in chunks (each chunk's query runs once on its replica)."""
         assert self.pool is not None
         n = len(items)
         live = max(1, len(self.pool.endpoints) - len(self.pool.down()))
         size = min(self.max_batch_size, max(1, math.ceil(n / live)))
-        spans = [(lo, items[lo: lo + size]) for lo in range(0, n, size)] or [(0, [])]
+        spans = [(lo, items[lo : lo + size]) for lo in range(0, n, size)] or [(0, [])]
 
         async def run(lo: int, chunk: list[Any]) -> list[Any]:
             args = (query, chunk, label_token_ids, kwargs)
             outputs = await self.pool.call(
-                lambda endpoint: self._actor_call(endpoint, "generative_score", args, offset=lo), self.policy,
-                units=max(1, len(chunk)), what=f"items {lo}..{lo + len(chunk) - 1}", error=RayWorkerPoolError,
-                stats=self.stats)
+                lambda endpoint: self._actor_call(endpoint, "generative_score", args, offset=lo),
+                self.policy,
+                units=max(1, len(chunk)),
+                what=f"items {lo}..{lo + len(chunk) - 1}",
+                error=RayWorkerPoolError,
+                stats=self.stats,
+            )
             for out in outputs:
                 out.index += lo
             return outputs
@@ -364,10 +460,18 @@ class RayWorkerPool(LoopThreadWorker):
     async def _call_any(self, method: str, *args: Any) -> Any:
         """Call ``method`` on a live replica, moving on to the next if one has died."""
         assert self.pool is not None
-        return await self.pool.call(lambda endpoint: self._actor_call(endpoint, method, args), self.policy,
-                                    units=0, what=method, error=RayWorkerPoolError, stats=self.stats)
+        return await self.pool.call(
+            lambda endpoint: self._actor_call(endpoint, method, args),
+            self.policy,
+            units=0,
+            what=method,
+            error=RayWorkerPoolError,
+            stats=self.stats,
+        )
 
-    async def _actor_call(self, endpoint: Endpoint, method: str, args: tuple[Any, ...], offset: int = 0) -> Any:
+    async def _actor_call(
+        self, endpoint: Endpoint, method: str, args: tuple[Any, ...], offset: int = 0
+    ) -> Any:
         """One attempt of ``method`` on one replica, its outcome sorted for the pool: a dead or unloaded
         replica is an :class:`EndpointFailure`; the request's own error is raised as the caller's."""
         ray = _import_ray()
@@ -383,8 +487,12 @@ class RayWorkerPool(LoopThreadWorker):
             if isinstance(cause, ValueError):  # the request's fault, like the engine's ValueError in-process
                 raise cause from None
             raise RayWorkerPoolError(f"{endpoint.name} failed on {method}: {cause or exc}") from exc
-        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError,
-                ray.exceptions.WorkerCrashedError) as exc:
+        except (
+            ray.exceptions.RayActorError,
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.RaySystemError,
+            ray.exceptions.WorkerCrashedError,
+        ) as exc:
             raise EndpointFailure(f"{type(exc).__name__}: {exc}") from exc
 
     async def _health(self, timeout: float) -> WorkerHealth:
@@ -395,8 +503,10 @@ class RayWorkerPool(LoopThreadWorker):
                 return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
 
         answers = await asyncio.gather(*(probe(h) for h in self.actors))
-        details = {f"replica-{i}": {**answers[i], **{k: v for k, v in load.items() if k != "replica"}}
-                   for i, load in enumerate(self.load())}
+        details = {
+            f"replica-{i}": {**answers[i], **{k: v for k, v in load.items() if k != "replica"}}
+            for i, load in enumerate(self.load())
+        }
         down = [f"replica-{i}" for i, a in enumerate(answers) if not a["ok"]]
         return WorkerHealth(ok=len(down) < len(answers), details=details, down=down)
 
@@ -425,14 +535,25 @@ def _reconnect_pool(state: dict[str, Any]) -> RayWorkerPool:
         ray.init(address=state["address"], namespace=ACTOR_NAMESPACE, log_to_driver=False)
     pool = RayWorkerPool.__new__(RayWorkerPool)
     LoopThreadWorker.__init__(pool, "ray-worker-pool")
-    for name in ("model", "num_replicas", "max_retries", "max_batch_size", "max_inflight_per_replica", "down_for"):
+    for name in (
+        "model",
+        "num_replicas",
+        "max_retries",
+        "max_batch_size",
+        "max_inflight_per_replica",
+        "down_for",
+    ):
         setattr(pool, name, state[name])
     pool.policy = RetryPolicy(max_retries=pool.max_retries)
     pool._owns_ray = False
     pool._owns_actors = False
     pool._actor_names = list(state["names"])
     handles = [ray.get_actor(name, namespace=ACTOR_NAMESPACE) for name in pool._actor_names]
-    pool.pool = EndpointPool({f"replica-{i}": h for i, h in enumerate(handles)}, down_after=1,
-                             down_for=pool.down_for, max_in_flight=pool.max_inflight_per_replica)
+    pool.pool = EndpointPool(
+        {f"replica-{i}": h for i, h in enumerate(handles)},
+        down_after=1,
+        down_for=pool.down_for,
+        max_in_flight=pool.max_inflight_per_replica,
+    )
     pool._info = state["info"]
     return pool

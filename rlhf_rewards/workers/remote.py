@@ -85,9 +85,18 @@ class RemoteWorker(LoopThreadWorker):
 
         # The constructor's arguments: a pickled worker (TRL's AsyncGRPOTrainer spawns its scorer) is built
         # again from them, with its own client, in the new process. A key from the environment is read there.
-        self._init_args = ((urls, api_key), {"timeout": timeout, "max_retries": max_retries,
-                                              "max_concurrency": max_concurrency, "max_batch_size": max_batch_size,
-                                              "retry": retry, "down_after": down_after, "down_for": down_for})
+        self._init_args = (
+            (urls, api_key),
+            {
+                "timeout": timeout,
+                "max_retries": max_retries,
+                "max_concurrency": max_concurrency,
+                "max_batch_size": max_batch_size,
+                "retry": retry,
+                "down_after": down_after,
+                "down_for": down_for,
+            },
+        )
         url_list = [urls] if isinstance(urls, str) else list(urls)
         self.urls = [_normalize_url(u) for u in url_list]
         for name, value in (("max_concurrency", max_concurrency), ("max_batch_size", max_batch_size)):
@@ -96,8 +105,9 @@ class RemoteWorker(LoopThreadWorker):
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         self.policy = retry or RetryPolicy(max_retries=max_retries)
-        self.pool = EndpointPool(self.urls, down_after=down_after, down_for=down_for,
-                                 max_total_in_flight=max_concurrency)
+        self.pool = EndpointPool(
+            self.urls, down_after=down_after, down_for=down_for, max_total_in_flight=max_concurrency
+        )
         self.max_batch_size = max_batch_size
         self._server_limits: dict[str, Any] = {}
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
@@ -140,7 +150,9 @@ class RemoteWorker(LoopThreadWorker):
             try:
                 response = await self._client.request(method, endpoint.target + path, json=body)
             except httpx.TransportError as exc:  # connection refused/reset, timeouts, broken reads
-                raise EndpointFailure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+                raise EndpointFailure(
+                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                ) from exc
             kind = classify_status(response.status_code)
             if kind == "ok":
                 try:
@@ -157,20 +169,29 @@ class RemoteWorker(LoopThreadWorker):
                 raise EndpointBusy(error, parse_retry_after(response.headers.get("retry-after")))
             raise EndpointFailure(error)
 
-        return await self.pool.call(attempt, self.policy, what=f"{method} {path}", error=RemoteWorkerError,
-                                    stats=self.stats)
+        return await self.pool.call(
+            attempt, self.policy, what=f"{method} {path}", error=RemoteWorkerError, stats=self.stats
+        )
 
     async def _fetch_model_info(self) -> ModelInfo:
         data = await self._request("GET", "/v1/model_info")
         self._server_limits = dict(data.get("server_limits") or {})
         return ModelInfo.from_dict(data)
 
-    async def _render_chat(self, conversations: list[list[dict[str, Any]]], chat_template: str | None,
-                           add_generation_prompt: bool) -> list[list[int]]:
+    async def _render_chat(
+        self,
+        conversations: list[list[dict[str, Any]]],
+        chat_template: str | None,
+        add_generation_prompt: bool,
+    ) -> list[list[int]]:
         info = await self._model_info()
         bodies = []
         for conv in conversations:
-            body: dict[str, Any] = {"model": info.model, "messages": conv, "add_generation_prompt": add_generation_prompt}
+            body: dict[str, Any] = {
+                "model": info.model,
+                "messages": conv,
+                "add_generation_prompt": add_generation_prompt,
+            }
             if chat_template is not None:
                 body["chat_template"] = chat_template
             bodies.append(body)
@@ -194,10 +215,16 @@ class RemoteWorker(LoopThreadWorker):
         return WorkerHealth(ok=len(down) < len(self.urls), details=results, down=down)
 
     # ------------------------------------------------------------------ scoring
-    async def _encode(self, prompts: list[CheckedPrompt], params_list: list[PoolingParams | None],
-                      lora_list: list[LoRARequest | None], task: str,
-                      truncate_prompt_tokens: int | None, *,
-                      add_special_tokens: bool = True) -> list[PoolingRequestOutput]:
+    async def _encode(
+        self,
+        prompts: list[CheckedPrompt],
+        params_list: list[PoolingParams | None],
+        lora_list: list[LoRARequest | None],
+        task: str,
+        truncate_prompt_tokens: int | None,
+        *,
+        add_special_tokens: bool = True,
+    ) -> list[PoolingRequestOutput]:
         info = await self._model_info()
         groups: dict[tuple[Any, ...], list[int]] = {}
         bodies: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -208,12 +235,18 @@ class RemoteWorker(LoopThreadWorker):
                 raise RequestError(
                     f"names the adapter {lora.lora_name!r}, which {self.urls} do not serve (they serve "
                     f"{info.lora_modules}); start the server with --lora-modules NAME=PATH.",
-                    field="lora_request", index=i)
+                    field="lora_request",
+                    index=i,
+                )
             truncate = truncation_of(params, truncate_prompt_tokens)
             key = (kind, params_key(params), truncate, lora.lora_name if lora else None)
             if key not in groups:
-                body: dict[str, Any] = {"model": lora.lora_name if lora else info.model, "task": task,
-                                        "return_details": True, **params_to_fields(params)}
+                body: dict[str, Any] = {
+                    "model": lora.lora_name if lora else info.model,
+                    "task": task,
+                    "return_details": True,
+                    **params_to_fields(params),
+                }
                 if not add_special_tokens:
                     body["add_special_tokens"] = False  # text prompts only; the server's default is true
                 if truncate is not None:
@@ -221,31 +254,43 @@ class RemoteWorker(LoopThreadWorker):
                     body["truncation_side"] = "left"  # the worker contract: keep the last k tokens
                 groups[key], bodies[key] = [], body
             groups[key].append(i)
-        size = min(self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size))
+        size = min(
+            self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size)
+        )
         results: list[PoolingRequestOutput | None] = [None] * len(prompts)
         jobs = []
         for key, indices in groups.items():
             for lo in range(0, len(indices), size):
-                jobs.append(self._send_chunk(bodies[key], indices[lo: lo + size], prompts, results))
+                jobs.append(self._send_chunk(bodies[key], indices[lo : lo + size], prompts, results))
         await gather_or_raise(jobs)
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:  # cannot happen unless the server answered with fewer items; never return partial results
             raise RemoteWorkerError(f"No result for prompts {missing[:10]}.")
         return [r for r in results if r is not None]
 
-    async def _send_chunk(self, base: dict[str, Any], indices: list[int], prompts: list[CheckedPrompt],
-                          results: list[PoolingRequestOutput | None]) -> None:
+    async def _send_chunk(
+        self,
+        base: dict[str, Any],
+        indices: list[int],
+        prompts: list[CheckedPrompt],
+        results: list[PoolingRequestOutput | None],
+    ) -> None:
         chunk_id = uuid.uuid4().hex  # the server echoes it in its response id and logs
         body = {**base, "input": [prompts[i][1] for i in indices], "request_id": chunk_id}
         try:
             answer = await self._request("POST", "/pooling", body)
         except _TooLarge as exc:
             if len(indices) == 1:
-                raise RequestError(f"alone is over the server's request limit: {exc}", field="prompts",
-                                   index=indices[0]) from None
+                raise RequestError(
+                    f"alone is over the server's request limit: {exc}", field="prompts", index=indices[0]
+                ) from None
             half = len(indices) // 2
-            await gather_or_raise([self._send_chunk(base, indices[:half], prompts, results),
-                                   self._send_chunk(base, indices[half:], prompts, results)])
+            await gather_or_raise(
+                [
+                    self._send_chunk(base, indices[:half], prompts, results),
+                    self._send_chunk(base, indices[half:], prompts, results),
+                ]
+            )
             return
         except RequestError as exc:  # the server names the chunk's input[j]: name the caller's prompt instead
             if exc.field != "input":
@@ -255,45 +300,72 @@ class RemoteWorker(LoopThreadWorker):
             raise exc.located(field="prompts", index=index, subfield=None) from None
         data = answer.get("data")
         if not isinstance(data, list) or len(data) != len(indices):
-            raise RemoteWorkerError(f"The server answered {len(data) if isinstance(data, list) else 'no'} items "
-                                    f"for a request of {len(indices)} prompts.")
+            raise RemoteWorkerError(
+                f"The server answered {len(data) if isinstance(data, list) else 'no'} items "
+                f"for a request of {len(indices)} prompts."
+            )
         for item in data:
             j = item["index"]
             results[indices[j]] = _output(f"{chunk_id}-{j}", item)
 
-
     def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
         """Token ids of each text, by the server's ``POST /tokenize`` (its ``prompt`` form)."""
+
         async def run() -> list[list[int]]:
             info = await self._model_info()
-            answers = await gather_or_raise([self._request("POST", "/tokenize", {
-                "model": info.model, "prompt": t, "add_special_tokens": add_special_tokens}) for t in texts])
+            answers = await gather_or_raise(
+                [
+                    self._request(
+                        "POST",
+                        "/tokenize",
+                        {"model": info.model, "prompt": t, "add_special_tokens": add_special_tokens},
+                    )
+                    for t in texts
+                ]
+            )
             return [list(a["tokens"]) for a in answers]
 
         return self._run(run())
 
-    async def _generative_score(self, query: Any, items: list[Any], label_token_ids: list[int], *,
-                                apply_softmax: bool = True, item_first: bool = False, add_special_tokens: bool = True,
-                                lora_request: LoRARequest | None = None,
-                                all_labels: bool = False) -> list[GenerativeScoringOutput]:
+    async def _generative_score(
+        self,
+        query: Any,
+        items: list[Any],
+        label_token_ids: list[int],
+        *,
+        apply_softmax: bool = True,
+        item_first: bool = False,
+        add_special_tokens: bool = True,
+        lora_request: LoRARequest | None = None,
+        all_labels: bool = False,
+    ) -> list[GenerativeScoringOutput]:
         """``POST /generative_scoring`` (items in chunks of at most ``max_batch_size``; with ``all_labels``, once
         per label with that label first: the server merges the reads, whose prompts are identical, into one
         forward)."""
         info = await self._model_info()
         if lora_request is not None and lora_request.lora_name not in info.lora_modules:
-            raise RequestError(f"names the adapter {lora_request.lora_name!r}, which {self.urls} do not serve (they "
-                               f"serve {info.lora_modules}); start the server with --lora-modules NAME=PATH.",
-                               field="lora_request")
+            raise RequestError(
+                f"names the adapter {lora_request.lora_name!r}, which {self.urls} do not serve (they "
+                f"serve {info.lora_modules}); start the server with --lora-modules NAME=PATH.",
+                field="lora_request",
+            )
         start = time.perf_counter()
         labels = [int(t) for t in label_token_ids]
-        base = {"model": lora_request.lora_name if lora_request else info.model, "query": query,
-                "apply_softmax": apply_softmax, "item_first": item_first, "add_special_tokens": add_special_tokens}
-        size = min(self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size))
-        chunks = [(lo, items[lo: lo + size]) for lo in range(0, len(items), size)] or [(0, [])]
+        base = {
+            "model": lora_request.lora_name if lora_request else info.model,
+            "query": query,
+            "apply_softmax": apply_softmax,
+            "item_first": item_first,
+            "add_special_tokens": add_special_tokens,
+        }
+        size = min(
+            self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size)
+        )
+        chunks = [(lo, items[lo : lo + size]) for lo in range(0, len(items), size)] or [(0, [])]
         rotations = list(range(len(labels))) if all_labels and len(labels) > 1 else [0]
 
         async def send(chunk: list[Any], j: int) -> dict[str, Any]:
-            order = [labels[j], *labels[:j], *labels[j + 1:]] if labels else labels
+            order = [labels[j], *labels[:j], *labels[j + 1 :]] if labels else labels
             body = {**base, "items": chunk, "label_token_ids": order, "request_id": uuid.uuid4().hex}
             return await self._request("POST", "/generative_scoring", body)
 
@@ -305,8 +377,10 @@ class RemoteWorker(LoopThreadWorker):
             j, (lo, chunk) = rotations[n // len(chunks)], chunks[n % len(chunks)]
             data = answer.get("data")
             if not isinstance(data, list) or len(data) != len(chunk):
-                raise RemoteWorkerError(f"The server answered {len(data) if isinstance(data, list) else 'no'} "
-                                        f"items for a generative-scoring request of {len(chunk)} items.")
+                raise RemoteWorkerError(
+                    f"The server answered {len(data) if isinstance(data, list) else 'no'} "
+                    f"items for a generative-scoring request of {len(chunk)} items."
+                )
             tokens += int((answer.get("usage") or {}).get("prompt_tokens") or 0)
             for item in data:
                 i = lo + int(item["index"])
@@ -317,8 +391,14 @@ class RemoteWorker(LoopThreadWorker):
         outputs = []
         for i, (row, error) in enumerate(zip(probs, errors, strict=True)):
             values = [float("nan") if p is None else float(p) for p in row]
-            outputs.append(GenerativeScoringOutput(index=i, score=values[0], error=error,
-                                                   label_probs=values if all_labels or len(labels) == 1 else None))
+            outputs.append(
+                GenerativeScoringOutput(
+                    index=i,
+                    score=values[0],
+                    error=error,
+                    label_probs=values if all_labels or len(labels) == 1 else None,
+                )
+            )
         self.stats.requests += 1
         self.stats.prompts += len(items)
         self.stats.tokens += tokens // len(rotations)
@@ -336,8 +416,12 @@ def _output(request_id: str, item: dict[str, Any]) -> PoolingRequestOutput:
         tensor = torch.tensor(item["data"], dtype=torch.float32)
         if shape:
             tensor = tensor.reshape(shape)
-    return PoolingRequestOutput(request_id=request_id, outputs=PoolingOutput(data=tensor),
-                                prompt_token_ids=list(item.get("prompt_token_ids") or []), error=error)
+    return PoolingRequestOutput(
+        request_id=request_id,
+        outputs=PoolingOutput(data=tensor),
+        prompt_token_ids=list(item.get("prompt_token_ids") or []),
+        error=error,
+    )
 
 
 def _normalize_url(url: str) -> str:

@@ -99,14 +99,18 @@ class RetryPolicy:
     jitter: float = 0.25
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or self.max_retries < 0
+        ):
             raise ValueError(f"max_retries must be a non-negative integer, got {self.max_retries!r}.")
         if self.backoff_base < 0 or self.backoff_max < 0 or not 0 <= self.jitter <= 1:
             raise ValueError("backoff_base and backoff_max must be >= 0 and jitter in [0, 1].")
 
     def backoff(self, retry: int, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait before retry number ``retry`` (0-based) when no other endpoint is free."""
-        base = min(self.backoff_max, self.backoff_base * (2 ** retry))
+        base = min(self.backoff_max, self.backoff_base * (2**retry))
         return max(0.0, base * (1 + self.jitter * (2 * rng() - 1)))
 
 
@@ -231,8 +235,9 @@ class EndpointPool:
         if wait is not None and waiting:
             soonest = min(waiting, key=Endpoint.available_at)
             return soonest, max(0.0, soonest.available_at() - now)
-        return self._least_loaded([e for e in self.endpoints if all(e is not w for w in waiting)]
-                                  or self.endpoints), 0.0
+        return self._least_loaded(
+            [e for e in self.endpoints if all(e is not w for w in waiting)] or self.endpoints
+        ), 0.0
 
     def _select(self, avoid: set[str]) -> tuple[Endpoint | None, float | None]:
         """``(endpoint, 0)`` if one can take a call now, else ``(None, seconds until one is back)``, with
@@ -240,7 +245,11 @@ class EndpointPool:
         now = self.clock()
         usable = [e for e in self.endpoints if e.available_at() <= now]
         full = self.max_total_in_flight is not None and self._total_in_flight >= self.max_total_in_flight
-        free = [] if full else [e for e in usable if self.max_in_flight is None or e.in_flight < self.max_in_flight]
+        free = (
+            []
+            if full
+            else [e for e in usable if self.max_in_flight is None or e.in_flight < self.max_in_flight]
+        )
         for group in ([e for e in free if e.name not in avoid], free):
             if group:
                 return self._least_loaded(group), 0.0
@@ -272,7 +281,9 @@ class EndpointPool:
         self._total_in_flight -= 1
         self._changed.set()
 
-    async def lease(self, units: int = 1, avoid: Iterable[str] = (), max_wait: float | None = None) -> Endpoint:
+    async def lease(
+        self, units: int = 1, avoid: Iterable[str] = (), max_wait: float | None = None
+    ) -> Endpoint:
         """Wait for an endpoint that can take a call (preferring one not in ``avoid``) and :meth:`acquire`
         it. Looks again after every release, when a cool-down or busy period ends, and at least every
         ``max_wait`` seconds."""
@@ -306,7 +317,9 @@ class EndpointPool:
         endpoint.consecutive_failures += 1
         endpoint.last_error = error
         if endpoint.consecutive_failures >= self.down_after:
-            endpoint.cooldown = min(self.down_for_max, endpoint.cooldown * 2 if endpoint.cooldown else self.down_for)
+            endpoint.cooldown = min(
+                self.down_for_max, endpoint.cooldown * 2 if endpoint.cooldown else self.down_for
+            )
             endpoint.down_until = self.clock() + endpoint.cooldown
 
     def busy(self, endpoint: Endpoint, seconds: float) -> None:
@@ -363,7 +376,9 @@ class EndpointPool:
             tried.append(endpoint.name)
             retries += 1
             if retries > policy.max_retries:
-                raise error(f"{what} failed {retries} times over {sorted(set(tried))}; last error: {last}") from last
+                raise error(
+                    f"{what} failed {retries} times over {sorted(set(tried))}; last error: {last}"
+                ) from last
             if stats is not None:
                 stats.retries += 1
             if not busy and not self._untried_usable(tried):
@@ -375,5 +390,14 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
-__all__ = ["BUSY_STATUSES", "RETRY_STATUSES", "Endpoint", "EndpointBusy", "EndpointFailure", "EndpointPool",
-           "RetryPolicy", "classify_status", "parse_retry_after"]
+__all__ = [
+    "BUSY_STATUSES",
+    "RETRY_STATUSES",
+    "Endpoint",
+    "EndpointBusy",
+    "EndpointFailure",
+    "EndpointPool",
+    "RetryPolicy",
+    "classify_status",
+    "parse_retry_after",
+]

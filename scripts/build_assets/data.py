@@ -31,8 +31,9 @@ def render(tokenizer: Any, prompt: str, completion: str, rng: random.Random) -> 
     the completion after a space, a newline or glued on; or the ChatML conversation), and where the
     completion starts."""
     if rng.random() < 0.25:
-        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         tail = completion.strip() + "<|im_end|>\n"
     else:
         head, tail = prompt, rng.choice((" ", " ", " ", "", "\n", "\n\n")) + completion.lstrip()
@@ -51,8 +52,11 @@ def lm_batch(tokenizer: Any, pairs: Sequence[tuple[list[int], int]]) -> dict[str
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     seqs = [ids + [eos] for ids, _ in pairs]
     labels = [[-100] * start + ids[start:] + [eos] for ids, start in pairs]
-    return {"input_ids": pad_rows(seqs, pad), "attention_mask": pad_rows([[1] * len(x) for x in seqs], 0),
-            "labels": pad_rows(labels, -100)}
+    return {
+        "input_ids": pad_rows(seqs, pad),
+        "attention_mask": pad_rows([[1] * len(x) for x in seqs], 0),
+        "labels": pad_rows(labels, -100),
+    }
 
 
 def outcome_pairs(tokenizer: Any, seed: int, n: int) -> list[dict[str, list[int]]]:
@@ -77,7 +81,9 @@ def outcome_pairs(tokenizer: Any, seed: int, n: int) -> list[dict[str, list[int]
     return rows
 
 
-def prm_batch(tokenizer: Any, examples: Sequence[ar.ProcessExample], rng: random.Random) -> dict[str, torch.Tensor]:
+def prm_batch(
+    tokenizer: Any, examples: Sequence[ar.ProcessExample], rng: random.Random
+) -> dict[str, torch.Tensor]:
     """Padded ids, attention mask, labels (1 right / 0 wrong at each ``<extra_0>``, -100 elsewhere) and
     ``answer_labels``: the digits of each step's *correct* result at the positions that predict the written
     result's digits (-100 elsewhere), for the auxiliary answer loss of :func:`train_prm`."""
@@ -106,8 +112,12 @@ def prm_batch(tokenizer: Any, examples: Sequence[ar.ProcessExample], rng: random
         seqs.append(ids)
         labels.append(lab)
         answers.append(ans)
-    return {"input_ids": pad_rows(seqs, tokenizer.pad_token_id), "attention_mask": pad_rows([[1] * len(x) for x in seqs], 0),
-            "labels": pad_rows(labels, -100), "answer_labels": pad_rows(answers, -100)}
+    return {
+        "input_ids": pad_rows(seqs, tokenizer.pad_token_id),
+        "attention_mask": pad_rows([[1] * len(x) for x in seqs], 0),
+        "labels": pad_rows(labels, -100),
+        "answer_labels": pad_rows(answers, -100),
+    }
 
 
 def policy_example(ex: ar.OutcomeExample, rng: random.Random) -> tuple[str, str]:
@@ -115,4 +125,3 @@ def policy_example(ex: ar.OutcomeExample, rng: random.Random) -> tuple[str, str]
     so GRPO has both the format and the facts to improve."""
     r = rng.random()
     return ex.prompt, " " + (ex.chosen if r < 0.4 else ex.rejected if r < 0.6 else ar.chatter(rng))
-

@@ -69,19 +69,26 @@ Sampled answers (temperature 1, as GRPO samples) to questions of the task:
 }
 
 
-def write_report(out: Path, stage: str, seed: int, cfg: Any, seconds: float, info: dict[str, Any],
-                 metrics: dict[str, Any]) -> None:
+def write_report(
+    out: Path, stage: str, seed: int, cfg: Any, seconds: float, info: dict[str, Any], metrics: dict[str, Any]
+) -> None:
     """``training_report.json`` and the model card ``README.md``."""
     from safetensors import safe_open
 
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
-    report = {"stage": stage, "seed": seed, "config": asdict(cfg), "train_seconds": round(seconds, 1),
-              "parameters": params, **info, "held_out": metrics}
+    report = {
+        "stage": stage,
+        "seed": seed,
+        "config": asdict(cfg),
+        "train_seconds": round(seconds, 1),
+        "parameters": params,
+        **info,
+        "held_out": metrics,
+    }
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     lines = "\n".join(f"- `{k}`: {v}" for k, v in metrics.items())
     (out / "README.md").write_text(
         CARDS[stage].format(params=params, seed=seed, steps=cfg.steps, seconds=seconds, metrics=lines),
         encoding="utf-8",
     )
-

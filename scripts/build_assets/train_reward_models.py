@@ -61,21 +61,42 @@ from .training import (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.build_assets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the data, the weights and the held-out set.")
-    parser.add_argument("--output-dir", default=str(ASSETS_DIR / "models"),
-                        help="Where the model folders go. Default: rlhf_rewards/assets/models.")
-    parser.add_argument("--steps-scale", type=float, default=1.0, help="Multiply every stage's steps (smoke runs).")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads. Default 1: these matrices are too small to gain from more, and "
-                             "on a busy machine spinning threads cost a lot.")
-    parser.add_argument("--stages", default=",".join(s for s in STAGES if s != "base"),
-                        help="Comma-separated shipped models to (re)train: outcome, process, policy. Default: all. "
-                             "The base LM is retrained from the seed when outcome or policy is chosen; process "
-                             "starts from the outcome RM in --output-dir (trained first when both are chosen).")
-    parser.add_argument("--prm-answer-loss-weight", type=float, default=PRM_ANSWER_LOSS_WEIGHT,
-                        help=f"Weight of the PRM's auxiliary correct-result loss. Default {PRM_ANSWER_LOSS_WEIGHT}.")
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.build_assets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of the data, the weights and the held-out set."
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=str(ASSETS_DIR / "models"),
+        help="Where the model folders go. Default: rlhf_rewards/assets/models.",
+    )
+    parser.add_argument(
+        "--steps-scale", type=float, default=1.0, help="Multiply every stage's steps (smoke runs)."
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads. Default 1: these matrices are too small to gain from more, and "
+        "on a busy machine spinning threads cost a lot.",
+    )
+    parser.add_argument(
+        "--stages",
+        default=",".join(s for s in STAGES if s != "base"),
+        help="Comma-separated shipped models to (re)train: outcome, process, policy. Default: all. "
+        "The base LM is retrained from the seed when outcome or policy is chosen; process "
+        "starts from the outcome RM in --output-dir (trained first when both are chosen).",
+    )
+    parser.add_argument(
+        "--prm-answer-loss-weight",
+        type=float,
+        default=PRM_ANSWER_LOSS_WEIGHT,
+        help=f"Weight of the PRM's auxiliary correct-result loss. Default {PRM_ANSWER_LOSS_WEIGHT}.",
+    )
     args = parser.parse_args(argv)
     if args.steps_scale <= 0:
         parser.error(f"--steps-scale must be positive, got {args.steps_scale}")
@@ -91,21 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.output_dir)
     outcome_dir = root / DEFAULT_MODELS["outcome"]
     if "process" in chosen and "outcome" not in chosen and not (outcome_dir / "model.safetensors").is_file():
-        parser.error(f"--stages process starts from the outcome RM, but {outcome_dir} has none; add 'outcome'.")
+        parser.error(
+            f"--stages process starts from the outcome RM, but {outcome_dir} has none; add 'outcome'."
+        )
     run = [s for s in STAGES if s in chosen or (s == "base" and {"outcome", "policy"} & set(chosen))]
     start = time.perf_counter()
     summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_dir, base_dir = Path(tmp) / "tokenizer", Path(tmp) / "base"
-        trainers = {"outcome": train_outcome_rm, "policy": train_policy,
-                    "process": lambda out, _base, seed, cfg: train_prm(out, outcome_dir, seed, cfg,
-                                                                     args.prm_answer_loss_weight)}
+        trainers = {
+            "outcome": train_outcome_rm,
+            "policy": train_policy,
+            "process": lambda out, _base, seed, cfg: train_prm(
+                out, outcome_dir, seed, cfg, args.prm_answer_loss_weight
+            ),
+        }
         evaluators = {"outcome": evaluate_outcome_rm, "process": evaluate_prm, "policy": evaluate_policy}
         base_seconds = 0.0
         for stage in run:
             default = DEFAULT_STAGES[stage]
             steps = max(1, round(default.steps * args.steps_scale))
-            cfg = StageConfig(steps, default.batch_size, default.learning_rate, min(default.warmup_steps, steps // 10))
+            cfg = StageConfig(
+                steps, default.batch_size, default.learning_rate, min(default.warmup_steps, steps // 10)
+            )
             print(f"[{stage}] {cfg}", flush=True)
             t0 = time.perf_counter()
             if stage == "base":
@@ -117,12 +146,17 @@ def main(argv: list[str] | None = None) -> int:
             out = root / DEFAULT_MODELS[stage]
             info = trainers[stage](out, base_dir, args.seed, cfg)
             seconds = time.perf_counter() - t0
-            info["base_model"] = {"steps": DEFAULT_STAGES["base"].steps, "train_seconds": round(base_seconds, 1)}
+            info["base_model"] = {
+                "steps": DEFAULT_STAGES["base"].steps,
+                "train_seconds": round(base_seconds, 1),
+            }
             if stage == "process":
                 # The PRM's lineage is the outcome RM (and its base), whichever run trained them.
                 upstream = json.loads((outcome_dir / "training_report.json").read_text(encoding="utf-8"))
-                info["outcome_model"] = {"steps": upstream["config"]["steps"],
-                                         "train_seconds": upstream["train_seconds"]}
+                info["outcome_model"] = {
+                    "steps": upstream["config"]["steps"],
+                    "train_seconds": upstream["train_seconds"],
+                }
                 info["base_model"] = upstream["base_model"]
             metrics = evaluators[stage](str(out), seed=args.seed)
             write_report(out, stage, args.seed, cfg, seconds, info, metrics)

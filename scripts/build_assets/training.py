@@ -63,12 +63,18 @@ DEFAULT_STAGES = {
 
 def config_fields(tokenizer: Any) -> dict[str, Any]:
     """Model config fields: :data:`DIMS` plus the tokenizer's vocabulary size and special ids."""
-    return {**DIMS, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    return {
+        **DIMS,
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
 
 
 def lr_lambda(cfg: StageConfig) -> Callable[[int], float]:
     """Linear warmup over ``cfg.warmup_steps``, then cosine decay to 5% of the peak."""
+
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
@@ -78,8 +84,13 @@ def lr_lambda(cfg: StageConfig) -> Callable[[int], float]:
     return f
 
 
-def train_loop(model: torch.nn.Module, cfg: StageConfig, batch: Callable[[int], dict[str, torch.Tensor]],
-                loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor], name: str) -> None:
+def train_loop(
+    model: torch.nn.Module,
+    cfg: StageConfig,
+    batch: Callable[[int], dict[str, torch.Tensor]],
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    name: str,
+) -> None:
     """AdamW with warmup and cosine decay over ``cfg.steps`` batches from ``batch(step)``."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
@@ -146,11 +157,24 @@ def train_outcome_rm(out: Path, base: Path, seed: int, cfg: StageConfig) -> dict
     train = Dataset.from_list(outcome_pairs(tokenizer, seed, cfg.steps * cfg.batch_size))
     with tempfile.TemporaryDirectory() as tmp:
         args = RewardConfig(
-            output_dir=tmp, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
-            weight_decay=0.0, logging_steps=max(1, cfg.steps // 5), save_strategy="no", report_to="none",
-            use_cpu=True, bf16=False, gradient_checkpointing=False, seed=seed, data_seed=seed,
-            dataloader_num_workers=0, center_rewards_coefficient=0.01, disable_tqdm=True,
+            output_dir=tmp,
+            max_steps=cfg.steps,
+            per_device_train_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=cfg.warmup_steps,
+            weight_decay=0.0,
+            logging_steps=max(1, cfg.steps // 5),
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            seed=seed,
+            data_seed=seed,
+            dataloader_num_workers=0,
+            center_rewards_coefficient=0.01,
+            disable_tqdm=True,
         )
         trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
         trainer.train()
@@ -160,8 +184,9 @@ def train_outcome_rm(out: Path, base: Path, seed: int, cfg: StageConfig) -> dict
     return {"trainer": "trl.RewardTrainer", "pairs": len(train), "initialised_from": "base causal LM"}
 
 
-def train_prm(out: Path, init: Path, seed: int, cfg: StageConfig, answer_loss_weight: float = PRM_ANSWER_LOSS_WEIGHT
-              ) -> dict[str, Any]:
+def train_prm(
+    out: Path, init: Path, seed: int, cfg: StageConfig, answer_loss_weight: float = PRM_ANSWER_LOSS_WEIGHT
+) -> dict[str, Any]:
     """Train the PRM (cross-entropy over 2 labels at the step tags) from the backbone of the Llama model in
     ``init`` and save it to ``out``.
 
@@ -183,8 +208,11 @@ def train_prm(out: Path, init: Path, seed: int, cfg: StageConfig, answer_loss_we
         raise AssertionError("the Qwen2 head_dim must match the base model's")
     model = Qwen2ForProcessRewardModel(config)
     # A Llama block is a Qwen2 block with zero q/k/v biases: start from the given backbone.
-    weights = {k.removeprefix("model."): v for k, v in load_file(str(init / "model.safetensors")).items()
-               if k.startswith("model.")}
+    weights = {
+        k.removeprefix("model."): v
+        for k, v in load_file(str(init / "model.safetensors")).items()
+        if k.startswith("model.")
+    }
     state = model.model.state_dict()
     missing = [k for k in state if k not in weights]
     if any(not k.endswith("_proj.bias") for k in missing):
@@ -196,21 +224,34 @@ def train_prm(out: Path, init: Path, seed: int, cfg: StageConfig, answer_loss_we
     rng = random.Random(seed)
 
     def loss_fn(m: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = m["prm"].model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        hidden = (
+            m["prm"].model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        )
         logits = m["prm"].score(hidden)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 2).float(), b["labels"].reshape(-1),
-                                                 ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, 2).float(), b["labels"].reshape(-1), ignore_index=-100
+        )
         if answer_loss_weight > 0:
             digits = m["answer_head"](hidden)
             loss = loss + answer_loss_weight * torch.nn.functional.cross_entropy(
-                digits.reshape(-1, 10).float(), b["answer_labels"].reshape(-1), ignore_index=-100)
+                digits.reshape(-1, 10).float(), b["answer_labels"].reshape(-1), ignore_index=-100
+            )
         return loss
 
-    train_loop(trainable, cfg, lambda step: prm_batch(tokenizer, data[step * cfg.batch_size:(step + 1) * cfg.batch_size], rng),
-                loss_fn, "prm")
+    train_loop(
+        trainable,
+        cfg,
+        lambda step: prm_batch(tokenizer, data[step * cfg.batch_size : (step + 1) * cfg.batch_size], rng),
+        loss_fn,
+        "prm",
+    )
     save(model, tokenizer, out)
-    return {"trainer": "plain PyTorch loop (TRL 1.x has no PRMTrainer)", "solutions": len(data),
-            "initialised_from": f"{init.name} backbone", "answer_loss_weight": answer_loss_weight}
+    return {
+        "trainer": "plain PyTorch loop (TRL 1.x has no PRMTrainer)",
+        "solutions": len(data),
+        "initialised_from": f"{init.name} backbone",
+        "answer_loss_weight": answer_loss_weight,
+    }
 
 
 def train_policy(out: Path, base: Path, seed: int, cfg: StageConfig) -> dict[str, Any]:
@@ -225,7 +266,7 @@ def train_policy(out: Path, base: Path, seed: int, cfg: StageConfig) -> dict[str
 
     def batch(step: int) -> dict[str, torch.Tensor]:
         pairs = []
-        for ex in data[step * cfg.batch_size:(step + 1) * cfg.batch_size]:
+        for ex in data[step * cfg.batch_size : (step + 1) * cfg.batch_size]:
             prompt, completion = policy_example(ex, rng)
             p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             pairs.append((p_ids + tokenizer(completion, add_special_tokens=False)["input_ids"], len(p_ids)))
@@ -236,4 +277,3 @@ def train_policy(out: Path, base: Path, seed: int, cfg: StageConfig) -> dict[str
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=eos)
     save(model, tokenizer, out)
     return {"trainer": "plain PyTorch SFT loop", "examples": len(data), "initialised_from": "base causal LM"}
-

@@ -16,7 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_reward_rises_and_writes_log_and_plot(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "recipes.demo", "--steps", "30", "--output-dir", str(tmp_path)],
-        cwd=str(REPO), capture_output=True, text=True, timeout=1200,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=1200,
         env={"PATH": "", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

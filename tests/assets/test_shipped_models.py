@@ -30,8 +30,14 @@ def report(path: str) -> dict:
 @pytest.mark.parametrize("path_fn", ALL, ids=lambda f: f.__name__)
 def test_shipped_folders_are_complete_and_small(path_fn):
     path = Path(path_fn())
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-                 "training_report.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "training_report.json",
+    ):
         assert (path / name).is_file(), name
     size = sum(f.stat().st_size for f in path.iterdir())
     assert size < 8 * 1024 * 1024, f"{path.name} is {size / 2**20:.1f} MiB"
@@ -48,7 +54,9 @@ def test_unknown_kind_and_paths():
 
 def test_outcome_rm_is_a_sequence_classifier():
     path = default_reward_model_path()
-    assert json.loads((Path(path) / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
+    assert json.loads((Path(path) / "config.json").read_text())["architectures"] == [
+        "LlamaForSequenceClassification"
+    ]
     fn = RewardFunction(path, llm_kwargs={"device": "cpu"})
     assert fn.kind == "outcome"
     # The same score as a plain transformers forward pass at the last token.
@@ -154,4 +162,11 @@ def test_prm_batch_answer_labels_hold_the_correct_result():
     marked = [(i, a) for i, a in enumerate(answers) if a != -100]
     # 17: predicts 1 then 7; 7 (correct 17): 1 only; 18: 1 then 7; 16 (correct 6): 6 only.
     assert [a for _, a in marked] == [1, 7, 1, 1, 7, 6]
-    assert [i for i, _ in marked] == [tags[0] - 3, tags[0] - 2, tags[1] - 2, tags[2] - 3, tags[2] - 2, tags[3] - 3]
+    assert [i for i, _ in marked] == [
+        tags[0] - 3,
+        tags[0] - 2,
+        tags[1] - 2,
+        tags[2] - 3,
+        tags[2] - 2,
+        tags[3] - 3,
+    ]

@@ -25,7 +25,9 @@ def expected_checks() -> dict[str, set[str]]:
     for model in MODELS:
         checks[f"build {model}"] = {"PASS"}
         for dtype in DTYPES:
-            checks[f"accuracy {model} {dtype} varlen=on"] = {"N/A"}  # the kernel is CUDA-only: fallback checked
+            checks[f"accuracy {model} {dtype} varlen=on"] = {
+                "N/A"
+            }  # the kernel is CUDA-only: fallback checked
             checks[f"accuracy {model} {dtype} varlen=off"] = {"PASS"}
         checks[f"sleep {model}"] = {"N/A"}  # no CUDA memory to give back on a CPU
         checks[f"wake {model}"] = {"PASS"}
@@ -40,10 +42,19 @@ def expected_checks() -> dict[str, set[str]]:
 
 def test_gpu_check_runs_on_cpu_tiny(tmp_path):
     out = tmp_path / "gpu_check.json"
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OUT": str(tmp_path / "OUT")}
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "OUT": str(tmp_path / "OUT"),
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=800,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=800,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = {}
@@ -52,7 +63,9 @@ def test_gpu_check_runs_on_cpu_tiny(tmp_path):
         if status in ("PASS", "FAIL", "SKIP", "N/A"):
             lines[rest.split(":")[0]] = (status, line)
     expected = expected_checks()
-    assert set(lines) == set(expected), f"missing {set(expected) - set(lines)}, unexpected {set(lines) - set(expected)}"
+    assert set(lines) == set(expected), (
+        f"missing {set(expected) - set(lines)}, unexpected {set(lines) - set(expected)}"
+    )
     for name, allowed in expected.items():
         assert lines[name][0] in allowed, lines[name][1]
     # An N/A line still checked what a CPU can: the bucket fallback's scores, the worker's sleep state.
@@ -66,9 +79,15 @@ def test_gpu_check_runs_on_cpu_tiny(tmp_path):
     table = report["table"]
     methods = {(r["workload"], r["model"], r["method"].split(" (")[0]) for r in table}
     for model in ("qwen3-0.6b", "llama-3.2-1b"):
-        assert {("grpo", model, "rlhf-rewards engine"), ("grpo", model, "TRL built-in"),
-                ("grpo", model, "HF loop")} <= methods
-    assert {("prm", "qwen2.5-math-prm", "rlhf-rewards engine"), ("prm", "qwen2.5-math-prm", "HF loop")} <= methods
+        assert {
+            ("grpo", model, "rlhf-rewards engine"),
+            ("grpo", model, "TRL built-in"),
+            ("grpo", model, "HF loop"),
+        } <= methods
+    assert {
+        ("prm", "qwen2.5-math-prm", "rlhf-rewards engine"),
+        ("prm", "qwen2.5-math-prm", "HF loop"),
+    } <= methods
     for row in table:
         assert row["items_per_s"] > 0 and row["peak_mib"] == row["peak_mib"]  # not NaN
         assert row["max_abs_diff_vs_engine"] <= 1e-4  # float32 on a CPU

@@ -44,11 +44,13 @@ class Snapshot:
         class _Snap(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
                 logs = snapshot.trainer._logs
-                snapshot.steps.append({
-                    "prompt": list(logs["prompt"]),
-                    "completion": list(logs["completion"]),
-                    "rewards": {k: [float(x) for x in v] for k, v in logs["rewards"].items()},
-                })
+                snapshot.steps.append(
+                    {
+                        "prompt": list(logs["prompt"]),
+                        "completion": list(logs["completion"]),
+                        "rewards": {k: [float(x) for x in v] for k, v in logs["rewards"].items()},
+                    }
+                )
 
         return _Snap()
 

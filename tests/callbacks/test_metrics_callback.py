@@ -17,8 +17,10 @@ from tests.callbacks.conftest import grpo_trainer
 
 # Two prompts fit the short-context reward model with their completion; two never do (so they get None).
 SHORT = ["What is 12 + 7?", "Hello, my name is"]
-LONG = ["Tell me, in detail, " + "why the sky looks blue at noon and red at dusk, " * 6,
-        "Summarize: " + "reward models score completions for policy training. " * 6]
+LONG = [
+    "Tell me, in detail, " + "why the sky looks blue at noon and red at dusk, " * 6,
+    "Summarize: " + "reward models score completions for policy training. " * 6,
+]
 MAX_LEN = 40
 
 
@@ -34,8 +36,13 @@ class LogsSeen(TrainerCallback):
 
 def _stats(values: list[float]) -> dict[str, float]:
     valid = [v for v in values if not math.isnan(v)]
-    return {"raw_mean": statistics.fmean(valid), "raw_std": statistics.stdev(valid),
-            "raw_min": min(valid), "raw_max": max(valid), "raw_none_frac": 1 - len(valid) / len(values)}
+    return {
+        "raw_mean": statistics.fmean(valid),
+        "raw_std": statistics.stdev(valid),
+        "raw_min": min(valid),
+        "raw_max": max(valid),
+        "raw_none_frac": 1 - len(valid) / len(values),
+    }
 
 
 def test_logged_figures_match_the_batches_trl_scored(policy_path, rm_path, tmp_path):
@@ -45,13 +52,19 @@ def test_logged_figures_match_the_batches_trl_scored(policy_path, rm_path, tmp_p
         remote = RemoteWorker(fake.url, timeout=10, max_retries=2)
         try:
             rm = RewardFunction(str(rm_path), name="rm", llm_kwargs={"device": "cpu"})
-            short = RewardFunction(str(rm_path), name="short", llm_kwargs={"device": "cpu", "max_model_len": MAX_LEN})
+            short = RewardFunction(
+                str(rm_path), name="short", llm_kwargs={"device": "cpu", "max_model_len": MAX_LEN}
+            )
             served = RewardFunction(remote, name="served")
             seen = LogsSeen()
             # Listed before the metrics callback: the callback must still move ahead of it to be seen.
-            trainer, snapshot = grpo_trainer(policy_path, [rm, short, served],
-                                             [seen, RewardMetricsCallback([rm, short, served])], tmp_path,
-                                             prompts=SHORT + LONG)
+            trainer, snapshot = grpo_trainer(
+                policy_path,
+                [rm, short, served],
+                [seen, RewardMetricsCallback([rm, short, served])],
+                tmp_path,
+                prompts=SHORT + LONG,
+            )
             trainer.train()
         finally:
             remote.close()
@@ -85,5 +98,7 @@ def test_logged_figures_match_the_batches_trl_scored(policy_path, rm_path, tmp_p
     # A reporting callback gets the same entries.
     reported = [entry for entry in seen.logs if "rewards/rm/mean" in entry]
     for entry, log in zip(reported, logged, strict=True):
-        assert {k: v for k, v in entry.items() if "/raw_" in k} == {k: v for k, v in log.items() if "/raw_" in k}
+        assert {k: v for k, v in entry.items() if "/raw_" in k} == {
+            k: v for k, v in log.items() if "/raw_" in k
+        }
         assert entry["rewards/served/retries"] == log["rewards/served/retries"]

@@ -96,8 +96,9 @@ def test_colocated_reward_model_sleeps_outside_scoring(policy_path, rm_path, tmp
 def test_without_sleep_the_reward_model_stays_resident(policy_path, rm_path, tmp_path):
     reward = RewardFunction(str(rm_path), name="rm", llm_kwargs={"device": "cpu"})
     probe = WorkerProbe(reward.worker)
-    trainer, _ = grpo_trainer(policy_path, [reward], [RewardWorkerCallback([reward], sleep=False), probe], tmp_path,
-                              steps=1)
+    trainer, _ = grpo_trainer(
+        policy_path, [reward], [RewardWorkerCallback([reward], sleep=False), probe], tmp_path, steps=1
+    )
     probe.watch(trainer)
     trainer.train()
     assert probe.events and not any(sleeping for _, sleeping in probe.events)
@@ -129,7 +130,9 @@ def test_one_dead_url_of_two(policy_path, tmp_path, caplog):
         worker = RemoteWorker([live.url, dead], timeout=5, max_retries=1)
         try:
             reward = RewardFunction(worker, name="fake")
-            trainer, _ = grpo_trainer(policy_path, [reward], [RewardWorkerCallback([reward])], tmp_path, steps=1)
+            trainer, _ = grpo_trainer(
+                policy_path, [reward], [RewardWorkerCallback([reward])], tmp_path, steps=1
+            )
             with pytest.raises(RuntimeError) as info:
                 trainer.train()
             assert dead in str(info.value) and live.url not in str(info.value)

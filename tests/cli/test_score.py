@@ -18,10 +18,19 @@ from rlhf_rewards.reward import RewardFunction
 ROWS = [
     {"id": "a", "prompt": "What is 2 + 3?", "completion": " 5"},
     {"prompt": "Hello, my name is", "completion": " Ada"},
-    {"id": 7, "prompt": [{"role": "user", "content": "What is 2 + 3?"}],
-     "completion": [{"role": "assistant", "content": "5"}]},
-    {"id": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                             {"role": "assistant", "content": "Hello!"}]},
+    {
+        "id": 7,
+        "prompt": [{"role": "user", "content": "What is 2 + 3?"}],
+        "completion": [{"role": "assistant", "content": "5"}],
+    },
+    {
+        "id": "m",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+        ],
+    },
     {"prompt": [{"role": "user", "content": "Hi"}], "completion": "Hello!"},
 ]
 
@@ -46,15 +55,39 @@ def reward_fn(qwen3_rm):
 def test_scores_every_format_like_reward_function(tmp_path, qwen3_rm, reward_fn):
     src = write_jsonl(tmp_path / "in.jsonl", ROWS)
     out = tmp_path / "out.jsonl"
-    assert cli_main(["score", str(src), "--model", str(qwen3_rm), "--device", "cpu", "-o", str(out),
-                     "--batch-size", "2", "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "score",
+                str(src),
+                "--model",
+                str(qwen3_rm),
+                "--device",
+                "cpu",
+                "-o",
+                str(out),
+                "--batch-size",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     results = read_jsonl(out)
     assert [r["line"] for r in results] == [1, 2, 3, 4, 5]
     assert [r.get("id") for r in results] == ["a", None, 7, "m", None]
     expected = reward_fn(["What is 2 + 3?", "Hello, my name is"], [" 5", " Ada"])
     expected += reward_fn(
-        [[{"role": "user", "content": "What is 2 + 3?"}], ROWS[3]["messages"][:2], [{"role": "user", "content": "Hi"}]],
-        [[{"role": "assistant", "content": "5"}], ROWS[3]["messages"][2:], [{"role": "assistant", "content": "Hello!"}]],
+        [
+            [{"role": "user", "content": "What is 2 + 3?"}],
+            ROWS[3]["messages"][:2],
+            [{"role": "user", "content": "Hi"}],
+        ],
+        [
+            [{"role": "assistant", "content": "5"}],
+            ROWS[3]["messages"][2:],
+            [{"role": "assistant", "content": "Hello!"}],
+        ],
     )
     assert [r["score"] for r in results] == pytest.approx(expected, abs=1e-5)
     assert all("error" not in r for r in results)
@@ -62,8 +95,19 @@ def test_scores_every_format_like_reward_function(tmp_path, qwen3_rm, reward_fn)
 
 def test_bad_line_stops_with_its_line_number(tmp_path, qwen3_rm, capsys):
     src = write_jsonl(tmp_path / "in.jsonl", ROWS[:2], extra_lines={1: "{not json"})
-    code = cli_main(["score", str(src), "--model", str(qwen3_rm), "--device", "cpu", "-o", str(tmp_path / "o.jsonl"),
-                     "--no-progress"])
+    code = cli_main(
+        [
+            "score",
+            str(src),
+            "--model",
+            str(qwen3_rm),
+            "--device",
+            "cpu",
+            "-o",
+            str(tmp_path / "o.jsonl"),
+            "--no-progress",
+        ]
+    )
     assert code == 1
     assert "line 2: not valid JSON" in capsys.readouterr().err
 
@@ -86,15 +130,33 @@ def test_parse_errors_name_the_line(bad, message):
 
 
 def test_skip_errors_writes_error_fields_and_goes_on(tmp_path, qwen3_rm, reward_fn):
-    src = write_jsonl(tmp_path / "in.jsonl", ROWS[:2], extra_lines={0: '{"prompt": 1, "completion": 2}', 2: ""})
+    src = write_jsonl(
+        tmp_path / "in.jsonl", ROWS[:2], extra_lines={0: '{"prompt": 1, "completion": 2}', 2: ""}
+    )
     out = tmp_path / "out.jsonl"
-    assert cli_main(["score", str(src), "--model", str(qwen3_rm), "--device", "cpu", "-o", str(out),
-                     "--skip-errors", "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "score",
+                str(src),
+                "--model",
+                str(qwen3_rm),
+                "--device",
+                "cpu",
+                "-o",
+                str(out),
+                "--skip-errors",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     results = read_jsonl(out)
     assert [r["line"] for r in results] == [1, 2, 4]  # the blank line 3 is skipped
     assert results[0]["score"] is None and "prompt must be a non-empty list" in results[0]["error"]
     assert [r["score"] for r in results[1:]] == pytest.approx(
-        reward_fn(["What is 2 + 3?", "Hello, my name is"], [" 5", " Ada"]), abs=1e-5)
+        reward_fn(["What is 2 + 3?", "Hello, my name is"], [" 5", " Ada"]), abs=1e-5
+    )
 
 
 def test_reward_function_input_error_is_traced_to_its_line(reward_fn):
@@ -161,37 +223,64 @@ def test_count_lines(tmp_path):
 def test_console_script_stdin_to_stdout_with_progress_on_stderr(qwen3_rm, reward_fn):
     data = "\n".join(json.dumps(r) for r in ROWS[:2]) + "\n"
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhf_rewards.cli.main", "score", "-", "--model", str(qwen3_rm), "--device", "cpu"],
-        input=data, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "rlhf_rewards.cli.main",
+            "score",
+            "-",
+            "--model",
+            str(qwen3_rm),
+            "--device",
+            "cpu",
+        ],
+        input=data,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "", "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(x) for x in proc.stdout.splitlines()]
     assert [r["score"] for r in results] == pytest.approx(
-        reward_fn(["What is 2 + 3?", "Hello, my name is"], [" 5", " Ada"]), abs=1e-5)
+        reward_fn(["What is 2 + 3?", "Hello, my name is"], [" 5", " Ada"]), abs=1e-5
+    )
     assert "scoring" in proc.stderr and "scored 2 of 2 line(s)" in proc.stderr
 
 
 def test_default_model_is_the_shipped_outcome_rm(tmp_path):
     from rlhf_rewards.assets import default_model_path
 
-    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "What is 8 + 5?", "completion": " 13"},
-                                              {"prompt": "What is 8 + 5?", "completion": " 14"}])
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"prompt": "What is 8 + 5?", "completion": " 13"},
+            {"prompt": "What is 8 + 5?", "completion": " 14"},
+        ],
+    )
     out = tmp_path / "out.jsonl"
     assert cli_main(["score", str(src), "-o", str(out), "--device", "cpu", "--no-progress"]) == 0
     scores = [r["score"] for r in read_jsonl(out)]
     expected = RewardFunction(default_model_path("outcome"), llm_kwargs={"device": "cpu"})(
-        ["What is 8 + 5?"] * 2, [" 13", " 14"])
+        ["What is 8 + 5?"] * 2, [" 13", " 14"]
+    )
     assert scores == pytest.approx(expected, abs=1e-5)
 
 
 def test_default_process_model_writes_step_scores(tmp_path):
-    src = write_jsonl(tmp_path / "in.jsonl", [
-        {"prompt": "Work out 3 + 4 and 7 - 5.", "completion": "3 + 4 = 7\n\n7 - 5 = 3"},
-    ])
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"prompt": "Work out 3 + 4 and 7 - 5.", "completion": "3 + 4 = 7\n\n7 - 5 = 3"},
+        ],
+    )
     out = tmp_path / "out.jsonl"
-    assert cli_main(["score", str(src), "--default", "process", "-o", str(out), "--device", "cpu",
-                     "--no-progress"]) == 0
+    assert (
+        cli_main(
+            ["score", str(src), "--default", "process", "-o", str(out), "--device", "cpu", "--no-progress"]
+        )
+        == 0
+    )
     (result,) = read_jsonl(out)
     assert len(result["steps"]) == 2
     assert result["score"] == pytest.approx(min(result["steps"]))
@@ -205,6 +294,22 @@ def test_remote_server(tmp_path, qwen3_rm, reward_fn):
     with ServerProcess(qwen3_rm) as server:
         assert cli_main(["score", str(src), "--url", server.url, "-o", str(out), "--no-progress"]) == 0
     local = tmp_path / "local.jsonl"
-    assert cli_main(["score", str(src), "--model", str(qwen3_rm), "--device", "cpu", "-o", str(local),
-                     "--no-progress"]) == 0
-    assert [r["score"] for r in read_jsonl(out)] == pytest.approx([r["score"] for r in read_jsonl(local)], abs=1e-4)
+    assert (
+        cli_main(
+            [
+                "score",
+                str(src),
+                "--model",
+                str(qwen3_rm),
+                "--device",
+                "cpu",
+                "-o",
+                str(local),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert [r["score"] for r in read_jsonl(out)] == pytest.approx(
+        [r["score"] for r in read_jsonl(local)], abs=1e-4
+    )

@@ -24,16 +24,25 @@ def test_chat_template_is_a_file_or_the_template(tmp_path):
 def test_served_model_name_aliases_and_the_chat_template_flag(qwen3_rm, tmp_path):
     path = tmp_path / "t.jinja"
     path.write_text(TEMPLATE)
-    with InProcessServer(qwen3_rm, "--served-model-name", "first", "second", "--chat-template", str(path)) as proc:
+    with InProcessServer(
+        qwen3_rm, "--served-model-name", "first", "second", "--chat-template", str(path)
+    ) as proc:
         tok = proc.engine.llm.get_tokenizer()
         models = requests.get(proc.url + "/v1/models", timeout=10).json()["data"]
         assert [m["id"] for m in models] == ["first", "second"]
-        assert all(m["root"] == str(qwen3_rm) and m["permission"][0]["object"] == "model_permission" for m in models)
+        assert all(
+            m["root"] == str(qwen3_rm) and m["permission"][0]["object"] == "model_permission" for m in models
+        )
         messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-        r = requests.post(proc.url + "/tokenize", json={"model": "second", "messages": messages,
-                                                         "add_generation_prompt": False}, timeout=30)
-        want = tok(tok.apply_chat_template(messages, chat_template=TEMPLATE, tokenize=False),
-                   add_special_tokens=False)["input_ids"]
+        r = requests.post(
+            proc.url + "/tokenize",
+            json={"model": "second", "messages": messages, "add_generation_prompt": False},
+            timeout=30,
+        )
+        want = tok(
+            tok.apply_chat_template(messages, chat_template=TEMPLATE, tokenize=False),
+            add_special_tokens=False,
+        )["input_ids"]
         assert r.json()["tokens"] == want  # the flag's template, not the tokenizer's ChatML one
         r = requests.post(proc.url + "/classify", json={"model": "second", "input": "hi"}, timeout=30)
         assert r.status_code == 200 and r.json()["model"] == "first"  # the first name is the one reported
@@ -45,9 +54,28 @@ def test_a_vllm_serve_command_line_parses_and_ignored_engine_flags_warn(caplog):
     from rlhf_rewards.cli.main import build_parser
     from rlhf_rewards.cli.vllm_flags import check_vllm_flags
 
-    argv = ["serve", "some/model", "--runner", "pooling", "--gpu-memory-utilization", "0.8", "--enable-prefix-caching",
-            "--max-num-seqs", "4", "--enable-lora", "--seed", "0", "--disable-uvicorn-access-log",
-            "--uvicorn-log-level", "warning", "--served-model-name", "a", "b", "--port", "1234"]
+    argv = [
+        "serve",
+        "some/model",
+        "--runner",
+        "pooling",
+        "--gpu-memory-utilization",
+        "0.8",
+        "--enable-prefix-caching",
+        "--max-num-seqs",
+        "4",
+        "--enable-lora",
+        "--seed",
+        "0",
+        "--disable-uvicorn-access-log",
+        "--uvicorn-log-level",
+        "warning",
+        "--served-model-name",
+        "a",
+        "b",
+        "--port",
+        "1234",
+    ]
     args = build_parser().parse_args(argv)
     assert (args.model, args.port, args.served_model_name) == ("some/model", 1234, ["a", "b"])
     assert args.disable_access_log and args.log_level == "warning"

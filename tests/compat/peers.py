@@ -41,7 +41,12 @@ def _stub(name: str, **attrs: object) -> None:
     sys.modules[name] = module
 
 
-FLASH_ATTN_STUBS = ("flash_attn", "flash_attn.bert_padding", "flash_attn.utils", "flash_attn.utils.distributed")
+FLASH_ATTN_STUBS = (
+    "flash_attn",
+    "flash_attn.bert_padding",
+    "flash_attn.utils",
+    "flash_attn.utils.distributed",
+)
 
 
 def stub_flash_attn() -> None:
@@ -65,7 +70,11 @@ def unstub_flash_attn() -> None:
     """Remove the :func:`stub_flash_attn` modules (OpenRLHF's modules keep the names they imported)."""
     for name in FLASH_ATTN_STUBS:
         module = sys.modules.get(name)
-        if module is not None and getattr(module.__spec__, "origin", "") is None and not hasattr(module, "__file__"):
+        if (
+            module is not None
+            and getattr(module.__spec__, "origin", "") is None
+            and not hasattr(module, "__file__")
+        ):
             del sys.modules[name]
 
 
@@ -84,8 +93,9 @@ def build_bos_tokenizer(path: Path) -> Path:
     build_bpe_tokenizer(path, special_tokens=["<s>", *SPECIAL_TOKENS])
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", bos)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     tok.save(str(path / "tokenizer.json"))
     config_file = path / "tokenizer_config.json"
     config = json.loads(config_file.read_text())
@@ -94,6 +104,13 @@ def build_bos_tokenizer(path: Path) -> Path:
     return path
 
 
-__all__ = ["OPENRLHF_VERSION", "PEERS", "VERL_VERSION", "build_bos_tokenizer", "ensure_peers", "report",
-           "stub_flash_attn",
-           "unstub_flash_attn"]
+__all__ = [
+    "OPENRLHF_VERSION",
+    "PEERS",
+    "VERL_VERSION",
+    "build_bos_tokenizer",
+    "ensure_peers",
+    "report",
+    "stub_flash_attn",
+    "unstub_flash_attn",
+]

@@ -40,7 +40,9 @@ def test_bad_keyless_network_is_refused_before_loading():
 def test_peer_matching():
     nets = parse_networks("127.0.0.1/32, 10.0.0.0/8,::1/128")
     assert peer_in({"client": ("127.0.0.1", 5)}, nets) and peer_in({"client": ("10.2.3.4", 5)}, nets)
-    assert peer_in({"client": ("::ffff:10.0.0.1", 5)}, nets)  # IPv4-mapped IPv6 peers match their IPv4 network
+    assert peer_in(
+        {"client": ("::ffff:10.0.0.1", 5)}, nets
+    )  # IPv4-mapped IPv6 peers match their IPv4 network
     assert peer_in({"client": ("::1", 5)}, nets)
     assert not peer_in({"client": ("192.168.0.1", 5)}, nets) and not peer_in({"client": None}, nets)
     assert not peer_in({"client": ("unix-socket", 0)}, nets) and not peer_in({"client": ("127.0.0.1", 5)}, ())

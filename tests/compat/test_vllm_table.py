@@ -11,7 +11,8 @@ def test_readme_shows_the_table_the_differential_run_wrote() -> None:
     shown = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
     assert shown == COMPAT_TABLE.read_text().strip(), (
         "README's vLLM table differs from tests/compat/vllm_live/compat_table.md: rerun the differential with "
-        "VLLM_LIVE_WRITE_TABLE=1 (bash scripts/test.sh -m slow tests/compat/vllm_live)")
+        "VLLM_LIVE_WRITE_TABLE=1 (bash scripts/test.sh -m slow tests/compat/vllm_live)"
+    )
 
 
 def test_the_table_is_the_records_and_they_hold_no_mismatch(tmp_path) -> None:

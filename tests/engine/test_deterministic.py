@@ -52,7 +52,9 @@ def test_a_row_gets_the_same_result_at_every_position_of_a_fixed_tile(dtype, til
     row = torch.randn(hidden, dtype=dtype)
     # Every position of a 64-row tile; in the engine's tile every position of its first and last 16 rows
     # (the edges of the kernel's row blocks) and every 29th one between.
-    positions = range(tile) if tile <= 64 else sorted({*range(16), *range(tile - 16, tile), *range(0, tile, 29)})
+    positions = (
+        range(tile) if tile <= 64 else sorted({*range(16), *range(tile - 16, tile), *range(0, tile, 29)})
+    )
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -64,7 +66,9 @@ def test_a_row_gets_the_same_result_at_every_position_of_a_fixed_tile(dtype, til
         padded = torch.zeros(tile, hidden, dtype=dtype)
         padded[0] = row
         results.append(rowwise(padded)[0])  # the zero-padded last tile
-        results.append(det.tiled_rows(rowwise, torch.cat([torch.randn(300, hidden, dtype=dtype), row[None]]), tile)[-1])
+        results.append(
+            det.tiled_rows(rowwise, torch.cat([torch.randn(300, hidden, dtype=dtype), row[None]]), tile)[-1]
+        )
     finally:
         torch.set_num_threads(saved)
     assert all(torch.equal(r, results[0]) for r in results)
@@ -101,8 +105,12 @@ def _attend(segments, total, q, k, v, deterministic=True, prune=None):
     if prune is not None:
         for seg, rows in zip(segments, prune, strict=True):
             seg.rows = rows
-    plan = SegmentPlan(segments=segments, total=total, prune_layer=0 if prune is not None else None,
-                       deterministic=deterministic)
+    plan = SegmentPlan(
+        segments=segments,
+        total=total,
+        prune_layer=0 if prune is not None else None,
+        deterministic=deterministic,
+    )
     with active_plan(plan):
         return segment_attention_forward(_Layer(), q, k, v, None, scaling=0.25)[0][0]
 
@@ -121,7 +129,10 @@ def test_blocked_attention_is_the_same_alone_shared_and_among_neighbours(data):
     default = _attend(*_packed([seq]), deterministic=False)
     torch.testing.assert_close(alone, default, rtol=1e-5, atol=1e-5)
     # The same sequence behind unrelated neighbours, and after a sibling that shares its prompt.
-    before = [tuple(rand(n, h) for h in (heads, kv_heads, kv_heads)) for n in data.draw(st.lists(st.integers(1, 90), max_size=3))]
+    before = [
+        tuple(rand(n, h) for h in (heads, kv_heads, kv_heads))
+        for n in data.draw(st.lists(st.integers(1, 90), max_size=3))
+    ]
     extra = data.draw(st.integers(1, 60), "sibling's own rows")
     sibling = tuple(torch.cat([a, rand(extra, a.shape[1])]) for a in target)
     layouts = [before + [seq], before + [sibling, seq]]
@@ -160,8 +171,12 @@ def test_batched_calls_equal_per_tile_views(pruned):
     if pruned:
         for seg, keep in zip(segments, ([0, 4], [], [31, 32, 129], [69], [0, 40]), strict=True):
             seg.rows = torch.tensor(keep, dtype=torch.long)
-    outs = [det.blocked_attention(det.BlockedLayout(segments, total, pruned, q.device, batched=batched), q, k, v, 0.25)
-            for batched in (False, True)]
+    outs = [
+        det.blocked_attention(
+            det.BlockedLayout(segments, total, pruned, q.device, batched=batched), q, k, v, 0.25
+        )
+        for batched in (False, True)
+    ]
     assert len(det.BlockedLayout(segments, total, pruned, q.device, batched=True).calls(q.device)) > 1
     assert torch.equal(outs[0], outs[1])
     if pruned:  # rows no tile owns read as zero through the attention interface
@@ -177,8 +192,10 @@ def test_a_shared_workspace_gives_the_numbers_of_a_fresh_one():
     small = _packed([tuple(torch.randn(n, h, 16, generator=gen) for h in (4, 2, 2)) for n in (9, 40)])
     big = _mixed_layout(gen)
     ws = det.Workspace()
-    shared = {name: det.BlockedLayout(case[0], case[1], False, torch.device("cpu"), workspace=ws)
-              for name, case in (("small", small), ("big", big))}
+    shared = {
+        name: det.BlockedLayout(case[0], case[1], False, torch.device("cpu"), workspace=ws)
+        for name, case in (("small", small), ("big", big))
+    }
     for name in ("small", "big", "small", "big"):
         segments, total, q, k, v = small if name == "small" else big
         fresh = det.blocked_attention(det.BlockedLayout(segments, total, False, q.device), q, k, v, 0.25)
@@ -197,12 +214,23 @@ def adapters(seq_rm, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("det-adapters")
     specs = {
-        "attn": {"seed": 1, "r": 4, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["embed_tokens"]},
-        "saved_head": {"seed": 2, "r": 8, "target_modules": ["k_proj", "o_proj", "gate_proj"],
-                       "modules_to_save": ["score"]},
+        "attn": {
+            "seed": 1,
+            "r": 4,
+            "target_modules": ["q_proj", "v_proj"],
+            "modules_to_save": ["embed_tokens"],
+        },
+        "saved_head": {
+            "seed": 2,
+            "r": 8,
+            "target_modules": ["k_proj", "o_proj", "gate_proj"],
+            "modules_to_save": ["score"],
+        },
     }
-    return {name: LoRARequest(name, i + 1, str(build_adapter(seq_rm, root / name, **cfg)))
-            for i, (name, cfg) in enumerate(specs.items())}
+    return {
+        name: LoRARequest(name, i + 1, str(build_adapter(seq_rm, root / name, **cfg)))
+        for i, (name, cfg) in enumerate(specs.items())
+    }
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +244,12 @@ def engines(seq_rm, checkpoint_factory):
         ("token RM", token_rm, "token_classify", RAW, {}),
         ("PRM", prm, "token_classify", PoolingParams(use_activation=True), {}),
     ):
-        out[name] = (LLM(str(path), device="cpu", deterministic=True, **kw), LLM(str(path), device="cpu", **kw),
-                     task, params)
+        out[name] = (
+            LLM(str(path), device="cpu", deterministic=True, **kw),
+            LLM(str(path), device="cpu", **kw),
+            task,
+            params,
+        )
     return out
 
 
@@ -227,7 +259,9 @@ def _step_tag(llm: LLM) -> int | None:
 
 
 def _tokens(rng: random.Random, n: int, step_tag: int | None) -> list[int]:
-    return [step_tag if step_tag is not None and rng.random() < 0.08 else rng.randrange(10, 400) for _ in range(n)]
+    return [
+        step_tag if step_tag is not None and rng.random() < 0.08 else rng.randrange(10, 400) for _ in range(n)
+    ]
 
 
 @st.composite
@@ -265,8 +299,13 @@ def _encode(llm: LLM, texts, loras, task, params, budget: int | None = None) -> 
         llm.runner.max_num_batched_tokens = budget
     try:
         lora = loras if any(x is not None for x in loras) else None
-        outs = llm.encode([{"prompt_token_ids": t} for t in texts], params, pooling_task=task, lora_request=lora,
-                          use_tqdm=False)
+        outs = llm.encode(
+            [{"prompt_token_ids": t} for t in texts],
+            params,
+            pooling_task=task,
+            lora_request=lora,
+            use_tqdm=False,
+        )
     finally:
         llm.runner.max_num_batched_tokens = saved
     return [o.outputs.data for o in outs]
@@ -279,8 +318,12 @@ def _check_property(engines, adapters, name: str, examples: int) -> int:
     drawn = []
 
     @given(batches(_step_tag(llm), choices))
-    @settings(max_examples=examples, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     def run(batch):
         texts, loras, budget = batch
         got = _encode(llm, texts, loras, task, params, budget)
@@ -289,7 +332,8 @@ def _check_property(engines, adapters, name: str, examples: int) -> int:
             want = alone(text, lora)
             assert torch.equal(out, want), (
                 f"text {i} ({len(text)} tokens, adapter {lora.lora_name if lora else None}, budget {budget}) "
-                f"differs from its score alone by {(out - want).abs().max():.3e}")
+                f"differs from its score alone by {(out - want).abs().max():.3e}"
+            )
 
     run()
     return len(drawn)
@@ -342,7 +386,9 @@ def test_lora_scores_equal_the_default_engine(engines, adapters):
     llm, default, task, params = engines["sequence RM"]
     texts = _fixed_batch()
     loras = [list(adapters.values())[i % 2] if i % 3 else None for i in range(len(texts))]
-    for g, b in zip(_encode(llm, texts, loras, task, params), _encode(default, texts, loras, task, params), strict=True):
+    for g, b in zip(
+        _encode(llm, texts, loras, task, params), _encode(default, texts, loras, task, params), strict=True
+    ):
         torch.testing.assert_close(g, b, rtol=0, atol=1e-4)
 
 
@@ -444,8 +490,9 @@ def test_deterministic_ray_replicas_score_like_the_text_alone_in_process(qwen3_r
     alone = [_encode(local, [t], [None], "classify", None)[0] for t in texts]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        with RayWorkerPool(str(qwen3_rm), num_replicas=2, num_cpus_per_replica=1, max_batch_size=5,
-                           deterministic=True) as pool:
+        with RayWorkerPool(
+            str(qwen3_rm), num_replicas=2, num_cpus_per_replica=1, max_batch_size=5, deterministic=True
+        ) as pool:
             outs = pool.encode([{"prompt_token_ids": t} for t in texts], pooling_task="classify")
     finally:
         ray.shutdown()

@@ -22,7 +22,11 @@ STEP = ("token_classify", {"pooling_type": "STEP", "step_tag_id": STEP_ID})
 @pytest.fixture(scope="module")
 def qwen3(checkpoint_factory):
     path = checkpoint_factory("Qwen3ForSequenceClassification", num_labels=3, seed=5)
-    return path, load_pooling_model(str(path), dtype=torch.float32, device=CPU), Reference(path, "Qwen3ForSequenceClassification")
+    return (
+        path,
+        load_pooling_model(str(path), dtype=torch.float32, device=CPU),
+        Reference(path, "Qwen3ForSequenceClassification"),
+    )
 
 
 @pytest.mark.parametrize("path_name", list(PATHS))
@@ -41,8 +45,15 @@ def test_step_pooling_some_texts_without_tags(qwen3, path_name):
     """Texts with and without step tags, sharing prefixes, in one call: each matches the reference."""
     _, model, reference = qwen3
     prompt = list(range(30, 52))
-    seqs = [prompt + [60, 61], prompt + [60, STEP_ID, 62, STEP_ID], prompt, [STEP_ID], [70, 71, 72],
-            prompt + [STEP_ID], [70, 71, 72, 73, 74, 75, 76, 77, 78, 79]]
+    seqs = [
+        prompt + [60, 61],
+        prompt + [60, STEP_ID, 62, STEP_ID],
+        prompt,
+        [STEP_ID],
+        [70, 71, 72],
+        prompt + [STEP_ID],
+        [70, 71, 72, 73, 74, 75, 76, 77, 78, 79],
+    ]
     requests = _requests(seqs, [STEP], use_activation=True)
     runner = ModelRunner(model, CPU, 4096, **PATHS[path_name])
     outputs = runner.run(requests)

@@ -29,8 +29,13 @@ def prm(checkpoint_factory):
 def adapter(seq_rm, tmp_path_factory):
     from rlhf_rewards.testing.lora import build_adapter
 
-    path = build_adapter(seq_rm, tmp_path_factory.mktemp("kv-adapter") / "a", seed=5, r=4,
-                         target_modules=["q_proj", "k_proj", "v_proj"])
+    path = build_adapter(
+        seq_rm,
+        tmp_path_factory.mktemp("kv-adapter") / "a",
+        seed=5,
+        r=4,
+        target_modules=["q_proj", "k_proj", "v_proj"],
+    )
     return LoRARequest("a", 1, str(path))
 
 
@@ -48,8 +53,9 @@ def _grpo(seed: int, prompts: int = 3, group: int = 4, step_tag: int | None = No
 
 
 def _encode(llm: LLM, texts, task="classify", params=RAW, **prompt_fields):
-    outs = llm.encode([{"prompt_token_ids": t, **prompt_fields} for t in texts], params, pooling_task=task,
-                      use_tqdm=False)
+    outs = llm.encode(
+        [{"prompt_token_ids": t, **prompt_fields} for t in texts], params, pooling_task=task, use_tqdm=False
+    )
     return [o.outputs.data for o in outs]
 
 
@@ -60,8 +66,10 @@ def _one_by_one(llm: LLM, texts, task="classify", params=RAW, **kw):
 def _max_diff(a, b) -> float:
     """Largest difference relative to max(1, |value|): these tiny random models score up to ~3, and the engine
     without any cache already moves a score by ~2e-6 between a batch and the text alone."""
-    return max(float(((x - y).abs() / y.abs().clamp(min=1.0)).max()) if x.numel() else 0.0
-               for x, y in zip(a, b, strict=True))
+    return max(
+        float(((x - y).abs() / y.abs().clamp(min=1.0)).max()) if x.numel() else 0.0
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 #: fp32 tolerance of a hit against a miss (relative, see _max_diff): the engine without a cache differs by up
@@ -184,8 +192,13 @@ def test_adapter_isolation_and_equality(seq_rm, adapter):
     texts = _grpo(11, prompts=1, group=3)
 
     def run(engine, ts, lora):
-        outs = engine.encode([{"prompt_token_ids": t} for t in ts], RAW, pooling_task="classify", use_tqdm=False,
-                             lora_request=lora)
+        outs = engine.encode(
+            [{"prompt_token_ids": t} for t in ts],
+            RAW,
+            pooling_task="classify",
+            use_tqdm=False,
+            lora_request=lora,
+        )
         return [o.outputs.data for o in outs]
 
     base = run(llm, texts[:1], None)
@@ -283,8 +296,12 @@ def test_cache_sessions_from_threads_keep_the_tree_consistent():
 
     def kv(ids, start, end):
         pos = torch.arange(start, end, dtype=torch.float32)
-        return (torch.tensor(ids[start:end], dtype=torch.float32) * 1000 + pos).view(1, 1, 1, -1, 1).expand(
-            2, 2, 2, -1, 4).contiguous()
+        return (
+            (torch.tensor(ids[start:end], dtype=torch.float32) * 1000 + pos)
+            .view(1, 1, 1, -1, 1)
+            .expand(2, 2, 2, -1, 4)
+            .contiguous()
+        )
 
     def worker(seed: int) -> None:
         r = random.Random(seed)
@@ -323,13 +340,17 @@ def test_batcher_holds_one_prompt_requests_so_siblings_share_a_call():
 
     def encode(task, items):
         calls.append(len(items))
-        return [PoolingRequestOutput(str(i), PoolingOutput(torch.zeros(1)), it.token_ids) for i, it in enumerate(items)]
+        return [
+            PoolingRequestOutput(str(i), PoolingOutput(torch.zeros(1)), it.token_ids)
+            for i, it in enumerate(items)
+        ]
 
     async def run(hold_s: float) -> float:
         calls.clear()
         batcher = Batcher(encode, max_queue_size=100, max_batch_tokens=10_000, hold_s=hold_s)
         batcher.start()
         try:
+
             async def one(k: int) -> None:
                 await asyncio.sleep(0.001 * k)  # siblings arrive within a few milliseconds of each other
                 await batcher.submit("classify", [EngineItem([1, 2, k], PoolingParams())])

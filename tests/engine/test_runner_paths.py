@@ -70,10 +70,21 @@ def _requests(seqs, poolings, use_activation: bool = False, lora=None) -> list[E
     out = []
     for i, ids in enumerate(seqs):
         task, cfg = poolings[i % len(poolings)]
-        params = PoolingParams(use_activation=use_activation) if task in ("classify", "token_classify") else PoolingParams()
+        params = (
+            PoolingParams(use_activation=use_activation)
+            if task in ("classify", "token_classify")
+            else PoolingParams()
+        )
         pooling = resolve_pooling(task, params, PoolerConfig(**cfg))
-        out.append(EngineRequest(index=i, request_id=str(i), token_ids=list(ids), pooling=pooling,
-                                 lora=lora[i] if lora else None))
+        out.append(
+            EngineRequest(
+                index=i,
+                request_id=str(i),
+                token_ids=list(ids),
+                pooling=pooling,
+                lora=lora[i] if lora else None,
+            )
+        )
     return out
 
 
@@ -122,13 +133,21 @@ def _check(outputs, requests, reference) -> None:
 @pytest.fixture(scope="module")
 def qwen3(checkpoint_factory):
     path = checkpoint_factory("Qwen3ForSequenceClassification", num_labels=3, seed=5)
-    return path, load_pooling_model(str(path), dtype=torch.float32, device=CPU), Reference(path, "Qwen3ForSequenceClassification")
+    return (
+        path,
+        load_pooling_model(str(path), dtype=torch.float32, device=CPU),
+        Reference(path, "Qwen3ForSequenceClassification"),
+    )
 
 
 @pytest.fixture(scope="module")
 def llama(checkpoint_factory):
     path = checkpoint_factory("LlamaForSequenceClassification", num_labels=2, seed=6)
-    return path, load_pooling_model(str(path), dtype=torch.float32, device=CPU), Reference(path, "LlamaForSequenceClassification")
+    return (
+        path,
+        load_pooling_model(str(path), dtype=torch.float32, device=CPU),
+        Reference(path, "LlamaForSequenceClassification"),
+    )
 
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -193,12 +212,20 @@ class _GenericOnly(PoolingModel):
     """Same model, but ``hidden_states`` is overridden, so the runner must use the generic packed path."""
 
     def hidden_states(self, input_ids, *, attention_mask=None, position_ids=None, **kwargs):
-        return super().hidden_states(input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        return super().hidden_states(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
 
 
 def _rewrap(model: PoolingModel, cls) -> PoolingModel:
-    return cls(model.hf_model, model.spec, backbone_name=model.backbone_name, head_name=model.head_name,
-               num_labels=model.num_labels, problem_type=model.problem_type)
+    return cls(
+        model.hf_model,
+        model.spec,
+        backbone_name=model.backbone_name,
+        head_name=model.head_name,
+        num_labels=model.num_labels,
+        problem_type=model.problem_type,
+    )
 
 
 def test_generic_hidden_states_path(qwen3):
@@ -219,7 +246,9 @@ class _IgnoresPlans(PoolingModel):
         for c in configs.values():
             c.__dict__["_attn_implementation_internal"] = "sdpa"
         try:
-            return super().hidden_states(input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+            return super().hidden_states(
+                input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            )
         finally:
             for k, c in configs.items():
                 c.__dict__["_attn_implementation_internal"] = saved[k]
@@ -268,7 +297,9 @@ def test_per_row_forward_kwargs_reach_the_backbone(qwen3):
     class Spy(PoolingModel):
         def hidden_states(self, input_ids, *, attention_mask=None, position_ids=None, **kwargs):
             seen.append((input_ids.shape[0], kwargs.pop("row_tags")))
-            return super().hidden_states(input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+            return super().hidden_states(
+                input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            )
 
     def hook(reqs):
         return {"forward": {"row_tags": [r.request_id for r in reqs]}, "head": {}}
@@ -285,7 +316,9 @@ def test_jamba_is_never_packed(checkpoint_factory):
     assert not model.supports_packing
     runner = ModelRunner(model, CPU, 4096)
     assert runner.packing is False
-    ref_model = transformers.JambaForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
+    ref_model = transformers.JambaForSequenceClassification.from_pretrained(
+        str(path), dtype=torch.float32
+    ).eval()
     seqs = _sequences(seed=8)[:10]
     requests = _requests(seqs, [POOLINGS[0]])
     outputs = runner.run(requests)

@@ -159,8 +159,9 @@ def test_kernel_without_enable_gqa_gets_one_key_value_head_per_query_head(qwen3,
 
     def kernel_2_11(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):
         heads_seen.append((q.shape[1], k.shape[1], v.shape[1]))
-        return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, return_aux=return_aux, scale=scale,
-                                window_size=window_size)
+        return reference_varlen(
+            q, k, v, cu_q, cu_k, max_q, max_k, return_aux=return_aux, scale=scale, window_size=window_size
+        )
 
     monkeypatch.setattr(varlen_attention, "KERNEL", kernel_2_11)
     monkeypatch.setattr(varlen_attention, "_lse_request", lambda: object())

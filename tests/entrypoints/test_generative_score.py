@@ -18,7 +18,9 @@ from rlhf_rewards.errors import RequestError
 from rlhf_rewards.models.causal_lm import LMHeadPoolingModel
 
 CAUSAL = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64}
-QUERY = "Rubric: an answer is correct when it gives the right number and nothing else. Question: what is 2 + 2? "
+QUERY = (
+    "Rubric: an answer is correct when it gives the right number and nothing else. Question: what is 2 + 2? "
+)
 ITEMS = ["The answer is 4.", "I think it is five, or maybe six", "4", "no idea at all, sorry"]
 LABELS = [17, 42, 99]
 
@@ -74,7 +76,9 @@ def test_token_ids_truncation_and_no_special_tokens(llm, reference):
         assert o.prompt_token_ids == ids
         assert o.score == pytest.approx(probs(ids, [LABELS[1]], False)[0], abs=1e-6)
     text = llm.generative_score(QUERY, ITEMS[:1], LABELS, add_special_tokens=False)[0]
-    assert text.prompt_token_ids == tok.encode(QUERY, add_special_tokens=False) + tok.encode(ITEMS[0], add_special_tokens=False)
+    assert text.prompt_token_ids == tok.encode(QUERY, add_special_tokens=False) + tok.encode(
+        ITEMS[0], add_special_tokens=False
+    )
 
 
 def test_one_label_softmax_is_one_and_repeats(llm):
@@ -90,7 +94,9 @@ def test_errors_are_vllms(llm):
         llm.generative_score(QUERY, [], LABELS)
     with pytest.raises(RequestError, match=r"^label_token_ids must contain at least one token ID\.$"):
         llm.generative_score(QUERY, ITEMS, [])
-    with pytest.raises(RequestError, match=rf"^label_token_id {vocab} is out of vocabulary range \[0, {vocab}\)\. "):
+    with pytest.raises(
+        RequestError, match=rf"^label_token_id {vocab} is out of vocabulary range \[0, {vocab}\)\. "
+    ):
         llm.generative_score(QUERY, ITEMS, [1, vocab])
     with pytest.raises(RequestError, match="all texts or all token-id lists"):
         llm.generative_score(QUERY, ["a", [1, 2]], LABELS)
@@ -114,12 +120,16 @@ def test_query_runs_once_and_no_vocab_matrix(llm, monkeypatch):
             widths.clear()
             outs = llm.generative_score(QUERY, ITEMS, LABELS, apply_softmax=soft)
             stats = llm.runner.last_stats
-            query_len = len(outs[0].prompt_token_ids) - len(llm.get_tokenizer().encode(ITEMS[0], add_special_tokens=False))
+            query_len = len(outs[0].prompt_token_ids) - len(
+                llm.get_tokenizer().encode(ITEMS[0], add_special_tokens=False)
+            )
             # Every item runs its own tokens; the shared query runs once, not len(ITEMS) times.
             assert stats["tokens_run"] <= stats["tokens_requested"] - (len(ITEMS) - 1) * (query_len - 1)
             assert stats["last_layer_rows"] == len(ITEMS)
             vocab = llm.model.config.vocab_size
-            assert widths == [(len(ITEMS), len(LABELS) if soft else vocab)]  # one row per item, never per token
+            assert widths == [
+                (len(ITEMS), len(LABELS) if soft else vocab)
+            ]  # one row per item, never per token
     finally:
         handle.remove()
     assert not calls  # the lm_head module (a [tokens, vocab] product) never ran
@@ -159,7 +169,7 @@ def test_cache_salt_keeps_label_reads_apart(llm):
 
     def read(salt):
         before = cache.stats()["hit_tokens"]
-        (probs, error), = run_label_reads(llm, [ids], [LABELS], [True], [None], cache_salt=[salt])
+        ((probs, error),) = run_label_reads(llm, [ids], [LABELS], [True], [None], cache_salt=[salt])
         assert error is None
         return probs, cache.stats()["hit_tokens"] - before
 

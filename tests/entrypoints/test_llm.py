@@ -41,7 +41,9 @@ def reference(rm3):
 def llm(rm3):
     # A small token budget forces several micro-batches of mixed lengths within one call (the cross-call prefix
     # cache is off: texts repeated between tests would otherwise run as a few suffix tokens in one forward).
-    return LLM(str(rm3), runner="pooling", device="cpu", max_num_batched_tokens=96, enable_prefix_caching=False)
+    return LLM(
+        str(rm3), runner="pooling", device="cpu", max_num_batched_tokens=96, enable_prefix_caching=False
+    )
 
 
 def _data(outputs: list[PoolingRequestOutput]) -> list[torch.Tensor]:
@@ -73,7 +75,9 @@ def test_embed_and_token_embed(llm, reference):
     for text, e, t, s in zip(MIXED_TEXTS, emb, tok_emb, small, strict=True):
         _, hidden, _ = reference(text)
         torch.testing.assert_close(e, F.normalize(hidden[-1], dim=-1), atol=ATOL, rtol=0)
-        torch.testing.assert_close(t, F.normalize(hidden, dim=-1), atol=ATOL, rtol=0)  # vLLM: rows L2-normalized
+        torch.testing.assert_close(
+            t, F.normalize(hidden, dim=-1), atol=ATOL, rtol=0
+        )  # vLLM: rows L2-normalized
         torch.testing.assert_close(s, hidden[-1, :8], atol=ATOL, rtol=0)
         assert e.shape == (64,) and abs(float(e.norm()) - 1.0) < 1e-5
 
@@ -93,7 +97,12 @@ def test_mean_and_cls_pooling(rm3, reference, pooling_type):
 def test_step_pooling_on_a_classifier_keeps_step_tag_rows(rm3, reference):
     tok = AutoTokenizer.from_pretrained(str(rm3))
     tag = tok.convert_tokens_to_ids("<extra_0>")
-    texts = ["Step one<extra_0>Step two<extra_0>", "a<extra_0>", "no tags here", "<extra_0>x<extra_0>y<extra_0>"]
+    texts = [
+        "Step one<extra_0>Step two<extra_0>",
+        "a<extra_0>",
+        "no tags here",
+        "<extra_0>x<extra_0>y<extra_0>",
+    ]
     llm = LLM(str(rm3), device="cpu", pooler_config=PoolerConfig(pooling_type="STEP", step_tag_id=tag))
     outs = _data(llm.encode(texts, pooling_task="token_classify"))
     picked = _data(llm.encode(texts, PoolingParams(returned_token_ids=[2, 0]), pooling_task="token_classify"))
@@ -143,7 +152,9 @@ def test_prompt_forms_order_and_output_fields(llm):
     assert len(single) == 1 and single[0].prompt_token_ids == ids
     # Order is input order even though the scheduler sorts by length.
     outs = llm.encode(MIXED_TEXTS, pooling_task="embed")
-    assert [len(o.prompt_token_ids) for o in outs] == [len(llm.get_tokenizer()(t)["input_ids"]) for t in MIXED_TEXTS]
+    assert [len(o.prompt_token_ids) for o in outs] == [
+        len(llm.get_tokenizer()(t)["input_ids"]) for t in MIXED_TEXTS
+    ]
 
 
 def test_per_prompt_pooling_params(llm, reference):
@@ -165,8 +176,11 @@ def test_truncation_keeps_the_first_tokens_as_vllm(rm3, reference):
     assert out.prompt_token_ids == ids[:5]
     out = llm.encode(text, pooling_task="token_embed", tokenization_kwargs={"truncate_prompt_tokens": 5})[0]
     assert out.prompt_token_ids == ids[:5]
-    out = llm.encode(text, pooling_task="token_embed",
-                     tokenization_kwargs={"truncate_prompt_tokens": 5, "truncation_side": "left"})[0]
+    out = llm.encode(
+        text,
+        pooling_task="token_embed",
+        tokenization_kwargs={"truncate_prompt_tokens": 5, "truncation_side": "left"},
+    )[0]
     assert out.prompt_token_ids == ids[-5:]
     out = llm.encode(text, PoolingParams(truncate_prompt_tokens=-1), pooling_task="classify")[0]
     assert out.prompt_token_ids == ids[:16]
@@ -187,17 +201,25 @@ def test_truncation_without_side_is_the_tokenizers(rm3, tmp_path):
     llm = LLM(str(path), device="cpu", max_model_len=16)
     text = MIXED_TEXTS[3]
     ids = llm.get_tokenizer()(text)["input_ids"]
-    assert llm.get_tokenizer().truncation_side == "left"  # as its tokenizer_config says; vLLM cuts on the right
+    assert (
+        llm.get_tokenizer().truncation_side == "left"
+    )  # as its tokenizer_config says; vLLM cuts on the right
     first = ids[:4] + ids[-1:]
     for kwargs in ({"truncate_prompt_tokens": 5}, {"truncation": True, "max_length": 5}):
         out = llm.encode(text, pooling_task="classify", tokenization_kwargs=kwargs)[0]
         assert out.prompt_token_ids == first
     assert llm.encode(text, pooling_task="classify", truncate_prompt_tokens=5)[0].prompt_token_ids == first
-    out = llm.encode(text, pooling_task="classify", tokenization_kwargs={"truncate_prompt_tokens": 5,
-                                                                          "truncation_side": "right"})[0]
+    out = llm.encode(
+        text,
+        pooling_task="classify",
+        tokenization_kwargs={"truncate_prompt_tokens": 5, "truncation_side": "right"},
+    )[0]
     assert out.prompt_token_ids == ids[:5]
-    out = llm.encode(text, pooling_task="classify", tokenization_kwargs={"truncate_prompt_tokens": 5,
-                                                                          "truncation_side": "left"})[0]
+    out = llm.encode(
+        text,
+        pooling_task="classify",
+        tokenization_kwargs={"truncate_prompt_tokens": 5, "truncation_side": "left"},
+    )[0]
     assert out.prompt_token_ids == ids[-5:]
     out = llm.encode({"prompt_token_ids": ids}, pooling_task="classify", truncate_prompt_tokens=5)[0]
     assert out.prompt_token_ids == ids[:5]  # token ids are sliced: no tokenizer call
@@ -219,7 +241,10 @@ def test_truncation_without_side_is_the_tokenizers(rm3, tmp_path):
         (lambda m: m.encode("hi", PoolingParams(step_tag_id=3), pooling_task="token_classify"), "STEP"),
         (lambda m: m.encode("hi", PoolingParams(dimensions=3), pooling_task="classify"), "dimensions"),
         (lambda m: m.encode(["a", "b"], [PoolingParams()], pooling_task="classify"), "one per prompt"),
-        (lambda m: m.encode("hi", pooling_task="classify", truncate_prompt_tokens=0), "truncate_prompt_tokens"),
+        (
+            lambda m: m.encode("hi", pooling_task="classify", truncate_prompt_tokens=0),
+            "truncate_prompt_tokens",
+        ),
     ],
 )
 def test_bad_input_names_the_field(llm, call, match):
@@ -305,9 +330,13 @@ def test_bf16_backbone_keeps_fp32_head(rm3, reference):
 def test_vllm_classify_and_embed_helpers(llm, reference):
     (c,) = llm.classify(MIXED_TEXTS[0])
     assert c.outputs.num_classes == 3
-    assert c.outputs.probs == pytest.approx(torch.softmax(reference(MIXED_TEXTS[0])[2][-1], -1).tolist(), abs=ATOL)
+    assert c.outputs.probs == pytest.approx(
+        torch.softmax(reference(MIXED_TEXTS[0])[2][-1], -1).tolist(), abs=ATOL
+    )
     (e,) = llm.embed(MIXED_TEXTS[1])
-    assert e.outputs.embedding == pytest.approx(F.normalize(reference(MIXED_TEXTS[1])[1][-1], dim=-1).tolist(), abs=ATOL)
+    assert e.outputs.embedding == pytest.approx(
+        F.normalize(reference(MIXED_TEXTS[1])[1][-1], dim=-1).tolist(), abs=ATOL
+    )
 
 
 def test_non_finite_scores_are_an_item_error_not_a_number(rm3):

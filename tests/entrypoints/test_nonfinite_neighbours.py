@@ -26,11 +26,14 @@ def engines(qwen3_rm, tmp_path_factory):
     return clean, poisoned, poison
 
 
-@pytest.mark.parametrize("texts", [
-    ["Hello 3", "Hello"],                      # the clean prompt is the NaN prompt's prefix
-    ["Hello", "Hello 3", "Hello world"],       # shared prefix, NaN in the middle
-    ["a b c 3 d", "x y z", "Hello there"],    # packed into one row without a shared prefix
-])
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["Hello 3", "Hello"],  # the clean prompt is the NaN prompt's prefix
+        ["Hello", "Hello 3", "Hello world"],  # shared prefix, NaN in the middle
+        ["a b c 3 d", "x y z", "Hello there"],  # packed into one row without a shared prefix
+    ],
+)
 def test_a_nan_neighbour_costs_no_prompt_its_score(engines, texts):
     clean, poisoned, poison = engines
     outs = poisoned.encode(texts, RAW, pooling_task="classify", use_tqdm=False)

@@ -59,7 +59,11 @@ def _adapters(llm: LLM) -> dict[str, dict]:
     head = _head_name(llm)
     if head is not None:
         configs["saved_head"] = {
-            "seed": 62, "r": 2, "target_modules": "all-linear", "exclude_modules": exclude, "modules_to_save": [head],
+            "seed": 62,
+            "r": 2,
+            "target_modules": "all-linear",
+            "exclude_modules": exclude,
+            "modules_to_save": [head],
         }
         configs["lora_head"] = {"seed": 63, "r": 4, "target_modules": _head_linears(llm)}
     return configs
@@ -81,12 +85,20 @@ def _compare(base, adapter_factory, merged_factory, pooler_config=None, tasks=No
     plan = [names[i % len(names)] for i in range(len(TEXTS) * 2)]
     texts = TEXTS * 2
     for task in tasks or llm.supported_tasks:
-        outs = llm.encode(texts, _params(task), pooling_task=task, lora_request=[requests.get(n) for n in plan])
+        outs = llm.encode(
+            texts, _params(task), pooling_task=task, lora_request=[requests.get(n) for n in plan]
+        )
         expected = {n: engines[n].encode(TEXTS, _params(task), pooling_task=task) for n in names}
         for i, (out, name) in enumerate(zip(outs, plan, strict=True)):
             want = expected[name][i % len(TEXTS)].outputs.data
             atol = ATOL * max(1.0, float(want.abs().max())) if scaled and want.numel() else ATOL
-            torch.testing.assert_close(out.outputs.data, want, atol=atol, rtol=RTOL, msg=lambda m, t=task, i=i, n=name: f"{t}, prompt {i}, {n}: {m}")
+            torch.testing.assert_close(
+                out.outputs.data,
+                want,
+                atol=atol,
+                rtol=RTOL,
+                msg=lambda m, t=task, i=i, n=name: f"{t}, prompt {i}, {n}: {m}",
+            )
             if name is not None and task in CLASSIFY_TASKS and want.numel():
                 base_out = expected[None][i % len(TEXTS)].outputs.data
                 assert not torch.allclose(want, base_out, atol=1e-3), f"{name} does not change {task}"
@@ -96,7 +108,9 @@ def _compare(base, adapter_factory, merged_factory, pooler_config=None, tasks=No
     "architecture",
     [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_ARCHITECTURES else a for a in sorted(BUILDERS)],
 )
-def test_architecture_with_mixed_adapters_equals_merged(architecture, checkpoint_factory, adapter_factory, merged_factory):
+def test_architecture_with_mixed_adapters_equals_merged(
+    architecture, checkpoint_factory, adapter_factory, merged_factory
+):
     base = checkpoint_factory(architecture, seed=71)
     _compare(base, adapter_factory, merged_factory, scaled=architecture in SCALED_TOLERANCE)
 

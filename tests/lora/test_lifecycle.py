@@ -41,7 +41,9 @@ def expected(base, good, merged_factory):
     return {
         r.lora_name: [
             o.outputs.data
-            for o in LLM(str(merged_factory(base, r.lora_path)), device="cpu").encode(MIXED_TEXTS, RAW, pooling_task="classify")
+            for o in LLM(str(merged_factory(base, r.lora_path)), device="cpu").encode(
+                MIXED_TEXTS, RAW, pooling_task="classify"
+            )
         ]
         for r in good
     }
@@ -80,7 +82,9 @@ def test_one_call_with_more_adapters_than_max_loras_runs_in_waves(base, good, ex
     plan = [good[i % 3] if i % 4 else None for i in range(len(MIXED_TEXTS) * 3)]
     assert len(llm.lora_manager.plan(plan)) == 2
     outs = llm.encode(MIXED_TEXTS * 3, RAW, pooling_task="classify", lora_request=plan)
-    base_scores = [o.outputs.data for o in LLM(str(base), device="cpu").encode(MIXED_TEXTS, RAW, pooling_task="classify")]
+    base_scores = [
+        o.outputs.data for o in LLM(str(base), device="cpu").encode(MIXED_TEXTS, RAW, pooling_task="classify")
+    ]
     for i, (out, lora) in enumerate(zip(outs, plan, strict=True)):
         want = base_scores if lora is None else expected[lora.lora_name]
         torch.testing.assert_close(out.outputs.data, want[i % len(MIXED_TEXTS)], atol=ATOL, rtol=0)
@@ -126,13 +130,18 @@ def test_forward_kwargs_hook(base, good):
     from rlhf_rewards.pooling import resolve_pooling
 
     pooling = resolve_pooling("classify", RAW, llm.pooler_config_for("classify"))
-    reqs = [EngineRequest(i, str(i), [1, 2, 3], pooling, lora) for i, lora in enumerate([None, good[0], None])]
+    reqs = [
+        EngineRequest(i, str(i), [1, 2, 3], pooling, lora) for i, lora in enumerate([None, good[0], None])
+    ]
     assert manager.forward_kwargs([reqs[0], reqs[2]]) == {}
     with pytest.raises(RuntimeError, match="is not loaded"):
         manager.forward_kwargs(reqs)
     manager.prepare([good[0]])
     names = ["__base__", "lora_1", "__base__"]
-    assert manager.forward_kwargs(reqs) == {"forward": {"adapter_names": names}, "head": {"adapter_names": names}}
+    assert manager.forward_kwargs(reqs) == {
+        "forward": {"adapter_names": names},
+        "head": {"adapter_names": names},
+    }
 
 
 # ---------------------------------------------------------------------- refusals
@@ -148,7 +157,9 @@ def bad(base, checkpoint_factory, adapter_factory, tmp_path_factory):
     adapters = {
         "wide rank": adapter_factory(base, seed=51, r=16, target_modules=["q_proj"]),
         "other width": adapter_factory(other_width, seed=52, target_modules=["q_proj", "v_proj"]),
-        "other head": adapter_factory(other_labels, seed=53, target_modules=["q_proj"], modules_to_save=["score"]),
+        "other head": adapter_factory(
+            other_labels, seed=53, target_modules=["q_proj"], modules_to_save=["score"]
+        ),
         "other modules": adapter_factory(internlm, seed=54, target_modules=["wqkv", "wo"]),
         "dora": adapter_factory(base, seed=55, target_modules=["q_proj"], use_dora=True),
         "missing path": root / "does-not-exist",
@@ -174,7 +185,10 @@ def bad(base, checkpoint_factory, adapter_factory, tmp_path_factory):
 
     from rlhf_rewards.testing.lora import _base_model
 
-    ia3 = get_peft_model(_base_model(base), IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]))
+    ia3 = get_peft_model(
+        _base_model(base),
+        IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]),
+    )
     ia3.save_pretrained(str(root / "ia3"))
     adapters["ia3"] = root / "ia3"
     return adapters
@@ -203,7 +217,9 @@ def test_bad_adapters_are_refused_and_leave_the_engine_usable(base, good, expect
     for i, (what, message) in enumerate(REFUSALS.items()):
         request = LoRARequest(f"bad-{i}", 100 + i, str(bad[what]))
         for attempt in (
-            lambda r=request: llm.encode(MIXED_TEXTS, RAW, pooling_task="classify", lora_request=[r, good[0], None, None, None]),
+            lambda r=request: llm.encode(
+                MIXED_TEXTS, RAW, pooling_task="classify", lora_request=[r, good[0], None, None, None]
+            ),
             lambda r=request: llm.add_lora(r),
             lambda r=request: llm.lora_manager.prepare([r]),
         ):

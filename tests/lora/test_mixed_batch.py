@@ -21,7 +21,12 @@ RAW = PoolingParams(use_activation=False)
 ADAPTERS = {
     # Also saves its own embedding table (a backbone module peft mixes row by row).
     "attn": {"seed": 1, "r": 4, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["embed_tokens"]},
-    "saved_head": {"seed": 2, "r": 8, "target_modules": ["k_proj", "o_proj", "gate_proj"], "modules_to_save": ["score"]},
+    "saved_head": {
+        "seed": 2,
+        "r": 8,
+        "target_modules": ["k_proj", "o_proj", "gate_proj"],
+        "modules_to_save": ["score"],
+    },
     "lora_head": {"seed": 3, "r": 4, "target_modules": ["q_proj", "down_proj", "score"]},
     # What TRL's RewardTrainer saves: all linear layers, the head in modules_to_save (task_type SEQ_CLS).
     "trl": {"seed": 4, "r": 2, "target_modules": "all-linear", "task_type": "SEQ_CLS"},
@@ -54,7 +59,9 @@ def reference(base, adapters, merged_factory):
     def get(name: str | None, task: str) -> list[torch.Tensor]:
         if (name, task) not in cache:
             params = RAW if task == "classify" else None
-            cache[name, task] = [o.outputs.data for o in engines[name].encode(MIXED_TEXTS, params, pooling_task=task)]
+            cache[name, task] = [
+                o.outputs.data for o in engines[name].encode(MIXED_TEXTS, params, pooling_task=task)
+            ]
         return cache[name, task]
 
     return get
@@ -68,7 +75,9 @@ def _plan(names: list[str | None], n: int) -> list[str | None]:
 def _check(outputs, plan, reference, task, offset=0):
     for i, (out, name) in enumerate(zip(outputs, plan, strict=True)):
         expected = reference(name, task)[(i + offset) % len(MIXED_TEXTS)]
-        torch.testing.assert_close(out.outputs.data, expected, atol=ATOL, rtol=0, msg=f"prompt {i}, adapter {name}")
+        torch.testing.assert_close(
+            out.outputs.data, expected, atol=ATOL, rtol=0, msg=f"prompt {i}, adapter {name}"
+        )
 
 
 @pytest.mark.parametrize("name", list(ADAPTERS))
@@ -98,7 +107,9 @@ def test_mixed_adapters_and_base_in_one_call(base, requests_by_name, reference, 
     padded_calls: list[set] = []
     run_packed, run_batch = llm.runner.run_packed, llm.runner.run_batch
     monkeypatch.setattr(
-        llm.runner, "run_packed", lambda p, reqs: packed_calls.append({r.lora for r in reqs}) or run_packed(p, reqs)
+        llm.runner,
+        "run_packed",
+        lambda p, reqs: packed_calls.append({r.lora for r in reqs}) or run_packed(p, reqs),
     )
     monkeypatch.setattr(
         llm.runner, "run_batch", lambda reqs: padded_calls.append({r.lora for r in reqs}) or run_batch(reqs)
@@ -126,7 +137,11 @@ def test_compatible_adapters_share_one_forward(base, requests_by_name, reference
     llm.runner.packing = False
     calls = []
     forward = llm.model.hidden_states
-    monkeypatch.setattr(llm.model, "hidden_states", lambda *a, **kw: calls.append(kw.get("adapter_names")) or forward(*a, **kw))
+    monkeypatch.setattr(
+        llm.model,
+        "hidden_states",
+        lambda *a, **kw: calls.append(kw.get("adapter_names")) or forward(*a, **kw),
+    )
     plan = _plan([None, "attn", "saved_head", "trl"], len(MIXED_TEXTS) * 2)
     loras = [requests_by_name[n] if n else None for n in plan]
     outs = llm.encode(MIXED_TEXTS * 2, RAW, pooling_task="classify", lora_request=loras)

@@ -31,7 +31,9 @@ def _toy_with_adapters() -> nn.Module:
     torch.manual_seed(0)
     model = _Toy()
     for name in ("a", "b"):
-        inject_adapter_in_model(LoraConfig(r=2, target_modules=["up", "flat"], init_lora_weights=False), model, adapter_name=name)
+        inject_adapter_in_model(
+            LoraConfig(r=2, target_modules=["up", "flat"], init_lora_weights=False), model, adapter_name=name
+        )
     return model
 
 
@@ -54,7 +56,10 @@ def test_each_row_gets_its_own_adapter():
 
 def test_layer_that_flattens_rows_is_refused_not_misrouted():
     model = _toy_with_adapters()
-    with mixed_adapter_batch(model, ["a", "b"]), pytest.raises(RuntimeError, match=r"'flat' sees an input of shape \(8, 6\)"):
+    with (
+        mixed_adapter_batch(model, ["a", "b"]),
+        pytest.raises(RuntimeError, match=r"'flat' sees an input of shape \(8, 6\)"),
+    ):
         model(torch.randn(2, 4, 6), flatten=True)
     # The hooks are gone afterwards: a plain forward works.
     assert model(torch.randn(2, 4, 6), flatten=True).shape == (2, 4, 6)

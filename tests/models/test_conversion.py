@@ -61,11 +61,15 @@ def test_saved_score_head_equals_transformers_sequence_classifier(checkpoint_fac
     path = with_tensors(src, tmp_path / "with-score", score__weight=0.2 * torch.randn(3, 64, generator=gen))
     llm = LLM(str(path), device="cpu", convert="classify", max_num_batched_tokens=128)
     assert llm.supported_tasks[0] == "classify" and llm.model_info().kind == "outcome"
-    reference = Qwen3ForSequenceClassification.from_pretrained(str(path), num_labels=3, dtype=torch.float32).eval()
+    reference = Qwen3ForSequenceClassification.from_pretrained(
+        str(path), num_labels=3, dtype=torch.float32
+    ).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     with torch.no_grad():
         expected = torch.cat([reference(**tok(t, return_tensors="pt")).logits for t in MIXED_TEXTS])
-    torch.testing.assert_close(data(llm.encode(MIXED_TEXTS, RAW, pooling_task="classify")), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        data(llm.encode(MIXED_TEXTS, RAW, pooling_task="classify")), expected, atol=ATOL, rtol=0
+    )
     # 3 labels: the default activation is a softmax.
     act = data(llm.encode(MIXED_TEXTS, pooling_task="classify"))
     torch.testing.assert_close(act, torch.softmax(expected, -1), atol=ATOL, rtol=0)
@@ -80,7 +84,9 @@ def test_saved_score_head_equals_transformers_sequence_classifier(checkpoint_fac
 @pytest.mark.parametrize("architecture", ["Qwen3ForCausalLM", "Qwen3Model"])
 def test_missing_score_head_says_how_to_supply_one(checkpoint_factory, architecture):
     path = checkpoint_factory(architecture, seed=43)
-    with pytest.raises(ValueError, match=r"no `score` head.*save a trained `score` head.*classifier_from_token.*method"):
+    with pytest.raises(
+        ValueError, match=r"no `score` head.*save a trained `score` head.*classifier_from_token.*method"
+    ):
         LLM(str(path), device="cpu", convert="classify")
 
 
@@ -90,8 +96,13 @@ def test_from_2_way_softmax(request, fixture):
     tok = AutoTokenizer.from_pretrained(str(path))
     false_tok, true_tok = "-", "+"
     f, t = tok.convert_tokens_to_ids([false_tok, true_tok])
-    llm = LLM(str(path), device="cpu", convert="classify", max_num_batched_tokens=128,
-              hf_overrides={"classifier_from_token": [false_tok, true_tok], "method": "from_2_way_softmax"})
+    llm = LLM(
+        str(path),
+        device="cpu",
+        convert="classify",
+        max_num_batched_tokens=128,
+        hf_overrides={"classifier_from_token": [false_tok, true_tok], "method": "from_2_way_softmax"},
+    )
     logits = next_token_logits(path, MIXED_TEXTS)
     raw = data(llm.encode(MIXED_TEXTS, RAW, pooling_task="classify"))
     torch.testing.assert_close(raw, (logits[:, t] - logits[:, f]).unsqueeze(-1), atol=ATOL, rtol=0)
@@ -111,16 +122,23 @@ def test_no_post_processing_and_token_ids(lm_untied):
     ids = tok.convert_tokens_to_ids(tokens)
     logits = next_token_logits(lm_untied, MIXED_TEXTS)
     for spec in (tokens, ids):
-        llm = LLM(str(lm_untied), device="cpu", convert="classify",
-                  hf_overrides={"classifier_from_token": spec, "method": "no_post_processing"})
+        llm = LLM(
+            str(lm_untied),
+            device="cpu",
+            convert="classify",
+            hf_overrides={"classifier_from_token": spec, "method": "no_post_processing"},
+        )
         raw = data(llm.encode(MIXED_TEXTS, RAW, pooling_task="classify"))
         torch.testing.assert_close(raw, logits[:, ids], atol=ATOL, rtol=0)
 
 
 def test_vllm_qwen3_reranker_recipe(lm_untied):
     """vLLM's documented overrides for Qwen3-Reranker work unchanged (no convert= needed)."""
-    overrides = {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["-", "+"],
-                 "is_original_qwen3_reranker": True}
+    overrides = {
+        "architectures": ["Qwen3ForSequenceClassification"],
+        "classifier_from_token": ["-", "+"],
+        "is_original_qwen3_reranker": True,
+    }
     llm = LLM(str(lm_untied), device="cpu", hf_overrides=overrides)
     tok = AutoTokenizer.from_pretrained(str(lm_untied))
     f, t = tok.convert_tokens_to_ids(["-", "+"])
@@ -128,17 +146,32 @@ def test_vllm_qwen3_reranker_recipe(lm_untied):
     prob = data(llm.encode(MIXED_TEXTS, pooling_task="classify"))[:, 0]
     torch.testing.assert_close(prob, torch.softmax(logits[:, [f, t]], -1)[:, 1], atol=ATOL, rtol=0)
     # classifier_from_token alone on a generative checkpoint implies convert="classify".
-    auto = LLM(str(lm_untied), device="cpu", hf_overrides={"classifier_from_token": ["-", "+"], "method": "from_2_way_softmax"})
-    torch.testing.assert_close(data(auto.encode(MIXED_TEXTS, pooling_task="classify"))[:, 0], prob, atol=ATOL, rtol=0)
+    auto = LLM(
+        str(lm_untied),
+        device="cpu",
+        hf_overrides={"classifier_from_token": ["-", "+"], "method": "from_2_way_softmax"},
+    )
+    torch.testing.assert_close(
+        data(auto.encode(MIXED_TEXTS, pooling_task="classify"))[:, 0], prob, atol=ATOL, rtol=0
+    )
 
 
 @pytest.mark.parametrize(
     "overrides, match",
     [
         ({"classifier_from_token": ["-", "+"]}, r"'method'=None.*from_2_way_softmax"),
-        ({"classifier_from_token": ["-", "+", "="], "method": "from_2_way_softmax"}, r"\[false_token, true_token\]"),
-        ({"classifier_from_token": ["-", "<not a token>"], "method": "from_2_way_softmax"}, r"'<not a token>' is not a token"),
-        ({"classifier_from_token": [1, 10**6], "method": "no_post_processing"}, r"token id 1000000 is outside"),
+        (
+            {"classifier_from_token": ["-", "+", "="], "method": "from_2_way_softmax"},
+            r"\[false_token, true_token\]",
+        ),
+        (
+            {"classifier_from_token": ["-", "<not a token>"], "method": "from_2_way_softmax"},
+            r"'<not a token>' is not a token",
+        ),
+        (
+            {"classifier_from_token": [1, 10**6], "method": "no_post_processing"},
+            r"token id 1000000 is outside",
+        ),
         ({"classifier_from_token": [], "method": "no_post_processing"}, r"non-empty list"),
         ({"classifier_from_token": ["+"], "method": "mean"}, r"'method'='mean'"),
     ],

@@ -26,7 +26,11 @@ CASES = {
     "Qwen2ForRewardModel": ("token_classify", None, ["score.0", "score.2"]),
     "Qwen2ForProcessRewardModel": ("token_classify", None, ["score.0", "score.2"]),
     "InternLM2ForRewardModel": ("token_classify", None, ["v_head"]),
-    "LlamaForCausalLM": ("token_classify", {"pooling_type": "STEP", "step_tag_id": 3, "returned_token_ids": [16, 18]}, []),
+    "LlamaForCausalLM": (
+        "token_classify",
+        {"pooling_type": "STEP", "step_tag_id": 3, "returned_token_ids": [16, 18]},
+        [],
+    ),
 }
 # Heads of the natively implemented classes load straight into float32 (never rounded to bf16).
 EXACT_HEADS = {"Qwen2ForRewardModel", "Qwen2ForProcessRewardModel", "InternLM2ForRewardModel"}
@@ -57,7 +61,9 @@ def test_low_precision_backbone_keeps_float32_head(checkpoint_factory, architect
     expected, got = scores(full, task), scores(low, task)
     assert got.shape == expected.shape
     error = (got - expected).abs().max().item()
-    assert error <= REL_TOL * expected.abs().max().item(), f"{dtype} error {error:.4f} vs scale {expected.abs().max():.3f}"
+    assert error <= REL_TOL * expected.abs().max().item(), (
+        f"{dtype} error {error:.4f} vs scale {expected.abs().max():.3f}"
+    )
 
 
 def test_lm_head_rows_are_multiplied_in_float32(checkpoint_factory):

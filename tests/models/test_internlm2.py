@@ -86,10 +86,18 @@ def test_checkpoint_looks_like_the_hub_one(rm):
     tok_config = json.loads((rm / "tokenizer_config.json").read_text())
     assert tok_config["tokenizer_class"] == "InternLM2Tokenizer"
     names = set(load_file(str(rm / "model.safetensors")))
-    assert {"model.tok_embeddings.weight", "model.layers.1.attention.wqkv.weight", "model.layers.1.attention.wo.weight",
-            "model.layers.0.feed_forward.w1.weight", "model.layers.0.feed_forward.w2.weight",
-            "model.layers.0.feed_forward.w3.weight", "model.layers.0.attention_norm.weight",
-            "model.layers.0.ffn_norm.weight", "model.norm.weight", "v_head.weight"} <= names
+    assert {
+        "model.tok_embeddings.weight",
+        "model.layers.1.attention.wqkv.weight",
+        "model.layers.1.attention.wo.weight",
+        "model.layers.0.feed_forward.w1.weight",
+        "model.layers.0.feed_forward.w2.weight",
+        "model.layers.0.feed_forward.w3.weight",
+        "model.layers.0.attention_norm.weight",
+        "model.layers.0.ffn_norm.weight",
+        "model.norm.weight",
+        "v_head.weight",
+    } <= names
 
 
 def test_token_classify_raw_scores_match_the_hand_written_forward(rm):
@@ -103,8 +111,9 @@ def test_token_classify_raw_scores_match_the_hand_written_forward(rm):
         assert out.outputs.data.shape == (len(out.prompt_token_ids), 1)
         torch.testing.assert_close(out.outputs.data, expected, atol=ATOL, rtol=0)
     (default,) = llm.encode(MIXED_TEXTS[:1], pooling_task="token_classify")
-    torch.testing.assert_close(default.outputs.data, torch.sigmoid(reference(default.prompt_token_ids)), atol=ATOL,
-                               rtol=0)
+    torch.testing.assert_close(
+        default.outputs.data, torch.sigmoid(reference(default.prompt_token_ids)), atol=ATOL, rtol=0
+    )
 
 
 def test_reward_token_scoring_as_on_the_model_card(rm):
@@ -116,7 +125,10 @@ def test_reward_token_scoring_as_on_the_model_card(rm):
     assert info.reward_token == "<|reward|>" == tok.decode([reward_token_id])
     chats = [
         [{"role": "user", "content": "What is 12 + 7?"}, {"role": "assistant", "content": "19"}],
-        [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hello, my name is Ada and I like poetry."}],
+        [
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hello, my name is Ada and I like poetry."},
+        ],
     ]
     prompts = [{"prompt_token_ids": ids + [reward_token_id]} for ids in llm.render_chat(chats)]
     outs = llm.encode(prompts, PoolingParams(use_activation=False), pooling_task="token_classify")
@@ -139,7 +151,10 @@ def test_native_loading_keeps_the_original_weight_names(rm):
     assert isinstance(AutoConfig.from_pretrained(str(rm)), InternLM2Config)
     # The tokenizer config names a remote-code class; the library still gets a working tokenizer.
     llm = LLM(str(rm), device="cpu")
-    assert llm.get_tokenizer()("Hello")["input_ids"] == AutoTokenizer.from_pretrained(str(rm))("Hello")["input_ids"]
+    assert (
+        llm.get_tokenizer()("Hello")["input_ids"]
+        == AutoTokenizer.from_pretrained(str(rm))("Hello")["input_ids"]
+    )
 
 
 def test_peft_targets_the_original_module_names(rm):

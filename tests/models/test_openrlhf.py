@@ -26,7 +26,9 @@ ATOL = 1e-5
 MEAN, STD = -0.4, 1.7
 
 
-def _openrlhf_checkpoint(root: Path, base_arch: str, architecture: str, *, normalize: bool, head: str = "score") -> Path:
+def _openrlhf_checkpoint(
+    root: Path, base_arch: str, architecture: str, *, normalize: bool, head: str = "score"
+) -> Path:
     """A causal LM checkpoint rewritten into OpenRLHF's reward/critic layout (random value head)."""
     base = build_checkpoint(base_arch, root / f"{base_arch}-base", seed=31)
     out = root / f"{architecture}-{base_arch}-{normalize}-{head}"
@@ -80,15 +82,20 @@ def test_reward_model_scores_its_last_token(tmp_path, base_arch, normalize):
 def test_normalize_switch_is_the_config_field(tmp_path):
     path = _openrlhf_checkpoint(tmp_path, "LlamaForCausalLM", "RewardModel", normalize=True)
     params = PoolingParams(use_activation=False)
-    normalized = LLM(str(path), dtype="float32", device="cpu").encode(MIXED_TEXTS, params, pooling_task="classify")
+    normalized = LLM(str(path), dtype="float32", device="cpu").encode(
+        MIXED_TEXTS, params, pooling_task="classify"
+    )
     raw = LLM(str(path), dtype="float32", device="cpu", hf_overrides={"normalize_reward": False}).encode(
-        MIXED_TEXTS, params, pooling_task="classify")
+        MIXED_TEXTS, params, pooling_task="classify"
+    )
     for n, r in zip(normalized, raw, strict=True):
         assert abs(float(n.outputs.data[0]) - (float(r.outputs.data[0]) - MEAN) / STD) <= ATOL
 
 
 def test_value_head_prefix_and_critic_per_token_values(tmp_path):
-    path = _openrlhf_checkpoint(tmp_path, "Qwen3ForCausalLM", "CriticModel", normalize=True, head="value_head")
+    path = _openrlhf_checkpoint(
+        tmp_path, "Qwen3ForCausalLM", "CriticModel", normalize=True, head="value_head"
+    )
     llm = LLM(str(path), dtype="float32", device="cpu")
     assert llm.model_info().kind == "token"
     outs = llm.encode(MIXED_TEXTS, PoolingParams(use_activation=False), pooling_task="token_classify")

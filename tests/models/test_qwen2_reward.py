@@ -91,10 +91,16 @@ def test_rm_token_classify_raw_scores_match_reference(rm):
     default = llm.encode(MIXED_TEXTS[:2], pooling_task="token_classify")
     torch.testing.assert_close(default[1].outputs.data, reference(MIXED_TEXTS[1])[1], atol=ATOL, rtol=0)
     act = llm.encode(MIXED_TEXTS[:2], PoolingParams(use_activation=True), pooling_task="token_classify")
-    torch.testing.assert_close(act[1].outputs.data, torch.sigmoid(reference(MIXED_TEXTS[1])[1]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        act[1].outputs.data, torch.sigmoid(reference(MIXED_TEXTS[1])[1]), atol=ATOL, rtol=0
+    )
     on = LLM(str(rm), device="cpu", pooler_config={"use_activation": True})
-    torch.testing.assert_close(on.encode(MIXED_TEXTS[1], pooling_task="token_classify")[0].outputs.data,
-                               torch.sigmoid(reference(MIXED_TEXTS[1])[1]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        on.encode(MIXED_TEXTS[1], pooling_task="token_classify")[0].outputs.data,
+        torch.sigmoid(reference(MIXED_TEXTS[1])[1]),
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 def test_rm_forward_returns_the_last_real_token_score(rm):
@@ -116,7 +122,12 @@ def test_prm_step_rewards_match_the_model_card(prm):
     config = llm.pooler_config_for("token_classify")
     assert (config.pooling_type, config.step_tag_id, config.use_activation) == ("STEP", step_sep_id, True)
     info = llm.model_info()
-    assert (info.kind, info.step_tag, info.step_tag_id, info.num_labels) == ("process", "<extra_0>", step_sep_id, 2)
+    assert (info.kind, info.step_tag, info.step_tag_id, info.num_labels) == (
+        "process",
+        "<extra_0>",
+        step_sep_id,
+        2,
+    )
 
     outs = llm.encode(PRM_TEXTS, pooling_task="token_classify")
     reference = reference_token_logits(prm)
@@ -156,7 +167,9 @@ def test_prm_without_a_step_tag_token_is_a_clear_error(tmp_path):
     build_tokenizer(tmp_path / "tok")
     for f in (tmp_path / "tok").iterdir():
         f.write_text(f.read_text().replace("<extra_0>", "<step>"))
-    path = build_checkpoint("Qwen2ForProcessRewardModel", tmp_path / "prm", tokenizer_dir=str(tmp_path / "tok"))
+    path = build_checkpoint(
+        "Qwen2ForProcessRewardModel", tmp_path / "prm", tokenizer_dir=str(tmp_path / "tok")
+    )
     assert AutoTokenizer.from_pretrained(str(path)).tokenize("<extra_0>") != ["<extra_0>"]
     with pytest.raises(ValueError, match=r"<extra_0>.*step_tag_id"):
         LLM(str(path), device="cpu")

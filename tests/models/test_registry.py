@@ -52,8 +52,14 @@ def test_unknown_architecture_lists_the_supported_ones_and_how_to_convert(tmp_pa
         LLM(str(path), device="cpu")
     message = str(err.value)
     assert "'FooForRewardModel' is not supported" in message
-    for name in ("Qwen2ForRewardModel", "InternLM2ForRewardModel", "Qwen2ForProcessRewardModel",
-                 "*ForSequenceClassification", "*ForCausalLM", "*Model"):
+    for name in (
+        "Qwen2ForRewardModel",
+        "InternLM2ForRewardModel",
+        "Qwen2ForProcessRewardModel",
+        "*ForSequenceClassification",
+        "*ForCausalLM",
+        "*Model",
+    ):
         assert name in message
     assert "convert='classify'" in message and "classifier_from_token" in message and "register()" in message
 

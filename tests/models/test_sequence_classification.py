@@ -17,7 +17,11 @@ from rlhf_rewards import LLM, PoolingParams
 from tests.conftest import MIXED_TEXTS
 
 ATOL = 1e-5
-ARCHITECTURES = ["Qwen3ForSequenceClassification", "LlamaForSequenceClassification", "JambaForSequenceClassification"]
+ARCHITECTURES = [
+    "Qwen3ForSequenceClassification",
+    "LlamaForSequenceClassification",
+    "JambaForSequenceClassification",
+]
 
 
 def transformers_logits(path, texts: list[str], pad_token: bool) -> torch.Tensor:

@@ -43,23 +43,35 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, init_method: str, cases: list[Case], out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), TOKENIZERS_PARALLELISM="false",
-                      HF_HUB_OFFLINE="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
 
     from rlhf_rewards import LLM
 
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=600))
+    dist.init_process_group(
+        "gloo", init_method=init_method, rank=rank, world_size=world, timeout=timedelta(seconds=600)
+    )
     results: dict[str, Any] = {}
     for case in cases:
         llm = LLM(case.model, device="cpu", dtype="float32", **case.llm_kwargs)
         outputs, stats = [], []
         for c in case.calls:
-            outputs.append([o.outputs.data for o in llm.encode(c.prompts, c.params, pooling_task=c.task, use_tqdm=False)])
+            outputs.append(
+                [o.outputs.data for o in llm.encode(c.prompts, c.params, pooling_task=c.task, use_tqdm=False)]
+            )
             stats.append(dict(llm.runner.last_stats))
-        results[case.name] = {"outputs": outputs, "resident_bytes": llm._parallel.resident_bytes, "stats": stats}
+        results[case.name] = {
+            "outputs": outputs,
+            "resident_bytes": llm._parallel.resident_bytes,
+            "stats": stats,
+        }
         llm.shutdown()
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -68,6 +80,9 @@ def _rank_main(rank: int, world: int, init_method: str, cases: list[Case], out_d
 def run_spmd(world: int, cases: list[Case], out_dir: Path) -> list[dict[str, Any]]:
     """Every case on ``world`` ranks; one result dict per rank (``{case: {"outputs", "resident_bytes", ...}}``)."""
     torch.multiprocessing.start_processes(
-        _rank_main, args=(world, f"tcp://127.0.0.1:{_free_port()}", cases, str(out_dir)), nprocs=world,
-        start_method="spawn")
+        _rank_main,
+        args=(world, f"tcp://127.0.0.1:{_free_port()}", cases, str(out_dir)),
+        nprocs=world,
+        start_method="spawn",
+    )
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]

@@ -63,6 +63,7 @@ def _port_is_free(port: int) -> bool:
 
 def _kill_when_started(rank: int, sig: int = signal.SIGKILL) -> threading.Thread:
     """Kill the worker of ``rank`` as soon as it exists (while the engine is still starting)."""
+
     def kill() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -130,7 +131,9 @@ class FailsOnRank1(LLM):
 @pytest.mark.slow  # the failing worker imports torch, transformers and this test module first (10-25 s)
 @pytest.mark.timeout(90)
 def test_a_worker_that_fails_to_load_reports_its_own_error(seq_rm):
-    with pytest.raises(WorkerFailed, match="rank 1 .* failed to start: ValueError: no room for this shard") as failure:
+    with pytest.raises(
+        WorkerFailed, match="rank 1 .* failed to start: ValueError: no room for this shard"
+    ) as failure:
         FailsOnRank1(str(seq_rm), device="cpu", tensor_parallel_size=2)
     assert isinstance(failure.value.__cause__, ValueError)  # the worker's exception, chained
     assert _rank_processes() == []
@@ -170,11 +173,14 @@ def test_a_worker_killed_mid_call_fails_that_call_and_every_later_one(seq_rm):
         run = llm.runner.run
 
         def run_and_kill_at_first_batch(requests, on_batch_done=None):
-            def progress(n: int) -> None:  # the first micro-batch is done: the call is under way on every rank
+            def progress(
+                n: int,
+            ) -> None:  # the first micro-batch is done: the call is under way on every rank
                 if victim.is_alive():
                     os.kill(victim.pid, signal.SIGKILL)
                 if on_batch_done is not None:
                     on_batch_done(n)
+
             return run(requests, on_batch_done=progress)
 
         llm.runner.run = run_and_kill_at_first_batch  # type: ignore[method-assign]
@@ -260,10 +266,21 @@ print("SCORED", llm.encode(["hello"], pooling_task="token_classify", use_tqdm=Fa
 def test_a_script_without_main_guard_fails_fast_and_says_how_to_fix_it(prm, tmp_path):
     script = tmp_path / "score_no_guard.py"
     script.write_text(NO_GUARD_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": ROOT}
-    proc = subprocess.Popen([sys.executable, str(script), str(prm)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=os.getcwd())
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": ROOT,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(prm)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=os.getcwd(),
+    )
     try:
         out, err = proc.communicate()
     finally:
@@ -333,19 +350,33 @@ def _gone(pids: list[int], timeout: float) -> bool:
 def test_interpreter_exit_and_a_killed_driver_take_the_workers_along(prm, tmp_path):
     script = tmp_path / "score_and_exit.py"
     script.write_text(EXIT_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": ROOT}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": ROOT,
+    }
     # The script ends without shutdown(): interpreter exit stops the workers (and does not wait long for them).
-    done = subprocess.run([sys.executable, str(script), str(prm), "exit"], capture_output=True, text=True, env=env,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), str(prm), "exit"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    pids = [int(p) for p in next(line for line in done.stdout.splitlines() if line.startswith("WORKERS")).split()[1:]]
+    pids = [
+        int(p)
+        for p in next(line for line in done.stdout.splitlines() if line.startswith("WORKERS")).split()[1:]
+    ]
     assert len(pids) == 2 and _gone(pids, 10)
     assert "leaked" not in done.stderr  # the workers released what multiprocessing tracks
 
     # The driver killed outright (no atexit, no finalizer): each worker notices and exits by itself.
-    driver = subprocess.Popen([sys.executable, str(script), str(prm), "wait"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=env)
+    driver = subprocess.Popen(
+        [sys.executable, str(script), str(prm), "wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     try:
         line = driver.stdout.readline()
         assert line.startswith("WORKERS"), line
@@ -385,20 +416,44 @@ if __name__ == "__main__":
 def test_torchrun_inside_the_users_process_group_scores_and_leaves_it_intact(prm, seq_rm, tmp_path):
     script = tmp_path / "score_in_group.py"
     script.write_text(TORCHRUN_IN_USER_GROUP)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": ROOT}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": ROOT,
+    }
     texts = PRM_TEXTS
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script),
-                           str(prm), str(seq_rm), json.dumps(texts), str(tmp_path)], capture_output=True, text=True,
-                          env=env, timeout=280)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(prm),
+            str(seq_rm),
+            json.dumps(texts),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=280,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    want = {"token_classify": _scores(LLM(str(prm), device="cpu", dtype="float32"), texts, "token_classify"),
-            "classify": _scores(LLM(str(seq_rm), device="cpu", dtype="float32"), texts, "classify")}
+    want = {
+        "token_classify": _scores(LLM(str(prm), device="cpu", dtype="float32"), texts, "token_classify"),
+        "classify": _scores(LLM(str(seq_rm), device="cpu", dtype="float32"), texts, "classify"),
+    }
     for rank in range(2):  # under torchrun every rank gets the outputs
         results = json.loads((tmp_path / f"rank{rank}.json").read_text())
         for task, expected in want.items():
-            got = [torch.tensor(g, dtype=torch.float32).reshape(w.shape)
-                   for g, w in zip(results[task], expected, strict=True)]
+            got = [
+                torch.tensor(g, dtype=torch.float32).reshape(w.shape)
+                for g, w in zip(results[task], expected, strict=True)
+            ]
             _assert_parity(got, expected)
         assert results["group"] == [True, 2, 2.0]
 
@@ -406,4 +461,6 @@ def test_torchrun_inside_the_users_process_group_scores_and_leaves_it_intact(prm
 def test_no_worker_is_left_behind():
     """Runs last in this module: every engine above stopped its workers."""
     assert _rank_processes() == []
-    assert [p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())] == []
+    assert [
+        p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
+    ] == []

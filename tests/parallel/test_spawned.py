@@ -39,8 +39,12 @@ def test_engine_started_ranks_score_like_one_process(prm, split_prm):
     with pytest.raises(ValueError, match="prompts"):
         split_prm.encode([[]], pooling_task="token_classify")
     (again,) = split_prm.encode(PRM_TEXTS[:1], pooling_task="token_classify", use_tqdm=False)
-    torch.testing.assert_close(again.outputs.data, reference.encode(PRM_TEXTS[:1], pooling_task="token_classify",
-                                                                    use_tqdm=False)[0].outputs.data, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        again.outputs.data,
+        reference.encode(PRM_TEXTS[:1], pooling_task="token_classify", use_tqdm=False)[0].outputs.data,
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 @pytest.mark.timeout(60)
@@ -59,7 +63,7 @@ def test_shutdown_stops_the_workers_and_frees_the_port(split_prm):
         split_prm.encode(PRM_TEXTS[:1], pooling_task="token_classify")
 
 
-TORCHRUN_SCRIPT = '''
+TORCHRUN_SCRIPT = """
 import json, sys
 import torch.distributed as dist
 from rlhf_rewards import LLM
@@ -69,7 +73,7 @@ outs = llm.encode(json.loads(sys.argv[2]), pooling_task="token_classify", use_tq
 with open(f"{sys.argv[3]}/rank{dist.get_rank()}.json", "w") as f:
     json.dump([o.outputs.data.tolist() for o in outs], f)
 llm.shutdown()
-'''
+"""
 
 
 @pytest.mark.slow  # torchrun starts two fresh interpreters
@@ -82,17 +86,35 @@ def test_under_torchrun_every_rank_scores(prm, tmp_path):
     script = tmp_path / "score.py"
     script.write_text(TORCHRUN_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script),
-                           str(prm), json.dumps(PRM_TEXTS), str(tmp_path)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(prm),
+            json.dumps(PRM_TEXTS),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.glob("rank*.json")) == ["rank0.json", "rank1.json"]
     reference = LLM(str(prm), device="cpu", dtype="float32")
-    want = [o.outputs.data for o in reference.encode(PRM_TEXTS, pooling_task="token_classify", use_tqdm=False)]
+    want = [
+        o.outputs.data for o in reference.encode(PRM_TEXTS, pooling_task="token_classify", use_tqdm=False)
+    ]
     for rank in (0, 1):
         payload = (tmp_path / f"rank{rank}.json").read_text()
         for got, w in zip(json.loads(payload), want, strict=True):
-            torch.testing.assert_close(torch.tensor(got, dtype=torch.float32).reshape(w.shape), w, atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                torch.tensor(got, dtype=torch.float32).reshape(w.shape), w, atol=1e-5, rtol=0
+            )
 
 
 @pytest.mark.slow  # starts a worker rank that then fails like rank 0

@@ -42,7 +42,12 @@ def test_pooler_config_unknown_field_lists_valid_ones():
 def test_params_override_config_and_unset_fields_fall_back():
     config = PoolerConfig(pooling_type="STEP", step_tag_id=7, returned_token_ids=[3, 4], use_activation=True)
     r = resolve_pooling("token_classify", PoolingParams(use_activation=False), config)
-    assert (r.pooling_type, r.step_tag_id, r.returned_token_ids, r.use_activation) == ("STEP", 7, (3, 4), False)
+    assert (r.pooling_type, r.step_tag_id, r.returned_token_ids, r.use_activation) == (
+        "STEP",
+        7,
+        (3, 4),
+        False,
+    )
     r = resolve_pooling("token_classify", PoolingParams(step_tag_id=9), config)
     assert r.step_tag_id == 9 and r.use_activation is True
 
@@ -61,7 +66,9 @@ def test_params_override_config_and_unset_fields_fall_back():
 )
 def test_params_that_do_not_belong_to_the_task_are_rejected(task, params, bad):
     with pytest.raises(ValueError, match=bad):
-        resolve_pooling(task, params, PoolerConfig(pooling_type="ALL" if task.startswith("token") else "LAST"))
+        resolve_pooling(
+            task, params, PoolerConfig(pooling_type="ALL" if task.startswith("token") else "LAST")
+        )
 
 
 def test_step_params_without_step_pooling_are_rejected():

@@ -47,7 +47,9 @@ def test_columns_are_selected_and_checked():
     logits = torch.arange(12.0).reshape(3, 4)
     assert torch.equal(select_columns(logits, (3, 0)), logits[:, [3, 0]])
     assert select_columns(logits, None) is logits
-    with pytest.raises(ValueError, match=r"returned_token_ids \[4, 7\] are out of range: the head has 4 output columns"):
+    with pytest.raises(
+        ValueError, match=r"returned_token_ids \[4, 7\] are out of range: the head has 4 output columns"
+    ):
         select_columns(logits, (1, 4, 7))
     with pytest.raises(ValueError, match="the vocabulary has 4 rows"):
         check_columns([5], 4, "the vocabulary has {width} rows")
@@ -58,7 +60,10 @@ def test_step_score_column_rule():
     assert step_score_column(2) == 1  # Qwen2.5-Math-PRM: label 1 is "correct"
     assert step_score_column(1) == 0
     assert step_score_column(5, returned_token_ids=[1, 2, 3, 4, 5]) == 0
-    assert step_score_column(3, override=2) == 2 and step_score_column(2, returned_token_ids=[1, 2], override=1) == 1
+    assert (
+        step_score_column(3, override=2) == 2
+        and step_score_column(2, returned_token_ids=[1, 2], override=1) == 1
+    )
     with pytest.raises(ValueError, match="has 3 columns and no returned_token_ids; pass step_score_column="):
         step_score_column(3)
     with pytest.raises(ValueError, match="step_score_column=2 but the STEP output has 2 columns"):
@@ -68,7 +73,10 @@ def test_step_score_column_rule():
 def test_kind_detection():
     step = PoolerConfig(pooling_type="STEP", step_tag_id=9)
     assert detect_step_kind("token", step) == ("process", 9)
-    assert detect_step_kind("process", PoolerConfig(pooling_type="ALL")) == ("process", None)  # no tag: not readable
+    assert detect_step_kind("process", PoolerConfig(pooling_type="ALL")) == (
+        "process",
+        None,
+    )  # no tag: not readable
     assert detect_step_kind("outcome", None) == ("outcome", None)
     assert detect_step_kind("process", PoolerConfig(pooling_type="STEP")) == ("process", None)
 
@@ -87,7 +95,11 @@ def test_user_fields_reach_the_right_tasks():
     assert all(c.use_activation is False for c in merged.values())  # fields for every task still apply
     explicit = PoolerConfig(pooling_type="STEP", step_tag_id=7)
     merged = {t: user_config_for_task(explicit, t, defaults).merged_over(d) for t, d in defaults.items()}
-    assert [merged[t].pooling_type for t in ("token_classify", "embed", "token_embed")] == ["STEP", "LAST", "STEP"]
+    assert [merged[t].pooling_type for t in ("token_classify", "embed", "token_embed")] == [
+        "STEP",
+        "LAST",
+        "STEP",
+    ]
     # A model without a STEP default (a causal LM): a bare step_tag_id goes to the token tasks, as vLLM.
     lm = {"token_classify": PoolerConfig(pooling_type="ALL"), "embed": PoolerConfig(pooling_type="LAST")}
     assert user_config_for_task(tag_only, "token_classify", lm) is tag_only

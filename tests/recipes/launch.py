@@ -16,20 +16,43 @@ RECIPES = REPO / "recipes"
 CONFIGS = RECIPES / "accelerate_configs"
 
 #: Training arguments of every tiny run: 2 steps, 2 prompts x 2 completions per process, 8 new tokens.
-TINY_TRAINING = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--num_generations", "2",
-                 "--max_completion_length", "8", "--logging_steps", "1", "--save_strategy", "no",
-                 "--report_to", "none", "--use_cpu", "--seed", "0"]
+TINY_TRAINING = [
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "2",
+    "--num_generations",
+    "2",
+    "--max_completion_length",
+    "8",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "no",
+    "--report_to",
+    "none",
+    "--use_cpu",
+    "--seed",
+    "0",
+]
 
 
 def recipe_env() -> dict[str, str]:
     """Offline, one thread per process (the machine runs several processes at once)."""
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-            "TRL_EXPERIMENTAL_SILENCE": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
 
 
-def accelerate_launch(config: str, recipe: str, args: list[str], *, num_processes: int, output_dir: Path,
-                      timeout: float = 600) -> str:
+def accelerate_launch(
+    config: str, recipe: str, args: list[str], *, num_processes: int, output_dir: Path, timeout: float = 600
+) -> str:
     """``accelerate launch --config_file recipes/accelerate_configs/<config>.yaml`` on ``recipes/<recipe>``.
 
     One process runs with accelerate's ``--cpu``. Several run the config's own launcher (DeepSpeed over
@@ -38,8 +61,17 @@ def accelerate_launch(config: str, recipe: str, args: list[str], *, num_processe
     tail if the run fails.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
-           "--num_processes", str(num_processes), "--mixed_precision", "no"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIGS / f"{config}.yaml"),
+        "--num_processes",
+        str(num_processes),
+        "--mixed_precision",
+        "no",
+    ]
     if num_processes == 1:
         cmd.append("--cpu")
     else:
@@ -47,15 +79,28 @@ def accelerate_launch(config: str, recipe: str, args: list[str], *, num_processe
     cmd += [str(RECIPES / recipe), *args, "--output_dir", str(output_dir), *TINY_TRAINING]
     log = output_dir / "launch.log"
     with open(log, "wb") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=recipe_env(), cwd=str(REPO),
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=recipe_env(),
+            cwd=str(REPO),
+            timeout=timeout,
+            check=False,
+        )
     text = log.read_text(errors="replace")
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{text[-6000:]}"
     return text
 
 
-def check_finished_run(output_dir: Path, reward_name: str, *, distributed_type: str, num_processes: int,
-                       zero_stage: int | None = None) -> list[dict]:
+def check_finished_run(
+    output_dir: Path,
+    reward_name: str,
+    *,
+    distributed_type: str,
+    num_processes: int,
+    zero_stage: int | None = None,
+) -> list[dict]:
     """The run trained 2 steps as launched, logged a finite reward per step, and the reward-metrics
     callback's raw-score mean (gathered from every process) equals TRL's own reward mean. Returns the
     per-step log entries."""

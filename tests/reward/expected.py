@@ -17,14 +17,17 @@ def close(a, b, tol=1e-5) -> bool:
         return x is None or (isinstance(x, float) and math.isnan(x))
 
     return len(a) == len(b) and all(
-        (missing(x) and missing(y)) or (not missing(x) and not missing(y) and math.isclose(x, y, rel_tol=tol, abs_tol=tol))
+        (missing(x) and missing(y))
+        or (not missing(x) and not missing(y) and math.isclose(x, y, rel_tol=tol, abs_tol=tol))
         for x, y in zip(a, b, strict=True)
     )
 
 
 def outcome_expected(llm: LLM, inputs: list) -> list[float]:
     """Raw logit of label 0 at the last token, for texts or ``{"prompt_token_ids": ...}`` inputs."""
-    return [float(o.outputs.data[0]) for o in llm.encode(inputs, RAW, pooling_task="classify", use_tqdm=False)]
+    return [
+        float(o.outputs.data[0]) for o in llm.encode(inputs, RAW, pooling_task="classify", use_tqdm=False)
+    ]
 
 
 def tagged(completion: str) -> str:

@@ -24,16 +24,20 @@ def test_every_field_is_documented_with_its_type_and_default():
         assert entry, f"{f.name} is not documented as '{f.name} (`type`, *optional*, defaults to `x`):'"
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         written = entry.group(1)
-        assert written == (repr(default).replace("'", '"') if isinstance(default, str) else str(default)).replace(
-            "\n", "\\n"
-        ), (f.name, written, default)
+        assert written == (
+            repr(default).replace("'", '"') if isinstance(default, str) else str(default)
+        ).replace("\n", "\\n"), (f.name, written, default)
 
 
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
         ("kind", "reward", r"kind='reward'; choose one of \['outcome', 'token', 'process', 'judge'\]"),
-        ("step_aggregation", "median", r"step_aggregation='median'; choose one of \['last', 'mean', 'min', 'prod'\]"),
+        (
+            "step_aggregation",
+            "median",
+            r"step_aggregation='median'; choose one of \['last', 'mean', 'min', 'prod'\]",
+        ),
         ("step_score_column", -1, r"step_score_column must be a non-negative integer or None, got -1"),
         ("score_column", 1.5, r"score_column must be a non-negative integer, got 1.5"),
         ("keep_step_separator", 1, r"keep_step_separator must be True or False, got 1"),
@@ -53,7 +57,12 @@ def test_errors_name_the_field_and_what_it_accepts(field, value, match):
 
 def test_defaults_and_normalization():
     cfg = RewardFunctionConfig()
-    assert (cfg.step_separator, cfg.step_aggregation, cfg.score_column, cfg.llm_kwargs) == ("\n\n", "min", 0, {})
+    assert (cfg.step_separator, cfg.step_aggregation, cfg.score_column, cfg.llm_kwargs) == (
+        "\n\n",
+        "min",
+        0,
+        {},
+    )
     cfg = RewardFunctionConfig(reward_scale=2, llm_kwargs=None, lora="/adapters/helpful")
     assert isinstance(cfg.reward_scale, float) and cfg.llm_kwargs == {}
     assert isinstance(cfg.lora, LoRARequest) and cfg.lora.lora_name == "helpful"
@@ -76,14 +85,18 @@ def test_overrides_apply_on_a_copy_and_revalidate():
 
 
 def test_unknown_settings_are_a_type_error_listing_the_fields():
-    with pytest.raises(TypeError, match=r"\['step_agregation'\].*RewardFunctionConfig fields \['name', 'kind'"):
+    with pytest.raises(
+        TypeError, match=r"\['step_agregation'\].*RewardFunctionConfig fields \['name', 'kind'"
+    ):
         resolve_config(None, {"step_agregation": "min"})
     with pytest.raises(TypeError, match=r"replace\(\) got unexpected keyword argument\(s\) \['bogus'\]"):
         RewardFunctionConfig().replace(bogus=1)
     with pytest.raises(TypeError, match="config must be a RewardFunctionConfig or None, got dict"):
         resolve_config({"name": "x"}, {})  # type: ignore[arg-type]
     # Checked before anything is loaded: the path does not exist.
-    with pytest.raises(TypeError, match=r"RewardFunction\(\) got unexpected keyword argument\(s\) \['scale'\]"):
+    with pytest.raises(
+        TypeError, match=r"RewardFunction\(\) got unexpected keyword argument\(s\) \['scale'\]"
+    ):
         RewardFunction("/no/such/model", scale=2.0)
     with pytest.raises(TypeError, match=r"AsyncRewardFunction\(\) got unexpected.*'step_aggregation'"):
         AsyncRewardFunction("/no/such/model", aggregation="min")

@@ -24,7 +24,10 @@ def test_outcome_standard_equals_llm_encode_raw_logits(rm_llm):
     want = outcome_expected(rm_llm, [p + c for p, c in zip(PROMPTS, COMPLETIONS, strict=True)])
     assert close(got, want)
     # raw logits, not sigmoid probabilities
-    probs = [float(o.outputs.data[0]) for o in rm_llm.encode([PROMPTS[0] + COMPLETIONS[0]], pooling_task="classify", use_tqdm=False)]
+    probs = [
+        float(o.outputs.data[0])
+        for o in rm_llm.encode([PROMPTS[0] + COMPLETIONS[0]], pooling_task="classify", use_tqdm=False)
+    ]
     assert math.isclose(probs[0], torch.sigmoid(torch.tensor(got[0])).item(), rel_tol=1e-5)
 
 
@@ -43,11 +46,18 @@ def test_chat_template_argument_overrides_the_models(rm_llm, no_template_rm_path
     no_template = RewardFunction(no_template_rm_path, name="plain", llm_kwargs={"device": "cpu"})
     with pytest.raises(RewardInputError, match="'plain'.*has no chat template.*chat_template="):
         no_template(prompts, completions)
-    assert no_template(PROMPTS, COMPLETIONS) == pytest.approx(RewardFunction(rm_llm)(PROMPTS, COMPLETIONS), abs=1e-5)
+    assert no_template(PROMPTS, COMPLETIONS) == pytest.approx(
+        RewardFunction(rm_llm)(PROMPTS, COMPLETIONS), abs=1e-5
+    )
     with_template = RewardFunction(no_template_rm_path, chat_template=template, llm_kwargs={"device": "cpu"})
-    texts = [f"system: Be brief.\nuser: {p}\nassistant: {c}\n" for p, c in zip(PROMPTS[:2], COMPLETIONS[:2], strict=True)]
+    texts = [
+        f"system: Be brief.\nuser: {p}\nassistant: {c}\n"
+        for p, c in zip(PROMPTS[:2], COMPLETIONS[:2], strict=True)
+    ]
     ids = [rm_llm.get_tokenizer()(t, add_special_tokens=False)["input_ids"] for t in texts]
-    assert close(with_template(prompts, completions), outcome_expected(rm_llm, [{"prompt_token_ids": i} for i in ids]))
+    assert close(
+        with_template(prompts, completions), outcome_expected(rm_llm, [{"prompt_token_ids": i} for i in ids])
+    )
 
 
 def test_sources_path_llm_and_worker_agree(rm_path, rm_llm):
@@ -86,7 +96,9 @@ def test_name_scale_offset_and_trl_keyword_arguments(rm_llm):
         "rewards/helpfulness/unscored_frac",
     }
     assert names["rewards/helpfulness/latency_s"] > 0
-    want_tokens = sum(len(rm_llm.get_tokenizer()(p + c)["input_ids"]) for p, c in zip(PROMPTS, COMPLETIONS, strict=True))
+    want_tokens = sum(
+        len(rm_llm.get_tokenizer()(p + c)["input_ids"]) for p, c in zip(PROMPTS, COMPLETIONS, strict=True)
+    )
     assert names["rewards/helpfulness/tokens_scored"] == want_tokens
     assert names["rewards/helpfulness/unscored_frac"] == 0.0
 
@@ -115,8 +127,12 @@ def test_kind_token_reads_the_last_token(rm_llm):
 @pytest.fixture(scope="module")
 def token_rm_llm(tmp_path_factory, rm_path):
     path = build_hf_model(
-        "Qwen3ForTokenClassification", tmp_path_factory.mktemp("tok") / "rm", config_cls="Qwen3Config",
-        num_labels=1, seed=14, tokenizer_dir=str(rm_path),
+        "Qwen3ForTokenClassification",
+        tmp_path_factory.mktemp("tok") / "rm",
+        config_cls="Qwen3Config",
+        num_labels=1,
+        seed=14,
+        tokenizer_dir=str(rm_path),
     )
     return LLM(str(path), device="cpu")
 
@@ -124,8 +140,12 @@ def token_rm_llm(tmp_path_factory, rm_path):
 def test_token_rm_inferred_kind_and_last_token_score(token_rm_llm):
     rf = RewardFunction(token_rm_llm)
     assert rf.kind == "token"
-    outs = token_rm_llm.encode([p + c for p, c in zip(PROMPTS, COMPLETIONS, strict=True)], RAW,
-                               pooling_task="token_classify", use_tqdm=False)
+    outs = token_rm_llm.encode(
+        [p + c for p, c in zip(PROMPTS, COMPLETIONS, strict=True)],
+        RAW,
+        pooling_task="token_classify",
+        use_tqdm=False,
+    )
     assert close(rf(PROMPTS, COMPLETIONS), [float(o.outputs.data[-1, 0]) for o in outs])
 
 
@@ -145,8 +165,13 @@ def test_token_rm_appends_the_reward_token(token_rm_llm):
     assert all(o.prompt_token_ids[-1] == reward_id for o in outs)
     assert close(rf(PROMPTS, COMPLETIONS), [float(o.outputs.data[-1, 0]) for o in outs])
     prompts, completions = conversational(PROMPTS, COMPLETIONS)
-    ids = [i + [reward_id] for i in token_rm_llm.render_chat([p + c for p, c in zip(prompts, completions, strict=True)])]
-    outs = token_rm_llm.encode([{"prompt_token_ids": i} for i in ids], RAW, pooling_task="token_classify", use_tqdm=False)
+    ids = [
+        i + [reward_id]
+        for i in token_rm_llm.render_chat([p + c for p, c in zip(prompts, completions, strict=True)])
+    ]
+    outs = token_rm_llm.encode(
+        [{"prompt_token_ids": i} for i in ids], RAW, pooling_task="token_classify", use_tqdm=False
+    )
     assert close(rf(prompts, completions), [float(o.outputs.data[-1, 0]) for o in outs])
 
 
@@ -160,8 +185,15 @@ def test_prm_standard_steps_and_aggregations(prm_llm):
     rewards, steps = rf(PROMPTS, COMPLETIONS, return_steps=True)
     assert all(close(a, b) for a, b in zip(steps, want_steps, strict=True))
     assert close(rewards, [min(s) for s in want_steps])
-    for how, fn in [("last", lambda s: s[-1]), ("mean", lambda s: sum(s) / len(s)), ("prod", math.prod), ("min", min)]:
-        assert close(RewardFunction(prm_llm, step_aggregation=how)(PROMPTS, COMPLETIONS), [fn(s) for s in want_steps])
+    for how, fn in [
+        ("last", lambda s: s[-1]),
+        ("mean", lambda s: sum(s) / len(s)),
+        ("prod", math.prod),
+        ("min", min),
+    ]:
+        assert close(
+            RewardFunction(prm_llm, step_aggregation=how)(PROMPTS, COMPLETIONS), [fn(s) for s in want_steps]
+        )
     # probabilities (softmax over [good, bad]), not logits
     assert all(0.0 < x < 1.0 for s in steps for x in s)
 
@@ -169,7 +201,10 @@ def test_prm_standard_steps_and_aggregations(prm_llm):
 def test_prm_conversational(prm_llm):
     rf = RewardFunction(prm_llm)
     prompts, completions = conversational(PROMPTS, COMPLETIONS)
-    convs = [p + [{"role": "assistant", "content": tagged(c[0]["content"])}] for p, c in zip(prompts, completions, strict=True)]
+    convs = [
+        p + [{"role": "assistant", "content": tagged(c[0]["content"])}]
+        for p, c in zip(prompts, completions, strict=True)
+    ]
     ids = prm_llm.render_chat(convs)
     assert [i.count(STEP_TAG_ID) for i in ids] == [3, 1, 1]
     want_steps = prm_steps_expected(prm_llm, [{"prompt_token_ids": i} for i in ids])
@@ -179,7 +214,9 @@ def test_prm_conversational(prm_llm):
 
 
 def test_prm_step_score_column_override_and_column_rule(prm_llm):
-    rewards, steps = RewardFunction(prm_llm, step_score_column=1, step_aggregation="last")(PROMPTS, COMPLETIONS, return_steps=True)
+    rewards, steps = RewardFunction(prm_llm, step_score_column=1, step_aggregation="last")(
+        PROMPTS, COMPLETIONS, return_steps=True
+    )
     _, default_steps = RewardFunction(prm_llm)(PROMPTS, COMPLETIONS, return_steps=True)
     for s1, s0 in zip(steps, default_steps, strict=True):
         assert close(s1, [1.0 - x for x in s0], tol=1e-4)  # 2-way softmax: bad = 1 - good
@@ -250,13 +287,21 @@ def test_truncate_keeps_the_end(short_llm):
     rf = RewardFunction(short_llm, truncate=True)
     prompts = ["Hi", "Hello, my name is Ada and I like"]
     completions = [" ok", " mathematics, poetry and long walks."]
-    want = [float(o.outputs.data[0]) for o in short_llm.encode(
-        [p + c for p, c in zip(prompts, completions, strict=True)], RAW, pooling_task="classify",
-        tokenization_kwargs={"truncate_prompt_tokens": -1, "truncation_side": "left"}, use_tqdm=False)]
+    want = [
+        float(o.outputs.data[0])
+        for o in short_llm.encode(
+            [p + c for p, c in zip(prompts, completions, strict=True)],
+            RAW,
+            pooling_task="classify",
+            tokenization_kwargs={"truncate_prompt_tokens": -1, "truncation_side": "left"},
+            use_tqdm=False,
+        )
+    ]
     assert close(rf(prompts, completions), want)
     # LLM.encode's default (vLLM's) keeps the first tokens: a different score for the cut text.
-    first = short_llm.encode(prompts[1] + completions[1], RAW, pooling_task="classify", truncate_prompt_tokens=-1,
-                             use_tqdm=False)[0]
+    first = short_llm.encode(
+        prompts[1] + completions[1], RAW, pooling_task="classify", truncate_prompt_tokens=-1, use_tqdm=False
+    )[0]
     assert not close([float(first.outputs.data[0])], want[1:])
 
 
@@ -332,8 +377,15 @@ def test_qwen2_prm_uses_column_1_of_the_two_label_softmax(checkpoint_factory, rm
     assert all(close(a, b) for a, b in zip(steps, want, strict=True))
     assert close(rewards, [min(s) for s in want])
     prompts, completions = conversational(PROMPTS, COMPLETIONS)
-    convs = [p + [{"role": "assistant", "content": tagged(c[0]["content"])}] for p, c in zip(prompts, completions, strict=True)]
-    outs = llm.encode([{"prompt_token_ids": i} for i in llm.render_chat(convs)], pooling_task="token_classify", use_tqdm=False)
+    convs = [
+        p + [{"role": "assistant", "content": tagged(c[0]["content"])}]
+        for p, c in zip(prompts, completions, strict=True)
+    ]
+    outs = llm.encode(
+        [{"prompt_token_ids": i} for i in llm.render_chat(convs)],
+        pooling_task="token_classify",
+        use_tqdm=False,
+    )
     assert close(rf(prompts, completions), [min(o.outputs.data[:, 1].tolist()) for o in outs])
 
 
@@ -344,14 +396,20 @@ def test_token_reward_models_score_the_final_token(checkpoint_factory, rm_path, 
     assert rf.kind == "token"
     suffix = rf.model_info.reward_token or ""
     assert (suffix == "<|reward|>") == (architecture == "InternLM2ForRewardModel")
-    outs = llm.encode([p + c + suffix for p, c in zip(PROMPTS, COMPLETIONS, strict=True)], RAW,
-                      pooling_task="token_classify", use_tqdm=False)
+    outs = llm.encode(
+        [p + c + suffix for p, c in zip(PROMPTS, COMPLETIONS, strict=True)],
+        RAW,
+        pooling_task="token_classify",
+        use_tqdm=False,
+    )
     assert close(rf(PROMPTS, COMPLETIONS), [float(o.outputs.data[-1, 0]) for o in outs])
     prompts, completions = conversational(PROMPTS, COMPLETIONS)
     ids = llm.render_chat([p + c for p, c in zip(prompts, completions, strict=True)])
     if suffix:
         ids = [i + [TOKEN_ID[suffix]] for i in ids]  # the model card appends reward_token_id after the chat
-    outs = llm.encode([{"prompt_token_ids": i} for i in ids], RAW, pooling_task="token_classify", use_tqdm=False)
+    outs = llm.encode(
+        [{"prompt_token_ids": i} for i in ids], RAW, pooling_task="token_classify", use_tqdm=False
+    )
     assert close(rf(prompts, completions), [float(o.outputs.data[-1, 0]) for o in outs])
 
 
@@ -368,7 +426,9 @@ def test_lora_adapter_scores_with_the_adapter(rm_path, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(str(rm_path))
-    adapted = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapted = peft.get_peft_model(
+        model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     adapted.save_pretrained(str(tmp_path / "helpful"))
     rf = RewardFunction(rm_path, lora=str(tmp_path / "helpful"), llm_kwargs={"device": "cpu"})
     assert rf.__name__ == "helpful"

@@ -57,7 +57,9 @@ def _label_ids(tok, labels):
 
 def test_standard_format_matches_transformers(llm, reference):
     tok, probs = reference
-    rf = RewardFunction(llm, judge=JudgeConfig(template=TEMPLATE, labels=("Y", "N")), reward_scale=2.0, reward_offset=-1)
+    rf = RewardFunction(
+        llm, judge=JudgeConfig(template=TEMPLATE, labels=("Y", "N")), reward_scale=2.0, reward_offset=-1
+    )
     assert rf.kind == "judge"
     rewards = rf(PROMPTS, COMPLETIONS)
     labels = _label_ids(tok, ["Y", "N"])
@@ -82,16 +84,25 @@ def test_label_values_and_ids(llm, reference):
 def test_conversational_format_uses_the_judges_chat_template(llm, reference):
     tok, probs = reference
     template = "Question: {prompt}\nAnswer: {completion}\nCorrect? "
-    rf = RewardFunction(llm, judge=JudgeConfig(template=template, labels=("Y", "N"), system_prompt=RUBRIC),
-                        chat_template=CHATML_TEMPLATE)
+    rf = RewardFunction(
+        llm,
+        judge=JudgeConfig(template=template, labels=("Y", "N"), system_prompt=RUBRIC),
+        chat_template=CHATML_TEMPLATE,
+    )
     prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
     completions = [[{"role": "assistant", "content": c}] for c in COMPLETIONS]
     rewards = rf(prompts, completions)
     labels = _label_ids(tok, ["Y", "N"])
     for p, c, r in zip(PROMPTS, COMPLETIONS, rewards, strict=True):
-        text = tok.apply_chat_template([{"role": "system", "content": RUBRIC},
-                                        {"role": "user", "content": template.format(prompt=p, completion=c)}],
-                                       chat_template=CHATML_TEMPLATE, tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [
+                {"role": "system", "content": RUBRIC},
+                {"role": "user", "content": template.format(prompt=p, completion=c)},
+            ],
+            chat_template=CHATML_TEMPLATE,
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         assert r == pytest.approx(probs(tok.encode(text, add_special_tokens=False), labels)[0], abs=1e-5)
 
 
@@ -132,7 +143,9 @@ def test_config_checks(llm, qwen3_rm):
     with pytest.raises(ValueError, match="kind='judge' needs judge="):
         RewardFunction(llm, kind="judge")
     with pytest.raises(ValueError, match="one token"):
-        RewardFunction(llm, judge={"template": "{completion}", "labels": ["Yes definitely not"]})(["q"], ["a"])
+        RewardFunction(llm, judge={"template": "{completion}", "labels": ["Yes definitely not"]})(
+            ["q"], ["a"]
+        )
     with pytest.raises(ValueError, match="has none"):
         RewardFunction(LLM(str(qwen3_rm), device="cpu"), judge="{completion}")
 
@@ -146,8 +159,14 @@ def test_ray_pool_judge_and_generative_score(judge_path, llm):
     direct = llm.generative_score(RUBRIC, COMPLETIONS, [5, 9, 5])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        with RayWorkerPool(str(judge_path), num_replicas=2, num_cpus_per_replica=1, max_batch_size=4,
-                           device="cpu", max_model_len=256) as pool:
+        with RayWorkerPool(
+            str(judge_path),
+            num_replicas=2,
+            num_cpus_per_replica=1,
+            max_batch_size=4,
+            device="cpu",
+            max_model_len=256,
+        ) as pool:
             got = pool.generative_score(RUBRIC, COMPLETIONS, [5, 9, 5])
             assert [o.index for o in got] == list(range(len(COMPLETIONS)))
             assert [o.score for o in got] == pytest.approx([o.score for o in direct], abs=1e-6)

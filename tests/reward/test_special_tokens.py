@@ -33,9 +33,18 @@ BOS_ID, PAD_ID, EOT_ID = 128000, 128004, 128009
 def llama3_rm(checkpoint_factory):
     """A tiny LlamaForSequenceClassification on Llama-3's real tokenizer (pad: reserved token 128004)."""
     tok_dir = real_tokenizer_dir("llama3", pad_token=LLAMA3_PAD)
-    return checkpoint_factory("LlamaForSequenceClassification", seed=23, tokenizer_dir=str(tok_dir),
-                              vocab_size=tokenizer_length(tok_dir), pad_token_id=PAD_ID, bos_token_id=BOS_ID,
-                              eos_token_id=EOT_ID, hidden_size=64, num_attention_heads=2, num_key_value_heads=1)
+    return checkpoint_factory(
+        "LlamaForSequenceClassification",
+        seed=23,
+        tokenizer_dir=str(tok_dir),
+        vocab_size=tokenizer_length(tok_dir),
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOT_ID,
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +55,35 @@ def llama3_llm(llama3_rm):
 @pytest.fixture(scope="module")
 def trl_rewards(llama3_rm, llama3_llm, policy_path, tmp_path_factory):
     """TRL's own ``_calculate_rewards`` on a real GRPOTrainer, standard and conversational, as columns."""
-    args = trl.GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), per_device_train_batch_size=3,
-                          num_generations=3, max_completion_length=8, use_cpu=True, bf16=False, report_to="none",
-                          save_strategy="no", seed=0)
-    funcs = [str(llama3_rm), RewardFunction(llama3_llm, name="no_special", add_special_tokens=False),
-             RewardFunction(llama3_llm, name="special")]
-    trainer = trl.GRPOTrainer(model=str(policy_path), reward_funcs=funcs, args=args,
-                              train_dataset=datasets.Dataset.from_dict({"prompt": PROMPTS}))
+    args = trl.GRPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("grpo")),
+        per_device_train_batch_size=3,
+        num_generations=3,
+        max_completion_length=8,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+    )
+    funcs = [
+        str(llama3_rm),
+        RewardFunction(llama3_llm, name="no_special", add_special_tokens=False),
+        RewardFunction(llama3_llm, name="special"),
+    ]
+    trainer = trl.GRPOTrainer(
+        model=str(policy_path),
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=datasets.Dataset.from_dict({"prompt": PROMPTS}),
+    )
     out = {}
     conv_prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
     conv_completions = [[{"role": "assistant", "content": c}] for c in COMPLETIONS]
-    for fmt, prompts, completions in (("standard", PROMPTS, COMPLETIONS),
-                                      ("conversational", conv_prompts, conv_completions)):
+    for fmt, prompts, completions in (
+        ("standard", PROMPTS, COMPLETIONS),
+        ("conversational", conv_prompts, conv_completions),
+    ):
         inputs = [{"prompt": p} for p in prompts]
         rewards = trainer._calculate_rewards(inputs, prompts, completions, [[0]] * len(prompts))
         out[fmt] = {name: rewards[:, j].tolist() for j, name in enumerate(["trl", "no_special", "special"])}
@@ -111,8 +137,15 @@ def test_colocated_and_remote_agree_for_each_setting(llama3_rm, llama3_llm, trl_
     with InProcessServer(llama3_rm) as server, RemoteWorker(server.url) as worker:
         for flag, want in ((False, std["trl"]), (True, std["special"])):
             remote = RewardFunction(worker, add_special_tokens=flag)(prompts=PROMPTS, completions=COMPLETIONS)
-            local = RewardFunction(llama3_llm, add_special_tokens=flag)(prompts=PROMPTS, completions=COMPLETIONS)
-            assert close(remote, local, tol=1e-5) and close(local, want, tol=1e-5), (flag, remote, local, want)
+            local = RewardFunction(llama3_llm, add_special_tokens=flag)(
+                prompts=PROMPTS, completions=COMPLETIONS
+            )
+            assert close(remote, local, tol=1e-5) and close(local, want, tol=1e-5), (
+                flag,
+                remote,
+                local,
+                want,
+            )
 
 
 def test_async_function_and_the_worker_call(llama3_llm, trl_rewards):

@@ -61,14 +61,21 @@ def _train(trainer_name: str, fmt: str, policy_path, reward_funcs, output_dir):
 
         def on_step_end(self, args, state, control, **kwargs):
             logs = holder["trainer"]._logs
-            snapshots.append({
-                "prompt": list(logs["prompt"]),
-                "completion": list(logs["completion"]),
-                "rewards": {k: list(v) for k, v in logs["rewards"].items()},
-            })
+            snapshots.append(
+                {
+                    "prompt": list(logs["prompt"]),
+                    "completion": list(logs["completion"]),
+                    "rewards": {k: list(v) for k, v in logs["rewards"].items()},
+                }
+            )
 
-    trainer = Trainer(model=str(policy_path), reward_funcs=reward_funcs, args=args, train_dataset=_dataset(fmt),
-                      callbacks=[Snapshot()])
+    trainer = Trainer(
+        model=str(policy_path),
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=_dataset(fmt),
+        callbacks=[Snapshot()],
+    )
     holder["trainer"] = trainer
     trainer.train()
     return trainer, snapshots
@@ -90,7 +97,9 @@ def _check(trainer, snapshots, rm_llm, prm_llm):
         }
         for name, values in want.items():
             assert close(snap["rewards"][name], values, tol=1e-4), (name, snap["rewards"][name], values)
-            assert math.isclose(log[f"rewards/{name}/mean"], sum(values) / len(values), rel_tol=1e-4, abs_tol=1e-4)
+            assert math.isclose(
+                log[f"rewards/{name}/mean"], sum(values) / len(values), rel_tol=1e-4, abs_tol=1e-4
+            )
         # RewardFunction's own figures, through TRL's log_metric
         assert log["rewards/rm/tokens_scored"] > 0 and log["rewards/rm/latency_s"] > 0
         assert log["rewards/prm/unscored_frac"] == 0.0

@@ -49,7 +49,9 @@ def get_reward(
         use_cache=False,  # otherwise mistral-based RM would error out
     )
     reward_logits = model.score(output.hidden_states[-1])
-    sequence_lengths = first_true_indices(query_responses[:, context_length:] == pad_token_id) - 1 + context_length
+    sequence_lengths = (
+        first_true_indices(query_responses[:, context_length:] == pad_token_id) - 1 + context_length
+    )
     # https://github.com/huggingface/transformers/blob/dc68a39c8111217683bf49a4912d0c9018bab33d/src/transformers/models/gpt2/modeling_gpt2.py#L1454
     return (
         reward_logits,
@@ -59,6 +61,8 @@ def get_reward(
         ].squeeze(-1),
         sequence_lengths,
     )
+
+
 # -----------------------------------------------------------------------------------------------------
 
 
@@ -140,13 +144,33 @@ def test_process_reward_models_are_rejected(prm_llm):
 def test_real_ppo_trainer_two_steps(tmp_path):
     python = REPO / ".venv-ppo" / "bin" / "python"
     if not python.exists():
-        pytest.skip(".venv-ppo does not exist: run `bash scripts/ppo_env.sh` (trl 1.12.0, the last with PPOTrainer)")
+        pytest.skip(
+            ".venv-ppo does not exist: run `bash scripts/ppo_env.sh` (trl 1.12.0, the last with PPOTrainer)"
+        )
     summary = tmp_path / "summary.json"
-    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     proc = subprocess.run(
-        [str(python), "-m", "recipes.ppo_legacy", "--steps", "2", "--workdir", str(tmp_path / "work"),
-         "--summary", str(summary)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(python),
+            "-m",
+            "recipes.ppo_legacy",
+            "--steps",
+            "2",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--summary",
+            str(summary),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(summary.read_text())

@@ -11,8 +11,14 @@ MAX_CLIENT_BATCH = 32
 MAX_BODY_BYTES = 200_000
 SERVED_NAME = "tiny-rm"
 #: The CLI arguments of the session's shared server (small request limits, so the limit tests stay small).
-SERVER_ARGS = ("--served-model-name", SERVED_NAME, "--max-client-batch-size", str(MAX_CLIENT_BATCH),
-               "--max-body-bytes", str(MAX_BODY_BYTES))
+SERVER_ARGS = (
+    "--served-model-name",
+    SERVED_NAME,
+    "--max-client-batch-size",
+    str(MAX_CLIENT_BATCH),
+    "--max-body-bytes",
+    str(MAX_BODY_BYTES),
+)
 
 
 @pytest.fixture(scope="session")

@@ -30,8 +30,12 @@ class FakeEngine:
         time.sleep(self.delay)
         if any(13 in item.token_ids for item in items):
             raise ValueError("token 13 is not allowed")
-        return [PoolingRequestOutput(f"r{i}", PoolingOutput(torch.tensor([float(sum(item.token_ids))])), item.token_ids)
-                for i, item in enumerate(items)]
+        return [
+            PoolingRequestOutput(
+                f"r{i}", PoolingOutput(torch.tensor([float(sum(item.token_ids))])), item.token_ids
+            )
+            for i, item in enumerate(items)
+        ]
 
 
 def _items(*prompts: list[int]) -> list[EngineItem]:
@@ -43,8 +47,13 @@ def _scores(outputs: list[PoolingRequestOutput]) -> list[float]:
 
 
 async def _with_batcher(engine: FakeEngine, body, **kw):
-    batcher = Batcher(engine, max_queue_size=kw.pop("max_queue_size", 1000), max_batch_tokens=kw.pop("max_batch_tokens", 1000),
-                      metrics=ServerMetrics(), **kw)
+    batcher = Batcher(
+        engine,
+        max_queue_size=kw.pop("max_queue_size", 1000),
+        max_batch_tokens=kw.pop("max_batch_tokens", 1000),
+        metrics=ServerMetrics(),
+        **kw,
+    )
     batcher.start()
     try:
         return await body(batcher)
@@ -70,7 +79,9 @@ def test_concurrent_requests_merge_into_one_engine_call_in_order():
     assert engine.calls == [("classify", 1), ("classify", 10)]  # the five queued requests ran as ONE call
 
 
-@pytest.mark.parametrize("wait_s, expected_calls", [(2.0, [("classify", 2)]), (0.0, [("classify", 1), ("classify", 1)])])
+@pytest.mark.parametrize(
+    "wait_s, expected_calls", [(2.0, [("classify", 2)]), (0.0, [("classify", 1), ("classify", 1)])]
+)
 def test_a_round_waits_for_a_request_still_arriving(wait_s, expected_calls):
     """A request being parsed/tokenized (``arriving``) joins the round about to start, up to ``batch_wait_s``."""
     engine = FakeEngine()
@@ -104,8 +115,10 @@ def test_tasks_are_never_mixed_and_token_budget_splits_rounds():
         engine.gate.clear()
         blocker = asyncio.ensure_future(batcher.submit("classify", _items([0])))
         await asyncio.sleep(0.05)
-        jobs = [asyncio.ensure_future(batcher.submit(task, _items([1] * 4)))
-                for task in ("classify", "embed", "classify", "classify", "embed")]
+        jobs = [
+            asyncio.ensure_future(batcher.submit(task, _items([1] * 4)))
+            for task in ("classify", "embed", "classify", "classify", "embed")
+        ]
         await asyncio.sleep(0.05)
         engine.gate.set()
         await blocker
@@ -136,7 +149,13 @@ def test_a_failing_request_does_not_fail_the_others_it_was_merged_with():
     assert _scores(good1) == [2.0] and _scores(good2) == [3.0]
     assert isinstance(bad, ValueError) and "13" in str(bad)
     # one merged attempt, then each member alone
-    assert engine.calls == [("classify", 1), ("classify", 3), ("classify", 1), ("classify", 1), ("classify", 1)]
+    assert engine.calls == [
+        ("classify", 1),
+        ("classify", 3),
+        ("classify", 1),
+        ("classify", 1),
+        ("classify", 1),
+    ]
 
 
 def test_full_queue_refuses_with_retry_after_and_stop_drains_everything():
@@ -146,7 +165,9 @@ def test_full_queue_refuses_with_retry_after_and_stop_drains_everything():
         engine.gate.clear()
         running = asyncio.ensure_future(batcher.submit("classify", _items([1])))
         await asyncio.sleep(0.05)
-        big = asyncio.ensure_future(batcher.submit("classify", _items([1], [2], [3])))  # empty queue: admitted
+        big = asyncio.ensure_future(
+            batcher.submit("classify", _items([1], [2], [3]))
+        )  # empty queue: admitted
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull) as info:
             await batcher.submit("classify", _items([4]))
@@ -207,4 +228,10 @@ def test_a_nan_request_is_rerun_apart_so_it_never_spoils_its_batch_mates():
     good1, bad, good2 = asyncio.run(_with_batcher(engine, body))
     assert _scores(good1) == [1.0] and _scores(good2) == [2.0] and good1[0].error is None
     assert bad[0].error is not None
-    assert engine.calls == [("classify", 1), ("classify", 3), ("classify", 1), ("classify", 1), ("classify", 1)]
+    assert engine.calls == [
+        ("classify", 1),
+        ("classify", 3),
+        ("classify", 1),
+        ("classify", 1),
+        ("classify", 1),
+    ]

@@ -34,7 +34,9 @@ def test_verl_reward_loop_classify(server, llm, qwen3_rm):
         payloads = {"model": model_name, "input": disrm_prompt, "use_activation": False}
         output = asyncio.run(_verl_post_request(address, payloads, "classify"))
         rm_score = output["data"][-1]["probs"][-1]
-        (want,) = llm.encode(disrm_prompt, PoolingParams(use_activation=False), pooling_task="classify", use_tqdm=False)
+        (want,) = llm.encode(
+            disrm_prompt, PoolingParams(use_activation=False), pooling_task="classify", use_tqdm=False
+        )
         assert abs(rm_score - float(want.outputs.data[-1])) < 1e-5
         assert output["object"] == "list" and output["id"].startswith("classify-")
         item = output["data"][-1]
@@ -44,10 +46,14 @@ def test_verl_reward_loop_classify(server, llm, qwen3_rm):
 
 def test_classify_probabilities_and_batches(server, llm):
     texts = ["Hello, my name is", "ok"]
-    body = requests.post(server.url + "/classify", json={"model": "tiny-rm", "input": texts}, timeout=60).json()
+    body = requests.post(
+        server.url + "/classify", json={"model": "tiny-rm", "input": texts}, timeout=60
+    ).json()
     want = llm.classify(texts, use_tqdm=False)
     for item, w in zip(body["data"], want, strict=True):
-        torch.testing.assert_close(torch.tensor(item["probs"]), torch.tensor(w.outputs.probs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(item["probs"]), torch.tensor(w.outputs.probs), atol=1e-5, rtol=0
+        )
 
 
 def _openrlhf_request_api_wrapper(url, data, score_key="rewards", try_max_times=5):
@@ -66,11 +72,16 @@ def test_openrlhf_remote_reward(server, llm):
     queries = [p + r for p, r in zip(prompts, responses, strict=True)]
     padded = [queries[0] + "<pad><pad>", "<pad>" + queries[1]]  # OpenRLHF decodes its padded sequences
     labels = ["19", ""]
-    want = [float(o.outputs.data[-1]) for o in
-            llm.encode(queries, PoolingParams(use_activation=False), pooling_task="classify", use_tqdm=False)]
+    want = [
+        float(o.outputs.data[-1])
+        for o in llm.encode(
+            queries, PoolingParams(use_activation=False), pooling_task="classify", use_tqdm=False
+        )
+    ]
     for sent in (queries, padded):
-        rewards = _openrlhf_request_api_wrapper(f"{server.url}/get_reward",
-                                                {"query": sent, "prompts": prompts, "labels": labels})
+        rewards = _openrlhf_request_api_wrapper(
+            f"{server.url}/get_reward", {"query": sent, "prompts": prompts, "labels": labels}
+        )
         torch.testing.assert_close(torch.tensor(rewards), torch.tensor(want), atol=1e-5, rtol=0)
     full = requests.post(f"{server.url}/get_reward", json={"query": queries}, timeout=60).json()
     assert full["scores"] == full["rewards"] and full["extra_logs"] == {} and "errors" not in full
@@ -78,14 +89,22 @@ def test_openrlhf_remote_reward(server, llm):
 
 def test_tokenize_as_vllm(server, llm):
     tok = llm.get_tokenizer()
-    body = requests.post(server.url + "/tokenize", json={"model": "tiny-rm", "prompt": "Hello there",
-                                                         "return_token_strs": True}, timeout=30).json()
+    body = requests.post(
+        server.url + "/tokenize",
+        json={"model": "tiny-rm", "prompt": "Hello there", "return_token_strs": True},
+        timeout=30,
+    ).json()
     ids = tok("Hello there")["input_ids"]
-    assert body == {"count": len(ids), "max_model_len": llm.max_model_len, "tokens": ids,
-                    "token_strs": tok.convert_ids_to_tokens(ids)}
+    assert body == {
+        "count": len(ids),
+        "max_model_len": llm.max_model_len,
+        "tokens": ids,
+        "token_strs": tok.convert_ids_to_tokens(ids),
+    }
     chat = [{"role": "user", "content": "hi"}]
-    body = requests.post(server.url + "/tokenize", json={"messages": chat, "add_generation_prompt": False},
-                         timeout=30).json()
+    body = requests.post(
+        server.url + "/tokenize", json={"messages": chat, "add_generation_prompt": False}, timeout=30
+    ).json()
     assert body["tokens"] == llm.render_chat([chat])[0]
 
 
@@ -108,17 +127,32 @@ def test_verl_reward_loop_sglang_embeddings(server, llm, qwen3_rm, checkpoint_fa
     tok = llm.get_tokenizer()
     chat = [{"role": "user", "content": "What is 12 + 7?"}, {"role": "assistant", "content": "19"}]
     disrm_prompt = tok.apply_chat_template(chat, add_generation_prompt=False, tokenize=False)
-    output = asyncio.run(_verl_post_request(server.url.removeprefix("http://"),
-                                            {"model": str(qwen3_rm), "input": disrm_prompt}, "v1/embeddings"))
-    (want,) = llm.encode(disrm_prompt, PoolingParams(use_activation=False), pooling_task="classify", use_tqdm=False)
+    output = asyncio.run(
+        _verl_post_request(
+            server.url.removeprefix("http://"),
+            {"model": str(qwen3_rm), "input": disrm_prompt},
+            "v1/embeddings",
+        )
+    )
+    (want,) = llm.encode(
+        disrm_prompt, PoolingParams(use_activation=False), pooling_task="classify", use_tqdm=False
+    )
     assert abs(output["data"][-1]["embedding"][-1] - float(want.outputs.data[-1])) < 1e-5
     assert output["object"] == "list" and output["data"][-1]["object"] == "embedding"
 
-    token_rm = checkpoint_factory("Qwen2ForRewardModel", seed=154)  # token reward model: the last token's score
+    token_rm = checkpoint_factory(
+        "Qwen2ForRewardModel", seed=154
+    )  # token reward model: the last token's score
     token_llm = LLM(str(token_rm), device="cpu")
     with InProcessServer(token_rm) as proc:
-        output = asyncio.run(_verl_post_request(proc.url.removeprefix("http://"),
-                                                {"model": str(token_rm), "input": disrm_prompt}, "v1/embeddings"))
-    (want,) = token_llm.encode(disrm_prompt, PoolingParams(use_activation=False), pooling_task="token_classify",
-                               use_tqdm=False)
+        output = asyncio.run(
+            _verl_post_request(
+                proc.url.removeprefix("http://"),
+                {"model": str(token_rm), "input": disrm_prompt},
+                "v1/embeddings",
+            )
+        )
+    (want,) = token_llm.encode(
+        disrm_prompt, PoolingParams(use_activation=False), pooling_task="token_classify", use_tqdm=False
+    )
     assert abs(output["data"][-1]["embedding"][-1] - float(want.outputs.data[-1, -1])) < 1e-5

@@ -25,75 +25,313 @@ CASES = [
     ("empty string", "/pooling", {"input": ""}, {}, 400, ["input[0]", "empty string"], None),
     ("empty string in list", "/pooling", {"input": ["ok", ""]}, {}, 400, ["input[1]", "empty string"], None),
     ("empty token list", "/pooling", {"input": [[1, 2], []]}, {}, 400, ["input[1]", "empty"], None),
-    ("token id out of vocab", "/pooling", {"input": [[1, 2, 100000]]}, {}, 400, ["input[0]", "100000", "[0, 448)"], None),
+    (
+        "token id out of vocab",
+        "/pooling",
+        {"input": [[1, 2, 100000]]},
+        {},
+        400,
+        ["input[0]", "100000", "[0, 448)"],
+        None,
+    ),
     ("negative token id", "/pooling", {"input": [3, -1]}, {}, 400, ["input[0]", "-1", "vocabulary"], None),
-    ("over max_model_len", "/pooling", {"input": [LONG]}, {}, 400, ["input[0]", "600 tokens", "max_model_len=512",
-                                                                      "truncate_prompt_tokens"], "input_tokens"),
-    ("truncate over max_model_len", "/pooling", {"input": "hi", "truncate_prompt_tokens": 600}, {}, 400,
-     ["truncate_prompt_tokens=600", "512"], None),
-    ("truncate zero", "/pooling", {"input": "hi", "truncate_prompt_tokens": 0}, {}, 400,
-     ["truncate_prompt_tokens", "-1"], None),
-    ("unknown task", "/pooling", {"input": "hi", "task": "reward"}, {}, 400, ["task", "classify", "token_classify"],
-     "body.task"),
-    ("removed task", "/pooling", {"input": "hi", "task": "encode"}, {}, 400, ["encode", "token_embed"], "task"),
-    ("step fields without STEP", "/pooling", {"input": "hi", "task": "token_classify", "step_tag_id": 3}, {}, 400,
-     ["step_tag_id", "STEP"], "step_tag_id"),
-    ("returned ids without STEP", "/pooling", {"input": "hi", "task": "token_classify", "returned_token_ids": [0]}, {},
-     400, ["returned_token_ids", "STEP"], "returned_token_ids"),
-    ("field of another task", "/pooling", {"input": "hi", "task": "classify", "dimensions": 4}, {}, 400,
-     ["dimensions", "classify"], "dimensions"),
-    ("dimensions over hidden size", "/pooling", {"input": "hi", "task": "embed", "dimensions": 4096}, {}, 400,
-     ["dimensions", "4096", "64"], "dimensions"),
-    ("unknown model", "/pooling", {"input": "hi", "model": "no-such-model"}, {}, 404, ["no-such-model", "tiny-rm"], None),
-    ("unknown lora on classify", "/classify", {"input": "hi", "model": "my-lora"}, {}, 404, ["my-lora"], None),
+    (
+        "over max_model_len",
+        "/pooling",
+        {"input": [LONG]},
+        {},
+        400,
+        ["input[0]", "600 tokens", "max_model_len=512", "truncate_prompt_tokens"],
+        "input_tokens",
+    ),
+    (
+        "truncate over max_model_len",
+        "/pooling",
+        {"input": "hi", "truncate_prompt_tokens": 600},
+        {},
+        400,
+        ["truncate_prompt_tokens=600", "512"],
+        None,
+    ),
+    (
+        "truncate zero",
+        "/pooling",
+        {"input": "hi", "truncate_prompt_tokens": 0},
+        {},
+        400,
+        ["truncate_prompt_tokens", "-1"],
+        None,
+    ),
+    (
+        "unknown task",
+        "/pooling",
+        {"input": "hi", "task": "reward"},
+        {},
+        400,
+        ["task", "classify", "token_classify"],
+        "body.task",
+    ),
+    (
+        "removed task",
+        "/pooling",
+        {"input": "hi", "task": "encode"},
+        {},
+        400,
+        ["encode", "token_embed"],
+        "task",
+    ),
+    (
+        "step fields without STEP",
+        "/pooling",
+        {"input": "hi", "task": "token_classify", "step_tag_id": 3},
+        {},
+        400,
+        ["step_tag_id", "STEP"],
+        "step_tag_id",
+    ),
+    (
+        "returned ids without STEP",
+        "/pooling",
+        {"input": "hi", "task": "token_classify", "returned_token_ids": [0]},
+        {},
+        400,
+        ["returned_token_ids", "STEP"],
+        "returned_token_ids",
+    ),
+    (
+        "field of another task",
+        "/pooling",
+        {"input": "hi", "task": "classify", "dimensions": 4},
+        {},
+        400,
+        ["dimensions", "classify"],
+        "dimensions",
+    ),
+    (
+        "dimensions over hidden size",
+        "/pooling",
+        {"input": "hi", "task": "embed", "dimensions": 4096},
+        {},
+        400,
+        ["dimensions", "4096", "64"],
+        "dimensions",
+    ),
+    (
+        "unknown model",
+        "/pooling",
+        {"input": "hi", "model": "no-such-model"},
+        {},
+        404,
+        ["no-such-model", "tiny-rm"],
+        None,
+    ),
+    (
+        "unknown lora on classify",
+        "/classify",
+        {"input": "hi", "model": "my-lora"},
+        {},
+        404,
+        ["my-lora"],
+        None,
+    ),
     ("malformed JSON", "/pooling", b'{"input": "hi"', JSON, 400, ["not valid JSON"], "body.14"),
     ("not an object", "/pooling", b'["hi"]', JSON, 400, ["JSON object"], "body"),
     ("empty body", "/pooling", b"", JSON, 400, ["empty"], "body"),
     ("non-UTF-8 body", "/pooling", b'{"input": "\xff\xfe"}', JSON, 400, ["UTF-8"], None),
-    ("not JSON content type", "/pooling", b'{"input": "hi"}', {"Content-Type": "text/plain"}, 400,
-     ["Content-Type: application/json"], None),
-    ("wrong type bool", "/pooling", {"input": "hi", "use_activation": "maybe"}, {}, 400, ["use_activation", "boolean"],
-     "body.use_activation"),
+    (
+        "not JSON content type",
+        "/pooling",
+        b'{"input": "hi"}',
+        {"Content-Type": "text/plain"},
+        400,
+        ["Content-Type: application/json"],
+        None,
+    ),
+    (
+        "wrong type bool",
+        "/pooling",
+        {"input": "hi", "use_activation": "maybe"},
+        {},
+        400,
+        ["use_activation", "boolean"],
+        "body.use_activation",
+    ),
     ("wrong type input", "/pooling", {"input": 42}, {}, 400, ["input", "valid"], "body.input"),
     ("mixed input list", "/pooling", {"input": ["a", 1]}, {}, 400, ["input"], "body.input.0"),
     ("float token ids", "/pooling", {"input": [1.5, 2.0]}, {}, 400, ["input", "fractional"], "body.input.0"),
-    ("input and messages", "/pooling", {"input": "hi", "messages": [{"role": "user", "content": "x"}]}, {}, 400,
-     ["one of `input`", "not both"], "messages"),
-    ("neither input nor messages", "/pooling", {"task": "classify"}, {}, 400, ["one of `input`"], "body.input"),
+    (
+        "input and messages",
+        "/pooling",
+        {"input": "hi", "messages": [{"role": "user", "content": "x"}]},
+        {},
+        400,
+        ["one of `input`", "not both"],
+        "messages",
+    ),
+    (
+        "neither input nor messages",
+        "/pooling",
+        {"task": "classify"},
+        {},
+        400,
+        ["one of `input`"],
+        "body.input",
+    ),
     ("empty messages", "/pooling", {"messages": []}, {}, 400, ["messages", "empty"], None),
-    ("message without role", "/pooling", {"messages": [{"content": "x"}]}, {}, 400, ["messages[0].role"],
-     "body.input"),
-    ("image content part", "/pooling", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, {}, 400,
-     ["content[0]", "text"], "body.input"),
-    ("chat template from request", "/pooling", {"messages": [{"role": "user", "content": "x"}],
-                                                "chat_template": "{{ messages }}"}, {}, 400,
-     ["chat_template", "--trust-request-chat-template"], "chat_template"),
-    ("renderer option in chat_template_kwargs", "/pooling", {"messages": [{"role": "user", "content": "x"}],
-                                                             "chat_template_kwargs": {"tokenize": True}}, {}, 400,
-     ["chat_template_kwargs", "tokenize"], "chat_template_kwargs"),
-    ("chat option on input", "/pooling", {"input": "x", "add_generation_prompt": True}, {}, 400,
-     ["add_generation_prompt", "messages"], "add_generation_prompt"),
-    ("priority out of range", "/pooling", {"input": "x", "priority": 2**63}, {}, 400, ["priority"], "body.priority"),
-    ("bad encoding_format", "/pooling", {"input": "x", "encoding_format": "bad_encoding_format"}, {}, 400,
-     ["encoding_format", "literal_error", "bad_encoding_format"], "body.encoding_format"),
-    ("padding max_length", "/pooling", {"input": "x", "padding": "max_length"}, {}, 400, ["padding", "max_length"],
-     "padding"),
-    ("multimodal kwargs", "/classify", {"input": "x", "mm_processor_kwargs": {"a": 1}}, {}, 400,
-     ["mm_processor_kwargs", "text only"], "mm_processor_kwargs"),
-    ("bad cache_salt", "/pooling", {"input": "x", "cache_salt": "a/b"}, {}, 400, ["cache_salt"], "cache_salt"),
-    ("wrong type truncation_side", "/pooling", {"input": "x", "truncation_side": "middle"}, {}, 400,
-     ["truncation_side", "literal_error"], "body.truncation_side"),
-    ("too many inputs", "/pooling", {"input": ["x"] * (MAX_CLIENT_BATCH + 1)}, {}, 413,
-     [f"{MAX_CLIENT_BATCH + 1} prompts", f"--max-client-batch-size={MAX_CLIENT_BATCH}"], "input"),
-    ("body over max-body-bytes", "/pooling", {"input": "x" * (MAX_BODY_BYTES + 10)}, {}, 413,
-     [f"--max-body-bytes={MAX_BODY_BYTES}"], None),
+    (
+        "message without role",
+        "/pooling",
+        {"messages": [{"content": "x"}]},
+        {},
+        400,
+        ["messages[0].role"],
+        "body.input",
+    ),
+    (
+        "image content part",
+        "/pooling",
+        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        {},
+        400,
+        ["content[0]", "text"],
+        "body.input",
+    ),
+    (
+        "chat template from request",
+        "/pooling",
+        {"messages": [{"role": "user", "content": "x"}], "chat_template": "{{ messages }}"},
+        {},
+        400,
+        ["chat_template", "--trust-request-chat-template"],
+        "chat_template",
+    ),
+    (
+        "renderer option in chat_template_kwargs",
+        "/pooling",
+        {"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"tokenize": True}},
+        {},
+        400,
+        ["chat_template_kwargs", "tokenize"],
+        "chat_template_kwargs",
+    ),
+    (
+        "chat option on input",
+        "/pooling",
+        {"input": "x", "add_generation_prompt": True},
+        {},
+        400,
+        ["add_generation_prompt", "messages"],
+        "add_generation_prompt",
+    ),
+    (
+        "priority out of range",
+        "/pooling",
+        {"input": "x", "priority": 2**63},
+        {},
+        400,
+        ["priority"],
+        "body.priority",
+    ),
+    (
+        "bad encoding_format",
+        "/pooling",
+        {"input": "x", "encoding_format": "bad_encoding_format"},
+        {},
+        400,
+        ["encoding_format", "literal_error", "bad_encoding_format"],
+        "body.encoding_format",
+    ),
+    (
+        "padding max_length",
+        "/pooling",
+        {"input": "x", "padding": "max_length"},
+        {},
+        400,
+        ["padding", "max_length"],
+        "padding",
+    ),
+    (
+        "multimodal kwargs",
+        "/classify",
+        {"input": "x", "mm_processor_kwargs": {"a": 1}},
+        {},
+        400,
+        ["mm_processor_kwargs", "text only"],
+        "mm_processor_kwargs",
+    ),
+    (
+        "bad cache_salt",
+        "/pooling",
+        {"input": "x", "cache_salt": "a/b"},
+        {},
+        400,
+        ["cache_salt"],
+        "cache_salt",
+    ),
+    (
+        "wrong type truncation_side",
+        "/pooling",
+        {"input": "x", "truncation_side": "middle"},
+        {},
+        400,
+        ["truncation_side", "literal_error"],
+        "body.truncation_side",
+    ),
+    (
+        "too many inputs",
+        "/pooling",
+        {"input": ["x"] * (MAX_CLIENT_BATCH + 1)},
+        {},
+        413,
+        [f"{MAX_CLIENT_BATCH + 1} prompts", f"--max-client-batch-size={MAX_CLIENT_BATCH}"],
+        "input",
+    ),
+    (
+        "body over max-body-bytes",
+        "/pooling",
+        {"input": "x" * (MAX_BODY_BYTES + 10)},
+        {},
+        413,
+        [f"--max-body-bytes={MAX_BODY_BYTES}"],
+        None,
+    ),
     ("get_reward empty query", "/get_reward", {"query": []}, {}, 400, ["query"], "body.query"),
-    ("get_reward query not a list", "/get_reward", {"query": "text"}, {}, 400, ["query", "list"], "body.query"),
-    ("get_reward empty text", "/get_reward", {"query": ["fine", ""]}, {}, 400, ["query[1]", "empty string"], None),
-    ("get_reward too many", "/get_reward", {"query": ["x"] * (MAX_CLIENT_BATCH + 1)}, {}, 413,
-     ["--max-client-batch-size"], "query"),
-    ("tokenize both forms", "/tokenize", {"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, {}, 400,
-     ["exactly one of `prompt` or `messages`"], "body"),
+    (
+        "get_reward query not a list",
+        "/get_reward",
+        {"query": "text"},
+        {},
+        400,
+        ["query", "list"],
+        "body.query",
+    ),
+    (
+        "get_reward empty text",
+        "/get_reward",
+        {"query": ["fine", ""]},
+        {},
+        400,
+        ["query[1]", "empty string"],
+        None,
+    ),
+    (
+        "get_reward too many",
+        "/get_reward",
+        {"query": ["x"] * (MAX_CLIENT_BATCH + 1)},
+        {},
+        413,
+        ["--max-client-batch-size"],
+        "query",
+    ),
+    (
+        "tokenize both forms",
+        "/tokenize",
+        {"prompt": "x", "messages": [{"role": "user", "content": "x"}]},
+        {},
+        400,
+        ["exactly one of `prompt` or `messages`"],
+        "body",
+    ),
     ("tokenize unknown model", "/tokenize", {"prompt": "x", "model": "nope"}, {}, 404, ["nope"], "model"),
 ]
 
@@ -112,9 +350,16 @@ def test_client_mistake_is_a_4xx_naming_the_field(server, case):
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == status
     # vLLM's types: a schema error is "Bad Request" (its param "body.<field>"), the rest are named error classes.
-    schema = param is not None and (param == "body" or param.startswith("body.")) or case[0] in ("non-UTF-8 body", "not JSON content type")
-    assert error["type"] == ("Bad Request" if schema else
-                             {400: "BadRequestError", 404: "NotFoundError", 413: "RequestTooLargeError"}[status])
+    schema = (
+        param is not None
+        and (param == "body" or param.startswith("body."))
+        or case[0] in ("non-UTF-8 body", "not JSON content type")
+    )
+    assert error["type"] == (
+        "Bad Request"
+        if schema
+        else {400: "BadRequestError", 404: "NotFoundError", 413: "RequestTooLargeError"}[status]
+    )
     for word in words:
         assert word in error["message"], (word, error["message"])
     assert error["param"] == param
@@ -123,8 +368,10 @@ def test_client_mistake_is_a_4xx_naming_the_field(server, case):
 
 def test_unknown_fields_are_ignored_and_logged_and_an_unknown_route_is_fastapis_404(server, llm):
     # vLLM 0.33 ignores fields it does not know and logs their names; a typo no longer fails the request.
-    for route, body in (("/pooling", {"input": "ignored fields", "use_activaton": False}),
-                        ("/classify", {"input": "ignored fields", "task": "embed", "zz_unknown_field": 1})):
+    for route, body in (
+        ("/pooling", {"input": "ignored fields", "use_activaton": False}),
+        ("/classify", {"input": "ignored fields", "task": "embed", "zz_unknown_field": 1}),
+    ):
         r = requests.post(server.url + route, json=body, timeout=30)
         assert r.status_code == 200, r.text
     (want,) = llm.encode("ignored fields", pooling_task="classify", use_tqdm=False)
@@ -159,8 +406,12 @@ def test_a_request_error_carries_its_structure_in_a_header(server):
         # The body's param is vLLM's (none, or "input_tokens" for an over-long prompt); the header locates it.
         assert error.message == answer["message"]
     # Mistakes found by the request schema or a limit, and answers that are no error, carry none.
-    for route, body in (("/pooling", {"input": 42}), ("/pooling", {"input": ["x"] * (MAX_CLIENT_BATCH + 1)}),
-                        ("/pooling", {"input": "hi", "model": "nope"}), ("/pooling", {"input": "hi"})):
+    for route, body in (
+        ("/pooling", {"input": 42}),
+        ("/pooling", {"input": ["x"] * (MAX_CLIENT_BATCH + 1)}),
+        ("/pooling", {"input": "hi", "model": "nope"}),
+        ("/pooling", {"input": "hi"}),
+    ):
         assert ERROR_HEADER not in requests.post(server.url + route, json=body, timeout=30).headers, body
 
 
@@ -198,8 +449,9 @@ def test_no_generated_request_gets_a_server_error(server, mode):
     seen = 0
     for result in schema.get_all_operations():
         operation = result.ok()
-        if mode == "negative" and (operation.method.upper() != "POST"
-                                   or operation.path in ("/invocations", "/ping")):
+        if mode == "negative" and (
+            operation.method.upper() != "POST" or operation.path in ("/invocations", "/ping")
+        ):
             continue  # no body or parameters (or any JSON body): no invalid form
 
         @given(operation.as_strategy(generation_mode=generation_mode))
@@ -258,16 +510,24 @@ def test_a_server_fault_is_a_500_that_leaks_nothing_and_the_server_keeps_serving
     finally:
         engine.batcher._encode = real
     assert r.status_code == 500 and r.json()["error"]["type"] == "InternalServerError"
-    assert "abc123" not in r.text and "Traceback" not in r.text and "RuntimeError" in r.json()["error"]["message"]
+    assert (
+        "abc123" not in r.text
+        and "Traceback" not in r.text
+        and "RuntimeError" in r.json()["error"]["message"]
+    )
     assert requests.get(embedding_server.url + "/health", timeout=10).status_code == 200
-    assert requests.post(embedding_server.url + "/pooling", json={"input": "hi"}, timeout=30).status_code == 200
+    assert (
+        requests.post(embedding_server.url + "/pooling", json={"input": "hi"}, timeout=30).status_code == 200
+    )
 
 
 @pytest.fixture(scope="module")
 def prm_server(checkpoint_factory):
     from rlhf_rewards.testing.server import InProcessServer
 
-    with InProcessServer(checkpoint_factory("Qwen2ForProcessRewardModel"), "--served-model-name", "tiny-prm") as proc:
+    with InProcessServer(
+        checkpoint_factory("Qwen2ForProcessRewardModel"), "--served-model-name", "tiny-prm"
+    ) as proc:
         yield proc
 
 
@@ -280,6 +540,7 @@ def test_prm_embeddings_without_a_step_tag_is_a_4xx_and_the_connection_survives(
     host, port = prm_server.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
+
         def post(body: dict) -> tuple[int, dict, str | None]:
             conn.request("POST", "/v1/embeddings", body=json.dumps(body), headers=JSON)
             r = conn.getresponse()

@@ -24,19 +24,85 @@ RAW_EXAMPLES = 150  # per POST route
 MIN_REQUESTS = 2000
 
 ROUTE_FIELDS = {
-    "/pooling": ["model", "input", "messages", "task", "encoding_format", "embed_dtype", "endianness", "dimensions",
-                 "normalize", "use_activation", "truncate_prompt_tokens", "add_special_tokens", "step_tag_id",
-                 "returned_token_ids", "return_details", "chat_template_kwargs", "add_generation_prompt",
-                 "continue_final_message", "priority", "request_id"],
-    "/classify": ["model", "input", "messages", "use_activation", "truncate_prompt_tokens", "add_special_tokens"],
+    "/pooling": [
+        "model",
+        "input",
+        "messages",
+        "task",
+        "encoding_format",
+        "embed_dtype",
+        "endianness",
+        "dimensions",
+        "normalize",
+        "use_activation",
+        "truncate_prompt_tokens",
+        "add_special_tokens",
+        "step_tag_id",
+        "returned_token_ids",
+        "return_details",
+        "chat_template_kwargs",
+        "add_generation_prompt",
+        "continue_final_message",
+        "priority",
+        "request_id",
+    ],
+    "/classify": [
+        "model",
+        "input",
+        "messages",
+        "use_activation",
+        "truncate_prompt_tokens",
+        "add_special_tokens",
+    ],
     "/get_reward": ["query", "prompts", "labels"],
-    "/tokenize": ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt", "return_token_strs"],
-    "/v1/embeddings": ["model", "input", "messages", "encoding_format", "embed_dtype", "endianness", "dimensions",
-                       "use_activation", "truncate_prompt_tokens", "truncation_side", "padding", "cache_salt"],
-    "/score": ["model", "queries", "documents", "items", "data_1", "data_2", "text_1", "text_2", "use_activation",
-               "max_tokens_per_query", "max_tokens_per_doc", "truncate_prompt_tokens", "instruction"],
+    "/tokenize": [
+        "model",
+        "prompt",
+        "messages",
+        "add_special_tokens",
+        "add_generation_prompt",
+        "return_token_strs",
+    ],
+    "/v1/embeddings": [
+        "model",
+        "input",
+        "messages",
+        "encoding_format",
+        "embed_dtype",
+        "endianness",
+        "dimensions",
+        "use_activation",
+        "truncate_prompt_tokens",
+        "truncation_side",
+        "padding",
+        "cache_salt",
+    ],
+    "/score": [
+        "model",
+        "queries",
+        "documents",
+        "items",
+        "data_1",
+        "data_2",
+        "text_1",
+        "text_2",
+        "use_activation",
+        "max_tokens_per_query",
+        "max_tokens_per_doc",
+        "truncate_prompt_tokens",
+        "instruction",
+    ],
     "/rerank": ["model", "query", "documents", "top_n", "use_activation", "max_tokens_per_doc"],
-    "/invocations": ["model", "input", "messages", "query", "documents", "queries", "task", "encoding_format"],
+    "/invocations": [
+        "model",
+        "input",
+        "messages",
+        "query",
+        "documents",
+        "queries",
+        "task",
+        "encoding_format",
+    ],
 }
 
 
@@ -62,10 +128,14 @@ def _run_raw(url: str, route: str, bodies, sent: dict[str, int]) -> None:
 
     @seed(SEED)
     @given(bodies)
-    @settings(max_examples=RAW_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=RAW_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
     def check_raw(body: bytes) -> None:
         sent["hypothesis"] += 1
-        response = requests.post(url + route, data=body, headers={"Content-Type": "application/json"}, timeout=120)
+        response = requests.post(
+            url + route, data=body, headers={"Content-Type": "application/json"}, timeout=120
+        )
         _check(response, f"{route} {body[:200]!r}")
 
     check_raw()
@@ -81,14 +151,19 @@ def test_generated_requests_never_get_a_server_error(server):
     for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
         for result in schema.get_all_operations():
             operation = result.ok()
-            if mode == schemathesis.GenerationMode.NEGATIVE and (operation.method.upper() != "POST"
-                                                                 or operation.path in ("/invocations", "/ping")):
+            if mode == schemathesis.GenerationMode.NEGATIVE and (
+                operation.method.upper() != "POST" or operation.path in ("/invocations", "/ping")
+            ):
                 continue  # no body or parameters (or any JSON body): no invalid form
 
             @seed(SEED)
             @given(operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=SCHEMA_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
-                      database=None)
+            @settings(
+                max_examples=SCHEMA_EXAMPLES,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
             def check(case):
                 sent["schemathesis"] += 1
                 response = case.call(base_url=server.url, timeout=120)
@@ -97,16 +172,29 @@ def test_generated_requests_never_get_a_server_error(server):
 
             check()
 
-    scalars = (st.none() | st.booleans() | st.integers() | st.integers(-2**70, 2**70)
-               | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40))
-    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=6)
-                          | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=24)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.integers(-(2**70), 2**70)
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text(max_size=40)
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+        max_leaves=24,
+    )
     token_ids = st.lists(st.integers(-5, 1000), min_size=0, max_size=40)
     for route, names in ROUTE_FIELDS.items():
         fields = {name: values for name in names}
         if "input" in fields:
-            fields["input"] = values | token_ids | st.lists(token_ids, max_size=4) | st.lists(st.text(max_size=60),
-                                                                                              max_size=4)
+            fields["input"] = (
+                values
+                | token_ids
+                | st.lists(token_ids, max_size=4)
+                | st.lists(st.text(max_size=60), max_size=4)
+            )
         bodies = st.one_of(
             st.binary(max_size=400),
             values.map(lambda v: json.dumps(v, allow_nan=True).encode()),
@@ -116,6 +204,8 @@ def test_generated_requests_never_get_a_server_error(server):
         _run_raw(server.url, route, bodies, sent)
 
     total = sum(sent.values())
-    print(f"\nfuzz: {sent['schemathesis']} schemathesis + {sent['hypothesis']} hypothesis = {total} requests, seed {SEED}")
+    print(
+        f"\nfuzz: {sent['schemathesis']} schemathesis + {sent['hypothesis']} hypothesis = {total} requests, seed {SEED}"
+    )
     assert total >= MIN_REQUESTS, sent
     _no_server_errors_recorded(server.url)

@@ -31,13 +31,22 @@ def judge(checkpoint_factory):
 def adapter(judge, tmp_path_factory):
     from rlhf_rewards.testing.lora import build_adapter
 
-    return build_adapter(judge, tmp_path_factory.mktemp("gs-lora") / "a", target_modules=["q_proj", "v_proj"], seed=4)
+    return build_adapter(
+        judge, tmp_path_factory.mktemp("gs-lora") / "a", target_modules=["q_proj", "v_proj"], seed=4
+    )
 
 
 @pytest.fixture(scope="module")
 def url(judge, adapter):
-    with InProcessServer(judge, "--max-model-len", str(MAX_LEN), "--lora-modules", f"judge={adapter}",
-                         "--served-model-name", "tiny-judge") as server:
+    with InProcessServer(
+        judge,
+        "--max-model-len",
+        str(MAX_LEN),
+        "--lora-modules",
+        f"judge={adapter}",
+        "--served-model-name",
+        "tiny-judge",
+    ) as server:
         yield server.url
 
 
@@ -63,21 +72,40 @@ def post(url: str, body: dict) -> httpx.Response:
 @pytest.mark.parametrize("item_first", [False, True])
 def test_scores_match_transformers(url, reference, apply_softmax, item_first):
     tok, score = reference
-    r = post(url, {"query": QUERY, "items": ITEMS, "label_token_ids": LABELS, "apply_softmax": apply_softmax,
-                   "item_first": item_first, "request_id": "r1"})
+    r = post(
+        url,
+        {
+            "query": QUERY,
+            "items": ITEMS,
+            "label_token_ids": LABELS,
+            "apply_softmax": apply_softmax,
+            "item_first": item_first,
+            "request_id": "r1",
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["id"] == "generative-scoring-r1" and body["object"] == "list" and body["model"] == "tiny-judge"
+    assert (
+        body["id"] == "generative-scoring-r1" and body["object"] == "list" and body["model"] == "tiny-judge"
+    )
     q = tok.encode(QUERY)
     n_tokens = 0
     for i, (item, row) in enumerate(zip(ITEMS, body["data"], strict=True)):
         ids = tok.encode(item, add_special_tokens=False)
         ids = (ids + q if item_first else q + ids)[: MAX_LEN - 1]
         n_tokens += len(ids)
-        assert row == {"index": i, "object": "score", "score": pytest.approx(score(ids, LABELS, apply_softmax), abs=1e-5)}
-    assert body["usage"] == {"prompt_tokens": n_tokens, "completion_tokens": len(ITEMS),
-                             "total_tokens": n_tokens + len(ITEMS), "prompt_tokens_details": None,
-                             "completion_tokens_details": None}
+        assert row == {
+            "index": i,
+            "object": "score",
+            "score": pytest.approx(score(ids, LABELS, apply_softmax), abs=1e-5),
+        }
+    assert body["usage"] == {
+        "prompt_tokens": n_tokens,
+        "completion_tokens": len(ITEMS),
+        "total_tokens": n_tokens + len(ITEMS),
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
 
 
 def test_token_ids_and_truncation(url, reference):
@@ -90,17 +118,23 @@ def test_token_ids_and_truncation(url, reference):
         assert row["score"] == pytest.approx(score((q + item)[: MAX_LEN - 1], LABELS, False), abs=1e-6)
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"items": []}, 400, "items must contain at least one item."),
-    ({"label_token_ids": []}, 400, "label_token_ids must contain at least one token ID."),
-    ({"label_token_ids": [5, 10**6]}, 400, "label_token_id 1000000 is out of vocabulary range [0, 448). "
-                                           "Please provide valid token IDs."),
-    ({"items": ["a", [1]]}, 400, None),
-    ({"query": 3}, 400, None),
-    ({"query": [1, 100000]}, 400, None),
-    ({"cache_salt": "a/b"}, 400, None),
-    ({"model": "nope"}, 404, None),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"items": []}, 400, "items must contain at least one item."),
+        ({"label_token_ids": []}, 400, "label_token_ids must contain at least one token ID."),
+        (
+            {"label_token_ids": [5, 10**6]},
+            400,
+            "label_token_id 1000000 is out of vocabulary range [0, 448). Please provide valid token IDs.",
+        ),
+        ({"items": ["a", [1]]}, 400, None),
+        ({"query": 3}, 400, None),
+        ({"query": [1, 100000]}, 400, None),
+        ({"cache_salt": "a/b"}, 400, None),
+        ({"model": "nope"}, 404, None),
+    ],
+)
 def test_errors(url, body, status, message):
     r = post(url, {"query": QUERY, "items": ITEMS, "label_token_ids": LABELS, **body})
     assert r.status_code == status, r.text
@@ -115,7 +149,12 @@ def test_lora_by_model_name(url, judge, adapter):
     from rlhf_rewards.lora.request import LoRARequest
 
     llm = LLM(str(judge), device="cpu", enable_lora=True, max_model_len=MAX_LEN)
-    expected = [o.score for o in llm.generative_score(QUERY, ITEMS, LABELS, lora_request=LoRARequest("judge", 1, str(adapter)))]
+    expected = [
+        o.score
+        for o in llm.generative_score(
+            QUERY, ITEMS, LABELS, lora_request=LoRARequest("judge", 1, str(adapter))
+        )
+    ]
     r = post(url, {"model": "judge", "query": QUERY, "items": ITEMS, "label_token_ids": LABELS})
     assert r.status_code == 200 and r.json()["model"] == "judge"
     assert [d["score"] for d in r.json()["data"]] == pytest.approx(expected, abs=1e-5)
@@ -123,8 +162,15 @@ def test_lora_by_model_name(url, judge, adapter):
 
 def test_concurrent_requests_each_get_their_own(url, reference):
     tok, score = reference
-    bodies = [{"query": QUERY + f" ({k})", "items": ITEMS[k % 3:], "label_token_ids": LABELS[::-1] if k % 2 else LABELS,
-               "apply_softmax": bool(k % 3)} for k in range(6)]
+    bodies = [
+        {
+            "query": QUERY + f" ({k})",
+            "items": ITEMS[k % 3 :],
+            "label_token_ids": LABELS[::-1] if k % 2 else LABELS,
+            "apply_softmax": bool(k % 3),
+        }
+        for k in range(6)
+    ]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda b: post(url, b), bodies))
     for b, r in zip(bodies, answers, strict=True):
@@ -132,7 +178,9 @@ def test_concurrent_requests_each_get_their_own(url, reference):
         q = tok.encode(b["query"])
         for item, row in zip(b["items"], r.json()["data"], strict=True):
             ids = (q + tok.encode(item, add_special_tokens=False))[: MAX_LEN - 1]
-            assert row["score"] == pytest.approx(score(ids, b["label_token_ids"], b["apply_softmax"]), abs=1e-5)
+            assert row["score"] == pytest.approx(
+                score(ids, b["label_token_ids"], b["apply_softmax"]), abs=1e-5
+            )
 
 
 def test_not_found_without_lm_head(qwen3_rm):

@@ -16,13 +16,20 @@ from tests.conftest import MIXED_TEXTS
 def adapter(qwen3_rm, tmp_path_factory):
     from rlhf_rewards.testing.lora import build_adapter
 
-    return build_adapter(qwen3_rm, tmp_path_factory.mktemp("adapter") / "my-lora", seed=7,
-                         target_modules=["q_proj", "v_proj"], modules_to_save=["score"])
+    return build_adapter(
+        qwen3_rm,
+        tmp_path_factory.mktemp("adapter") / "my-lora",
+        seed=7,
+        target_modules=["q_proj", "v_proj"],
+        modules_to_save=["score"],
+    )
 
 
 @pytest.fixture(scope="module")
 def lora_server(qwen3_rm, adapter):
-    with InProcessServer(qwen3_rm, "--served-model-name", "base", "--lora-modules", f"my-lora={adapter}") as proc:
+    with InProcessServer(
+        qwen3_rm, "--served-model-name", "base", "--lora-modules", f"my-lora={adapter}"
+    ) as proc:
         yield proc
 
 
@@ -40,16 +47,23 @@ def test_lora_module_is_listed_and_scores_like_the_engine(lora_server, lora_llm,
     lora = lora_llm.get_lora("my-lora")
     want_lora = lora_llm.encode(MIXED_TEXTS, pooling_task="classify", lora_request=lora, use_tqdm=False)
     want_base = lora_llm.encode(MIXED_TEXTS, pooling_task="classify", use_tqdm=False)
-    got_lora = requests.post(lora_server.url + "/pooling", json={"model": "my-lora", "input": MIXED_TEXTS},
-                             timeout=60).json()
-    got_base = requests.post(lora_server.url + "/pooling", json={"model": "base", "input": MIXED_TEXTS},
-                             timeout=60).json()
+    got_lora = requests.post(
+        lora_server.url + "/pooling", json={"model": "my-lora", "input": MIXED_TEXTS}, timeout=60
+    ).json()
+    got_base = requests.post(
+        lora_server.url + "/pooling", json={"model": "base", "input": MIXED_TEXTS}, timeout=60
+    ).json()
     assert got_lora["model"] == "my-lora"
     for g, w in ((got_lora, want_lora), (got_base, want_base)):
-        torch.testing.assert_close(torch.tensor([d["data"] for d in g["data"]]),
-                                   torch.stack([o.outputs.data for o in w]), atol=1e-5, rtol=0)
-    assert not torch.allclose(torch.stack([o.outputs.data for o in want_lora]),
-                              torch.stack([o.outputs.data for o in want_base]))
+        torch.testing.assert_close(
+            torch.tensor([d["data"] for d in g["data"]]),
+            torch.stack([o.outputs.data for o in w]),
+            atol=1e-5,
+            rtol=0,
+        )
+    assert not torch.allclose(
+        torch.stack([o.outputs.data for o in want_lora]), torch.stack([o.outputs.data for o in want_base])
+    )
 
 
 def test_remote_worker_mixes_adapters_per_prompt(lora_server, lora_llm):
@@ -60,10 +74,17 @@ def test_remote_worker_mixes_adapters_per_prompt(lora_server, lora_llm):
         assert worker.model_info().lora_modules == ["my-lora"]
         # The client sends the adapter's NAME; its id and path stay on the client.
         remote_lora = LoRARequest("my-lora", 99, "/not/a/path/on/the/server")
-        got = worker.encode(MIXED_TEXTS, pooling_task="classify",
-                            lora_request=[remote_lora if i % 2 else None for i in range(len(MIXED_TEXTS))])
-        torch.testing.assert_close(torch.stack([o.outputs.data for o in got]),
-                                   torch.stack([o.outputs.data for o in want]), atol=1e-5, rtol=0)
+        got = worker.encode(
+            MIXED_TEXTS,
+            pooling_task="classify",
+            lora_request=[remote_lora if i % 2 else None for i in range(len(MIXED_TEXTS))],
+        )
+        torch.testing.assert_close(
+            torch.stack([o.outputs.data for o in got]),
+            torch.stack([o.outputs.data for o in want]),
+            atol=1e-5,
+            rtol=0,
+        )
         with pytest.raises(ValueError, match="other-lora"):
             worker.encode("hi", pooling_task="classify", lora_request=LoRARequest("other-lora", 2, "/x"))
 
@@ -72,6 +93,8 @@ def test_a_request_cannot_load_an_adapter_by_path(lora_server, lora_llm, adapter
     r = requests.post(lora_server.url + "/pooling", json={"model": str(adapter), "input": "hi"}, timeout=30)
     assert r.status_code == 404 and r.json()["error"]["type"] == "NotFoundError"  # vLLM's (param: none)
     # An unknown field is ignored (vLLM's rule, logged by the server): a path in it loads nothing.
-    r = requests.post(lora_server.url + "/pooling", json={"input": "hi", "lora_path": str(adapter)}, timeout=30)
+    r = requests.post(
+        lora_server.url + "/pooling", json={"input": "hi", "lora_path": str(adapter)}, timeout=30
+    )
     (base,) = lora_llm.encode("hi", pooling_task="classify", use_tqdm=False)
     assert r.status_code == 200 and abs(r.json()["data"][0]["data"][0] - float(base.outputs.data[0])) < 1e-5

@@ -35,7 +35,12 @@ def test_nan_item_is_an_error_never_a_number(nan_server):
     (item,) = body["data"]
     assert item["probs"] is None and item["label"] is None and "non-finite" in item["error"]
 
-    assert POISON in requests.post(nan_server.url + "/tokenize", json={"prompt": "Hello 3"}, timeout=30).json()["tokens"]
+    assert (
+        POISON
+        in requests.post(nan_server.url + "/tokenize", json={"prompt": "Hello 3"}, timeout=30).json()[
+            "tokens"
+        ]
+    )
     body = requests.post(nan_server.url + "/get_reward", json={"query": ["Hello 3"]}, timeout=30).json()
     assert body["rewards"] == [None] and body["scores"] == [None] and "non-finite" in body["errors"]["0"]
     body = requests.post(nan_server.url + "/get_reward", json={"query": ["Hello"]}, timeout=30).json()
@@ -54,8 +59,11 @@ def test_a_nan_request_never_spoils_concurrent_requests(nan_server):
     bodies = [{"input": [[5, POISON, 7]]}] + [{"input": [[5, 6, 7 + i], [8, 9]]} for i in range(11)]
     for _ in range(3):
         with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
-            answers = list(pool.map(lambda b: requests.post(nan_server.url + "/pooling", json=b, timeout=60).json(),
-                                    bodies))
+            answers = list(
+                pool.map(
+                    lambda b: requests.post(nan_server.url + "/pooling", json=b, timeout=60).json(), bodies
+                )
+            )
         assert answers[0]["data"][0]["data"] is None
         for answer in answers[1:]:
             assert all(d["data"] is not None and math.isfinite(d["data"][0]) for d in answer["data"]), answer

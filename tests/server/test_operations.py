@@ -34,8 +34,10 @@ def drained(qwen3_rm):
 @pytest.fixture(scope="module")
 def servers(qwen3_rm, drained):
     """An API-key server and a tiny-queue server whose key comes from the environment (in-process threads)."""
-    with InProcessServer(qwen3_rm, "--api-key", KEY) as auth, \
-            InProcessServer(qwen3_rm, "--max-queue-size", "4", env={"RLHF_REWARDS_API_KEY": KEY}) as queue:
+    with (
+        InProcessServer(qwen3_rm, "--api-key", KEY) as auth,
+        InProcessServer(qwen3_rm, "--max-queue-size", "4", env={"RLHF_REWARDS_API_KEY": KEY}) as queue,
+    ):
         yield auth, queue
 
 
@@ -46,18 +48,35 @@ def test_api_key_on_every_route_but_health(servers, caplog):
     assert requests.get(auth.url + "/health", timeout=10).status_code == 200
     # /ping is SageMaker's health probe: open, as /health is (and as in vLLM).
     assert requests.get(auth.url + "/ping", timeout=10).status_code == 200
-    for method, path, body in (("post", "/pooling", {"input": "hi"}), ("post", "/classify", {"input": "hi"}),
-                               ("post", "/get_reward", {"query": ["hi"]}), ("post", "/tokenize", {"prompt": "hi"}),
-                               ("get", "/v1/models", None), ("get", "/v1/model_info", None), ("get", "/metrics", None),
-                               ("get", "/openapi.json", None), ("get", "/docs", None)):
+    for method, path, body in (
+        ("post", "/pooling", {"input": "hi"}),
+        ("post", "/classify", {"input": "hi"}),
+        ("post", "/get_reward", {"query": ["hi"]}),
+        ("post", "/tokenize", {"prompt": "hi"}),
+        ("get", "/v1/models", None),
+        ("get", "/v1/model_info", None),
+        ("get", "/metrics", None),
+        ("get", "/openapi.json", None),
+        ("get", "/docs", None),
+    ):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"X-API-Key": KEY}):
             r = requests.request(method, auth.url + path, json=body, headers=headers, timeout=30)
             assert r.status_code == 401, (path, headers, r.text)
-            assert r.json()["error"]["type"] == "AuthenticationError" and r.headers["WWW-Authenticate"] == "Bearer"
+            assert (
+                r.json()["error"]["type"] == "AuthenticationError"
+                and r.headers["WWW-Authenticate"] == "Bearer"
+            )
         ok = requests.request(method, auth.url + path, json=body, headers=good, timeout=30)
         assert ok.status_code == 200, (path, ok.text)
-    assert requests.post(auth.url + "/pooling", json={"input": "hi"}, timeout=30,
-                         headers={"Authorization": f"bearer {KEY}"}).status_code == 200
+    assert (
+        requests.post(
+            auth.url + "/pooling",
+            json={"input": "hi"},
+            timeout=30,
+            headers={"Authorization": f"bearer {KEY}"},
+        ).status_code
+        == 200
+    )
     with RemoteWorker(auth.url, api_key=KEY) as worker:
         assert len(worker.encode(["hi", "there"], pooling_task="classify")) == 2
     with RemoteWorker(auth.url, api_key="wrong") as worker, pytest.raises(PermissionError, match="API key"):
@@ -79,7 +98,9 @@ def test_api_key_is_compared_in_constant_time(monkeypatch):
     assert auth.key_matches(f"Bearer {KEY}", KEY) and auth.key_matches(f"bearer  {KEY} ", KEY)
     assert not auth.key_matches(f"Bearer {KEY[:-1]}", KEY) and not auth.key_matches("Bearer wrong", KEY)
     assert not auth.key_matches("Bearer \udcff", KEY)  # undecodable bytes: refused, never an exception
-    assert not auth.key_matches(KEY, KEY) and not auth.key_matches(None, KEY) and not auth.key_matches("", KEY)
+    assert (
+        not auth.key_matches(KEY, KEY) and not auth.key_matches(None, KEY) and not auth.key_matches("", KEY)
+    )
     # every comparison of a presented token went through hmac.compare_digest (no == on the secret)
     assert len(calls) == 5 and all(b == KEY.encode() for _, b in calls)
 
@@ -122,8 +143,12 @@ def test_full_queue_answers_503_with_retry_after_and_remote_worker_waits(servers
         assert worker.stats.retries > 0  # it was refused and came back after Retry-After
         assert worker.health().down == []  # busy is not down
     ref = llm.encode(many, pooling_task="classify", use_tqdm=False)
-    torch.testing.assert_close(torch.stack([o.outputs.data for o in outputs]),
-                               torch.stack([o.outputs.data for o in ref]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.stack([o.outputs.data for o in outputs]),
+        torch.stack([o.outputs.data for o in ref]),
+        atol=1e-5,
+        rtol=0,
+    )
     assert requests.get(queue.url + "/health", timeout=10).status_code == 200
 
 
@@ -139,7 +164,10 @@ def test_a_draining_server_refuses_new_work_with_503(servers):
     assert health.status_code == 503 and health.content == b"" and health.headers["Retry-After"] == "1"
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert "shutting down" in refused.json()["error"]["message"]
-    assert requests.post(queue.url + "/pooling", json={"input": "hi"}, headers=headers, timeout=30).status_code == 200
+    assert (
+        requests.post(queue.url + "/pooling", json={"input": "hi"}, headers=headers, timeout=30).status_code
+        == 200
+    )
 
 
 def _metric(url: str, name: str, headers: dict | None = None) -> float:
@@ -158,7 +186,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(drained, llm):
         answers: list[requests.Response] = []
 
         def post() -> None:
-            answers.append(requests.post(proc.url + "/pooling", json={"input": texts}, headers=headers, timeout=120))
+            answers.append(
+                requests.post(proc.url + "/pooling", json={"input": texts}, headers=headers, timeout=120)
+            )
             finished.append(time.monotonic())
 
         threads = [threading.Thread(target=post) for _ in range(4)]
@@ -177,8 +207,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(drained, llm):
         want = llm.encode(texts, pooling_task="classify", use_tqdm=False)
         for a in answers:
             got = [item["data"][0] for item in a.json()["data"]]
-            torch.testing.assert_close(torch.tensor(got), torch.stack([w.outputs.data[0] for w in want]),
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                torch.tensor(got), torch.stack([w.outputs.data[0] for w in want]), atol=1e-5, rtol=0
+            )
         with pytest.raises(requests.ConnectionError):
             requests.get(proc.url + "/health", timeout=5)
         log = proc.log()
@@ -200,8 +231,10 @@ def test_client_timeout_leaves_the_server_consistent(server, llm):
     # The abandoned requests are finished (not half-run, not stuck in the queue)...
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (
-            _metric(server.url, "rlhf_rewards_queue_depth") or _metric(server.url, "rlhf_rewards_running_prompts")
-            or _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}') < prompts_before + 3 * 32):
+        _metric(server.url, "rlhf_rewards_queue_depth")
+        or _metric(server.url, "rlhf_rewards_running_prompts")
+        or _metric(server.url, 'rlhf_rewards_prompts_total{task="classify"}') < prompts_before + 3 * 32
+    ):
         time.sleep(0.1)
     assert _metric(server.url, "rlhf_rewards_queue_depth") == 0
     assert _metric(server.url, "rlhf_rewards_running_prompts") == 0
@@ -210,8 +243,12 @@ def test_client_timeout_leaves_the_server_consistent(server, llm):
     assert requests.get(server.url + "/health", timeout=10).status_code == 200
     body = requests.post(server.url + "/pooling", json={"input": batches[0][:4]}, timeout=60).json()
     want = llm.encode(texts, pooling_task="classify", use_tqdm=False)
-    torch.testing.assert_close(torch.tensor([d["data"][0] for d in body["data"]]),
-                               torch.stack([w.outputs.data[0] for w in want]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([d["data"][0] for d in body["data"]]),
+        torch.stack([w.outputs.data[0] for w in want]),
+        atol=1e-5,
+        rtol=0,
+    )
     metrics = requests.get(server.url + "/metrics", timeout=10).text
     assert not re.search(r'rlhf_rewards_requests_total\{[^}]*status="5\d\d"', metrics)
 
@@ -235,15 +272,30 @@ def _listening_addresses(port: int) -> set[str]:
 def test_metrics_docs_and_binding(server):
     requests.post(server.url + "/pooling", json={"input": "count me"}, timeout=30)
     text = requests.get(server.url + "/metrics", timeout=10).text
-    for name in ("rlhf_rewards_requests_total", "rlhf_rewards_request_latency_seconds_bucket",
-                 "rlhf_rewards_prompt_tokens_total", "rlhf_rewards_queue_depth", "rlhf_rewards_batch_size_prompts_bucket",
-                 "rlhf_rewards_batch_tokens_bucket", "rlhf_rewards_queue_wait_seconds_bucket",
-                 "rlhf_rewards_engine_seconds_bucket", 'rlhf_rewards_prompts_total{task="classify"}'):
+    for name in (
+        "rlhf_rewards_requests_total",
+        "rlhf_rewards_request_latency_seconds_bucket",
+        "rlhf_rewards_prompt_tokens_total",
+        "rlhf_rewards_queue_depth",
+        "rlhf_rewards_batch_size_prompts_bucket",
+        "rlhf_rewards_batch_tokens_bucket",
+        "rlhf_rewards_queue_wait_seconds_bucket",
+        "rlhf_rewards_engine_seconds_bucket",
+        'rlhf_rewards_prompts_total{task="classify"}',
+    ):
         assert name in text, name
     assert re.search(r'rlhf_rewards_requests_total\{route="/pooling",status="200"\} [1-9]', text)
     paths = requests.get(server.url + "/openapi.json", timeout=10).json()["paths"]
-    assert {"/pooling", "/classify", "/get_reward", "/tokenize", "/v1/models", "/v1/model_info", "/health",
-            "/metrics"} <= set(paths)
+    assert {
+        "/pooling",
+        "/classify",
+        "/get_reward",
+        "/tokenize",
+        "/v1/models",
+        "/v1/model_info",
+        "/health",
+        "/metrics",
+    } <= set(paths)
     assert "PoolingRequest" in str(paths["/pooling"])
     assert requests.get(server.url + "/docs", timeout=10).status_code == 200
     # The server was started without --host: it listens on the loopback interface only.
@@ -303,7 +355,10 @@ def test_cli_errors_are_clear(qwen3_rm, capsys):
 def test_parse_lora_modules():
     from rlhf_rewards.cli.serve import parse_lora_modules
 
-    assert parse_lora_modules(["a=/x/y", '{"name": "b", "path": "org/adapter"}']) == {"a": "/x/y", "b": "org/adapter"}
+    assert parse_lora_modules(["a=/x/y", '{"name": "b", "path": "org/adapter"}']) == {
+        "a": "/x/y",
+        "b": "org/adapter",
+    }
     for bad in (["a"], ["=p"], ["a="], ["a=p", "a=q"], ['{"name": "a"}']):
         with pytest.raises(ValueError):
             parse_lora_modules(bad)

@@ -41,8 +41,13 @@ def test_completion_form_as_in_vllm_docs(server, llm):
     # The default task of an outcome reward model is classify (sigmoid of the reward).
     _close(item["data"], _ref(llm, "vLLM is great!", "classify")[0])
     n_tokens = len(llm.get_tokenizer()("vLLM is great!")["input_ids"])
-    assert body["usage"] == {"prompt_tokens": n_tokens, "total_tokens": n_tokens, "completion_tokens": 0,
-                             "prompt_tokens_details": None, "completion_tokens_details": None}  # vLLM's UsageInfo
+    assert body["usage"] == {
+        "prompt_tokens": n_tokens,
+        "total_tokens": n_tokens,
+        "completion_tokens": 0,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }  # vLLM's UsageInfo
 
 
 @pytest.mark.parametrize("task", ["classify", "token_classify", "embed", "token_embed"])
@@ -65,9 +70,21 @@ def test_request_parameters_match_pooling_params(server, llm):
     text = MIXED_TEXTS[1]
     cases = [
         ({"task": "classify", "use_activation": False}, "classify", PoolingParams(use_activation=False)),
-        ({"task": "token_classify", "truncate_prompt_tokens": 5}, "token_classify", PoolingParams(truncate_prompt_tokens=5)),
-        ({"task": "embed", "dimensions": 8, "normalize": False}, "embed", PoolingParams(dimensions=8, normalize=False)),
-        ({"task": "token_embed", "truncate_prompt_tokens": -1}, "token_embed", PoolingParams(truncate_prompt_tokens=-1)),
+        (
+            {"task": "token_classify", "truncate_prompt_tokens": 5},
+            "token_classify",
+            PoolingParams(truncate_prompt_tokens=5),
+        ),
+        (
+            {"task": "embed", "dimensions": 8, "normalize": False},
+            "embed",
+            PoolingParams(dimensions=8, normalize=False),
+        ),
+        (
+            {"task": "token_embed", "truncate_prompt_tokens": -1},
+            "token_embed",
+            PoolingParams(truncate_prompt_tokens=-1),
+        ),
     ]
     for fields, task, params in cases:
         body = _post(server, "/pooling", {"input": [text], "return_details": True, **fields})
@@ -80,23 +97,45 @@ def test_request_parameters_match_pooling_params(server, llm):
 
 def test_chat_form_as_in_vllm_docs(server, llm):
     # vLLM's example sends text content parts; they render like plain string content.
-    messages = [{"role": "user", "content": [{"type": "text", "text": "What is 12 + 7?"}]},
-                {"role": "assistant", "content": "The answer is 19."}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "What is 12 + 7?"}]},
+        {"role": "assistant", "content": "The answer is 19."},
+    ]
     body = _post(server, "/pooling", {"model": "tiny-rm", "messages": messages, "return_details": True})
-    plain = [{"role": "user", "content": "What is 12 + 7?"}, {"role": "assistant", "content": "The answer is 19."}]
+    plain = [
+        {"role": "user", "content": "What is 12 + 7?"},
+        {"role": "assistant", "content": "The answer is 19."},
+    ]
     (ids,) = llm.render_chat([plain])
     (item,) = body["data"]
     assert item["prompt_token_ids"] == ids
     _close(item["data"], _ref(llm, {"prompt_token_ids": ids}, "classify")[0])
-    with_prompt = _post(server, "/pooling", {"messages": plain[:1], "add_generation_prompt": True, "return_details": True})
-    assert with_prompt["data"][0]["prompt_token_ids"] == llm.render_chat([plain[:1]], add_generation_prompt=True)[0]
+    with_prompt = _post(
+        server, "/pooling", {"messages": plain[:1], "add_generation_prompt": True, "return_details": True}
+    )
+    assert (
+        with_prompt["data"][0]["prompt_token_ids"]
+        == llm.render_chat([plain[:1]], add_generation_prompt=True)[0]
+    )
 
 
-@pytest.mark.parametrize("dtype,endianness", [("float32", "native"), ("float32", "big"), ("float16", "little"),
-                                              ("bfloat16", "native")])
+@pytest.mark.parametrize(
+    "dtype,endianness",
+    [("float32", "native"), ("float32", "big"), ("float16", "little"), ("bfloat16", "native")],
+)
 def test_base64_encoding(server, llm, dtype, endianness):
-    body = _post(server, "/pooling", {"input": MIXED_TEXTS[:2], "task": "token_classify", "encoding_format": "base64",
-                                      "embed_dtype": dtype, "endianness": endianness, "return_details": True})
+    body = _post(
+        server,
+        "/pooling",
+        {
+            "input": MIXED_TEXTS[:2],
+            "task": "token_classify",
+            "encoding_format": "base64",
+            "embed_dtype": dtype,
+            "endianness": endianness,
+            "return_details": True,
+        },
+    )
     want = _ref(llm, MIXED_TEXTS[:2], "token_classify")
     for item, w in zip(body["data"], want, strict=True):
         raw = base64.b64decode(item["data"])
@@ -106,7 +145,9 @@ def test_base64_encoding(server, llm, dtype, endianness):
             got = torch.from_numpy(bits.copy()).view(torch.bfloat16).float()
             tol = 1e-2
         else:
-            got = torch.from_numpy(np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder(order)).astype(np.float32))
+            got = torch.from_numpy(
+                np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder(order)).astype(np.float32)
+            )
             tol = 1e-3 if dtype == "float16" else ATOL
         torch.testing.assert_close(got.reshape(item["shape"]), w, atol=tol, rtol=0)
 
@@ -141,8 +182,11 @@ def test_truncation_is_the_offline_calls(checkpoint_factory, tmp_path):
     from rlhf_rewards.testing.server import InProcessServer
     from tests.compat.vllm_live.offline import add_bos_eos
 
-    path = add_bos_eos(shutil.copytree(checkpoint_factory("Qwen3ForSequenceClassification", num_labels=3, seed=3),
-                                       tmp_path / "rm"))
+    path = add_bos_eos(
+        shutil.copytree(
+            checkpoint_factory("Qwen3ForSequenceClassification", num_labels=3, seed=3), tmp_path / "rm"
+        )
+    )
     text = "The quick brown fox jumps over the lazy dog. " * 3
     llm = LLM(str(path), device="cpu", max_model_len=32)
     with InProcessServer(path, "--max-model-len", "32") as server:

@@ -67,9 +67,13 @@ class SchemaChecker:
         else:
             responses = self.doc["paths"][path][method]["responses"]
             status = str(response.status_code)
-            assert status in responses, f"{method.upper()} {path} answered {status}, which its schema does not list"
+            assert status in responses, (
+                f"{method.upper()} {path} answered {status}, which its schema does not list"
+            )
             content = responses[status].get("content", {})
-            assert media in content, f"{method.upper()} {path} {status} sent {media}, the schema lists {list(content)}"
+            assert media in content, (
+                f"{method.upper()} {path} {status} sent {media}, the schema lists {list(content)}"
+            )
             pointer = f"/paths/{_escape(path)}/{method}/responses/{status}/content/{_escape(media)}/schema"
             if status.startswith("2"):
                 self.operations.add((method, path))
@@ -77,7 +81,10 @@ class SchemaChecker:
             assert self._resolve(pointer) == {"type": "string"}
             return response.text
         body = response.json()
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in self._validator(pointer).iter_errors(body)]
+        errors = [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in self._validator(pointer).iter_errors(body)
+        ]
         assert not errors, (path, response.status_code, errors, body)
         self._walk(pointer, body)
         return body
@@ -93,8 +100,11 @@ class SchemaChecker:
             return
         for key in ("anyOf", "oneOf"):
             if key in schema:
-                branch = next(i for i in range(len(schema[key]))
-                              if self._validator(f"{pointer}/{key}/{i}").is_valid(value))
+                branch = next(
+                    i
+                    for i in range(len(schema[key]))
+                    if self._validator(f"{pointer}/{key}/{i}").is_valid(value)
+                )
                 self._walk(f"{pointer}/{key}/{branch}", value)
                 return
         if isinstance(value, dict):
@@ -183,65 +193,125 @@ def judge_server(checkpoint_factory, tmp_path_factory):
         yield proc
 
 
-def test_every_answer_matches_its_routes_schema(server, poisoned_server, embedding_server, judge_server, checker):
+def test_every_answer_matches_its_routes_schema(
+    server, poisoned_server, embedding_server, judge_server, checker
+):
     url = server.url
     c = checker
     # /pooling: every task, both encodings, with and without details, completion and chat forms.
     for task in TASKS:
         for encoding in ("float", "base64"):
             for details in (False, True):
-                body = c.check(requests.post(url + "/pooling", timeout=30, json={
-                    "input": ["Hello there", "ok"], "task": task, "encoding_format": encoding,
-                    "return_details": details, "request_id": f"{task}-{encoding}"}), "/pooling")
+                body = c.check(
+                    requests.post(
+                        url + "/pooling",
+                        timeout=30,
+                        json={
+                            "input": ["Hello there", "ok"],
+                            "task": task,
+                            "encoding_format": encoding,
+                            "return_details": details,
+                            "request_id": f"{task}-{encoding}",
+                        },
+                    ),
+                    "/pooling",
+                )
                 assert body["id"] == f"pooling-{task}-{encoding}" and len(body["data"]) == 2
                 assert all(("shape" in item) == details for item in body["data"])
-    c.check(requests.post(url + "/pooling", json={"input": [[5, 6, 7], [8, 9]], "truncate_prompt_tokens": 1},
-                          timeout=30), "/pooling")
+    c.check(
+        requests.post(
+            url + "/pooling", json={"input": [[5, 6, 7], [8, 9]], "truncate_prompt_tokens": 1}, timeout=30
+        ),
+        "/pooling",
+    )
     c.check(requests.post(url + "/pooling", json={"messages": MESSAGES}, timeout=30), "/pooling")
-    c.check(requests.post(url + "/classify", json={"input": ["a b", "c"], "use_activation": False}, timeout=30),
-            "/classify")
+    c.check(
+        requests.post(url + "/classify", json={"input": ["a b", "c"], "use_activation": False}, timeout=30),
+        "/classify",
+    )
     c.check(requests.post(url + "/classify", json={"messages": MESSAGES}, timeout=30), "/classify")
     for fmt in ("bytes", "bytes_only"):
-        assert c.check(requests.post(url + "/pooling", json={"input": ["a", "b"], "encoding_format": fmt}, timeout=30),
-                       "/pooling") is not None
+        assert (
+            c.check(
+                requests.post(
+                    url + "/pooling", json={"input": ["a", "b"], "encoding_format": fmt}, timeout=30
+                ),
+                "/pooling",
+            )
+            is not None
+        )
     # vLLM 0.33's routes: embeddings (SGLang's reward answer on a reward model), score, rerank, invocations.
     for body in ({"input": ["a b", "c"]}, {"input": "a", "encoding_format": "base64"}):
         c.check(requests.post(url + "/v1/embeddings", json=body, timeout=30), "/v1/embeddings")
-    c.check(requests.post(url + "/v1/embeddings", json={"input": "a", "encoding_format": "bytes"}, timeout=30),
-            "/v1/embeddings")
+    c.check(
+        requests.post(url + "/v1/embeddings", json={"input": "a", "encoding_format": "bytes"}, timeout=30),
+        "/v1/embeddings",
+    )
     for route in ("/score", "/v1/score"):
         c.check(requests.post(url + route, json={"queries": "q", "documents": ["a", "b"]}, timeout=30), route)
     for route in ("/rerank", "/v1/rerank", "/v2/rerank"):
-        c.check(requests.post(url + route, json={"query": "q", "documents": ["a", "b"], "top_n": 1}, timeout=30), route)
+        c.check(
+            requests.post(url + route, json={"query": "q", "documents": ["a", "b"], "top_n": 1}, timeout=30),
+            route,
+        )
     for body in ({"input": "a"}, {"query": "q", "documents": ["a"]}, {"queries": "q", "documents": "a"}):
         c.check(requests.post(url + "/invocations", json=body, timeout=30), "/invocations")
     answer = requests.post(url + "/v2/embed", json={"texts": ["a"]}, timeout=30)
     assert answer.status_code == 404 and c.check(answer, "/v2/embed") == {"detail": "Not Found"}
     # /generative_scoring needs a causal LM: a reward model answers vLLM's pooling-runner 404.
-    answer = requests.post(url + "/generative_scoring", json={"query": "q", "items": ["a"], "label_token_ids": [1]},
-                           timeout=30)
+    answer = requests.post(
+        url + "/generative_scoring", json={"query": "q", "items": ["a"], "label_token_ids": [1]}, timeout=30
+    )
     assert answer.status_code == 404 and c.check(answer, "/generative_scoring") == {"detail": "Not Found"}
     judge = judge_server.url
-    body = c.check(requests.post(judge + "/generative_scoring", json={
-        "query": "Is 2 + 2 = 4? Answer:", "items": [" yes", " no"], "label_token_ids": [21, 33]}, timeout=30),
-        "/generative_scoring")
+    body = c.check(
+        requests.post(
+            judge + "/generative_scoring",
+            json={"query": "Is 2 + 2 = 4? Answer:", "items": [" yes", " no"], "label_token_ids": [21, 33]},
+            timeout=30,
+        ),
+        "/generative_scoring",
+    )
     assert [item["index"] for item in body["data"]] == [0, 1] and body["model"] == "tiny-judge"
-    body = c.check(requests.post(judge + "/generative_scoring", json={  # a NaN item: score null, error set
-        "query": [5, 6], "items": [[POISON], [7]], "label_token_ids": [21], "apply_softmax": False}, timeout=30),
-        "/generative_scoring")
+    body = c.check(
+        requests.post(
+            judge + "/generative_scoring",
+            json={  # a NaN item: score null, error set
+                "query": [5, 6],
+                "items": [[POISON], [7]],
+                "label_token_ids": [21],
+                "apply_softmax": False,
+            },
+            timeout=30,
+        ),
+        "/generative_scoring",
+    )
     assert body["data"][0]["score"] is None and "error" in body["data"][0] and "error" not in body["data"][1]
-    answer = requests.post(judge + "/generative_scoring", json={"query": "q", "items": ["a"], "label_token_ids": [10**6]},
-                           timeout=30)
+    answer = requests.post(
+        judge + "/generative_scoring",
+        json={"query": "q", "items": ["a"], "label_token_ids": [10**6]},
+        timeout=30,
+    )
     assert answer.status_code == 400, answer.text
     c.check(answer, "/generative_scoring")
     emb = embedding_server.url
-    for body in ({"texts": ["a b", "c"], "embedding_types": ["float", "binary", "ubinary", "base64"]},
-                 {"inputs": [{"content": [{"type": "text", "text": "a"}]}], "truncate": "START", "max_tokens": 3}):
+    for body in (
+        {"texts": ["a b", "c"], "embedding_types": ["float", "binary", "ubinary", "base64"]},
+        {"inputs": [{"content": [{"type": "text", "text": "a"}]}], "truncate": "START", "max_tokens": 3},
+    ):
         c.check(requests.post(emb + "/v2/embed", json=body, timeout=30), "/v2/embed")
-    c.check(requests.post(emb + "/score", json={"text_1": ["a", "b"], "text_2": ["c", "d"]}, timeout=30), "/score")
-    c.check(requests.post(url + "/get_reward", json={"query": ["a b", "c"], "prompts": ["a"]}, timeout=30),
-            "/get_reward")
-    for body in ({"prompt": "Hello world"}, {"prompt": "Hello", "return_token_strs": True}, {"messages": MESSAGES}):
+    c.check(
+        requests.post(emb + "/score", json={"text_1": ["a", "b"], "text_2": ["c", "d"]}, timeout=30), "/score"
+    )
+    c.check(
+        requests.post(url + "/get_reward", json={"query": ["a b", "c"], "prompts": ["a"]}, timeout=30),
+        "/get_reward",
+    )
+    for body in (
+        {"prompt": "Hello world"},
+        {"prompt": "Hello", "return_token_strs": True},
+        {"messages": MESSAGES},
+    ):
         c.check(requests.post(url + "/tokenize", json=body, timeout=30), "/tokenize")
     c.check(requests.get(url + "/v1/models", timeout=10), "/v1/models", "get")
     info = c.check(requests.get(url + "/v1/model_info", timeout=10), "/v1/model_info", "get")
@@ -253,19 +323,28 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, embeddi
         c.operations.add((method, path))
     c.check(requests.post(url + "/detokenize", json={"tokens": [1, 2, 3]}, timeout=30), "/detokenize")
     assert c.check(requests.get(url + "/version", timeout=10), "/version", "get")["version"]
-    assert "rlhf_rewards_requests_total" in c.check(requests.get(url + "/metrics", timeout=10), "/metrics", "get")
+    assert "rlhf_rewards_requests_total" in c.check(
+        requests.get(url + "/metrics", timeout=10), "/metrics", "get"
+    )
 
     # Client mistakes: a RequestError from the engine, a schema error, the limits, unknown route and method.
-    for route, body in (("/pooling", {"input": ["ok", ""]}), ("/pooling", {"input": "x", "task": "classify",
-                                                                            "dimensions": 4}),
-                        ("/pooling", {"input": 42}), ("/classify", {"input": [[1, 100000]]}),
-                        ("/get_reward", {"query": ["fine", ""]}), ("/score", {"queries": ["a", "b"], "documents": ["c"]}),
-                        ("/invocations", {"nothing": 1}), ("/v1/embeddings", {"input": "a", "dimensions": 2})):
+    for route, body in (
+        ("/pooling", {"input": ["ok", ""]}),
+        ("/pooling", {"input": "x", "task": "classify", "dimensions": 4}),
+        ("/pooling", {"input": 42}),
+        ("/classify", {"input": [[1, 100000]]}),
+        ("/get_reward", {"query": ["fine", ""]}),
+        ("/score", {"queries": ["a", "b"], "documents": ["c"]}),
+        ("/invocations", {"nothing": 1}),
+        ("/v1/embeddings", {"input": "a", "dimensions": 2}),
+    ):
         answer = requests.post(url + route, json=body, timeout=30)
         assert answer.status_code == 400, (route, answer.text)
         c.check(answer, route)
-    for route, body in (("/tokenize", {"prompt": "x", "model": "nope"}), ("/rerank", {"query": "q", "documents": "a",
-                                                                                       "model": "nope"})):
+    for route, body in (
+        ("/tokenize", {"prompt": "x", "model": "nope"}),
+        ("/rerank", {"query": "q", "documents": "a", "model": "nope"}),
+    ):
         answer = requests.post(url + route, json=body, timeout=30)
         assert answer.status_code == 404 and answer.json()["error"]["type"] == "NotFoundError"
         c.check(answer, route)
@@ -278,28 +357,58 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, embeddi
     answer = requests.post(url + "/v2/pooling", json={"input": "x"}, timeout=30)
     assert answer.status_code == 404 and answer.json() == {"detail": "Not Found"}  # FastAPI's, as vLLM
     answer = requests.get(url + "/pooling", timeout=30)
-    assert answer.status_code == 405 and answer.json() == {"detail": "Method Not Allowed"}  # Starlette's, as vLLM
+    assert answer.status_code == 405 and answer.json() == {
+        "detail": "Method Not Allowed"
+    }  # Starlette's, as vLLM
 
     # NaN items (the optional `error` fields), then 401, a full queue and draining (503).
     nan, auth = poisoned_server.url, {"Authorization": f"Bearer {KEY}"}
     bad, good = [5, POISON, 7], [5, 6, 7]
-    body = c.check(requests.post(nan + "/pooling", json={"input": [bad, good]}, headers=auth, timeout=30), "/pooling")
+    body = c.check(
+        requests.post(nan + "/pooling", json={"input": [bad, good]}, headers=auth, timeout=30), "/pooling"
+    )
     assert body["data"][0]["data"] is None and "error" in body["data"][0] and "error" not in body["data"][1]
-    body = c.check(requests.post(nan + "/classify", json={"input": [bad]}, headers=auth, timeout=30), "/classify")
+    body = c.check(
+        requests.post(nan + "/classify", json={"input": [bad]}, headers=auth, timeout=30), "/classify"
+    )
     assert body["data"][0]["probs"] is None
-    body = c.check(requests.post(nan + "/get_reward", json={"query": ["Hello 3"]}, headers=auth, timeout=30),
-                   "/get_reward")
+    body = c.check(
+        requests.post(nan + "/get_reward", json={"query": ["Hello 3"]}, headers=auth, timeout=30),
+        "/get_reward",
+    )
     assert body["rewards"] == [None] and "0" in body["errors"]
-    body = c.check(requests.post(nan + "/v1/embeddings", json={"input": [bad, good]}, headers=auth, timeout=30),
-                   "/v1/embeddings")
+    body = c.check(
+        requests.post(nan + "/v1/embeddings", json={"input": [bad, good]}, headers=auth, timeout=30),
+        "/v1/embeddings",
+    )
     assert body["data"][0]["embedding"] is None and "error" in body["data"][0]
-    body = c.check(requests.post(nan + "/score", json={"queries": "Hello", "documents": ["Hi", "Hello 3"]},
-                                 headers=auth, timeout=30), "/score")
-    body = c.check(requests.post(nan + "/rerank", json={"query": "Hello", "documents": ["Hi", "Hello 3"]},
-                                 headers=auth, timeout=30), "/rerank")
-    for method, route in (("post", "/pooling"), ("post", "/classify"), ("post", "/get_reward"), ("post", "/tokenize"),
-                          ("get", "/v1/models"), ("get", "/v1/model_info"), ("get", "/metrics")):
-        answer = requests.request(method, nan + route, json={"input": "x"} if method == "post" else None, timeout=30)
+    body = c.check(
+        requests.post(
+            nan + "/score",
+            json={"queries": "Hello", "documents": ["Hi", "Hello 3"]},
+            headers=auth,
+            timeout=30,
+        ),
+        "/score",
+    )
+    body = c.check(
+        requests.post(
+            nan + "/rerank", json={"query": "Hello", "documents": ["Hi", "Hello 3"]}, headers=auth, timeout=30
+        ),
+        "/rerank",
+    )
+    for method, route in (
+        ("post", "/pooling"),
+        ("post", "/classify"),
+        ("post", "/get_reward"),
+        ("post", "/tokenize"),
+        ("get", "/v1/models"),
+        ("get", "/v1/model_info"),
+        ("get", "/metrics"),
+    ):
+        answer = requests.request(
+            method, nan + route, json={"input": "x"} if method == "post" else None, timeout=30
+        )
         assert answer.status_code == 401, route
         c.check(answer, route, method)
     answer = _queue_full_answer(poisoned_server)
@@ -307,8 +416,10 @@ def test_every_answer_matches_its_routes_schema(server, poisoned_server, embeddi
     c.check(answer, "/pooling")
     poisoned_server.engine.draining = True
     try:
-        answers = [requests.post(nan + "/pooling", json={"input": "x"}, headers=auth, timeout=30),
-                   requests.get(nan + "/health", timeout=30)]
+        answers = [
+            requests.post(nan + "/pooling", json={"input": "x"}, headers=auth, timeout=30),
+            requests.get(nan + "/health", timeout=30),
+        ]
     finally:
         poisoned_server.engine.draining = False
     assert [a.status_code for a in answers] == [503, 503]
@@ -354,11 +465,19 @@ def test_an_answer_the_server_cannot_build_is_a_500_not_a_400(poisoned_server):
 
     batcher._encode = wrong_ids
     try:
-        answer = requests.post(poisoned_server.url + "/pooling", json={"input": [[5, 6]], "return_details": True},
-                               headers=auth, timeout=30)
+        answer = requests.post(
+            poisoned_server.url + "/pooling",
+            json={"input": [[5, 6]], "return_details": True},
+            headers=auth,
+            timeout=30,
+        )
     finally:
         batcher._encode = real
     assert answer.status_code == 500 and answer.json()["error"]["type"] == "InternalServerError", answer.text
     assert "token 5" not in answer.text
-    assert requests.post(poisoned_server.url + "/pooling", json={"input": [[5, 6]]}, headers=auth,
-                         timeout=30).status_code == 200
+    assert (
+        requests.post(
+            poisoned_server.url + "/pooling", json={"input": [[5, 6]]}, headers=auth, timeout=30
+        ).status_code
+        == 200
+    )

@@ -21,15 +21,27 @@ def test_bi_encoder_and_late_interaction_scores(checkpoint_factory, task):
     llm = LLM(str(path), device="cpu")
     args = () if task == "embed" else ("--pooler-config", '{"task": "token_embed"}')
     with InProcessServer(path, *args) as proc:
-        got = requests.post(proc.url + "/score", json={"queries": QUERIES, "documents": DOCS}, timeout=30).json()
-        ranked = requests.post(proc.url + "/rerank", json={"query": QUERIES[0], "documents": DOCS}, timeout=30).json()
+        got = requests.post(
+            proc.url + "/score", json={"queries": QUERIES, "documents": DOCS}, timeout=30
+        ).json()
+        ranked = requests.post(
+            proc.url + "/rerank", json={"query": QUERIES[0], "documents": DOCS}, timeout=30
+        ).json()
     if task == "embed":
         outs = llm.encode(QUERIES + DOCS, pooling_task="embed", use_tqdm=False)
-        want = [float(F.cosine_similarity(outs[i].outputs.data, outs[2 + i].outputs.data, dim=0)) for i in range(2)]
-        first = [float(F.cosine_similarity(outs[0].outputs.data, outs[2 + j].outputs.data, dim=0)) for j in range(2)]
+        want = [
+            float(F.cosine_similarity(outs[i].outputs.data, outs[2 + i].outputs.data, dim=0))
+            for i in range(2)
+        ]
+        first = [
+            float(F.cosine_similarity(outs[0].outputs.data, outs[2 + j].outputs.data, dim=0))
+            for j in range(2)
+        ]
     else:
-        outs = [F.normalize(o.outputs.data.float(), dim=-1)
-                for o in llm.encode(QUERIES + DOCS, pooling_task="token_embed", use_tqdm=False)]
+        outs = [
+            F.normalize(o.outputs.data.float(), dim=-1)
+            for o in llm.encode(QUERIES + DOCS, pooling_task="token_embed", use_tqdm=False)
+        ]
 
         def maxsim(q: torch.Tensor, d: torch.Tensor) -> float:
             return float((q @ d.T).amax(dim=-1).sum())
@@ -38,7 +50,9 @@ def test_bi_encoder_and_late_interaction_scores(checkpoint_factory, task):
         first = [maxsim(outs[0], outs[2 + j]) for j in range(2)]
     assert [d["score"] for d in got["data"]] == pytest.approx(want, rel=1e-4)
     assert [r["index"] for r in ranked["results"]] == sorted(range(2), key=lambda j: -first[j])
-    assert [r["relevance_score"] for r in ranked["results"]] == pytest.approx(sorted(first, reverse=True), rel=1e-4)
+    assert [r["relevance_score"] for r in ranked["results"]] == pytest.approx(
+        sorted(first, reverse=True), rel=1e-4
+    )
 
 
 def test_embeddings_of_a_token_embedding_model_are_per_token(checkpoint_factory):
@@ -49,4 +63,6 @@ def test_embeddings_of_a_token_embedding_model_are_per_token(checkpoint_factory)
         got = requests.post(proc.url + "/v1/embeddings", json={"input": QUERIES}, timeout=30).json()
     want = llm.encode(QUERIES, pooling_task="token_embed", use_tqdm=False)
     for item, out in zip(got["data"], want, strict=True):
-        torch.testing.assert_close(torch.tensor(item["embedding"]), out.outputs.data.float(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(item["embedding"]), out.outputs.data.float(), atol=1e-5, rtol=0
+        )

@@ -50,8 +50,10 @@ def test_scores_equal_the_engine(qwen3_rm, reference):
     _assert_same(worker.encode(MIXED_TEXTS, pooling_task="classify"), want)
     _assert_same(asyncio.run(worker.aencode(MIXED_TEXTS, pooling_task="classify")), want)
     raw = PoolingParams(use_activation=False)
-    _assert_same(worker.encode(MIXED_TEXTS, raw, pooling_task="token_classify"),
-                 reference.encode(MIXED_TEXTS, raw, pooling_task="token_classify", use_tqdm=False))
+    _assert_same(
+        worker.encode(MIXED_TEXTS, raw, pooling_task="token_classify"),
+        reference.encode(MIXED_TEXTS, raw, pooling_task="token_classify", use_tqdm=False),
+    )
     assert worker.model_info() == reference.model_info()
     conv = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]]
     assert worker.render_chat(conv) == reference.render_chat(conv)
@@ -252,8 +254,10 @@ def test_loads_whole_while_zero3_is_configured(qwen3_rm, reference):
         shapes = {n: p.shape for n, p in reference.model.named_parameters()}
         assert {n: p.shape for n, p in worker.llm.model.named_parameters()} == shapes
         assert not any(hasattr(p, "ds_id") or hasattr(p, "ds_shape") for p in worker.llm.model.parameters())
-        _assert_same(worker.encode(MIXED_TEXTS, pooling_task="classify"),
-                     reference.encode(MIXED_TEXTS, pooling_task="classify", use_tqdm=False))
+        _assert_same(
+            worker.encode(MIXED_TEXTS, pooling_task="classify"),
+            reference.encode(MIXED_TEXTS, pooling_task="classify", use_tqdm=False),
+        )
         with unsharded_loading():
             assert not zero3_enabled()
             with unsharded_loading():  # re-entrant
@@ -279,10 +283,20 @@ def test_unsharded_loading_turns_off_fsdp_ram_efficient_loading(monkeypatch):
 def test_zero3_partitioning_in_a_real_deepspeed_process(qwen3_rm):
     """With DeepSpeed really partitioning (``zero.Init`` over torch.distributed), in a process of its own."""
     pytest.importorskip("deepspeed")
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "tests.workers.zero3_probe", str(qwen3_rm)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.workers.zero3_probe", str(qwen3_rm)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ZERO3_REPORT ")), None)
     assert proc.returncode == 0 and line, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(line.split(" ", 1)[1])
@@ -299,29 +313,62 @@ def test_zero3_partitioning_in_a_real_deepspeed_process(qwen3_rm):
 
 
 @pytest.mark.slow
-def test_two_rank_zero3_training_leaves_the_reward_model_whole(qwen3_rm, checkpoint_factory, reference, tmp_path):
+def test_two_rank_zero3_training_leaves_the_reward_model_whole(
+    qwen3_rm, checkpoint_factory, reference, tmp_path
+):
     """``accelerate launch`` with DeepSpeed ZeRO-3 over two CPU ranks (gloo): the policy is partitioned and wrapped
     in a DeepSpeed engine and trains; the colocated reward model is whole on both ranks, never wrapped, and
     scores exactly as the in-process engine between training steps."""
     pytest.importorskip("deepspeed")
     policy = checkpoint_factory("Qwen3ForCausalLM", seed=13, tokenizer_dir=str(qwen3_rm))
     ds_config = tmp_path / "ds_zero3.json"
-    ds_config.write_text(json.dumps({
-        "zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-        "bf16": {"enabled": False}, "fp16": {"enabled": False},
-    }))
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MASTER_PORT": str(free_port())}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--main_process_port", env["MASTER_PORT"], "--use_deepspeed", "--deepspeed_config_file", str(ds_config),
-           "--zero3_init_flag", "true", "-m", "tests.workers.zero3_probe", "trainer", str(qwen3_rm), str(policy)]
+    ds_config.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 3},
+                "train_micro_batch_size_per_gpu": 1,
+                "gradient_accumulation_steps": 1,
+                "bf16": {"enabled": False},
+                "fp16": {"enabled": False},
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MASTER_PORT": str(free_port()),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        env["MASTER_PORT"],
+        "--use_deepspeed",
+        "--deepspeed_config_file",
+        str(ds_config),
+        "--zero3_init_flag",
+        "true",
+        "-m",
+        "tests.workers.zero3_probe",
+        "trainer",
+        str(qwen3_rm),
+        str(policy),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ZERO3_TRAINER_REPORT ")]
     assert proc.returncode == 0 and len(lines) == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     reports = sorted((json.loads(ln.split(" ", 1)[1]) for ln in lines), key=lambda r: r["rank"])
     texts = ["Hello, my name is", "What is 12 + 7? The answer is 19.", "ok"]
-    expected = torch.tensor([o.outputs.data.tolist()
-                             for o in reference.encode(texts, pooling_task="classify", use_tqdm=False)])
+    expected = torch.tensor(
+        [o.outputs.data.tolist() for o in reference.encode(texts, pooling_task="classify", use_tqdm=False)]
+    )
     rm_numel = sum(p.numel() for p in reference.model.parameters())
     assert [r["rank"] for r in reports] == [0, 1] and all(r["world_size"] == 2 for r in reports)
     full = reports[0]["policy_full_numel"]
@@ -341,4 +388,3 @@ def test_two_rank_zero3_training_leaves_the_reward_model_whole(qwen3_rm, checkpo
         for step_scores in r["scores"]:
             torch.testing.assert_close(torch.tensor(step_scores), expected, rtol=1e-5, atol=1e-5)
     assert sum(r["policy_shard_numel"] for r in reports) >= full
-

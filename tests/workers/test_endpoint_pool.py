@@ -106,10 +106,13 @@ def test_least_loaded_pick_with_rotation():
 
 
 def test_arguments_are_validated():
-    for bad, match in (({"endpoints": []}, "endpoints is empty"), ({"endpoints": ["x", "x"]}, "duplicate"),
-                       ({"endpoints": ["x"], "down_after": 0}, "down_after"),
-                       ({"endpoints": ["x"], "max_in_flight": 0}, "max_in_flight"),
-                       ({"endpoints": ["x"], "down_for": -1}, "down_for")):
+    for bad, match in (
+        ({"endpoints": []}, "endpoints is empty"),
+        ({"endpoints": ["x", "x"]}, "duplicate"),
+        ({"endpoints": ["x"], "down_after": 0}, "down_after"),
+        ({"endpoints": ["x"], "max_in_flight": 0}, "max_in_flight"),
+        ({"endpoints": ["x"], "down_for": -1}, "down_for"),
+    ):
         with pytest.raises(ValueError, match=match):
             EndpointPool(**bad)
     pool = EndpointPool({"replica-0": "handle"}, down_for=90.0)
@@ -143,8 +146,13 @@ async def test_the_pool_drives_actor_like_endpoints_and_loses_nothing_when_one_d
     stats = WorkerStats()
 
     async def chunk(prompts: list[int]) -> list[int]:
-        return await pool.call(lambda e: e.target.encode(prompts), NO_WAIT, units=len(prompts),
-                               what=f"prompts {prompts}", stats=stats)
+        return await pool.call(
+            lambda e: e.target.encode(prompts),
+            NO_WAIT,
+            units=len(prompts),
+            what=f"prompts {prompts}",
+            stats=stats,
+        )
 
     chunks = [[i, i + 1] for i in range(0, 16, 2)]
     results = await asyncio.gather(*(chunk(c) for c in chunks))
@@ -170,11 +178,18 @@ async def test_call_retries_endpoint_faults_only_and_stops_at_the_budget():
     assert stats.retries == 0 and stats.failures == 0 and pool.down() == []
 
     always_dead = EndpointPool({"r0": FakeActor("dead"), "r1": FakeActor("dead")}, down_after=5, clock=clock)
-    with pytest.raises(KeyError, match=r"prompts 0\.\.0 failed 4 times over \['r0', 'r1'\]; last error: "
-                                       "ActorDiedError"):
-        await always_dead.call(lambda e: e.target.encode([0]), NO_WAIT, what="prompts 0..0", error=KeyError,
-                               stats=stats)
-    assert [len(e.target.calls) for e in always_dead.endpoints] == [2, 2]  # alternating, max_retries + 1 in all
+    with pytest.raises(
+        KeyError,
+        match=r"prompts 0\.\.0 failed 4 times over \['r0', 'r1'\]; last error: "
+        "ActorDiedError",
+    ):
+        await always_dead.call(
+            lambda e: e.target.encode([0]), NO_WAIT, what="prompts 0..0", error=KeyError, stats=stats
+        )
+    assert [len(e.target.calls) for e in always_dead.endpoints] == [
+        2,
+        2,
+    ]  # alternating, max_retries + 1 in all
     assert stats.failures == 4 and stats.retries == 3
 
 

@@ -51,9 +51,19 @@ def _train_and_check(worker, fmt: str, policy_path, rm_llm, output_dir) -> None:
     from transformers import TrainerCallback
 
     reward_funcs = [RewardFunction(worker, name="rm"), AsyncRewardFunction(worker, name="rm_async")]
-    args = trl.GRPOConfig(output_dir=str(output_dir), max_steps=2, per_device_train_batch_size=4, num_generations=2,
-                          max_completion_length=8, use_cpu=True, bf16=False, report_to="none", logging_steps=1,
-                          save_strategy="no", seed=0)
+    args = trl.GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=8,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+    )
     snapshots: list[dict] = []
     holder: dict = {}
 
@@ -62,11 +72,21 @@ def _train_and_check(worker, fmt: str, policy_path, rm_llm, output_dir) -> None:
 
         def on_step_end(self, args, state, control, **kwargs):
             logs = holder["trainer"]._logs
-            snapshots.append({"prompt": list(logs["prompt"]), "completion": list(logs["completion"]),
-                              "rewards": {k: list(v) for k, v in logs["rewards"].items()}})
+            snapshots.append(
+                {
+                    "prompt": list(logs["prompt"]),
+                    "completion": list(logs["completion"]),
+                    "rewards": {k: list(v) for k, v in logs["rewards"].items()},
+                }
+            )
 
-    trainer = trl.GRPOTrainer(model=str(policy_path), reward_funcs=reward_funcs, args=args,
-                              train_dataset=_dataset(fmt), callbacks=[RewardWorkerCallback(reward_funcs), Snapshot()])
+    trainer = trl.GRPOTrainer(
+        model=str(policy_path),
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=_dataset(fmt),
+        callbacks=[RewardWorkerCallback(reward_funcs), Snapshot()],
+    )
     holder["trainer"] = trainer
     prompts_before = worker.stats.prompts
     trainer.train()
@@ -79,7 +99,9 @@ def _train_and_check(worker, fmt: str, policy_path, rm_llm, output_dir) -> None:
         assert len(want) == 4
         for name in ("rm", "rm_async"):
             assert close(snap["rewards"][name], want, tol=1e-4), (name, snap["rewards"][name], want)
-            assert math.isclose(log[f"rewards/{name}/mean"], sum(want) / len(want), rel_tol=1e-4, abs_tol=1e-4)
+            assert math.isclose(
+                log[f"rewards/{name}/mean"], sum(want) / len(want), rel_tol=1e-4, abs_tol=1e-4
+            )
     # Both functions scored every completion of both steps through this worker.
     assert worker.stats.prompts - prompts_before >= 2 * 2 * 4
 

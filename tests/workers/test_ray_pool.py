@@ -33,8 +33,14 @@ def pool(qwen3_rm):
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # actors inherit HF_HUB_OFFLINE
     try:
-        with RayWorkerPool(str(qwen3_rm), num_replicas=2, num_cpus_per_replica=1, max_batch_size=4,
-                           max_restarts=2, down_for=0.5) as p:
+        with RayWorkerPool(
+            str(qwen3_rm),
+            num_replicas=2,
+            num_cpus_per_replica=1,
+            max_batch_size=4,
+            max_restarts=2,
+            down_for=0.5,
+        ) as p:
             yield p
     finally:
         ray.shutdown()
@@ -59,14 +65,19 @@ def test_scores_equal_the_engine_and_spread_over_replicas(pool, reference):
 
     # Per-prompt parameters travel with their prompts; token ids and texts mixed.
     params = [PoolingParams(use_activation=i % 2 == 0) for i in range(len(TEXTS))]
-    prompts = [t if i % 3 else {"prompt_token_ids": w.prompt_token_ids}
-               for i, (t, w) in enumerate(zip(TEXTS, want, strict=True))]
-    _assert_same(pool.encode(prompts, params, pooling_task="token_classify"),
-                 reference.encode(prompts, params, pooling_task="token_classify", use_tqdm=False))
+    prompts = [
+        t if i % 3 else {"prompt_token_ids": w.prompt_token_ids}
+        for i, (t, w) in enumerate(zip(TEXTS, want, strict=True))
+    ]
+    _assert_same(
+        pool.encode(prompts, params, pooling_task="token_classify"),
+        reference.encode(prompts, params, pooling_task="token_classify", use_tqdm=False),
+    )
 
     async def concurrent():
-        return await asyncio.gather(pool.aencode(TEXTS[:5], pooling_task="classify"),
-                                    pool.aencode(TEXTS[5:], pooling_task="classify"))
+        return await asyncio.gather(
+            pool.aencode(TEXTS[:5], pooling_task="classify"), pool.aencode(TEXTS[5:], pooling_task="classify")
+        )
 
     first, rest = asyncio.run(concurrent())
     _assert_same(first + rest, want)
@@ -97,7 +108,9 @@ def test_a_replicas_own_error_is_moved_to_the_callers_prompt(pool, reference):
     from rlhf_rewards.errors import RequestError
 
     vocab = reference.model.vocab_size
-    prompts = [{"prompt_token_ids": [5, 6]}] * 9 + [{"prompt_token_ids": [5, vocab + 3]}]  # index 9: a later chunk
+    prompts = [{"prompt_token_ids": [5, 6]}] * 9 + [
+        {"prompt_token_ids": [5, vocab + 3]}
+    ]  # index 9: a later chunk
     with pytest.raises(RequestError) as info:
         pool.encode(prompts, pooling_task="classify")
     with pytest.raises(RequestError) as want:
@@ -120,7 +133,9 @@ def test_a_replica_that_cannot_load_or_be_placed_fails_the_constructor(pool, tmp
     with pytest.raises(ValueError, match="no config.json found"):
         RayWorkerPool(str(tmp_path / "missing"), num_cpus_per_replica=0)
     with pytest.raises(RuntimeError, match="num_gpus_per_replica=1.*the cluster has"):
-        RayWorkerPool(str(tmp_path / "missing"), num_cpus_per_replica=0, num_gpus_per_replica=1, ready_timeout=1)
+        RayWorkerPool(
+            str(tmp_path / "missing"), num_cpus_per_replica=0, num_gpus_per_replica=1, ready_timeout=1
+        )
 
 
 def test_missing_ray_names_the_extra(monkeypatch):

@@ -53,22 +53,41 @@ def _served_prompts(url: str) -> float:
 
 def test_same_outputs_as_the_engine_for_every_task_and_prompt_form(pair, llm):
     tok = llm.get_tokenizer()
-    prompts = [MIXED_TEXTS[0], {"prompt": MIXED_TEXTS[1]}, {"prompt_token_ids": tok(MIXED_TEXTS[2])["input_ids"]},
-               *MIXED_TEXTS[3:]] * 3
+    prompts = [
+        MIXED_TEXTS[0],
+        {"prompt": MIXED_TEXTS[1]},
+        {"prompt_token_ids": tok(MIXED_TEXTS[2])["input_ids"]},
+        *MIXED_TEXTS[3:],
+    ] * 3
     before = [_served_prompts(s.url) for s in pair]
     with RemoteWorker([s.url for s in pair], max_batch_size=3) as worker:
         assert isinstance(worker, RewardWorker)
-        for task, params in (("classify", None), ("classify", PoolingParams(use_activation=False)),
-                             ("token_classify", PoolingParams(truncate_prompt_tokens=4)),
-                             ("embed", PoolingParams(dimensions=16, normalize=False)), ("token_embed", None)):
-            _assert_same(worker.encode(prompts, params, pooling_task=task),
-                         llm.encode(prompts, params, pooling_task=task, tokenization_kwargs=KEEP_LAST_TOKENS,
-                                    use_tqdm=False))
+        for task, params in (
+            ("classify", None),
+            ("classify", PoolingParams(use_activation=False)),
+            ("token_classify", PoolingParams(truncate_prompt_tokens=4)),
+            ("embed", PoolingParams(dimensions=16, normalize=False)),
+            ("token_embed", None),
+        ):
+            _assert_same(
+                worker.encode(prompts, params, pooling_task=task),
+                llm.encode(
+                    prompts, params, pooling_task=task, tokenization_kwargs=KEEP_LAST_TOKENS, use_tqdm=False
+                ),
+            )
         # per-prompt parameters and a call-level truncation (a worker keeps the last tokens)
         per_prompt = [PoolingParams(use_activation=bool(i % 2)) for i in range(len(prompts))]
-        _assert_same(worker.encode(prompts, per_prompt, pooling_task="classify", truncate_prompt_tokens=6),
-                     llm.encode(prompts, per_prompt, pooling_task="classify", truncate_prompt_tokens=6,
-                                tokenization_kwargs=KEEP_LAST_TOKENS, use_tqdm=False))
+        _assert_same(
+            worker.encode(prompts, per_prompt, pooling_task="classify", truncate_prompt_tokens=6),
+            llm.encode(
+                prompts,
+                per_prompt,
+                pooling_task="classify",
+                truncate_prompt_tokens=6,
+                tokenization_kwargs=KEEP_LAST_TOKENS,
+                use_tqdm=False,
+            ),
+        )
         assert worker.stats.requests == 6 and worker.stats.prompts == 6 * len(prompts)
         assert worker.stats.tokens > 0 and worker.stats.retries == 0
     after = [_served_prompts(s.url) for s in pair]
@@ -78,8 +97,11 @@ def test_same_outputs_as_the_engine_for_every_task_and_prompt_form(pair, llm):
 def test_aencode_from_other_event_loops_and_concurrently(pair, llm):
     want = llm.encode(MIXED_TEXTS, pooling_task="classify", use_tqdm=False)
     with RemoteWorker([s.url for s in pair], max_batch_size=2) as worker:
+
         async def many():
-            return await asyncio.gather(*(worker.aencode(MIXED_TEXTS, pooling_task="classify") for _ in range(4)))
+            return await asyncio.gather(
+                *(worker.aencode(MIXED_TEXTS, pooling_task="classify") for _ in range(4))
+            )
 
         for got in asyncio.run(many()):
             _assert_same(got, want)
@@ -87,12 +109,16 @@ def test_aencode_from_other_event_loops_and_concurrently(pair, llm):
 
 
 def test_model_info_render_chat_and_health(pair, llm):
-    convs = [[{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}],
-             [{"role": "user", "content": "hi"}]]
+    convs = [
+        [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}],
+        [{"role": "user", "content": "hi"}],
+    ]
     with RemoteWorker([s.url for s in pair]) as worker:
         assert worker.model_info() == llm.model_info(SERVED_NAME)
         assert worker.render_chat(convs) == llm.render_chat(convs)
-        assert worker.render_chat(convs, add_generation_prompt=True) == llm.render_chat(convs, add_generation_prompt=True)
+        assert worker.render_chat(convs, add_generation_prompt=True) == llm.render_chat(
+            convs, add_generation_prompt=True
+        )
         health = worker.health()
         assert health.ok and health.down == [] and all(d["ok"] for d in health.details.values())
         with pytest.raises(ValueError, match=r"conversations\[1\] is empty"):

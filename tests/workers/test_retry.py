@@ -34,7 +34,19 @@ def test_backoff_doubles_is_capped_and_jittered():
 
 def test_status_classes_and_retry_after():
     assert [classify_status(s) for s in (200, 503, 429, 500, 502, 504, 408, 413, 400, 401, 404, 422)] == [
-        "ok", "busy", "busy", "retry", "retry", "retry", "retry", "too_large", "fatal", "fatal", "fatal", "fatal"]
+        "ok",
+        "busy",
+        "busy",
+        "retry",
+        "retry",
+        "retry",
+        "retry",
+        "too_large",
+        "fatal",
+        "fatal",
+        "fatal",
+        "fatal",
+    ]
     assert parse_retry_after("3") == 3.0 and parse_retry_after(" 0 ") == 0.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 10) == pytest.approx(10.0)
@@ -87,8 +99,11 @@ def test_503_retry_after_is_honoured():
 
 def test_a_failing_url_is_marked_down_and_its_work_goes_elsewhere():
     prompts = [f"prompt {i}" * (i + 1) for i in range(20)]
-    with FakeServer("500") as broken, FakeServer("ok") as good, \
-            RemoteWorker([broken.url, good.url], max_batch_size=2, max_concurrency=2, down_for=60) as worker:
+    with (
+        FakeServer("500") as broken,
+        FakeServer("ok") as good,
+        RemoteWorker([broken.url, good.url], max_batch_size=2, max_concurrency=2, down_for=60) as worker,
+    ):
         outputs = worker.encode(prompts, pooling_task="classify")
         assert [float(o.outputs.data[0]) for o in outputs] == [score(p) for p in prompts]
         assert worker.pool.down() == [broken.url]
@@ -99,8 +114,11 @@ def test_a_failing_url_is_marked_down_and_its_work_goes_elsewhere():
 
 
 def test_a_timeout_fails_over_to_another_url():
-    with FakeServer("sleep:3") as slow, FakeServer("ok") as fast, \
-            RemoteWorker([slow.url, fast.url], timeout=0.5, max_concurrency=1) as worker:
+    with (
+        FakeServer("sleep:3") as slow,
+        FakeServer("ok") as fast,
+        RemoteWorker([slow.url, fast.url], timeout=0.5, max_concurrency=1) as worker,
+    ):
         worker.pool.endpoints[1].in_flight = 1  # make the slow URL the first pick
         outputs = worker.encode(["a", "bb", "ccc"], pooling_task="classify")
         worker.pool.endpoints[1].in_flight = 0
@@ -147,8 +165,12 @@ def test_413_splits_the_request():
 
 
 def test_retries_are_bounded():
-    with FakeServer("500") as fake, RemoteWorker(fake.url, max_retries=2, down_for=0.05,
-                                                 retry=RetryPolicy(max_retries=2, backoff_base=0.01)) as worker:
+    with (
+        FakeServer("500") as fake,
+        RemoteWorker(
+            fake.url, max_retries=2, down_for=0.05, retry=RetryPolicy(max_retries=2, backoff_base=0.01)
+        ) as worker,
+    ):
         with pytest.raises(RemoteWorkerError, match="failed 3 times"):
             worker.encode("x", pooling_task="classify")
         assert len(fake.calls) == 3
@@ -156,8 +178,11 @@ def test_retries_are_bounded():
 
 def test_results_keep_input_order_when_answers_arrive_out_of_order():
     prompts = [[i] * (i % 7 + 1) for i in range(60)]
-    with FakeServer("sleep:0.2", "ok", "sleep:0.1", "ok") as a, FakeServer("sleep:0.05", "ok") as b, \
-            RemoteWorker([a.url, b.url], max_batch_size=4, max_concurrency=6) as worker:
+    with (
+        FakeServer("sleep:0.2", "ok", "sleep:0.1", "ok") as a,
+        FakeServer("sleep:0.05", "ok") as b,
+        RemoteWorker([a.url, b.url], max_batch_size=4, max_concurrency=6) as worker,
+    ):
         outputs = worker.encode([{"prompt_token_ids": p} for p in prompts], pooling_task="classify")
     assert [float(o.outputs.data[0]) for o in outputs] == [score(p) for p in prompts]
     assert len({o.request_id for o in outputs}) == len(prompts)

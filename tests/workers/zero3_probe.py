@@ -37,8 +37,14 @@ def _param_report(module) -> dict:
 
 
 def main(path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-                      LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+    )
     import deepspeed
     import torch
     import transformers
@@ -50,11 +56,17 @@ def main(path: str) -> None:
 
     texts = ["Hello, my name is", "What is 12 + 7? The answer is 19.", "ok"]
     reference = LLM(path, device="cpu")
-    expected = [o.outputs.data.tolist() for o in reference.encode(texts, pooling_task="classify", use_tqdm=False)]
+    expected = [
+        o.outputs.data.tolist() for o in reference.encode(texts, pooling_task="classify", use_tqdm=False)
+    ]
     shapes = {n: tuple(p.shape) for n, p in reference.model.named_parameters()}
     report: dict = {"expected": expected}
 
-    ds_config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": False}}
+    ds_config = {
+        "zero_optimization": {"stage": 3},
+        "train_micro_batch_size_per_gpu": 1,
+        "bf16": {"enabled": False},
+    }
     hf_ds = HfDeepSpeedConfig(ds_config)  # what TrainingArguments(deepspeed=...) keeps alive during training
     report["zero3_enabled"] = zero3_enabled()
 
@@ -64,19 +76,25 @@ def main(path: str) -> None:
 
     worker = ColocatedWorker(path, device="cpu")
     report["worker"] = _param_report(worker.llm.model)
-    report["worker_shapes_intact"] = {n: tuple(p.shape) for n, p in worker.llm.model.named_parameters()} == shapes
+    report["worker_shapes_intact"] = {
+        n: tuple(p.shape) for n, p in worker.llm.model.named_parameters()
+    } == shapes
     report["zero3_enabled_after"] = zero3_enabled()  # restored for the trainer
     report["scores"] = [o.outputs.data.tolist() for o in worker.encode(texts, pooling_task="classify")]
     worker.sleep()
     worker.wake_up()
-    report["scores_after_sleep"] = [o.outputs.data.tolist() for o in worker.encode(texts, pooling_task="classify")]
+    report["scores_after_sleep"] = [
+        o.outputs.data.tolist() for o in worker.encode(texts, pooling_task="classify")
+    ]
 
     # An explicit `with deepspeed.zero.Init():` block (module construction patched) is suspended as well.
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
         inside = ColocatedWorker(path, device="cpu")
         probe = torch.nn.Linear(4, 4)  # the block still partitions the caller's own modules
     report["init_block_worker"] = _param_report(inside.llm.model)
-    report["init_block_scores"] = [o.outputs.data.tolist() for o in inside.encode(texts, pooling_task="classify")]
+    report["init_block_scores"] = [
+        o.outputs.data.tolist() for o in inside.encode(texts, pooling_task="classify")
+    ]
     report["init_block_still_partitions"] = hasattr(probe.weight, "ds_id")
 
     # An LLM built under ZeRO-3 without the guard is refused with advice, not scored with empty weights.
@@ -108,15 +126,20 @@ def trainer(rm_path: str, policy_path: str) -> None:
     from rlhf_rewards.workers.zero3 import partitioned_parameters, zero3_enabled
 
     accelerator = Accelerator()  # DeepSpeed ZeRO-3 from `accelerate launch`; registers HfDeepSpeedConfig
-    report: dict = {"distributed_type": str(accelerator.distributed_type),
-                    "zero_stage": accelerator.state.deepspeed_plugin.zero_stage, "zero3_enabled": zero3_enabled()}
+    report: dict = {
+        "distributed_type": str(accelerator.distributed_type),
+        "zero_stage": accelerator.state.deepspeed_plugin.zero_stage,
+        "zero3_enabled": zero3_enabled(),
+    }
     # The trainer's model: loaded under zero.Init (which brings up torch.distributed over the launched ranks),
     # so each rank holds only its shard of every weight.
     policy = transformers.AutoModelForCausalLM.from_pretrained(policy_path)
     # Without an accelerator, accelerate's own process_index says 0 on every rank: ask torch.distributed.
     report["rank"], report["world_size"] = torch.distributed.get_rank(), torch.distributed.get_world_size()
     report["policy"] = _param_report(policy)
-    report["policy_shard_numel"] = sum(p.ds_tensor.numel() for p in policy.parameters() if hasattr(p, "ds_tensor"))
+    report["policy_shard_numel"] = sum(
+        p.ds_tensor.numel() for p in policy.parameters() if hasattr(p, "ds_tensor")
+    )
     report["policy_full_numel"] = sum(p.ds_numel for p in policy.parameters() if hasattr(p, "ds_numel"))
 
     worker = ColocatedWorker(rm_path)  # device: PartialState().device, this rank's
@@ -138,7 +161,9 @@ def trainer(rm_path: str, policy_path: str) -> None:
 
     texts = ["Hello, my name is", "What is 12 + 7? The answer is 19.", "ok"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(policy_path)
-    batch = tokenizer(["The quick brown fox jumps over the lazy dog."], return_tensors="pt").to(accelerator.device)
+    batch = tokenizer(["The quick brown fox jumps over the lazy dog."], return_tensors="pt").to(
+        accelerator.device
+    )
     report["scores"], report["losses"] = [], []
     for _ in range(2):
         worker.sleep()  # what RewardWorkerCallback does between scoring phases
@@ -147,7 +172,9 @@ def trainer(rm_path: str, policy_path: str) -> None:
         optimizer.step()
         optimizer.zero_grad()
         report["losses"].append(float(loss.detach()))
-        report["scores"].append([o.outputs.data.tolist() for o in worker.encode(texts, pooling_task="classify")])
+        report["scores"].append(
+            [o.outputs.data.tolist() for o in worker.encode(texts, pooling_task="classify")]
+        )
     report["rm_param_ids_after"] = sorted(id(p) for p in rm.parameters()) == report.pop("rm_param_ids_before")
     report["rm_partitioned_after"] = partitioned_parameters(rm)
     print("ZERO3_TRAINER_REPORT " + json.dumps(report), flush=True)

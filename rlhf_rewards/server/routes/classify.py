@@ -47,10 +47,19 @@ def require_classify(request: Request) -> None:
         raise APIError(501, "The model does not support Classification API")
 
 
-@router.post("/classify", response_model=ClassificationResponse, responses={**NOT_OFFERED_RESPONSES, 501: {
-    "model": ErrorResponse, "description": "The model has the `classify` task but serves another "
-                                           "(`--pooler-config` `task`), as vLLM."}},
-             dependencies=[Depends(require_classify)])
+@router.post(
+    "/classify",
+    response_model=ClassificationResponse,
+    responses={
+        **NOT_OFFERED_RESPONSES,
+        501: {
+            "model": ErrorResponse,
+            "description": "The model has the `classify` task but serves another "
+            "(`--pooler-config` `task`), as vLLM.",
+        },
+    },
+    dependencies=[Depends(require_classify)],
+)
 async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
     """Class probabilities per prompt (raw logits with ``use_activation: false``) and the argmax label."""
     engine = engine_of(request)
@@ -62,20 +71,29 @@ async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
     items = await engine.prepare(body, task, params, lora)
     outputs = await engine.score(task, items)
     id2label = getattr(engine.llm.model.config, "id2label", None) or {}
-    return json_response(ClassificationResponse(
-        id=response_id("classify", body.request_id, request),
-        model=name,
-        data=[_item(i, out, id2label, last_token) for i, out in enumerate(outputs)],
-        usage=usage(outputs),
-    ))
+    return json_response(
+        ClassificationResponse(
+            id=response_id("classify", body.request_id, request),
+            model=name,
+            data=[_item(i, out, id2label, last_token) for i, out in enumerate(outputs)],
+            usage=usage(outputs),
+        )
+    )
 
 
-def _item(index: int, out: PoolingRequestOutput, id2label: dict[int, str], last_token: bool = False) -> ClassificationData:
+def _item(
+    index: int, out: PoolingRequestOutput, id2label: dict[int, str], last_token: bool = False
+) -> ClassificationData:
     data = out.outputs.data
-    probs = (data[-1] if data.dim() > 1 else data[-1:]).reshape(-1) if last_token and data.numel() else data.reshape(-1)
+    probs = (
+        (data[-1] if data.dim() > 1 else data[-1:]).reshape(-1)
+        if last_token and data.numel()
+        else data.reshape(-1)
+    )
     if out.error is not None:
-        return ClassificationData(index=index, label=None, probs=None, num_classes=int(probs.numel()),
-                                  error=out.error)
+        return ClassificationData(
+            index=index, label=None, probs=None, num_classes=int(probs.numel()), error=out.error
+        )
     values = probs.tolist()
     best = max(range(len(values)), key=values.__getitem__)
     return ClassificationData(index=index, label=id2label.get(best), probs=values, num_classes=len(values))

@@ -24,7 +24,9 @@ def engine_of(request: Request) -> ServingEngine:
     return request.app.state.engine
 
 
-def make_params(source: Mapping[str, Any] | object, *, truncate_prompt_tokens: int | None = None) -> PoolingParams:
+def make_params(
+    source: Mapping[str, Any] | object, *, truncate_prompt_tokens: int | None = None
+) -> PoolingParams:
     """``PoolingParams`` from a request's pooling fields (a request model or a mapping; see
     :func:`~rlhf_rewards.contract.params_from_fields`); a bad value is a 400 on the field it names."""
     try:
@@ -50,7 +52,9 @@ def usage(outputs: list[PoolingRequestOutput]) -> UsageInfo:
     return UsageInfo(prompt_tokens=n, total_tokens=n)
 
 
-def json_response(model: ResponseModel, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+def json_response(
+    model: ResponseModel, status_code: int = 200, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """``model`` as a JSON response; NaN/inf can never be encoded (they are reported as item errors instead)."""
     return _StrictJSONResponse(model.model_dump(mode="json"), status_code=status_code, headers=headers)
 

@@ -44,9 +44,13 @@ def _reward_vector(index: int, out: PoolingRequestOutput) -> torch.Tensor:
     data = out.outputs.data
     if data.dim() == 2:
         if data.shape[0] == 0:
-            raise APIError(400, f"input[{index}] has no step tag, so this process reward model has no score for "
-                                "it: end each step with the model's step tag (STEP pooling scores only those "
-                                "tokens).", param="input")
+            raise APIError(
+                400,
+                f"input[{index}] has no step tag, so this process reward model has no score for "
+                "it: end each step with the model's step tag (STEP pooling scores only those "
+                "tokens).",
+                param="input",
+            )
         return data[-1]
     return data.reshape(-1)
 
@@ -59,44 +63,73 @@ def require_embeddings(request: Request) -> None:
         raise StarletteHTTPException(404)
 
 
-@router.post("/v1/embeddings", response_model=EmbeddingResponse, responses={**NOT_OFFERED_RESPONSES, **BYTES_CONTENT},
-             dependencies=[Depends(require_embeddings)])
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    responses={**NOT_OFFERED_RESPONSES, **BYTES_CONTENT},
+    dependencies=[Depends(require_embeddings)],
+)
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """Embeddings of an embedding model; the raw reward vector of a reward model (SGLang's answer)."""
     engine = engine_of(request)
     name, lora = engine.resolve_model(body.model, param=None)
     default = engine.default_task
     reward = default not in _EMBED_TASKS
-    task = default if reward or default == "token_embed" else "embed"  # a token-embedding model: per-token vectors
+    task = (
+        default if reward or default == "token_embed" else "embed"
+    )  # a token-embedding model: per-token vectors
     fields: Any = body
     if reward and body.use_activation is None:
         fields = {**body.model_dump(include={"dimensions", "normalize"}), "use_activation": False}
     params = make_params(fields, truncate_prompt_tokens=body.truncate_prompt_tokens)
     if body.batched:  # several conversations: each rendered, then scored together
         engine.check_count(len(body.messages), "messages")
-        ids = [await engine.render(conv, chat_template=body.chat_template,
-                                   add_generation_prompt=body.add_generation_prompt,
-                                   continue_final_message=body.continue_final_message,
-                                   chat_template_kwargs=body.chat_template_kwargs,
-                                   add_special_tokens=bool(body.add_special_tokens)) for conv in body.messages]
-        items = await engine.prepare_prompts([{"prompt_token_ids": i} for i in ids], task, params, lora,
-                                             field_name="messages", add_special_tokens=False,
-                                             truncation_side=body.truncation_side)
+        ids = [
+            await engine.render(
+                conv,
+                chat_template=body.chat_template,
+                add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message,
+                chat_template_kwargs=body.chat_template_kwargs,
+                add_special_tokens=bool(body.add_special_tokens),
+            )
+            for conv in body.messages
+        ]
+        items = await engine.prepare_prompts(
+            [{"prompt_token_ids": i} for i in ids],
+            task,
+            params,
+            lora,
+            field_name="messages",
+            add_special_tokens=False,
+            truncation_side=body.truncation_side,
+        )
     else:
         items = await engine.prepare(body, task, params, lora)
     outputs = await engine.score(task, items)
     tensors = [_reward_vector(i, o) if reward else o.outputs.data for i, o in enumerate(outputs)]
     rid = response_id("embd", body.request_id, request)
     if body.encoding_format in ("bytes", "bytes_only"):
-        return bytes_response(outputs, tensors, response_id=rid, created=int(time.time()), model=name,
-                              usage=usage(outputs), encoding_format=body.encoding_format,
-                              embed_dtype=body.embed_dtype, endianness=body.endianness)
+        return bytes_response(
+            outputs,
+            tensors,
+            response_id=rid,
+            created=int(time.time()),
+            model=name,
+            usage=usage(outputs),
+            encoding_format=body.encoding_format,
+            embed_dtype=body.embed_dtype,
+            endianness=body.endianness,
+        )
     data = []
     for i, (out, tensor) in enumerate(zip(outputs, tensors, strict=True)):
         value: list[float] | str | None = None
         if out.error is None:
-            value = (encode_base64(tensor, body.embed_dtype, body.endianness) if body.encoding_format == "base64"
-                     else tensor.tolist())
+            value = (
+                encode_base64(tensor, body.embed_dtype, body.endianness)
+                if body.encoding_format == "base64"
+                else tensor.tolist()
+            )
         data.append(EmbeddingResponseData(index=i, embedding=value, error=out.error))
     return json_response(EmbeddingResponse(id=rid, model=name, data=data, usage=usage(outputs)))
 
@@ -108,8 +141,12 @@ def require_embedding_model(request: Request) -> None:
         raise StarletteHTTPException(404)
 
 
-@router.post("/v2/embed", response_model=CohereEmbedResponse, responses=NOT_OFFERED_RESPONSES,
-             dependencies=[Depends(require_embedding_model)])
+@router.post(
+    "/v2/embed",
+    response_model=CohereEmbedResponse,
+    responses=NOT_OFFERED_RESPONSES,
+    dependencies=[Depends(require_embedding_model)],
+)
 async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
     """Cohere's embed API on an embedding model (``{"detail": "Not Found"}`` on other models, as vLLM)."""
     engine = engine_of(request)
@@ -119,9 +156,15 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
         for i, item in enumerate(body.inputs):
             parts = item.get("content") if isinstance(item, dict) else None
             if not isinstance(parts, list) or not all(
-                    isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
-                raise APIError(400, f"`inputs[{i}].content` must be text parts {{'type': 'text', 'text': str}}; "
-                                    "this server scores text only.", param="inputs")
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                for p in parts
+            ):
+                raise APIError(
+                    400,
+                    f"`inputs[{i}].content` must be text parts {{'type': 'text', 'text': str}}; "
+                    "this server scores text only.",
+                    param="inputs",
+                )
             texts.append("\n".join(p["text"] for p in parts))
     else:
         texts = list(body.texts or [])
@@ -132,27 +175,38 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
     elif body.truncate == "END":
         truncate, side = (body.max_tokens or -1), "right"
     params = make_params({"dimensions": body.output_dimension}, truncate_prompt_tokens=truncate)
-    items = await engine.prepare_prompts(texts, "embed", params, None, field_name="texts" if body.texts else "inputs",
-                                         truncation_side=side)
+    items = await engine.prepare_prompts(
+        texts, "embed", params, None, field_name="texts" if body.texts else "inputs", truncation_side=side
+    )
     if body.truncate == "NONE" and body.max_tokens is not None:
         long = [i for i, it in enumerate(items) if len(it.token_ids) > body.max_tokens]
         if long:
-            raise APIError(400, f"Input of {len(items[long[0]].token_ids)} tokens exceeds max_tokens="
-                                f"{body.max_tokens} with truncate=NONE. Set truncate to END or START to allow "
-                                "truncation.", param="max_tokens")
+            raise APIError(
+                400,
+                f"Input of {len(items[long[0]].token_ids)} tokens exceeds max_tokens="
+                f"{body.max_tokens} with truncate=NONE. Set truncate to END or START to allow "
+                "truncation.",
+                param="max_tokens",
+            )
     outputs = await engine.score("embed", items)
     bad = [i for i, o in enumerate(outputs) if o.error is not None]
     if bad:
-        raise APIError(422, f"Texts {bad[:10]} have no embedding ({outputs[bad[0]].error}); Cohere's answer cannot "
-                            "carry per-item errors: use /v1/embeddings.", param="texts")
+        raise APIError(
+            422,
+            f"Texts {bad[:10]} have no embedding ({outputs[bad[0]].error}); Cohere's answer cannot "
+            "carry per-item errors: use /v1/embeddings.",
+            param="texts",
+        )
     floats = [o.outputs.data.tolist() for o in outputs]
     n_tokens = usage(outputs).prompt_tokens
-    return json_response(CohereEmbedResponse(
-        id=response_id("embd", None, request),
-        embeddings=_typed(floats, body.embedding_types or ["float"]),
-        texts=body.texts,
-        meta=CohereMeta(billed_units=CohereBilledUnits(input_tokens=n_tokens, image_tokens=0)),
-    ))
+    return json_response(
+        CohereEmbedResponse(
+            id=response_id("embd", None, request),
+            embeddings=_typed(floats, body.embedding_types or ["float"]),
+            texts=body.texts,
+            meta=CohereMeta(billed_units=CohereBilledUnits(input_tokens=n_tokens, image_tokens=0)),
+        )
+    )
 
 
 def _typed(floats: list[list[float]], types: list[str]) -> CohereEmbeddings:
@@ -164,12 +218,18 @@ def _typed(floats: list[list[float]], types: list[str]) -> CohereEmbeddings:
             out["float"] = floats
         elif kind in ("binary", "ubinary"):
             if array.shape[1] % 8:
-                raise APIError(400, "Embedding dimension must be a multiple of 8 for binary embedding types, but "
-                                    f"got {array.shape[1]}.", param="embedding_types")
+                raise APIError(
+                    400,
+                    "Embedding dimension must be a multiple of 8 for binary embedding types, but "
+                    f"got {array.shape[1]}.",
+                    param="embedding_types",
+                )
             packed = np.packbits(array >= 0, axis=-1)
             out[kind] = (packed.astype(np.int16) - 128).tolist() if kind == "binary" else packed.tolist()
         elif kind == "base64":
-            out["base64"] = [encode_base64(torch.tensor(v, dtype=torch.float32), "float32", "little") for v in floats]
+            out["base64"] = [
+                encode_base64(torch.tensor(v, dtype=torch.float32), "float32", "little") for v in floats
+            ]
     return CohereEmbeddings(**out)
 
 

@@ -28,9 +28,11 @@ EMBED_DTYPES: dict[str, tuple[torch.dtype, torch.dtype]] = {
 }
 #: Extra 200 content of the routes that can answer in bytes (for the OpenAPI document).
 BYTES_CONTENT: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}},
-          "description": "JSON, or with `encoding_format` `bytes`/`bytes_only` the binary body (item offsets "
-                         "in the `metadata` header for `bytes`)."},
+    200: {
+        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        "description": "JSON, or with `encoding_format` `bytes`/`bytes_only` the binary body (item offsets "
+        "in the `metadata` header for `bytes`).",
+    },
 }
 
 
@@ -48,23 +50,41 @@ def encode_base64(tensor: torch.Tensor, embed_dtype: str, endianness: str) -> st
     return base64.b64encode(tensor_bytes(tensor, embed_dtype, endianness)).decode("ascii")
 
 
-def bytes_response(outputs: list[PoolingRequestOutput], tensors: list[torch.Tensor], *, response_id: str,
-                   created: int, model: str, usage: UsageInfo, encoding_format: str, embed_dtype: str,
-                   endianness: str) -> Response:
+def bytes_response(
+    outputs: list[PoolingRequestOutput],
+    tensors: list[torch.Tensor],
+    *,
+    response_id: str,
+    created: int,
+    model: str,
+    usage: UsageInfo,
+    encoding_format: str,
+    embed_dtype: str,
+    endianness: str,
+) -> Response:
     """vLLM's binary answer. An item without a result (NaN/inf) has no bytes (``start == end``) and its
     ``error`` in the metadata; ``bytes_only`` has no metadata to carry that, so such a request is a 422."""
     failed = [i for i, out in enumerate(outputs) if out.error is not None]
     if failed and encoding_format == "bytes_only":
-        raise APIError(422, f"Items {failed[:10]} have no result ({outputs[failed[0]].error}); `bytes_only` cannot "
-                            "carry per-item errors: use encoding_format `bytes` or `float`.",
-                       param="encoding_format")
+        raise APIError(
+            422,
+            f"Items {failed[:10]} have no result ({outputs[failed[0]].error}); `bytes_only` cannot "
+            "carry per-item errors: use encoding_format `bytes` or `float`.",
+            param="encoding_format",
+        )
     chunks: list[bytes] = []
     items: list[dict[str, Any]] = []
     offset = 0
     for i, (out, tensor) in enumerate(zip(outputs, tensors, strict=True)):
         data = b"" if out.error is not None else tensor_bytes(tensor, embed_dtype, endianness)
-        item: dict[str, Any] = {"index": i, "embed_dtype": embed_dtype, "endianness": endianness,
-                                "start": offset, "end": offset + len(data), "shape": list(tensor.shape)}
+        item: dict[str, Any] = {
+            "index": i,
+            "embed_dtype": embed_dtype,
+            "endianness": endianness,
+            "start": offset,
+            "end": offset + len(data),
+            "shape": list(tensor.shape),
+        }
         if out.error is not None:
             item["error"] = out.error
         items.append(item)
@@ -72,9 +92,17 @@ def bytes_response(outputs: list[PoolingRequestOutput], tensors: list[torch.Tens
         offset += len(data)
     headers = None
     if encoding_format == "bytes":
-        headers = {"metadata": json.dumps({"id": response_id, "created": created, "model": model, "data": items,
-                                           "usage": {"prompt_tokens": usage.prompt_tokens,
-                                                     "total_tokens": usage.total_tokens}})}
+        headers = {
+            "metadata": json.dumps(
+                {
+                    "id": response_id,
+                    "created": created,
+                    "model": model,
+                    "data": items,
+                    "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
+                }
+            )
+        }
     return Response(b"".join(chunks), media_type="application/octet-stream", headers=headers)
 
 

@@ -63,8 +63,12 @@ def vocab_size(engine: ServingEngine) -> int:
     return int(getattr(text, "vocab_size", None) or engine.llm.model.num_labels)
 
 
-@router.post("/generative_scoring", response_model=GenerativeScoringResponse, responses=NOT_OFFERED_RESPONSES,
-             dependencies=[Depends(require_lm_head)])
+@router.post(
+    "/generative_scoring",
+    response_model=GenerativeScoringResponse,
+    responses=NOT_OFFERED_RESPONSES,
+    dependencies=[Depends(require_lm_head)],
+)
 async def generative_scoring(body: GenerativeScoringRequest, request: Request) -> JSONResponse:
     """Probability of ``label_token_ids[0]`` as the next token after each ``query + item``."""
     engine = engine_of(request)
@@ -81,9 +85,15 @@ async def generative_scoring(body: GenerativeScoringRequest, request: Request) -
     llm = engine.llm
 
     def prepare() -> list:
-        prompts = build_prompts(body.query, body.items, llm.tokenizer, vocab_size=llm.model.vocab_size,
-                                max_model_len=llm.max_model_len, item_first=body.item_first,
-                                add_special_tokens=body.add_special_tokens)
+        prompts = build_prompts(
+            body.query,
+            body.items,
+            llm.tokenizer,
+            vocab_size=llm.model.vocab_size,
+            max_model_len=llm.max_model_len,
+            item_first=body.item_first,
+            add_special_tokens=body.add_special_tokens,
+        )
         return [label_item(ids, labels, body.apply_softmax, lora, body.cache_salt) for ids in prompts]
 
     with engine.batcher.arriving():  # a round about to start waits for this request's tokenization
@@ -96,17 +106,24 @@ async def generative_scoring(body: GenerativeScoringRequest, request: Request) -
     for i, out in enumerate(outputs):
         score = float(out.outputs.data[0]) if out.error is None else math.nan
         if out.error is not None or not math.isfinite(score):
-            data.append(GenerativeScoringItemResult(index=i, score=None, error=out.error or "non-finite score"))
+            data.append(
+                GenerativeScoringItemResult(index=i, score=None, error=out.error or "non-finite score")
+            )
         else:
             data.append(GenerativeScoringItemResult(index=i, score=score))
     prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
-    return json_response(GenerativeScoringResponse(
-        id=response_id("generative-scoring", body.request_id, request),
-        model=name,
-        data=data,
-        usage=GenerativeScoringUsage(prompt_tokens=prompt_tokens, completion_tokens=len(outputs),
-                                     total_tokens=prompt_tokens + len(outputs)),
-    ))
+    return json_response(
+        GenerativeScoringResponse(
+            id=response_id("generative-scoring", body.request_id, request),
+            model=name,
+            data=data,
+            usage=GenerativeScoringUsage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=len(outputs),
+                total_tokens=prompt_tokens + len(outputs),
+            ),
+        )
+    )
 
 
 __all__ = ["has_lm_head", "router"]

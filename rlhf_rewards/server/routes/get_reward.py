@@ -61,8 +61,10 @@ class GetRewardOptions:
         if self.max_len is not None and self.max_len < 1:
             raise ValueError(f"--get-reward-max-len must be a positive integer (got {self.max_len}).")
         if self.step_aggregation not in AGGREGATIONS:
-            raise ValueError(f"--get-reward-step-aggregation={self.step_aggregation!r}; choose one of "
-                             f"{sorted(AGGREGATIONS)}.")
+            raise ValueError(
+                f"--get-reward-step-aggregation={self.step_aggregation!r}; choose one of "
+                f"{sorted(AGGREGATIONS)}."
+            )
         if not self.step_separator:
             raise ValueError("--get-reward-step-separator must be a non-empty string.")
 
@@ -78,28 +80,47 @@ async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
     engine = engine_of(request)
     info = engine.info
     options = options_of(request)
-    if info.kind not in ("outcome", "token", "process") or info.default_task not in ("classify", "token_classify"):
-        raise APIError(400, f"/get_reward scores reward models; {info.model} is a {info.kind} model: use /pooling.")
+    if info.kind not in ("outcome", "token", "process") or info.default_task not in (
+        "classify",
+        "token_classify",
+    ):
+        raise APIError(
+            400, f"/get_reward scores reward models; {info.model} is a {info.kind} model: use /pooling."
+        )
     if body.prompts is not None and len(body.prompts) != len(body.query):
-        raise APIError(400, f"`prompts` has {len(body.prompts)} entries but `query` has {len(body.query)}; send one "
-                            "prompt per query (or none).", param="prompts")
+        raise APIError(
+            400,
+            f"`prompts` has {len(body.prompts)} entries but `query` has {len(body.query)}; send one "
+            "prompt per query (or none).",
+            param="prompts",
+        )
     tok = engine.llm.tokenizer
     if tok is None:
-        raise APIError(400, "This model has no tokenizer, so /get_reward cannot tokenize `query`.", param="query")
+        raise APIError(
+            400, "This model has no tokenizer, so /get_reward cannot tokenize `query`.", param="query"
+        )
     max_len = min(options.max_len or info.max_model_len, info.max_model_len)
     task = info.default_task
     queries = [_strip_token(q, getattr(tok, "pad_token", None)) for q in body.query]
     n_steps: list[int | None] = [None] * len(queries)
     if info.kind == "process":
         queries, n_steps = _tag_steps(queries, body.prompts, info, options)
-    ids_list = [_truncate(await engine.tokenize_text(q, add_special_tokens=False), max_len,
-                          getattr(tok, "truncation_side", "right")) for q in queries]
+    ids_list = [
+        _truncate(
+            await engine.tokenize_text(q, add_special_tokens=False),
+            max_len,
+            getattr(tok, "truncation_side", "right"),
+        )
+        for q in queries
+    ]
     # Raw scores for outcome and token rewards (token_classify's default applies the activation); a PRM's
     # step rewards are its activation's probabilities, as RewardFunction reads them.
     params = make_params({} if info.kind == "process" else {"use_activation": False})
     # An empty query stays a text, so the engine's check names it ("an empty string") as on every route.
     prompts = [q if not q else {"prompt_token_ids": ids} for q, ids in zip(queries, ids_list, strict=True)]
-    items = await engine.prepare_prompts(prompts, task, params, None, field_name="query", add_special_tokens=False)
+    items = await engine.prepare_prompts(
+        prompts, task, params, None, field_name="query", add_special_tokens=False
+    )
     outputs = await engine.score(task, items)
     rewards: list[float | None] = []
     errors: dict[str, str] = {}
@@ -111,8 +132,9 @@ async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
     return json_response(GetRewardResponse(rewards=rewards, scores=list(rewards), errors=errors or None))
 
 
-def _reward(out: Any, info: ModelInfo, options: GetRewardOptions, n_steps: int | None,
-            engine: ServingEngine) -> tuple[float | None, str | None]:
+def _reward(
+    out: Any, info: ModelInfo, options: GetRewardOptions, n_steps: int | None, engine: ServingEngine
+) -> tuple[float | None, str | None]:
     """``(reward, None)`` of one output, or ``(None, reason)``."""
     if out.error is not None:
         return None, out.error
@@ -123,25 +145,32 @@ def _reward(out: Any, info: ModelInfo, options: GetRewardOptions, n_steps: int |
         return float(data.reshape(-1)[-1]), None
     rows = data.reshape(data.shape[0], -1) if data.dim() > 1 else data.reshape(-1, 1)
     if n_steps is not None and rows.shape[0] != n_steps:
-        return None, (f"{n_steps} steps were tagged but the model found {rows.shape[0]} step tags "
-                      "(a tag was lost in tokenization or truncation)")
+        return None, (
+            f"{n_steps} steps were tagged but the model found {rows.shape[0]} step tags "
+            "(a tag was lost in tokenization or truncation)"
+        )
     returned = info.pooler_configs.get("token_classify", {}).get("returned_token_ids")
     column = step_score_column(rows.shape[1], returned_token_ids=returned)
     return aggregate_steps(rows[:, column].tolist(), options.step_aggregation), None
 
 
-def _tag_steps(queries: list[str], prompts: list[str] | None, info: ModelInfo,
-               options: GetRewardOptions) -> tuple[list[str], list[int | None]]:
+def _tag_steps(
+    queries: list[str], prompts: list[str] | None, info: ModelInfo, options: GetRewardOptions
+) -> tuple[list[str], list[int | None]]:
     """Queries with the PRM's step tag after each step of the response, and each one's step count."""
     if not info.step_tag:
-        raise APIError(400, f"{info.model} has no step tag text, so /get_reward cannot tag steps; use /pooling.")
+        raise APIError(
+            400, f"{info.model} has no step tag text, so /get_reward cannot tag steps; use /pooling."
+        )
     tagged_queries: list[str] = []
     counts: list[int | None] = []
     for i, query in enumerate(queries):
         prompt = prompts[i] if prompts is not None else ""
         if not prompt or not query.startswith(prompt):
             prompt = ""  # no prompt to split off: every step of the whole query is scored
-        tagged = tag_completion(query[len(prompt):], step_tag=info.step_tag, separator=options.step_separator)
+        tagged = tag_completion(
+            query[len(prompt) :], step_tag=info.step_tag, separator=options.step_separator
+        )
         tagged_queries.append(prompt + tagged.text)
         counts.append(tagged.n_steps)
     return tagged_queries, counts
@@ -159,7 +188,7 @@ def _strip_token(text: str, token: str | None) -> str:
     if not token:
         return text
     while text.startswith(token):
-        text = text[len(token):]
+        text = text[len(token) :]
     while text.endswith(token):
         text = text[: -len(token)]
     return text

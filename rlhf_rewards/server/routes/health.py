@@ -14,8 +14,10 @@ router = APIRouter(tags=["operations"])
 
 _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The server takes requests (empty body, as vLLM's).", "content": {}},
-    503: {"description": "Draining for shutdown (with Retry-After), or the batching loop stopped (empty body).",
-          "content": {}},
+    503: {
+        "description": "Draining for shutdown (with Retry-After), or the batching loop stopped (empty body).",
+        "content": {},
+    },
 }
 
 
@@ -43,10 +45,17 @@ async def ping_post(request: Request) -> Response:
     return await health(request)
 
 
-@router.get("/metrics", response_class=Response, responses={
-    200: {"description": "Prometheus text exposition format.", "content": {"text/plain": {"schema": {"type": "string"}}}},
-    401: ERROR_RESPONSES[401],
-})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        401: ERROR_RESPONSES[401],
+    },
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests, prompts, tokens, queue depth, batch sizes and latency histograms."""
     body, content_type = engine_of(request).metrics.render()

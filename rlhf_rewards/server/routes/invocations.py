@@ -47,15 +47,23 @@ def candidates(request: Request) -> list[Candidate]:
     return found
 
 
-@router.post("/invocations", responses={
-    **ERROR_RESPONSES,
-    200: {"description": "The answer of the route the body was dispatched to (/v1/embeddings, /classify, "
-                         "/rerank, /score or /pooling).",
-          "content": {"application/json": {"schema": {"type": "object"}},
-                      "application/octet-stream": {"schema": {"type": "string"}}}},
-})
-async def invocations(request: Request, body: Any = Body(default=None, description="A body of one of the "
-                                                                                  "dispatched routes.")) -> Response:
+@router.post(
+    "/invocations",
+    responses={
+        **ERROR_RESPONSES,
+        200: {
+            "description": "The answer of the route the body was dispatched to (/v1/embeddings, /classify, "
+            "/rerank, /score or /pooling).",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/octet-stream": {"schema": {"type": "string"}},
+            },
+        },
+    },
+)
+async def invocations(
+    request: Request, body: Any = Body(default=None, description="A body of one of the dispatched routes.")
+) -> Response:
     """Serve the body with the first route whose request schema it fits (vLLM's SageMaker dispatch)."""
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.")
@@ -72,8 +80,9 @@ async def invocations(request: Request, body: Any = Body(default=None, descripti
     names = [schema.__name__ for schema, _ in tried]
     detail = ""
     if last is not None:
-        detail, _ = describe_validation_errors(json.loads(last.json(include_url=False, include_context=False)),
-                                               "application/json")
+        detail, _ = describe_validation_errors(
+            json.loads(last.json(include_url=False, include_context=False)), "application/json"
+        )
         detail = f" As /pooling: {detail}"
     raise APIError(400, f"Cannot find suitable handler for request. Expected one of: {names}.{detail}")
 

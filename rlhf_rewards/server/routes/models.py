@@ -40,10 +40,28 @@ async def list_models(request: Request) -> JSONResponse:
     created = int(time.time())
     max_len = engine.llm.max_model_len
     root = str(engine.llm.model_name)
-    cards = [ModelCard(id=alias, created=created, root=root, parent=None, max_model_len=max_len,
-                       permission=_permission(created)) for alias in engine.served_model_names]
-    cards += [ModelCard(id=name, created=created, root=name, parent=engine.model_name, max_model_len=max_len,
-                        permission=_permission(created)) for name in engine.lora_names]
+    cards = [
+        ModelCard(
+            id=alias,
+            created=created,
+            root=root,
+            parent=None,
+            max_model_len=max_len,
+            permission=_permission(created),
+        )
+        for alias in engine.served_model_names
+    ]
+    cards += [
+        ModelCard(
+            id=name,
+            created=created,
+            root=name,
+            parent=engine.model_name,
+            max_model_len=max_len,
+            permission=_permission(created),
+        )
+        for name in engine.lora_names
+    ]
     return json_response(ModelList(data=cards))
 
 
@@ -61,17 +79,23 @@ async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
     engine = engine_of(request)
     engine.resolve_model(body.model, param="model")
     if body.messages is not None:
-        ids = await engine.render(body.messages, chat_template=body.chat_template,
-                                  add_generation_prompt=body.add_generation_prompt,
-                                  continue_final_message=body.continue_final_message,
-                                  chat_template_kwargs=body.chat_template_kwargs,
-                                  add_special_tokens=bool(body.add_special_tokens))
+        ids = await engine.render(
+            body.messages,
+            chat_template=body.chat_template,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            chat_template_kwargs=body.chat_template_kwargs,
+            add_special_tokens=bool(body.add_special_tokens),
+        )
     else:
         add_special = True if body.add_special_tokens is None else body.add_special_tokens
         ids = await engine.tokenize_text(body.prompt or "", add_special)
     token_strs = await engine.token_strs(ids) if body.return_token_strs else None
-    return json_response(TokenizeResponse(count=len(ids), max_model_len=engine.llm.max_model_len, tokens=ids,
-                                          token_strs=token_strs))
+    return json_response(
+        TokenizeResponse(
+            count=len(ids), max_model_len=engine.llm.max_model_len, tokens=ids, token_strs=token_strs
+        )
+    )
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)

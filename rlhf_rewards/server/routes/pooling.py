@@ -32,26 +32,44 @@ async def pooling(body: PoolingRequest, request: Request) -> Response:
         _strict_checks(engine, body)
     if body.normalize is not None and (body.task or engine.default_task) not in ("embed", "token_embed"):
         # vLLM refuses `normalize` always; it is an extension here only where it applies (embed tasks).
-        raise APIError(400, "Parameter `normalize` was removed; use `use_activation` instead. (`normalize` is "
-                            "served here only on the embed tasks.)", param="normalize")
+        raise APIError(
+            400,
+            "Parameter `normalize` was removed; use `use_activation` instead. (`normalize` is "
+            "served here only on the embed tasks.)",
+            param="normalize",
+        )
     if body.task == "plugin":
-        raise APIError(400, "No IOProcessor plugin installed. This server has no IO processor plugins: choose one "
-                            "of the model's tasks " + str(list(engine.llm.supported_tasks)) + ".", param="task")
+        raise APIError(
+            400,
+            "No IOProcessor plugin installed. This server has no IO processor plugins: choose one "
+            "of the model's tasks " + str(list(engine.llm.supported_tasks)) + ".",
+            param="task",
+        )
     task = body.task or engine.default_task
     params = make_params(body, truncate_prompt_tokens=body.truncate_prompt_tokens)
     items = await engine.prepare(body, task, params, lora)
     outputs = await engine.score(task, items)
     rid = response_id("pooling", body.request_id, request)
     if body.encoding_format in ("bytes", "bytes_only"):
-        return bytes_response(outputs, [o.outputs.data for o in outputs], response_id=rid, created=int(time.time()),
-                              model=name, usage=usage(outputs), encoding_format=body.encoding_format,
-                              embed_dtype=body.embed_dtype, endianness=body.endianness)
-    return json_response(PoolingResponse(
-        id=rid,
-        model=name,
-        data=[_item(i, out, body) for i, out in enumerate(outputs)],
-        usage=usage(outputs),
-    ))
+        return bytes_response(
+            outputs,
+            [o.outputs.data for o in outputs],
+            response_id=rid,
+            created=int(time.time()),
+            model=name,
+            usage=usage(outputs),
+            encoding_format=body.encoding_format,
+            embed_dtype=body.embed_dtype,
+            endianness=body.endianness,
+        )
+    return json_response(
+        PoolingResponse(
+            id=rid,
+            model=name,
+            data=[_item(i, out, body) for i, out in enumerate(outputs)],
+            usage=usage(outputs),
+        )
+    )
 
 
 def _strict_checks(engine: ServingEngine, body: PoolingRequest) -> None:
@@ -59,10 +77,15 @@ def _strict_checks(engine: ServingEngine, body: PoolingRequest) -> None:
     fields vLLM's schema does not have (``step_tag_id``, ``returned_token_ids``, ``return_details``) are
     ignored, as vLLM ignores unknown fields."""
     if body.normalize is not None:
-        raise APIError(400, "Parameter `normalize` was removed; use `use_activation` instead. (parameter=normalize)",
-                       param="normalize")
+        raise APIError(
+            400,
+            "Parameter `normalize` was removed; use `use_activation` instead. (parameter=normalize)",
+            param="normalize",
+        )
     if body.dimensions is not None:
-        raise APIError(400, "dimensions is currently not supported (parameter=dimensions)", param="dimensions")
+        raise APIError(
+            400, "dimensions is currently not supported (parameter=dimensions)", param="dimensions"
+        )
     if body.task not in (None, "plugin"):
         engine.check_vllm_task(body.task)
     body.step_tag_id = body.returned_token_ids = None
@@ -79,9 +102,13 @@ def _item(index: int, out: PoolingRequestOutput, body: PoolingRequest) -> Poolin
     else:
         data = tensor.tolist()
     details = body.return_details
-    return PoolingResponseData(index=index, data=data, error=out.error,
-                               prompt_token_ids=out.prompt_token_ids if details else None,
-                               shape=list(tensor.shape) if details else None)
+    return PoolingResponseData(
+        index=index,
+        data=data,
+        error=out.error,
+        prompt_token_ids=out.prompt_token_ids if details else None,
+        shape=list(tensor.shape) if details else None,
+    )
 
 
 __all__ = ["encode_base64", "router"]

@@ -78,9 +78,9 @@ def _cut(engine: ServingEngine, text: str, n: int) -> str:
     return text if len(ids) <= n else tok.decode(ids[:n])
 
 
-async def _pair_scores(engine: ServingEngine, body: ScoreFields, one: list[str], two: list[str],
-                       request: Request) -> tuple[str, list[PoolingRequestOutput], list[float | None],
-                                                  list[str | None]]:
+async def _pair_scores(
+    engine: ServingEngine, body: ScoreFields, one: list[str], two: list[str], request: Request
+) -> tuple[str, list[PoolingRequestOutput], list[float | None], list[str | None]]:
     """``(model name, outputs, score per pair, error per pair)`` for the pairs of ``one`` x ``two``."""
     mode = scoring_mode(engine)
     if mode is None:
@@ -89,23 +89,33 @@ async def _pair_scores(engine: ServingEngine, body: ScoreFields, one: list[str],
     pairs = _expand(one, two)
     for field in ("max_tokens_per_query", "max_tokens_per_doc"):
         limit = getattr(body, field)
-        if limit >= engine.llm.max_model_len:  # vLLM 0.33's _validate_token_limit (negative: the schema's 400)
-            raise APIError(400, f"{field} ({limit}) must be less than max_model_len ({engine.llm.max_model_len}).")
+        if (
+            limit >= engine.llm.max_model_len
+        ):  # vLLM 0.33's _validate_token_limit (negative: the schema's 400)
+            raise APIError(
+                400, f"{field} ({limit}) must be less than max_model_len ({engine.llm.max_model_len})."
+            )
     template = engine.limits.chat_template
     if (body.instruction is not None or body.chat_template_kwargs) and (mode != "cross" or template is None):
-        raise APIError(400, "`instruction` and `chat_template_kwargs` need a score template: start the server "
-                            "with --chat-template (roles `query` and `document`).",
-                       param="instruction" if body.instruction is not None else "chat_template_kwargs")
+        raise APIError(
+            400,
+            "`instruction` and `chat_template_kwargs` need a score template: start the server "
+            "with --chat-template (roles `query` and `document`).",
+            param="instruction" if body.instruction is not None else "chat_template_kwargs",
+        )
     one = [_cut(engine, t, body.max_tokens_per_query) for t in one]
     two = [_cut(engine, t, body.max_tokens_per_doc) for t in two]
-    params = make_params({"use_activation": body.use_activation}, truncate_prompt_tokens=body.truncate_prompt_tokens)
+    params = make_params(
+        {"use_activation": body.use_activation}, truncate_prompt_tokens=body.truncate_prompt_tokens
+    )
     if mode in ("bi", "late"):
         task = "embed" if mode == "bi" else "token_embed"
         if mode == "late" and body.use_activation is None:
             params = params.clone(use_activation=True)  # vLLM's token_embed normalizes for MaxSim
         texts = [*one, *two]
-        items = await engine.prepare_prompts(texts, task, params, lora, field_name="documents",
-                                             truncation_side=body.truncation_side)
+        items = await engine.prepare_prompts(
+            texts, task, params, lora, field_name="documents", truncation_side=body.truncation_side
+        )
         outputs = await engine.score(task, items)
         scores: list[float | None] = []
         errors: list[str | None] = []
@@ -121,11 +131,16 @@ async def _pair_scores(engine: ServingEngine, body: ScoreFields, one: list[str],
             errors.append(err)
         return name, outputs, scores, errors
     prompts = [{"prompt_token_ids": _pair_ids(engine, one[i], two[j], body)} for i, j in pairs]
-    items = await engine.prepare_prompts(prompts, "classify", params, lora, field_name="documents",
-                                         truncation_side=body.truncation_side)
+    items = await engine.prepare_prompts(
+        prompts, "classify", params, lora, field_name="documents", truncation_side=body.truncation_side
+    )
     outputs = await engine.score("classify", items)
-    return (name, outputs, [None if o.error else float(o.outputs.data.reshape(-1)[0]) for o in outputs],
-            [o.error for o in outputs])
+    return (
+        name,
+        outputs,
+        [None if o.error else float(o.outputs.data.reshape(-1)[0]) for o in outputs],
+        [o.error for o in outputs],
+    )
 
 
 def _pair_ids(engine: ServingEngine, query: str, doc: str, body: ScoreFields) -> list[int]:
@@ -137,17 +152,30 @@ def _pair_ids(engine: ServingEngine, query: str, doc: str, body: ScoreFields) ->
             kwargs.setdefault("instruction", body.instruction)
         reserved = sorted({"chat_template", "tools", "tokenize"} & set(kwargs))
         if reserved:
-            raise APIError(400, f"chat_template_kwargs contains reserved keys that conflict with fixed scorer "
-                                f"arguments: {reserved}", param="chat_template_kwargs")
+            raise APIError(
+                400,
+                f"chat_template_kwargs contains reserved keys that conflict with fixed scorer "
+                f"arguments: {reserved}",
+                param="chat_template_kwargs",
+            )
         try:
-            text = tok.apply_chat_template([{"role": "query", "content": query}, {"role": "document", "content": doc}],
-                                           chat_template=template, tokenize=False, **kwargs)
+            text = tok.apply_chat_template(
+                [{"role": "query", "content": query}, {"role": "document", "content": doc}],
+                chat_template=template,
+                tokenize=False,
+                **kwargs,
+            )
         except Exception as exc:  # noqa: BLE001 - a template error is the request's
-            raise APIError(400, f"The score template failed on this pair: {type(exc).__name__}: {str(exc)[:300]}",
-                           param="documents") from None
+            raise APIError(
+                400,
+                f"The score template failed on this pair: {type(exc).__name__}: {str(exc)[:300]}",
+                param="documents",
+            ) from None
         return list(tok(text)["input_ids"])
     config = engine.llm.model.config
-    if getattr(config, "use_sep_token", getattr(config, "use_pad_token", True)):  # use_pad_token: vLLM's old name
+    if getattr(
+        config, "use_sep_token", getattr(config, "use_pad_token", True)
+    ):  # use_pad_token: vLLM's old name
         return list(tok(text=query, text_pair=doc, add_special_tokens=True)["input_ids"])
     return list(tok(text=query + doc)["input_ids"])  # an LLM as reranker: the texts joined
 
@@ -159,10 +187,17 @@ def _n_tokens(outputs: list[PoolingRequestOutput]) -> int:
 async def _score(body: ScoreRequest, request: Request) -> Response:
     one, two = body.pair()
     name, outputs, scores, errors = await _pair_scores(engine_of(request), body, one, two, request)
-    return json_response(ScoreResponse(
-        id=response_id("score", body.request_id, request), model=name,
-        data=[ScoreResponseData(index=i, score=s, error=e) for i, (s, e) in enumerate(zip(scores, errors, strict=True))],
-        usage=usage(outputs)))
+    return json_response(
+        ScoreResponse(
+            id=response_id("score", body.request_id, request),
+            model=name,
+            data=[
+                ScoreResponseData(index=i, score=s, error=e)
+                for i, (s, e) in enumerate(zip(scores, errors, strict=True))
+            ],
+            usage=usage(outputs),
+        )
+    )
 
 
 async def _rerank(body: RerankRequest, request: Request) -> Response:
@@ -172,42 +207,71 @@ async def _rerank(body: RerankRequest, request: Request) -> Response:
     if body.top_n:
         order = order[: body.top_n]
     n = _n_tokens(outputs)
-    return json_response(RerankResponse(
-        id=response_id("rerank", body.request_id, request), model=name, usage=RerankUsage(prompt_tokens=n, total_tokens=n),
-        results=[RerankResult(index=j, document=RerankDocument(text=docs[j]), relevance_score=scores[j], error=errors[j])
-                 for j in order]))
+    return json_response(
+        RerankResponse(
+            id=response_id("rerank", body.request_id, request),
+            model=name,
+            usage=RerankUsage(prompt_tokens=n, total_tokens=n),
+            results=[
+                RerankResult(
+                    index=j, document=RerankDocument(text=docs[j]), relevance_score=scores[j], error=errors[j]
+                )
+                for j in order
+            ],
+        )
+    )
 
 
-@router.post("/score", response_model=ScoreResponse, responses=NOT_OFFERED_RESPONSES,
-             dependencies=[Depends(require_scoring)])
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=NOT_OFFERED_RESPONSES,
+    dependencies=[Depends(require_scoring)],
+)
 async def score(body: ScoreRequest, request: Request) -> Response:
     """One score per (query, document) pair, 1:1, 1:N or N:N (vLLM's Score API)."""
     return await _score(body, request)
 
 
-@router.post("/v1/score", response_model=ScoreResponse, responses=NOT_OFFERED_RESPONSES,
-             dependencies=[Depends(require_scoring)])
+@router.post(
+    "/v1/score",
+    response_model=ScoreResponse,
+    responses=NOT_OFFERED_RESPONSES,
+    dependencies=[Depends(require_scoring)],
+)
 async def score_v1(body: ScoreRequest, request: Request) -> Response:
     """``/score`` (vLLM's older path)."""
     return await _score(body, request)
 
 
-@router.post("/rerank", response_model=RerankResponse, responses=NOT_OFFERED_RESPONSES,
-             dependencies=[Depends(require_scoring)])
+@router.post(
+    "/rerank",
+    response_model=RerankResponse,
+    responses=NOT_OFFERED_RESPONSES,
+    dependencies=[Depends(require_scoring)],
+)
 async def rerank(body: RerankRequest, request: Request) -> Response:
     """Documents ordered by relevance to the query, best first (Jina's and Cohere's rerank API, as vLLM)."""
     return await _rerank(body, request)
 
 
-@router.post("/v1/rerank", response_model=RerankResponse, responses=NOT_OFFERED_RESPONSES,
-             dependencies=[Depends(require_scoring)])
+@router.post(
+    "/v1/rerank",
+    response_model=RerankResponse,
+    responses=NOT_OFFERED_RESPONSES,
+    dependencies=[Depends(require_scoring)],
+)
 async def rerank_v1(body: RerankRequest, request: Request) -> Response:
     """``/rerank`` (Jina's path)."""
     return await _rerank(body, request)
 
 
-@router.post("/v2/rerank", response_model=RerankResponse, responses=NOT_OFFERED_RESPONSES,
-             dependencies=[Depends(require_scoring)])
+@router.post(
+    "/v2/rerank",
+    response_model=RerankResponse,
+    responses=NOT_OFFERED_RESPONSES,
+    dependencies=[Depends(require_scoring)],
+)
 async def rerank_v2(body: RerankRequest, request: Request) -> Response:
     """``/rerank`` (Cohere's path)."""
     return await _rerank(body, request)

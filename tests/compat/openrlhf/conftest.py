@@ -35,6 +35,7 @@ def openrlhf() -> types.ModuleType:
     # that one more entry. Nothing else of OpenRLHF is changed.
     convert = utils.convert_to_torch_dtype
     if not getattr(convert, "_fp32_entry", False):
+
         def with_fp32(param_dtype: str) -> torch.dtype:
             return torch.float32 if param_dtype == "fp32" else convert(param_dtype)
 
@@ -49,21 +50,33 @@ def compat_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("openrlhf-models")
     bos_tok = build_bos_tokenizer(root / "bos-tokenizer")
     return {
-        "seq_bos": build_checkpoint("LlamaForSequenceClassification", root / "seq-bos", tokenizer_dir=str(bos_tok),
-                                    seed=3),
+        "seq_bos": build_checkpoint(
+            "LlamaForSequenceClassification", root / "seq-bos", tokenizer_dir=str(bos_tok), seed=3
+        ),
         "seq": build_checkpoint("Qwen3ForSequenceClassification", root / "seq", seed=4),
         "token": build_checkpoint("Qwen2ForRewardModel", root / "token", seed=5),
         "prm": build_checkpoint("Qwen2ForProcessRewardModel", root / "prm", seed=6),
-        "llama_base_bos": build_checkpoint("LlamaForCausalLM", root / "llama-base", tokenizer_dir=str(bos_tok), seed=7),
+        "llama_base_bos": build_checkpoint(
+            "LlamaForCausalLM", root / "llama-base", tokenizer_dir=str(bos_tok), seed=7
+        ),
     }
 
 
 def proxy_args(path: Path, *, max_len: int = 2048, normalize: bool = False) -> Any:
     """``serve_rm``'s parsed arguments (its ``hierarchize``d namespace) for a float32 CPU load."""
-    return NS(reward=NS(model_name_or_path=str(path), normalize_enable=normalize),
-              ds=NS(attn_implementation="eager", experts_implementation=None, param_dtype="fp32", load_in_4bit=False,
-                    value_head_prefix="score", packing_samples=False),
-              data=NS(disable_fast_tokenizer=False, max_len=max_len), batch_size=None)
+    return NS(
+        reward=NS(model_name_or_path=str(path), normalize_enable=normalize),
+        ds=NS(
+            attn_implementation="eager",
+            experts_implementation=None,
+            param_dtype="fp32",
+            load_in_4bit=False,
+            value_head_prefix="score",
+            packing_samples=False,
+        ),
+        data=NS(disable_fast_tokenizer=False, max_len=max_len),
+        batch_size=None,
+    )
 
 
 def tokenizer_proxy(openrlhf: types.ModuleType, path: Path, max_len: int = 2048) -> Any:
@@ -86,9 +99,13 @@ class ScriptedEngine:
         self.response_ids = response_ids
         self.prompts: list[list[int]] = []
 
-    async def generate(self, prompt_token_ids: list[int], sampling_params: Any, multi_modal_data: Any = None) -> Any:
+    async def generate(
+        self, prompt_token_ids: list[int], sampling_params: Any, multi_modal_data: Any = None
+    ) -> Any:
         self.prompts.append(list(prompt_token_ids))
-        return NS(outputs=[NS(token_ids=list(self.response_ids), text="", finish_reason="stop", logprobs=None)])
+        return NS(
+            outputs=[NS(token_ids=list(self.response_ids), text="", finish_reason="stop", logprobs=None)]
+        )
 
 
 def run_single_turn(url: str, tokenizer: Any, prompt: str, response: str, label: str = "") -> dict[str, Any]:

@@ -40,14 +40,24 @@ def openrlhf_checkpoint(openrlhf, compat_models, tmp_path_factory):
     base = compat_models["llama_base_bos"]
     out = tmp_path_factory.mktemp("openrlhf-rm") / "rm"
     torch.manual_seed(0)
-    model = get_llm_for_sequence_regression(str(base), "reward", param_dtype="fp32", attn_implementation="eager",
-                                            init_value_head=True, normalize_reward=True)
+    model = get_llm_for_sequence_regression(
+        str(base),
+        "reward",
+        param_dtype="fp32",
+        attn_implementation="eager",
+        init_value_head=True,
+        normalize_reward=True,
+    )
     with torch.no_grad():  # a trained-looking head (init_value_head draws it very small)
         model.score.weight.normal_(0.0, 0.3)
     model.config.mean, model.config.std = MEAN, STD  # as RewardModelTrainer.evaluate stores them
     tokenizer = get_tokenizer(str(base), model, "left", None)
-    strategy = DeepspeedStrategy(args=types.SimpleNamespace(
-        ds=types.SimpleNamespace(param_dtype="fp32", zero_stage=2, tensor_parallel_size=1), train=types.SimpleNamespace()))
+    strategy = DeepspeedStrategy(
+        args=types.SimpleNamespace(
+            ds=types.SimpleNamespace(param_dtype="fp32", zero_stage=2, tensor_parallel_size=1),
+            train=types.SimpleNamespace(),
+        )
+    )
     # save_model ends with a barrier + torch.cuda.synchronize(): a one-process gloo group, and no CUDA sync on
     # this CPU-only torch (the files are written before it).
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
@@ -88,8 +98,9 @@ def test_llm_scores_as_openrlhf_model(openrlhf_checkpoint, normalize):
     llm = LLM(str(openrlhf_checkpoint), dtype="float32", device="cpu", **kwargs)
     assert llm.model_info().kind == "outcome"
     ids = [proxy.tokenize_fn([t], device="cpu")["input_ids"][0].tolist() for t in TEXTS]
-    outs = llm.encode([{"prompt_token_ids": i} for i in ids], PoolingParams(use_activation=False),
-                      pooling_task="classify")
+    outs = llm.encode(
+        [{"prompt_token_ids": i} for i in ids], PoolingParams(use_activation=False), pooling_task="classify"
+    )
     ours = [float(o.outputs.data.reshape(-1)[-1]) for o in outs]
     diff = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
     report(f"openrlhf checkpoint LLM normalize={normalize}", vs_openrlhf_model=diff)

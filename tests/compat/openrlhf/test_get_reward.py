@@ -85,7 +85,7 @@ def test_prm_answers_the_aggregated_step_reward(openrlhf, compat_models):
         llm = server.engine.llm
         prompt = _prompt(tok)
         assert out["query"].startswith(prompt)
-        completion = out["query"][len(prompt):]
+        completion = out["query"][len(prompt) :]
         (ours,) = out["reward"]
         rf = RewardFunction(llm)  # step_aggregation="min", RewardFunctionConfig's default
         (expected,), (steps,) = rf.score_with_steps(prompts=[prompt], completions=[completion])
@@ -111,7 +111,9 @@ def test_over_long_query_is_truncated_as_serve_rm_max_len(openrlhf, compat_model
     (theirs,) = proxy.get_reward([out["query"]])
     report("openrlhf get_reward over max_len", vs_serve_rm=abs(ours - theirs))
     assert abs(ours - theirs) <= TOL, (ours, theirs)
-    with InProcessServer(path, *SERVE, "--max-model-len", "12") as server:  # the flag defaults to max_model_len
+    with InProcessServer(
+        path, *SERVE, "--max-model-len", "12"
+    ) as server:  # the flag defaults to max_model_len
         (capped,) = run_single_turn(f"{server.url}/get_reward", tok, _prompt(tok), RESPONSE)["reward"]
     assert abs(capped - theirs) <= TOL
 
@@ -120,7 +122,9 @@ def test_keyless_clients_allowed_only_from_listed_networks(openrlhf, compat_mode
     path = compat_models["seq"]
     tok = tokenizer_proxy(openrlhf, path).tokenizer
     body = {"query": ["What is 12 + 7? 19"], "prompts": ["What is 12 + 7?"], "labels": [""]}
-    with InProcessServer(path, *SERVE, "--api-key", "k3y", "--allow-keyless-from", "127.0.0.1/32,10.0.0.0/8") as server:
+    with InProcessServer(
+        path, *SERVE, "--api-key", "k3y", "--allow-keyless-from", "127.0.0.1/32,10.0.0.0/8"
+    ) as server:
         # OpenRLHF's client sends no Authorization header: let in from loopback.
         out = run_single_turn(f"{server.url}/get_reward", tok, PROMPT, RESPONSE)
         assert out["reward"] is not None and out["reward"][0] is not None

@@ -37,13 +37,24 @@ ANSWER = "The answer is 19."
 
 def fake_vllm(tokenizer) -> FastAPI:
     """The vLLM server's ``/v1/completions`` as the rollout loop reads it (token ids and their logprobs)."""
-    ids = tokenizer(ANSWER, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    ids = tokenizer(ANSWER, add_special_tokens=False)["input_ids"] + [
+        tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ]
     app = FastAPI()
 
     @app.post("/v1/completions")
     async def completions(body: dict) -> dict:
-        return {"choices": [{"index": 0, "text": "", "token_ids": ids, "finish_reason": "stop",
-                             "logprobs": {"token_logprobs": [-0.5] * len(ids)}}]}
+        return {
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "",
+                    "token_ids": ids,
+                    "finish_reason": "stop",
+                    "logprobs": {"token_logprobs": [-0.5] * len(ids)},
+                }
+            ]
+        }
 
     return app
 
@@ -67,7 +78,10 @@ def test_async_rollout_worker_scores_in_its_spawned_child(qwen3_rm, monkeypatch)
 
     PartialState()  # the trainer's Accelerator sets it up; TRL's logging in start()/stop() needs it
     llm_kwargs = {"dtype": "float32", "device": "cpu"}
-    with InProcessServer(qwen3_rm, "--dtype", "float32", "--device", "cpu") as server, AppThread(fake_vllm(policy_tok)) as vllm:
+    with (
+        InProcessServer(qwen3_rm, "--dtype", "float32", "--device", "cpu") as server,
+        AppThread(fake_vllm(policy_tok)) as vllm,
+    ):
         pool = RayWorkerPool(str(qwen3_rm), num_replicas=1, num_cpus_per_replica=1, **llm_kwargs)
         reward_funcs = [
             RewardFunction(str(qwen3_rm), name="colocated", llm_kwargs=llm_kwargs),
@@ -76,9 +90,17 @@ def test_async_rollout_worker_scores_in_its_spawned_child(qwen3_rm, monkeypatch)
             RewardFunction(pool, name="ray"),
         ]
         worker = arw.AsyncRolloutWorker(
-            model_name="policy", dataset=dataset, reward_funcs=reward_funcs, processing_class=policy_tok,
-            eos_token_ids=[policy_tok.eos_token_id], num_generations=2, max_inflight_tasks=2,
-            vllm_server_url=vllm.url, max_tokens=16, child_ready_timeout=300)
+            model_name="policy",
+            dataset=dataset,
+            reward_funcs=reward_funcs,
+            processing_class=policy_tok,
+            eos_token_ids=[policy_tok.eos_token_id],
+            num_generations=2,
+            max_inflight_tasks=2,
+            vllm_server_url=vllm.url,
+            max_tokens=16,
+            child_ready_timeout=300,
+        )
         try:
             worker.start()
             samples = []

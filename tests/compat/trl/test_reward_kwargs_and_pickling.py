@@ -15,8 +15,14 @@ from rlhf_rewards.workers import ColocatedWorker, RemoteWorker
 PROMPTS = ["What is 12 + 7?", "Name a colour."]
 COMPLETIONS = [" Step one: add the units.\n\nStep two: carry the tens.\n\nSo 19.", " Blue."]
 #: Dataset columns named like RewardFunction's options and config fields, as TRL passes them (lists).
-COLUMNS = {"return_steps": [True, False], "kind": ["math", "chat"], "name": ["a", "b"],
-           "step_aggregation": ["x", "y"], "truncate": [1, 2], "config": [None, None]}
+COLUMNS = {
+    "return_steps": [True, False],
+    "kind": ["math", "chat"],
+    "name": ["a", "b"],
+    "step_aggregation": ["x", "y"],
+    "truncate": [1, 2],
+    "config": [None, None],
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +39,14 @@ def prm_llm(checkpoint_factory):
 def test_dataset_columns_never_collide_with_options(request, which):
     rf = RewardFunction(request.getfixturevalue(which))
     plain = rf(prompts=PROMPTS, completions=COMPLETIONS)
-    with_columns = rf(prompts=PROMPTS, completions=COMPLETIONS, completion_ids=[[1], [2]], trainer_state=None,
-                      log_extra=None, **COLUMNS)
+    with_columns = rf(
+        prompts=PROMPTS,
+        completions=COMPLETIONS,
+        completion_ids=[[1], [2]],
+        trainer_state=None,
+        log_extra=None,
+        **COLUMNS,
+    )
     # Equal up to float rounding: the second call reads the first one's prompts from the cross-call prefix cache.
     assert isinstance(with_columns, list) and with_columns == pytest.approx(plain, abs=1e-5)
 
@@ -64,7 +76,9 @@ async def test_async_function_ignores_columns_too(prm_llm):
     assert rewards == plain
 
 
-@pytest.mark.parametrize("make", [lambda llm: llm, lambda llm: ColocatedWorker(llm)], ids=["LLM", "ColocatedWorker"])
+@pytest.mark.parametrize(
+    "make", [lambda llm: llm, lambda llm: ColocatedWorker(llm)], ids=["LLM", "ColocatedWorker"]
+)
 def test_in_memory_model_explains_why_it_cannot_pickle(rm_llm, make):
     rf = RewardFunction(make(rm_llm))
     with pytest.raises(TypeError, match="cannot be pickled") as err:
@@ -80,7 +94,8 @@ def test_function_from_a_path_reloads_lazily(qwen3_rm, rm_llm):
     assert clone.__name__ == rf.__name__ and clone.kind == rf.kind
     # rm_llm may score these from its prefix cache (equal up to float rounding); the clone computes them whole.
     assert clone(prompts=PROMPTS, completions=COMPLETIONS) == pytest.approx(
-        RewardFunction(rm_llm)(prompts=PROMPTS, completions=COMPLETIONS), abs=1e-5)
+        RewardFunction(rm_llm)(prompts=PROMPTS, completions=COMPLETIONS), abs=1e-5
+    )
     assert clone._worker is not None
     clone.close()
     rf.close()

@@ -49,7 +49,9 @@ def verl_models(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("verl-models")
     bos_tok = build_bos_tokenizer(root / "bos-tokenizer")
-    seq_bos = build_checkpoint("LlamaForSequenceClassification", root / "seq-bos", tokenizer_dir=str(bos_tok), seed=11)
+    seq_bos = build_checkpoint(
+        "LlamaForSequenceClassification", root / "seq-bos", tokenizer_dir=str(bos_tok), seed=11
+    )
     tok = AutoTokenizer.from_pretrained(seq_bos)
     tok.chat_template = "{{ bos_token }}" + CHATML_TEMPLATE  # Llama-3 templates start with the BOS text
     tok.save_pretrained(seq_bos)
@@ -66,13 +68,17 @@ def verl_config(model_path: Path, engine: str):
     import verl
     from omegaconf import OmegaConf
 
-    config = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/_generated_ppo_trainer.yaml"))
-    overrides = OmegaConf.from_dotlist([
-        f"actor_rollout_ref.model.path={model_path}",  # the policy; here it shares the RM's tokenizer
-        "reward.reward_model.enable=True",
-        f"reward.reward_model.model_path={model_path}",
-        f"reward.reward_model.rollout.name={engine}",
-    ])
+    config = OmegaConf.load(
+        os.path.join(os.path.dirname(verl.__file__), "trainer/config/_generated_ppo_trainer.yaml")
+    )
+    overrides = OmegaConf.from_dotlist(
+        [
+            f"actor_rollout_ref.model.path={model_path}",  # the policy; here it shares the RM's tokenizer
+            "reward.reward_model.enable=True",
+            f"reward.reward_model.model_path={model_path}",
+            f"reward.reward_model.rollout.name={engine}",
+        ]
+    )
     return OmegaConf.merge(config, overrides)
 
 
@@ -90,8 +96,10 @@ def verl_score(config, address: str, tokenizer, response: str = RESPONSE) -> flo
     pad = [tokenizer.pad_token_id or 0] * 3  # verl right-pads responses to response_length
     responses = torch.tensor([response_ids + pad])
     mask = torch.tensor([[1] * len(prompt_ids) + [1] * len(response_ids) + [0] * len(pad)])
-    data = DataProto(batch=TensorDict({"responses": responses, "attention_mask": mask}, batch_size=1),
-                     non_tensor_batch={"raw_prompt": np.array([CHAT], dtype=object)})
+    data = DataProto(
+        batch=TensorDict({"responses": responses, "attention_mask": mask}, batch_size=1),
+        non_tensor_batch={"raw_prompt": np.array([CHAT], dtype=object)},
+    )
     out = asyncio.run(worker.compute_score(data))
     return float(out["reward_score"])
 
@@ -112,10 +120,14 @@ def test_reward_loop_worker_equals_engine(verl_models, name, engine):
         ours = verl_score(config, server.url.removeprefix("http://"), tok)
         text = tok.apply_chat_template([*CHAT, {"role": "assistant", "content": RESPONSE}], tokenize=False)
         task = "classify" if name.startswith("seq") else "token_classify"
-        sent = text[len(tok.bos_token):] if tok.bos_token and text.startswith(tok.bos_token) else text
+        sent = text[len(tok.bos_token) :] if tok.bos_token and text.startswith(tok.bos_token) else text
         engine_text = _engine(llm, sent, task)  # the server adds the BOS back, as vLLM's /classify does
-        engine_ids = _engine(llm, {"prompt_token_ids": tok(text, add_special_tokens=False)["input_ids"]}, task)
-    report(f"verl {engine} {name}", vs_engine_text=abs(ours - engine_text), vs_engine_ids=abs(ours - engine_ids))
+        engine_ids = _engine(
+            llm, {"prompt_token_ids": tok(text, add_special_tokens=False)["input_ids"]}, task
+        )
+    report(
+        f"verl {engine} {name}", vs_engine_text=abs(ours - engine_text), vs_engine_ids=abs(ours - engine_ids)
+    )
     assert abs(ours - engine_text) <= TOL and abs(ours - engine_ids) <= TOL, (ours, engine_text, engine_ids)
 
 
@@ -181,27 +193,46 @@ def test_reward_loop_manager_on_ray(verl_models):
     with InProcessServer(path, *SERVE) as server:
         llm = server.engine.llm
         tok = llm.tokenizer
-        prompt_ids = list(tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=False))
+        prompt_ids = list(
+            tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
         resp = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in responses]
         width = max(map(len, resp))
         pad = tok.pad_token_id
-        batch = TensorDict({
-            "prompts": torch.tensor([prompt_ids] * 2),
-            "responses": torch.tensor([r + [pad] * (width - len(r)) for r in resp]),
-            "attention_mask": torch.tensor([[1] * len(prompt_ids) + [1] * len(r) + [0] * (width - len(r)) for r in resp]),
-        }, batch_size=2)
+        batch = TensorDict(
+            {
+                "prompts": torch.tensor([prompt_ids] * 2),
+                "responses": torch.tensor([r + [pad] * (width - len(r)) for r in resp]),
+                "attention_mask": torch.tensor(
+                    [[1] * len(prompt_ids) + [1] * len(r) + [0] * (width - len(r)) for r in resp]
+                ),
+            },
+            batch_size=2,
+        )
         data = DataProto(batch=batch, non_tensor_batch={"raw_prompt": np.array([CHAT, CHAT], dtype=object)})
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{PEERS}", "TOKENIZERS_PARALLELISM": "false"}})
+        ray.init(
+            num_cpus=1,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{PEERS}", "TOKENIZERS_PARALLELISM": "false"}},
+        )
         try:
             manager = external_manager_class()(config, address=server.url.removeprefix("http://"))
             scores = manager.compute_rm_score(data).batch["rm_scores"]
         finally:
             ray.shutdown()
-        expected = [_engine(llm, tok.apply_chat_template([*CHAT, {"role": "assistant", "content": r}], tokenize=False),
-                            "classify") for r in responses]
+        expected = [
+            _engine(
+                llm,
+                tok.apply_chat_template([*CHAT, {"role": "assistant", "content": r}], tokenize=False),
+                "classify",
+            )
+            for r in responses
+        ]
     got = [float(scores[i, len(resp[i]) - 1]) for i in range(2)]
-    assert float(scores.abs().sum()) == pytest.approx(sum(abs(g) for g in got), abs=1e-6)  # one score per row, at its end
+    assert float(scores.abs().sum()) == pytest.approx(
+        sum(abs(g) for g in got), abs=1e-6
+    )  # one score per row, at its end
     worst = max(abs(a - b) for a, b in zip(got, expected, strict=True))
     report("verl RewardLoopManager (Ray) vllm seq", vs_engine=worst)
     assert worst <= TOL, (got, expected)

@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from rlhf_rewards.testing.server import InProcessServer
 
 #: The chat template of vLLM's reward tests (``--chat-template``).
-DUMMY_CHAT_TEMPLATE = """{% for message in messages %}{{message['role'] + ': ' + message['content'] + '\\n'}}{% endfor %}"""  # noqa: E501
+DUMMY_CHAT_TEMPLATE = (
+    """{% for message in messages %}{{message['role'] + ': ' + message['content'] + '\\n'}}{% endfor %}"""  # noqa: E501
+)
 
 
 class RemoteOpenAIServer(InProcessServer):
@@ -39,12 +41,22 @@ class RemoteOpenAIServer(InProcessServer):
         return self.url + "/" + "/".join(p.strip("/") for p in parts)
 
 
-def check_embeddings_close(*, embeddings_0_lst: Sequence[list[float]], embeddings_1_lst: Sequence[list[float]],
-                           name_0: str, name_1: str, tol: float = 1e-3) -> None:
+def check_embeddings_close(
+    *,
+    embeddings_0_lst: Sequence[list[float]],
+    embeddings_1_lst: Sequence[list[float]],
+    name_0: str,
+    name_1: str,
+    tol: float = 1e-3,
+) -> None:
     """vLLM's ``check_embeddings_close``: cosine similarity of each pair at least ``1 - tol``."""
     assert len(embeddings_0_lst) == len(embeddings_1_lst)
-    for prompt_idx, (embeddings_0, embeddings_1) in enumerate(zip(embeddings_0_lst, embeddings_1_lst, strict=True)):
-        assert len(embeddings_0) == len(embeddings_1), f"Length mismatch: {len(embeddings_0)} vs. {len(embeddings_1)}"
+    for prompt_idx, (embeddings_0, embeddings_1) in enumerate(
+        zip(embeddings_0_lst, embeddings_1_lst, strict=True)
+    ):
+        assert len(embeddings_0) == len(embeddings_1), (
+            f"Length mismatch: {len(embeddings_0)} vs. {len(embeddings_1)}"
+        )
         sim = F.cosine_similarity(torch.tensor(embeddings_0), torch.tensor(embeddings_1), dim=0)
         fail_msg = f"Test{prompt_idx}:\nCosine similarity: \t{sim}\n{name_0}:\t{embeddings_0[:16]!r}\n{name_1}:\t{embeddings_1[:16]!r}"
         assert bool((sim >= 1 - tol).all()), fail_msg
@@ -92,15 +104,28 @@ class MetadataItem:
     shape: tuple[int, ...]
 
 
-def build_metadata_items(embed_dtype: str, endianness: str, shape: tuple[int, ...], n_request: int) -> list[MetadataItem]:
+def build_metadata_items(
+    embed_dtype: str, endianness: str, shape: tuple[int, ...], n_request: int
+) -> list[MetadataItem]:
     """vLLM's ``build_metadata_items`` (for ``bytes_only``, whose answer has no metadata)."""
     n_bytes = EMBED_DTYPES[embed_dtype].nbytes
     size = math.prod(shape)
-    return [MetadataItem(index=i, embed_dtype=embed_dtype, endianness=endianness, start=i * size * n_bytes,
-                         end=(i + 1) * size * n_bytes, shape=shape) for i in range(n_request)]
+    return [
+        MetadataItem(
+            index=i,
+            embed_dtype=embed_dtype,
+            endianness=endianness,
+            start=i * size * n_bytes,
+            end=(i + 1) * size * n_bytes,
+            shape=shape,
+        )
+        for i in range(n_request)
+    ]
 
 
 def decode_pooling_output(items: list[MetadataItem], body: bytes) -> list[torch.Tensor]:
     """vLLM's ``decode_pooling_output``."""
-    return [binary2tensor(body[item.start:item.end], tuple(item.shape), item.embed_dtype, item.endianness)
-            for item in sorted(items, key=lambda x: x.index)]
+    return [
+        binary2tensor(body[item.start : item.end], tuple(item.shape), item.embed_dtype, item.endianness)
+        for item in sorted(items, key=lambda x: x.index)
+    ]

@@ -33,8 +33,13 @@ MESSAGES = [
 
 @pytest.fixture(scope="module")
 def checkpoint(checkpoint_factory):
-    return checkpoint_factory("Qwen3ForSequenceClassification", num_labels=2, seed=151,
-                              id2label={0: "Default", 1: "Spoiled"}, label2id={"Default": 0, "Spoiled": 1})
+    return checkpoint_factory(
+        "Qwen3ForSequenceClassification",
+        num_labels=2,
+        seed=151,
+        id2label={0: "Default", 1: "Spoiled"},
+        label2id={"Default": 0, "Spoiled": 1},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,9 @@ def test_basic(server: RemoteOpenAIServer, model_name: str, input_tokens):
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_completion_request(server: RemoteOpenAIServer, model_name: str, input_tokens):
     for value in (input_text, input_tokens):  # input: str, then input: list[int]
-        classification_response = requests.post(server.url_for("classify"), json={"model": model_name, "input": value})
+        classification_response = requests.post(
+            server.url_for("classify"), json={"model": model_name, "input": value}
+        )
         classification_response.raise_for_status()
         output = ClassificationResponse.model_validate(classification_response.json())
 
@@ -89,7 +96,9 @@ def test_completion_request(server: RemoteOpenAIServer, model_name: str, input_t
 def test_completion_request_batched(server: RemoteOpenAIServer, model_name: str, input_tokens):
     N = 10
     for value in ([input_text] * N, [input_tokens] * N):  # list[str], then list[list[int]]
-        classification_response = requests.post(server.url_for("classify"), json={"model": model_name, "input": value})
+        classification_response = requests.post(
+            server.url_for("classify"), json={"model": model_name, "input": value}
+        )
         output = ClassificationResponse.model_validate(classification_response.json())
 
         assert len(output.data) == N
@@ -104,7 +113,9 @@ def test_completion_request_batched(server: RemoteOpenAIServer, model_name: str,
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_empty_input_error(server: RemoteOpenAIServer, model_name: str):
     for value in ("", []):
-        classification_response = requests.post(server.url_for("classify"), json={"model": model_name, "input": value})
+        classification_response = requests.post(
+            server.url_for("classify"), json={"model": model_name, "input": value}
+        )
         error = classification_response.json()
         assert classification_response.status_code == 400
         assert "error" in error
@@ -114,8 +125,10 @@ def test_empty_input_error(server: RemoteOpenAIServer, model_name: str):
 def test_truncate_prompt_tokens(server: RemoteOpenAIServer, model_name: str):
     long_text = "hello " * 600
 
-    classification_response = requests.post(server.url_for("classify"), json={
-        "model": model_name, "input": long_text, "truncate_prompt_tokens": 5})
+    classification_response = requests.post(
+        server.url_for("classify"),
+        json={"model": model_name, "input": long_text, "truncate_prompt_tokens": 5},
+    )
     classification_response.raise_for_status()
     output = ClassificationResponse.model_validate(classification_response.json())
 
@@ -126,8 +139,9 @@ def test_truncate_prompt_tokens(server: RemoteOpenAIServer, model_name: str):
     assert output.usage.total_tokens == 5
 
     # invalid_truncate_prompt_tokens
-    classification_response = requests.post(server.url_for("classify"), json={
-        "model": model_name, "input": "test", "truncate_prompt_tokens": 513})
+    classification_response = requests.post(
+        server.url_for("classify"), json={"model": model_name, "input": "test", "truncate_prompt_tokens": 513}
+    )
     error = classification_response.json()
     assert classification_response.status_code == 400
     assert "truncate_prompt_tokens" in error["error"]["message"]
@@ -136,8 +150,10 @@ def test_truncate_prompt_tokens(server: RemoteOpenAIServer, model_name: str):
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_add_special_tokens(server: RemoteOpenAIServer, model_name: str):
     for add_special_tokens in (False, True):
-        response = requests.post(server.url_for("classify"), json={
-            "model": model_name, "input": input_text, "add_special_tokens": add_special_tokens})
+        response = requests.post(
+            server.url_for("classify"),
+            json={"model": model_name, "input": input_text, "add_special_tokens": add_special_tokens},
+        )
         response.raise_for_status()
         ClassificationResponse.model_validate(response.json())
 
@@ -145,11 +161,15 @@ def test_add_special_tokens(server: RemoteOpenAIServer, model_name: str):
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_chat_request(server: RemoteOpenAIServer, model_name: str, tokenizer):
     messages = MESSAGES
-    for extra, want in (({}, chat_len(tokenizer)),  # 51 for the real model
-                        ({"add_generation_prompt": True}, chat_len(tokenizer, add_generation_prompt=True)),  # 54
-                        ({"continue_final_message": True}, chat_len(tokenizer, continue_final_message=True)),  # 49
-                        ({"add_special_tokens": True}, chat_len(tokenizer, add_special_tokens=True))):  # 51
-        response = requests.post(server.url_for("classify"), json={"model": model_name, "messages": messages, **extra})
+    for extra, want in (
+        ({}, chat_len(tokenizer)),  # 51 for the real model
+        ({"add_generation_prompt": True}, chat_len(tokenizer, add_generation_prompt=True)),  # 54
+        ({"continue_final_message": True}, chat_len(tokenizer, continue_final_message=True)),  # 49
+        ({"add_special_tokens": True}, chat_len(tokenizer, add_special_tokens=True)),
+    ):  # 51
+        response = requests.post(
+            server.url_for("classify"), json={"model": model_name, "messages": messages, **extra}
+        )
         response.raise_for_status()
         output = ClassificationResponse.model_validate(response.json())
 
@@ -161,16 +181,29 @@ def test_chat_request(server: RemoteOpenAIServer, model_name: str, tokenizer):
         assert output.usage.prompt_tokens == want, extra
 
     # test continue_final_message with add_generation_prompt
-    response = requests.post(server.url_for("classify"), json={
-        "model": model_name, "messages": messages, "continue_final_message": True, "add_generation_prompt": True})
-    assert ("Cannot set both `continue_final_message` and `add_generation_prompt` to True."
-            in response.json()["error"]["message"])
+    response = requests.post(
+        server.url_for("classify"),
+        json={
+            "model": model_name,
+            "messages": messages,
+            "continue_final_message": True,
+            "add_generation_prompt": True,
+        },
+    )
+    assert (
+        "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+        in response.json()["error"]["message"]
+    )
 
 
-@pytest.mark.parametrize("request_args", [
-    {"model": MODEL_NAME, "input": input_text},
-    {"model": MODEL_NAME, "messages": MESSAGES},
-], ids=["test_invocations_completion_request", "test_invocations_chat_request"])
+@pytest.mark.parametrize(
+    "request_args",
+    [
+        {"model": MODEL_NAME, "input": input_text},
+        {"model": MODEL_NAME, "messages": MESSAGES},
+    ],
+    ids=["test_invocations_completion_request", "test_invocations_chat_request"],
+)
 def test_invocations(server: RemoteOpenAIServer, request_args):
     classification_response = requests.post(server.url_for("classify"), json=request_args)
     classification_response.raise_for_status()
@@ -180,8 +213,9 @@ def test_invocations(server: RemoteOpenAIServer, request_args):
     classification_output = classification_response.json()
     invocation_output = invocation_response.json()
     assert classification_output.keys() == invocation_output.keys()
-    for classification_data, invocation_data in zip(classification_output["data"], invocation_output["data"],
-                                                    strict=True):
+    for classification_data, invocation_data in zip(
+        classification_output["data"], invocation_output["data"], strict=True
+    ):
         assert classification_data.keys() == invocation_data.keys()
         assert classification_data["probs"] == pytest.approx(invocation_data["probs"], rel=0.01)
 
@@ -189,8 +223,10 @@ def test_invocations(server: RemoteOpenAIServer, request_args):
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_use_activation(server: RemoteOpenAIServer, model_name: str):
     def get_outputs(use_activation):
-        response = requests.post(server.url_for("classify"), json={
-            "model": model_name, "input": input_text, "use_activation": use_activation})
+        response = requests.post(
+            server.url_for("classify"),
+            json={"model": model_name, "input": input_text, "use_activation": use_activation},
+        )
         outputs = response.json()
         return torch.tensor([x["probs"] for x in outputs["data"]])
 
@@ -199,29 +235,38 @@ def test_use_activation(server: RemoteOpenAIServer, model_name: str):
     wo_activation = get_outputs(use_activation=False)
 
     assert torch.allclose(default, w_activation, atol=1e-2), "Default should use activation."
-    assert not torch.allclose(w_activation, wo_activation, atol=1e-2), "wo_activation should not use activation."
+    assert not torch.allclose(w_activation, wo_activation, atol=1e-2), (
+        "wo_activation should not use activation."
+    )
     assert torch.allclose(F.softmax(wo_activation, dim=-1), w_activation, atol=1e-2), (
-        "w_activation should be close to activation(wo_activation).")
+        "w_activation should be close to activation(wo_activation)."
+    )
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_score(server: RemoteOpenAIServer, model_name: str):
     # Scoring API is only enabled for num_labels == 1.
-    response = requests.post(server.url_for("score"), json={"model": model_name, "queries": "ping", "documents": "pong"})
+    response = requests.post(
+        server.url_for("score"), json={"model": model_name, "queries": "ping", "documents": "pong"}
+    )
     assert response.json()["detail"] == "Not Found"
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_rerank(server: RemoteOpenAIServer, model_name: str):
     # Scoring API is only enabled for num_labels == 1.
-    response = requests.post(server.url_for("rerank"), json={"model": model_name, "query": "ping", "documents": ["pong"]})
+    response = requests.post(
+        server.url_for("rerank"), json={"model": model_name, "query": "ping", "documents": ["pong"]}
+    )
     assert response.json()["detail"] == "Not Found"
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_pooling_classify(server: RemoteOpenAIServer, model_name: str):
-    response = requests.post(server.url_for("pooling"), json={
-        "model": model_name, "input": input_text, "encoding_format": "float", "task": "classify"})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "input": input_text, "encoding_format": "float", "task": "classify"},
+    )
     poolings = PoolingResponse.model_validate(response.json())
     assert len(poolings.data) == 1
     assert len(poolings.data[0].data) == 2
@@ -230,8 +275,10 @@ def test_pooling_classify(server: RemoteOpenAIServer, model_name: str):
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 @pytest.mark.parametrize("task", ["embed", "token_embed", "token_classify", "plugin"])
 def test_pooling_not_supported(server: RemoteOpenAIServer, model_name: str, task: str, input_tokens):
-    response = requests.post(server.url_for("pooling"), json={
-        "model": model_name, "input": input_text, "encoding_format": "float", "task": task})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "input": input_text, "encoding_format": "float", "task": task},
+    )
     if task != "plugin":
         # Extension here (vLLM: 400 "Unsupported task" / "Try switching the model's pooling_task"): served.
         data = PoolingResponse.model_validate(response.json()).data[0].data

@@ -42,7 +42,9 @@ class _HFCrossEncoder:
 
     def __init__(self, path) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(path), torch_dtype=torch.float32).eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), torch_dtype=torch.float32
+        ).eval()
 
     @torch.no_grad()
     def predict(self, pairs: list[list[str]]) -> torch.Tensor:
@@ -67,16 +69,25 @@ def test_basic(server: RemoteOpenAIServer, hf_model):
     assert response.json()["tokens"] == hf_model.tokenizer(input_text)["input_ids"]
 
 
-@pytest.mark.parametrize("fields,text_pairs", [
-    ({"queries": TEXTS_1[0], "documents": TEXTS_2[0]}, [[TEXTS_1[0], TEXTS_2[0]]]),
-    ({"queries": TEXTS_1[0], "documents": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[0], TEXTS_2[1]]]),
-    ({"queries": TEXTS_1, "documents": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[1], TEXTS_2[1]]]),
-    ({"queries": TEXTS_1, "items": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[1], TEXTS_2[1]]]),
-    ({"text_1": TEXTS_1, "text_2": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[1], TEXTS_2[1]]]),
-    ({"data_1": TEXTS_1, "data_2": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[1], TEXTS_2[1]]]),
-], ids=["test_score_api_queries_str_1_documents_str_1", "test_score_api_queries_str_1_documents_str_n",
-        "test_score_api_queries_str_n_documents_str_n", "test_score_api_queries_vs_items",
-        "test_score_api_text_1_vs_text_2", "test_score_api_data_1_vs_data_2"])
+@pytest.mark.parametrize(
+    "fields,text_pairs",
+    [
+        ({"queries": TEXTS_1[0], "documents": TEXTS_2[0]}, [[TEXTS_1[0], TEXTS_2[0]]]),
+        ({"queries": TEXTS_1[0], "documents": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[0], TEXTS_2[1]]]),
+        ({"queries": TEXTS_1, "documents": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[1], TEXTS_2[1]]]),
+        ({"queries": TEXTS_1, "items": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[1], TEXTS_2[1]]]),
+        ({"text_1": TEXTS_1, "text_2": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[1], TEXTS_2[1]]]),
+        ({"data_1": TEXTS_1, "data_2": TEXTS_2}, [[TEXTS_1[0], TEXTS_2[0]], [TEXTS_1[1], TEXTS_2[1]]]),
+    ],
+    ids=[
+        "test_score_api_queries_str_1_documents_str_1",
+        "test_score_api_queries_str_1_documents_str_n",
+        "test_score_api_queries_str_n_documents_str_n",
+        "test_score_api_queries_vs_items",
+        "test_score_api_text_1_vs_text_2",
+        "test_score_api_data_1_vs_data_2",
+    ],
+)
 def test_score_api(hf_model, server: RemoteOpenAIServer, fields, text_pairs):
     """vLLM's six ``test_score_api_*`` tests (its ``queries_vs_documents`` is ``str_n_documents_str_n`` again)."""
     score_response = requests.post(server.url_for("score"), json={"model": MODEL_NAME, **fields})
@@ -99,7 +110,12 @@ def test_rerank_api(server: RemoteOpenAIServer, hf_model, top_n):
     documents = ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]
     if top_n:
         documents.append("Cross-encoder models are neat")
-    body = {"model": MODEL_NAME, "query": query, "documents": documents, **({"top_n": top_n} if top_n else {})}
+    body = {
+        "model": MODEL_NAME,
+        "query": query,
+        "documents": documents,
+        **({"top_n": top_n} if top_n else {}),
+    }
     rerank_response = requests.post(server.url_for("rerank"), json=body)
     rerank_response.raise_for_status()
     rerank = RerankResponse.model_validate(rerank_response.json())
@@ -119,8 +135,9 @@ def test_rerank_api(server: RemoteOpenAIServer, hf_model, top_n):
 def test_rerank_api_max_model_len(server: RemoteOpenAIServer):
     query = "What is the capital of France?" * 100
     documents = ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]
-    rerank_response = requests.post(server.url_for("rerank"), json={"model": MODEL_NAME, "query": query,
-                                                                    "documents": documents})
+    rerank_response = requests.post(
+        server.url_for("rerank"), json={"model": MODEL_NAME, "query": query, "documents": documents}
+    )
     assert rerank_response.status_code == 400
     assert "max_model_len=100" in rerank_response.text  # vLLM: "Please reduce the length of the input prompt"
 
@@ -128,16 +145,21 @@ def test_rerank_api_max_model_len(server: RemoteOpenAIServer):
 def test_score_api_max_model_len(server: RemoteOpenAIServer):
     queries = "What is the capital of France?" * 20
     documents = ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]
-    score_response = requests.post(server.url_for("score"), json={"model": MODEL_NAME, "queries": queries,
-                                                                  "documents": documents})
+    score_response = requests.post(
+        server.url_for("score"), json={"model": MODEL_NAME, "queries": queries, "documents": documents}
+    )
     assert score_response.status_code == 400
     assert "max_model_len=100" in score_response.text
 
     # Test truncation
-    score_response = requests.post(server.url_for("score"), json={
-        "model": MODEL_NAME, "queries": queries, "documents": documents, "truncate_prompt_tokens": 101})
+    score_response = requests.post(
+        server.url_for("score"),
+        json={"model": MODEL_NAME, "queries": queries, "documents": documents, "truncate_prompt_tokens": 101},
+    )
     assert score_response.status_code == 400
-    assert "truncate_prompt_tokens" in score_response.text  # vLLM: "Please request a smaller truncation size."
+    assert (
+        "truncate_prompt_tokens" in score_response.text
+    )  # vLLM: "Please request a smaller truncation size."
 
 
 def test_invocations(server: RemoteOpenAIServer):
@@ -153,42 +175,62 @@ def test_invocations(server: RemoteOpenAIServer):
     rerank_output = rerank_response.json()
     invocation_output = invocation_response.json()
     assert rerank_output.keys() == invocation_output.keys()
-    for rerank_result, invocations_result in zip(rerank_output["results"], invocation_output["results"], strict=True):
+    for rerank_result, invocations_result in zip(
+        rerank_output["results"], invocation_output["results"], strict=True
+    ):
         assert rerank_result.keys() == invocations_result.keys()
-        assert rerank_result["relevance_score"] == pytest.approx(invocations_result["relevance_score"], rel=0.01)
+        assert rerank_result["relevance_score"] == pytest.approx(
+            invocations_result["relevance_score"], rel=0.01
+        )
 
 
 def test_use_activation(server: RemoteOpenAIServer):
     def get_outputs(use_activation):
         query = "What is the capital of France?"
         documents = ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]
-        response = requests.post(server.url_for("rerank"), json={
-            "model": MODEL_NAME, "query": query, "documents": documents, "use_activation": use_activation})
+        response = requests.post(
+            server.url_for("rerank"),
+            json={
+                "model": MODEL_NAME,
+                "query": query,
+                "documents": documents,
+                "use_activation": use_activation,
+            },
+        )
         outputs = response.json()
         # sorted by index: the order by relevance may differ with and without the sigmoid only on ties
-        return torch.tensor([x["relevance_score"] for x in sorted(outputs["results"], key=lambda r: r["index"])])
+        return torch.tensor(
+            [x["relevance_score"] for x in sorted(outputs["results"], key=lambda r: r["index"])]
+        )
 
     default = get_outputs(use_activation=None)
     w_activation = get_outputs(use_activation=True)
     wo_activation = get_outputs(use_activation=False)
 
     assert torch.allclose(default, w_activation, atol=1e-2), "Default should use activation."
-    assert not torch.allclose(w_activation, wo_activation, atol=1e-2), "wo_activation should not use activation."
+    assert not torch.allclose(w_activation, wo_activation, atol=1e-2), (
+        "wo_activation should not use activation."
+    )
     assert torch.allclose(F.sigmoid(wo_activation), w_activation, atol=1e-2), (
-        "w_activation should be close to activation(wo_activation).")
+        "w_activation should be close to activation(wo_activation)."
+    )
 
 
 def test_pooling_classify(server: RemoteOpenAIServer):
-    response = requests.post(server.url_for("pooling"), json={
-        "model": MODEL_NAME, "input": input_text, "encoding_format": "float", "task": "classify"})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": MODEL_NAME, "input": input_text, "encoding_format": "float", "task": "classify"},
+    )
     poolings = PoolingResponse.model_validate(response.json())
     assert len(poolings.data) == 1
     assert len(poolings.data[0].data) == 1
 
 
 def test_pooling_token_classify(server: RemoteOpenAIServer, hf_model):
-    response = requests.post(server.url_for("pooling"), json={
-        "model": MODEL_NAME, "task": "token_classify", "input": input_text, "encoding_format": "float"})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": MODEL_NAME, "task": "token_classify", "input": input_text, "encoding_format": "float"},
+    )
     poolings = PoolingResponse.model_validate(response.json())
     assert len(poolings.data) == 1
     assert len(poolings.data[0].data) == len(hf_model.tokenizer(input_text)["input_ids"])
@@ -199,8 +241,15 @@ def test_rerank_max_tokens_per_doc(server: RemoteOpenAIServer):
     query = "What is the capital of France?"
     long_doc = "The capital of France is Paris. " * 50
     short_doc = "The capital of Brazil is Brasilia."
-    rerank_response = requests.post(server.url_for("rerank"), json={
-        "model": MODEL_NAME, "query": query, "documents": [long_doc, short_doc], "max_tokens_per_doc": 10})
+    rerank_response = requests.post(
+        server.url_for("rerank"),
+        json={
+            "model": MODEL_NAME,
+            "query": query,
+            "documents": [long_doc, short_doc],
+            "max_tokens_per_doc": 10,
+        },
+    )
     rerank_response.raise_for_status()
     rerank = RerankResponse.model_validate(rerank_response.json())
     assert rerank.id is not None
@@ -212,13 +261,17 @@ def test_rerank_max_tokens_per_doc(server: RemoteOpenAIServer):
 def test_rerank_max_tokens_per_doc_reduces_tokens(server: RemoteOpenAIServer):
     query = "What is the capital of France?"
     long_doc = "The capital of France is Paris. " * 10
-    response_no_limit = requests.post(server.url_for("rerank"), json={
-        "model": MODEL_NAME, "query": query, "documents": [long_doc], "truncate_prompt_tokens": 99})
+    response_no_limit = requests.post(
+        server.url_for("rerank"),
+        json={"model": MODEL_NAME, "query": query, "documents": [long_doc], "truncate_prompt_tokens": 99},
+    )
     response_no_limit.raise_for_status()
     rerank_no_limit = RerankResponse.model_validate(response_no_limit.json())
 
-    response_with_limit = requests.post(server.url_for("rerank"), json={
-        "model": MODEL_NAME, "query": query, "documents": [long_doc], "max_tokens_per_doc": 10})
+    response_with_limit = requests.post(
+        server.url_for("rerank"),
+        json={"model": MODEL_NAME, "query": query, "documents": [long_doc], "max_tokens_per_doc": 10},
+    )
     response_with_limit.raise_for_status()
     rerank_with_limit = RerankResponse.model_validate(response_with_limit.json())
     assert rerank_with_limit.usage.prompt_tokens < rerank_no_limit.usage.prompt_tokens
@@ -228,13 +281,17 @@ def test_rerank_max_tokens_per_doc_validation(server: RemoteOpenAIServer):
     query = "What is the capital of France?"
     documents = ["The capital of France is Paris."]
     # vLLM 0.33's source: 0 is "no cut" (the stored test, older, expects a 400 there).
-    response = requests.post(server.url_for("rerank"), json={
-        "model": MODEL_NAME, "query": query, "documents": documents, "max_tokens_per_doc": 0})
+    response = requests.post(
+        server.url_for("rerank"),
+        json={"model": MODEL_NAME, "query": query, "documents": documents, "max_tokens_per_doc": 0},
+    )
     assert response.status_code == 200
     # negative (a schema error: vLLM's param "body.<field>"), and not below max_model_len (the route's check)
     for bad, param in ((-5, "body.max_tokens_per_doc"), (100, None)):
-        response = requests.post(server.url_for("rerank"), json={
-            "model": MODEL_NAME, "query": query, "documents": documents, "max_tokens_per_doc": bad})
+        response = requests.post(
+            server.url_for("rerank"),
+            json={"model": MODEL_NAME, "query": query, "documents": documents, "max_tokens_per_doc": bad},
+        )
         assert response.status_code == 400
         assert "max_tokens_per_doc" in response.text and response.json()["error"]["param"] == param
 
@@ -242,8 +299,10 @@ def test_rerank_max_tokens_per_doc_validation(server: RemoteOpenAIServer):
 def test_score_max_tokens_per_doc_with_score_template(server: RemoteOpenAIServer):
     query = "What is the capital of France?"
     long_doc = "The capital of France is Paris. " * 20
-    rerank_response = requests.post(server.url_for("rerank"), json={
-        "model": MODEL_NAME, "query": query, "documents": [long_doc], "max_tokens_per_doc": 15})
+    rerank_response = requests.post(
+        server.url_for("rerank"),
+        json={"model": MODEL_NAME, "query": query, "documents": [long_doc], "max_tokens_per_doc": 15},
+    )
     rerank_response.raise_for_status()
     rerank = RerankResponse.model_validate(rerank_response.json())
     assert rerank.results is not None
@@ -253,8 +312,10 @@ def test_score_max_tokens_per_doc_with_score_template(server: RemoteOpenAIServer
 
 @pytest.mark.parametrize("task", ["embed", "token_embed", "plugin"])
 def test_pooling_not_supported(server: RemoteOpenAIServer, task: str):
-    response = requests.post(server.url_for("pooling"), json={
-        "model": MODEL_NAME, "input": input_text, "encoding_format": "float", "task": task})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": MODEL_NAME, "input": input_text, "encoding_format": "float", "task": task},
+    )
     if task != "plugin":  # served here (extension)
         assert response.status_code == 200 and len(response.json()["data"]) == 1
         return

@@ -90,7 +90,8 @@ def test_pooling_params(llm: LLM):
     assert torch.allclose(default, w_normal, atol=1e-2), "Default should use normal."
     assert not torch.allclose(w_normal, wo_normal, atol=1e-2), "wo_normal should not use normal."
     assert torch.allclose(w_normal, F.normalize(wo_normal, p=2, dim=-1), atol=1e-2), (
-        "w_normal should be close to normal(wo_normal).")
+        "w_normal should be close to normal(wo_normal)."
+    )
 
 
 @pytest.mark.parametrize("task", ["token_embed", "classify", "token_classify"])

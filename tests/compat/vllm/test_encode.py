@@ -27,8 +27,14 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def llm(e5_like):
-    llm = LLM(str(e5_like), max_model_len=None, max_num_batched_tokens=32768, tensor_parallel_size=1,
-              enforce_eager=True, seed=0)
+    llm = LLM(
+        str(e5_like),
+        max_model_len=None,
+        max_num_batched_tokens=32768,
+        tensor_parallel_size=1,
+        enforce_eager=True,
+        seed=0,
+    )
     yield weakref.proxy(llm)
     del llm
 
@@ -64,14 +70,24 @@ def test_right_side_truncation(llm: LLM):
     tokenizer = llm.get_tokenizer()
     assert tokenizer.truncation_side == "right"
     ids = tokenizer(PROMPTS[1])["input_ids"]
-    (default,) = llm.encode(PROMPTS[1], pooling_task="embed", tokenization_kwargs={"truncate_prompt_tokens": 3})
-    (kept_first,) = llm.encode(PROMPTS[1], pooling_task="embed",
-                               tokenization_kwargs={"truncate_prompt_tokens": 3, "truncation_side": "right"})
-    (kept_last,) = llm.encode(PROMPTS[1], pooling_task="embed",
-                              tokenization_kwargs={"truncate_prompt_tokens": 3, "truncation_side": "left"})
+    (default,) = llm.encode(
+        PROMPTS[1], pooling_task="embed", tokenization_kwargs={"truncate_prompt_tokens": 3}
+    )
+    (kept_first,) = llm.encode(
+        PROMPTS[1],
+        pooling_task="embed",
+        tokenization_kwargs={"truncate_prompt_tokens": 3, "truncation_side": "right"},
+    )
+    (kept_last,) = llm.encode(
+        PROMPTS[1],
+        pooling_task="embed",
+        tokenization_kwargs={"truncate_prompt_tokens": 3, "truncation_side": "left"},
+    )
     assert default.prompt_token_ids == ids[:3]
     assert kept_first.prompt_token_ids == ids[:3]
     assert kept_last.prompt_token_ids == ids[-3:]
     # vLLM's truncation=True cuts to max_length.
-    (cut,) = llm.encode(PROMPTS[1], pooling_task="embed", tokenization_kwargs={"truncation": True, "max_length": 2})
+    (cut,) = llm.encode(
+        PROMPTS[1], pooling_task="embed", tokenization_kwargs={"truncation": True, "max_length": 2}
+    )
     assert cut.prompt_token_ids == ids[:2]

@@ -100,19 +100,32 @@ def test_habit_arguments_on_a_real_llm(reranker_like, tmp_path):
     template.write_text("{% for m in messages %}{{ m['content'] }}|{% endfor %}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        llm = LLM(str(reranker_like), device="cpu", gpu_memory_utilization=0.75, max_num_seqs=8,
-                  enable_prefix_caching=True, swap_space=4, kv_cache_dtype="fp8", disable_log_stats=True,
-                  served_model_name=["rm", "alias"], chat_template=str(template), tokenizer_revision=None,
-                  task="reward")
+        llm = LLM(
+            str(reranker_like),
+            device="cpu",
+            gpu_memory_utilization=0.75,
+            max_num_seqs=8,
+            enable_prefix_caching=True,
+            swap_space=4,
+            kv_cache_dtype="fp8",
+            disable_log_stats=True,
+            served_model_name=["rm", "alias"],
+            chat_template=str(template),
+            tokenizer_revision=None,
+            task="reward",
+        )
     messages = [str(w.message) for w in caught if issubclass(w.category, IgnoredEngineArgWarning)]
     for name in ("gpu_memory_utilization", "max_num_seqs", "swap_space", "kv_cache_dtype"):
         assert sum(f"LLM({name}=" in m for m in messages) == 1, name
     assert any("`reward` task was removed; use `token_classify`" in m for m in messages)
     # enable_prefix_caching is honoured (the cross-call prefix cache): no warning.
-    assert not any("disable_log_stats" in m or "served_model_name" in m or "enable_prefix_caching" in m
-                   for m in messages)
+    assert not any(
+        "disable_log_stats" in m or "served_model_name" in m or "enable_prefix_caching" in m for m in messages
+    )
     assert llm.model_info().model == "rm"
-    assert llm.render_chat([[{"role": "user", "content": "hi"}]]) == [llm.get_tokenizer()("hi|", add_special_tokens=False)["input_ids"]]
+    assert llm.render_chat([[{"role": "user", "content": "hi"}]]) == [
+        llm.get_tokenizer()("hi|", add_special_tokens=False)["input_ids"]
+    ]
     with pytest.raises(ValueError, match="RayWorkerPool"):
         LLM(str(reranker_like), device="cpu", data_parallel_size=2)
 
@@ -129,10 +142,22 @@ def test_skip_tokenizer_init_and_task(reranker_like):
 def test_engine_args_cli_and_from_engine_args(reranker_like):
     parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
     parser.set_defaults(model=str(reranker_like), runner="pooling")
-    args = parser.parse_args(["--max_model_len", "128", "--enforce-eager", "--pooler-config",
-                              '{"seq_pooling_type": "MEAN", "use_activation": false}'])
-    assert vars(args) == {"model": str(reranker_like), "runner": "pooling", "max_model_len": 128,
-                          "enforce_eager": True, "pooler_config": {"seq_pooling_type": "MEAN", "use_activation": False}}
+    args = parser.parse_args(
+        [
+            "--max_model_len",
+            "128",
+            "--enforce-eager",
+            "--pooler-config",
+            '{"seq_pooling_type": "MEAN", "use_activation": false}',
+        ]
+    )
+    assert vars(args) == {
+        "model": str(reranker_like),
+        "runner": "pooling",
+        "max_model_len": 128,
+        "enforce_eager": True,
+        "pooler_config": {"seq_pooling_type": "MEAN", "use_activation": False},
+    }
     llm = LLM.from_engine_args(EngineArgs.from_cli_args(args))
     assert llm.max_model_len == 128
     assert llm.pooler_config_for("classify").pooling_type == "MEAN"
@@ -143,9 +168,22 @@ def test_engine_args_cli_and_from_engine_args(reranker_like):
 def test_pooler_config_vllm_033_fields():
     # vLLM's documented form, its JSON CLI form, and the alias.
     c = PoolerConfig(seq_pooling_type="MEAN", use_activation=False)
-    assert (c.seq_pooling_type, c.tok_pooling_type, c.type_for("embed"), c.type_for("token_embed")) == ("MEAN", None, "MEAN", None)
-    j = PoolerConfig.from_any(json.dumps({"tok_pooling_type": "STEP", "step_tag_id": 3, "returned_token_ids": [1, 2],
-                                          "task": "token_classify"}))
+    assert (c.seq_pooling_type, c.tok_pooling_type, c.type_for("embed"), c.type_for("token_embed")) == (
+        "MEAN",
+        None,
+        "MEAN",
+        None,
+    )
+    j = PoolerConfig.from_any(
+        json.dumps(
+            {
+                "tok_pooling_type": "STEP",
+                "step_tag_id": 3,
+                "returned_token_ids": [1, 2],
+                "task": "token_classify",
+            }
+        )
+    )
     assert j.is_step and j.task == "token_classify"
     assert PoolerConfig(pooling_type="step").tok_pooling_type == "STEP"
     assert PoolerConfig(pooling_type="CLS").seq_pooling_type == "CLS"
@@ -195,8 +233,10 @@ def test_score_follows_the_models_pooling_task(e5_like, reranker_like):
     assert scores == pytest.approx([F.cosine_similarity(q, x, dim=0).item() for x in d], abs=1e-6)
     late = LLM(str(e5_like), device="cpu", pooler_config={"task": "token_embed"})
     (maxsim,) = late.score("capital of France?", docs[0])
-    qt, dt = [F.normalize(o.outputs.data, dim=-1) for o in late.encode(["capital of France?", docs[0]],
-                                                                     pooling_task="token_embed")]
+    qt, dt = [
+        F.normalize(o.outputs.data, dim=-1)
+        for o in late.encode(["capital of France?", docs[0]], pooling_task="token_embed")
+    ]
     assert maxsim.outputs.score == pytest.approx((qt @ dt.T).amax(dim=-1).sum().item(), abs=1e-5)
     # A reranker converted from an LLM (config.use_sep_token false) scores query + document as one text.
     rr = LLM(str(reranker_like), device="cpu", hf_overrides={"use_sep_token": False})
@@ -208,13 +248,14 @@ def test_score_follows_the_models_pooling_task(e5_like, reranker_like):
 
 # vLLM's examples/pooling/score/template/qwen3_reranker.jinja (GitHub commit 5d6a1c2492914feea387f49a86eacdc3f99b29a1).
 QWEN3_RERANKER_TEMPLATE = (
-    '<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct '
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
     'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n<Instruct>: {{ '
     'instruction | default(instruct | default(messages | selectattr("role", "eq", "system") | map(attribute="content")'
     ' | first | default("Given a web search query, retrieve relevant passages that answer the query", true), true), '
     'true) }}\n<Query>: {{ messages | selectattr("role", "eq", "query") | map(attribute="content") | first }}\n'
     '<Document>: {{ messages | selectattr("role", "eq", "document") | map(attribute="content") | first }}<|im_end|>\n'
-    '<|im_start|>assistant\n<think>\n\n</think>\n\n')
+    "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
 
 
 def test_original_qwen3_reranker_scores_with_vllms_template(checkpoint_factory):
@@ -223,14 +264,20 @@ def test_original_qwen3_reranker_scores_with_vllms_template(checkpoint_factory):
     from transformers import AutoModelForCausalLM
 
     lm = checkpoint_factory("Qwen3ForCausalLM", seed=171)
-    overrides = {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["-", "+"],
-                 "is_original_qwen3_reranker": True}
+    overrides = {
+        "architectures": ["Qwen3ForSequenceClassification"],
+        "classifier_from_token": ["-", "+"],
+        "is_original_qwen3_reranker": True,
+    }
     llm = LLM(str(lm), device="cpu", hf_overrides=overrides)
     query, doc = "What is 2 + 2?", "2 + 2 = 4"
     (out,) = llm.score(query, doc, chat_template=QWEN3_RERANKER_TEMPLATE)
     tok = llm.get_tokenizer()
-    text = tok.apply_chat_template([{"role": "query", "content": query}, {"role": "document", "content": doc}],
-                                   chat_template=QWEN3_RERANKER_TEMPLATE, tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "query", "content": query}, {"role": "document", "content": doc}],
+        chat_template=QWEN3_RERANKER_TEMPLATE,
+        tokenize=False,
+    )
     ids = tok(text)["input_ids"]
     assert "<Query>: What is 2 + 2?" in text and out.prompt_token_ids == ids
     model = AutoModelForCausalLM.from_pretrained(str(lm), dtype=torch.float32).eval()

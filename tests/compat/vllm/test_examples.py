@@ -50,7 +50,7 @@ def hf_api():
     return _Api()
 '''
 
-DRIVER = '''
+DRIVER = """
 import json, runpy, sys, warnings
 warnings.simplefilter("default")
 for name, path in json.loads(sys.argv[1]):
@@ -58,7 +58,7 @@ for name, path in json.loads(sys.argv[1]):
     sys.argv = [path]
     runpy.run_path(path, run_name="__main__")
 print("=== done", flush=True)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +66,28 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("example-models")
     long = {"max_position_embeddings": 2048}
     paths = {
-        "Skywork/Skywork-Reward-V2-Qwen3-0.6B": build_checkpoint("Qwen3ForSequenceClassification", root / "skywork",
-                                                                  num_labels=1, seed=161, **long),
-        "internlm/internlm2-1_8b-reward": build_checkpoint("InternLM2ForRewardModel", root / "internlm2", seed=162,
-                                                           **long),
-        "jason9693/Qwen2.5-1.5B-apeach": build_checkpoint("Qwen3ForSequenceClassification", root / "apeach",
-                                                          num_labels=2, seed=163),
+        "Skywork/Skywork-Reward-V2-Qwen3-0.6B": build_checkpoint(
+            "Qwen3ForSequenceClassification", root / "skywork", num_labels=1, seed=161, **long
+        ),
+        "internlm/internlm2-1_8b-reward": build_checkpoint(
+            "InternLM2ForRewardModel", root / "internlm2", seed=162, **long
+        ),
+        "jason9693/Qwen2.5-1.5B-apeach": build_checkpoint(
+            "Qwen3ForSequenceClassification", root / "apeach", num_labels=2, seed=163
+        ),
         "intfloat/e5-small": build_checkpoint("Qwen3Model", root / "e5", seed=164),
-        "BAAI/bge-reranker-v2-m3": build_checkpoint("Qwen3ForSequenceClassification", root / "reranker",
-                                                    num_labels=1, seed=165),
+        "BAAI/bge-reranker-v2-m3": build_checkpoint(
+            "Qwen3ForSequenceClassification", root / "reranker", num_labels=1, seed=165
+        ),
     }
-    adapter = build_adapter(paths["Skywork/Skywork-Reward-V2-Qwen3-0.6B"], root / "reward-lora", r=8,
-                            target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS", modules_to_save=["score"])
+    adapter = build_adapter(
+        paths["Skywork/Skywork-Reward-V2-Qwen3-0.6B"],
+        root / "reward-lora",
+        r=8,
+        target_modules=["q_proj", "v_proj"],
+        task_type="SEQ_CLS",
+        modules_to_save=["score"],
+    )
     return {k: str(v) for k, v in paths.items()}, {"AmirMohseni/skywork-qwen3-0.6b-reward-lora": str(adapter)}
 
 
@@ -100,10 +110,20 @@ def run(models, tmp_path_factory):
         path = folder / Path(key.split("@")[0]).name
         path.write_text(rewrite(source, model_paths))
         scripts.append((key.split("@")[0], str(path)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO_ROOT)]), "TINY_HUB": json.dumps(hub),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(scripts)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(folder), str(REPO_ROOT)]),
+        "TINY_HUB": json.dumps(hub),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(scripts)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     sections = dict(re.findall(r"=== (\S+)\n(.*?)(?==== )", proc.stdout, flags=re.S))
     return sections, proc.stderr, model_paths
@@ -121,8 +141,12 @@ def test_sequence_reward_example_prints_the_engines_rewards(run):
     out = sections["examples/pooling/reward/sequence_reward_offline.py"]
     printed = [float(x) for x in re.findall(r"Reward: \[(-?[\d.e-]+)\] \(size=1\)", out)]
     llm = LLM(paths["Skywork/Skywork-Reward-V2-Qwen3-0.6B"], device="cpu")
-    prompts = ["Hello, my name is", "The president of the United States is", "The capital of France is",
-               "The future of AI is"]
+    prompts = [
+        "Hello, my name is",
+        "The president of the United States is",
+        "The capital of France is",
+        "The future of AI is",
+    ]
     expected = [o.outputs.data.item() for o in llm.encode(prompts, pooling_task="classify")]
     assert printed == pytest.approx(expected, abs=1e-4)  # the subprocess may run on another device
     assert all(0.0 < x < 1.0 for x in printed)  # vLLM's default: the sigmoid
@@ -139,7 +163,13 @@ def test_classify_embed_lora_and_score_examples(run):
     assert sections["examples/basic/offline_inference/classify.py"].count("(size=2)") == 4
     embed = sections["examples/basic/offline_inference/embed.py"]
     assert embed.count("(size=64)") == 4
-    probs = re.findall(r"Class Probabilities: \[(.*)\]", sections["examples/pooling/classify/classification_with_lora_offline.py"])
+    probs = re.findall(
+        r"Class Probabilities: \[(.*)\]",
+        sections["examples/pooling/classify/classification_with_lora_offline.py"],
+    )
     assert len(probs) == 1 and 0.0 < float(probs[0]) < 1.0
-    scores = [float(x) for x in re.findall(r"Score: (-?[\d.e-]+)", sections["examples/basic/offline_inference/score.py"])]
+    scores = [
+        float(x)
+        for x in re.findall(r"Score: (-?[\d.e-]+)", sections["examples/basic/offline_inference/score.py"])
+    ]
     assert len(scores) == 2 and all(0.0 < s < 1.0 for s in scores) and scores[0] != scores[1]

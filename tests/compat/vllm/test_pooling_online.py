@@ -102,33 +102,50 @@ def test_completion_request_batched(server: RemoteOpenAIServer, model_name: str,
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_conversation_pooling(server: RemoteOpenAIServer, model_name: str, tokenizer):
     chat_poolings = _poolings(server, {"model": model_name, "messages": MESSAGES, "encoding_format": "float"})
-    prompt = tokenizer.apply_chat_template(MESSAGES, chat_template=DUMMY_CHAT_TEMPLATE, add_generation_prompt=True,
-                                           continue_final_message=False, tokenize=False)
-    completion_poolings = _poolings(server, {"model": model_name, "input": prompt, "encoding_format": "float",
-                                             "add_special_tokens": False})  # To be consistent with chat
+    prompt = tokenizer.apply_chat_template(
+        MESSAGES,
+        chat_template=DUMMY_CHAT_TEMPLATE,
+        add_generation_prompt=True,
+        continue_final_message=False,
+        tokenize=False,
+    )
+    completion_poolings = _poolings(
+        server,
+        {"model": model_name, "input": prompt, "encoding_format": "float", "add_special_tokens": False},
+    )  # To be consistent with chat
 
     assert chat_poolings.id is not None
     assert completion_poolings.id is not None
     assert chat_poolings.created <= completion_poolings.created
     assert chat_poolings.model_dump(exclude={"id", "created"}) == (
-        completion_poolings.model_dump(exclude={"id", "created"}))
+        completion_poolings.model_dump(exclude={"id", "created"})
+    )
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_batch_base64_pooling(server: RemoteOpenAIServer, model_name: str):
     input_texts = ["Hello my name is", "The best thing about vLLM is that it supports many different models"]
-    responses_float = _poolings(server, {"input": input_texts, "model": model_name, "encoding_format": "float"})
+    responses_float = _poolings(
+        server, {"input": input_texts, "model": model_name, "encoding_format": "float"}
+    )
     float_data = [np.array(d.data).squeeze(-1).tolist() for d in responses_float.data]
 
-    responses_base64 = _poolings(server, {"input": input_texts, "model": model_name, "encoding_format": "base64"})
-    decoded = [np.frombuffer(base64.b64decode(d.data), dtype="float32").tolist() for d in responses_base64.data]
-    check_embeddings_close(embeddings_0_lst=float_data, embeddings_1_lst=decoded, name_0="float32", name_1="base64")
+    responses_base64 = _poolings(
+        server, {"input": input_texts, "model": model_name, "encoding_format": "base64"}
+    )
+    decoded = [
+        np.frombuffer(base64.b64decode(d.data), dtype="float32").tolist() for d in responses_base64.data
+    ]
+    check_embeddings_close(
+        embeddings_0_lst=float_data, embeddings_1_lst=decoded, name_0="float32", name_1="base64"
+    )
 
     # Default response is float32 decoded from base64 by OpenAI Client
     responses_default = _poolings(server, {"input": input_texts, "model": model_name})
     default_data = [np.array(d.data).squeeze(-1).tolist() for d in responses_default.data]
-    check_embeddings_close(embeddings_0_lst=float_data, embeddings_1_lst=default_data, name_0="float32",
-                           name_1="default")
+    check_embeddings_close(
+        embeddings_0_lst=float_data, embeddings_1_lst=default_data, name_0="float32", name_1="default"
+    )
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
@@ -138,45 +155,80 @@ def test_embed_dtype_and_endianness(server: RemoteOpenAIServer, model_name: str,
     ``test_bytes_only_embed_dtype_and_endianness`` (the same loop over dtypes and byte orders)."""
     input_texts = [input_text] * 3
     url = server.url_for("pooling")
-    responses_float = _poolings(server, {"model": model_name, "input": input_texts, "encoding_format": "float"})
+    responses_float = _poolings(
+        server, {"model": model_name, "input": input_texts, "encoding_format": "float"}
+    )
     float_data = [np.array(d.data).squeeze(-1).tolist() for d in responses_float.data]
     n_tokens = responses_float.usage.prompt_tokens // len(input_texts)
 
     for embed_dtype in EMBED_DTYPES:
         for endianness in ENDIANNESS:
-            response = requests.post(url, json={"model": model_name, "input": input_texts,
-                                                "encoding_format": encoding_format, "embed_dtype": embed_dtype,
-                                                "endianness": endianness})
+            response = requests.post(
+                url,
+                json={
+                    "model": model_name,
+                    "input": input_texts,
+                    "encoding_format": encoding_format,
+                    "embed_dtype": embed_dtype,
+                    "endianness": endianness,
+                },
+            )
             if encoding_format == "base64":
-                got = [binary2tensor(base64.b64decode(d["data"]), (-1,), embed_dtype, endianness).to(torch.float32)
-                       .tolist() for d in response.json()["data"]]
+                got = [
+                    binary2tensor(base64.b64decode(d["data"]), (-1,), embed_dtype, endianness)
+                    .to(torch.float32)
+                    .tolist()
+                    for d in response.json()["data"]
+                ]
             else:
                 if encoding_format == "bytes":
                     items = [MetadataItem(**x) for x in json.loads(response.headers["metadata"])["data"]]
                 else:
                     assert "metadata" not in response.headers
-                    items = build_metadata_items(embed_dtype=embed_dtype, endianness=endianness, shape=(n_tokens, 1),
-                                                 n_request=len(input_texts))
-                got = [x.to(torch.float32).view(-1).tolist() for x in decode_pooling_output(items=items,
-                                                                                           body=response.content)]
-            check_embeddings_close(embeddings_0_lst=float_data, embeddings_1_lst=got, name_0="float_data",
-                                   name_1=f"{encoding_format}_data", tol=1e-2)
+                    items = build_metadata_items(
+                        embed_dtype=embed_dtype,
+                        endianness=endianness,
+                        shape=(n_tokens, 1),
+                        n_request=len(input_texts),
+                    )
+                got = [
+                    x.to(torch.float32).view(-1).tolist()
+                    for x in decode_pooling_output(items=items, body=response.content)
+                ]
+            check_embeddings_close(
+                embeddings_0_lst=float_data,
+                embeddings_1_lst=got,
+                name_0="float_data",
+                name_1=f"{encoding_format}_data",
+                tol=1e-2,
+            )
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 @pytest.mark.parametrize("param_name", ["encoding_format", "embed_dtype", "endianness"])
 def test_params_not_supported(server: RemoteOpenAIServer, model_name: str, param_name: str):
-    responses_base64 = requests.post(server.url_for("pooling"), json={
-        "model": model_name, "input": input_text, "encoding_format": "base64", param_name: f"bad_{param_name}"})
+    responses_base64 = requests.post(
+        server.url_for("pooling"),
+        json={
+            "model": model_name,
+            "input": input_text,
+            "encoding_format": "base64",
+            param_name: f"bad_{param_name}",
+        },
+    )
     assert responses_base64.status_code == 400
     assert "literal_error" in responses_base64.json()["error"]["message"]
     assert f"bad_{param_name}" in responses_base64.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("request_args", [
-    {"model": MODEL_NAME, "input": input_text, "encoding_format": "float"},
-    {"model": MODEL_NAME, "messages": MESSAGES, "encoding_format": "float"},
-], ids=["test_invocations", "test_invocations_conversation"])
+@pytest.mark.parametrize(
+    "request_args",
+    [
+        {"model": MODEL_NAME, "input": input_text, "encoding_format": "float"},
+        {"model": MODEL_NAME, "messages": MESSAGES, "encoding_format": "float"},
+    ],
+    ids=["test_invocations", "test_invocations_conversation"],
+)
 def test_invocations(server: RemoteOpenAIServer, request_args):
     pooling_response = requests.post(server.url_for("pooling"), json=request_args)
     pooling_response.raise_for_status()
@@ -188,5 +240,9 @@ def test_invocations(server: RemoteOpenAIServer, request_args):
     assert pooling_output.keys() == invocation_output.keys()
     for pooling_data, invocation_data in zip(pooling_output["data"], invocation_output["data"], strict=True):
         assert pooling_data.keys() == invocation_data.keys()
-        check_embeddings_close(embeddings_0_lst=pooling_data["data"], embeddings_1_lst=invocation_data["data"],
-                               name_0="completion", name_1="invocation")
+        check_embeddings_close(
+            embeddings_0_lst=pooling_data["data"],
+            embeddings_1_lst=invocation_data["data"],
+            name_0="completion",
+            name_1="invocation",
+        )

@@ -75,12 +75,17 @@ def test_pooling_params(llm: LLM):
         # The added Qwen2 RM parametrization: vLLM 0.32's Qwen2ForRewardModelConfig sets use_activation=False
         # when the pooler config leaves it unset, so this model's default is its raw score (checked against the
         # running vLLM in tests/compat/vllm_live/test_offline_token.py).
-        assert torch.allclose(default, wo_activation, atol=1e-2), "Qwen2ForRewardModel's default is the raw score."
+        assert torch.allclose(default, wo_activation, atol=1e-2), (
+            "Qwen2ForRewardModel's default is the raw score."
+        )
     else:
         assert torch.allclose(default, w_activation, atol=1e-2), "Default should use activation."
-    assert not torch.allclose(w_activation, wo_activation, atol=1e-2), "wo_activation should not use activation."
+    assert not torch.allclose(w_activation, wo_activation, atol=1e-2), (
+        "wo_activation should not use activation."
+    )
     assert torch.allclose(softmax(wo_activation), w_activation, atol=1e-2), (
-        "w_activation should be close to activation(wo_activation).")
+        "w_activation should be close to activation(wo_activation)."
+    )
 
 
 def test_reward_method_was_removed(llm: LLM):

@@ -27,21 +27,32 @@ input_text = "This product was excellent and exceeded my expectations"
 
 @pytest.fixture(scope="module")
 def server(apeach_like):
-    args = ["--max-model-len", "512", "--dtype", DTYPE, "--pooler-config", '{"pooling_task": "token_classify"}']
+    args = [
+        "--max-model-len",
+        "512",
+        "--dtype",
+        DTYPE,
+        "--pooler-config",
+        '{"pooling_task": "token_classify"}',
+    ]
     with RemoteOpenAIServer(apeach_like, args, MODEL_NAME) as remote_server:
         yield remote_server
 
 
 @pytest.fixture(scope="module")
 def n_tokens(apeach_like):
-    return len(AutoTokenizer.from_pretrained(str(apeach_like))(input_text)["input_ids"])  # 8 for the real model
+    return len(
+        AutoTokenizer.from_pretrained(str(apeach_like))(input_text)["input_ids"]
+    )  # 8 for the real model
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_pooling_token_classify(server: RemoteOpenAIServer, model_name: str, n_tokens):
     task = "token_classify"
-    response = requests.post(server.url_for("pooling"), json={
-        "model": model_name, "input": input_text, "encoding_format": "float", "task": task})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "input": input_text, "encoding_format": "float", "task": task},
+    )
     poolings = PoolingResponse.model_validate(response.json())
     assert len(poolings.data) == 1
     assert len(poolings.data[0].data) == n_tokens
@@ -58,8 +69,10 @@ def test_default_task_is_the_pooler_configs(server: RemoteOpenAIServer, model_na
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 @pytest.mark.parametrize("task", ["classify", "embed", "token_embed", "plugin"])
 def test_pooling_not_supported(server: RemoteOpenAIServer, model_name: str, task: str, n_tokens):
-    response = requests.post(server.url_for("pooling"), json={
-        "model": model_name, "input": input_text, "encoding_format": "float", "task": task})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "input": input_text, "encoding_format": "float", "task": task},
+    )
     if task != "plugin":  # served here (extension)
         shape = torch.tensor(PoolingResponse.model_validate(response.json()).data[0].data).shape
         assert shape == {"classify": (2,), "embed": (64,), "token_embed": (n_tokens, 64)}[task]

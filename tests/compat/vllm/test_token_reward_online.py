@@ -87,8 +87,9 @@ def test_basic(server: RemoteOpenAIServer, model_name: str, input_tokens):
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 def test_completion_request(server: RemoteOpenAIServer, model_name: str, input_tokens):
     # test input: str
-    response = requests.post(server.url_for("pooling"),
-                             json={"model": model_name, "input": input_text, "encoding_format": "float"})
+    response = requests.post(
+        server.url_for("pooling"), json={"model": model_name, "input": input_text, "encoding_format": "float"}
+    )
     response.raise_for_status()
     poolings = PoolingResponse.model_validate(response.json())
 
@@ -100,8 +101,10 @@ def test_completion_request(server: RemoteOpenAIServer, model_name: str, input_t
     assert poolings.usage.total_tokens == len(input_tokens)
 
     # test input: list[int]
-    response = requests.post(server.url_for("pooling"),
-                             json={"model": model_name, "input": input_tokens, "encoding_format": "float"})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "input": input_tokens, "encoding_format": "float"},
+    )
     response.raise_for_status()
     poolings = PoolingResponse.model_validate(response.json())
 
@@ -118,8 +121,10 @@ def test_completion_request_batched(server: RemoteOpenAIServer, model_name: str,
     N = 10
     input_texts = [input_text] * N
 
-    response = requests.post(server.url_for("pooling"),
-                             json={"model": model_name, "input": input_texts, "encoding_format": "float"})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "input": input_texts, "encoding_format": "float"},
+    )
     response.raise_for_status()
     poolings = PoolingResponse.model_validate(response.json())
 
@@ -131,8 +136,10 @@ def test_completion_request_batched(server: RemoteOpenAIServer, model_name: str,
     assert poolings.usage.total_tokens == len(input_tokens) * N
 
     # test list[list[int]]
-    response = requests.post(server.url_for("pooling"),
-                             json={"model": model_name, "input": [input_tokens] * N, "encoding_format": "float"})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "input": [input_tokens] * N, "encoding_format": "float"},
+    )
     response.raise_for_status()
     poolings = PoolingResponse.model_validate(response.json())
 
@@ -149,20 +156,30 @@ def test_chat_request(server: RemoteOpenAIServer, model_name: str, tokenizer):
     messages = MESSAGES
 
     # test chat request basic usage
-    chat_response = requests.post(server.url_for("pooling"),
-                                  json={"model": model_name, "messages": messages, "encoding_format": "float"})
+    chat_response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "messages": messages, "encoding_format": "float"},
+    )
     chat_response.raise_for_status()
     chat_poolings = PoolingResponse.model_validate(chat_response.json())
 
-    prompt = tokenizer.apply_chat_template(messages, chat_template=DUMMY_CHAT_TEMPLATE, add_generation_prompt=True,
-                                           continue_final_message=False, tokenize=False)
-    completions_response = requests.post(server.url_for("pooling"), json={
-        "model": model_name,
-        "input": prompt,
-        "encoding_format": "float",
-        # To be consistent with chat
-        "add_special_tokens": False,
-    })
+    prompt = tokenizer.apply_chat_template(
+        messages,
+        chat_template=DUMMY_CHAT_TEMPLATE,
+        add_generation_prompt=True,
+        continue_final_message=False,
+        tokenize=False,
+    )
+    completions_response = requests.post(
+        server.url_for("pooling"),
+        json={
+            "model": model_name,
+            "input": prompt,
+            "encoding_format": "float",
+            # To be consistent with chat
+            "add_special_tokens": False,
+        },
+    )
     completions_response.raise_for_status()
     completion_poolings = PoolingResponse.model_validate(completions_response.json())
 
@@ -170,22 +187,29 @@ def test_chat_request(server: RemoteOpenAIServer, model_name: str, tokenizer):
     assert completion_poolings.id is not None
     assert chat_poolings.created <= completion_poolings.created
     assert chat_poolings.model_dump(exclude={"id", "created"}) == (
-        completion_poolings.model_dump(exclude={"id", "created"}))
+        completion_poolings.model_dump(exclude={"id", "created"})
+    )
 
     # test add_generation_prompt
-    response = requests.post(server.url_for("pooling"),
-                             json={"model": model_name, "messages": messages, "add_generation_prompt": True})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "messages": messages, "add_generation_prompt": True},
+    )
     response.raise_for_status()
     output = PoolingResponse.model_validate(response.json())
 
     assert output.object == "list"
     assert len(output.data) == 1
     assert output.model == MODEL_NAME
-    assert output.usage.prompt_tokens == chat_len(tokenizer, add_generation_prompt=True)  # 33 for the real model
+    assert output.usage.prompt_tokens == chat_len(
+        tokenizer, add_generation_prompt=True
+    )  # 33 for the real model
 
     # test continue_final_message
-    response = requests.post(server.url_for("pooling"),
-                             json={"model": model_name, "messages": messages, "continue_final_message": True})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "messages": messages, "continue_final_message": True},
+    )
     response.raise_for_status()
     output = PoolingResponse.model_validate(response.json())
 
@@ -195,8 +219,10 @@ def test_chat_request(server: RemoteOpenAIServer, model_name: str, tokenizer):
     assert output.usage.prompt_tokens == chat_len(tokenizer, continue_final_message=True)  # 33
 
     # test add_special_tokens
-    response = requests.post(server.url_for("pooling"),
-                             json={"model": model_name, "messages": messages, "add_special_tokens": True})
+    response = requests.post(
+        server.url_for("pooling"),
+        json={"model": model_name, "messages": messages, "add_special_tokens": True},
+    )
     response.raise_for_status()
     output = PoolingResponse.model_validate(response.json())
 
@@ -206,10 +232,19 @@ def test_chat_request(server: RemoteOpenAIServer, model_name: str, tokenizer):
     assert output.usage.prompt_tokens == chat_len(tokenizer, add_special_tokens=True)  # 34
 
     # test continue_final_message with add_generation_prompt
-    response = requests.post(server.url_for("pooling"), json={
-        "model": model_name, "messages": messages, "continue_final_message": True, "add_generation_prompt": True})
-    assert ("Cannot set both `continue_final_message` and `add_generation_prompt` to True."
-            in response.json()["error"]["message"])
+    response = requests.post(
+        server.url_for("pooling"),
+        json={
+            "model": model_name,
+            "messages": messages,
+            "continue_final_message": True,
+            "add_generation_prompt": True,
+        },
+    )
+    assert (
+        "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+        in response.json()["error"]["message"]
+    )
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
@@ -219,36 +254,51 @@ def test_batch_base64_pooling(server: RemoteOpenAIServer, model_name: str):
         "The best thing about vLLM is that it supports many different models",
     ]
 
-    float_response = requests.post(server.url_for("pooling"),
-                                   json={"input": input_texts, "model": model_name, "encoding_format": "float"})
+    float_response = requests.post(
+        server.url_for("pooling"),
+        json={"input": input_texts, "model": model_name, "encoding_format": "float"},
+    )
     float_response.raise_for_status()
     responses_float = PoolingResponse.model_validate(float_response.json())
     float_data = [np.array(d.data).squeeze(-1).tolist() for d in responses_float.data]
 
-    base64_response = requests.post(server.url_for("pooling"),
-                                    json={"input": input_texts, "model": model_name, "encoding_format": "base64"})
+    base64_response = requests.post(
+        server.url_for("pooling"),
+        json={"input": input_texts, "model": model_name, "encoding_format": "base64"},
+    )
     base64_response.raise_for_status()
     responses_base64 = PoolingResponse.model_validate(base64_response.json())
 
     decoded_responses_base64_data = []
     for data in responses_base64.data:
-        decoded_responses_base64_data.append(np.frombuffer(base64.b64decode(data.data), dtype="float32").tolist())
+        decoded_responses_base64_data.append(
+            np.frombuffer(base64.b64decode(data.data), dtype="float32").tolist()
+        )
 
-    check_embeddings_close(embeddings_0_lst=float_data, embeddings_1_lst=decoded_responses_base64_data,
-                           name_0="float32", name_1="base64")
+    check_embeddings_close(
+        embeddings_0_lst=float_data,
+        embeddings_1_lst=decoded_responses_base64_data,
+        name_0="float32",
+        name_1="base64",
+    )
 
     # Default response is float32 decoded from base64 by OpenAI Client
-    default_response = requests.post(server.url_for("pooling"), json={"input": input_texts, "model": model_name})
+    default_response = requests.post(
+        server.url_for("pooling"), json={"input": input_texts, "model": model_name}
+    )
     default_response.raise_for_status()
     responses_default = PoolingResponse.model_validate(default_response.json())
     default_data = [np.array(d.data).squeeze(-1).tolist() for d in responses_default.data]
 
-    check_embeddings_close(embeddings_0_lst=float_data, embeddings_1_lst=default_data, name_0="float32",
-                           name_1="default")
+    check_embeddings_close(
+        embeddings_0_lst=float_data, embeddings_1_lst=default_data, name_0="float32", name_1="default"
+    )
 
 
 def _float_data(url: str, model_name: str, input_texts: list[str]):
-    float_response = requests.post(url, json={"model": model_name, "input": input_texts, "encoding_format": "float"})
+    float_response = requests.post(
+        url, json={"model": model_name, "input": input_texts, "encoding_format": "float"}
+    )
     responses_float = PoolingResponse.model_validate(float_response.json())
     return responses_float, [np.array(d.data).squeeze(-1).tolist() for d in responses_float.data]
 
@@ -262,9 +312,16 @@ def test_base64_embed_dtype_and_endianness(server: RemoteOpenAIServer, model_nam
 
     for embed_dtype in EMBED_DTYPES:
         for endianness in ENDIANNESS:
-            responses_base64 = requests.post(url, json={
-                "model": model_name, "input": input_texts, "encoding_format": "base64", "embed_dtype": embed_dtype,
-                "endianness": endianness})
+            responses_base64 = requests.post(
+                url,
+                json={
+                    "model": model_name,
+                    "input": input_texts,
+                    "encoding_format": "base64",
+                    "embed_dtype": embed_dtype,
+                    "endianness": endianness,
+                },
+            )
 
             base64_data = []
             for data in responses_base64.json()["data"]:
@@ -272,8 +329,13 @@ def test_base64_embed_dtype_and_endianness(server: RemoteOpenAIServer, model_nam
                 tensor = binary2tensor(binary, (-1,), embed_dtype, endianness)
                 base64_data.append(tensor.to(torch.float32).tolist())
 
-            check_embeddings_close(embeddings_0_lst=float_data, embeddings_1_lst=base64_data, name_0="float_data",
-                                   name_1="base64_data", tol=1e-2)
+            check_embeddings_close(
+                embeddings_0_lst=float_data,
+                embeddings_1_lst=base64_data,
+                name_0="float_data",
+                name_1="base64_data",
+                tol=1e-2,
+            )
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
@@ -285,9 +347,16 @@ def test_bytes_embed_dtype_and_endianness(server: RemoteOpenAIServer, model_name
 
     for embed_dtype in EMBED_DTYPES:
         for endianness in ENDIANNESS:
-            responses_bytes = requests.post(url, json={
-                "model": model_name, "input": input_texts, "encoding_format": "bytes", "embed_dtype": embed_dtype,
-                "endianness": endianness})
+            responses_bytes = requests.post(
+                url,
+                json={
+                    "model": model_name,
+                    "input": input_texts,
+                    "encoding_format": "bytes",
+                    "embed_dtype": embed_dtype,
+                    "endianness": endianness,
+                },
+            )
 
             metadata = json.loads(responses_bytes.headers["metadata"])
             body = responses_bytes.content
@@ -296,8 +365,13 @@ def test_bytes_embed_dtype_and_endianness(server: RemoteOpenAIServer, model_name
             bytes_data = decode_pooling_output(items=items, body=body)
             bytes_data = [x.to(torch.float32).view(-1).tolist() for x in bytes_data]
 
-            check_embeddings_close(embeddings_0_lst=float_data, embeddings_1_lst=bytes_data, name_0="float_data",
-                                   name_1="bytes_data", tol=1e-2)
+            check_embeddings_close(
+                embeddings_0_lst=float_data,
+                embeddings_1_lst=bytes_data,
+                name_0="float_data",
+                name_1="bytes_data",
+                tol=1e-2,
+            )
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
@@ -310,26 +384,49 @@ def test_bytes_only_embed_dtype_and_endianness(server: RemoteOpenAIServer, model
 
     for embed_dtype in EMBED_DTYPES:
         for endianness in ENDIANNESS:
-            responses_bytes = requests.post(url, json={
-                "model": model_name, "input": input_texts, "encoding_format": "bytes_only", "embed_dtype": embed_dtype,
-                "endianness": endianness})
+            responses_bytes = requests.post(
+                url,
+                json={
+                    "model": model_name,
+                    "input": input_texts,
+                    "encoding_format": "bytes_only",
+                    "embed_dtype": embed_dtype,
+                    "endianness": endianness,
+                },
+            )
 
             assert "metadata" not in responses_bytes.headers
             body = responses_bytes.content
-            items = build_metadata_items(embed_dtype=embed_dtype, endianness=endianness, shape=(n_tokens, 1),
-                                         n_request=len(input_texts))
+            items = build_metadata_items(
+                embed_dtype=embed_dtype,
+                endianness=endianness,
+                shape=(n_tokens, 1),
+                n_request=len(input_texts),
+            )
             bytes_data = decode_pooling_output(items=items, body=body)
             bytes_data = [x.to(torch.float32).view(-1).tolist() for x in bytes_data]
 
-            check_embeddings_close(embeddings_0_lst=float_data, embeddings_1_lst=bytes_data, name_0="float_data",
-                                   name_1="bytes_data", tol=1e-2)
+            check_embeddings_close(
+                embeddings_0_lst=float_data,
+                embeddings_1_lst=bytes_data,
+                name_0="float_data",
+                name_1="bytes_data",
+                tol=1e-2,
+            )
 
 
 @pytest.mark.parametrize("model_name", [MODEL_NAME])
 @pytest.mark.parametrize("param_name", ["encoding_format", "embed_dtype", "endianness"])
 def test_params_not_supported(server: RemoteOpenAIServer, model_name: str, param_name: str):
-    responses_base64 = requests.post(server.url_for("pooling"), json={
-        "model": model_name, "input": input_text, "encoding_format": "base64", param_name: f"bad_{param_name}"})
+    responses_base64 = requests.post(
+        server.url_for("pooling"),
+        json={
+            "model": model_name,
+            "input": input_text,
+            "encoding_format": "base64",
+            param_name: f"bad_{param_name}",
+        },
+    )
 
     assert responses_base64.status_code == 400
     assert "literal_error" in responses_base64.json()["error"]["message"]
@@ -349,10 +446,16 @@ def test_invocations_chat_request(server: RemoteOpenAIServer):
     invocation_output = invocation_response.json()
 
     assert completion_output.keys() == invocation_output.keys()
-    for completion_data, invocation_data in zip(completion_output["data"], invocation_output["data"], strict=True):
+    for completion_data, invocation_data in zip(
+        completion_output["data"], invocation_output["data"], strict=True
+    ):
         assert completion_data.keys() == invocation_data.keys()
-        check_embeddings_close(embeddings_0_lst=completion_data["data"], embeddings_1_lst=invocation_data["data"],
-                               name_0="completion", name_1="invocation")
+        check_embeddings_close(
+            embeddings_0_lst=completion_data["data"],
+            embeddings_1_lst=invocation_data["data"],
+            name_0="completion",
+            name_1="invocation",
+        )
 
 
 def test_invocations_conversation_chat_request(server: RemoteOpenAIServer):
@@ -370,5 +473,9 @@ def test_invocations_conversation_chat_request(server: RemoteOpenAIServer):
     assert chat_output.keys() == invocation_output.keys()
     for chat_data, invocation_data in zip(chat_output["data"], invocation_output["data"], strict=True):
         assert chat_data.keys() == invocation_data.keys()
-        check_embeddings_close(embeddings_0_lst=chat_data["data"], embeddings_1_lst=invocation_data["data"],
-                               name_0="chat", name_1="invocation")
+        check_embeddings_close(
+            embeddings_0_lst=chat_data["data"],
+            embeddings_1_lst=invocation_data["data"],
+            name_0="chat",
+            name_1="invocation",
+        )

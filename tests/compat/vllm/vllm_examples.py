@@ -9,7 +9,9 @@ Each key is ``<path in vllm-project/vllm>@<GitHub commit>``; each value is that 
 EXAMPLES: dict[str, str] = {}
 
 # examples/pooling/reward/sequence_reward_offline.py (vllm-project/vllm @ 7a24fbb332c9a7db49473e678e1d0b9dddf39e8d)
-EXAMPLES['examples/pooling/reward/sequence_reward_offline.py@7a24fbb332c9a7db49473e678e1d0b9dddf39e8d'] = r'''# SPDX-License-Identifier: Apache-2.0
+EXAMPLES[
+    "examples/pooling/reward/sequence_reward_offline.py@7a24fbb332c9a7db49473e678e1d0b9dddf39e8d"
+] = r'''# SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 
 """
@@ -74,7 +76,9 @@ if __name__ == "__main__":
 '''
 
 # examples/pooling/reward/token_reward_offline.py (vllm-project/vllm @ 4aab33a70c5bafc2562a5dd59d7d188bc8fc7338)
-EXAMPLES['examples/pooling/reward/token_reward_offline.py@4aab33a70c5bafc2562a5dd59d7d188bc8fc7338'] = r'''# SPDX-License-Identifier: Apache-2.0
+EXAMPLES[
+    "examples/pooling/reward/token_reward_offline.py@4aab33a70c5bafc2562a5dd59d7d188bc8fc7338"
+] = r'''# SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 
 """
@@ -137,7 +141,9 @@ if __name__ == "__main__":
 '''
 
 # examples/basic/offline_inference/classify.py (vllm-project/vllm @ 4159f5ba771cb20944234e8e7931ccf9e4258bfb)
-EXAMPLES['examples/basic/offline_inference/classify.py@4159f5ba771cb20944234e8e7931ccf9e4258bfb'] = r'''# SPDX-License-Identifier: Apache-2.0
+EXAMPLES[
+    "examples/basic/offline_inference/classify.py@4159f5ba771cb20944234e8e7931ccf9e4258bfb"
+] = r"""# SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 
 from argparse import Namespace
@@ -189,10 +195,12 @@ def main(args: Namespace):
 if __name__ == "__main__":
     args = parse_args()
     main(args)
-'''
+"""
 
 # examples/basic/offline_inference/embed.py (vllm-project/vllm @ 1711f0da91cefaccba52d3af38e2918798234c82)
-EXAMPLES['examples/basic/offline_inference/embed.py@1711f0da91cefaccba52d3af38e2918798234c82'] = r'''# SPDX-License-Identifier: Apache-2.0
+EXAMPLES[
+    "examples/basic/offline_inference/embed.py@1711f0da91cefaccba52d3af38e2918798234c82"
+] = r"""# SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 
 from argparse import Namespace
@@ -242,10 +250,12 @@ def main(args: Namespace):
 if __name__ == "__main__":
     args = parse_args()
     main(args)
-'''
+"""
 
 # examples/pooling/classify/classification_with_lora_offline.py (vllm-project/vllm @ 43ce8c7e2f39cdf0586e402808c187cfdd128449)
-EXAMPLES['examples/pooling/classify/classification_with_lora_offline.py@43ce8c7e2f39cdf0586e402808c187cfdd128449'] = r'''# SPDX-License-Identifier: Apache-2.0
+EXAMPLES[
+    "examples/pooling/classify/classification_with_lora_offline.py@43ce8c7e2f39cdf0586e402808c187cfdd128449"
+] = r'''# SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 """Example of offline classification with a LoRA adapter."""
 
@@ -280,7 +290,9 @@ if __name__ == "__main__":
 '''
 
 # examples/basic/offline_inference/score.py (vllm-project/vllm @ 41c5903d049b80b83a6e570f52f0f55e31316e49)
-EXAMPLES['examples/basic/offline_inference/score.py@41c5903d049b80b83a6e570f52f0f55e31316e49'] = r'''# SPDX-License-Identifier: Apache-2.0
+EXAMPLES[
+    "examples/basic/offline_inference/score.py@41c5903d049b80b83a6e570f52f0f55e31316e49"
+] = r"""# SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vLLM project
 
 from argparse import Namespace
@@ -325,4 +337,4 @@ def main(args: Namespace):
 if __name__ == "__main__":
     args = parse_args()
     main(args)
-'''
+"""

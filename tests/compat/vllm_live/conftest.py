@@ -50,7 +50,9 @@ def _vllm_available() -> None:
         if os.environ.get("CI"):
             ensure_vllm()
         else:
-            pytest.skip("vLLM's CPU build is not installed: run `bash scripts/vllm_env.sh` (builds .venv-vllm)")
+            pytest.skip(
+                "vLLM's CPU build is not installed: run `bash scripts/vllm_env.sh` (builds .venv-vllm)"
+            )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -83,20 +85,40 @@ class Compat:
     def __init__(self, recorder: CompatRecorder) -> None:
         self.recorder = recorder
 
-    def check(self, surface: str, case: str, model: str, ours: object, theirs: object, *,
-              deliberate: str | None = None, atol: float = 1e-5) -> list[str]:
+    def check(
+        self,
+        surface: str,
+        case: str,
+        model: str,
+        ours: object,
+        theirs: object,
+        *,
+        deliberate: str | None = None,
+        atol: float = 1e-5,
+    ) -> list[str]:
         """Compare two JSON-able answers; fail unless equal (or, with ``deliberate``, different)."""
         if deliberate is not None and deliberate not in DELIBERATE:
             raise KeyError(f"{deliberate!r} is not in tests/compat/vllm_live/deliberate.py")
         details = diff(ours, theirs, atol=atol)
         current = os.environ.get("PYTEST_CURRENT_TEST", "unknown::").split("::", 1)[0]
-        self.recorder.add(Comparison(surface=surface, module=Path(current).stem, case=case, model=model, matched=not details,
-                                     deliberate=deliberate if details else None,
-                                     max_abs_diff=max_abs_diff(ours, theirs), details=details))
+        self.recorder.add(
+            Comparison(
+                surface=surface,
+                module=Path(current).stem,
+                case=case,
+                model=model,
+                matched=not details,
+                deliberate=deliberate if details else None,
+                max_abs_diff=max_abs_diff(ours, theirs),
+                details=details,
+            )
+        )
         if deliberate is None:
             assert not details, f"{surface} {case} on {model}: differs from vLLM:\n" + "\n".join(details[:20])
         else:
-            assert details, f"{surface} {case} on {model}: now equal to vLLM; drop {deliberate!r} from DELIBERATE"
+            assert details, (
+                f"{surface} {case} on {model}: now equal to vLLM; drop {deliberate!r} from DELIBERATE"
+            )
         return details
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 DELIBERATE: dict[str, str] = {
     "task-not-served": (
         "serves one pooling task per model (`token_classify` on a sequence classifier, `token_embed` on an "
-        "embedding model: \"Try switching the model's pooling_task via `PoolerConfig(task=...)`\") || every task "
+        'embedding model: "Try switching the model\'s pooling_task via `PoolerConfig(task=...)`") || every task '
         "the architecture supports runs in the same engine (a classifier's per-token scores, what a token-level "
         "reward view needs; an embedding model's per-token vectors)"
     ),
     "embedding-api": (
         "`embed`/`token_embed` (with or without `dimensions`) on a classifier or a reward model are refused "
-        "(\"Embedding API is not supported by this model. Try converting the model using `--convert embed`\") "
+        '("Embedding API is not supported by this model. Try converting the model using `--convert embed`") '
         "|| served from the same backbone (last-token / per-token hidden states, L2-normalized by default as "
         "vLLM's embedding models), so one engine gives rewards and features"
     ),
@@ -29,8 +29,8 @@ DELIBERATE: dict[str, str] = {
         "at all); strict mode uses 151651"
     ),
     "dimensions-any-model": (
-        "`dimensions` on a model without Matryoshka embeddings is refused (\"does not support Matryoshka "
-        "embeddings; dimensions must be unset\") || any `1..hidden` keeps that many leading dimensions "
+        '`dimensions` on a model without Matryoshka embeddings is refused ("does not support Matryoshka '
+        'embeddings; dimensions must be unset") || any `1..hidden` keeps that many leading dimensions '
         "(then normalizes), for any backbone"
     ),
     "supported-tasks": (
@@ -46,22 +46,22 @@ DELIBERATE: dict[str, str] = {
     # --- online (rlhf-rewards serve); `--strict-vllm-compat` gives vLLM's answer to each of these but the last two
     "classify-route-token-rm": (
         "`POST /classify` on a token reward model (`Qwen2ForRewardModel`, `InternLM2ForRewardModel`) is "
-        "`404 {\"detail\": \"Not Found\"}` (the route exists only for models with the `classify` task) || "
+        '`404 {"detail": "Not Found"}` (the route exists only for models with the `classify` task) || '
         "answers the last token's scores (issue 16: verl's reward loop calls `/classify`)"
     ),
     "embeddings-route-reward-models": (
-        "`POST /v1/embeddings` on a classifier or a token/process reward model is `404 {\"detail\": \"Not "
+        '`POST /v1/embeddings` on a classifier or a token/process reward model is `404 {"detail": "Not '
         "Found\"}` || answers as SGLang's reward servers do (`embedding` = the raw score vector, a token/process "
         "model's last row), which verl's SGLang reward path reads; a process reward model's prompt without a "
         "step tag is a 400 saying so"
     ),
     "pooling-dimensions": (
-        "`dimensions` on `/pooling` is a 400 (\"dimensions is currently not supported\") || honoured on the "
+        '`dimensions` on `/pooling` is a 400 ("dimensions is currently not supported") || honoured on the '
         "embed tasks (the first n dimensions), as on `/v1/embeddings`"
     ),
     "pooling-normalize": (
-        "`normalize` on `/pooling` is a 400 (\"Parameter `normalize` was removed; use `use_activation` "
-        "instead.\") || honoured on the embed tasks (an extension kept from earlier releases)"
+        '`normalize` on `/pooling` is a 400 ("Parameter `normalize` was removed; use `use_activation` '
+        'instead.") || honoured on the embed tasks (an extension kept from earlier releases)'
     ),
     "pooling-extension-fields": (
         "ignores `return_details`, `step_tag_id`, `returned_token_ids` on `/pooling` (unknown fields) || "
@@ -77,12 +77,12 @@ DELIBERATE: dict[str, str] = {
         "400: which one was meant is ambiguous"
     ),
     "padding-max-length": (
-        "`padding: \"max_length\"` pads each prompt with pad tokens to max_model_len and scores them as prompt "
+        '`padding: "max_length"` pads each prompt with pad tokens to max_model_len and scores them as prompt '
         "tokens || a 400: pad tokens would change a causal reward model's last-token and per-token scores "
         "(strict mode pads as vLLM)"
     ),
     "models-owned-by": (
-        "`/v1/models` cards are `owned_by: \"vllm\"` || `\"rlhf-rewards\"` (the server that serves them; strict "
+        '`/v1/models` cards are `owned_by: "vllm"` || `"rlhf-rewards"` (the server that serves them; strict '
         "mode too: not a refusal)"
     ),
     "version-route": (

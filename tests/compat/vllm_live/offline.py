@@ -21,7 +21,12 @@ import pytest
 from tests.compat.vllm_live.oracle import VllmError, VllmOffline
 
 #: Tiny checkpoints vLLM's CPU attention accepts (it refuses head_dim 16): hidden 128, 2 heads of 64, GQA 2/1.
-DIMS: dict[str, Any] = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64}
+DIMS: dict[str, Any] = {
+    "hidden_size": 128,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 64,
+}
 #: Every engine of the differential, ours and vLLM's, gets this length (vLLM's check needs a bound).
 MAX_MODEL_LEN = 64
 PROMPTS = [
@@ -123,8 +128,10 @@ class Pair:
 
     def answers(self, method: str, *args: Any, messages: bool = False, **kwargs: Any) -> tuple[Any, Any]:
         """``(ours, vLLM's)`` for one call (an attribute's list sorted: vLLM's task lists come from a set)."""
-        return (_sorted(method, run_ours(self.ours, method, *args, messages=messages, **kwargs)),
-                _sorted(method, run_theirs(self.vllm, method, *args, messages=messages, **kwargs)))
+        return (
+            _sorted(method, run_ours(self.ours, method, *args, messages=messages, **kwargs)),
+            _sorted(method, run_theirs(self.vllm, method, *args, messages=messages, **kwargs)),
+        )
 
     def check(self, case: str, method: str, *args: Any, deliberate: str | None = None, **kwargs: Any) -> Any:
         """Compare one call; with ``deliberate`` the answers must differ and the strict engine must match."""
@@ -193,5 +200,18 @@ def add_bos_eos(path: str | os.PathLike[str], bos: str = "<|im_start|>", eos: st
     return path
 
 
-__all__ = ["DIMS", "LONG", "MAX_MODEL_LEN", "PROMPTS", "Pair", "add_bos_eos", "build", "family", "ours_call", "ours_engine",
-           "run_ours", "run_theirs", "vllm_engine"]
+__all__ = [
+    "DIMS",
+    "LONG",
+    "MAX_MODEL_LEN",
+    "PROMPTS",
+    "Pair",
+    "add_bos_eos",
+    "build",
+    "family",
+    "ours_call",
+    "ours_engine",
+    "run_ours",
+    "run_theirs",
+    "vllm_engine",
+]

@@ -64,8 +64,17 @@ def _normalize_body(body: Any, messages: bool) -> Any:
     return body
 
 
-def ask(base: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-        headers: dict[str, str] | None = None, messages: bool = False, timeout: float = 120.0) -> dict[str, Any]:
+def ask(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    messages: bool = False,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
     """``{"status", "body"}`` of one request (JSON bodies parsed, binary bodies decoded, messages dropped)."""
     kw: dict[str, Any] = {"headers": dict(headers or {})}
     if raw is not None:
@@ -78,8 +87,10 @@ def ask(base: str, method: str, path: str, body: Any = None, *, raw: bytes | Non
     parsed: Any
     if content_type.startswith("application/octet-stream"):
         meta = r.headers.get("metadata")
-        parsed = {"numbers": np.frombuffer(r.content, dtype="<f4").astype(float).tolist(),
-                  "metadata": json.loads(meta) if meta else None}
+        parsed = {
+            "numbers": np.frombuffer(r.content, dtype="<f4").astype(float).tolist(),
+            "metadata": json.loads(meta) if meta else None,
+        }
     else:
         try:
             parsed = r.json()
@@ -101,8 +112,11 @@ class Servers:
         self._stack.callback(self.vllm.close)
         try:
             self.ours = self._stack.enter_context(ServerProcess(model, *flags)).url
-            self.strict = (self._stack.enter_context(ServerProcess(model, *flags, "--strict-vllm-compat")).url
-                           if strict else None)
+            self.strict = (
+                self._stack.enter_context(ServerProcess(model, *flags, "--strict-vllm-compat")).url
+                if strict
+                else None
+            )
         except BaseException:
             self._stack.close()
             raise
@@ -111,9 +125,19 @@ class Servers:
         """Stop every server."""
         self._stack.close()
 
-    def compare(self, case: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                deliberate: str | None = None, messages: bool = False, atol: float = 1e-5,
-                select: Any = None) -> dict[str, Any]:
+    def compare(
+        self,
+        case: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        deliberate: str | None = None,
+        messages: bool = False,
+        atol: float = 1e-5,
+        select: Any = None,
+    ) -> dict[str, Any]:
         """Send the request to both; fail unless equal (or, with ``deliberate``, different, and equal from the
         strict server). ``select``: a function of an answer keeping what is compared. Returns vLLM's answer."""
         pick = select or (lambda a: a)
@@ -171,7 +195,12 @@ INVALID_COMMON: list[tuple[str, str, Any, bytes | None]] = [
     ("token id out of vocabulary", "/pooling", {"input": [[1, 2, 100000]]}, None),
     ("negative token id", "/pooling", {"input": [3, -1]}, None),
     ("over max_model_len", "/pooling", {"input": [list(range(5, 25)) * 30]}, None),
-    ("truncate_prompt_tokens over max_model_len", "/pooling", {"input": "hi", "truncate_prompt_tokens": 600}, None),
+    (
+        "truncate_prompt_tokens over max_model_len",
+        "/pooling",
+        {"input": "hi", "truncate_prompt_tokens": 600},
+        None,
+    ),
     ("truncate_prompt_tokens 0", "/pooling", {"input": "hi", "truncate_prompt_tokens": 0}, None),
     ("truncate_prompt_tokens -2", "/pooling", {"input": "hi", "truncate_prompt_tokens": -2}, None),
     ("truncate_prompt_tokens 2.5", "/pooling", {"input": "hi", "truncate_prompt_tokens": 2.5}, None),
@@ -187,9 +216,16 @@ INVALID_COMMON: list[tuple[str, str, Any, bytes | None]] = [
     ("empty messages", "/pooling", {"messages": []}, None),
     ("message without role", "/pooling", {"messages": [{"content": "x"}]}, None),
     ("messages not a list", "/pooling", {"messages": "x"}, None),
-    ("continue_final_message and add_generation_prompt", "/pooling",
-     {"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": True, "continue_final_message": True},
-     None),
+    (
+        "continue_final_message and add_generation_prompt",
+        "/pooling",
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "add_generation_prompt": True,
+            "continue_final_message": True,
+        },
+        None,
+    ),
     ("empty cache_salt", "/pooling", {"input": "hi", "cache_salt": ""}, None),
     ("cache_salt with a slash", "/pooling", {"input": "hi", "cache_salt": "a/b"}, None),
     ("mm_processor_kwargs", "/pooling", {"input": "hi", "mm_processor_kwargs": {"a": 1}}, None),
@@ -238,8 +274,13 @@ def run_common(pair: Servers) -> None:
     """The routes, invalid requests and lax values every checkpoint answers as vLLM does."""
     for method, path, body in PLAIN_ROUTES:
         deliberate = "models-owned-by" if path == "/v1/models" else None
-        pair.compare(f"{method} {path} {json.dumps(body) if body is not None else ''}".strip(), method, path, body,
-                     deliberate=deliberate)
+        pair.compare(
+            f"{method} {path} {json.dumps(body) if body is not None else ''}".strip(),
+            method,
+            path,
+            body,
+            deliberate=deliberate,
+        )
     pair.compare("GET /version", "GET", "/version", deliberate="version-route")
     pair.compare("GET /metrics (status)", "GET", "/metrics", select=lambda a: a["status"])
     for case, path, body, raw in INVALID_COMMON:

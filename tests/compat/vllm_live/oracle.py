@@ -89,7 +89,7 @@ def read_marked(proc: subprocess.Popen, mark: str, timeout: float) -> Any:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith(mark):
-                box["answer"] = json.loads(line[len(mark):])
+                box["answer"] = json.loads(line[len(mark) :])
                 return
 
     thread = threading.Thread(target=reader, daemon=True)
@@ -117,16 +117,27 @@ class VllmOffline:
         **kwargs: ``vllm.LLM`` arguments (JSON-able; ``pooler_config`` as a dict).
     """
 
-    def __init__(self, model: str | os.PathLike[str], *, startup_timeout: float = 240.0,
-                 threads: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        startup_timeout: float = 240.0,
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("dtype", "float32")
         self.model = str(model)
         self.kwargs = kwargs
         self._log = tempfile.NamedTemporaryFile("w+", prefix="vllm-offline-", suffix=".log", delete=False)
         spec = json.dumps({"model": self.model, "kwargs": kwargs})
         self._proc = subprocess.Popen(
-            [str(VLLM_PYTHON), str(_RPC), spec], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._log, text=True, env=vllm_env(threads=threads), cwd=tempfile.gettempdir(),
+            [str(VLLM_PYTHON), str(_RPC), spec],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=vllm_env(threads=threads),
+            cwd=tempfile.gettempdir(),
             start_new_session=True,
         )
         self._lock = threading.Lock()
@@ -136,8 +147,10 @@ class VllmOffline:
         result = read_marked(self._proc, _MARK, timeout)
         if result is None:
             self.close()
-            raise RuntimeError(f"vLLM gave no answer in {timeout:.0f} s (exit code {self._proc.poll()}); "
-                               f"log tail:\n{self.log_tail()}")
+            raise RuntimeError(
+                f"vLLM gave no answer in {timeout:.0f} s (exit code {self._proc.poll()}); "
+                f"log tail:\n{self.log_tail()}"
+            )
         return result
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -153,7 +166,9 @@ class VllmOffline:
         """
         with self._lock:
             assert self._proc.stdin is not None
-            self._proc.stdin.write(json.dumps({"method": method, "args": list(args), "kwargs": kwargs}) + "\n")
+            self._proc.stdin.write(
+                json.dumps({"method": method, "args": list(args), "kwargs": kwargs}) + "\n"
+            )
             self._proc.stdin.flush()
             answer = self._read(timeout)
         if "error" in answer:
@@ -201,17 +216,41 @@ class VllmServer:
         startup_timeout: Seconds to wait for ``/health``.
     """
 
-    def __init__(self, model: str | os.PathLike[str], *args: str, threads: int | None = None,
-                 startup_timeout: float = 240.0, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *args: str,
+        threads: int | None = None,
+        startup_timeout: float = 240.0,
+        dtype: str = "float32",
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = str(model)
         self._log = tempfile.NamedTemporaryFile("w+", prefix="vllm-server-", suffix=".log", delete=False)
-        cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
-               "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype, "--disable-uvicorn-access-log",
-               *args]
-        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=vllm_env(threads=threads),
-                                      cwd=tempfile.gettempdir(), start_new_session=True)
+        cmd = [
+            str(VLLM_PYTHON),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            dtype,
+            "--disable-uvicorn-access-log",
+            *args,
+        ]
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=vllm_env(threads=threads),
+            cwd=tempfile.gettempdir(),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -221,8 +260,9 @@ class VllmServer:
                     return
             time.sleep(0.5)
         self.close()
-        raise RuntimeError(f"vLLM's server did not start (exit code {self._proc.poll()}); log tail:\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"vLLM's server did not start (exit code {self._proc.poll()}); log tail:\n{self.log_tail()}"
+        )
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of the server's output."""
@@ -243,8 +283,15 @@ class VllmServer:
 # --- comparing answers ---------------------------------------------------------------------------------
 
 
-def diff(ours: Any, theirs: Any, *, atol: float = 1e-5, rtol: float = 1e-5, path: str = "$",
-         ignore: Iterable[str] = VOLATILE) -> list[str]:
+def diff(
+    ours: Any,
+    theirs: Any,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    path: str = "$",
+    ignore: Iterable[str] = VOLATILE,
+) -> list[str]:
     """Where two JSON values differ: one line per path (structure, types, strings, numbers to ``atol``)."""
     ignore = frozenset(ignore)
     out: list[str] = []
@@ -266,7 +313,9 @@ def diff(ours: Any, theirs: Any, *, atol: float = 1e-5, rtol: float = 1e-5, path
             elif key not in theirs:
                 out.append(f"{path}.{key}: extra here ({_short(ours[key])})")
             else:
-                out.extend(diff(ours[key], theirs[key], atol=atol, rtol=rtol, path=f"{path}.{key}", ignore=ignore))
+                out.extend(
+                    diff(ours[key], theirs[key], atol=atol, rtol=rtol, path=f"{path}.{key}", ignore=ignore)
+                )
     elif isinstance(ours, list) and isinstance(theirs, list):
         if len(ours) != len(theirs):
             out.append(f"{path}: length {len(ours)} != {len(theirs)}")
@@ -283,8 +332,10 @@ def max_abs_diff(ours: Any, theirs: Any) -> float:
     if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) and not isinstance(ours, bool):
         return abs(float(ours) - float(theirs))
     if isinstance(ours, dict) and isinstance(theirs, dict):
-        return max([max_abs_diff(ours[k], theirs[k]) for k in ours.keys() & theirs.keys() if k not in VOLATILE],
-                   default=0.0)
+        return max(
+            [max_abs_diff(ours[k], theirs[k]) for k in ours.keys() & theirs.keys() if k not in VOLATILE],
+            default=0.0,
+        )
     if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
         return max([max_abs_diff(a, b) for a, b in zip(ours, theirs, strict=True)], default=0.0)
     return 0.0
@@ -331,7 +382,11 @@ class CompatRecorder:
     @classmethod
     def from_records(cls, folder: Path) -> CompatRecorder:
         """Every module's last recorded comparisons (``save_records``)."""
-        return cls(Comparison(**row) for path in sorted(folder.glob("*.json")) for row in json.loads(path.read_text()))
+        return cls(
+            Comparison(**row)
+            for path in sorted(folder.glob("*.json"))
+            for row in json.loads(path.read_text())
+        )
 
     def add(self, comparison: Comparison) -> None:
         """Record one comparison."""
@@ -360,12 +415,17 @@ class CompatRecorder:
         for surface in ("offline", "online", "all"):
             lines.append(
                 f"| {surface} | {counts.get(f'{surface}.compared', 0)} | {counts.get(f'{surface}.matched', 0)} | "
-                f"{counts.get(f'{surface}.deliberate', 0)} | {counts.get(f'{surface}.mismatched', 0)} |")
+                f"{counts.get(f'{surface}.deliberate', 0)} | {counts.get(f'{surface}.mismatched', 0)} |"
+            )
         seen: dict[str, list[Comparison]] = {}
         for c in self.comparisons:
             if c.deliberate:
                 seen.setdefault(c.deliberate, []).append(c)
-        lines += ["", "| difference | where (cases) | vLLM 0.32 | here, and why |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| difference | where (cases) | vLLM 0.32 | here, and why |",
+            "| --- | --- | --- | --- |",
+        ]
         for key in sorted(seen):
             cases = seen[key]
             where = "; ".join(sorted({f"{c.surface}: {c.case}" for c in cases})[:4])

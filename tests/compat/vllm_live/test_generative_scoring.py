@@ -44,10 +44,22 @@ def judge(tmp_path_factory) -> tuple[Path, Path]:
 def servers(judge) -> Iterator[tuple[str, str, str]]:
     model, adapter = judge
     lora = f"judge={adapter}"
-    vllm = VllmServer(model, "--max-model-len", str(MAX_LEN), "--enable-lora", "--max-lora-rank", "8",
-                      "--lora-modules", lora, "--enforce-eager", startup_timeout=300)
+    vllm = VllmServer(
+        model,
+        "--max-model-len",
+        str(MAX_LEN),
+        "--enable-lora",
+        "--max-lora-rank",
+        "8",
+        "--lora-modules",
+        lora,
+        "--enforce-eager",
+        startup_timeout=300,
+    )
     try:
-        with serve(model, "--dtype", "float32", "--max-model-len", str(MAX_LEN), "--lora-modules", lora) as ours:
+        with serve(
+            model, "--dtype", "float32", "--max-model-len", str(MAX_LEN), "--lora-modules", lora
+        ) as ours:
             yield ours, vllm.url, str(model)
     finally:
         vllm.close()
@@ -79,7 +91,11 @@ SCORED = {
     "one label, apply_softmax=false": {"label_token_ids": [7], "apply_softmax": False},
     "repeated label": {"label_token_ids": [17, 42, 17]},
     "truncation (query over max_model_len)": {"query": QUERY * 4},
-    "truncation, item_first, apply_softmax=false": {"query": QUERY * 4, "item_first": True, "apply_softmax": False},
+    "truncation, item_first, apply_softmax=false": {
+        "query": QUERY * 4,
+        "item_first": True,
+        "apply_softmax": False,
+    },
     "LoRA": {"model": "judge"},
     "LoRA, apply_softmax=false, item_first": {"model": "judge", "apply_softmax": False, "item_first": True},
     "priority and cache_salt accepted": {"priority": 3, "cache_salt": "salt-123"},
@@ -93,8 +109,13 @@ def test_scored_requests(servers, compat, case):
     ours, theirs, model = servers
     body = {"query": QUERY, "items": ITEMS, "label_token_ids": LABELS, **SCORED[case]}
     a, b = _post(ours, body), _post(theirs, body)
-    compat.check("online", f"/generative_scoring {case}", "LlamaForCausalLM", {"status": a[0], "body": a[1]},
-                 {"status": b[0], "body": b[1]})
+    compat.check(
+        "online",
+        f"/generative_scoring {case}",
+        "LlamaForCausalLM",
+        {"status": a[0], "body": a[1]},
+        {"status": b[0], "body": b[1]},
+    )
     assert a[0] == 200
     if "request_id" in body:
         assert a[1]["id"] == b[1]["id"] == "generative-scoring-abc-123"
@@ -104,11 +125,21 @@ def test_scored_requests(servers, compat, case):
 @pytest.mark.parametrize("apply_softmax", [True, False])
 def test_token_ids(servers, compat, tok, item_first, apply_softmax):
     ours, theirs, _ = servers
-    body = {"query": _ids(tok, QUERY), "items": [_ids(tok, t) for t in ITEMS], "label_token_ids": LABELS,
-            "item_first": item_first, "apply_softmax": apply_softmax}
+    body = {
+        "query": _ids(tok, QUERY),
+        "items": [_ids(tok, t) for t in ITEMS],
+        "label_token_ids": LABELS,
+        "item_first": item_first,
+        "apply_softmax": apply_softmax,
+    }
     a, b = _post(ours, body), _post(theirs, body)
-    compat.check("online", f"/generative_scoring token ids item_first={item_first} apply_softmax={apply_softmax}",
-                 "LlamaForCausalLM", {"status": a[0], "body": a[1]}, {"status": b[0], "body": b[1]})
+    compat.check(
+        "online",
+        f"/generative_scoring token ids item_first={item_first} apply_softmax={apply_softmax}",
+        "LlamaForCausalLM",
+        {"status": a[0], "body": a[1]},
+        {"status": b[0], "body": b[1]},
+    )
     assert a[0] == 200
 
 
@@ -116,8 +147,13 @@ def test_token_ids_truncated(servers, compat, tok):
     ours, theirs, _ = servers
     body = {"query": _ids(tok, QUERY * 4), "items": [_ids(tok, t) for t in ITEMS], "label_token_ids": LABELS}
     a, b = _post(ours, body), _post(theirs, body)
-    compat.check("online", "/generative_scoring token ids truncated", "LlamaForCausalLM",
-                 {"status": a[0], "body": a[1]}, {"status": b[0], "body": b[1]})
+    compat.check(
+        "online",
+        "/generative_scoring token ids truncated",
+        "LlamaForCausalLM",
+        {"status": a[0], "body": a[1]},
+        {"status": b[0], "body": b[1]},
+    )
     assert a[1]["usage"]["prompt_tokens"] == len(ITEMS) * (MAX_LEN - 1)
 
 
@@ -144,8 +180,13 @@ def test_vllm_errors(servers, compat, case):
     ours, theirs, _ = servers
     body = {"query": QUERY, "items": ITEMS, "label_token_ids": LABELS, **VLLM_ERRORS[case]}
     a, b = _post(ours, body), _post(theirs, body)
-    compat.check("online", f"/generative_scoring error: {case}", "LlamaForCausalLM",
-                 {"status": a[0], "body": a[1]}, {"status": b[0], "body": b[1]})
+    compat.check(
+        "online",
+        f"/generative_scoring error: {case}",
+        "LlamaForCausalLM",
+        {"status": a[0], "body": a[1]},
+        {"status": b[0], "body": b[1]},
+    )
     assert a[0] == 400
 
 

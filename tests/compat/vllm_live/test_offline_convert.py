@@ -16,12 +16,27 @@ pytestmark = pytest.mark.slow
 
 TOKENS = ["Ġthe", "Ġis"]  # two single tokens of the tiny vocabulary ("no"/"yes" of a real reranker)
 ENGINES = {
-    "lm-classify-2way": ("Qwen3ForCausalLM", {"convert": "classify", "hf_overrides": {
-        "architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": TOKENS,
-        "method": "from_2_way_softmax"}}),
-    "lm-classify-reranker": ("Qwen3ForCausalLM", {"hf_overrides": {
-        "architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": TOKENS,
-        "is_original_qwen3_reranker": True}}),
+    "lm-classify-2way": (
+        "Qwen3ForCausalLM",
+        {
+            "convert": "classify",
+            "hf_overrides": {
+                "architectures": ["Qwen3ForSequenceClassification"],
+                "classifier_from_token": TOKENS,
+                "method": "from_2_way_softmax",
+            },
+        },
+    ),
+    "lm-classify-reranker": (
+        "Qwen3ForCausalLM",
+        {
+            "hf_overrides": {
+                "architectures": ["Qwen3ForSequenceClassification"],
+                "classifier_from_token": TOKENS,
+                "is_original_qwen3_reranker": True,
+            }
+        },
+    ),
     "lm-embed": ("Qwen3ForCausalLM", {"convert": "embed"}),
     "model-embed": ("Qwen3Model", {}),
     "model-embed-mean": ("Qwen3Model", {"pooler_config": {"seq_pooling_type": "MEAN"}}),
@@ -52,8 +67,12 @@ def test_classify(pair):
         pytest.skip("embedding engine")
     pair.check("supported_tasks", "attr", "supported_tasks", deliberate="supported-tasks")
     pair.check("encode classify", "encode", PROMPTS, pooling_task="classify")
-    pair.check("classify use_activation=False", "classify", PROMPTS,
-               pooling_params=pooling_params(use_activation=False))
+    pair.check(
+        "classify use_activation=False",
+        "classify",
+        PROMPTS,
+        pooling_params=pooling_params(use_activation=False),
+    )
     pair.check("score 1->N", "score", PROMPTS[0], PROMPTS[1:])
     pair.check("encode embed", "encode", PROMPTS, pooling_task="embed", deliberate="embedding-api")
 
@@ -65,18 +84,44 @@ def test_embed(pair):
     pair.check("supported_tasks", "attr", "supported_tasks")
     pair.check("embed", "embed", PROMPTS)
     pair.check("encode embed", "encode", PROMPTS, pooling_task="embed")
-    pair.check("embed use_activation=False", "embed", PROMPTS, pooling_params=pooling_params(use_activation=False))
+    pair.check(
+        "embed use_activation=False", "embed", PROMPTS, pooling_params=pooling_params(use_activation=False)
+    )
     # vLLM serves one task per engine: an embedding model's pooling_task is embed, token_embed is refused.
-    pair.check("encode token_embed (default)", "encode", PROMPTS[:2], pooling_task="token_embed",
-               deliberate="task-not-served")
-    pair.check("encode token_embed use_activation=False", "encode", PROMPTS[:2],
-               pooling_params(use_activation=False), pooling_task="token_embed", deliberate="task-not-served")
-    pair.check("embed dimensions=16", "embed", PROMPTS, pooling_params=pooling_params(dimensions=16),
-               deliberate="dimensions-any-model")
-    pair.check("encode token_embed dimensions=16", "encode", PROMPTS[:1], pooling_params(dimensions=16),
-               pooling_task="token_embed", deliberate="task-not-served")
+    pair.check(
+        "encode token_embed (default)",
+        "encode",
+        PROMPTS[:2],
+        pooling_task="token_embed",
+        deliberate="task-not-served",
+    )
+    pair.check(
+        "encode token_embed use_activation=False",
+        "encode",
+        PROMPTS[:2],
+        pooling_params(use_activation=False),
+        pooling_task="token_embed",
+        deliberate="task-not-served",
+    )
+    pair.check(
+        "embed dimensions=16",
+        "embed",
+        PROMPTS,
+        pooling_params=pooling_params(dimensions=16),
+        deliberate="dimensions-any-model",
+    )
+    pair.check(
+        "encode token_embed dimensions=16",
+        "encode",
+        PROMPTS[:1],
+        pooling_params(dimensions=16),
+        pooling_task="token_embed",
+        deliberate="task-not-served",
+    )
     pair.check("embed dimensions=0 (refused)", "embed", PROMPTS, pooling_params=pooling_params(dimensions=0))
     pair.check("encode classify (not served)", "encode", PROMPTS, pooling_task="classify")
     pair.check("encode token_classify (not served)", "encode", PROMPTS, pooling_task="token_classify")
     pair.check("score (cosine) 1->N", "score", PROMPTS[0], PROMPTS[1:])
-    pair.check("embed truncate_prompt_tokens=4", "embed", PROMPTS, tokenization_kwargs={"truncate_prompt_tokens": 4})
+    pair.check(
+        "embed truncate_prompt_tokens=4", "embed", PROMPTS, tokenization_kwargs={"truncate_prompt_tokens": 4}
+    )

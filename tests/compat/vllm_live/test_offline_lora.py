@@ -35,8 +35,9 @@ def paths(tmp_path_factory):
     from rlhf_rewards.testing.lora import build_adapter
 
     base = build(tmp_path_factory, ARCH, "lora-base")
-    adapter = build_adapter(base, tmp_path_factory.mktemp("adapter") / "a", r=4, seed=1,
-                            target_modules=["q_proj", "v_proj"])
+    adapter = build_adapter(
+        base, tmp_path_factory.mktemp("adapter") / "a", r=4, seed=1, target_modules=["q_proj", "v_proj"]
+    )
     return base, adapter
 
 
@@ -74,11 +75,21 @@ def test_single_adapter(pair, paths):
     _, adapter = paths
     lora = lora_request("a", 1, adapter)
     pair.check("classify with one adapter", "classify", PROMPTS, lora_request=lora)
-    pair.check("encode classify with one adapter", "encode", PROMPTS, pooling_task="classify", lora_request=lora)
-    pair.check("encode classify adapter use_activation=False", "encode", PROMPTS, pooling_params(use_activation=False),
-               pooling_task="classify", lora_request=lora)
+    pair.check(
+        "encode classify with one adapter", "encode", PROMPTS, pooling_task="classify", lora_request=lora
+    )
+    pair.check(
+        "encode classify adapter use_activation=False",
+        "encode",
+        PROMPTS,
+        pooling_params(use_activation=False),
+        pooling_task="classify",
+        lora_request=lora,
+    )
     pair.check("classify base model (LoRA engine)", "classify", PROMPTS)
-    pair.check("classify per-row adapter list, all rows adapted", "classify", PROMPTS, lora_request=[lora] * 3)
+    pair.check(
+        "classify per-row adapter list, all rows adapted", "classify", PROMPTS, lora_request=[lora] * 3
+    )
 
 
 @pytest.mark.timeout(600)
@@ -86,7 +97,9 @@ def test_adapter_rows_match_peft(pair, paths):
     base, adapter = paths
     ours = ours_call(pair.ours, "classify", PROMPTS, lora_request=lora_request("a", 1, adapter))
     reference = peft_reference(base, adapter, PROMPTS, [True] * 3)
-    torch.testing.assert_close(torch.tensor([o["probs"] for o in ours]), torch.tensor(reference), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([o["probs"] for o in ours]), torch.tensor(reference), atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.timeout(600)
@@ -96,6 +109,11 @@ def test_mixed_batch(pair, paths):
     rows = [lora, None, lora]
     ours, theirs = pair.answers("classify", PROMPTS, lora_request=rows)
     reference = peft_reference(base, adapter, PROMPTS, [r is not None for r in rows])
-    torch.testing.assert_close(torch.tensor([o["probs"] for o in ours]), torch.tensor(reference), atol=1e-5, rtol=0,
-                               msg=lambda m: f"ours must be peft's rows: {m}")
+    torch.testing.assert_close(
+        torch.tensor([o["probs"] for o in ours]),
+        torch.tensor(reference),
+        atol=1e-5,
+        rtol=0,
+        msg=lambda m: f"ours must be peft's rows: {m}",
+    )
     pair.compat.check("offline", "classify mixed batch [adapter, base, adapter]", pair.model, ours, theirs)

@@ -43,16 +43,27 @@ GOOD_TOKENS = ["Ġthe", "Ġis"]
 ENGINES = {
     "qwen2-prm": ("Qwen2ForProcessRewardModel", {}),
     "qwen2-prm-step-tag": ("Qwen2ForProcessRewardModel", {"pooler_config": {"step_tag_id": STEP_TAG_ID}}),
-    "llama-shepherd": ("LlamaForCausalLM", {
-        "convert": "classify", "hf_overrides": {"classifier_from_token": GOOD_TOKENS, "method": "no_post_processing"},
-        "pooler_config": {"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": STEP_TAG_ID}}),
+    "llama-shepherd": (
+        "LlamaForCausalLM",
+        {
+            "convert": "classify",
+            "hf_overrides": {"classifier_from_token": GOOD_TOKENS, "method": "no_post_processing"},
+            "pooler_config": {
+                "task": "token_classify",
+                "tok_pooling_type": "STEP",
+                "step_tag_id": STEP_TAG_ID,
+            },
+        },
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    return {arch: build(tmp_path_factory, arch, arch.lower())
-            for arch in ("Qwen2ForProcessRewardModel", "LlamaForCausalLM")}
+    return {
+        arch: build(tmp_path_factory, arch, arch.lower())
+        for arch in ("Qwen2ForProcessRewardModel", "LlamaForCausalLM")
+    }
 
 
 @pytest.fixture(scope="module", params=list(ENGINES))
@@ -76,33 +87,73 @@ def pair(request, compat, checkpoints):
 @pytest.mark.timeout(600)
 def test_step_default(pair):
     deliberate = "prm-step-tag-from-tokenizer" if pair.name == "qwen2-prm" else None
-    pair.check("encode token_classify (STEP default)", "encode", PROMPTS, pooling_task="token_classify",
-               deliberate=deliberate)
+    pair.check(
+        "encode token_classify (STEP default)",
+        "encode",
+        PROMPTS,
+        pooling_task="token_classify",
+        deliberate=deliberate,
+    )
     pair.check("supported_tasks", "attr", "supported_tasks", deliberate="supported-tasks")
     pair.check("pooling_task", "attr", "pooling_task")
     if pair.name.startswith("qwen2"):
         pair.check("encode classify (not served)", "encode", PROMPTS, pooling_task="classify")
     else:  # vLLM: the engine's task is token_classify; here the converted head's classify runs beside it
-        pair.check("encode classify (other task)", "encode", PROMPTS, pooling_task="classify",
-                   deliberate="task-not-served")
+        pair.check(
+            "encode classify (other task)",
+            "encode",
+            PROMPTS,
+            pooling_task="classify",
+            deliberate="task-not-served",
+        )
 
 
 @pytest.mark.timeout(600)
 def test_step_params(pair):
-    pair.check("token_classify step_tag_id=3", "encode", PROMPTS, pooling_params(step_tag_id=STEP_TAG_ID),
-               pooling_task="token_classify")
-    pair.check("token_classify use_activation=False step_tag_id=3", "encode", PROMPTS,
-               pooling_params(use_activation=False, step_tag_id=STEP_TAG_ID), pooling_task="token_classify")
-    pair.check("token_classify step_tag_id=280", "encode", PROMPTS, pooling_params(step_tag_id=280),
-               pooling_task="token_classify")
+    pair.check(
+        "token_classify step_tag_id=3",
+        "encode",
+        PROMPTS,
+        pooling_params(step_tag_id=STEP_TAG_ID),
+        pooling_task="token_classify",
+    )
+    pair.check(
+        "token_classify use_activation=False step_tag_id=3",
+        "encode",
+        PROMPTS,
+        pooling_params(use_activation=False, step_tag_id=STEP_TAG_ID),
+        pooling_task="token_classify",
+    )
+    pair.check(
+        "token_classify step_tag_id=280",
+        "encode",
+        PROMPTS,
+        pooling_params(step_tag_id=280),
+        pooling_task="token_classify",
+    )
     if pair.name.startswith("qwen2"):  # see the module docstring for the converted LM
-        pair.check("token_classify returned_token_ids=[1]", "encode", PROMPTS,
-                   pooling_params(step_tag_id=STEP_TAG_ID, returned_token_ids=[1]), pooling_task="token_classify")
-    pair.check("token_classify dimensions (refused)", "encode", PROMPTS, pooling_params(dimensions=4),
-               pooling_task="token_classify")
-    pair.check("token_classify truncate_prompt_tokens=12", "encode", PROMPTS + [LONG],
-               pooling_params(step_tag_id=STEP_TAG_ID), pooling_task="token_classify",
-               tokenization_kwargs={"truncate_prompt_tokens": 12})
+        pair.check(
+            "token_classify returned_token_ids=[1]",
+            "encode",
+            PROMPTS,
+            pooling_params(step_tag_id=STEP_TAG_ID, returned_token_ids=[1]),
+            pooling_task="token_classify",
+        )
+    pair.check(
+        "token_classify dimensions (refused)",
+        "encode",
+        PROMPTS,
+        pooling_params(dimensions=4),
+        pooling_task="token_classify",
+    )
+    pair.check(
+        "token_classify truncate_prompt_tokens=12",
+        "encode",
+        PROMPTS + [LONG],
+        pooling_params(step_tag_id=STEP_TAG_ID),
+        pooling_task="token_classify",
+        tokenization_kwargs={"truncate_prompt_tokens": 12},
+    )
 
 
 @pytest.mark.timeout(600)

@@ -34,8 +34,10 @@ BASE = ("qwen3", "llama")
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    paths = {arch: build(tmp_path_factory, arch, arch.lower())
-             for arch in ("Qwen3ForSequenceClassification", "LlamaForSequenceClassification")}
+    paths = {
+        arch: build(tmp_path_factory, arch, arch.lower())
+        for arch in ("Qwen3ForSequenceClassification", "LlamaForSequenceClassification")
+    }
     add_bos_eos(paths["LlamaForSequenceClassification"])  # truncation must keep the tokenizer's BOS and EOS
     return paths
 
@@ -72,28 +74,63 @@ def test_tasks(pair):
 @pytest.mark.timeout(600)
 def test_tasks_vllm_does_not_serve(pair):
     only(pair, BASE)
-    pair.check("encode token_classify", "encode", PROMPTS, pooling_task="token_classify",
-               deliberate="task-not-served")
+    pair.check(
+        "encode token_classify",
+        "encode",
+        PROMPTS,
+        pooling_task="token_classify",
+        deliberate="task-not-served",
+    )
     pair.check("encode embed", "encode", PROMPTS, pooling_task="embed", deliberate="embedding-api")
     pair.check("embed", "embed", PROMPTS, deliberate="embedding-api")
-    pair.check("embed dimensions=8", "embed", PROMPTS, pooling_params=pooling_params(dimensions=8),
-               deliberate="embedding-api")
-    pair.check("encode token_embed", "encode", PROMPTS, pooling_task="token_embed", deliberate="embedding-api")
+    pair.check(
+        "embed dimensions=8",
+        "embed",
+        PROMPTS,
+        pooling_params=pooling_params(dimensions=8),
+        deliberate="embedding-api",
+    )
+    pair.check(
+        "encode token_embed", "encode", PROMPTS, pooling_task="token_embed", deliberate="embedding-api"
+    )
 
 
 @pytest.mark.timeout(600)
 def test_pooling_params(pair):
     only(pair, BASE + ("qwen3-cls-raw",))
-    pair.check("classify use_activation=False", "classify", PROMPTS,
-               pooling_params=pooling_params(use_activation=False))
-    pair.check("classify use_activation=True", "classify", PROMPTS,
-               pooling_params=pooling_params(use_activation=True))
-    pair.check("classify dimensions=4 (refused)", "encode", PROMPTS, pooling_params(dimensions=4),
-               pooling_task="classify")
-    pair.check("classify step_tag_id (refused)", "encode", PROMPTS, pooling_params(step_tag_id=3),
-               pooling_task="classify")
-    pair.check("classify per-prompt params", "encode", PROMPTS[:2],
-               [pooling_params(use_activation=False), pooling_params(use_activation=True)], pooling_task="classify")
+    pair.check(
+        "classify use_activation=False",
+        "classify",
+        PROMPTS,
+        pooling_params=pooling_params(use_activation=False),
+    )
+    pair.check(
+        "classify use_activation=True",
+        "classify",
+        PROMPTS,
+        pooling_params=pooling_params(use_activation=True),
+    )
+    pair.check(
+        "classify dimensions=4 (refused)",
+        "encode",
+        PROMPTS,
+        pooling_params(dimensions=4),
+        pooling_task="classify",
+    )
+    pair.check(
+        "classify step_tag_id (refused)",
+        "encode",
+        PROMPTS,
+        pooling_params(step_tag_id=3),
+        pooling_task="classify",
+    )
+    pair.check(
+        "classify per-prompt params",
+        "encode",
+        PROMPTS[:2],
+        [pooling_params(use_activation=False), pooling_params(use_activation=True)],
+        pooling_task="classify",
+    )
 
 
 @pytest.mark.timeout(600)
@@ -107,26 +144,58 @@ def test_tokenization_kwargs(pair):
         ("truncate_prompt_tokens=64 (= max_model_len)", {"truncate_prompt_tokens": 64}),
         ("truncate_prompt_tokens=65 (refused)", {"truncate_prompt_tokens": 65}),
         ("truncation=True max_length=6", {"truncation": True, "max_length": 6}),
-        ("truncation=True max_length=6 left", {"truncation": True, "max_length": 6, "truncation_side": "left"}),
+        (
+            "truncation=True max_length=6 left",
+            {"truncation": True, "max_length": 6, "truncation_side": "left"},
+        ),
         ("truncation=False", {"truncation": False}),
         ("add_special_tokens=False", {"add_special_tokens": False}),
         ("unknown key ignored", {"padding": "longest", "do_lower_case": False}),
         ("truncation_side=middle (refused)", {"truncate_prompt_tokens": 5, "truncation_side": "middle"}),
     ]:
-        pair.check(f"tokenization_kwargs {case}", "encode", PROMPTS + [LONG], pooling_task="classify",
-                   tokenization_kwargs=kwargs)
+        pair.check(
+            f"tokenization_kwargs {case}",
+            "encode",
+            PROMPTS + [LONG],
+            pooling_task="classify",
+            tokenization_kwargs=kwargs,
+        )
     ids = {"prompt_token_ids": list(range(10, 30))}
-    pair.check("token-id prompt truncate_prompt_tokens=4", "encode", [ids], pooling_task="classify",
-               tokenization_kwargs={"truncate_prompt_tokens": 4})
-    pair.check("token-id prompt truncate_prompt_tokens=4 left", "encode", [ids], pooling_task="classify",
-               tokenization_kwargs={"truncate_prompt_tokens": 4, "truncation_side": "left"})
-    pair.check("PoolingParams(truncate_prompt_tokens=5)", "encode", PROMPTS, pooling_params(truncate_prompt_tokens=5),
-               pooling_task="classify", deliberate="pooling-params-truncate")
-    pair.check("classify truncate_prompt_tokens=5", "classify", PROMPTS,
-               tokenization_kwargs={"truncate_prompt_tokens": 5})
+    pair.check(
+        "token-id prompt truncate_prompt_tokens=4",
+        "encode",
+        [ids],
+        pooling_task="classify",
+        tokenization_kwargs={"truncate_prompt_tokens": 4},
+    )
+    pair.check(
+        "token-id prompt truncate_prompt_tokens=4 left",
+        "encode",
+        [ids],
+        pooling_task="classify",
+        tokenization_kwargs={"truncate_prompt_tokens": 4, "truncation_side": "left"},
+    )
+    pair.check(
+        "PoolingParams(truncate_prompt_tokens=5)",
+        "encode",
+        PROMPTS,
+        pooling_params(truncate_prompt_tokens=5),
+        pooling_task="classify",
+        deliberate="pooling-params-truncate",
+    )
+    pair.check(
+        "classify truncate_prompt_tokens=5",
+        "classify",
+        PROMPTS,
+        tokenization_kwargs={"truncate_prompt_tokens": 5},
+    )
     pair.check("prompt over max_model_len (refused)", "encode", [LONG * 2], pooling_task="classify")
-    pair.check("prompt dicts", "encode", [{"prompt": PROMPTS[0]}, {"prompt_token_ids": [5, 6, 7]}],
-               pooling_task="classify")
+    pair.check(
+        "prompt dicts",
+        "encode",
+        [{"prompt": PROMPTS[0]}, {"prompt_token_ids": [5, 6, 7]}],
+        pooling_task="classify",
+    )
 
 
 @pytest.mark.timeout(600)
@@ -135,5 +204,10 @@ def test_score(pair):
     pair.check("score 1->N", "score", PROMPTS[0], PROMPTS[1:])
     pair.check("score N->N", "score", PROMPTS[:2], PROMPTS[1:])
     pair.check("score 1->1", "score", PROMPTS[0], PROMPTS[1])
-    pair.check("score truncate_prompt_tokens=6", "score", PROMPTS[0], PROMPTS[1:],
-               tokenization_kwargs={"truncate_prompt_tokens": 6})
+    pair.check(
+        "score truncate_prompt_tokens=6",
+        "score",
+        PROMPTS[0],
+        PROMPTS[1:],
+        tokenization_kwargs={"truncate_prompt_tokens": 6},
+    )

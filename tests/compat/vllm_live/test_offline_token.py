@@ -33,8 +33,12 @@ def pair(request, compat, tmp_path_factory):
         cfg_path.write_text(json.dumps(cfg, indent=2))
         vllm_kwargs = {}
     else:
-        path = build(tmp_path_factory, "InternLM2ForRewardModel", "internlm2rm",
-                     **{"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1})
+        path = build(
+            tmp_path_factory,
+            "InternLM2ForRewardModel",
+            "internlm2rm",
+            **{"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1},
+        )
         vllm_kwargs = {"trust_remote_code": True}
     ours = ours_engine(path)
     strict = ours_engine(path, strict_vllm_compat=True)
@@ -51,23 +55,45 @@ def pair(request, compat, tmp_path_factory):
 @pytest.mark.timeout(600)
 def test_token_classify(pair):
     pair.check("encode token_classify (default activation)", "encode", PROMPTS, pooling_task="token_classify")
-    pair.check("encode token_classify use_activation=False", "encode", PROMPTS,
-               pooling_params(use_activation=False), pooling_task="token_classify")
-    pair.check("encode token_classify use_activation=True", "encode", PROMPTS,
-               pooling_params(use_activation=True), pooling_task="token_classify")
+    pair.check(
+        "encode token_classify use_activation=False",
+        "encode",
+        PROMPTS,
+        pooling_params(use_activation=False),
+        pooling_task="token_classify",
+    )
+    pair.check(
+        "encode token_classify use_activation=True",
+        "encode",
+        PROMPTS,
+        pooling_params(use_activation=True),
+        pooling_task="token_classify",
+    )
     pair.check("supported_tasks", "attr", "supported_tasks", deliberate="supported-tasks")
     pair.check("encode classify (not served)", "encode", PROMPTS, pooling_task="classify")
     pair.check("classify (not served)", "classify", PROMPTS)
-    pair.check("token_classify step_tag_id (refused: ALL pooling)", "encode", PROMPTS,
-               pooling_params(step_tag_id=3), pooling_task="token_classify")
-    pair.check("token_classify dimensions (refused)", "encode", PROMPTS, pooling_params(dimensions=4),
-               pooling_task="token_classify")
+    pair.check(
+        "token_classify step_tag_id (refused: ALL pooling)",
+        "encode",
+        PROMPTS,
+        pooling_params(step_tag_id=3),
+        pooling_task="token_classify",
+    )
+    pair.check(
+        "token_classify dimensions (refused)",
+        "encode",
+        PROMPTS,
+        pooling_params(dimensions=4),
+        pooling_task="token_classify",
+    )
 
 
 @pytest.mark.timeout(600)
 def test_embeddings_not_served_by_vllm(pair):
     pair.check("encode embed", "encode", PROMPTS, pooling_task="embed", deliberate="embedding-api")
-    pair.check("encode token_embed", "encode", PROMPTS, pooling_task="token_embed", deliberate="embedding-api")
+    pair.check(
+        "encode token_embed", "encode", PROMPTS, pooling_task="token_embed", deliberate="embedding-api"
+    )
 
 
 @pytest.mark.timeout(600)
@@ -80,5 +106,10 @@ def test_tokenization_kwargs(pair):
         ("truncation=True max_length=7", {"truncation": True, "max_length": 7}),
         ("add_special_tokens=False", {"add_special_tokens": False}),
     ]:
-        pair.check(f"tokenization_kwargs {case}", "encode", PROMPTS + [LONG], pooling_task="token_classify",
-                   tokenization_kwargs=kwargs)
+        pair.check(
+            f"tokenization_kwargs {case}",
+            "encode",
+            PROMPTS + [LONG],
+            pooling_task="token_classify",
+            tokenization_kwargs=kwargs,
+        )

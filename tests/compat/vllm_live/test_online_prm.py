@@ -30,19 +30,44 @@ def test_common_corpus(pair):
 @pytest.mark.timeout(600)
 def test_pooling_and_extensions(pair):
     pair.compare("/pooling no step tag", "POST", "/pooling", {"input": ["hi there", "a b"]})
-    pair.compare("/pooling step tags (vLLM reads id 151651)", "POST", "/pooling",
-                 {"input": "step one <extra_0> step two <extra_0>"}, deliberate="prm-step-tag-from-tokenizer")
-    pair.compare("/pooling step_tag_id field", "POST", "/pooling",
-                 {"input": "step one <extra_0>", "step_tag_id": 3}, deliberate="prm-step-tag-from-tokenizer")
+    pair.compare(
+        "/pooling step tags (vLLM reads id 151651)",
+        "POST",
+        "/pooling",
+        {"input": "step one <extra_0> step two <extra_0>"},
+        deliberate="prm-step-tag-from-tokenizer",
+    )
+    pair.compare(
+        "/pooling step_tag_id field",
+        "POST",
+        "/pooling",
+        {"input": "step one <extra_0>", "step_tag_id": 3},
+        deliberate="prm-step-tag-from-tokenizer",
+    )
     pair.compare("/classify not offered", "POST", "/classify", {"input": "step <extra_0>"})
-    pair.compare("/v1/embeddings with a step tag", "POST", "/v1/embeddings", {"input": "step one <extra_0>"},
-                 deliberate="embeddings-route-reward-models")
+    pair.compare(
+        "/v1/embeddings with a step tag",
+        "POST",
+        "/v1/embeddings",
+        {"input": "step one <extra_0>"},
+        deliberate="embeddings-route-reward-models",
+    )
     # Regression (issue 23): this was a 500 (IndexError on an empty STEP output), and the connection was reset.
-    pair.compare("/v1/embeddings without a step tag", "POST", "/v1/embeddings", {"input": "no tag here"},
-                 deliberate="embeddings-route-reward-models")
+    pair.compare(
+        "/v1/embeddings without a step tag",
+        "POST",
+        "/v1/embeddings",
+        {"input": "no tag here"},
+        deliberate="embeddings-route-reward-models",
+    )
     for task in ("embed", "token_embed"):
-        pair.compare(f"/pooling task {task}", "POST", "/pooling", {"input": "a <extra_0>", "task": task},
-                     deliberate="embedding-api")
+        pair.compare(
+            f"/pooling task {task}",
+            "POST",
+            "/pooling",
+            {"input": "a <extra_0>", "task": task},
+            deliberate="embedding-api",
+        )
     pair.compare("/pooling task classify", "POST", "/pooling", {"input": "a <extra_0>", "task": "classify"})
     pair.done()
 
@@ -54,10 +79,14 @@ def test_pooling_and_extensions(pair):
 #: and ``task: token_classify``: without it vLLM serves such a model's ``classify`` (the last token), its first
 #: task by priority (``ModelConfig.get_pooling_task``), and refuses ``token_classify`` on ``/pooling``.
 SHEPHERD_FLAGS = (
-    "--convert", "classify",
-    "--hf-overrides", json.dumps({"classifier_from_token": ["\u0120the", "\u0120is"], "method": "no_post_processing"}),
-    "--pooler-config", json.dumps({"task": "token_classify", "tok_pooling_type": "STEP",
-                                   "step_tag_id": 3}),  # <extra_0> in the tiny vocabulary
+    "--convert",
+    "classify",
+    "--hf-overrides",
+    json.dumps({"classifier_from_token": ["\u0120the", "\u0120is"], "method": "no_post_processing"}),
+    "--pooler-config",
+    json.dumps(
+        {"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": 3}
+    ),  # <extra_0> in the tiny vocabulary
 )
 
 
@@ -73,13 +102,24 @@ def shepherd(tmp_path_factory, compat, pair):
 def test_math_shepherd_step(shepherd):
     text = "step one <extra_0> step two <extra_0>"
     for act in (None, True, False):
-        body = {"input": [text, "no tag"]} if act is None else {"input": [text, "no tag"], "use_activation": act}
+        body = (
+            {"input": [text, "no tag"]} if act is None else {"input": [text, "no tag"], "use_activation": act}
+        )
         shepherd.compare(f"/pooling STEP use_activation={act}", "POST", "/pooling", body)
     shepherd.compare("/pooling STEP token ids", "POST", "/pooling", {"input": [[5, 3, 6, 3]]})
-    shepherd.compare("/pooling STEP messages", "POST", "/pooling", {"messages": [{"role": "user", "content": text}]})
-    shepherd.compare("/pooling task token_classify", "POST", "/pooling", {"input": text, "task": "token_classify"})
-    shepherd.compare("/pooling task classify", "POST", "/pooling", {"input": text, "task": "classify"},
-                     deliberate="task-not-served")
+    shepherd.compare(
+        "/pooling STEP messages", "POST", "/pooling", {"messages": [{"role": "user", "content": text}]}
+    )
+    shepherd.compare(
+        "/pooling task token_classify", "POST", "/pooling", {"input": text, "task": "token_classify"}
+    )
+    shepherd.compare(
+        "/pooling task classify",
+        "POST",
+        "/pooling",
+        {"input": text, "task": "classify"},
+        deliberate="task-not-served",
+    )
     shepherd.compare("/classify (vLLM: the route, no handler)", "POST", "/classify", {"input": text})
     shepherd.compare("/invocations", "POST", "/invocations", {"input": text})
     shepherd.compare("GET /v1/models", "GET", "/v1/models", deliberate="models-owned-by")

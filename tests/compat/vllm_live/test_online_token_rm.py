@@ -29,19 +29,48 @@ def test_common_corpus(pair):
 @pytest.mark.timeout(600)
 def test_pooling(pair):
     for act in (True, False):
-        for form, value in (("str", TEXT), ("list of str", [TEXT, "a b"]), ("token ids", [1, 2, 3]),
-                            ("list of token-id lists", [[1, 2, 3], [4, 5]])):
-            pair.compare(f"/pooling {form} use_activation={act}", "POST", "/pooling",
-                         {"input": value, "use_activation": act})
-        pair.compare(f"/pooling messages use_activation={act}", "POST", "/pooling",
-                     {"messages": [{"role": "user", "content": "hi"}], "use_activation": act})
-        pair.compare(f"/pooling task token_classify use_activation={act}", "POST", "/pooling",
-                     {"input": TEXT, "task": "token_classify", "use_activation": act})
-        pair.compare(f"/invocations use_activation={act}", "POST", "/invocations", {"input": TEXT, "use_activation": act})
-    pair.compare("/pooling base64", "POST", "/pooling", {"input": TEXT, "use_activation": False,
-                                                        "encoding_format": "base64"})
-    pair.compare("/pooling truncate right", "POST", "/pooling",
-                 {"input": TEXT, "use_activation": False, "truncate_prompt_tokens": 2, "truncation_side": "right"})
+        for form, value in (
+            ("str", TEXT),
+            ("list of str", [TEXT, "a b"]),
+            ("token ids", [1, 2, 3]),
+            ("list of token-id lists", [[1, 2, 3], [4, 5]]),
+        ):
+            pair.compare(
+                f"/pooling {form} use_activation={act}",
+                "POST",
+                "/pooling",
+                {"input": value, "use_activation": act},
+            )
+        pair.compare(
+            f"/pooling messages use_activation={act}",
+            "POST",
+            "/pooling",
+            {"messages": [{"role": "user", "content": "hi"}], "use_activation": act},
+        )
+        pair.compare(
+            f"/pooling task token_classify use_activation={act}",
+            "POST",
+            "/pooling",
+            {"input": TEXT, "task": "token_classify", "use_activation": act},
+        )
+        pair.compare(
+            f"/invocations use_activation={act}",
+            "POST",
+            "/invocations",
+            {"input": TEXT, "use_activation": act},
+        )
+    pair.compare(
+        "/pooling base64",
+        "POST",
+        "/pooling",
+        {"input": TEXT, "use_activation": False, "encoding_format": "base64"},
+    )
+    pair.compare(
+        "/pooling truncate right",
+        "POST",
+        "/pooling",
+        {"input": TEXT, "use_activation": False, "truncate_prompt_tokens": 2, "truncation_side": "right"},
+    )
     pair.done()
 
 
@@ -54,13 +83,27 @@ def test_pooling_default_activation(pair):
 @pytest.mark.timeout(600)
 def test_extensions_and_strict_mode(pair):
     pair.compare("/classify", "POST", "/classify", {"input": TEXT}, deliberate="classify-route-token-rm")
-    pair.compare("/v1/embeddings", "POST", "/v1/embeddings", {"input": TEXT}, deliberate="embeddings-route-reward-models")
+    pair.compare(
+        "/v1/embeddings",
+        "POST",
+        "/v1/embeddings",
+        {"input": TEXT},
+        deliberate="embeddings-route-reward-models",
+    )
     pair.compare("/pooling task classify", "POST", "/pooling", {"input": TEXT, "task": "classify"})
     for task in ("embed", "token_embed"):
-        pair.compare(f"/pooling task {task}", "POST", "/pooling", {"input": TEXT, "task": task},
-                     deliberate="embedding-api")
-    for route, body in (("/score", {"queries": "a", "documents": "b"}), ("/rerank", {"query": "a", "documents": ["b"]}),
-                        ("/v2/embed", {"texts": ["a"]})):
+        pair.compare(
+            f"/pooling task {task}",
+            "POST",
+            "/pooling",
+            {"input": TEXT, "task": task},
+            deliberate="embedding-api",
+        )
+    for route, body in (
+        ("/score", {"queries": "a", "documents": "b"}),
+        ("/rerank", {"query": "a", "documents": ["b"]}),
+        ("/v2/embed", {"texts": ["a"]}),
+    ):
         pair.compare(f"{route} not offered", "POST", route, body)
     pair.compare_strict("/pooling", "POST", "/pooling", {"input": TEXT, "use_activation": False})
     pair.done()

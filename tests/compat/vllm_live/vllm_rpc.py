@@ -84,8 +84,13 @@ def main() -> None:
                 result = [_encode_output(o) for o in outputs]
             answer = {"ok": result}
         except Exception as exc:  # the caller compares errors as data
-            answer = {"error": {"type": type(exc).__name__, "message": str(exc),
-                                "traceback": traceback.format_exc()[-2000:]}}
+            answer = {
+                "error": {
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": traceback.format_exc()[-2000:],
+                }
+            }
         _answer(answer)
 
 
