@@ -4,8 +4,8 @@ Every ``import`` in ``rlhf_rewards/`` counts, including imports inside functions
 ``TYPE_CHECKING``: a lazy or type-only import is still a dependency a reader has to follow. The layers,
 lowest first (a module may import its own layer and the ones below):
 
-    errors, outputs < pooling < contract < models < lora < engine < parallel < entrypoints < workers
-    < reward, callbacks < server < cli, testing, assets
+    errors, outputs, checks < pooling < contract < models < lora < engine < parallel < entrypoints < workers
+    < reward, callbacks < server < cli, assets
 
 The top-level ``rlhf_rewards/__init__.py`` is the public API and may import anything.
 """
@@ -20,7 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "rlhf_rewards"
 
 LAYERS: list[set[str]] = [
-    {"errors", "outputs"},
+    {"errors", "outputs", "checks"},
     {"pooling"},
     {"contract"},
     {"models"},
@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"workers"},
     {"reward", "callbacks"},
     {"server"},
-    {"cli", "testing", "assets"},
+    {"cli", "assets"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

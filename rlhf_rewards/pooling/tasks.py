@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from rlhf_rewards.errors import RequestError
 
 PoolingTask = Literal["classify", "token_classify", "embed", "token_embed"]
 
-POOLING_TASKS: tuple[str, ...] = ("classify", "token_classify", "embed", "token_embed")
+POOLING_TASKS: tuple[str, ...] = get_args(PoolingTask)
 #: Tasks whose output is one row per token (or per step tag) rather than one per sequence.
 TOKEN_TASKS: frozenset[str] = frozenset({"token_classify", "token_embed"})
 #: Tasks that run the model's classification head (and an activation).
