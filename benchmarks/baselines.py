@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rlhf_rewards.testing.references import make_step_rewards
+from tests.support.references import make_step_rewards
 
 
 def trl_builtin(

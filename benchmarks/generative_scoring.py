@@ -89,9 +89,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from benchmarks.vs_vllm import paused
-    from rlhf_rewards.testing.checkpoints import build_checkpoint
-    from rlhf_rewards.testing.server import ServerProcess
     from tests.compat.vllm_live.oracle import VllmServer
+    from tests.support.checkpoints import build_checkpoint
+    from tests.support.server import ServerProcess
 
     root = Path(tempfile.mkdtemp(prefix="gs-bench-"))
     model = build_checkpoint("Qwen3ForCausalLM", root / "judge", seed=0, **MODEL)

@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = args.url
     if args.model:
-        from rlhf_rewards.testing.server import ServerProcess
+        from tests.support.server import ServerProcess
 
         server_args = ["--max-queue-size", str(args.max_queue_size)]
         if args.api_key:

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=2)
     parser.add_argument("--pipeline-parallel-size", type=int, default=1)
     args = parser.parse_args()
-    from rlhf_rewards.testing.checkpoints import build_qwen3_classifier
+    from tests.support.checkpoints import build_qwen3_classifier
 
     with tempfile.TemporaryDirectory() as tmp:
         path = build_qwen3_classifier(

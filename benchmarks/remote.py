@@ -27,7 +27,7 @@ STARTUP_TIMEOUT_S = 300.0
 def serve(model_dir: Path, port: int, extra_args: list[str], log_path: Path) -> Iterator[str]:
     """Start ``rlhf-rewards serve`` on 127.0.0.1:``port`` (float32, CPU, this process's thread settings);
     yields the base URL once ``/health`` answers."""
-    from rlhf_rewards.testing.server import serve as serve_model
+    from tests.support.server import serve as serve_model
 
     with serve_model(
         model_dir,

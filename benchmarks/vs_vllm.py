@@ -300,8 +300,8 @@ def run_server(
 ) -> list[dict[str, Any]]:
     """Both servers up (one vLLM engine), per-sample requests in rollout order, alternating servers."""
     from benchmarks.workloads import grpo_workload
-    from rlhf_rewards.testing.server import ServerProcess
     from tests.compat.vllm_live.oracle import VllmServer
+    from tests.support.server import ServerProcess
 
     extra = ["--prefix-cache-bytes", str(cache_bytes)] if cache_bytes is not None else []
     ours = ServerProcess(

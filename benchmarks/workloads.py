@@ -86,7 +86,7 @@ def _words(n: int = 6000, seed: int = 1234) -> list[str]:
 
 def build_tokenizer(path: Path, vocab_size: int = 8192) -> Path:
     """A byte-level BPE fast tokenizer (right padding, ``<pad>``, no chat template) over the synthetic words."""
-    from rlhf_rewards.testing.tokenizer import build_bpe_tokenizer
+    from tests.support.tokenizer import build_bpe_tokenizer
 
     words = _words()
     rng = np.random.RandomState(99)

@@ -13,7 +13,7 @@ from typing import Any
 
 from trl import ScriptArguments
 
-from rlhf_rewards.testing.tiny_models import build_tiny_models, tiny_dataset
+from tests.support.tiny_models import build_tiny_models, tiny_dataset
 
 
 @dataclass
@@ -45,7 +45,7 @@ class RecipeArguments(ScriptArguments):
 
 
 def build_tiny_models_once(root: str | os.PathLike[str]) -> dict[str, Path]:
-    """:func:`~rlhf_rewards.testing.tiny_models.build_tiny_models` on the main process first, so ranks of a
+    """:func:`~tests.support.tiny_models.build_tiny_models` on the main process first, so ranks of a
     distributed launch never race."""
     from accelerate import PartialState
 

@@ -40,7 +40,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from rlhf_rewards.callbacks import RewardMetricsCallback, RewardWorkerCallback
 from rlhf_rewards.reward import RewardFunction
-from rlhf_rewards.testing.tiny_models import process_reward_pooler_config
+from tests.support.tiny_models import process_reward_pooler_config
 
 
 @dataclass

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from rlhf_rewards import PoolingParams, as_trl_reward_model
-    from rlhf_rewards.testing.checkpoints import build_checkpoint
+    from tests.support.checkpoints import build_checkpoint
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ppo-legacy-"))
     work.mkdir(parents=True, exist_ok=True)

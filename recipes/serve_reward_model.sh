@@ -32,7 +32,7 @@ if [[ -n "${TINY_MODELS:-}" ]]; then
         echo "serve_reward_model.sh: give either TINY_MODELS or MODEL, not both" >&2
         exit 2
     fi
-    python -m rlhf_rewards.testing.tiny_models "$TINY_MODELS" > /dev/null
+    python -m tests.support.tiny_models "$TINY_MODELS" > /dev/null
     MODEL="$TINY_MODELS/reward_model"
 elif [[ $# -gt 0 && "$1" != -* ]]; then
     MODEL="$1"

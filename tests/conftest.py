@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlhf_rewards.testing.checkpoints import build_checkpoint  # noqa: E402
+from tests.support.checkpoints import build_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

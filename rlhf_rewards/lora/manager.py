@@ -22,6 +22,7 @@ from rlhf_rewards.lora.config import AdapterInfo, ModuleIndex, describe, read_ad
 from rlhf_rewards.lora.loading import load_adapter, unload_adapter
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.lora.routing import BASE, PeftAdapterRouter
+from rlhf_rewards.checks import check_positive_int
 
 if TYPE_CHECKING:
     from rlhf_rewards.models.base import PoolingModel
@@ -49,9 +50,8 @@ class LoRAManager:
     """
 
     def __init__(self, model: PoolingModel, *, max_loras: int = 4, max_lora_rank: int = 64) -> None:
-        for field, value in (("max_loras", max_loras), ("max_lora_rank", max_lora_rank)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive integer, got {value!r}.")
+        check_positive_int("max_loras", max_loras)
+        check_positive_int("max_lora_rank", max_lora_rank)
         self.model = model
         model.adapter_router = PeftAdapterRouter()
         self.max_loras = max_loras

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from rlhf_rewards.checks import check_int
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,6 @@ DEFAULT_START_TIMEOUT_S = 900.0
 #: Per-call bound on silence: the longest rank 0 waits for the next micro-batch to finish on the workers.
 #: One micro-batch is a single forward (seconds even for a 70B model); a dead worker is noticed at once.
 DEFAULT_CALL_TIMEOUT_S = 300.0
-
-
-def _check_size(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return value
 
 
 def _resolve_timeout(name: str, value: float | None, env: str, default: float) -> float:
@@ -73,8 +68,8 @@ class ParallelConfig:
     call_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        _check_size("tensor_parallel_size", self.tensor_parallel_size)
-        _check_size("pipeline_parallel_size", self.pipeline_parallel_size)
+        check_int("tensor_parallel_size", self.tensor_parallel_size, minimum=1)
+        check_int("pipeline_parallel_size", self.pipeline_parallel_size, minimum=1)
         # Resolved once, here: a bad environment value fails the constructor, not the first call.
         object.__setattr__(
             self,

@@ -14,6 +14,7 @@ from typing import Any
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.reward.aggregation import StepAggregation, check_aggregation
 from rlhf_rewards.reward.judge_config import JudgeConfig
+from rlhf_rewards.checks import check_bool, check_choice, check_int, check_number
 
 KINDS = ("outcome", "token", "process", "judge")
 
@@ -125,8 +126,8 @@ class RewardFunctionConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be a non-empty string or None, got {value!r}.")
-        if self.kind is not None and self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}; choose one of {list(KINDS)} or leave it None to infer it.")
+        if self.kind is not None:
+            check_choice("kind", self.kind, KINDS, otherwise="leave it None to infer it")
         if self.lora is not None and not isinstance(self.lora, LoRARequest):
             if not isinstance(self.lora, (str, os.PathLike)) or not str(self.lora):
                 raise ValueError(
@@ -137,22 +138,17 @@ class RewardFunctionConfig:
             raise ValueError(f"step_separator must be a non-empty string, got {self.step_separator!r}.")
         self.step_aggregation = check_aggregation(self.step_aggregation)
         for flag in ("add_special_tokens", "keep_step_separator", "truncate"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
+            check_bool(flag, getattr(self, flag))
         if self.use_activation is not None and not isinstance(self.use_activation, bool):
             raise ValueError(f"use_activation must be True, False or None, got {self.use_activation!r}.")
         for col, optional in (("step_score_column", True), ("score_column", False)):
             value = getattr(self, col)
             if value is None and optional:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                allowed = "a non-negative integer or None" if optional else "a non-negative integer"
-                raise ValueError(f"{col} must be {allowed}, got {value!r}.")
+            allowed = "a non-negative integer or None" if optional else "a non-negative integer"
+            check_int(col, value, minimum=0, expected=allowed)
         for num in ("reward_offset", "reward_scale"):
-            value = getattr(self, num)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{num} must be a finite number, got {value!r}.")
-            setattr(self, num, float(value))
+            setattr(self, num, float(check_number(num, getattr(self, num), finite=True)))
         if self.judge is not None:
             self.judge = JudgeConfig.from_any(self.judge)
             if self.kind is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from rlhf_rewards.checks import check_bool, is_int, is_number
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,22 +50,19 @@ class JudgeConfig:
                 f"judge labels must be a non-empty list of texts or token ids, got {self.labels!r}."
             )
         for label in self.labels:
-            if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":
+            if not (is_int(label) or (isinstance(label, str) and label)):
                 raise ValueError(f"judge labels must be non-empty texts or token ids, got {label!r}.")
         self.labels = tuple(self.labels)
         if self.label_values is not None:
             values = list(self.label_values)
-            if len(values) != len(self.labels) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
-            ):
+            if len(values) != len(self.labels) or not all(is_number(v, finite=True) for v in values):
                 raise ValueError(
                     f"judge label_values must be one finite number per label ({len(self.labels)}), "
                     f"got {self.label_values!r}."
                 )
             self.label_values = tuple(float(v) for v in values)
         for flag in ("apply_softmax", "add_special_tokens"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"judge {flag} must be True or False, got {getattr(self, flag)!r}.")
+            check_bool(f"judge {flag}", getattr(self, flag))
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise ValueError(f"judge system_prompt must be a string or None, got {self.system_prompt!r}.")
 

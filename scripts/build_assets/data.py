@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from rlhf_rewards.assets import arithmetic as ar
-from rlhf_rewards.testing.tokenizer import build_bpe_tokenizer
+from tests.support.tokenizer import build_bpe_tokenizer
 
 #: Vocabulary size of the shared tokenizer.
 VOCAB_SIZE = 512

@@ -12,9 +12,9 @@ from transformers import TrainerCallback
 
 from rlhf_rewards.callbacks import RewardWorkerCallback
 from rlhf_rewards.reward import RewardFunction
-from rlhf_rewards.testing.server import free_port
 from rlhf_rewards.workers import RemoteWorker
 from tests.callbacks.conftest import grpo_trainer
+from tests.support.server import free_port
 
 
 class WorkerProbe(TrainerCallback):

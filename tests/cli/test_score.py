@@ -287,7 +287,7 @@ def test_default_process_model_writes_step_scores(tmp_path):
 
 
 def test_remote_server(tmp_path, qwen3_rm, reward_fn):
-    from rlhf_rewards.testing.server import ServerProcess
+    from tests.support.server import ServerProcess
 
     src = write_jsonl(tmp_path / "in.jsonl", ROWS)
     out = tmp_path / "out.jsonl"

@@ -16,7 +16,7 @@ from rlhf_rewards.assets import default_reward_model_path
 from rlhf_rewards.cli.main import main as cli_main
 from rlhf_rewards.cli.serve import default_model
 from rlhf_rewards.reward import RewardFunction
-from rlhf_rewards.testing.server import free_port
+from tests.support.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from rlhf_rewards.cli.serve import load_chat_template
-from rlhf_rewards.testing.server import InProcessServer
+from tests.support.server import InProcessServer
 
 TEMPLATE = "{% for m in messages %}{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from rlhf_rewards.server.auth import parse_networks, peer_in
-from rlhf_rewards.testing.server import InProcessServer
+from tests.support.server import InProcessServer
 
 BODY = {"query": ["What is 12 + 7? 19"], "prompts": ["What is 12 + 7?"], "labels": [""]}
 SERVE = ("--dtype", "float32", "--device", "cpu", "--api-key", "k3y")

@@ -13,7 +13,6 @@ import torch
 from rlhf_rewards.engine import decoder
 from rlhf_rewards.engine.runner import ModelRunner
 from rlhf_rewards.models.loader import load_pooling_model
-from rlhf_rewards.testing.checkpoints import build_hf_model
 from tests.engine.test_runner_paths import (
     CPU,
     PATHS,
@@ -24,6 +23,7 @@ from tests.engine.test_runner_paths import (
     _sequences,
     qwen3,  # noqa: F401  (fixture)
 )
+from tests.support.checkpoints import build_hf_model
 
 FAMILIES = {
     "Qwen2ForSequenceClassification": "Qwen2Config",  # q/k/v biases

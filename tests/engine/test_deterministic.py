@@ -210,7 +210,7 @@ def seq_rm(checkpoint_factory):
 
 @pytest.fixture(scope="module")
 def adapters(seq_rm, tmp_path_factory):
-    from rlhf_rewards.testing.lora import build_adapter
+    from tests.support.lora import build_adapter
 
     root = tmp_path_factory.mktemp("det-adapters")
     specs = {
@@ -463,8 +463,8 @@ def _worker_texts(seed=9):
 
 @pytest.mark.slow  # a server subprocess
 def test_a_deterministic_server_scores_like_the_text_alone_in_process(qwen3_rm):
-    from rlhf_rewards.testing.server import ServerProcess
     from rlhf_rewards.workers import RemoteWorker
+    from tests.support.server import ServerProcess
 
     texts = _worker_texts()
     local = LLM(str(qwen3_rm), device="cpu", deterministic=True)

@@ -27,7 +27,7 @@ def prm(checkpoint_factory):
 
 @pytest.fixture(scope="module")
 def adapter(seq_rm, tmp_path_factory):
-    from rlhf_rewards.testing.lora import build_adapter
+    from tests.support.lora import build_adapter
 
     path = build_adapter(
         seq_rm,

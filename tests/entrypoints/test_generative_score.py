@@ -137,7 +137,7 @@ def test_query_runs_once_and_no_vocab_matrix(llm, monkeypatch):
 
 def test_lora_matches_merged_model(tmp_path, model_path):
     from rlhf_rewards.lora.request import LoRARequest
-    from rlhf_rewards.testing.lora import build_adapter, build_merged
+    from tests.support.lora import build_adapter, build_merged
 
     adapter = build_adapter(model_path, tmp_path / "adapter", target_modules=["q_proj", "v_proj"], seed=1)
     merged = build_merged(model_path, adapter, tmp_path / "merged")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlhf_rewards import LLM, PoolingParams
-from rlhf_rewards.testing.checkpoints import with_nan_embedding
+from tests.support.checkpoints import with_nan_embedding
 
 RAW = PoolingParams(use_activation=False)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_rewards.testing.lora import build_adapter, build_merged
+from tests.support.lora import build_adapter, build_merged
 
 
 @pytest.fixture(scope="session")

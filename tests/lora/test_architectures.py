@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from rlhf_rewards import LLM, LoRARequest, PoolerConfig, PoolingParams
-from rlhf_rewards.testing.checkpoints import BUILDERS
 from tests.conftest import MIXED_TEXTS
+from tests.support.checkpoints import BUILDERS
 
 ATOL = 1e-5
 #: Full-vocabulary LM-head logits of the random tiny models reach ~5; merged and unmerged LoRA round apart

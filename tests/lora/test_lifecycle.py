@@ -12,8 +12,8 @@ from rlhf_rewards import LLM, LoRARequest, PoolingParams
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.lora.manager import LoRAManager
 from rlhf_rewards.lora.routing import adapters_in
-from rlhf_rewards.testing.lora import build_adapter
 from tests.conftest import MIXED_TEXTS
+from tests.support.lora import build_adapter
 
 ATOL = 1e-5
 RAW = PoolingParams(use_activation=False)
@@ -183,7 +183,7 @@ def bad(base, checkpoint_factory, adapter_factory, tmp_path_factory):
     adapters["not an adapter"] = not_adapter
     from peft import IA3Config, get_peft_model
 
-    from rlhf_rewards.testing.lora import _base_model
+    from tests.support.lora import _base_model
 
     ia3 = get_peft_model(
         _base_model(base),

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from rlhf_rewards import LLM, PoolingParams
-from rlhf_rewards.testing.checkpoints import build_checkpoint
 from tests.conftest import MIXED_TEXTS
+from tests.support.checkpoints import build_checkpoint
 
 ATOL = 1e-5
 MEAN, STD = -0.4, 1.7

@@ -17,8 +17,8 @@ from transformers import AutoConfig, AutoTokenizer, Qwen2Model
 
 from rlhf_rewards import LLM, PoolerConfig, PoolingParams
 from rlhf_rewards.models.qwen2_reward import Qwen2ForProcessRewardModel, Qwen2ForRewardModel
-from rlhf_rewards.testing.references import make_step_rewards
 from tests.conftest import MIXED_TEXTS
+from tests.support.references import make_step_rewards
 
 ATOL = 1e-5
 PRM_TEXTS = [
@@ -161,7 +161,7 @@ def test_prm_step_tag_can_be_overridden_and_raw_logits_requested(prm):
 
 
 def test_prm_without_a_step_tag_token_is_a_clear_error(tmp_path):
-    from rlhf_rewards.testing.checkpoints import build_checkpoint, build_tokenizer
+    from tests.support.checkpoints import build_checkpoint, build_tokenizer
 
     # A tokenizer whose step tag is spelled "<step>": "<extra_0>" is not one of its tokens.
     build_tokenizer(tmp_path / "tok")

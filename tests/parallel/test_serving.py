@@ -9,8 +9,8 @@ import requests
 import torch
 
 from rlhf_rewards import LLM
-from rlhf_rewards.testing.server import ServerProcess
 from tests.parallel.conftest import GROUP_TEXTS, PRM_TEXTS
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from rlhf_rewards.pooling.step import (
     step_tag_text,
     user_config_for_task,
 )
-from rlhf_rewards.testing.references import make_step_rewards
 from tests.models.test_qwen2_reward import PRM_TEXTS, reference_token_logits
+from tests.support.references import make_step_rewards
 
 STEP_TAG = "<extra_0>"
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlhf_rewards.testing.server import free_port
+from tests.support.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"

@@ -11,8 +11,8 @@ import subprocess
 import httpx
 import pytest
 
-from rlhf_rewards.testing.server import free_port, wait_healthy
 from tests.recipes.launch import RECIPES, REPO, accelerate_launch, check_finished_run, recipe_env
+from tests.support.server import free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 

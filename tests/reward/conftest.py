@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_rewards import LLM
-from rlhf_rewards.testing.checkpoints import SPECIAL_TOKENS, STEP_TAG
+from tests.support.checkpoints import SPECIAL_TOKENS, STEP_TAG
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -79,6 +79,6 @@ def prm_llm(prm_path) -> LLM:
 
 
 def builder_available(architecture: str) -> bool:
-    from rlhf_rewards.testing.checkpoints import BUILDERS
+    from tests.support.checkpoints import BUILDERS
 
     return architecture in BUILDERS

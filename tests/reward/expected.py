@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from rlhf_rewards import LLM, PoolingParams
-from rlhf_rewards.testing.checkpoints import STEP_TAG
+from tests.support.checkpoints import STEP_TAG
 
 RAW = PoolingParams(use_activation=False)
 

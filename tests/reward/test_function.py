@@ -10,10 +10,10 @@ import torch
 
 from rlhf_rewards import LLM, AsyncRewardFunction, LoRARequest, RewardFunction
 from rlhf_rewards.reward import RewardFunctionError, RewardInputError, UnscorableCompletionWarning
-from rlhf_rewards.testing.checkpoints import STEP_TAG, build_hf_model
 from rlhf_rewards.workers.colocated import ColocatedWorker
 from tests.reward.conftest import COMPLETIONS, PROMPTS, STEP_TAG_ID, TOKEN_ID, conversational
 from tests.reward.expected import RAW, close, outcome_expected, prm_steps_expected, tagged
+from tests.support.checkpoints import STEP_TAG, build_hf_model
 
 
 # ---------------------------------------------------------------- outcome

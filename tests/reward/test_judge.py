@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf_rewards import LLM
 from rlhf_rewards.reward import AsyncRewardFunction, RewardFunction
 from rlhf_rewards.reward.judge_config import JudgeConfig
-from rlhf_rewards.testing.checkpoints import CHATML_TEMPLATE
+from tests.support.checkpoints import CHATML_TEMPLATE
 
 CAUSAL = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64}
 RUBRIC = "You grade arithmetic. A correct answer gives the exact sum and nothing else. " * 3
@@ -117,8 +117,8 @@ def test_async_and_pickled_path_source(judge_path, llm):
 
 
 def test_remote_through_generative_scoring(judge_path, llm):
-    from rlhf_rewards.testing.server import InProcessServer
     from rlhf_rewards.workers import RemoteWorker
+    from tests.support.server import InProcessServer
 
     cfg = {"template": TEMPLATE, "labels": ["Y", "N"], "label_values": [1.0, 0.0]}
     expected = RewardFunction(llm, judge=cfg)(PROMPTS, COMPLETIONS)

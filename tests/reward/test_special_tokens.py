@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from rlhf_rewards import LLM, AsyncRewardFunction, RewardFunction
-from rlhf_rewards.testing.real_tokenizers import LLAMA3_BOS, LLAMA3_PAD, real_tokenizer_dir, tokenizer_length
 from tests.reward.expected import close
+from tests.support.real_tokenizers import LLAMA3_BOS, LLAMA3_PAD, real_tokenizer_dir, tokenizer_length
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -130,8 +130,8 @@ def test_conversational_input_matches_trl_with_either_setting(trl_rewards, llama
 
 
 def test_colocated_and_remote_agree_for_each_setting(llama3_rm, llama3_llm, trl_rewards):
-    from rlhf_rewards.testing.server import InProcessServer
     from rlhf_rewards.workers.remote import RemoteWorker
+    from tests.support.server import InProcessServer
 
     std = trl_rewards["standard"]
     with InProcessServer(llama3_rm) as server, RemoteWorker(server.url) as worker:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlhf_rewards import LLM
-from rlhf_rewards.testing.server import shared_server
+from tests.support.server import shared_server
 
 MAX_CLIENT_BATCH = 32
 MAX_BODY_BYTES = 200_000

@@ -122,7 +122,7 @@ def test_models_and_model_info(server, llm):
 def test_verl_reward_loop_sglang_embeddings(server, llm, qwen3_rm, checkpoint_factory):
     # verl's compute_score_disrm with rollout.name == "sglang": it posts {"model", "input"} to v1/embeddings and
     # reads data[-1]["embedding"][-1] as the reward, as SGLang's reward servers answer (the raw score vector).
-    from rlhf_rewards.testing.server import InProcessServer
+    from tests.support.server import InProcessServer
 
     tok = llm.get_tokenizer()
     chat = [{"role": "user", "content": "What is 12 + 7?"}, {"role": "assistant", "content": "19"}]

@@ -473,7 +473,7 @@ def test_no_generated_request_gets_a_server_error(server, mode):
 
 @pytest.fixture(scope="module")
 def embedding_server(checkpoint_factory):
-    from rlhf_rewards.testing.server import InProcessServer
+    from tests.support.server import InProcessServer
 
     with InProcessServer(checkpoint_factory("Qwen3Model"), "--served-model-name", "tiny-embed") as proc:
         yield proc
@@ -523,7 +523,7 @@ def test_a_server_fault_is_a_500_that_leaks_nothing_and_the_server_keeps_serving
 
 @pytest.fixture(scope="module")
 def prm_server(checkpoint_factory):
-    from rlhf_rewards.testing.server import InProcessServer
+    from tests.support.server import InProcessServer
 
     with InProcessServer(
         checkpoint_factory("Qwen2ForProcessRewardModel"), "--served-model-name", "tiny-prm"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_rewards.testing.server import InProcessServer
+from tests.support.server import InProcessServer
 
 CAUSAL = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64}
 QUERY = "Rubric: judge the answer. Question: what is 3 + 4? Answer: "
@@ -29,7 +29,7 @@ def judge(checkpoint_factory):
 
 @pytest.fixture(scope="module")
 def adapter(judge, tmp_path_factory):
-    from rlhf_rewards.testing.lora import build_adapter
+    from tests.support.lora import build_adapter
 
     return build_adapter(
         judge, tmp_path_factory.mktemp("gs-lora") / "a", target_modules=["q_proj", "v_proj"], seed=4

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from benchmarks.load_test import reference_scores, run_load
-from rlhf_rewards.testing.server import ServerProcess
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 

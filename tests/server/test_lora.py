@@ -7,14 +7,14 @@ import requests
 import torch
 
 from rlhf_rewards import LLM, LoRARequest
-from rlhf_rewards.testing.server import InProcessServer
 from rlhf_rewards.workers import RemoteWorker
 from tests.conftest import MIXED_TEXTS
+from tests.support.server import InProcessServer
 
 
 @pytest.fixture(scope="module")
 def adapter(qwen3_rm, tmp_path_factory):
-    from rlhf_rewards.testing.lora import build_adapter
+    from tests.support.lora import build_adapter
 
     return build_adapter(
         qwen3_rm,

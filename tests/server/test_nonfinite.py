@@ -9,9 +9,9 @@ import pytest
 import requests
 import torch
 
-from rlhf_rewards.testing.checkpoints import with_nan_embedding
-from rlhf_rewards.testing.server import InProcessServer
 from rlhf_rewards.workers import RemoteWorker
+from tests.support.checkpoints import with_nan_embedding
+from tests.support.server import InProcessServer
 
 POISON = 300  # a token id whose embedding is NaN: any prompt containing it scores NaN
 

@@ -14,8 +14,8 @@ import pytest
 import requests
 import torch
 
-from rlhf_rewards.testing.server import InProcessServer, ServerProcess
 from rlhf_rewards.workers import RemoteWorker
+from tests.support.server import InProcessServer, ServerProcess
 
 KEY = "s3cret-key-for-tests-0123456789"
 LONG_TEXT = "The quick brown fox jumps over the lazy dog. " * 20  # ~500 tokens

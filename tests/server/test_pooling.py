@@ -179,8 +179,8 @@ def test_truncation_is_the_offline_calls(checkpoint_factory, tmp_path):
     import shutil
 
     from rlhf_rewards import LLM
-    from rlhf_rewards.testing.server import InProcessServer
     from tests.compat.vllm_live.offline import add_bos_eos
+    from tests.support.server import InProcessServer
 
     path = add_bos_eos(
         shutil.copytree(

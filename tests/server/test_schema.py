@@ -24,8 +24,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from safetensors.torch import load_file, save_file
 
-from rlhf_rewards.testing.server import InProcessServer
 from tests.server.conftest import MAX_BODY_BYTES, MAX_CLIENT_BATCH
+from tests.support.server import InProcessServer
 
 KEY = "schema-test-key-0123456789"
 POISON = 300  # a token id whose embedding is NaN: any prompt containing it scores NaN

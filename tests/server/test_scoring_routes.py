@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_rewards import LLM
-from rlhf_rewards.testing.server import InProcessServer
+from tests.support.server import InProcessServer
 
 QUERIES = ["What is the capital of France?", "What is 2 + 2?"]
 DOCS = ["The capital of France is Paris.", "Four."]

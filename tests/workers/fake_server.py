@@ -10,8 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from rlhf_rewards.errors import RequestError
-from rlhf_rewards.testing.server import AppThread
 from rlhf_rewards.workers.remote import ERROR_HEADER
+from tests.support.server import AppThread
 
 INFO = {
     "model": "fake",

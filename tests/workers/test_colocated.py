@@ -17,10 +17,10 @@ import torch
 
 from rlhf_rewards import LLM, PoolingParams
 from rlhf_rewards.callbacks import RewardWorkerCallback
-from rlhf_rewards.testing.server import free_port
 from rlhf_rewards.workers import ColocatedWorker, RewardWorker
 from rlhf_rewards.workers.zero3 import partitioned_parameters, unsharded_loading, zero3_enabled
 from tests.conftest import MIXED_TEXTS
+from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -117,8 +117,8 @@ def test_grpo_through_a_colocated_worker(rm_path, policy_path, rm_llm, tmp_path)
 
 @pytest.mark.slow  # a server subprocess plus the trainer: about a minute
 def test_grpo_through_a_remote_worker(rm_path, policy_path, rm_llm, tmp_path):
-    from rlhf_rewards.testing.server import ServerProcess
     from rlhf_rewards.workers import RemoteWorker
+    from tests.support.server import ServerProcess
 
     with ServerProcess(rm_path) as server, RemoteWorker(server.url) as worker:
         _train_and_check(worker, "conversational", policy_path, rm_llm, tmp_path)

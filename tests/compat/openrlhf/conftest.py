@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from rlhf_rewards.testing.checkpoints import build_checkpoint
 from tests.compat.peers import build_bos_tokenizer, ensure_peers, stub_flash_attn, unstub_flash_attn
+from tests.support.checkpoints import build_checkpoint
 
 NS = types.SimpleNamespace
 

@@ -16,9 +16,9 @@ import torch
 
 from rlhf_rewards import LLM
 from rlhf_rewards.pooling.params import PoolingParams
-from rlhf_rewards.testing.server import ServerProcess, free_port
 from tests.compat.openrlhf.conftest import proxy_args, run_single_turn
 from tests.compat.peers import report
+from tests.support.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 

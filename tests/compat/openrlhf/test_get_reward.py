@@ -15,9 +15,9 @@ import pytest
 
 from rlhf_rewards import LLM, RewardFunction
 from rlhf_rewards.pooling.params import PoolingParams
-from rlhf_rewards.testing.server import InProcessServer
 from tests.compat.openrlhf.conftest import proxy_args, run_single_turn, tokenizer_proxy
 from tests.compat.peers import report
+from tests.support.server import InProcessServer
 
 pytestmark = pytest.mark.slow
 

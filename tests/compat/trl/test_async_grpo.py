@@ -24,9 +24,9 @@ import pytest
 from fastapi import FastAPI
 
 from rlhf_rewards import LLM, AsyncRewardFunction, RewardFunction
-from rlhf_rewards.testing.server import AppThread, InProcessServer
 from rlhf_rewards.workers import RemoteWorker
 from tests.compat.peers import report
+from tests.support.server import AppThread, InProcessServer
 
 pytestmark = pytest.mark.slow
 

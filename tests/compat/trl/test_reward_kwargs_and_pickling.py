@@ -9,8 +9,8 @@ import pytest
 
 from rlhf_rewards import LLM, AsyncRewardFunction, RewardFunction
 from rlhf_rewards.reward.errors import RewardInputError
-from rlhf_rewards.testing.server import InProcessServer
 from rlhf_rewards.workers import ColocatedWorker, RemoteWorker
+from tests.support.server import InProcessServer
 
 PROMPTS = ["What is 12 + 7?", "Name a colour."]
 COMPLETIONS = [" Step one: add the units.\n\nStep two: carry the tens.\n\nSo 19.", " Blue."]

@@ -1,7 +1,7 @@
 """Helpers of vLLM's online pooling tests, for the ports in this package.
 
 - :class:`RemoteOpenAIServer`: vLLM's test server handle (``url_for``), here an ``rlhf-rewards serve`` app run
-  by uvicorn on 127.0.0.1 in this process (:class:`~rlhf_rewards.testing.server.InProcessServer`: the CLI's
+  by uvicorn on 127.0.0.1 in this process (:class:`~tests.support.server.InProcessServer`: the CLI's
   own argument parsing and app).
 - ``check_embeddings_close`` (vLLM's ``tests/models/utils.py``), and the binary-format helpers vLLM 0.33's
   tests import (``vllm/utils/serial_utils.py``: ``EMBED_DTYPES``, ``ENDIANNESS``, ``binary2tensor``;
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlhf_rewards.testing.server import InProcessServer
+from tests.support.server import InProcessServer
 
 #: The chat template of vLLM's reward tests (``--chat-template``).
 DUMMY_CHAT_TEMPLATE = (

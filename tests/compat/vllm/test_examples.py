@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from rlhf_rewards import LLM
-from rlhf_rewards.testing.checkpoints import build_checkpoint
-from rlhf_rewards.testing.lora import build_adapter
 from tests.compat.vllm.vllm_examples import EXAMPLES
+from tests.support.checkpoints import build_checkpoint
+from tests.support.lora import build_adapter
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

@@ -168,7 +168,7 @@ def ours_engine(model: str | os.PathLike[str], **kwargs: Any) -> Any:
 
 def build(tmp_path_factory: pytest.TempPathFactory, architecture: str, name: str, **fields: Any) -> Path:
     """A tiny ``architecture`` checkpoint vLLM's CPU build runs (:data:`DIMS`), in a fresh folder."""
-    from rlhf_rewards.testing.checkpoints import build_checkpoint
+    from tests.support.checkpoints import build_checkpoint
 
     fields = {**DIMS, **fields}
     return build_checkpoint(architecture, tmp_path_factory.mktemp(name), **fields)

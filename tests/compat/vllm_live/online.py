@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from rlhf_rewards.testing.checkpoints import build_checkpoint
-from rlhf_rewards.testing.server import ServerProcess
 from tests.compat.vllm_live.oracle import VllmServer
+from tests.support.checkpoints import build_checkpoint
+from tests.support.server import ServerProcess
 
 #: vLLM's CPU attention refuses head_dim 16: every online checkpoint has head_dim 64.
 DIMS = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64}

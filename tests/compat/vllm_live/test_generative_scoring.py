@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from rlhf_rewards.testing.checkpoints import build_checkpoint
-from rlhf_rewards.testing.lora import build_adapter
-from rlhf_rewards.testing.server import serve
 from tests.compat.vllm_live.oracle import VllmServer
+from tests.support.checkpoints import build_checkpoint
+from tests.support.lora import build_adapter
+from tests.support.server import serve
 
 pytestmark = pytest.mark.slow
 

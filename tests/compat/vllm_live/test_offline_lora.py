@@ -1,5 +1,5 @@
 """Offline differential, LoRA: a peft adapter (q/v projections, rank 4, made with
-``rlhf_rewards.testing.lora.build_adapter``) on a ``Qwen3ForSequenceClassification``, served by vLLM with
+``tests.support.lora.build_adapter``) on a ``Qwen3ForSequenceClassification``, served by vLLM with
 ``enable_lora=True`` and here with the same arguments: one adapter for every row, and a batch mixing adapter
 rows with base-model rows.
 
@@ -32,7 +32,7 @@ ARCH = "Qwen3ForSequenceClassification"
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
-    from rlhf_rewards.testing.lora import build_adapter
+    from tests.support.lora import build_adapter
 
     base = build(tmp_path_factory, ARCH, "lora-base")
     adapter = build_adapter(

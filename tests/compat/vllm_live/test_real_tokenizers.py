@@ -1,5 +1,5 @@
 """Differential against vLLM 0.32 on real tokenizers: Llama-3's (a BOS tokenizer whose chat template also
-writes the BOS) and Qwen2's (no BOS, ChatML), from ``rlhf_rewards.testing.real_tokenizers``.
+writes the BOS) and Qwen2's (no BOS, ChatML), from ``tests.support.real_tokenizers``.
 
 Tiny classifiers on those vocabularies (``LlamaForSequenceClassification`` on Llama-3's 128,256 tokens,
 ``Qwen3ForSequenceClassification`` on Qwen2's 151,646; hidden 128, head_dim 64 as vLLM's CPU attention
@@ -48,8 +48,8 @@ RAW = {"use_activation": False}
 
 
 def _build(tmp_path_factory, name: str):
-    from rlhf_rewards.testing.checkpoints import build_checkpoint, build_hf_model
-    from rlhf_rewards.testing.real_tokenizers import LLAMA3_PAD, real_tokenizer_dir, tokenizer_length
+    from tests.support.checkpoints import build_checkpoint, build_hf_model
+    from tests.support.real_tokenizers import LLAMA3_PAD, real_tokenizer_dir, tokenizer_length
 
     root = tmp_path_factory.mktemp(f"real-{name}")
     if name == "llama3":
@@ -297,7 +297,7 @@ class Online:
 
 @pytest.fixture(scope="module", params=["llama3", "qwen2"])
 def online(request, compat, checkpoints, one_vllm) -> Iterator[Online]:
-    from rlhf_rewards.testing.server import serve
+    from tests.support.server import serve
 
     path = checkpoints[request.param]
     args = ("--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32")

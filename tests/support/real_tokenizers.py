@@ -16,7 +16,7 @@
   appended after those three.
 
 :func:`real_tokenizer_dir` builds each once per process (a temporary folder) and returns it; pass it as
-``tokenizer_dir=`` to :func:`rlhf_rewards.testing.checkpoints.build_checkpoint`, which copies its files.
+``tokenizer_dir=`` to :func:`tests.support.checkpoints.build_checkpoint`, which copies its files.
 """
 
 from __future__ import annotations

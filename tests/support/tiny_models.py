@@ -1,10 +1,10 @@
 """Tiny local models and prompts for running the recipes without a hub or a GPU (CI, smoke tests).
 
 Every recipe takes ``--build_tiny_models DIR``: it builds (once, on the main process) a tiny policy and tiny
-reward models into ``DIR`` with :mod:`rlhf_rewards.testing.checkpoints` and trains on a handful of built-in
+reward models into ``DIR`` with :mod:`tests.support.checkpoints` and trains on a handful of built-in
 prompts, so the whole recipe runs in seconds on a CPU. The same models can be built by hand::
 
-    python -m rlhf_rewards.testing.tiny_models /tmp/tiny   # prints the paths as JSON
+    python -m tests.support.tiny_models /tmp/tiny   # prints the paths as JSON
 
 The weights are random: the rewards mean nothing, but every code path (loading, chat templates, scoring,
 DeepSpeed/accelerate plumbing, logging) is the real one.
@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from rlhf_rewards.testing.checkpoints import STEP_TAG, build_checkpoint, build_tokenizer
+from tests.support.checkpoints import STEP_TAG, build_checkpoint, build_tokenizer
 
 #: Prompts for the tiny runs (standard, non-conversational format).
 TINY_PROMPTS = [
@@ -82,5 +82,5 @@ def tiny_dataset(n: int | None = None):
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m rlhf_rewards.testing.tiny_models DIR")
+        sys.exit("usage: python -m tests.support.tiny_models DIR")
     print(json.dumps({k: str(v) for k, v in build_tiny_models(sys.argv[1]).items()}, indent=2))

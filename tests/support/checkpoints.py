@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 # The tokenizer names callers import from here, where they have always been.
-from rlhf_rewards.testing.tokenizer import CHATML_TEMPLATE, PAD_TOKEN, SPECIAL_TOKENS, STEP_TAG  # noqa: F401
-from rlhf_rewards.testing.tokenizer import build_bpe_tokenizer as build_tokenizer
+from tests.support.tokenizer import CHATML_TEMPLATE, PAD_TOKEN, SPECIAL_TOKENS, STEP_TAG  # noqa: F401
+from tests.support.tokenizer import build_bpe_tokenizer as build_tokenizer
 
 
 def small_dims(**overrides: Any) -> dict[str, Any]:
