@@ -22,6 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from rlhf_rewards.checks import check_bool
 from rlhf_rewards.workers.base import RewardWorker
 
 logger = logging.getLogger(__name__)
@@ -173,8 +174,7 @@ class RewardWorkerCallback(TrainerCallback):
             ("check_health", check_health),
             ("require_all_endpoints", require_all_endpoints),
         ):
-            if not isinstance(value, bool):
-                raise ValueError(f"{flag} must be True or False, got {value!r}.")
+            check_bool(flag, value)
         self.workers = resolve_workers(workers)
         self.sleep = sleep
         self.check_health = check_health

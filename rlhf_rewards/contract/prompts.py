@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
+from rlhf_rewards.checks import is_int
 from rlhf_rewards.errors import RequestError
 
 
@@ -94,7 +95,7 @@ def check_token_ids(i: int, token_ids: Any, vocab_size: int | None = None) -> li
     if not token_ids:
         raise error("is empty; every prompt needs at least one token.")
     for t in token_ids:
-        if isinstance(t, bool) or not isinstance(t, int):
+        if not is_int(t):
             raise error(f"must hold ints, found {t!r}.")
         if vocab_size is not None and (t < 0 or t >= vocab_size):
             raise error(f"has token id {t}, outside the vocabulary range [0, {vocab_size}).")

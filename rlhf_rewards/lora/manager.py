@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 
+from rlhf_rewards.checks import check_positive_int
 from rlhf_rewards.lora.config import AdapterInfo, ModuleIndex, describe, read_adapter_config
 from rlhf_rewards.lora.loading import load_adapter, unload_adapter
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.lora.routing import BASE, PeftAdapterRouter
-from rlhf_rewards.checks import check_positive_int
 
 if TYPE_CHECKING:
     from rlhf_rewards.models.base import PoolingModel

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rlhf_rewards.checks import check_choice
 from rlhf_rewards.models.base import LoadContext, PoolingModel
 from rlhf_rewards.pooling.config import PoolerConfig
 from rlhf_rewards.pooling.step import step_tag_id_of
@@ -106,8 +107,7 @@ def resolve_spec(architecture: str, convert: str = "auto") -> ModelSpec:
     ``classify`` keeps a spec that already classifies, otherwise asks the registered converter (generative
     models get a ``score`` head over the last token). ``embed`` keeps only the ``embed``/``token_embed`` tasks.
     """
-    if convert not in ("auto", "none", "classify", "embed"):
-        raise ValueError(f"convert={convert!r}; choose one of ['auto', 'classify', 'embed', 'none'].")
+    check_choice("convert", convert, ("auto", "classify", "embed", "none"))
     spec = _EXACT.get(architecture)
     if spec is None:
         # Longest suffix first, so ``*LMHeadModel`` is never taken for a base ``*Model``.

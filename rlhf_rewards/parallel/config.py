@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 import os
-from rlhf_rewards.checks import check_int
 from dataclasses import dataclass
-from typing import Any
+
+from rlhf_rewards.checks import check_int
 
 #: Environment variable for :attr:`ParallelConfig.start_timeout_s` (seconds) when the argument is not given.
 START_TIMEOUT_ENV = "RLHF_REWARDS_PARALLEL_START_TIMEOUT_S"

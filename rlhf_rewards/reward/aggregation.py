@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from rlhf_rewards.checks import check_choice
+
 StepAggregation = str | Callable[[list[float]], float]
 
 #: The built-in step aggregations. ``min`` is the usual choice for PRMs (a solution is as good as its
@@ -21,9 +23,7 @@ def check_aggregation(how: object) -> StepAggregation:
     """Return ``how`` if it is a built-in aggregation name or a callable, else raise ``ValueError``."""
     if callable(how):
         return how  # type: ignore[return-value]
-    if isinstance(how, str) and how in AGGREGATIONS:
-        return how
-    raise ValueError(f"step_aggregation={how!r}; choose one of {sorted(AGGREGATIONS)} or pass a callable.")
+    return check_choice("step_aggregation", how, sorted(AGGREGATIONS), otherwise="pass a callable")
 
 
 def aggregate_steps(scores: Sequence[float], how: StepAggregation) -> float:

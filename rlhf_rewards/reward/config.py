@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import zlib
 from collections.abc import Mapping
@@ -11,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_rewards.checks import check_bool, check_choice, check_int, check_number
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.reward.aggregation import StepAggregation, check_aggregation
 from rlhf_rewards.reward.judge_config import JudgeConfig
-from rlhf_rewards.checks import check_bool, check_choice, check_int, check_number
 
 KINDS = ("outcome", "token", "process", "judge")
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from rlhf_rewards.checks import check_bool, is_int, is_number
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from rlhf_rewards.checks import check_bool, is_int, is_number
 
 
 @dataclass

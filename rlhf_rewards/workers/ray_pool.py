@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf_rewards.checks import check_int, check_number
 from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.errors import RequestError
 from rlhf_rewards.lora.request import LoRARequest
@@ -193,19 +194,18 @@ class RayWorkerPool(LoopThreadWorker):
             model = os.fspath(model)
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a model folder or hub id string, got {model!r}.")
-        _check_int("num_replicas", num_replicas, 1)
-        _check_int("max_restarts", max_restarts, -1)
-        _check_int("max_retries", max_retries, 0)
-        _check_int("max_batch_size", max_batch_size, 1)
-        _check_int("max_inflight_per_replica", max_inflight_per_replica, 1)
+        check_int("num_replicas", num_replicas, minimum=1)
+        check_int("max_restarts", max_restarts, minimum=-1)
+        check_int("max_retries", max_retries, minimum=0)
+        check_int("max_batch_size", max_batch_size, minimum=1)
+        check_int("max_inflight_per_replica", max_inflight_per_replica, minimum=1)
         for name, value in (
             ("num_gpus_per_replica", num_gpus_per_replica),
             ("num_cpus_per_replica", num_cpus_per_replica),
             ("down_for", down_for),
             ("ready_timeout", ready_timeout),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+            check_number(name, value, minimum=0)
         if num_gpus_per_replica > 1 and num_gpus_per_replica != int(num_gpus_per_replica):
             raise ValueError(
                 f"num_gpus_per_replica must be a whole number above 1 (one replica spans that many GPUs), "
@@ -518,11 +518,6 @@ def _picklable(exc: Exception) -> Exception:
     except Exception:  # noqa: BLE001 - any failure to round-trip
         return RuntimeError(f"{type(exc).__name__}: {exc}")
     return exc
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 __all__ = ["RayWorkerPool", "RayWorkerPoolError", "ReplicaActor", "ReplicaLoadError"]

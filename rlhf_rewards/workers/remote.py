@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from rlhf_rewards.checks import check_positive_int
 from rlhf_rewards.contract import ModelInfo, params_key, params_to_fields, truncation_of
 from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
 from rlhf_rewards.errors import ERROR_HEADER, RequestError
@@ -99,9 +100,8 @@ class RemoteWorker(LoopThreadWorker):
         )
         url_list = [urls] if isinstance(urls, str) else list(urls)
         self.urls = [_normalize_url(u) for u in url_list]
-        for name, value in (("max_concurrency", max_concurrency), ("max_batch_size", max_batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        check_positive_int("max_concurrency", max_concurrency)
+        check_positive_int("max_batch_size", max_batch_size)
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         self.policy = retry or RetryPolicy(max_retries=max_retries)

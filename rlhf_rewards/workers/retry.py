@@ -43,6 +43,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from rlhf_rewards.checks import check_int, check_number
+
 T = TypeVar("T")
 
 #: Statuses worth sending again (elsewhere): the server, not the request, is at fault or busy.
@@ -197,12 +199,11 @@ class EndpointPool:
             raise ValueError("endpoints is empty: pass at least one endpoint (server URL or actor).")
         if len(set(names)) != len(names):
             raise ValueError(f"endpoints has duplicate names: {names}.")
-        _check_int("down_after", down_after, 1)
+        check_int("down_after", down_after, minimum=1)
         for name, limit in (("max_in_flight", max_in_flight), ("max_total_in_flight", max_total_in_flight)):
             if limit is not None:
-                _check_int(name, limit, 1)
-        if isinstance(down_for, bool) or not isinstance(down_for, (int, float)) or not down_for >= 0:
-            raise ValueError(f"down_for must be a number of seconds >= 0, got {down_for!r}.")
+                check_int(name, limit, minimum=1)
+        check_number("down_for", down_for, minimum=0, expected="a number of seconds >= 0")
         self.endpoints = [Endpoint(n, t) for n, t in pairs]
         self.down_after = down_after
         self.down_for = float(down_for)
@@ -383,11 +384,6 @@ class EndpointPool:
                 stats.retries += 1
             if not busy and not self._untried_usable(tried):
                 await asyncio.sleep(policy.backoff(retries - 1))  # nowhere new to go: back off first
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 __all__ = [
