@@ -1,4 +1,4 @@
-"""What every training recipe shares: the dataset and tiny-model arguments, and the end of the run.
+"""What every training recipe shares: the dataset and shipped-model arguments, and the end of the run.
 
 Recipes import it as ``from common import ...`` (Python puts the script's folder, ``recipes/``, on the path).
 """
@@ -13,7 +13,8 @@ from typing import Any
 
 from trl import ScriptArguments
 
-from tests.support.tiny_models import build_tiny_models, tiny_dataset
+from rlhf_rewards.assets import default_policy_path
+from rlhf_rewards.assets.arithmetic import questions
 
 
 @dataclass
@@ -22,18 +23,19 @@ class RecipeArguments(ScriptArguments):
     ``--dataset_train_split``...).
 
     Args:
-        build_tiny_models: Build a tiny policy and tiny reward models in this folder (on the main process,
-            once) and train on a few built-in prompts: the model, reward model and dataset arguments are
-            then replaced. For smoke runs on a CPU and CI.
+        shipped_models: Train the policy shipped with rlhf-rewards (``rlhf_rewards.assets``: ``arith-policy``)
+            on its arithmetic questions, scored by the shipped reward models (``arith-outcome-rm``,
+            ``arith-prm``): the model, reward model and dataset arguments are then replaced. A run of
+            seconds on a CPU, for smoke runs and CI.
         log_history_file: Where the main process writes ``trainer.state.log_history`` as JSON (every logged
             figure, rewards included). Default: ``<output_dir>/log_history.json``.
     """
 
-    build_tiny_models: str | None = field(
-        default=None,
+    shipped_models: bool = field(
+        default=False,
         metadata={
-            "help": "Build tiny models in this folder and train on built-in prompts (CPU smoke runs, CI). "
-            "Replaces the model, reward model and dataset arguments."
+            "help": "Train the shipped arithmetic policy with the shipped reward models on arithmetic "
+            "questions (CPU smoke runs, CI). Replaces the model, reward model and dataset arguments."
         },
     )
     log_history_file: str | None = field(
@@ -44,23 +46,12 @@ class RecipeArguments(ScriptArguments):
     )
 
 
-def build_tiny_models_once(root: str | os.PathLike[str]) -> dict[str, Path]:
-    """:func:`~tests.support.tiny_models.build_tiny_models` on the main process first, so ranks of a
-    distributed launch never race."""
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():
-        return build_tiny_models(root)
-
-
-def tiny_models(script_args: RecipeArguments, model_args: Any) -> dict[str, Path] | None:
-    """With ``--build_tiny_models DIR``: build the tiny models, point ``--model_name_or_path`` at the tiny
-    policy and return every path; otherwise ``None``."""
-    if not script_args.build_tiny_models:
-        return None
-    paths = build_tiny_models_once(script_args.build_tiny_models)
-    model_args.model_name_or_path = str(paths["policy"])
-    return paths
+def use_shipped_models(script_args: RecipeArguments, model_args: Any) -> bool:
+    """With ``--shipped_models``: point ``--model_name_or_path`` at the shipped policy and return ``True`` (the
+    recipe then takes its reward model from ``rlhf_rewards.assets`` too); otherwise ``False``."""
+    if script_args.shipped_models:
+        model_args.model_name_or_path = default_policy_path()
+    return script_args.shipped_models
 
 
 def apply_model_args(model_args: Any, training_args: Any) -> None:
@@ -74,12 +65,20 @@ def apply_model_args(model_args: Any, training_args: Any) -> None:
     training_args.model_init_kwargs = kwargs
 
 
+def arithmetic_dataset(n: int = 64, seed: int = 0) -> Any:
+    """A ``datasets.Dataset`` with a ``prompt`` column of ``n`` questions of the shipped models' task
+    (``What is A + B?``)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": questions(n, seed)})
+
+
 def load_train_dataset(script_args: RecipeArguments) -> Any:
-    """The training split of ``--dataset_name``, or the built-in prompts with ``--build_tiny_models``."""
-    if script_args.build_tiny_models:
-        return tiny_dataset()
+    """The training split of ``--dataset_name``, or the arithmetic questions with ``--shipped_models``."""
+    if script_args.shipped_models:
+        return arithmetic_dataset()
     if not script_args.dataset_name:
-        raise ValueError("--dataset_name is required (or --build_tiny_models DIR for a tiny run).")
+        raise ValueError("--dataset_name is required (or --shipped_models for a run on the shipped models).")
     from datasets import load_dataset
 
     return load_dataset(

@@ -54,13 +54,6 @@ class DemoConfig:
             raise ValueError(f"threads must be at least 1, got {self.threads}.")
 
 
-def prompts(n: int, seed: int) -> list[str]:
-    """``n`` arithmetic questions (the training split of the shipped models' task)."""
-    from rlhf_rewards.assets import arithmetic as ar
-
-    return [ex.prompt for ex in ar.outcome_examples(seed, n, held_out=False)]
-
-
 def make_step_logger(history: list[dict[str, Any]], reward_name: str) -> Any:
     """A ``TrainerCallback`` that prints the reward of each step and keeps it in ``history``."""
     from transformers import TrainerCallback
@@ -200,7 +193,9 @@ def run(cfg: DemoConfig, output_dir: Path) -> dict[str, Any]:
             model=model,
             reward_funcs=[reward],
             args=args,
-            train_dataset=Dataset.from_dict({"prompt": prompts(cfg.steps * cfg.prompts_per_step, cfg.seed)}),
+            train_dataset=Dataset.from_dict(
+                {"prompt": ar.questions(cfg.steps * cfg.prompts_per_step, cfg.seed)}
+            ),
             processing_class=tokenizer,
             callbacks=[make_step_logger(history, reward.__name__)],
         )

@@ -23,14 +23,19 @@ The log history, with ``rewards/<name>/mean``, is written to ``<output_dir>/log_
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
-from common import RecipeArguments, apply_model_args, finish, load_train_dataset
+from common import (
+    RecipeArguments,
+    apply_model_args,
+    arithmetic_dataset,
+    finish,
+    load_train_dataset,
+    use_shipped_models,
+)
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from rlhf_rewards.assets import default_policy_path
-from rlhf_rewards.assets.arithmetic import question
 from rlhf_rewards.callbacks import RewardMetricsCallback
 from rlhf_rewards.reward import JudgeConfig, RewardFunction
 
@@ -63,17 +68,9 @@ class GRPOJudgeArguments(RecipeArguments):
     judge_labels: list[str] = field(default_factory=lambda: ["1", "0"], metadata={"help": "Answer tokens."})
 
 
-def arithmetic_dataset(n: int = 64, seed: int = 0):
-    """Questions of the shipped policy's task (``What is A + B?``)."""
-    from datasets import Dataset
-
-    rng = random.Random(seed)
-    prompts = [question(rng.randint(0, 9), rng.choice("+-"), rng.randint(0, 9)) for _ in range(n)]
-    return Dataset.from_dict({"prompt": prompts})
-
-
 def main(script_args: GRPOJudgeArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
-    if not model_args.model_name_or_path:
+    shipped = use_shipped_models(script_args, model_args)
+    if not model_args.model_name_or_path:  # the shipped policy is this recipe's default policy and judge
         model_args.model_name_or_path = default_policy_path()
     apply_model_args(model_args, training_args)
     judge = JudgeConfig(template=script_args.judge_template, labels=tuple(script_args.judge_labels))
@@ -82,13 +79,9 @@ def main(script_args: GRPOJudgeArguments, training_args: GRPOConfig, model_args:
 
         source = RemoteWorker(script_args.judge_url)
     else:
-        source = script_args.judge_model or default_policy_path()
+        source = default_policy_path() if shipped or not script_args.judge_model else script_args.judge_model
     reward = RewardFunction(source, judge=judge, name="judge", llm_kwargs={"dtype": "float32"})
-    dataset = (
-        load_train_dataset(script_args)
-        if script_args.dataset_name or script_args.build_tiny_models
-        else arithmetic_dataset()
-    )
+    dataset = load_train_dataset(script_args) if script_args.dataset_name else arithmetic_dataset()
     trainer = GRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=[reward],

@@ -17,11 +17,12 @@ Launch (8 GPUs, DeepSpeed ZeRO-2)::
         --per_device_train_batch_size 8 --num_generations 8 --max_completion_length 1024 \\
         --learning_rate 1e-6 --bf16 --report_to wandb
 
-Tiny run on a CPU (what CI runs; 2 processes, DeepSpeed ZeRO-2 over gloo)::
+Tiny run on a CPU with the models shipped with rlhf-rewards (what CI runs; 2 processes, DeepSpeed ZeRO-2 over
+gloo)::
 
     accelerate launch --config_file recipes/accelerate_configs/zero2.yaml --num_processes 2 \\
         --mixed_precision no recipes/grpo_process_reward.py \\
-        --build_tiny_models /tmp/tiny-models --output_dir /tmp/grpo-prm \\
+        --shipped_models --output_dir /tmp/grpo-prm \\
         --max_steps 2 --per_device_train_batch_size 2 --num_generations 2 --max_completion_length 8 \\
         --logging_steps 1 --save_strategy no --report_to none --use_cpu
 
@@ -35,12 +36,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from common import RecipeArguments, apply_model_args, finish, load_train_dataset, tiny_models
+from common import RecipeArguments, apply_model_args, finish, load_train_dataset, use_shipped_models
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
+from rlhf_rewards.assets import default_prm_path
 from rlhf_rewards.callbacks import RewardMetricsCallback, RewardWorkerCallback
 from rlhf_rewards.reward import RewardFunction
-from tests.support.tiny_models import process_reward_pooler_config
 
 
 @dataclass
@@ -86,14 +87,10 @@ class GRPOProcessRewardArguments(RecipeArguments):
 
 
 def main(script_args: GRPOProcessRewardArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
-    tiny = tiny_models(script_args, model_args)
+    shipped = use_shipped_models(script_args, model_args)
     apply_model_args(model_args, training_args)
+    reward_model = default_prm_path() if shipped else script_args.reward_model
     llm_kwargs: dict = {"dtype": script_args.reward_dtype}
-    if tiny:
-        reward_model = str(tiny["process_reward_model"])
-        llm_kwargs["pooler_config"] = process_reward_pooler_config(reward_model)
-    else:
-        reward_model = script_args.reward_model
     if script_args.pooler_config:
         llm_kwargs["pooler_config"] = json.loads(script_args.pooler_config)
     reward = RewardFunction(

@@ -17,10 +17,11 @@ Launch (policy on 4 GPUs, 4 reward replicas per process on the cluster's other G
         --dataset_name trl-lib/ultrafeedback-prompt --output_dir Qwen3-0.6B-GRPO-Ray \\
         --per_device_train_batch_size 8 --num_generations 8 --max_completion_length 512 --bf16
 
-Tiny run on a CPU (what CI runs; one process, a local Ray instance with 2 CPU replicas)::
+Tiny run on a CPU with the models shipped with rlhf-rewards (what CI runs; one process, a local Ray instance
+with 2 CPU replicas)::
 
     accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml --cpu --mixed_precision no \\
-        recipes/grpo_ray_rewards.py --build_tiny_models /tmp/tiny-models --num_replicas 2 \\
+        recipes/grpo_ray_rewards.py --shipped_models --num_replicas 2 \\
         --output_dir /tmp/grpo-ray --max_steps 2 --per_device_train_batch_size 2 --num_generations 2 \\
         --max_completion_length 8 --logging_steps 1 --save_strategy no --report_to none --use_cpu
 
@@ -31,9 +32,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common import RecipeArguments, apply_model_args, finish, load_train_dataset, tiny_models
+from common import RecipeArguments, apply_model_args, finish, load_train_dataset, use_shipped_models
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
+from rlhf_rewards.assets import default_reward_model_path
 from rlhf_rewards.callbacks import RewardMetricsCallback, RewardWorkerCallback
 from rlhf_rewards.reward import RewardFunction
 from rlhf_rewards.workers.ray_pool import RayWorkerPool
@@ -78,9 +80,9 @@ class GRPORayRewardsArguments(RecipeArguments):
 
 
 def main(script_args: GRPORayRewardsArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
-    tiny = tiny_models(script_args, model_args)
+    shipped = use_shipped_models(script_args, model_args)
     apply_model_args(model_args, training_args)
-    reward_model = str(tiny["reward_model"]) if tiny else script_args.reward_model
+    reward_model = default_reward_model_path() if shipped else script_args.reward_model
     ray_init_kwargs = {"address": script_args.ray_address} if script_args.ray_address else {}
     pool = RayWorkerPool(
         reward_model,

@@ -15,11 +15,12 @@ Launch (8 GPUs, DeepSpeed ZeRO-3)::
         --per_device_train_batch_size 8 --num_generations 8 --max_completion_length 512 \\
         --learning_rate 1e-6 --bf16 --report_to wandb
 
-Tiny run on a CPU (what CI runs; 2 processes, DeepSpeed ZeRO-3 over gloo)::
+Tiny run on a CPU with the models shipped with rlhf-rewards (what CI runs; 2 processes, DeepSpeed ZeRO-3 over
+gloo)::
 
     accelerate launch --config_file recipes/accelerate_configs/zero3.yaml --num_processes 2 \\
         --mixed_precision no recipes/grpo_reward_model.py \\
-        --build_tiny_models /tmp/tiny-models --output_dir /tmp/grpo-rm \\
+        --shipped_models --output_dir /tmp/grpo-rm \\
         --max_steps 2 --per_device_train_batch_size 2 --num_generations 2 --max_completion_length 8 \\
         --logging_steps 1 --save_strategy no --report_to none --use_cpu
 
@@ -32,9 +33,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common import RecipeArguments, apply_model_args, finish, load_train_dataset, tiny_models
+from common import RecipeArguments, apply_model_args, finish, load_train_dataset, use_shipped_models
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
+from rlhf_rewards.assets import default_reward_model_path
 from rlhf_rewards.callbacks import RewardMetricsCallback, RewardWorkerCallback
 from rlhf_rewards.reward import RewardFunction
 
@@ -67,9 +69,9 @@ class GRPORewardModelArguments(RecipeArguments):
 
 
 def main(script_args: GRPORewardModelArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
-    tiny = tiny_models(script_args, model_args)
+    shipped = use_shipped_models(script_args, model_args)
     apply_model_args(model_args, training_args)
-    reward_model = str(tiny["reward_model"]) if tiny else script_args.reward_model
+    reward_model = default_reward_model_path() if shipped else script_args.reward_model
     reward = RewardFunction(
         reward_model, name=script_args.reward_name, llm_kwargs={"dtype": script_args.reward_dtype}
     )

@@ -6,11 +6,12 @@ TRL removed PPOTrainer in 1.13; the last release that ships it is trl 1.12.0
     bash scripts/ppo_env.sh
     .venv-ppo/bin/python -m recipes.ppo_legacy --steps 2
 
-It builds a tiny policy, value model and outcome reward model (random weights, one shared tokenizer),
-trains ``--steps`` PPO updates on CPU, and checks that every score PPO used equals ``LLM.encode`` on the
-same token ids, and that each logged ``objective/scores`` is the mean of that update's scores. With
-``--reward-model PATH`` it uses that checkpoint instead of the tiny one (it must share the policy's
-tokenizer, or pass ``--policy`` with the same tokenizer).
+It starts from the models shipped with rlhf-rewards (``rlhf_rewards.assets``: the ``arith-policy`` policy and
+the ``arith-outcome-rm`` reward model, which share one tokenizer; the value model starts from the reward model,
+as TRL's PPO example does), trains ``--steps`` PPO updates on CPU on arithmetic questions, and checks that every
+score PPO used equals ``LLM.encode`` on the same token ids, and that each logged ``objective/scores`` is the
+mean of that update's scores. ``--reward-model PATH`` and ``--policy PATH`` replace the shipped ones (the
+two must share a tokenizer).
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", default=None, help="where checkpoints and outputs go (default: a temp dir)"
     )
-    parser.add_argument("--reward-model", default=None, help="reward model path (default: a tiny local one)")
-    parser.add_argument("--policy", default=None, help="policy path (default: a tiny local Qwen3ForCausalLM)")
+    parser.add_argument(
+        "--reward-model", default=None, help="reward model path (default: the shipped arith-outcome-rm)"
+    )
+    parser.add_argument("--policy", default=None, help="policy path (default: the shipped arith-policy)")
     parser.add_argument("--summary", default=None, help="write a JSON summary here")
     args = parser.parse_args(argv)
 
@@ -60,24 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from rlhf_rewards import PoolingParams, as_trl_reward_model
-    from tests.support.checkpoints import build_checkpoint
+    from rlhf_rewards.assets import default_policy_path, default_reward_model_path
+    from rlhf_rewards.assets.arithmetic import questions
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ppo-legacy-"))
     work.mkdir(parents=True, exist_ok=True)
-    rm_path = args.reward_model or str(
-        build_checkpoint("Qwen3ForSequenceClassification", work / "rm", seed=1)
-    )
-    policy_path = args.policy or str(
-        build_checkpoint("Qwen3ForCausalLM", work / "policy", seed=2, tokenizer_dir=rm_path)
-    )
-    value_path = str(
-        build_checkpoint("Qwen3ForSequenceClassification", work / "value", seed=3, tokenizer_dir=policy_path)
-    )
+    rm_path = args.reward_model or default_reward_model_path()
+    policy_path = args.policy or default_policy_path()
 
     tokenizer = AutoTokenizer.from_pretrained(policy_path, padding_side="left")
     policy = AutoModelForCausalLM.from_pretrained(policy_path)
     ref_policy = AutoModelForCausalLM.from_pretrained(policy_path)
-    value_model = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1)
+    value_model = AutoModelForSequenceClassification.from_pretrained(rm_path, num_labels=1)
 
     reward_model = as_trl_reward_model(rm_path, llm_kwargs={"device": "cpu"})
     buckets: list[list[tuple[list[int], float]]] = [[]]
@@ -94,12 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         def on_step_end(self, *a, **k):
             buckets.append([])
 
-    prompts = [
-        "What is 12 + 7?",
-        "Hello, my name is",
-        "Solve 3 * 4 = 12. Then",
-        "The quick brown fox",
-    ]
+    prompts = questions(4)
     batch = 2
     ds = Dataset.from_dict({"input_ids": [tokenizer(p)["input_ids"] for p in prompts]})
     config = PPOConfig(

@@ -22,10 +22,11 @@ or let the recipe start one on this machine for the run (``--serve``; extra serv
         --serve_args "--dtype bfloat16 --device cuda:0" --dataset_name trl-lib/ultrafeedback-prompt \\
         --output_dir Qwen3-0.6B-RLOO-Skywork --bf16
 
-Tiny run on a CPU (what CI runs; one process, the recipe starts the server)::
+Tiny run on a CPU with the models shipped with rlhf-rewards (what CI runs; one process, the recipe starts the
+server)::
 
     accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml --cpu --mixed_precision no \\
-        recipes/rloo_remote_reward.py --build_tiny_models /tmp/tiny-models --serve \\
+        recipes/rloo_remote_reward.py --shipped_models --serve \\
         --output_dir /tmp/rloo-remote --max_steps 2 --per_device_train_batch_size 2 --num_generations 2 \\
         --max_completion_length 8 --logging_steps 1 --save_strategy no --report_to none --use_cpu
 
@@ -40,10 +41,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from common import RecipeArguments, apply_model_args, finish, load_train_dataset, tiny_models
+from common import RecipeArguments, apply_model_args, finish, load_train_dataset, use_shipped_models
 from reward_server import serve_on_main_process
 from trl import ModelConfig, RLOOConfig, RLOOTrainer, TrlParser
 
+from rlhf_rewards.assets import default_reward_model_path
 from rlhf_rewards.callbacks import RewardMetricsCallback, RewardWorkerCallback
 from rlhf_rewards.reward import RewardFunction
 from rlhf_rewards.workers import RemoteWorker
@@ -94,11 +96,11 @@ class RLOORemoteRewardArguments(RecipeArguments):
 
 
 def main(script_args: RLOORemoteRewardArguments, training_args: RLOOConfig, model_args: ModelConfig) -> None:
-    tiny = tiny_models(script_args, model_args)
+    shipped = use_shipped_models(script_args, model_args)
     apply_model_args(model_args, training_args)
     server = None
     if script_args.serve:
-        model = str(tiny["reward_model"]) if tiny else script_args.reward_model
+        model = default_reward_model_path() if shipped else script_args.reward_model
         url, server = serve_on_main_process(
             model,
             serve_args=script_args.serve_args,

@@ -1,7 +1,7 @@
 """The arithmetic task of the shipped models: data, held-out split and formats.
 
 Shared by ``scripts/build_assets/`` (training data), :mod:`rlhf_rewards.assets.evaluation` and the
-tests (held-out checks) and ``recipes/demo.py`` (the policy's prompts), so all of them agree on the task.
+tests (held-out checks) and ``recipes/`` (the policy's prompts), so all of them agree on the task.
 
 - **Facts**: ``A + B`` and ``A - B`` (``A >= B``) with ``A, B`` in 0..9: 155 facts, answers 0..18.
 - **Outcome RM**: ``What is A + B?``; the completion is the answer as a number. Wrong answers are the
@@ -154,16 +154,10 @@ def outcome_examples(seed: int, n: int, *, held_out: bool) -> list[OutcomeExampl
     return out
 
 
-def render_outcome(prompt: str, answer: str, fmt: str) -> dict:
-    """An input in TRL's formats: ``standard`` (``prompt`` + ``" " + answer``) or ``conversational``."""
-    if fmt == "standard":
-        return {"prompt": prompt, "completion": " " + answer}
-    if fmt == "conversational":
-        return {
-            "prompt": [{"role": "user", "content": prompt}],
-            "completion": [{"role": "assistant", "content": answer}],
-        }
-    raise ValueError(f"fmt must be 'standard' or 'conversational', got {fmt!r}")
+def questions(n: int, seed: int = 0) -> list[str]:
+    """``n`` questions of the outcome task's training split, reproducible from ``seed``: the prompts GRPO trains
+    the shipped policy on in ``recipes/demo.py`` and in the recipes' ``--shipped_models`` runs."""
+    return [ex.prompt for ex in outcome_examples(seed, n, held_out=False)]
 
 
 # ----------------------------------------------------------------------------------------------------- PRM
@@ -273,7 +267,7 @@ __all__ = [
     "outcome_examples",
     "process_examples",
     "question",
-    "render_outcome",
+    "questions",
     "tokenizer_corpus",
     "wrong_answer",
 ]
