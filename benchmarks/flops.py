@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from rlhf_rewards.engine.stats import RunStats
 
 
 @dataclass(frozen=True)
@@ -75,17 +78,15 @@ def padded_flops(shapes: Shapes, lengths: list[int], batch_size: int | None = No
     return sequences_flops(shapes, rows)
 
 
-def engine_flops(shapes: Shapes, stats: dict[str, int]) -> float:
+def engine_flops(shapes: Shapes, stats: RunStats) -> float:
     """FLOPs the engine executed, from ``ModelRunner.last_stats`` (pruned last layer included)."""
     full_layers = shapes.layers - 1
     f = full_layers * (
-        stats["tokens_run"] * shapes.layer_flops_per_token + stats["attention_pairs"] * shapes.flops_per_pair
+        stats.tokens_run * shapes.layer_flops_per_token + stats.attention_pairs * shapes.flops_per_pair
     )
-    rows, last_rows = stats["tokens_run"], stats["last_layer_rows"]
+    rows, last_rows = stats.tokens_run, stats.last_layer_rows
     f += (rows - last_rows) * shapes.kv_flops_per_token  # pruned rows still produce keys and values
-    f += (
-        last_rows * shapes.layer_flops_per_token + stats["last_layer_attention_pairs"] * shapes.flops_per_pair
-    )
+    f += last_rows * shapes.layer_flops_per_token + stats.last_layer_attention_pairs * shapes.flops_per_pair
     return float(f)
 
 

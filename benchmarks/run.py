@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import json
 import os
@@ -28,7 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rlhf_rewards.engine.stats import RunStats
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,7 +107,7 @@ class Method:
     times: list[float] = field(default_factory=list)
     peaks: list[float] = field(default_factory=list)
     scores: Any = None
-    stats: dict[str, int] | None = None
+    stats: RunStats | None = None
 
 
 def _flat(scores: Any) -> torch.Tensor:
@@ -146,7 +150,7 @@ def _engine_classify(llm: Any, texts: list[str], **flags: Any) -> Callable[[], t
                 use_tqdm=False,
                 add_special_tokens=False,
             )
-            run.stats = dict(llm.runner.last_stats)
+            run.stats = dataclasses.replace(llm.runner.last_stats)
         return torch.stack([o.outputs.data[0] for o in outs])
 
     run.stats = None
@@ -157,7 +161,7 @@ def _engine_prm(llm: Any, texts: list[str], **flags: Any) -> Callable[[], list[l
     def run() -> list[list[float]]:
         with runner_variant(llm, **flags) if flags else contextlib.nullcontext():
             outs = llm.encode(texts, pooling_task="token_classify", use_tqdm=False, add_special_tokens=False)
-            run.stats = dict(llm.runner.last_stats)
+            run.stats = dataclasses.replace(llm.runner.last_stats)
         return [o.outputs.data[:, 1].tolist() for o in outs]
 
     run.stats = None
@@ -261,8 +265,8 @@ def run_workload(
             del out
             m.peaks.append(mem.peak_mib)
             if m is engine:
-                stats = getattr(m.fn, "stats", None) or {}
-                tokens = stats.get("tokens_run", 0) / max(stats.get("forwards", 1), 1)
+                stats = getattr(m.fn, "stats", None)
+                tokens = stats.tokens_run / max(stats.forwards, 1) if stats is not None else 0.0
                 peaks.append(matmul_peak(shapes, tokens))
     m_stats = getattr(engine.fn, "stats", None)
     peak = statistics.median(peaks) if peaks else float("nan")
@@ -288,14 +292,14 @@ def run_workload(
                 "gflop": flops / 1e9,
                 "gflop_per_s": flops / t / 1e9,
                 "matmul_utilisation": flops / t / peak,
-                "stats": getattr(m.fn, "stats", None),
+                "stats": dataclasses.asdict(m.fn.stats) if getattr(m.fn, "stats", None) else None,
             }
         )
     lengths = [len(x) for x in methods[-1].scores] if workload.name == "prm" else None
     return {
         "workload": workload.name,
         "items": len(workload.texts),
-        "tokens": m_stats.get("tokens_requested") if m_stats else None,
+        "tokens": m_stats.tokens_requested if m_stats else None,
         "matmul_peak_gflop_per_s": peak / 1e9,
         "steps": sum(lengths) if lengths else None,
         "rows": rows,

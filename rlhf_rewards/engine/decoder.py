@@ -5,7 +5,7 @@ norm), so weights, peft-wrapped linears and numerics are the model's. The loop d
 hand, exactly as the family's ``DecoderLayer.forward`` does (``x + attn(norm(x))``, then
 ``x + mlp(norm(x))``), and differs from ``backbone(...)`` in three ways:
 
-- Attention goes through the active :class:`~rlhf_rewards.engine.segment_attention.SegmentPlan`.
+- Attention goes through the active :class:`~rlhf_rewards.engine.attention.plan.SegmentPlan`.
 - **Row chunks on CPU.** Norms, projections, RoPE and the MLP are row-wise, so they run in chunks of
   :data:`CPU_ROW_CHUNK` rows whose activations stay in cache; only attention sees the whole packed row.
 - **Last-layer pruning.** In the final decoder layer only the keys and values of every token are needed;
@@ -26,6 +26,11 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from rlhf_rewards.engine import deterministic as det
+from rlhf_rewards.engine.attention.blocked import BlockedLayout, deterministic_layout
+from rlhf_rewards.engine.attention.interface import segment_attention_forward
+from rlhf_rewards.engine.attention.plan import SegmentAttentionUnsupported
 
 #: Backbone classes whose forward is exactly: embed -> rotary -> decoder layers -> norm, and whose decoder
 #: layer is: x + attn(norm(x)), then x + mlp(norm(x)).
@@ -124,8 +129,6 @@ def _layer(
     compile: bool = False,
 ) -> torch.Tensor:
     """One decoder layer over the packed row: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
-    from rlhf_rewards.engine.segment_attention import segment_attention_forward
-
     attn = layer.self_attn
     total = hidden.shape[1]
     pre, post = _block_functions(compile)
@@ -207,8 +210,6 @@ def _attention_rows(
     layer: nn.Module, hidden: torch.Tensor, cos, sin, rows: torch.Tensor, chunks
 ) -> torch.Tensor:
     """The attention block of a Llama-family layer with queries and output projection on ``rows`` only."""
-    from rlhf_rewards.engine.segment_attention import segment_attention_forward
-
     attn = layer.self_attn
     total = hidden.shape[1]
     # Keys and values of every token; queries only for the kept rows, rotated at their own positions.
@@ -233,8 +234,6 @@ def _deterministic_forward(
     backbone: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, rows: torch.Tensor | None
 ) -> torch.Tensor:
     """:func:`direct_forward` with every row-wise call on tiles of exactly ``ROW_TILE`` rows."""
-    from rlhf_rewards.engine import deterministic as det
-
     tile = det.ROW_TILE
     total = input_ids.shape[1]
     spans = det.tiles(total, tile)
@@ -269,18 +268,14 @@ def _deterministic_forward(
     return _tiled_norm(backbone.norm, result, kept_spans)[0]
 
 
-def _blocked_layout(attn: nn.Module, device: torch.device):
+def _blocked_layout(attn: nn.Module, device: torch.device) -> BlockedLayout:
     """The active deterministic plan's layout for this attention layer (counted as its attention call)."""
-    from rlhf_rewards.engine.segment_attention import SegmentAttentionUnsupported, deterministic_layout
-
     if _sliding_window(attn) is not None:
         raise SegmentAttentionUnsupported("segment attention does not implement `sliding_window`")
     return deterministic_layout(attn, device)
 
 
 def _tiled_norm(norm: nn.Module, hidden: torch.Tensor, spans) -> torch.Tensor:
-    from rlhf_rewards.engine import deterministic as det
-
     result = torch.empty_like(hidden)
     for s, e in spans:
         result[:, s:e] = norm(det.tile_rows(hidden, s, e, det.ROW_TILE))[:, : e - s]
@@ -289,8 +284,6 @@ def _tiled_norm(norm: nn.Module, hidden: torch.Tensor, spans) -> torch.Tensor:
 
 def _deterministic_layer(layer: nn.Module, hidden: torch.Tensor, cos, sin, spans) -> torch.Tensor:
     """:func:`_layer` on fixed row tiles, with queries/keys/values written straight into the blocked layout."""
-    from rlhf_rewards.engine import deterministic as det
-
     tile = det.ROW_TILE
     attn = layer.self_attn
     total = hidden.shape[1]

@@ -1,12 +1,12 @@
 """A prefix cache that outlives one call: keys and values of recently computed token prefixes.
 
-Within one call the engine already runs every shared prefix once (:mod:`~rlhf_rewards.engine.prefix_cache`).
+Within one call the engine already runs every shared prefix once (:mod:`~rlhf_rewards.engine.prefix_tree`).
 Trainers that send one sample per request as each rollout finishes (OpenRLHF, verl's reward loop) never put
 siblings in one call, so every completion would recompute its prompt. This cache keeps, across calls, the
 post-RoPE keys and values of every layer for the token runs the engine computed, in a radix tree per
 *namespace* (the LoRA adapter and vLLM's ``cache_salt``). A later request whose token ids start with a
 cached run computes only its suffix, attending to the cached keys and values exactly as a child node
-attends to its parent node inside one call (:mod:`~rlhf_rewards.engine.segment_attention`).
+attends to its parent node inside one call (:mod:`~rlhf_rewards.engine.attention`).
 
 - **Exact.** A token's keys and values depend only on the tokens before it, so a hit computes what a miss
   computes, up to float rounding in the default mode (~1e-7; the cached keys came from another batch), and

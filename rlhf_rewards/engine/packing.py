@@ -1,6 +1,6 @@
 """Padding-free packing: prefix trees laid out in one row per forward, within a token budget.
 
-Every node of a prefix tree (:mod:`rlhf_rewards.engine.prefix_cache`) becomes a segment of the packed row,
+Every node of a prefix tree (:mod:`rlhf_rewards.engine.prefix_tree`) becomes a segment of the packed row,
 parents before children; ``position_ids`` restart for every sequence (a node starts at its depth in the
 sequence). A request's tokens are the concatenation of the nodes on its root path, so any position a
 pooler asks for, inside a shared prefix or not, maps to exactly one packed row.
@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from rlhf_rewards.engine.deterministic import Workspace
-from rlhf_rewards.engine.prefix_cache import PrefixForest, PrefixNode
-from rlhf_rewards.engine.segment_attention import ExternalKV, Segment, SegmentPlan
+from rlhf_rewards.engine.attention.plan import ExternalKV, Segment, SegmentPlan, Workspace
+from rlhf_rewards.engine.prefix_tree import PrefixForest, PrefixNode
 
 
 @dataclass
@@ -82,7 +81,7 @@ class PackedForward:
     ) -> SegmentPlan:
         """The attention plan; with ``needed_rows`` (sorted packed rows), layer ``prune_layer`` computes only those.
 
-        ``deterministic`` selects the batch-invariant blocked attention (:mod:`~rlhf_rewards.engine.deterministic`),
+        ``deterministic`` selects the batch-invariant blocked attention (:mod:`~rlhf_rewards.engine.attention.blocked`),
         whose scratch buffers are ``workspace``'s when one is given.
         """
         if needed_rows is not None:

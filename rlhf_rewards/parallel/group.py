@@ -49,6 +49,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from rlhf_rewards.engine.stats import RunStats
 from rlhf_rewards.parallel.config import CALL_TIMEOUT_ENV, START_TIMEOUT_ENV, ParallelConfig
 
 logger = logging.getLogger(__name__)
@@ -564,7 +565,7 @@ class WorkerPool(ParallelGroup):
     # ------------------------------------------------------------------ calls
     def call(
         self, requests: list[Any], on_batch_done: Callable[[int], None] | None = None
-    ) -> tuple[list[torch.Tensor], dict[str, int]]:
+    ) -> tuple[list[torch.Tensor], RunStats]:
         """Run ``requests`` on every worker; the output rank's outputs and run statistics.
 
         An error raised alike on every rank is raised here and leaves the engine usable (as in one process); a
@@ -607,7 +608,7 @@ class WorkerPool(ParallelGroup):
                 raise
             if errors:
                 self._raise_call_errors(errors)
-            return unpack_outputs(result["outputs"]), dict(result["stats"] or {})
+            return unpack_outputs(result["outputs"]), result["stats"] or RunStats()
 
     def _raise_call_errors(self, errors: dict[int, RemoteError]) -> None:
         first = errors.get(self.config.output_rank) or errors[min(errors)]

@@ -17,6 +17,7 @@ pipeline stage) returns the scores.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -116,7 +117,9 @@ class LockstepRunner:
                 channel.send(("error", call_id, RemoteError.capture(exc)))
                 continue
             if is_output:
-                channel.send(("done", call_id, pack_outputs(outputs), dict(self.runner.last_stats)))
+                channel.send(
+                    ("done", call_id, pack_outputs(outputs), dataclasses.replace(self.runner.last_stats))
+                )
             else:
                 channel.send(("done", call_id, None, None))
 

@@ -54,7 +54,7 @@ def test_direct_families_in_row_chunks(family, monkeypatch, chunk, path_name):
     _check(runner.run(requests), requests, reference)
     assert runner.packing_disabled_reason is None
     if chunk == 37:
-        assert len(decoder._chunks(runner.last_stats["tokens_run"], CPU)) > 3
+        assert len(decoder._chunks(runner.last_stats.tokens_run, CPU)) > 3
 
 
 def test_qwen3_row_chunks_with_a_small_budget(qwen3, monkeypatch):  # noqa: F811
@@ -63,7 +63,7 @@ def test_qwen3_row_chunks_with_a_small_budget(qwen3, monkeypatch):  # noqa: F811
     runner = ModelRunner(model, CPU, 300)
     requests = _requests(_sequences(seed=5), POOLINGS)
     _check(runner.run(requests), requests, reference)
-    assert runner.last_stats["forwards"] > 1
+    assert runner.last_stats.forwards > 1
 
 
 def test_sliding_window_model_falls_back_to_padding(tmp_path):

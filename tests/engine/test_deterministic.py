@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 
 from rlhf_rewards import LLM, LoRARequest, PoolingParams
 from rlhf_rewards.engine import deterministic as det
-from rlhf_rewards.engine.segment_attention import Segment, SegmentPlan, active_plan, segment_attention_forward
+from rlhf_rewards.engine.attention import blocked
+from rlhf_rewards.engine.attention.interface import segment_attention_forward
+from rlhf_rewards.engine.attention.plan import Segment, SegmentPlan, Workspace, active_plan
 
 RAW = PoolingParams(use_activation=False)
 BUDGETS = [40, 130, 257, 700, 16384]
@@ -172,15 +174,15 @@ def test_batched_calls_equal_per_tile_views(pruned):
         for seg, keep in zip(segments, ([0, 4], [], [31, 32, 129], [69], [0, 40]), strict=True):
             seg.rows = torch.tensor(keep, dtype=torch.long)
     outs = [
-        det.blocked_attention(
-            det.BlockedLayout(segments, total, pruned, q.device, batched=batched), q, k, v, 0.25
+        blocked.blocked_attention(
+            blocked.BlockedLayout(segments, total, pruned, q.device, batched=batched), q, k, v, 0.25
         )
         for batched in (False, True)
     ]
-    assert len(det.BlockedLayout(segments, total, pruned, q.device, batched=True).calls(q.device)) > 1
+    assert len(blocked.BlockedLayout(segments, total, pruned, q.device, batched=True).calls(q.device)) > 1
     assert torch.equal(outs[0], outs[1])
     if pruned:  # rows no tile owns read as zero through the attention interface
-        owned = det.BlockedLayout(segments, total, True, q.device).owned_rows(q.device)
+        owned = blocked.BlockedLayout(segments, total, True, q.device).owned_rows(q.device)
         rest = torch.ones(total, dtype=torch.bool)
         rest[owned] = False
         assert rest.any() and not outs[0][0, rest].any()
@@ -191,15 +193,17 @@ def test_a_shared_workspace_gives_the_numbers_of_a_fresh_one():
     gen = torch.Generator().manual_seed(6)
     small = _packed([tuple(torch.randn(n, h, 16, generator=gen) for h in (4, 2, 2)) for n in (9, 40)])
     big = _mixed_layout(gen)
-    ws = det.Workspace()
+    ws = Workspace()
     shared = {
-        name: det.BlockedLayout(case[0], case[1], False, torch.device("cpu"), workspace=ws)
+        name: blocked.BlockedLayout(case[0], case[1], False, torch.device("cpu"), workspace=ws)
         for name, case in (("small", small), ("big", big))
     }
     for name in ("small", "big", "small", "big"):
         segments, total, q, k, v = small if name == "small" else big
-        fresh = det.blocked_attention(det.BlockedLayout(segments, total, False, q.device), q, k, v, 0.25)
-        assert torch.equal(det.blocked_attention(shared[name], q, k, v, 0.25), fresh)
+        fresh = blocked.blocked_attention(
+            blocked.BlockedLayout(segments, total, False, q.device), q, k, v, 0.25
+        )
+        assert torch.equal(blocked.blocked_attention(shared[name], q, k, v, 0.25), fresh)
 
 
 # ---------------------------------------------------------------------- models
@@ -379,7 +383,7 @@ def test_deterministic_scores_equal_the_default_engine_and_transformers(engines,
     for text, g, b in zip(texts, got, base, strict=True):
         torch.testing.assert_close(g, b, rtol=0, atol=1e-4)
         torch.testing.assert_close(g, _transformers_reference(llm, name, text), rtol=1e-5, atol=1e-5)
-    assert llm.runner.last_stats["tokens_run"] < sum(len(t) for t in texts)  # the shared prompt ran once
+    assert llm.runner.last_stats.tokens_run < sum(len(t) for t in texts)  # the shared prompt ran once
 
 
 def test_lora_scores_equal_the_default_engine(engines, adapters):
@@ -425,7 +429,7 @@ def test_other_architectures_run_one_request_per_forward(checkpoint_factory, arc
     texts = _fixed_batch()[:6]
     alone = [_encode(llm, [t], [None], task, None)[0] for t in texts]
     batch = _encode(llm, texts, [None] * len(texts), task, None)
-    assert llm.runner.last_stats["forwards"] == len(texts)
+    assert llm.runner.last_stats.forwards == len(texts)
     assert all(torch.equal(a, b) for a, b in zip(alone, batch, strict=True))
     reference = _encode(LLM(str(path), device="cpu"), texts, [None] * len(texts), task, None)
     for g, b in zip(batch, reference, strict=True):

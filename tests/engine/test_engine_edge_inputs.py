@@ -142,7 +142,9 @@ def test_small_forwards_run_single_threaded_and_restore_threads():
 def test_log_sum_exp_attention_paths_agree(is_causal):
     """The CPU kernel and the matmul fallback (used off CPU) give the same output and log-sum-exp, and
     merging two key ranges by log-sum-exp equals attention over their union (grouped-query heads)."""
-    from rlhf_rewards.engine.segment_attention import _merge, _sdpa_lse, _sdpa_lse_math
+    from rlhf_rewards.engine.attention.kernels import merge as _merge
+    from rlhf_rewards.engine.attention.kernels import sdpa_lse as _sdpa_lse
+    from rlhf_rewards.engine.attention.kernels import sdpa_lse_math as _sdpa_lse_math
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, h, 9, 16, generator=gen) for h in (4, 2, 2))

@@ -94,8 +94,8 @@ def test_hits_equal_misses_one_text_per_call(seq_rm, deterministic):
     stats = _cache(llm).stats()
     assert stats["hit_tokens"] > 0.5 * sum(len(t) for t in texts[4:]) / 2
     again = _encode(llm, texts)  # the same texts again, one call: nearly everything is a hit
-    assert llm.runner.last_stats["cached_tokens"] >= sum(len(t) for t in texts) - 16 * len(texts)
-    assert llm.runner.last_stats["tokens_run"] < 0.3 * sum(len(t) for t in texts)
+    assert llm.runner.last_stats.cached_tokens >= sum(len(t) for t in texts) - 16 * len(texts)
+    assert llm.runner.last_stats.tokens_run < 0.3 * sum(len(t) for t in texts)
     if deterministic:
         assert all(torch.equal(a, b) for a, b in zip(per_call, miss, strict=True))
         assert all(torch.equal(a, b) for a, b in zip(again, miss, strict=True))

@@ -168,9 +168,9 @@ def test_every_path_matches_reference_qwen3(qwen3, path_name, budget):
     _check(runner.run(requests), requests, reference)
     assert runner.packing_disabled_reason is None
     if path_name != "padded" and budget == 4096:
-        assert runner.last_stats["forwards"] == 1
+        assert runner.last_stats.forwards == 1
     if "prefix" in path_name:
-        assert runner.last_stats["tokens_run"] < runner.last_stats["tokens_requested"] * 0.8
+        assert runner.last_stats.tokens_run < runner.last_stats.tokens_requested * 0.8
 
 
 @pytest.mark.parametrize("pooling", POOLINGS, ids=[f"{t}-{c['pooling_type']}" for t, c in POOLINGS])
@@ -182,7 +182,7 @@ def test_single_pooler_calls_use_pruning_exactly(qwen3, pooling):
     _check(runner.run(requests), requests, reference)
     stats = runner.last_stats
     if pooling[1]["pooling_type"] in ("LAST", "CLS", "STEP"):
-        assert stats["last_layer_rows"] < stats["tokens_run"] / 2
+        assert stats.last_layer_rows < stats.tokens_run / 2
 
 
 @pytest.mark.parametrize("path_name", ["padded", "packed+prefix+prune"])
@@ -204,8 +204,8 @@ def test_grpo_batch_single_forward_each_prompt_once(qwen3):
     runner = ModelRunner(model, CPU, 16384)
     _check(runner.run(requests), requests, reference)
     stats = runner.last_stats
-    assert stats["tokens_run"] == sum(len(s) for s in seqs) - 4 * 7 * 50
-    assert stats["last_layer_rows"] == len(seqs)
+    assert stats.tokens_run == sum(len(s) for s in seqs) - 4 * 7 * 50
+    assert stats.last_layer_rows == len(seqs)
 
 
 class _GenericOnly(PoolingModel):
@@ -234,7 +234,7 @@ def test_generic_hidden_states_path(qwen3):
     assert not runner._uses_direct()
     requests = _requests(_sequences(seed=4), POOLINGS)
     _check(runner.run(requests), requests, reference)
-    assert runner.packing_disabled_reason is None and runner.last_stats["forwards"] > 1
+    assert runner.packing_disabled_reason is None and runner.last_stats.forwards > 1
 
 
 class _IgnoresPlans(PoolingModel):
@@ -279,13 +279,13 @@ def test_forward_kwargs_hook_contract_and_adapter_grouping(qwen3):
     runner = ModelRunner(model, CPU, 4096, forward_kwargs=hook)
     _check(runner.run(requests), requests, reference)
     # A packed forward is one row, which can hold one adapter: mixed calls take the padded path instead.
-    assert runner.last_stats["last_layer_rows"] == runner.last_stats["tokens_run"]  # padded accounting
+    assert runner.last_stats.last_layer_rows == runner.last_stats.tokens_run  # padded accounting
     assert any(len({r.lora for r in reqs}) == 3 for reqs in calls)
 
     calls.clear()
     single = _requests(seqs, [POOLINGS[0], POOLINGS[3]], lora=[a] * len(seqs))
     _check(runner.run(single), single, reference)
-    assert runner.last_stats["tokens_run"] <= sum(len(s) for s in seqs)  # packed: no padding rows
+    assert runner.last_stats.tokens_run <= sum(len(s) for s in seqs)  # packed: no padding rows
     assert calls and all({r.lora for r in reqs} == {a} for reqs in calls)
 
 
@@ -337,12 +337,12 @@ def test_lm_head_prm_step_pooling_with_returned_token_ids(checkpoint_factory):
     requests = _requests(_sequences(seed=10), [("token_classify", cfg)], use_activation=True)
     runner = ModelRunner(model, CPU, 4096)
     _check(runner.run(requests), requests, reference)
-    assert runner.last_stats["last_layer_rows"] < runner.last_stats["tokens_run"] / 2
+    assert runner.last_stats.last_layer_rows < runner.last_stats.tokens_run / 2
 
 
 def test_model_outside_a_plan_is_plain_sdpa(qwen3):
     """A model switched to the segment implementation but with no plan active computes SDPA's result."""
-    from rlhf_rewards.engine.segment_attention import register
+    from rlhf_rewards.engine.attention.interface import register
 
     _, model, reference = qwen3
     config = model.hf_model.config

@@ -1,4 +1,4 @@
-"""The CUDA varlen attention path (``engine/varlen_attention.py``).
+"""The CUDA varlen attention path (``engine/attention/varlen.py``).
 
 The FlashAttention varlen kernel is CUDA-only, so on CPU the path runs with a reference kernel written out
 here with plain matmuls (same signature and semantics: ``cu_seqlens``, causal window, GQA, log-sum-exp).
@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_rewards.engine import varlen_attention
+from rlhf_rewards.engine.attention import varlen as varlen_attention
+from rlhf_rewards.engine.attention.plan import Segment, SegmentPlan
 from rlhf_rewards.engine.runner import ModelRunner
-from rlhf_rewards.engine.segment_attention import Segment, SegmentPlan
 from tests.engine.test_runner_paths import CPU, PATHS, POOLINGS, _check, _requests, _sequences, qwen3  # noqa: F401
 
 
@@ -76,7 +76,7 @@ def test_varlen_path_matches_reference(qwen3, varlen_on_cpu, path_name, budget):
     if budget == 4096 and "prefix" in path_name:
         # ... plus one call per shared prefix (one query sequence each).
         assert varlen_on_cpu.count(1) > 0
-        assert runner.last_stats["forwards"] == 1
+        assert runner.last_stats.forwards == 1
 
 
 def test_varlen_is_off_for_cpu_float32_and_by_environment(monkeypatch):
@@ -92,7 +92,7 @@ def test_varlen_is_off_for_cpu_float32_and_by_environment(monkeypatch):
 
 def test_layout_rejects_segments_that_do_not_tile_the_row():
     with pytest.raises(ValueError, match="tile the packed row"):
-        SegmentPlan([Segment(0, 3), Segment(4, 6)], 6).varlen_layout(CPU)
+        varlen_attention.plan_layout(SegmentPlan([Segment(0, 3), Segment(4, 6)], 6), CPU)
     segments = [
         Segment(0, 3),
         Segment(3, 5, prefix=[(0, 3)]),
@@ -101,7 +101,7 @@ def test_layout_rejects_segments_that_do_not_tile_the_row():
         Segment(9, 10),
         Segment(10, 12, prefix=[(9, 10)]),
     ]
-    layout = SegmentPlan(segments, 12).varlen_layout(CPU)
+    layout = varlen_attention.plan_layout(SegmentPlan(segments, 12), CPU)
     assert layout.cu.tolist() == [0, 3, 5, 6, 9, 10, 12] and layout.max_len == 3
     crosses = {
         c.k_range: (c.q_range, c.q_index.tolist() if c.q_index is not None else None) for c in layout.crosses

@@ -124,8 +124,8 @@ def test_query_runs_once_and_no_vocab_matrix(llm, monkeypatch):
                 llm.get_tokenizer().encode(ITEMS[0], add_special_tokens=False)
             )
             # Every item runs its own tokens; the shared query runs once, not len(ITEMS) times.
-            assert stats["tokens_run"] <= stats["tokens_requested"] - (len(ITEMS) - 1) * (query_len - 1)
-            assert stats["last_layer_rows"] == len(ITEMS)
+            assert stats.tokens_run <= stats.tokens_requested - (len(ITEMS) - 1) * (query_len - 1)
+            assert stats.last_layer_rows == len(ITEMS)
             vocab = llm.model.config.vocab_size
             assert widths == [
                 (len(ITEMS), len(LABELS) if soft else vocab)

@@ -7,6 +7,7 @@ imports: most of the cost on a small CPU) is paid once for all the models a test
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ def _rank_main(rank: int, world: int, init_method: str, cases: list[Case], out_d
             outputs.append(
                 [o.outputs.data for o in llm.encode(c.prompts, c.params, pooling_task=c.task, use_tqdm=False)]
             )
-            stats.append(dict(llm.runner.last_stats))
+            stats.append(dataclasses.asdict(llm.runner.last_stats))
         results[case.name] = {
             "outputs": outputs,
             "resident_bytes": llm._parallel.resident_bytes,

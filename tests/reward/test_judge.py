@@ -68,7 +68,7 @@ def test_standard_format_matches_transformers(llm, reference):
         assert r == pytest.approx(2.0 * probs(ids, labels)[0] - 1, abs=1e-5)
     # The rubric (and each group's question) ran once: far fewer tokens than the inputs hold.
     stats = llm.runner.last_stats
-    assert stats["tokens_run"] < stats["tokens_requested"] / 3
+    assert stats.tokens_run < stats.tokens_requested / 3
 
 
 def test_label_values_and_ids(llm, reference):

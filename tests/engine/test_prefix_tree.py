@@ -7,7 +7,7 @@ import random
 import pytest
 
 from rlhf_rewards.engine.packing import bin_pack, work_units
-from rlhf_rewards.engine.prefix_cache import build_prefix_forest
+from rlhf_rewards.engine.prefix_tree import build_prefix_forest
 
 
 def _tokens(node):

@@ -1,7 +1,7 @@
 """Segment attention on CUDA through flash-attention's variable-length kernel.
 
-On CUDA in float16/bfloat16, :func:`~rlhf_rewards.engine.segment_attention.segment_attention_forward`
-hands a packed row to :func:`forward` instead of the padded buckets:
+On CUDA in float16/bfloat16, :func:`~rlhf_rewards.engine.attention.interface.segment_attention_forward`
+hands a packed row to :func:`forward` instead of the padded buckets (:mod:`~rlhf_rewards.engine.attention.buckets`):
 
 - **Own parts**: every segment attends causally to its own keys in *one* call of
   ``torch.nn.attention.varlen.varlen_attn`` (PyTorch's FlashAttention varlen kernel), with the segments'
@@ -27,6 +27,10 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+
+from rlhf_rewards.engine.attention.buckets import Cross, crosses
+from rlhf_rewards.engine.attention.kernels import merge, merge_rows
+from rlhf_rewards.engine.attention.plan import Segment, SegmentPlan
 
 #: Dtypes the FlashAttention varlen kernel accepts.
 VARLEN_DTYPES = (torch.float16, torch.bfloat16)
@@ -113,7 +117,9 @@ class VarlenLayout:
         device: Where the index tensors live.
     """
 
-    def __init__(self, segments: list, total: int, crosses: list, device: torch.device) -> None:
+    def __init__(
+        self, segments: list[Segment], total: int, crosses: list[Cross], device: torch.device
+    ) -> None:
         starts = [seg.start for seg in segments]
         ends = [seg.end for seg in segments]
         if (
@@ -150,14 +156,13 @@ def forward(
     key: torch.Tensor,
     value: torch.Tensor,
     scale: float | None,
-    merge: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None],
     keys_of: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Attention of a packed row: ``query [1, H, T, d]``, ``key/value [1, Hkv, T, d]`` -> ``[1, T, H, d]``.
 
-    ``merge(acc, acc_lse, out, lse)`` folds a partial result into the running one in place
-    (:func:`~rlhf_rewards.engine.segment_attention._merge`). ``keys_of(start, end)`` gives the keys and values
-    ``[1, kv_heads, n, d]`` of an ancestor range outside the row (cross-call cached prefixes).
+    Partial results are merged through their log-sum-exp (:func:`~rlhf_rewards.engine.attention.kernels.merge`).
+    ``keys_of(start, end)`` gives the keys and values ``[1, kv_heads, n, d]`` of an ancestor range outside the
+    row (cross-call cached prefixes).
     """
     gqa = query.shape[1] != key.shape[1]
     # The kernel takes token-major [T, heads, d] tensors with a unit last stride.
@@ -198,11 +203,30 @@ def forward(
         if q_range is not None:
             merge(acc[q_range[0] : q_range[1]], lse[q_range[0] : q_range[1]], part.float(), part_lse)
         else:
-            a, a_lse = acc.index_select(0, q_index), lse.index_select(0, q_index)
-            merge(a, a_lse, part.float(), part_lse)
-            acc.index_copy_(0, q_index, a)
-            lse.index_copy_(0, q_index, a_lse)
+            merge_rows(acc, lse, q_index, part.float(), part_lse)
     return acc.to(query.dtype).unsqueeze(0)
 
 
-__all__ = ["DEVICE_TYPES", "DTYPES", "KERNEL", "VARLEN_DTYPES", "VarlenLayout", "applies", "forward"]
+def plan_layout(plan: SegmentPlan, device: torch.device) -> VarlenLayout:
+    """The kernel arguments of the plan's row; built once per forward."""
+
+    def build() -> VarlenLayout:
+        cross_rows: dict[tuple[int, int], list[int]] = {}
+        for seg in plan.segments:  # every query row: the varlen path never prunes
+            for key_range in seg.prefix:
+                cross_rows.setdefault(key_range, []).extend(range(seg.start, seg.end))
+        return VarlenLayout(plan.segments, plan.total, crosses(cross_rows, device), device)
+
+    return plan.layout("varlen", build)
+
+
+__all__ = [
+    "DEVICE_TYPES",
+    "DTYPES",
+    "KERNEL",
+    "VARLEN_DTYPES",
+    "VarlenLayout",
+    "applies",
+    "forward",
+    "plan_layout",
+]
