@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhf_rewards.engine.prefix_tree import common_prefix
+
 #: Shortest hit worth taking (a hit adds one attention call per layer and per cached node it reads).
 DEFAULT_MIN_HIT_TOKENS = 16
 #: Default bound of the cache (bytes).
@@ -85,17 +87,6 @@ class CacheHit:
     @property
     def key(self) -> tuple:
         return (self.namespace, tuple(p.key for p in self.pieces))
-
-
-def _lcp(a: list[int], b: list[int], start_b: int, limit: int) -> int:
-    """Common prefix length of ``a`` and ``b[start_b:start_b + limit]``."""
-    n = min(len(a), limit, len(b) - start_b)
-    if a[:n] == b[start_b : start_b + n]:
-        return n
-    i = 0
-    while i < n and a[i] == b[start_b + i]:
-        i += 1
-    return i
 
 
 class PrefixKVCache:
@@ -235,7 +226,7 @@ def _walk(root: CacheNode, token_ids: list[int], upto: int) -> tuple[CacheNode, 
         child = node.children.get(token_ids[pos])
         if child is None:
             break
-        m = _lcp(child.tokens, token_ids, pos, upto - pos)
+        m = common_prefix(child.tokens, 0, token_ids, pos, upto - pos)
         pos += m
         if m < len(child.tokens):
             return child, m, pos
@@ -287,7 +278,7 @@ class CacheSession:
                 child = node.children.get(token_ids[pos])
                 if child is None:
                     break
-                m = _lcp(child.tokens, token_ids, pos, limit - pos)
+                m = common_prefix(child.tokens, 0, token_ids, pos, limit - pos)
                 if m == 0:
                     break
                 pieces.append(Piece(child, m, child.kv[:, :, :, :m]))
@@ -336,7 +327,7 @@ class CacheSession:
                     cache.inserted_tokens += len(new.tokens)
                     node = new
                     break
-                m = _lcp(child.tokens, token_ids, pos, end - pos)
+                m = common_prefix(child.tokens, 0, token_ids, pos, end - pos)
                 if m < len(child.tokens) and pos + m < end:
                     cache._split(child, m)  # diverges inside ``child``: cut it there and branch
                 node, pos = child, pos + m

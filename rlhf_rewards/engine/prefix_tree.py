@@ -123,13 +123,34 @@ def build_prefix_forest(
     return PrefixForest(roots=roots, end_node=end_node)  # type: ignore[arg-type]
 
 
+def common_prefix(
+    a: Sequence[int], a_start: int, b: Sequence[int], b_start: int, limit: int | None = None
+) -> int:
+    """How many tokens ``a[a_start:]`` and ``b[b_start:]`` share at their start (at most ``limit``).
+
+    Runs of doubling length are compared as slices (C speed) until one differs; only that run is walked
+    token by token. Long shared runs (a GRPO prompt, a cached prefix) then cost a few slice comparisons, and
+    an early difference costs a short slice.
+    """
+    n = min(len(a) - a_start, len(b) - b_start)
+    if limit is not None:
+        n = min(n, limit)
+    lo, step = 0, 16
+    while lo < n:
+        hi = min(n, lo + step)
+        if a[a_start + lo : a_start + hi] != b[b_start + lo : b_start + hi]:
+            break
+        lo, step = hi, step * 2
+    else:
+        return n
+    while a[a_start + lo] == b[b_start + lo]:
+        lo += 1
+    return lo
+
+
 def _lcp(a: list[int], b: list[int], start: int) -> int:
     """Length of the common prefix of ``a`` and ``b`` (both known to agree before ``start``)."""
-    limit = min(len(a), len(b))
-    i = start
-    while i < limit and a[i] == b[i]:
-        i += 1
-    return i
+    return start + common_prefix(a, start, b, start)
 
 
 def _build_level(
@@ -191,4 +212,4 @@ def _attach(node: PrefixNode, parent: PrefixNode | None, roots: list[PrefixNode]
         parent.children.append(node)
 
 
-__all__ = ["DEFAULT_MIN_SHARED_TOKENS", "PrefixForest", "PrefixNode", "build_prefix_forest"]
+__all__ = ["DEFAULT_MIN_SHARED_TOKENS", "PrefixForest", "PrefixNode", "build_prefix_forest", "common_prefix"]
