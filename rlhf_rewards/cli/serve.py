@@ -257,27 +257,10 @@ def parse_lora_modules(values: list[str]) -> dict[str, str]:
     return modules
 
 
-def load_chat_template(value: str | None) -> str | None:
-    """``--chat-template`` as vLLM reads it: the file's text if ``value`` is a readable file, else ``value``
-    itself when it looks like a template (has ``{``, ``}`` or a newline); a path that cannot be read is a
-    ``ValueError``."""
-    if value is None:
-        return None
-    try:
-        with open(value, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, ValueError) as exc:
-        if not any(c in value for c in "{}\n"):
-            raise ValueError(
-                f"--chat-template {value!r} looks like a file path, but it could not be read "
-                f"({type(exc).__name__}: {exc})."
-            ) from None
-        return value
-
-
 def build_engine(args: argparse.Namespace) -> Any:
     """Load the model and wrap it in a :class:`~rlhf_rewards.server.service.ServingEngine`."""
     from rlhf_rewards import LLM, LoRARequest
+    from rlhf_rewards.entrypoints.chat_template import load_chat_template
     from rlhf_rewards.server.service import ServerLimits, ServingEngine
 
     modules = parse_lora_modules(args.lora_modules)
@@ -313,7 +296,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         max_queue_size=args.max_queue_size,
         max_batch_tokens=args.max_batch_tokens or 4 * llm.max_num_batched_tokens,
         trust_request_chat_template=args.trust_request_chat_template,
-        chat_template=load_chat_template(args.chat_template),
+        chat_template=load_chat_template(args.chat_template, name="--chat-template"),
         batch_wait_s=args.batch_wait_ms / 1000.0,
     )
     return ServingEngine(llm, list(args.served_model_name or []), limits)
@@ -447,7 +430,6 @@ __all__ = [
     "add_parser",
     "build_engine",
     "default_model",
-    "load_chat_template",
     "make_app",
     "parse_lora_modules",
     "resolve_api_key",

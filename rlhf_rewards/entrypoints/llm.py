@@ -25,6 +25,7 @@ from rlhf_rewards.engine.kv_cache import make_prefix_cache
 from rlhf_rewards.engine.placement import resolve_device, resolve_dtype
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.engine.runner import ModelRunner
+from rlhf_rewards.entrypoints.chat_template import load_chat_template
 from rlhf_rewards.entrypoints.engine_args import IgnoredEngineArgWarning, split_engine_args
 from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput, generative_score
 from rlhf_rewards.entrypoints.scoring import ScoringRequestOutput, score_pairs
@@ -231,7 +232,7 @@ class LLM:
             self.served_model_name: str | None = (
                 served[0] if isinstance(served, (list, tuple)) and served else served
             )
-            self.chat_template: str | None = _load_chat_template(extra.get("chat_template"))
+            self.chat_template: str | None = load_chat_template(extra.get("chat_template"))
             self.max_model_len = self._resolve_max_model_len(max_model_len)
             self.max_num_batched_tokens = max(max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS, 1)
             self.enable_lora = enable_lora
@@ -597,7 +598,8 @@ class LLM:
         pair encoding, or ``query + document`` when ``config.use_sep_token`` is false, or ``chat_template``
         rendered over ``[{"role": "query"}, {"role": "document"}]`` when one is given, here or to ``LLM``);
         ``embed`` is the cosine similarity of the two embeddings; ``token_embed`` is late interaction
-        (MaxSim). ``pooling_params.extra_kwargs={"max_tokens_per_doc": k}`` cuts documents to k tokens.
+        (MaxSim). ``pooling_params.extra_kwargs={"max_tokens_per_doc": k}`` cuts documents to k tokens,
+        ``"max_tokens_per_query"`` queries (vLLM's; each under ``max_model_len``, 0: no cut).
         See :mod:`rlhf_rewards.entrypoints.scoring`.
         """
         return score_pairs(
@@ -810,17 +812,6 @@ def _pooler_config_with_task(config: Any, task: Any) -> Any:
     if isinstance(config, PoolerConfig) and config.task is None:
         return dataclasses.replace(config, task=task)
     return config
-
-
-def _load_chat_template(value: Any) -> str | None:
-    """vLLM's ``chat_template`` argument: a template string or the path of a file holding one."""
-    if value is None:
-        return None
-    text = os.fspath(value)
-    if os.path.isfile(text):
-        with open(text, encoding="utf-8") as f:
-            return f.read()
-    return text
 
 
 class _DictConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from rlhf_rewards.cli.serve import load_chat_template
+from rlhf_rewards.entrypoints.chat_template import load_chat_template
 from tests.support.server import InProcessServer
 
 TEMPLATE = "{% for m in messages %}{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
