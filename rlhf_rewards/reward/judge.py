@@ -16,7 +16,7 @@ the expected value ``sum_i p(label_i) * value_i`` instead (e.g. labels ``"1".."5
 One call scores the whole batch with ONE ``generative_score`` request (query: only the special tokens; items:
 the inputs, texts or the rendered conversations' token ids). The engine arranges the inputs in a prefix tree, so a rubric shared by
 every input, and each GRPO group's prompt shared by its completions, run once
-(:mod:`rlhf_rewards.engine.prefix_cache`). An input longer than ``max_model_len - 1`` tokens gets reward
+(:mod:`rlhf_rewards.engine.prefix_tree`). An input longer than ``max_model_len - 1`` tokens gets reward
 ``None`` (vLLM's rule cuts its end, where the question is): conversations are checked before scoring, texts
 by the length the worker reports (a remote server does not report it: keep judge inputs within the limit).
 """
