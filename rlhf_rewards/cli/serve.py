@@ -258,10 +258,11 @@ def parse_lora_modules(values: list[str]) -> dict[str, str]:
 
 
 def build_engine(args: argparse.Namespace) -> Any:
-    """Load the model and wrap it in a :class:`~rlhf_rewards.server.service.ServingEngine`."""
+    """Load the model and wrap it in a :class:`~rlhf_rewards.server.base.serving.ServedModel`."""
     from rlhf_rewards import LLM, LoRARequest
     from rlhf_rewards.entrypoints.chat_template import load_chat_template
-    from rlhf_rewards.server.service import ServerLimits, ServingEngine
+    from rlhf_rewards.server.base.serving import ServedModel
+    from rlhf_rewards.server.limits import ServerLimits
 
     modules = parse_lora_modules(args.lora_modules)
     llm = LLM(
@@ -299,7 +300,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         chat_template=load_chat_template(args.chat_template, name="--chat-template"),
         batch_wait_s=args.batch_wait_ms / 1000.0,
     )
-    return ServingEngine(llm, list(args.served_model_name or []), limits)
+    return ServedModel(llm, list(args.served_model_name or []), limits)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -362,7 +363,7 @@ def make_app(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
 
     check_vllm_flags(args)
     from rlhf_rewards.server.auth import allow_keyless_from, parse_networks
-    from rlhf_rewards.server.routes.get_reward import GetRewardOptions
+    from rlhf_rewards.server.reward.serving import GetRewardOptions
 
     get_reward_options = GetRewardOptions(
         max_len=args.get_reward_max_len,

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhf_rewards.errors import ERROR_HEADER, RequestError
-from rlhf_rewards.server.protocol import ErrorInfo, ErrorResponse, ParamValueError, RequestRefused
+from rlhf_rewards.server.base.protocol import ErrorInfo, ErrorResponse, ParamValueError, RequestRefused
 
 ERROR_TYPES = {
     400: "BadRequestError",
@@ -44,7 +44,7 @@ ERROR_TYPES = {
     501: "NotImplementedError",
     503: "ServiceUnavailableError",
 }
-#: Response header holding a structured client mistake (``RequestError.to_dict()`` as JSON).
+#: Most validation errors named in one message (the rest are counted).
 _MAX_ERRORS_SHOWN = 5
 _OWN_PARAM: Any = object()
 
@@ -171,10 +171,6 @@ _INTERNAL_LOC_MARKERS = frozenset(
 )
 
 
-#: A schema error naming vLLM's ``param`` (raised in validators; vLLM's ``VLLMValidationError.parameter``).
-ParamError = ParamValueError
-
-
 def _internal(segment: str) -> bool:
     return bool(_BRACKETED.search(segment)) or segment.lower() in _INTERNAL_LOC_MARKERS
 
@@ -190,7 +186,7 @@ def validation_param(errors: list[dict[str, Any]]) -> str | None:
     """vLLM's ``param`` of a validation error: a validator's named parameter, else the first error's location."""
     for e in errors:
         ctx_error = (e.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, ParamError):
+        if isinstance(ctx_error, ParamValueError):
             return ctx_error.parameter
     if errors and errors[0].get("loc"):
         return clean_loc(tuple(errors[0]["loc"]))
@@ -349,7 +345,7 @@ def _schema_param(request: Request, errors: list[dict[str, Any]], body: Any) -> 
     name = _COMPLETION_FIELD.get(request.url.path)
     if name is None or not isinstance(body, dict) or name in body or not errors:
         return param
-    if any(isinstance((e.get("ctx") or {}).get("error"), ParamError) for e in errors):
+    if any(isinstance((e.get("ctx") or {}).get("error"), ParamValueError) for e in errors):
         return param
     loc = [str(p) for p in errors[0].get("loc", ()) if not _internal(str(p))]
     if len(loc) >= 2 and loc[0] == "body" and loc[1] in _COMMON_FIELDS:
@@ -367,7 +363,6 @@ def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 __all__ = [
     "ERROR_HEADER",
     "APIError",
-    "ParamError",
     "clean_loc",
     "validation_param",
     "describe_validation_errors",

@@ -1,7 +1,9 @@
-"""Admission control before a request reaches a route: body size (413) and draining on shutdown (503)."""
+"""The server's request limits (:class:`ServerLimits`) and the admission control that applies them before a
+request reaches a route: body size (413) and draining on shutdown (503)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rlhf_rewards.server.errors import error_bytes
@@ -26,6 +28,39 @@ async def _answer(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class ServerLimits:
+    """Limits that protect the server from oversized or abusive requests.
+
+    Args:
+        max_body_bytes: Largest request body (413 above).
+        max_client_batch_size: Most prompts in one request (413 above).
+        max_queue_size: Most prompts waiting for the engine (503 + Retry-After above).
+        max_batch_tokens: Token budget of one merged engine call.
+        batch_wait_s: Longest delay of an engine call while more requests are arriving, so they join it
+            (see :mod:`~rlhf_rewards.server.batcher`); ``0`` turns it off. An idle server never waits.
+        trust_request_chat_template: Accept a ``chat_template`` sent in a request (it runs as Jinja).
+        chat_template: The server's chat template (``--chat-template``), used when a request sends none;
+            ``None``: the tokenizer's.
+    """
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_client_batch_size: int = 1024
+    max_queue_size: int = 8192
+    max_batch_tokens: int = 65536
+    batch_wait_s: float = 0.05
+    trust_request_chat_template: bool = False
+    chat_template: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Public limits (sent to clients in ``/v1/model_info``)."""
+        return {
+            "max_body_bytes": self.max_body_bytes,
+            "max_client_batch_size": self.max_client_batch_size,
+            "max_queue_size": self.max_queue_size,
+        }
 
 
 class LimitsMiddleware:
@@ -102,4 +137,4 @@ class LimitsMiddleware:
         await self.app(scope, replay, send)
 
 
-__all__ = ["LimitsMiddleware"]
+__all__ = ["LimitsMiddleware", "ServerLimits"]

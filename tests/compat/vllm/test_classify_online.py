@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from rlhf_rewards.server.protocol import ClassificationResponse, PoolingResponse
+from rlhf_rewards.server.classify.protocol import ClassificationResponse
+from rlhf_rewards.server.pooling.protocol import PoolingResponse
 from tests.compat.vllm.online import RemoteOpenAIServer
 
 MODEL_NAME = "jason9693/Qwen2.5-1.5B-apeach"

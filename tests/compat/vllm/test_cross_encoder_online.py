@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf_rewards.server.protocol import PoolingResponse, RerankResponse, ScoreResponse
+from rlhf_rewards.server.pooling.protocol import PoolingResponse
+from rlhf_rewards.server.score.protocol import RerankResponse, ScoreResponse
 from tests.compat.vllm.online import RemoteOpenAIServer
 
 MODEL_NAME = "BAAI/bge-reranker-base"

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from rlhf_rewards import LLM
-from rlhf_rewards.server.protocol import EmbeddingResponse, PoolingResponse
+from rlhf_rewards.server.embed.protocol import EmbeddingResponse
+from rlhf_rewards.server.pooling.protocol import PoolingResponse
 from tests.compat.vllm.online import (
     DUMMY_CHAT_TEMPLATE,
     EMBED_DTYPES,

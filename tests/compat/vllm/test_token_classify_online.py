@@ -17,7 +17,7 @@ import requests
 import torch
 from transformers import AutoTokenizer
 
-from rlhf_rewards.server.protocol import PoolingResponse
+from rlhf_rewards.server.pooling.protocol import PoolingResponse
 from tests.compat.vllm.online import RemoteOpenAIServer
 
 MODEL_NAME = "jason9693/Qwen2.5-1.5B-apeach"

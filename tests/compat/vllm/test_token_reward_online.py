@@ -21,7 +21,7 @@ import requests
 import torch
 from transformers import AutoTokenizer
 
-from rlhf_rewards.server.protocol import PoolingResponse
+from rlhf_rewards.server.pooling.protocol import PoolingResponse
 from tests.compat.vllm.online import (
     DUMMY_CHAT_TEMPLATE,
     EMBED_DTYPES,

@@ -14,9 +14,13 @@ from typing import Any
 
 from pydantic import Field
 
-from rlhf_rewards.server.protocol import ResponseModel, ScoredList, StrictModel
-
-_CACHE_SALT_FORBIDDEN = frozenset("@/\\\x00")
+from rlhf_rewards.server.base.protocol import (
+    ResponseModel,
+    ScoredList,
+    StrictModel,
+    absent_if_none,
+    priority_field,
+)
 
 
 class GenerativeScoringRequest(StrictModel):
@@ -46,31 +50,12 @@ class GenerativeScoringRequest(StrictModel):
         default=None,
         description="Checked as vLLM does: cached prefixes are shared only between requests of the same salt.",
     )
-    priority: int = Field(
-        default=0,
-        ge=-(2**63),
-        le=2**63 - 1,
-        description="Accepted (vLLM's range); requests are served first come, first served.",
-    )
+    priority: int = priority_field()
     request_id: str = Field(
         default_factory=lambda: uuid.uuid4().hex,
         max_length=256,
         description="Response id suffix (the X-Request-Id header wins, as in vLLM).",
     )
-
-
-def check_cache_salt(value: str | None) -> str | None:
-    """vLLM's ``validate_cache_salt``: a ``BadRequestError`` (not a schema error) naming ``cache_salt``."""
-    if value is None:
-        return None
-    if not value:
-        return "Parameter 'cache_salt' must be a non-empty string if provided."
-    if len(value) > 128 or any(c in _CACHE_SALT_FORBIDDEN for c in value):
-        return (
-            "Parameter 'cache_salt' must be at most 128 characters and must not contain '@', '/', '\\\\', "
-            "or NUL."
-        )
-    return None
 
 
 class GenerativeScoringItemResult(ResponseModel):
@@ -80,9 +65,7 @@ class GenerativeScoringItemResult(ResponseModel):
     index: int
     object: str = "score"
     score: float | None
-    error: str | None = Field(
-        default=None, exclude_if=lambda v: v is None, description="Extension: why this item has no score."
-    )
+    error: str | None = absent_if_none("Extension: why this item has no score.")
 
 
 class GenerativeScoringUsage(ResponseModel):
@@ -102,7 +85,6 @@ class GenerativeScoringResponse(ScoredList[GenerativeScoringItemResult]):
 
 
 __all__ = [
-    "check_cache_salt",
     "GenerativeScoringItemResult",
     "GenerativeScoringRequest",
     "GenerativeScoringResponse",

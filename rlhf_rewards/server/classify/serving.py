@@ -9,68 +9,46 @@ reward models, embedding models) or for token reward models under ``--strict-vll
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import Request
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhf_rewards.outputs import PoolingRequestOutput
+from rlhf_rewards.server.base.api_utils import json_response, make_params, response_id, usage
+from rlhf_rewards.server.base.preprocess import prepare
+from rlhf_rewards.server.base.serving import ServedModel
+from rlhf_rewards.server.classify.protocol import ClassificationData, ClassificationResponse, ClassifyRequest
 from rlhf_rewards.server.errors import APIError
-from rlhf_rewards.server.protocol import (
-    NOT_OFFERED_RESPONSES,
-    ClassificationData,
-    ClassificationResponse,
-    ClassifyRequest,
-    ErrorResponse,
-)
-from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, response_id, usage
-from rlhf_rewards.server.service import ServingEngine
-
-router = APIRouter(tags=["scoring"])
 
 
-def serves_classify(engine: ServingEngine) -> bool:
+def serves_classify(served: ServedModel) -> bool:
     """Whether ``/classify`` is served: models with vLLM's ``classify`` task (sequence classifiers), and token
     reward models (their last token's scores; an extension, off under ``--strict-vllm-compat``)."""
-    if "classify" in engine.vllm_tasks:
+    if "classify" in served.vllm_tasks:
         return True
-    return engine.info.kind == "token" and not engine.strict
+    return served.info.kind == "token" and not served.strict
 
 
-def require_classify(request: Request) -> None:
-    """404 ``{"detail": "Not Found"}`` before the body is read when the model has no ``/classify`` (vLLM
-    registers the route only for models with the ``classify`` task); vLLM's 501 when the model has the task
-    but serves another (``--pooler-config '{"task": "token_classify"}'``: vLLM then has no handler for it)."""
-    engine = engine_of(request)
-    if not serves_classify(engine):
+def check_offered(served: ServedModel) -> None:
+    """404 ``{"detail": "Not Found"}`` when the model has no ``/classify`` (vLLM registers the route only for
+    models with the ``classify`` task); vLLM's 501 when the model has the task but serves another
+    (``--pooler-config '{"task": "token_classify"}'``: vLLM then has no handler for it)."""
+    if not serves_classify(served):
         raise StarletteHTTPException(404)
-    if "classify" in engine.vllm_tasks and engine.default_task != "classify":
+    if "classify" in served.vllm_tasks and served.default_task != "classify":
         raise APIError(501, "The model does not support Classification API")
 
 
-@router.post(
-    "/classify",
-    response_model=ClassificationResponse,
-    responses={
-        **NOT_OFFERED_RESPONSES,
-        501: {
-            "model": ErrorResponse,
-            "description": "The model has the `classify` task but serves another "
-            "(`--pooler-config` `task`), as vLLM.",
-        },
-    },
-    dependencies=[Depends(require_classify)],
-)
-async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
+async def create_classify(served: ServedModel, body: ClassifyRequest, request: Request) -> Response:
     """Class probabilities per prompt (raw logits with ``use_activation: false``) and the argmax label."""
-    engine = engine_of(request)
-    name, lora = engine.resolve_model(body.model, param=None)
+    name, lora = served.resolve_model(body.model, param=None)
     params = make_params(body, truncate_prompt_tokens=body.truncate_prompt_tokens)
     # A token reward model has no `classify` task: its reward is the last token's row of token_classify.
-    last_token = engine.info.kind == "token" and "classify" not in engine.info.tasks
+    last_token = served.info.kind == "token" and "classify" not in served.info.tasks
     task = "token_classify" if last_token else "classify"
-    items = await engine.prepare(body, task, params, lora)
-    outputs = await engine.score(task, items)
-    id2label = getattr(engine.llm.model.config, "id2label", None) or {}
+    items = await prepare(served, body, task, params, lora)
+    outputs = await served.score(task, items)
+    id2label = getattr(served.llm.model.config, "id2label", None) or {}
     return json_response(
         ClassificationResponse(
             id=response_id("classify", body.request_id, request),
@@ -97,3 +75,6 @@ def _item(
     values = probs.tolist()
     best = max(range(len(values)), key=values.__getitem__)
     return ClassificationData(index=index, label=id2label.get(best), probs=values, num_classes=len(values))
+
+
+__all__ = ["check_offered", "create_classify", "serves_classify"]

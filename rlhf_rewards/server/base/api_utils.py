@@ -1,27 +1,39 @@
-"""Helpers shared by the routes: the engine, request params, usage, and the strict JSON encoder."""
+"""Helpers every route family shares: the served model of a request, request params, response ids, usage, and
+the strict JSON encoder."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
 from rlhf_rewards.contract import params_from_fields
 from rlhf_rewards.errors import RequestError
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
+from rlhf_rewards.server.base.protocol import ResponseModel, UsageInfo
+from rlhf_rewards.server.base.serving import ServedModel
 from rlhf_rewards.server.errors import APIError
-from rlhf_rewards.server.protocol import ResponseModel, UsageInfo
-from rlhf_rewards.server.service import ServingEngine
 
 
-def engine_of(request: Request) -> ServingEngine:
-    """The app's :class:`ServingEngine`."""
-    return request.app.state.engine
+def served_model(request: Request) -> ServedModel:
+    """The app's :class:`~rlhf_rewards.server.base.serving.ServedModel`."""
+    return request.app.state.served
+
+
+def offered_only(check: Callable[[ServedModel], None]) -> Any:
+    """A route dependency that runs ``check`` (a family's "does the served model offer this route") before the
+    body is read, as vLLM, which does not register a route the model does not offer: a client probing the
+    route gets the check's ``{"detail": "Not Found"}`` whatever the body."""
+
+    def dependency(request: Request) -> None:
+        check(served_model(request))
+
+    return Depends(dependency)
 
 
 def make_params(
@@ -64,3 +76,6 @@ class _StrictJSONResponse(JSONResponse):
         # pydantic's JSON mode keeps NaN/inf as floats; allow_nan=False turns them into a server error
         # rather than the invalid JSON tokens ``NaN``/``Infinity``.
         return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+__all__ = ["json_response", "make_params", "offered_only", "response_id", "served_model", "usage"]

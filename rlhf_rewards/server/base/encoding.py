@@ -9,14 +9,16 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 from typing import Any
 
 import torch
 from fastapi.responses import Response
 
 from rlhf_rewards.outputs import PoolingRequestOutput
+from rlhf_rewards.server.base.api_utils import usage
+from rlhf_rewards.server.base.protocol import EncodingRequest
 from rlhf_rewards.server.errors import APIError
-from rlhf_rewards.server.protocol import UsageInfo
 
 #: ``embed_dtype`` -> (dtype the values are cast to, dtype their bytes are viewed as) (vLLM's ``EMBED_DTYPES``).
 EMBED_DTYPES: dict[str, tuple[torch.dtype, torch.dtype]] = {
@@ -50,20 +52,28 @@ def encode_base64(tensor: torch.Tensor, embed_dtype: str, endianness: str) -> st
     return base64.b64encode(tensor_bytes(tensor, embed_dtype, endianness)).decode("ascii")
 
 
+def encode_item(tensor: torch.Tensor, request: EncodingRequest) -> list[Any] | str:
+    """One item's data in a JSON answer: base64 of its bytes with ``encoding_format="base64"``, else numbers."""
+    if request.encoding_format == "base64":
+        return encode_base64(tensor, request.embed_dtype, request.endianness)
+    return tensor.tolist()
+
+
 def bytes_response(
     outputs: list[PoolingRequestOutput],
     tensors: list[torch.Tensor],
+    request: EncodingRequest,
     *,
     response_id: str,
-    created: int,
     model: str,
-    usage: UsageInfo,
-    encoding_format: str,
-    embed_dtype: str,
-    endianness: str,
 ) -> Response:
     """vLLM's binary answer. An item without a result (NaN/inf) has no bytes (``start == end``) and its
     ``error`` in the metadata; ``bytes_only`` has no metadata to carry that, so such a request is a 422."""
+    encoding_format, embed_dtype, endianness = (
+        request.encoding_format,
+        request.embed_dtype,
+        request.endianness,
+    )
     failed = [i for i, out in enumerate(outputs) if out.error is not None]
     if failed and encoding_format == "bytes_only":
         raise APIError(
@@ -92,18 +102,19 @@ def bytes_response(
         offset += len(data)
     headers = None
     if encoding_format == "bytes":
+        counts = usage(outputs)
         headers = {
             "metadata": json.dumps(
                 {
                     "id": response_id,
-                    "created": created,
+                    "created": int(time.time()),
                     "model": model,
                     "data": items,
-                    "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
+                    "usage": {"prompt_tokens": counts.prompt_tokens, "total_tokens": counts.total_tokens},
                 }
             )
         }
     return Response(b"".join(chunks), media_type="application/octet-stream", headers=headers)
 
 
-__all__ = ["BYTES_CONTENT", "EMBED_DTYPES", "bytes_response", "encode_base64", "tensor_bytes"]
+__all__ = ["BYTES_CONTENT", "EMBED_DTYPES", "bytes_response", "encode_base64", "encode_item", "tensor_bytes"]

@@ -9,19 +9,20 @@ activation unless ``use_activation`` asks for it.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Depends, Request
+from fastapi import Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhf_rewards.outputs import PoolingRequestOutput
-from rlhf_rewards.server.errors import APIError
-from rlhf_rewards.server.protocol import (
-    NOT_OFFERED_RESPONSES,
+from rlhf_rewards.server.base.api_utils import json_response, make_params, response_id, usage
+from rlhf_rewards.server.base.encoding import bytes_response, encode_base64, encode_item
+from rlhf_rewards.server.base.preprocess import chat_options, prepare, prepare_prompts, render
+from rlhf_rewards.server.base.serving import ServedModel
+from rlhf_rewards.server.embed.protocol import (
     CohereBilledUnits,
     CohereEmbeddings,
     CohereEmbedRequest,
@@ -31,11 +32,23 @@ from rlhf_rewards.server.protocol import (
     EmbeddingResponse,
     EmbeddingResponseData,
 )
-from rlhf_rewards.server.routes.common import engine_of, json_response, make_params, response_id, usage
-from rlhf_rewards.server.routes.encoding import BYTES_CONTENT, bytes_response, encode_base64
+from rlhf_rewards.server.errors import APIError
 
-router = APIRouter(tags=["scoring"])
 _EMBED_TASKS = ("embed", "token_embed")
+
+
+def check_embeddings_offered(served: ServedModel) -> None:
+    """Under ``--strict-vllm-compat``: 404 ``{"detail": "Not Found"}`` unless an embedding model is served
+    (vLLM has no embeddings route for reward models)."""
+    if served.strict and "embed" not in served.vllm_tasks:
+        raise StarletteHTTPException(404)
+
+
+def check_cohere_offered(served: ServedModel) -> None:
+    """404 ``{"detail": "Not Found"}`` unless an embedding model is served (vLLM serves ``/v2/embed`` only
+    then)."""
+    if served.default_task != "embed":
+        raise StarletteHTTPException(404)
 
 
 def _reward_vector(index: int, out: PoolingRequestOutput) -> torch.Tensor:
@@ -55,47 +68,22 @@ def _reward_vector(index: int, out: PoolingRequestOutput) -> torch.Tensor:
     return data.reshape(-1)
 
 
-def require_embeddings(request: Request) -> None:
-    """Under ``--strict-vllm-compat``: 404 ``{"detail": "Not Found"}`` unless an embedding model is served
-    (vLLM has no embeddings route for reward models)."""
-    engine = engine_of(request)
-    if engine.strict and "embed" not in engine.vllm_tasks:
-        raise StarletteHTTPException(404)
-
-
-@router.post(
-    "/v1/embeddings",
-    response_model=EmbeddingResponse,
-    responses={**NOT_OFFERED_RESPONSES, **BYTES_CONTENT},
-    dependencies=[Depends(require_embeddings)],
-)
-async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+async def create_embedding(served: ServedModel, body: EmbeddingRequest, request: Request) -> Response:
     """Embeddings of an embedding model; the raw reward vector of a reward model (SGLang's answer)."""
-    engine = engine_of(request)
-    name, lora = engine.resolve_model(body.model, param=None)
-    default = engine.default_task
+    name, lora = served.resolve_model(body.model, param=None)
+    default = served.default_task
     reward = default not in _EMBED_TASKS
-    task = (
-        default if reward or default == "token_embed" else "embed"
-    )  # a token-embedding model: per-token vectors
+    # A token-embedding model answers per-token vectors.
+    task = default if reward or default == "token_embed" else "embed"
     fields: Any = body
     if reward and body.use_activation is None:
         fields = {**body.model_dump(include={"dimensions", "normalize"}), "use_activation": False}
     params = make_params(fields, truncate_prompt_tokens=body.truncate_prompt_tokens)
     if body.batched:  # several conversations: each rendered, then scored together
-        engine.check_count(len(body.messages), "messages")
-        ids = [
-            await engine.render(
-                conv,
-                chat_template=body.chat_template,
-                add_generation_prompt=body.add_generation_prompt,
-                continue_final_message=body.continue_final_message,
-                chat_template_kwargs=body.chat_template_kwargs,
-                add_special_tokens=bool(body.add_special_tokens),
-            )
-            for conv in body.messages
-        ]
-        items = await engine.prepare_prompts(
+        served.check_count(len(body.messages), "messages")
+        ids = [await render(served, conv, **chat_options(body)) for conv in body.messages]
+        items = await prepare_prompts(
+            served,
             [{"prompt_token_ids": i} for i in ids],
             task,
             params,
@@ -105,69 +93,25 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
             truncation_side=body.truncation_side,
         )
     else:
-        items = await engine.prepare(body, task, params, lora)
-    outputs = await engine.score(task, items)
+        items = await prepare(served, body, task, params, lora)
+    outputs = await served.score(task, items)
     tensors = [_reward_vector(i, o) if reward else o.outputs.data for i, o in enumerate(outputs)]
     rid = response_id("embd", body.request_id, request)
     if body.encoding_format in ("bytes", "bytes_only"):
-        return bytes_response(
-            outputs,
-            tensors,
-            response_id=rid,
-            created=int(time.time()),
-            model=name,
-            usage=usage(outputs),
-            encoding_format=body.encoding_format,
-            embed_dtype=body.embed_dtype,
-            endianness=body.endianness,
+        return bytes_response(outputs, tensors, body, response_id=rid, model=name)
+    data = [
+        EmbeddingResponseData(
+            index=i, embedding=None if out.error is not None else encode_item(tensor, body), error=out.error
         )
-    data = []
-    for i, (out, tensor) in enumerate(zip(outputs, tensors, strict=True)):
-        value: list[float] | str | None = None
-        if out.error is None:
-            value = (
-                encode_base64(tensor, body.embed_dtype, body.endianness)
-                if body.encoding_format == "base64"
-                else tensor.tolist()
-            )
-        data.append(EmbeddingResponseData(index=i, embedding=value, error=out.error))
+        for i, (out, tensor) in enumerate(zip(outputs, tensors, strict=True))
+    ]
     return json_response(EmbeddingResponse(id=rid, model=name, data=data, usage=usage(outputs)))
 
 
-def require_embedding_model(request: Request) -> None:
-    """404 ``{"detail": "Not Found"}`` before the body is read unless an embedding model is served (vLLM
-    serves ``/v2/embed`` only then)."""
-    if engine_of(request).default_task != "embed":
-        raise StarletteHTTPException(404)
-
-
-@router.post(
-    "/v2/embed",
-    response_model=CohereEmbedResponse,
-    responses=NOT_OFFERED_RESPONSES,
-    dependencies=[Depends(require_embedding_model)],
-)
-async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
-    """Cohere's embed API on an embedding model (``{"detail": "Not Found"}`` on other models, as vLLM)."""
-    engine = engine_of(request)
-    engine.resolve_model(body.model, param=None)
-    if body.inputs is not None:
-        texts = []
-        for i, item in enumerate(body.inputs):
-            parts = item.get("content") if isinstance(item, dict) else None
-            if not isinstance(parts, list) or not all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                for p in parts
-            ):
-                raise APIError(
-                    400,
-                    f"`inputs[{i}].content` must be text parts {{'type': 'text', 'text': str}}; "
-                    "this server scores text only.",
-                    param="inputs",
-                )
-            texts.append("\n".join(p["text"] for p in parts))
-    else:
-        texts = list(body.texts or [])
+async def create_cohere_embed(served: ServedModel, body: CohereEmbedRequest, request: Request) -> Response:
+    """Cohere's embed API on an embedding model."""
+    served.resolve_model(body.model, param=None)
+    texts = _cohere_texts(body)
     # Cohere's truncate -> (truncate_prompt_tokens, side) as vLLM maps it; NONE + max_tokens is checked after.
     truncate, side = None, None
     if body.truncate == "START":
@@ -175,8 +119,14 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
     elif body.truncate == "END":
         truncate, side = (body.max_tokens or -1), "right"
     params = make_params({"dimensions": body.output_dimension}, truncate_prompt_tokens=truncate)
-    items = await engine.prepare_prompts(
-        texts, "embed", params, None, field_name="texts" if body.texts else "inputs", truncation_side=side
+    items = await prepare_prompts(
+        served,
+        texts,
+        "embed",
+        params,
+        None,
+        field_name="texts" if body.texts else "inputs",
+        truncation_side=side,
     )
     if body.truncate == "NONE" and body.max_tokens is not None:
         long = [i for i, it in enumerate(items) if len(it.token_ids) > body.max_tokens]
@@ -188,7 +138,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
                 "truncation.",
                 param="max_tokens",
             )
-    outputs = await engine.score("embed", items)
+    outputs = await served.score("embed", items)
     bad = [i for i, o in enumerate(outputs) if o.error is not None]
     if bad:
         raise APIError(
@@ -198,15 +148,34 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request) -> Response:
             param="texts",
         )
     floats = [o.outputs.data.tolist() for o in outputs]
-    n_tokens = usage(outputs).prompt_tokens
     return json_response(
         CohereEmbedResponse(
             id=response_id("embd", None, request),
             embeddings=_typed(floats, body.embedding_types or ["float"]),
             texts=body.texts,
-            meta=CohereMeta(billed_units=CohereBilledUnits(input_tokens=n_tokens, image_tokens=0)),
+            meta=CohereMeta(billed_units=CohereBilledUnits(input_tokens=usage(outputs).prompt_tokens)),
         )
     )
+
+
+def _cohere_texts(body: CohereEmbedRequest) -> list[str]:
+    """The texts to embed: ``texts``, or each of ``inputs`` with its text parts joined by newlines."""
+    if body.inputs is None:
+        return list(body.texts or [])
+    texts = []
+    for i, item in enumerate(body.inputs):
+        parts = item.get("content") if isinstance(item, dict) else None
+        if not isinstance(parts, list) or not all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts
+        ):
+            raise APIError(
+                400,
+                f"`inputs[{i}].content` must be text parts {{'type': 'text', 'text': str}}; "
+                "this server scores text only.",
+                param="inputs",
+            )
+        texts.append("\n".join(p["text"] for p in parts))
+    return texts
 
 
 def _typed(floats: list[list[float]], types: list[str]) -> CohereEmbeddings:
@@ -233,4 +202,4 @@ def _typed(floats: list[list[float]], types: list[str]) -> CohereEmbeddings:
     return CohereEmbeddings(**out)
 
 
-__all__ = ["router"]
+__all__ = ["check_cohere_offered", "check_embeddings_offered", "create_cohere_embed", "create_embedding"]

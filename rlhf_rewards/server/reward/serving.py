@@ -24,20 +24,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import Request
+from fastapi.responses import Response
 
 from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.pooling.step import step_score_column
 from rlhf_rewards.reward.aggregation import AGGREGATIONS, aggregate_steps
 from rlhf_rewards.reward.config import RewardFunctionConfig
 from rlhf_rewards.reward.steps import tag_completion
+from rlhf_rewards.server.base.api_utils import json_response, make_params
+from rlhf_rewards.server.base.preprocess import prepare_prompts
+from rlhf_rewards.server.base.serving import ServedModel
 from rlhf_rewards.server.errors import APIError
-from rlhf_rewards.server.protocol import ERROR_RESPONSES, GetRewardRequest, GetRewardResponse
-from rlhf_rewards.server.routes.common import engine_of, json_response, make_params
-from rlhf_rewards.server.service import ServingEngine
-
-router = APIRouter(tags=["scoring"])
+from rlhf_rewards.server.reward.protocol import GetRewardRequest, GetRewardResponse
 
 _DEFAULTS = RewardFunctionConfig()
 
@@ -74,12 +73,11 @@ def options_of(request: Request) -> GetRewardOptions:
     return getattr(request.app.state, "get_reward_options", None) or GetRewardOptions()
 
 
-@router.post("/get_reward", response_model=GetRewardResponse, responses=ERROR_RESPONSES)
-async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
+async def create_get_reward(
+    served: ServedModel, body: GetRewardRequest, options: GetRewardOptions
+) -> Response:
     """One reward per query (``rewards`` and ``scores`` are equal); ``null`` with a reason in ``errors``."""
-    engine = engine_of(request)
-    info = engine.info
-    options = options_of(request)
+    info = served.info
     if info.kind not in ("outcome", "token", "process") or info.default_task not in (
         "classify",
         "token_classify",
@@ -94,7 +92,7 @@ async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
             "prompt per query (or none).",
             param="prompts",
         )
-    tok = engine.llm.tokenizer
+    tok = served.llm.tokenizer
     if tok is None:
         raise APIError(
             400, "This model has no tokenizer, so /get_reward cannot tokenize `query`.", param="query"
@@ -107,7 +105,7 @@ async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
         queries, n_steps = _tag_steps(queries, body.prompts, info, options)
     ids_list = [
         _truncate(
-            await engine.tokenize_text(q, add_special_tokens=False),
+            await served.tokenize_text(q, add_special_tokens=False),
             max_len,
             getattr(tok, "truncation_side", "right"),
         )
@@ -118,14 +116,14 @@ async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
     params = make_params({} if info.kind == "process" else {"use_activation": False})
     # An empty query stays a text, so the engine's check names it ("an empty string") as on every route.
     prompts = [q if not q else {"prompt_token_ids": ids} for q, ids in zip(queries, ids_list, strict=True)]
-    items = await engine.prepare_prompts(
-        prompts, task, params, None, field_name="query", add_special_tokens=False
+    items = await prepare_prompts(
+        served, prompts, task, params, None, field_name="query", add_special_tokens=False
     )
-    outputs = await engine.score(task, items)
+    outputs = await served.score(task, items)
     rewards: list[float | None] = []
     errors: dict[str, str] = {}
     for i, out in enumerate(outputs):
-        reward, error = _reward(out, info, options, n_steps[i], engine)
+        reward, error = _reward(out, info, options, n_steps[i])
         rewards.append(reward)
         if error is not None:
             errors[str(i)] = error
@@ -133,7 +131,7 @@ async def get_reward(body: GetRewardRequest, request: Request) -> JSONResponse:
 
 
 def _reward(
-    out: Any, info: ModelInfo, options: GetRewardOptions, n_steps: int | None, engine: ServingEngine
+    out: Any, info: ModelInfo, options: GetRewardOptions, n_steps: int | None
 ) -> tuple[float | None, str | None]:
     """``(reward, None)`` of one output, or ``(None, reason)``."""
     if out.error is not None:
@@ -194,4 +192,4 @@ def _strip_token(text: str, token: str | None) -> str:
     return text
 
 
-__all__ = ["GetRewardOptions", "options_of", "router"]
+__all__ = ["GetRewardOptions", "create_get_reward", "options_of"]

@@ -1,0 +1,1 @@
+"""What the route families share: request/response bases, the served model, request preparation, encodings."""

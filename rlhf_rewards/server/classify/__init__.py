@@ -1,0 +1,1 @@
+"""``POST /classify``: vLLM's classification API."""

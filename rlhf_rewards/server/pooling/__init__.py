@@ -1,0 +1,1 @@
+"""``POST /pooling``: vLLM's pooling API."""

@@ -1,0 +1,1 @@
+"""``POST /get_reward``: OpenRLHF's remote reward model API."""

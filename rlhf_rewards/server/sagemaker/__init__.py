@@ -1,0 +1,1 @@
+"""``POST /invocations``: SageMaker's dispatching route."""

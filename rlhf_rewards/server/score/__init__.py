@@ -1,0 +1,1 @@
+"""``POST /score`` and ``/rerank``: vLLM's Score API and the rerank API."""

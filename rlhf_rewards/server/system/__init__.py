@@ -1,0 +1,1 @@
+"""Health, metrics, the model list and description, and the version."""
