@@ -113,8 +113,8 @@ class _ScoringGuard:
 
         worker.encode = guarded_encode
         self.patched.append("encode")
-        # The base class's aencode runs self.encode in a thread (already guarded); an own aencode is wrapped too.
-        if type(worker).aencode is not RewardWorker.aencode:
+        # The base class's aencode runs self.encode in a thread (already guarded); an own one is wrapped too.
+        if type(worker)._aencode is not RewardWorker._aencode:
             aencode = worker.aencode
 
             @functools.wraps(aencode)

@@ -7,6 +7,7 @@ Everything a request is made of, defined once: the prompt forms and their valida
 """
 
 from rlhf_rewards.contract.broadcast import per_prompt, slice_per_prompt
+from rlhf_rewards.contract.chat import ChatRenderer, Conversations
 from rlhf_rewards.contract.codec import (
     PARAM_FIELDS,
     params_from_fields,
@@ -30,6 +31,8 @@ from rlhf_rewards.errors import RequestError
 
 __all__ = [
     "PARAM_FIELDS",
+    "ChatRenderer",
+    "Conversations",
     "ModelInfo",
     "PromptType",
     "Prompts",

@@ -11,7 +11,7 @@ from rlhf_rewards.workers.remote import RemoteWorker
 
 _LAZY = {
     "RayWorkerPool": "rlhf_rewards.workers.ray_pool",
-    "RayWorkerPoolError": "rlhf_rewards.workers.ray_pool",
+    "RayWorkerPoolError": "rlhf_rewards.workers.ray_replica",
 }
 
 

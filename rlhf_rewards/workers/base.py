@@ -7,16 +7,17 @@ know where the model runs.
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf_rewards.contract import ModelInfo, Prompts
+from rlhf_rewards.contract import ChatRenderer, ModelInfo, Prompts
 from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
 from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
+from rlhf_rewards.workers.calls import EncodeCall, GenerativeScoreCall
 
 
 @dataclass
@@ -39,24 +40,26 @@ class WorkerStats:
     failures: int = 0
     busy_seconds: float = 0.0
 
-    def record(self, outputs: Sequence[PoolingRequestOutput], seconds: float) -> None:
-        """Count one served ``encode`` call: its outputs, their prompt tokens and the time it took."""
+    def record(self, outputs: Sequence[Any], seconds: float, *, tokens: int | None = None) -> None:
+        """Count one served call: its outputs (one per prompt or item), their prompt tokens (``tokens``, else
+        the outputs' ``prompt_token_ids``) and the time it took."""
         self.requests += 1
         self.prompts += len(outputs)
-        self.tokens += sum(len(o.prompt_token_ids) for o in outputs)
+        self.tokens += sum(len(o.prompt_token_ids or ()) for o in outputs) if tokens is None else tokens
         self.busy_seconds += seconds
 
 
-#: The ``tokenization_kwargs`` a worker passes to ``LLM.encode``: truncation keeps the last tokens.
-KEEP_LAST_TOKENS: dict[str, str] = {"truncation_side": "left"}
+class RewardWorker(ChatRenderer):
+    """Runs pooling requests somewhere. Same arguments and outputs as :meth:`rlhf_rewards.LLM.encode`.
 
-
-class RewardWorker(ABC):
-    """Runs pooling requests somewhere. Same arguments and outputs as :meth:`rlhf_rewards.LLM.encode`."""
+    The public signatures are written here once; a worker implements :meth:`_encode` (one
+    :class:`~rlhf_rewards.workers.calls.EncodeCall`), :meth:`_render_chat`, :meth:`model_info` and
+    :meth:`health`, and may implement :meth:`_generative_score` and the async hooks :meth:`_aencode` and
+    :meth:`_agenerative_score`.
+    """
 
     stats: WorkerStats
 
-    @abstractmethod
     def encode(
         self,
         prompts: Prompts,
@@ -73,32 +76,29 @@ class RewardWorker(ABC):
         One difference: ``truncate_prompt_tokens=k`` keeps the LAST k tokens of a prompt (workers serve reward
         functions, which read the score at the end of the text), where ``LLM.encode`` keeps the first k unless
         ``tokenization_kwargs={"truncation_side": "left"}``, as vLLM. Implementations ask the engine for
-        left truncation (:data:`KEEP_LAST_TOKENS`). ``add_special_tokens``: as ``LLM.encode``'s (string prompts
-        only; ``False`` tokenizes a text without the tokenizer's BOS/EOS).
+        left truncation (:data:`~rlhf_rewards.workers.calls.KEEP_LAST_TOKENS`). ``add_special_tokens``: as
+        ``LLM.encode``'s (string prompts only; ``False`` tokenizes a text without the tokenizer's BOS/EOS).
         """
+        return self._encode(
+            EncodeCall(
+                prompts,
+                pooling_params,
+                pooling_task=pooling_task,
+                lora_request=lora_request,
+                truncate_prompt_tokens=truncate_prompt_tokens,
+                use_tqdm=use_tqdm,
+                add_special_tokens=add_special_tokens,
+            )
+        )
 
     async def aencode(
         self,
         prompts: Prompts,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-        *,
-        pooling_task: str | None = None,
-        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
-        truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = False,
-        add_special_tokens: bool = True,
+        **options: Any,
     ) -> list[PoolingRequestOutput]:
-        """Async :meth:`encode`; the default runs it in a thread so the event loop stays free."""
-        return await asyncio.to_thread(
-            self.encode,
-            prompts,
-            pooling_params,
-            pooling_task=pooling_task,
-            lora_request=lora_request,
-            truncate_prompt_tokens=truncate_prompt_tokens,
-            use_tqdm=use_tqdm,
-            add_special_tokens=add_special_tokens,
-        )
+        """Async :meth:`encode` (same keyword arguments), from any event loop."""
+        return await self._aencode(EncodeCall(prompts, pooling_params, **options))
 
     def generative_score(
         self,
@@ -115,7 +115,28 @@ class RewardWorker(ABC):
         """Probability of ``label_token_ids[0]`` as the next token after each ``query + item``: see
         :meth:`rlhf_rewards.LLM.generative_score` (vLLM's ``/generative_scoring``). With ``all_labels`` every
         output's ``label_probs`` holds each label's probability (a remote worker then asks once per label)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement generative scoring.")
+        return self._generative_score(
+            GenerativeScoreCall(
+                query,
+                items,
+                label_token_ids,
+                apply_softmax=apply_softmax,
+                item_first=item_first,
+                add_special_tokens=add_special_tokens,
+                lora_request=lora_request,
+                all_labels=all_labels,
+            )
+        )
+
+    async def agenerative_score(
+        self,
+        query: str | Sequence[int],
+        items: Sequence[str] | Sequence[Sequence[int]],
+        label_token_ids: Sequence[int],
+        **options: Any,
+    ) -> list[GenerativeScoringOutput]:
+        """Async :meth:`generative_score` (same keyword arguments), from any event loop."""
+        return await self._agenerative_score(GenerativeScoreCall(query, items, label_token_ids, **options))
 
     def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
         """Token ids of each text with the model's tokenizer. The default renders each text verbatim with
@@ -125,29 +146,9 @@ class RewardWorker(ABC):
         template = "{{ messages[0]['content'] }}"
         return self.render_chat([[{"role": "user", "content": t}] for t in texts], chat_template=template)
 
-    async def agenerative_score(
-        self,
-        query: str | Sequence[int],
-        items: Sequence[str] | Sequence[Sequence[int]],
-        label_token_ids: Sequence[int],
-        **kwargs: Any,
-    ) -> list[GenerativeScoringOutput]:
-        """Async :meth:`generative_score`; the default runs it in a thread so the event loop stays free."""
-        return await asyncio.to_thread(self.generative_score, query, items, label_token_ids, **kwargs)
-
     @abstractmethod
     def model_info(self) -> ModelInfo:
         """Facts about the served model (cached by implementations)."""
-
-    @abstractmethod
-    def render_chat(
-        self,
-        conversations: Sequence[Sequence[dict[str, Any]]],
-        *,
-        chat_template: str | None = None,
-        add_generation_prompt: bool = False,
-    ) -> list[list[int]]:
-        """Token ids of each conversation rendered with the reward model's own chat template."""
 
     @abstractmethod
     def health(self) -> WorkerHealth:
@@ -161,3 +162,22 @@ class RewardWorker(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ for subclasses
+    @abstractmethod
+    def _encode(self, call: EncodeCall) -> list[PoolingRequestOutput]:
+        """Serve one :meth:`encode` call."""
+
+    async def _aencode(self, call: EncodeCall) -> list[PoolingRequestOutput]:
+        """Serve one :meth:`aencode` call. The default runs :meth:`encode` in a thread, so the event loop
+        stays free (through the public method, so a wrapper installed on it, e.g. by
+        :class:`~rlhf_rewards.callbacks.RewardWorkerCallback`, runs too)."""
+        return await asyncio.to_thread(self.encode, call.prompts, call.pooling_params, **call.keywords())
+
+    def _generative_score(self, call: GenerativeScoreCall) -> list[GenerativeScoringOutput]:
+        """Serve one :meth:`generative_score` call (workers that serve it override this)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement generative scoring.")
+
+    async def _agenerative_score(self, call: GenerativeScoreCall) -> list[GenerativeScoringOutput]:
+        """Serve one :meth:`agenerative_score` call; the default runs :meth:`_generative_score` in a thread."""
+        return await asyncio.to_thread(self._generative_score, call)

@@ -18,13 +18,12 @@ from typing import Any
 
 import torch
 
-from rlhf_rewards.contract import Prompts
+from rlhf_rewards.contract import Conversations
 from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
 from rlhf_rewards.entrypoints.llm import LLM
-from rlhf_rewards.lora.request import LoRARequest
 from rlhf_rewards.outputs import PoolingRequestOutput
-from rlhf_rewards.pooling.params import PoolingParams
-from rlhf_rewards.workers.base import KEEP_LAST_TOKENS, ModelInfo, RewardWorker, WorkerHealth, WorkerStats
+from rlhf_rewards.workers.base import ModelInfo, RewardWorker, WorkerHealth, WorkerStats
+from rlhf_rewards.workers.calls import EncodeCall, GenerativeScoreCall
 from rlhf_rewards.workers.zero3 import partitioned_parameters, unsharded_loading
 
 logger = logging.getLogger(__name__)
@@ -151,69 +150,24 @@ class ColocatedWorker(RewardWorker):
             logger.debug("%r awake after %.3fs", self, time.perf_counter() - start)
 
     # ------------------------------------------------------------------ RewardWorker
-    def encode(
-        self,
-        prompts: Prompts,
-        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-        *,
-        pooling_task: str | None = None,
-        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
-        truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = False,
-        add_special_tokens: bool = True,
-    ) -> list[PoolingRequestOutput]:
-        """Pool ``prompts`` (waking the worker first if it sleeps); see :meth:`rlhf_rewards.LLM.encode`."""
-        with self._lock:
-            llm = self._require_open()
-            start = time.perf_counter()
-            if self._sleeping:
-                self.wake_up()
-            outputs = llm.encode(
-                prompts,
-                pooling_params,
-                pooling_task=pooling_task,
-                lora_request=lora_request,
-                truncate_prompt_tokens=truncate_prompt_tokens,
-                tokenization_kwargs=KEEP_LAST_TOKENS,
-                add_special_tokens=add_special_tokens,
-                use_tqdm=use_tqdm,
-            )
-            self.stats.record(outputs, time.perf_counter() - start)
-            return outputs
+    def _encode(self, call: EncodeCall) -> list[PoolingRequestOutput]:
+        """Pool the call's prompts (waking the worker first if it sleeps); see :meth:`rlhf_rewards.LLM.encode`."""
+        return self._serve(call)
 
-    def generative_score(
-        self,
-        query: str | Sequence[int],
-        items: Sequence[str] | Sequence[Sequence[int]],
-        label_token_ids: Sequence[int],
-        *,
-        apply_softmax: bool = True,
-        item_first: bool = False,
-        add_special_tokens: bool = True,
-        lora_request: LoRARequest | None = None,
-        all_labels: bool = False,
-    ) -> list[GenerativeScoringOutput]:
+    def _generative_score(self, call: GenerativeScoreCall) -> list[GenerativeScoringOutput]:
         """:meth:`rlhf_rewards.LLM.generative_score` (waking the worker first if it sleeps); every output has
         ``label_probs`` whatever ``all_labels`` says (one forward gives them all)."""
+        return self._serve(call)
+
+    def _serve(self, call: EncodeCall | GenerativeScoreCall) -> list[Any]:
+        """Run ``call`` on the engine, awake, one call at a time, and count it in :attr:`stats`."""
         with self._lock:
             llm = self._require_open()
             start = time.perf_counter()
             if self._sleeping:
                 self.wake_up()
-            outputs = llm.generative_score(
-                query,
-                items,
-                label_token_ids,
-                apply_softmax=apply_softmax,
-                item_first=item_first,
-                add_special_tokens=add_special_tokens,
-                lora_request=lora_request,
-                use_tqdm=False,
-            )
-            self.stats.requests += 1
-            self.stats.prompts += len(outputs)
-            self.stats.tokens += sum(len(o.prompt_token_ids or ()) for o in outputs)
-            self.stats.busy_seconds += time.perf_counter() - start
+            outputs = call.run_on(llm)
+            self.stats.record(outputs, time.perf_counter() - start)
             return outputs
 
     def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
@@ -226,12 +180,8 @@ class ColocatedWorker(RewardWorker):
             self._info = self._require_open().model_info()
         return self._info
 
-    def render_chat(
-        self,
-        conversations: Sequence[Sequence[dict[str, Any]]],
-        *,
-        chat_template: str | None = None,
-        add_generation_prompt: bool = False,
+    def _render_chat(
+        self, conversations: Conversations, chat_template: str | None, add_generation_prompt: bool
     ) -> list[list[int]]:
         return self._require_open().render_chat(
             conversations, chat_template=chat_template, add_generation_prompt=add_generation_prompt

@@ -8,7 +8,7 @@ from many threads and loops share one HTTP client or one set of actor calls.
 :meth:`~LoopThreadWorker.model_info`, the prompts are normalized and checked, and ``pooling_params`` and
 ``lora_request`` are broadcast to one entry per prompt, all with the contract's functions (so a mistake is
 the engine's own :class:`~rlhf_rewards.errors.RequestError`, naming the caller's prompt, before anything is
-sent); then the subclass's :meth:`~LoopThreadWorker._encode` dispatches, and the call is counted in
+sent); then the subclass's :meth:`~LoopThreadWorker._send_encode` dispatches, and the call is counted in
 :attr:`~LoopThreadWorker.stats`.
 """
 
@@ -19,11 +19,12 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from rlhf_rewards.contract import (
+    Conversations,
     ModelInfo,
-    Prompts,
     check_prompt,
     normalize_prompts,
     per_prompt,
@@ -37,10 +38,13 @@ from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
 from rlhf_rewards.pooling.tasks import check_task
 from rlhf_rewards.workers.base import RewardWorker, WorkerStats
+from rlhf_rewards.workers.calls import EncodeCall, GenerativeScoreCall
 
 T = TypeVar("T")
 #: A prompt after :func:`~rlhf_rewards.contract.check_prompt`: ``("text", str)`` or ``("ids", [int, ...])``.
 CheckedPrompt = tuple[Literal["text", "ids"], Any]
+#: One conversation, its messages copied (what :meth:`LoopThreadWorker._send_render_chat` gets).
+Conversation = list[dict[str, Any]]
 #: Request fields whose index is a prompt's: a chunk's error on them is moved to the caller's index.
 PER_PROMPT_FIELDS = frozenset({"prompts", "pooling_params", "lora_request"})
 
@@ -49,8 +53,8 @@ class LoopThreadWorker(RewardWorker):
     """A :class:`RewardWorker` that runs coroutines on its own event-loop thread.
 
     Subclasses call ``super().__init__(thread_name)`` before anything that may need :meth:`close`, and
-    implement :meth:`_encode` (dispatch one checked call), :meth:`_fetch_model_info` and
-    :meth:`_render_chat`; they may extend
+    implement :meth:`_send_encode` (dispatch one checked call), :meth:`_fetch_model_info` and
+    :meth:`_send_render_chat`; they may implement :meth:`_send_generative_score` and extend
     :meth:`_close_resources`.
     """
 
@@ -83,104 +87,35 @@ class LoopThreadWorker(RewardWorker):
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     # ------------------------------------------------------------------ RewardWorker
-    def encode(
-        self,
-        prompts: Prompts,
-        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-        *,
-        pooling_task: str | None = None,
-        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
-        truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = False,
-        add_special_tokens: bool = True,
-    ) -> list[PoolingRequestOutput]:
-        """Pool ``prompts`` on the worker's endpoints; see :meth:`rlhf_rewards.LLM.encode` (``use_tqdm`` is ignored)."""
-        return self._run(
-            self._checked_encode(
-                prompts,
-                pooling_params,
-                pooling_task,
-                lora_request,
-                truncate_prompt_tokens,
-                add_special_tokens,
-            )
-        )
+    def _encode(self, call: EncodeCall) -> list[PoolingRequestOutput]:
+        """Pool the call's prompts on the worker's endpoints (``use_tqdm`` is ignored)."""
+        return self._run(self._checked_encode(call))
 
-    async def aencode(
-        self,
-        prompts: Prompts,
-        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
-        *,
-        pooling_task: str | None = None,
-        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
-        truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = False,
-        add_special_tokens: bool = True,
-    ) -> list[PoolingRequestOutput]:
+    async def _aencode(self, call: EncodeCall) -> list[PoolingRequestOutput]:
         """Async :meth:`encode`, from any event loop (the work runs on the worker's own loop)."""
-        return await self._arun(
-            self._checked_encode(
-                prompts,
-                pooling_params,
-                pooling_task,
-                lora_request,
-                truncate_prompt_tokens,
-                add_special_tokens,
-            )
-        )
+        return await self._arun(self._checked_encode(call))
 
-    def generative_score(
-        self,
-        query: str | Sequence[int],
-        items: Sequence[str] | Sequence[Sequence[int]],
-        label_token_ids: Sequence[int],
-        **kwargs: Any,
-    ) -> list[GenerativeScoringOutput]:
+    def _generative_score(self, call: GenerativeScoreCall) -> list[GenerativeScoringOutput]:
         """:meth:`RewardWorker.generative_score` on the worker's endpoints."""
-        return self._run(self._generative_score(query, list(items), list(label_token_ids), **kwargs))
+        return self._run(self._checked_generative_score(call))
 
-    async def agenerative_score(
-        self,
-        query: str | Sequence[int],
-        items: Sequence[str] | Sequence[Sequence[int]],
-        label_token_ids: Sequence[int],
-        **kwargs: Any,
-    ) -> list[GenerativeScoringOutput]:
+    async def _agenerative_score(self, call: GenerativeScoreCall) -> list[GenerativeScoringOutput]:
         """Async :meth:`generative_score`, from any event loop (the work runs on the worker's own loop)."""
-        return await self._arun(self._generative_score(query, list(items), list(label_token_ids), **kwargs))
-
-    async def _generative_score(
-        self,
-        query: Any,
-        items: list[Any],
-        label_token_ids: list[int],
-        *,
-        apply_softmax: bool = True,
-        item_first: bool = False,
-        add_special_tokens: bool = True,
-        lora_request: LoRARequest | None = None,
-        all_labels: bool = False,
-    ) -> list[GenerativeScoringOutput]:
-        """Dispatch one generative-scoring call (subclasses that serve it override this)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement generative scoring.")
+        return await self._arun(self._checked_generative_score(call))
 
     def model_info(self) -> ModelInfo:
         """The served model's :class:`ModelInfo` (fetched once, then cached)."""
         return self._run(self._model_info())
 
-    def render_chat(
-        self,
-        conversations: Sequence[Sequence[dict[str, Any]]],
-        *,
-        chat_template: str | None = None,
-        add_generation_prompt: bool = False,
+    def _render_chat(
+        self, conversations: Conversations, chat_template: str | None, add_generation_prompt: bool
     ) -> list[list[int]]:
-        """Token ids of each conversation rendered with the model's chat template, by an endpoint."""
+        """Render the conversations on an endpoint, each checked to be non-empty first."""
         convs = [[dict(m) for m in conv] for conv in conversations]
         for i, conv in enumerate(convs):
             if not conv:
                 raise RequestError("is empty.", field="conversations", index=i)
-        return self._run(self._render_chat(convs, chat_template, add_generation_prompt))
+        return self._run(self._send_render_chat(convs, chat_template, add_generation_prompt))
 
     def close(self) -> None:
         """Release the worker's resources and stop its event loop; later calls raise."""
@@ -204,28 +139,20 @@ class LoopThreadWorker(RewardWorker):
 
     # ------------------------------------------------------------------ for subclasses
     @abstractmethod
-    async def _encode(
-        self,
-        prompts: list[CheckedPrompt],
-        params_list: list[PoolingParams | None],
-        lora_list: list[LoRARequest | None],
-        task: str,
-        truncate_prompt_tokens: int | None,
-        *,
-        add_special_tokens: bool = True,
-    ) -> list[PoolingRequestOutput]:
+    async def _send_encode(self, call: CheckedEncode) -> list[PoolingRequestOutput]:
         """Score checked prompts (one params and adapter entry per prompt); one output per prompt, in order."""
+
+    async def _send_generative_score(self, call: GenerativeScoreCall) -> list[GenerativeScoringOutput]:
+        """Dispatch one generative-scoring call (subclasses that serve it override this)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement generative scoring.")
 
     @abstractmethod
     async def _fetch_model_info(self) -> ModelInfo:
         """Ask the endpoints for the model's :class:`ModelInfo` (called once; :meth:`_model_info` caches it)."""
 
     @abstractmethod
-    async def _render_chat(
-        self,
-        conversations: list[list[dict[str, Any]]],
-        chat_template: str | None,
-        add_generation_prompt: bool,
+    async def _send_render_chat(
+        self, conversations: list[Conversation], chat_template: str | None, add_generation_prompt: bool
     ) -> list[list[int]]:
         """Render non-empty conversations on the endpoints."""
 
@@ -237,38 +164,44 @@ class LoopThreadWorker(RewardWorker):
             self._info = await self._fetch_model_info()
         return self._info
 
-    async def _checked_encode(
-        self,
-        prompts: Prompts,
-        pooling_params: Any,
-        pooling_task: str | None,
-        lora_request: Any,
-        truncate_prompt_tokens: int | None,
-        add_special_tokens: bool = True,
-    ) -> list[PoolingRequestOutput]:
-        """``LLM.encode``'s checks, in its order, then :meth:`_encode`, then the stats."""
+    async def _checked_encode(self, call: EncodeCall) -> list[PoolingRequestOutput]:
+        """``LLM.encode``'s checks, in its order, then :meth:`_send_encode`, then the stats."""
         start = time.perf_counter()
-        task = check_task(pooling_task, tuple((await self._model_info()).tasks))
-        items = normalize_prompts(prompts)
-        params_list = per_prompt("pooling_params", pooling_params, len(items), PoolingParams)
-        lora_list = per_prompt("lora_request", lora_request, len(items), LoRARequest)
+        task = check_task(call.pooling_task, tuple((await self._model_info()).tasks))
+        items = normalize_prompts(call.prompts)
+        params_list = per_prompt("pooling_params", call.pooling_params, len(items), PoolingParams)
+        lora_list = per_prompt("lora_request", call.lora_request, len(items), LoRARequest)
         require_prompts(items)
         checked = [check_prompt(i, p) for i, p in enumerate(items)]
-        truncation_of(None, truncate_prompt_tokens)  # validates the call-level value
-        if not isinstance(add_special_tokens, bool):
+        truncation_of(None, call.truncate_prompt_tokens)  # validates the call-level value
+        if not isinstance(call.add_special_tokens, bool):
             raise RequestError(
-                f"must be true or false, got {add_special_tokens!r}.", field="add_special_tokens"
+                f"must be true or false, got {call.add_special_tokens!r}.", field="add_special_tokens"
             )
-        outputs = await self._encode(
-            checked,
-            params_list,
-            lora_list,
-            task,
-            truncate_prompt_tokens,
-            add_special_tokens=add_special_tokens,
+        outputs = await self._send_encode(
+            CheckedEncode(
+                checked, params_list, lora_list, task, call.truncate_prompt_tokens, call.add_special_tokens
+            )
         )
         self.stats.record(outputs, time.perf_counter() - start)
         return outputs
+
+    async def _checked_generative_score(self, call: GenerativeScoreCall) -> list[GenerativeScoringOutput]:
+        """The call with its items and labels as lists, then :meth:`_send_generative_score`."""
+        items, labels = list(call.items), list(call.label_token_ids)
+        return await self._send_generative_score(replace(call, items=items, label_token_ids=labels))
+
+
+@dataclass(frozen=True)
+class CheckedEncode:
+    """An ``encode`` call after ``LLM.encode``'s checks: one prompt, params and adapter entry per prompt."""
+
+    prompts: list[CheckedPrompt]
+    params: list[PoolingParams | None]
+    loras: list[LoRARequest | None]
+    task: str
+    truncate_prompt_tokens: int | None
+    add_special_tokens: bool = True
 
 
 async def gather_or_raise(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
@@ -290,4 +223,4 @@ async def gather_or_raise(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["PER_PROMPT_FIELDS", "CheckedPrompt", "LoopThreadWorker", "gather_or_raise"]
+__all__ = ["PER_PROMPT_FIELDS", "CheckedEncode", "CheckedPrompt", "LoopThreadWorker", "gather_or_raise"]

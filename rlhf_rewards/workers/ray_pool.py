@@ -9,138 +9,36 @@ died is sent again, to another replica when there is one, and that replica is pa
 ``down_for`` seconds. Every chunk fills its own slots of the result exactly once, so nothing is lost and
 nothing is duplicated (scoring has no side effects, so running a chunk twice is harmless).
 
-A replica's own errors travel structured: a :class:`~rlhf_rewards.errors.RequestError` raised by its
-``LLM`` is Ray's ``RayTaskError.cause``, moved from the chunk's index to the caller's with
-:meth:`~rlhf_rewards.errors.RequestError.located`; a model that fails to load is kept by the actor and
-reported by its first call (Ray would keep only the text of a constructor's exception).
+A replica's own errors travel structured (see :mod:`rlhf_rewards.workers.ray_replica`, the actor side).
 
-``ray`` is an optional dependency (``pip install rlhf-rewards[ray]``); it is imported only here.
+``ray`` is an optional dependency (``pip install rlhf-rewards[ray]``); it is imported only by the workers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import pickle
 import uuid
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 from rlhf_rewards.checks import check_int, check_number
 from rlhf_rewards.contract import ModelInfo
-from rlhf_rewards.errors import RequestError
-from rlhf_rewards.lora.request import LoRARequest
+from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
 from rlhf_rewards.outputs import PoolingRequestOutput
-from rlhf_rewards.pooling.params import PoolingParams
-from rlhf_rewards.workers.base import KEEP_LAST_TOKENS, WorkerHealth
-from rlhf_rewards.workers.loop import PER_PROMPT_FIELDS, CheckedPrompt, LoopThreadWorker, gather_or_raise
-from rlhf_rewards.workers.retry import Endpoint, EndpointFailure, EndpointPool, RetryPolicy
-
-#: The Ray namespace of the replicas' (named) actors, so another driver on the cluster can find them.
-ACTOR_NAMESPACE = "rlhf_rewards"
-
-_INSTALL_HINT = "RayWorkerPool needs Ray: pip install rlhf-rewards[ray]"
-
-
-class RayWorkerPoolError(RuntimeError):
-    """A chunk could not be scored by any replica within the retry budget."""
-
-
-class ReplicaLoadError(RuntimeError):
-    """A replica could not build its ``LLM``; :attr:`error` is the exception the ``LLM`` raised."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(f"the replica could not load its model: {type(error).__name__}: {error}")
-        self.error = error
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.error,))
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover - exercised by a test that hides ray
-        raise ImportError(f"{_INSTALL_HINT} (import failed: {exc}).") from exc
-    return ray
-
-
-class ReplicaActor:
-    """The body of one replica actor: an ``LLM`` built in the actor's process (wrapped by ``ray.remote``).
-
-    If the ``LLM`` cannot be built, the actor stays up and every call raises :class:`ReplicaLoadError`
-    holding the original exception, so the pool gets it whole instead of Ray's text of a failed constructor.
-    """
-
-    def __init__(self, model: str, llm_kwargs: dict[str, Any]) -> None:
-        import os
-
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.pid = os.getpid()
-        self.llm: Any = None
-        self.load_error: ReplicaLoadError | None = None
-        try:
-            from rlhf_rewards.entrypoints.llm import LLM
-
-            self.llm = LLM(model, **llm_kwargs)
-        except Exception as exc:  # noqa: BLE001 - reported by every call, see the class docstring
-            self.load_error = ReplicaLoadError(_picklable(exc))
-
-    def _require_llm(self) -> Any:
-        if self.llm is None:
-            raise self.load_error  # type: ignore[misc]
-        return self.llm
-
-    def encode(
-        self,
-        prompts: list[Any],
-        pooling_params: Any,
-        pooling_task: str | None,
-        lora_request: Any,
-        truncate_prompt_tokens: int | None,
-        add_special_tokens: bool = True,
-    ) -> list[PoolingRequestOutput]:
-        """``LLM.encode`` on one chunk."""
-        return self._require_llm().encode(
-            prompts,
-            pooling_params,
-            pooling_task=pooling_task,
-            lora_request=lora_request,
-            truncate_prompt_tokens=truncate_prompt_tokens,
-            tokenization_kwargs=KEEP_LAST_TOKENS,
-            add_special_tokens=add_special_tokens,
-            use_tqdm=False,
-        )
-
-    def generative_score(
-        self, query: Any, items: list[Any], label_token_ids: list[int], kwargs: dict[str, Any]
-    ) -> list[Any]:
-        """``LLM.generative_score`` on one chunk of items."""
-        return self._require_llm().generative_score(query, items, label_token_ids, use_tqdm=False, **kwargs)
-
-    def model_info(self) -> ModelInfo:
-        """``LLM.model_info()``."""
-        return self._require_llm().model_info()
-
-    def render_chat(
-        self, conversations: Any, chat_template: str | None, add_generation_prompt: bool
-    ) -> list[list[int]]:
-        """``LLM.render_chat``."""
-        return self._require_llm().render_chat(
-            conversations, chat_template=chat_template, add_generation_prompt=add_generation_prompt
-        )
-
-    def ping(self) -> dict[str, Any]:
-        """Liveness and placement."""
-        return {"pid": self.pid, "device": str(self._require_llm().device)}
-
-
-@dataclass
-class _Chunk:
-    start: int
-    prompts: list[Any]
-    params: list[PoolingParams | None]
-    loras: list[LoRARequest | None]
+from rlhf_rewards.workers.base import WorkerHealth
+from rlhf_rewards.workers.calls import EncodeCall, GenerativeScoreCall
+from rlhf_rewards.workers.endpoint_pool import EndpointPool
+from rlhf_rewards.workers.loop import CheckedEncode, Conversation, LoopThreadWorker, gather_or_raise
+from rlhf_rewards.workers.ray_replica import (
+    ACTOR_NAMESPACE,
+    RayWorkerPoolError,
+    ReplicaActor,
+    call_replica,
+    import_ray,
+    wait_until_loaded,
+)
+from rlhf_rewards.workers.retry import RetryPolicy
 
 
 class RayWorkerPool(LoopThreadWorker):
@@ -189,7 +87,7 @@ class RayWorkerPool(LoopThreadWorker):
     ) -> None:
         import os
 
-        ray = _import_ray()
+        ray = import_ray()
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
         if not isinstance(model, str) or not model:
@@ -259,36 +157,12 @@ class RayWorkerPool(LoopThreadWorker):
                 down_for=self.down_for,
                 max_in_flight=max_inflight_per_replica,
             )
-            self._info = self._wait_until_loaded(
-                ray, ready_timeout, num_cpus_per_replica, num_gpus_per_replica
+            self._info = wait_until_loaded(
+                ray, self.actors, model, ready_timeout, num_cpus_per_replica, num_gpus_per_replica
             )
         except BaseException:
             self.close()
             raise
-
-    def _wait_until_loaded(self, ray: Any, timeout: float, num_cpus: float, num_gpus: float) -> ModelInfo:
-        """Every replica's model info (so every replica has loaded the model), or the reason why not."""
-        try:
-            return ray.get([h.model_info.remote() for h in self.actors], timeout=timeout)[0]
-        except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(
-                f"RayWorkerPool: the {self.num_replicas} replicas were not ready within ready_timeout={timeout}s. "
-                f"Each needs num_cpus_per_replica={num_cpus} and num_gpus_per_replica={num_gpus}; the cluster "
-                f"has {ray.cluster_resources()} ({ray.available_resources()} free)."
-            ) from None
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause
-            if isinstance(cause, ReplicaLoadError):
-                if isinstance(cause.error, ValueError):  # a bad model path or LLM argument, as in-process
-                    raise cause.error from None
-                raise RuntimeError(
-                    f"RayWorkerPool: a replica failed to load {self.model!r}: {cause}"
-                ) from None
-            raise
-        except ray.exceptions.RayActorError as exc:  # the actor process died while loading
-            raise RuntimeError(
-                f"RayWorkerPool: a replica died while loading {self.model!r}: {exc.error_msg}"
-            ) from None
 
     def __repr__(self) -> str:
         return f"RayWorkerPool({self.model!r}, num_replicas={self.num_replicas})"
@@ -297,7 +171,7 @@ class RayWorkerPool(LoopThreadWorker):
         """Pickles as a way back to the same replicas: unpickled in another process, the pool connects to this
         Ray cluster (``ray.init(address=...)`` unless Ray is up there) and finds its actors by name. The
         unpickled copy never kills them; the pool that started them does, on ``close()``."""
-        ray = _import_ray()
+        ray = import_ray()
         if self._closed or self.pool is None:
             raise TypeError(f"{self!r} is closed and cannot be pickled.")
         state = {
@@ -347,7 +221,7 @@ class RayWorkerPool(LoopThreadWorker):
         super().close()
 
     def _close_resources(self) -> None:
-        ray = _import_ray()
+        ray = import_ray()
         if not getattr(self, "_owns_actors", True):
             return  # an unpickled copy: the replicas belong to the pool that started them
         for handle in self.actors:
@@ -359,96 +233,61 @@ class RayWorkerPool(LoopThreadWorker):
             ray.shutdown()
 
     # ------------------------------------------------------------------ scheduling
-    async def _render_chat(
-        self,
-        conversations: list[list[dict[str, Any]]],
-        chat_template: str | None,
-        add_generation_prompt: bool,
+    async def _send_render_chat(
+        self, conversations: list[Conversation], chat_template: str | None, add_generation_prompt: bool
     ) -> list[list[int]]:
         return await self._call_any("render_chat", conversations, chat_template, add_generation_prompt)
 
     async def _fetch_model_info(self) -> ModelInfo:
         return await self._call_any("model_info")  # normally cached by the constructor
 
-    async def _encode(
-        self,
-        prompts: list[CheckedPrompt],
-        params_list: list[PoolingParams | None],
-        lora_list: list[LoRARequest | None],
-        task: str,
-        truncate_prompt_tokens: int | None,
-        *,
-        add_special_tokens: bool = True,
-    ) -> list[PoolingRequestOutput]:
-        assert self.pool is not None
-        n = len(prompts)
-        items = [value if kind == "text" else {"prompt_token_ids": value} for kind, value in prompts]
-        live = max(1, len(self.pool.endpoints) - len(self.pool.down()))
-        # Spread even a small call over the replicas, but never beyond max_batch_size per chunk.
-        size = min(self.max_batch_size, max(1, math.ceil(n / live)))
+    async def _send_encode(self, call: CheckedEncode) -> list[PoolingRequestOutput]:
+        n = len(call.prompts)
+        items = [value if kind == "text" else {"prompt_token_ids": value} for kind, value in call.prompts]
+        size = self._chunk_size(n)
         chunks = [
-            _Chunk(lo, items[lo : lo + size], params_list[lo : lo + size], lora_list[lo : lo + size])
+            (
+                lo,
+                EncodeCall(
+                    items[lo : lo + size],
+                    call.params[lo : lo + size],
+                    pooling_task=call.task,
+                    lora_request=call.loras[lo : lo + size],
+                    truncate_prompt_tokens=call.truncate_prompt_tokens,
+                    add_special_tokens=call.add_special_tokens,
+                ),
+            )
             for lo in range(0, n, size)
         ]
         results: list[PoolingRequestOutput | None] = [None] * n
-        await gather_or_raise(
-            [self._run_chunk(c, results, task, truncate_prompt_tokens, add_special_tokens) for c in chunks]
-        )
+        await gather_or_raise([self._run_chunk(lo, chunk, results) for lo, chunk in chunks])
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:  # every chunk fills its slots or raises; this guards the invariant
             raise RayWorkerPoolError(f"No result for prompts {missing[:10]}.")
         return [r for r in results if r is not None]
 
     async def _run_chunk(
-        self,
-        chunk: _Chunk,
-        results: list[PoolingRequestOutput | None],
-        task: str,
-        truncate_prompt_tokens: int | None,
-        add_special_tokens: bool = True,
+        self, start: int, chunk: EncodeCall, results: list[PoolingRequestOutput | None]
     ) -> None:
-        assert self.pool is not None
-        args = (chunk.prompts, chunk.params, task, chunk.loras, truncate_prompt_tokens, add_special_tokens)
-        outputs = await self.pool.call(
-            lambda endpoint: self._actor_call(endpoint, "encode", args, offset=chunk.start),
-            self.policy,
-            units=len(chunk.prompts),
-            what=f"prompts {chunk.start}..{chunk.start + len(chunk.prompts) - 1}",
-            error=RayWorkerPoolError,
-            stats=self.stats,
+        count = len(chunk.prompts)
+        outputs = await self._call_chunk(
+            "encode", chunk, start, count, f"prompts {start}..{start + count - 1}"
         )
-        if len(outputs) != len(chunk.prompts):
-            raise RayWorkerPoolError(
-                f"a replica returned {len(outputs)} outputs for {len(chunk.prompts)} prompts."
-            )
+        if len(outputs) != count:
+            raise RayWorkerPoolError(f"a replica returned {len(outputs)} outputs for {count} prompts.")
         for j, out in enumerate(outputs):
-            results[chunk.start + j] = out
+            results[start + j] = out
 
-    async def _generative_score(
-        self,
-        query: Any,
-        items: list[Any],
-        label_token_ids: list[int],
-        *,
-        all_labels: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
+    async def _send_generative_score(self, call: GenerativeScoreCall) -> list[GenerativeScoringOutput]:
         """Items spread over the replicas in chunks (each chunk's query runs once on its replica)."""
-        assert self.pool is not None
-        n = len(items)
-        live = max(1, len(self.pool.endpoints) - len(self.pool.down()))
-        size = min(self.max_batch_size, max(1, math.ceil(n / live)))
-        spans = [(lo, items[lo : lo + size]) for lo in range(0, n, size)] or [(0, [])]
+        items = list(call.items)
+        size = self._chunk_size(len(items))
+        spans = [(lo, items[lo : lo + size]) for lo in range(0, len(items), size)] or [(0, [])]
 
-        async def run(lo: int, chunk: list[Any]) -> list[Any]:
-            args = (query, chunk, label_token_ids, kwargs)
-            outputs = await self.pool.call(
-                lambda endpoint: self._actor_call(endpoint, "generative_score", args, offset=lo),
-                self.policy,
-                units=max(1, len(chunk)),
-                what=f"items {lo}..{lo + len(chunk) - 1}",
-                error=RayWorkerPoolError,
-                stats=self.stats,
+        async def run(lo: int, chunk: list[Any]) -> list[GenerativeScoringOutput]:
+            what = f"items {lo}..{lo + len(chunk) - 1}"
+            outputs = await self._call_chunk(
+                "generative_score", replace(call, items=chunk), lo, len(chunk), what
             )
             for out in outputs:
                 out.index += lo
@@ -457,43 +296,35 @@ class RayWorkerPool(LoopThreadWorker):
         parts = await gather_or_raise([run(lo, chunk) for lo, chunk in spans])
         return [o for part in parts for o in part]
 
+    def _chunk_size(self, n: int) -> int:
+        """Spread even a small call over the live replicas, but never beyond ``max_batch_size`` per chunk."""
+        assert self.pool is not None
+        live = max(1, len(self.pool.endpoints) - len(self.pool.down()))
+        return min(self.max_batch_size, max(1, math.ceil(n / live)))
+
+    async def _call_chunk(self, method: str, chunk: Any, start: int, count: int, what: str) -> Any:
+        """``method`` on one chunk (``count`` prompts or items from ``start``), on the least-loaded replica."""
+        assert self.pool is not None
+        return await self.pool.call(
+            lambda endpoint: call_replica(endpoint, method, (chunk,), offset=start),
+            self.policy,
+            units=max(1, count),
+            what=what,
+            error=RayWorkerPoolError,
+            stats=self.stats,
+        )
+
     async def _call_any(self, method: str, *args: Any) -> Any:
         """Call ``method`` on a live replica, moving on to the next if one has died."""
         assert self.pool is not None
         return await self.pool.call(
-            lambda endpoint: self._actor_call(endpoint, method, args),
+            lambda endpoint: call_replica(endpoint, method, args),
             self.policy,
             units=0,
             what=method,
             error=RayWorkerPoolError,
             stats=self.stats,
         )
-
-    async def _actor_call(
-        self, endpoint: Endpoint, method: str, args: tuple[Any, ...], offset: int = 0
-    ) -> Any:
-        """One attempt of ``method`` on one replica, its outcome sorted for the pool: a dead or unloaded
-        replica is an :class:`EndpointFailure`; the request's own error is raised as the caller's."""
-        ray = _import_ray()
-        try:
-            return await getattr(endpoint.target, method).remote(*args)
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause
-            if isinstance(cause, ReplicaLoadError):
-                raise EndpointFailure(f"{endpoint.name}: {cause}") from exc
-            if isinstance(cause, RequestError):  # the replica names its chunk's index: name the caller's
-                moved = cause.field in PER_PROMPT_FIELDS and cause.index is not None
-                raise (cause.located(offset=offset) if moved else cause) from None
-            if isinstance(cause, ValueError):  # the request's fault, like the engine's ValueError in-process
-                raise cause from None
-            raise RayWorkerPoolError(f"{endpoint.name} failed on {method}: {cause or exc}") from exc
-        except (
-            ray.exceptions.RayActorError,
-            ray.exceptions.ObjectLostError,
-            ray.exceptions.RaySystemError,
-            ray.exceptions.WorkerCrashedError,
-        ) as exc:
-            raise EndpointFailure(f"{type(exc).__name__}: {exc}") from exc
 
     async def _health(self, timeout: float) -> WorkerHealth:
         async def probe(handle: Any) -> dict[str, Any]:
@@ -511,21 +342,12 @@ class RayWorkerPool(LoopThreadWorker):
         return WorkerHealth(ok=len(down) < len(answers), details=details, down=down)
 
 
-def _picklable(exc: Exception) -> Exception:
-    """``exc`` if it survives pickling (Ray sends it to the driver), else a ``RuntimeError`` with its text."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:  # noqa: BLE001 - any failure to round-trip
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-__all__ = ["RayWorkerPool", "RayWorkerPoolError", "ReplicaActor", "ReplicaLoadError"]
+__all__ = ["RayWorkerPool"]
 
 
 def _reconnect_pool(state: dict[str, Any]) -> RayWorkerPool:
     """A :class:`RayWorkerPool` unpickled: connected to the replicas the original pool started (by name)."""
-    ray = _import_ray()
+    ray = import_ray()
     if not ray.is_initialized():
         ray.init(address=state["address"], namespace=ACTOR_NAMESPACE, log_to_driver=False)
     pool = RayWorkerPool.__new__(RayWorkerPool)

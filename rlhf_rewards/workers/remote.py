@@ -13,44 +13,43 @@ A client mistake comes back as the server's :class:`~rlhf_rewards.errors.Request
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from rlhf_rewards.checks import check_positive_int
 from rlhf_rewards.contract import ModelInfo, params_key, params_to_fields, truncation_of
 from rlhf_rewards.entrypoints.generative_scoring import GenerativeScoringOutput
-from rlhf_rewards.errors import ERROR_HEADER, RequestError
+from rlhf_rewards.errors import RequestError
 from rlhf_rewards.lora.request import LoRARequest
-from rlhf_rewards.outputs import PoolingOutput, PoolingRequestOutput
+from rlhf_rewards.outputs import PoolingRequestOutput
 from rlhf_rewards.pooling.params import PoolingParams
 from rlhf_rewards.workers.base import WorkerHealth
-from rlhf_rewards.workers.loop import CheckedPrompt, LoopThreadWorker, gather_or_raise
-from rlhf_rewards.workers.retry import (
-    Endpoint,
-    EndpointBusy,
-    EndpointFailure,
-    EndpointPool,
-    RetryPolicy,
+from rlhf_rewards.workers.calls import GenerativeScoreCall
+from rlhf_rewards.workers.endpoint_pool import Endpoint, EndpointPool
+from rlhf_rewards.workers.http_wire import (
+    RemoteWorkerError,
+    TooLarge,
+    answer_items,
     classify_status,
+    client_error,
+    error_message,
+    normalize_url,
     parse_retry_after,
+    pooling_output,
 )
+from rlhf_rewards.workers.loop import (
+    CheckedEncode,
+    CheckedPrompt,
+    Conversation,
+    LoopThreadWorker,
+    gather_or_raise,
+)
+from rlhf_rewards.workers.retry import EndpointBusy, EndpointFailure, RetryPolicy
 
 API_KEY_ENV = "RLHF_REWARDS_API_KEY"
-#: Response header of a 4xx caused by a ``RequestError``: its ``to_dict()`` as JSON, located by the server.
-
-
-class RemoteWorkerError(RuntimeError):
-    """A request could not be served by any URL within the retry budget (or got an unexpected answer)."""
-
-
-class _TooLarge(Exception):
-    """413: the request must be split."""
 
 
 class RemoteWorker(LoopThreadWorker):
@@ -99,7 +98,7 @@ class RemoteWorker(LoopThreadWorker):
             },
         )
         url_list = [urls] if isinstance(urls, str) else list(urls)
-        self.urls = [_normalize_url(u) for u in url_list]
+        self.urls = [normalize_url(u) for u in url_list]
         check_positive_int("max_concurrency", max_concurrency)
         check_positive_int("max_batch_size", max_batch_size)
         if not timeout or timeout <= 0:
@@ -159,11 +158,11 @@ class RemoteWorker(LoopThreadWorker):
                     return response.json()
                 except ValueError:
                     kind = "retry"
-            message = _error_message(response)
+            message = error_message(response)
             if kind == "too_large":
-                raise _TooLarge(message)
+                raise TooLarge(message)
             if kind == "fatal":
-                raise _client_error(response, message, endpoint.name)
+                raise client_error(response, message, endpoint.name)
             error = f"HTTP {response.status_code}: {message}"
             if kind == "busy":
                 raise EndpointBusy(error, parse_retry_after(response.headers.get("retry-after")))
@@ -178,24 +177,21 @@ class RemoteWorker(LoopThreadWorker):
         self._server_limits = dict(data.get("server_limits") or {})
         return ModelInfo.from_dict(data)
 
-    async def _render_chat(
-        self,
-        conversations: list[list[dict[str, Any]]],
-        chat_template: str | None,
-        add_generation_prompt: bool,
+    async def _send_render_chat(
+        self, conversations: list[Conversation], chat_template: str | None, add_generation_prompt: bool
     ) -> list[list[int]]:
-        info = await self._model_info()
-        bodies = []
-        for conv in conversations:
-            body: dict[str, Any] = {
-                "model": info.model,
-                "messages": conv,
-                "add_generation_prompt": add_generation_prompt,
-            }
-            if chat_template is not None:
-                body["chat_template"] = chat_template
-            bodies.append(body)
-        answers = await gather_or_raise([self._request("POST", "/tokenize", b) for b in bodies])
+        template = {} if chat_template is None else {"chat_template": chat_template}
+        forms = [
+            {"messages": c, "add_generation_prompt": add_generation_prompt, **template} for c in conversations
+        ]
+        return await self._tokenize(forms)
+
+    async def _tokenize(self, forms: list[dict[str, Any]]) -> list[list[int]]:
+        """``POST /tokenize`` once per form (a ``prompt`` or ``messages`` body), concurrently."""
+        model = (await self._model_info()).model
+        answers = await gather_or_raise(
+            [self._request("POST", "/tokenize", {"model": model, **f}) for f in forms]
+        )
         return [list(a["tokens"]) for a in answers]
 
     async def _health(self) -> WorkerHealth:
@@ -215,30 +211,16 @@ class RemoteWorker(LoopThreadWorker):
         return WorkerHealth(ok=len(down) < len(self.urls), details=results, down=down)
 
     # ------------------------------------------------------------------ scoring
-    async def _encode(
-        self,
-        prompts: list[CheckedPrompt],
-        params_list: list[PoolingParams | None],
-        lora_list: list[LoRARequest | None],
-        task: str,
-        truncate_prompt_tokens: int | None,
-        *,
-        add_special_tokens: bool = True,
-    ) -> list[PoolingRequestOutput]:
+    async def _send_encode(self, call: CheckedEncode) -> list[PoolingRequestOutput]:
         info = await self._model_info()
+        task, prompts = call.task, call.prompts
         groups: dict[tuple[Any, ...], list[int]] = {}
         bodies: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for i, ((kind, _), params, lora) in enumerate(zip(prompts, params_list, lora_list, strict=True)):
+        for i, ((kind, _), params, lora) in enumerate(zip(prompts, call.params, call.loras, strict=True)):
             params = params or PoolingParams()
             params.verify(task)
-            if lora is not None and lora.lora_name not in info.lora_modules:
-                raise RequestError(
-                    f"names the adapter {lora.lora_name!r}, which {self.urls} do not serve (they serve "
-                    f"{info.lora_modules}); start the server with --lora-modules NAME=PATH.",
-                    field="lora_request",
-                    index=i,
-                )
-            truncate = truncation_of(params, truncate_prompt_tokens)
+            self._check_served(info, lora, index=i)
+            truncate = truncation_of(params, call.truncate_prompt_tokens)
             key = (kind, params_key(params), truncate, lora.lora_name if lora else None)
             if key not in groups:
                 body: dict[str, Any] = {
@@ -247,16 +229,14 @@ class RemoteWorker(LoopThreadWorker):
                     "return_details": True,
                     **params_to_fields(params),
                 }
-                if not add_special_tokens:
+                if not call.add_special_tokens:
                     body["add_special_tokens"] = False  # text prompts only; the server's default is true
                 if truncate is not None:
                     body["truncate_prompt_tokens"] = truncate
                     body["truncation_side"] = "left"  # the worker contract: keep the last k tokens
                 groups[key], bodies[key] = [], body
             groups[key].append(i)
-        size = min(
-            self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size)
-        )
+        size = self._batch_size()
         results: list[PoolingRequestOutput | None] = [None] * len(prompts)
         jobs = []
         for key, indices in groups.items():
@@ -279,7 +259,7 @@ class RemoteWorker(LoopThreadWorker):
         body = {**base, "input": [prompts[i][1] for i in indices], "request_id": chunk_id}
         try:
             answer = await self._request("POST", "/pooling", body)
-        except _TooLarge as exc:
+        except TooLarge as exc:
             if len(indices) == 1:
                 raise RequestError(
                     f"alone is over the server's request limit: {exc}", field="prompts", index=indices[0]
@@ -298,69 +278,34 @@ class RemoteWorker(LoopThreadWorker):
             j = exc.index
             index = indices[j] if j is not None and 0 <= j < len(indices) else None
             raise exc.located(field="prompts", index=index, subfield=None) from None
-        data = answer.get("data")
-        if not isinstance(data, list) or len(data) != len(indices):
-            raise RemoteWorkerError(
-                f"The server answered {len(data) if isinstance(data, list) else 'no'} items "
-                f"for a request of {len(indices)} prompts."
-            )
-        for item in data:
+        for item in answer_items(answer, len(indices), "prompts"):
             j = item["index"]
-            results[indices[j]] = _output(f"{chunk_id}-{j}", item)
+            results[indices[j]] = pooling_output(f"{chunk_id}-{j}", item)
 
     def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
         """Token ids of each text, by the server's ``POST /tokenize`` (its ``prompt`` form)."""
 
-        async def run() -> list[list[int]]:
-            info = await self._model_info()
-            answers = await gather_or_raise(
-                [
-                    self._request(
-                        "POST",
-                        "/tokenize",
-                        {"model": info.model, "prompt": t, "add_special_tokens": add_special_tokens},
-                    )
-                    for t in texts
-                ]
-            )
-            return [list(a["tokens"]) for a in answers]
+        return self._run(
+            self._tokenize([{"prompt": t, "add_special_tokens": add_special_tokens} for t in texts])
+        )
 
-        return self._run(run())
-
-    async def _generative_score(
-        self,
-        query: Any,
-        items: list[Any],
-        label_token_ids: list[int],
-        *,
-        apply_softmax: bool = True,
-        item_first: bool = False,
-        add_special_tokens: bool = True,
-        lora_request: LoRARequest | None = None,
-        all_labels: bool = False,
-    ) -> list[GenerativeScoringOutput]:
+    async def _send_generative_score(self, call: GenerativeScoreCall) -> list[GenerativeScoringOutput]:
         """``POST /generative_scoring`` (items in chunks of at most ``max_batch_size``; with ``all_labels``, once
         per label with that label first: the server merges the reads, whose prompts are identical, into one
         forward)."""
         info = await self._model_info()
-        if lora_request is not None and lora_request.lora_name not in info.lora_modules:
-            raise RequestError(
-                f"names the adapter {lora_request.lora_name!r}, which {self.urls} do not serve (they "
-                f"serve {info.lora_modules}); start the server with --lora-modules NAME=PATH.",
-                field="lora_request",
-            )
+        lora_request, items, all_labels = call.lora_request, call.items, call.all_labels
+        self._check_served(info, lora_request)
         start = time.perf_counter()
-        labels = [int(t) for t in label_token_ids]
+        labels = [int(t) for t in call.label_token_ids]
         base = {
             "model": lora_request.lora_name if lora_request else info.model,
-            "query": query,
-            "apply_softmax": apply_softmax,
-            "item_first": item_first,
-            "add_special_tokens": add_special_tokens,
+            "query": call.query,
+            "apply_softmax": call.apply_softmax,
+            "item_first": call.item_first,
+            "add_special_tokens": call.add_special_tokens,
         }
-        size = min(
-            self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size)
-        )
+        size = self._batch_size()
         chunks = [(lo, items[lo : lo + size]) for lo in range(0, len(items), size)] or [(0, [])]
         rotations = list(range(len(labels))) if all_labels and len(labels) > 1 else [0]
 
@@ -375,12 +320,7 @@ class RemoteWorker(LoopThreadWorker):
         tokens = 0
         for n, answer in enumerate(answers):
             j, (lo, chunk) = rotations[n // len(chunks)], chunks[n % len(chunks)]
-            data = answer.get("data")
-            if not isinstance(data, list) or len(data) != len(chunk):
-                raise RemoteWorkerError(
-                    f"The server answered {len(data) if isinstance(data, list) else 'no'} "
-                    f"items for a generative-scoring request of {len(chunk)} items."
-                )
+            data = answer_items(answer, len(chunk), "items", "generative-scoring ")
             tokens += int((answer.get("usage") or {}).get("prompt_tokens") or 0)
             for item in data:
                 i = lo + int(item["index"])
@@ -399,74 +339,27 @@ class RemoteWorker(LoopThreadWorker):
                     label_probs=values if all_labels or len(labels) == 1 else None,
                 )
             )
-        self.stats.requests += 1
-        self.stats.prompts += len(items)
-        self.stats.tokens += tokens // len(rotations)
-        self.stats.busy_seconds += time.perf_counter() - start
+        self.stats.record(outputs, time.perf_counter() - start, tokens=tokens // len(rotations))
         return outputs
 
+    def _batch_size(self) -> int:
+        """Most prompts or items per request: ``max_batch_size``, capped by the server's own limit."""
+        return min(
+            self.max_batch_size, int(self._server_limits.get("max_client_batch_size") or self.max_batch_size)
+        )
 
-def _output(request_id: str, item: dict[str, Any]) -> PoolingRequestOutput:
-    shape = tuple(item.get("shape") or ())
-    error = item.get("error")
-    if error is not None or item.get("data") is None:
-        tensor = torch.full(shape or (1,), float("nan"))  # never a usable number, as in LLM.encode
-        error = error or "the server returned no data for this item"
-    else:
-        tensor = torch.tensor(item["data"], dtype=torch.float32)
-        if shape:
-            tensor = tensor.reshape(shape)
-    return PoolingRequestOutput(
-        request_id=request_id,
-        outputs=PoolingOutput(data=tensor),
-        prompt_token_ids=list(item.get("prompt_token_ids") or []),
-        error=error,
-    )
+    def _check_served(self, info: ModelInfo, lora: LoRARequest | None, index: int | None = None) -> None:
+        """Raise a ``RequestError`` on ``lora_request`` if the servers do not serve ``lora`` by name."""
+        if lora is not None and lora.lora_name not in info.lora_modules:
+            raise RequestError(
+                f"names the adapter {lora.lora_name!r}, which {self.urls} do not serve (they serve "
+                f"{info.lora_modules}); start the server with --lora-modules NAME=PATH.",
+                field="lora_request",
+                index=index,
+            )
 
 
-def _normalize_url(url: str) -> str:
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"Each URL must be a non-empty string, got {url!r}.")
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"URL {url!r} must use http:// or https://.")
-    return url
-
-
-def _error_message(response: Any) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return (response.text or "")[:500] or f"HTTP {response.status_code}"
-    # vLLM's shape {"error": {"message", ...}}; the flat {"message"} of older servers; FastAPI's {"detail"}.
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
-    for key in ("message", "detail"):
-        if isinstance(body, dict) and isinstance(body.get(key), str):
-            return body[key]
-    return str(body)[:500]
-
-
-def _client_error(response: Any, message: str, url: str) -> Exception:
-    """The error of a 4xx that is the request's fault (never retried)."""
-    status = response.status_code
-    if status in (401, 403):
-        return PermissionError(f"{url}: {message}")
-    structured = response.headers.get(ERROR_HEADER)
-    if structured:
-        try:
-            return RequestError.from_dict(json.loads(structured))
-        except (ValueError, KeyError, TypeError):
-            pass  # a malformed header: fall back to the message
-    if status in (400, 404, 422):
-        return ValueError(message)  # the request's fault, like the engine's ValueError
-    return RemoteWorkerError(f"{url} answered HTTP {status}: {message}")
-
-
-__all__ = ["ERROR_HEADER", "RemoteWorker", "RemoteWorkerError"]
+__all__ = ["RemoteWorker"]
 
 
 def _rebuild_remote(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RemoteWorker:

@@ -387,9 +387,9 @@ def test_a_request_error_carries_its_structure_in_a_header(server):
     # What RemoteWorker rebuilds and moves to its caller's prompt index, without parsing the message.
     from rlhf_rewards.errors import RequestError
     from rlhf_rewards.server.errors import ERROR_HEADER
-    from rlhf_rewards.workers import remote
+    from rlhf_rewards.workers import http_wire
 
-    assert remote.ERROR_HEADER == ERROR_HEADER  # the client reads the header the server writes
+    assert http_wire.ERROR_HEADER == ERROR_HEADER  # the client reads the header the server writes
     for route, body, field, index in (
         ("/pooling", {"input": ["ok", "", "x"]}, "input", 1),
         ("/pooling", {"input": [[1, 2], [3, 100000]]}, "input", 1),

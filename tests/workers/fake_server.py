@@ -9,8 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from rlhf_rewards.errors import RequestError
-from rlhf_rewards.workers.remote import ERROR_HEADER
+from rlhf_rewards.errors import ERROR_HEADER, RequestError
 from tests.support.server import AppThread
 
 INFO = {

@@ -1,4 +1,4 @@
-"""The one endpoint pool of ``workers/retry.py``, by itself: a fake clock, URL-like and actor-like endpoints,
+"""The one endpoint pool of ``workers/endpoint_pool.py``, by itself: a fake clock, URL-like and actor-like endpoints,
 down-marking with a doubling cool-down, busy-until, least-loaded picking, in-flight limits and the retry loop
 (``EndpointPool.call``) that both ``RemoteWorker`` and ``RayWorkerPool`` send every request through."""
 
@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from rlhf_rewards.workers.base import WorkerStats
-from rlhf_rewards.workers.retry import EndpointBusy, EndpointFailure, EndpointPool, RetryPolicy
+from rlhf_rewards.workers.endpoint_pool import EndpointPool
+from rlhf_rewards.workers.retry import EndpointBusy, EndpointFailure, RetryPolicy
 
 NO_WAIT = RetryPolicy(max_retries=3, backoff_base=0.0, jitter=0.0)
 

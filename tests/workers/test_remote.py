@@ -14,7 +14,7 @@ import torch
 
 from rlhf_rewards import LLM, PoolingParams
 from rlhf_rewards.workers import RemoteWorker, RewardWorker
-from rlhf_rewards.workers.base import KEEP_LAST_TOKENS
+from rlhf_rewards.workers.calls import KEEP_LAST_TOKENS
 from tests.conftest import MIXED_TEXTS
 from tests.server.conftest import SERVED_NAME, SERVER_ARGS
 from tests.support.server import ServerProcess, shared_server

@@ -9,8 +9,9 @@ import pytest
 
 from rlhf_rewards.errors import RequestError
 from rlhf_rewards.workers import RemoteWorker
-from rlhf_rewards.workers.remote import RemoteWorkerError
-from rlhf_rewards.workers.retry import EndpointPool, RetryPolicy, classify_status, parse_retry_after
+from rlhf_rewards.workers.endpoint_pool import EndpointPool
+from rlhf_rewards.workers.http_wire import RemoteWorkerError, classify_status, parse_retry_after
+from rlhf_rewards.workers.retry import RetryPolicy
 from tests.workers.fake_server import FakeServer, score
 
 
