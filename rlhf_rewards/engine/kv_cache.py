@@ -56,10 +56,12 @@ class CacheNode:
 
     @property
     def end(self) -> int:
+        """Position one past the run's last token."""
         return self.start + len(self.tokens)
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the node's keys and values."""
         return 0 if self.kv is None else self.kv.numel() * self.kv.element_size()
 
 
@@ -73,6 +75,7 @@ class Piece:
 
     @property
     def key(self) -> tuple[int, int]:
+        """The piece's identity in one forward (node and length): a piece read by several hits is laid out once."""
         return id(self.node), self.length
 
 
@@ -86,6 +89,7 @@ class CacheHit:
 
     @property
     def key(self) -> tuple:
+        """Requests with equal keys read the same cached pieces (they share one tree)."""
         return (self.namespace, tuple(p.key for p in self.pieces))
 
 
@@ -140,6 +144,7 @@ class PrefixKVCache:
 
     @property
     def num_nodes(self) -> int:
+        """Cached runs (radix-tree nodes) held now."""
         with self._lock:
             return sum(len(_subtree(r)) - 1 for r in self._roots.values())
 
@@ -258,6 +263,7 @@ class CacheSession:
             self._pinned.append(node)
 
     def close(self) -> None:
+        """Release what the session pinned, and evict down to the bound."""
         with self.cache._lock:
             for node in self._pinned:
                 node.pins -= 1

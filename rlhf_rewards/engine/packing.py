@@ -32,6 +32,7 @@ class WorkUnit:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens the unit runs."""
         return sum(len(n.tokens) for n in self.nodes)
 
 
@@ -65,10 +66,12 @@ class PackedForward:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens in the row."""
         return int(self.input_ids.shape[1])
 
     @property
     def external_rows(self) -> int:
+        """Cached key rows the row reads from outside it."""
         return sum(int(kv.shape[3]) for kv in self.external.values())
 
     def plan(

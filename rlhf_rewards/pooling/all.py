@@ -13,7 +13,9 @@ class AllPooler:
     pooling_type = "ALL"
 
     def positions(self, token_ids: torch.Tensor, params: ResolvedPooling) -> torch.Tensor:
+        """See :meth:`~rlhf_rewards.pooling.base.Pooler.positions`."""
         return torch.arange(token_ids.numel(), dtype=torch.long)
 
     def reduce(self, states: torch.Tensor) -> torch.Tensor:
+        """See :meth:`~rlhf_rewards.pooling.base.Pooler.reduce`."""
         return states

@@ -13,7 +13,9 @@ class LastPooler:
     pooling_type = "LAST"
 
     def positions(self, token_ids: torch.Tensor, params: ResolvedPooling) -> torch.Tensor:
+        """See :meth:`~rlhf_rewards.pooling.base.Pooler.positions`."""
         return torch.tensor([token_ids.numel() - 1], dtype=torch.long)
 
     def reduce(self, states: torch.Tensor) -> torch.Tensor:
+        """See :meth:`~rlhf_rewards.pooling.base.Pooler.reduce`."""
         return states[-1]

@@ -13,7 +13,9 @@ class MeanPooler:
     pooling_type = "MEAN"
 
     def positions(self, token_ids: torch.Tensor, params: ResolvedPooling) -> torch.Tensor:
+        """See :meth:`~rlhf_rewards.pooling.base.Pooler.positions`."""
         return torch.arange(token_ids.numel(), dtype=torch.long)
 
     def reduce(self, states: torch.Tensor) -> torch.Tensor:
+        """See :meth:`~rlhf_rewards.pooling.base.Pooler.reduce`."""
         return states.float().mean(dim=0)
