@@ -191,7 +191,7 @@ class ModelRunner:
 
     def run_batch(self, requests: list[EngineRequest]) -> list[torch.Tensor]:
         """One padded forward over ``requests``, then pooling and heads."""
-        extra = self.forward_kwargs(requests) if self.forward_kwargs is not None else {}
+        extra = self._extra(requests)
         longest = max(r.num_tokens for r in requests)
         input_ids = torch.zeros((len(requests), longest), dtype=torch.long)
         attention_mask = torch.zeros((len(requests), longest), dtype=torch.long)
@@ -269,7 +269,7 @@ class ModelRunner:
             if (packed.external or packed.capture is not None)
             else None
         )
-        extra = self.forward_kwargs(requests) if self.forward_kwargs is not None else {}
+        extra = self._extra(requests)
         head_kwargs = extra.get("head", {})
         rows = []
         offsets = packed.row_offsets or [0] * len(requests)
@@ -294,11 +294,7 @@ class ModelRunner:
                 lookup[needed] = torch.arange(needed.numel())
                 rows = [lookup[r] for r in rows]
         else:
-            row_kwargs = (
-                self.forward_kwargs(requests[:1]).get("forward", {})
-                if self.forward_kwargs is not None
-                else {}
-            )
+            row_kwargs = self._extra(requests[:1]).get("forward", {})  # the packed row is one request's
             plan = packed.plan(external=external)
             with segment_attention(self.model.hf_model, plan):
                 hidden = self.model.hidden_states(
@@ -361,6 +357,10 @@ class ModelRunner:
         return pool_and_score(
             [r.pooling for r in requests], gathered, score, self.model.problem_type, head_kwargs
         )
+
+    def _extra(self, requests: list[EngineRequest]) -> dict[str, Any]:
+        """The ``forward_kwargs`` hook's arguments for ``requests`` (none without a hook)."""
+        return self.forward_kwargs(requests) if self.forward_kwargs is not None else {}
 
     def _threads(self, tokens: int):
         """One intra-op thread for a small CPU forward of ``tokens`` rows (see :mod:`~rlhf_rewards.engine.threads`)."""
