@@ -332,6 +332,28 @@ CASES = [
         ["exactly one of `prompt` or `messages`"],
         "body",
     ),
+    (
+        "tokenize continue_final_message with add_generation_prompt",  # vLLM's rule and message, as /pooling's
+        "/tokenize",
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "continue_final_message": True,
+            "add_generation_prompt": True,
+        },
+        {},
+        400,
+        ["Cannot set both `continue_final_message` and `add_generation_prompt` to True."],
+        None,
+    ),
+    (
+        "score lengths before emptiness",  # vLLM's validate_score_input order (shared with LLM.score)
+        "/score",
+        {"queries": ["a", "b"], "documents": []},
+        {},
+        400,
+        ["Input lengths must be either 1:1, 1:N or N:N"],
+        None,
+    ),
     ("tokenize unknown model", "/tokenize", {"prompt": "x", "model": "nope"}, {}, 404, ["nope"], "model"),
 ]
 
