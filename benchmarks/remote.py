@@ -21,6 +21,8 @@ import torch
 
 #: Seconds to wait for the server's ``/health`` after starting it.
 STARTUP_TIMEOUT_S = 300.0
+#: ``rlhf-rewards serve`` options of every benchmarked server: local, float32 on the CPU, quiet logs.
+SERVE_ARGS = ("--host", "127.0.0.1", "--dtype", "float32", "--device", "cpu", "--log-level", "warning")
 
 
 @contextlib.contextmanager
@@ -31,14 +33,7 @@ def serve(model_dir: Path, port: int, extra_args: list[str], log_path: Path) -> 
 
     with serve_model(
         model_dir,
-        "--host",
-        "127.0.0.1",
-        "--dtype",
-        "float32",
-        "--device",
-        "cpu",
-        "--log-level",
-        "warning",
+        *SERVE_ARGS,
         *extra_args,
         port=port,
         log_path=log_path,

@@ -299,6 +299,7 @@ def run_server(
     rm_dir: Path, tok, repeats: int, threads: int, concurrencies: list[int], cache_bytes: int | None
 ) -> list[dict[str, Any]]:
     """Both servers up (one vLLM engine), per-sample requests in rollout order, alternating servers."""
+    from benchmarks.remote import SERVE_ARGS
     from benchmarks.workloads import grpo_workload
     from tests.compat.vllm_live.oracle import VllmServer
     from tests.support.server import ServerProcess
@@ -306,14 +307,7 @@ def run_server(
     extra = ["--prefix-cache-bytes", str(cache_bytes)] if cache_bytes is not None else []
     ours = ServerProcess(
         str(rm_dir),
-        "--host",
-        "127.0.0.1",
-        "--dtype",
-        "float32",
-        "--device",
-        "cpu",
-        "--log-level",
-        "warning",
+        *SERVE_ARGS,
         *extra,
         omp_threads=threads,
         startup_timeout=300,

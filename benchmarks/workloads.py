@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +88,7 @@ def _words(n: int = 6000, seed: int = 1234) -> list[str]:
 
 def build_tokenizer(path: Path, vocab_size: int = 8192) -> Path:
     """A byte-level BPE fast tokenizer (right padding, ``<pad>``, no chat template) over the synthetic words."""
-    from tests.support.tokenizer import build_bpe_tokenizer
+    from scripts.build_assets.tokenizer import build_bpe_tokenizer
 
     words = _words()
     rng = np.random.RandomState(99)
@@ -96,46 +98,65 @@ def build_tokenizer(path: Path, vocab_size: int = 8192) -> Path:
     )
 
 
-def build_model(kind: str, shape: ModelShape, seed: int = 0) -> Path:
-    """Build (once, cached by shape) the benchmark checkpoint; ``kind`` is ``"rm"`` or ``"prm"``."""
-    import torch
-    import transformers
-    from transformers import AutoTokenizer
-
-    key = hashlib.sha1(json.dumps([kind, shape.config_fields(), seed, 2]).encode()).hexdigest()[:12]
-    path = CACHE_DIR / f"{kind}-{key}"
-    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+def cached(name: str, key: Any, build: Callable[[Path], Any]) -> Path:
+    """``CACHE_DIR/<name>-<hash of key>``, made once by ``build(folder)``: into a temporary folder first, then
+    renamed into place, so a build cut short leaves nothing half-written and concurrent builders do not clash."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = CACHE_DIR / f"{name}-{digest}"
+    if path.is_dir():
         return path
-    path.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(path)
-    tok = AutoTokenizer.from_pretrained(str(path))
-    fields = shape.config_fields()
-    fields.update(
-        vocab_size=len(tok),
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.eos_token_id,
-        num_labels=1 if kind == "rm" else 2,
-        tie_word_embeddings=False,
-    )
-    if kind == "rm":
-        config = transformers.Qwen3Config(**fields)
-        config.architectures = ["Qwen3ForSequenceClassification"]
-        cls = transformers.Qwen3ForSequenceClassification
-    else:
-        fields.pop("head_dim")
-        config = transformers.Qwen2Config(**fields)
-        config.architectures = ["Qwen2ForTokenClassification"]
-        cls = transformers.Qwen2ForTokenClassification
-    torch.manual_seed(seed)
-    model = cls(config)  # transformers' own initialisation (normal, std = initializer_range)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # non-trivial norm weights, so a wrong norm placement cannot go unnoticed
-        for name, p in model.named_parameters():
-            if "norm" in name and p.dim() == 1:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-    model.save_pretrained(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    build(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished the same build first
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def benchmark_tokenizer() -> Path:
+    """The benchmarks' tokenizer (:func:`build_tokenizer`), trained once and cached."""
+    return cached("tokenizer", ["tokenizer", 8192], build_tokenizer)
+
+
+def build_model(kind: str, shape: ModelShape, seed: int = 0) -> Path:
+    """Build (once, cached by shape) the benchmark checkpoint; ``kind`` is ``"rm"`` or ``"prm"``.
+
+    transformers' own initialisation (normal, std = initializer_range), norm weights perturbed, float32 (built
+    by :func:`tests.support.checkpoints.build_model`).
+    """
+    from tests.support.checkpoints import build_model as build_checkpoint
+    from tests.support.checkpoints import token_fields
+
+    if kind not in ("rm", "prm"):
+        raise ValueError(f"kind must be 'rm' or 'prm', got {kind!r}.")
+    tokenizer = benchmark_tokenizer()
+    fields = {
+        **shape.config_fields(),
+        **token_fields(tokenizer),
+        "num_labels": 1 if kind == "rm" else 2,
+        "tie_word_embeddings": False,
+    }
+    if kind == "rm":
+        architecture, config_cls = "Qwen3ForSequenceClassification", "Qwen3Config"
+    else:
+        fields.pop("head_dim")  # Qwen2 configs have no such field: hidden_size / num_attention_heads
+        architecture, config_cls = "Qwen2ForTokenClassification", "Qwen2Config"
+    return cached(
+        kind,
+        [kind, shape.config_fields(), seed, 3],
+        lambda path: build_checkpoint(
+            architecture,
+            path,
+            fields,
+            config_cls=config_cls,
+            seed=seed,
+            init="transformers",
+            tokenizer_dir=tokenizer,
+        ),
+    )
 
 
 # ---------------------------------------------------------------------- workloads
@@ -222,7 +243,9 @@ __all__ = [
     "ModelShape",
     "STEP_TAG",
     "Workload",
+    "benchmark_tokenizer",
     "build_model",
+    "cached",
     "grpo_workload",
     "mixed_workload",
     "prm_workload",

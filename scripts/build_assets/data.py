@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from rlhf_rewards.assets import arithmetic as ar
-from tests.support.tokenizer import build_bpe_tokenizer
+
+from .tokenizer import build_bpe_tokenizer
 
 #: Vocabulary size of the shared tokenizer.
 VOCAB_SIZE = 512

@@ -88,7 +88,7 @@ def build_bos_tokenizer(path: Path) -> Path:
     """The tiny BPE tokenizer with a Llama-3-style BOS (``<s>``, id 0) added by ``add_special_tokens=True``."""
     from tokenizers import Tokenizer, processors
 
-    from tests.support.tokenizer import SPECIAL_TOKENS, build_bpe_tokenizer
+    from scripts.build_assets.tokenizer import SPECIAL_TOKENS, build_bpe_tokenizer
 
     build_bpe_tokenizer(path, special_tokens=["<s>", *SPECIAL_TOKENS])
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))

@@ -1,4 +1,4 @@
-"""Tiny local checkpoints for tests, benchmarks and demos (no hub access needed).
+"""Local checkpoints for tests and benchmarks (no hub access needed), all built here.
 
 Each builder writes a real checkpoint folder with ``save_pretrained``: random weights, the real
 architecture's config fields and weight names, and a byte-level BPE tokenizer trained with ``tokenizers``
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 # The tokenizer names callers import from here, where they have always been.
-from tests.support.tokenizer import CHATML_TEMPLATE, PAD_TOKEN, SPECIAL_TOKENS, STEP_TAG  # noqa: F401
-from tests.support.tokenizer import build_bpe_tokenizer as build_tokenizer
+from scripts.build_assets.tokenizer import CHATML_TEMPLATE, PAD_TOKEN, SPECIAL_TOKENS, STEP_TAG  # noqa: F401
+from scripts.build_assets.tokenizer import build_bpe_tokenizer as build_tokenizer
 
 
 def small_dims(**overrides: Any) -> dict[str, Any]:
@@ -37,18 +37,38 @@ def small_dims(**overrides: Any) -> dict[str, Any]:
     return dims
 
 
-def _finish(
-    path: Path,
-    model: torch.nn.Module,
-    tokenizer_dir: Path | None,
-    *,
-    padding_side: str,
-    pad_token: bool,
-    seed: int,
-) -> Path:
-    _write_tokenizer(path, tokenizer_dir, padding_side=padding_side, pad_token=pad_token)
-    model.save_pretrained(path)
-    return path
+def model_class(architecture: str) -> type:
+    """The class that builds and loads ``architecture``: transformers' own, or rlhf-rewards' for the Qwen2.5-Math
+    RM/PRM (remote code on the hub)."""
+    import transformers
+
+    if hasattr(transformers, architecture):
+        return getattr(transformers, architecture)
+    from rlhf_rewards.models import qwen2_reward
+
+    return getattr(qwen2_reward, architecture)
+
+
+def hub_auto_map(architecture: str) -> dict[str, str]:
+    """The ``auto_map`` the hub's Qwen2.5-Math RM/PRM configs carry (remote code, never loaded here)."""
+    return {
+        "AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
+        "AutoModel": f"modeling_qwen2_rm.{architecture}",
+    }
+
+
+def token_fields(tokenizer_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Config fields that tie a model to the tokenizer in ``tokenizer_dir``: its vocabulary size and its pad and
+    EOS ids (the EOS doubles as BOS)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return {
+        "vocab_size": len(tok),
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "bos_token_id": tok.eos_token_id,
+    }
 
 
 def _write_tokenizer(
@@ -63,15 +83,75 @@ def _write_tokenizer(
             (path / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
 
 
-def _randomize(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
-    # Non-trivial random weights everywhere (norm weights too), so a wrong remap or head cannot pass.
-    gen = torch.Generator().manual_seed(seed)
+def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator, std: float = 0.2) -> torch.Tensor:
+    """Norm weights ``1 + 0.1 N(0, 1)``, so a misplaced norm cannot go unnoticed; anything else ``N(0, std)``, so a
+    wrong remap or head cannot pass. Drawn on ``gen``'s device."""
+    if "norm" in name and len(shape) == 1:
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen, device=gen.device)
+    return std * torch.randn(shape, generator=gen, device=gen.device)
+
+
+def _randomize(
+    model: torch.nn.Module, seed: int, std: float | None = 0.2, bias_std: float | None = None
+) -> None:
+    """:func:`_random_tensor` for every weight of ``model``; with ``std=None`` for its norm weights only (the rest
+    stays as initialised), and ``N(0, bias_std)`` for its biases when given, so a dropped bias shows."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name and p.dim() == 1:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(std * torch.randn(p.shape, generator=gen))
+            if std is not None or ("norm" in name and p.dim() == 1):
+                p.copy_(_random_tensor(name, tuple(p.shape), gen, std or 0.0))
+            elif bias_std is not None and p.dim() == 1 and name.endswith("bias"):
+                p.copy_(bias_std * torch.randn(p.shape, generator=gen, device=device))
+
+
+def build_model(
+    architecture: str,
+    path: str | os.PathLike[str],
+    fields: dict[str, Any],
+    *,
+    config_cls: str,
+    seed: int = 0,
+    init: str = "random",
+    bias_std: float | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    padding_side: str = "right",
+    pad_token: bool = True,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Build ``architecture`` from exactly the config ``fields`` (nothing added) and save it with its tokenizer:
+    the one checkpoint builder of the tests and the benchmarks.
+
+    Args:
+        init: ``"random"``: every weight ``N(0, 0.2)`` (tests); ``"transformers"``: transformers' own
+            initialisation, realistic activations at any depth (benchmarks). Norm weights are perturbed either
+            way, biases too with ``bias_std``.
+        dtype: dtype of the saved weights (built in float32).
+        device: Where the model is built (a GPU builds large ones fast; the random numbers are the device's).
+        tokenizer_dir: Copy this tokenizer; default: train the tiny one (``padding_side``, ``pad_token``).
+    """
+    import transformers
+
+    if init not in ("random", "transformers"):
+        raise ValueError(f"init must be 'random' or 'transformers', got {init!r}.")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = getattr(transformers, config_cls)(**fields)
+    config.architectures = [architecture]
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = model_class(architecture)(config)
+    _randomize(model, seed, std=0.2 if init == "random" else None, bias_std=bias_std)
+    model.to(dtype)
+    _write_tokenizer(path, tokenizer_dir, padding_side=padding_side, pad_token=pad_token)
+    model.save_pretrained(path)
+    if not hasattr(transformers, architecture):  # as the hub ships it: remote code named, never needed
+        config_json = read_json(path / "config.json")
+        config_json["auto_map"] = hub_auto_map(architecture)
+        (path / "config.json").write_text(json.dumps(config_json, indent=2), encoding="utf-8")
+    return path
 
 
 def build_hf_model(
@@ -86,11 +166,8 @@ def build_hf_model(
     dtype: torch.dtype = torch.float32,
     **config_fields: Any,
 ) -> Path:
-    """Build any transformers architecture by class name (e.g. ``Qwen3ForSequenceClassification``)."""
-    import transformers
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    """Build any transformers architecture by class name (e.g. ``Qwen3ForSequenceClassification``): the tiny
+    :func:`small_dims` shape unless ``config_fields`` say otherwise, random weights."""
     fields = small_dims()
     fields.update(config_fields)
     if pad_token:
@@ -99,19 +176,16 @@ def build_hf_model(
         fields["pad_token_id"] = None
     fields.setdefault("eos_token_id", 0)
     fields.setdefault("bos_token_id", 0)
-    config = getattr(transformers, config_cls)(**fields)
-    config.architectures = [architecture]
-    torch.manual_seed(seed)
-    model = getattr(transformers, architecture)(config)
-    _randomize(model, seed)
-    model.to(dtype)
-    return _finish(
+    return build_model(
+        architecture,
         path,
-        model,
-        Path(tokenizer_dir) if tokenizer_dir else None,
+        fields,
+        config_cls=config_cls,
+        seed=seed,
+        dtype=dtype,
         padding_side=padding_side,
         pad_token=pad_token,
-        seed=seed,
+        tokenizer_dir=tokenizer_dir,
     )
 
 
@@ -180,13 +254,6 @@ def _save_raw_checkpoint(path: Path, tensors: dict[str, torch.Tensor], config: d
     return path
 
 
-def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator, std: float = 0.2) -> torch.Tensor:
-    # Same rule as _randomize: norm weights near 1, everything else N(0, std).
-    if "norm" in name and len(shape) == 1:
-        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
-    return std * torch.randn(shape, generator=gen)
-
-
 def _build_qwen2_score_model(
     architecture: str,
     num_labels: int,
@@ -223,10 +290,7 @@ def _build_qwen2_score_model(
     config = {
         "architectures": [architecture],
         "attention_dropout": 0.0,
-        "auto_map": {
-            "AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
-            "AutoModel": f"modeling_qwen2_rm.{architecture}",
-        },
+        "auto_map": hub_auto_map(architecture),
         "bos_token_id": fields["bos_token_id"],
         "eos_token_id": fields["eos_token_id"],
         "hidden_act": "silu",

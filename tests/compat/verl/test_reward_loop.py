@@ -24,10 +24,10 @@ import torch
 
 from rlhf_rewards import LLM
 from rlhf_rewards.pooling.params import PoolingParams
+from scripts.build_assets.tokenizer import CHATML_TEMPLATE
 from tests.compat.peers import build_bos_tokenizer, ensure_peers, report
 from tests.support.checkpoints import build_checkpoint
 from tests.support.server import InProcessServer
-from tests.support.tokenizer import CHATML_TEMPLATE
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,8 @@
-"""The one byte-level BPE tokenizer builder behind every local checkpoint (tests, benchmarks, shipped assets).
+"""The one byte-level BPE tokenizer builder behind every local checkpoint (shipped assets, tests, benchmarks).
 
-:func:`build_bpe_tokenizer` trains a ``tokenizers`` BPE model on a given corpus and saves it as a transformers
+It lives with the asset builder, which needs it to rebuild the shipped models' tokenizer; the test tooling
+(``tests/support/checkpoints.py``) and the benchmark model (``benchmarks/workloads.py``) import it from here,
+so no script imports test code. :func:`build_bpe_tokenizer` trains a ``tokenizers`` BPE model on a given corpus and saves it as a transformers
 fast tokenizer. Its arguments cover what each caller needs: the tiny test checkpoints (the default corpus and
 arguments), the benchmark model (a large synthetic vocabulary, no chat template) and the shipped arithmetic
 models (``split_digits=True``: every digit is its own token). The same arguments give byte-identical files.
