@@ -44,7 +44,7 @@ from rlhf_rewards.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
 )
-from rlhf_rewards.parallel import ParallelConfig, ParallelEngine
+from rlhf_rewards.parallel import ParallelConfig, SplitModelPart
 from rlhf_rewards.pooling import PoolerConfig, PoolingParams, check_task, resolve_pooling
 from rlhf_rewards.pooling.step import (
     VLLM_DEFAULT_STEP_TAG_IDS,
@@ -192,9 +192,9 @@ class LLM:
         self.parallel_config = ParallelConfig(
             tensor_parallel_size, pipeline_parallel_size, parallel_start_timeout_s, parallel_call_timeout_s
         )
-        self._parallel: ParallelEngine | None = None
+        self._parallel: SplitModelPart | None = None
         if self.parallel_config.enabled:
-            self._parallel = ParallelEngine.start(
+            self._parallel = SplitModelPart.start(
                 self.parallel_config,
                 model=model,
                 config_dict=raw_config,

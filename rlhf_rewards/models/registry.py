@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from rlhf_rewards.checks import check_choice
 from rlhf_rewards.models.base import LoadContext, PoolingModel
 from rlhf_rewards.pooling.config import PoolerConfig
-from rlhf_rewards.pooling.step import step_tag_id_of
 
 RewardKind = Literal["outcome", "token", "process", "embedding"]
 Loader = Callable[[LoadContext, "ModelSpec"], PoolingModel]
@@ -63,16 +62,6 @@ class ModelSpec:
         if "token_classify" in self.task_defaults:
             return "token_classify"
         return self.tasks[0]
-
-    def resolve_step_tag_id(self, tokenizer: Any) -> int | None:
-        """The id of :attr:`default_step_tag` in ``tokenizer`` (``None`` if the spec has no default step tag).
-
-        Raises ``ValueError`` when the tokenizer has no such single token, so a PRM never silently scores
-        every token instead of its steps.
-        """
-        if self.default_step_tag is None:
-            return None
-        return step_tag_id_of(tokenizer, self.default_step_tag, self.architecture)
 
 
 _EXACT: dict[str, ModelSpec] = {}

@@ -94,10 +94,6 @@ class ParallelConfig:
         """Whether the model spans more than one process."""
         return self.world_size > 1
 
-    def stage_of(self, rank: int) -> int:
-        """The pipeline stage of ``rank``."""
-        return rank // self.tensor_parallel_size
-
     @property
     def output_rank(self) -> int:
         """The rank whose scores are returned: tensor shard 0 of the last pipeline stage."""

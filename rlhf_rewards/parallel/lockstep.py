@@ -7,10 +7,10 @@ budgets, the padded fallback) is a pure function of the requests, so all ranks c
 the same collectives (tensor-parallel all-reduces, pipeline sends). The output rank (tensor shard 0 of the last
 pipeline stage) returns the scores.
 
-* Engine-started (:class:`~rlhf_rewards.parallel.group.WorkerPool`): the driver sends the requests down each
+* Engine-started (:class:`~rlhf_rewards.parallel.worker_pool.WorkerPool`): the driver sends the requests down each
   worker's pipe; the workers run them (:meth:`LockstepRunner.serve`) and answer, the output rank with the
   outputs and a progress message per micro-batch. The driver's wait is bounded and watches the processes.
-* torchrun (:class:`~rlhf_rewards.parallel.group.SpmdGroup`): rank 0 broadcasts them over the engine's control
+* torchrun (:class:`~rlhf_rewards.parallel.spmd.SpmdGroup`): rank 0 broadcasts them over the engine's control
   group; with pipeline stages the last stage's outputs are broadcast back. An error raised by the runner is raised
   on every rank.
 """
@@ -25,16 +25,11 @@ from typing import Any
 import torch
 
 from rlhf_rewards.engine.request import EngineRequest
-from rlhf_rewards.parallel.group import (
-    ParallelGroup,
-    RemoteError,
-    SpmdGroup,
-    WorkerFailed,
-    WorkerGroup,
-    WorkerPool,
-    handshake,
-    pack_outputs,
-)
+from rlhf_rewards.parallel.group import ParallelGroup, WorkerFailed
+from rlhf_rewards.parallel.messages import RemoteError, pack_outputs
+from rlhf_rewards.parallel.spmd import SpmdGroup, handshake
+from rlhf_rewards.parallel.worker import WorkerGroup
+from rlhf_rewards.parallel.worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 

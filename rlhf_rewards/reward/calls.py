@@ -1,9 +1,9 @@
 """The worker calls a scoring plan asks for, and the two drivers that run a plan (sync and async).
 
 A scoring plan (:mod:`rlhf_rewards.reward.plan`) is a generator: it yields :class:`RenderChat` and
-:class:`EncodeBatch` requests, receives each result, and returns its result at ``StopIteration``. The
-logic is written once; :func:`run_plan` runs it with a worker's blocking methods (``RewardFunction``) and
-:func:`arun_plan` with ``aencode`` on an event loop (``AsyncRewardFunction``).
+:class:`EncodeBatch` requests (each a :class:`WorkerCall`), receives each result, and returns its result at
+``StopIteration``. The logic is written once; :func:`run_plan` runs it with a worker's blocking methods
+(``RewardFunction``) and :func:`arun_plan` with ``aencode`` on an event loop (``AsyncRewardFunction``).
 """
 
 from __future__ import annotations
@@ -19,20 +19,43 @@ from rlhf_rewards.workers.base import RewardWorker
 T = TypeVar("T")
 
 #: A plan yields worker calls, is sent their results and returns a ``T``.
-Plan = Generator["RenderChat | EncodeBatch | GenerativeScore | Tokenize", Any, T]
+Plan = Generator["WorkerCall", Any, T]
+
+
+class WorkerCall:
+    """A request of a plan: :meth:`run` makes it with a worker's blocking methods, :meth:`arun` from an event
+    loop (by default :meth:`run` in a thread). With ``catch`` the plan is sent a failure instead of it raising."""
+
+    catch = False
+
+    def run(self, worker: RewardWorker) -> Any:
+        """The worker's answer, by its blocking methods."""
+        raise NotImplementedError
+
+    async def arun(self, worker: RewardWorker) -> Any:
+        """The worker's answer, awaited (the default runs :meth:`run` in a thread so the loop stays free)."""
+        return await asyncio.to_thread(self.run, worker)
 
 
 @dataclass
-class RenderChat:
+class RenderChat(WorkerCall):
     """``worker.render_chat(conversations, chat_template=...)``: token ids per conversation."""
 
     conversations: list[list[dict[str, Any]]]
     chat_template: str | None
     add_generation_prompt: bool = False
 
+    def run(self, worker: RewardWorker) -> list[list[int]]:
+        """Render the conversations."""
+        return worker.render_chat(
+            self.conversations,
+            chat_template=self.chat_template,
+            add_generation_prompt=self.add_generation_prompt,
+        )
+
 
 @dataclass
-class EncodeBatch:
+class EncodeBatch(WorkerCall):
     """``worker.encode(prompts, pooling_params, ...)``: one output per prompt.
 
     ``add_special_tokens`` applies to text prompts (the standard format); token-id prompts are sent as they are.
@@ -63,9 +86,17 @@ class EncodeBatch:
             kwargs["add_special_tokens"] = False
         return kwargs
 
+    def run(self, worker: RewardWorker) -> Any:
+        """``worker.encode``."""
+        return worker.encode(self.prompts, self.pooling_params, **self.encode_kwargs())
+
+    async def arun(self, worker: RewardWorker) -> Any:
+        """``worker.aencode``."""
+        return await worker.aencode(self.prompts, self.pooling_params, **self.encode_kwargs())
+
 
 @dataclass
-class GenerativeScore:
+class GenerativeScore(WorkerCall):
     """``worker.generative_score(query, items, label_token_ids, ...)``: one output per item (a judge's read)."""
 
     query: str | list[int]
@@ -85,77 +116,82 @@ class GenerativeScore:
             "all_labels": self.all_labels,
         }
 
+    def run(self, worker: RewardWorker) -> Any:
+        """``worker.generative_score``."""
+        return worker.generative_score(self.query, self.items, self.label_token_ids, **self.kwargs())
+
+    async def arun(self, worker: RewardWorker) -> Any:
+        """``worker.agenerative_score``."""
+        return await worker.agenerative_score(self.query, self.items, self.label_token_ids, **self.kwargs())
+
 
 @dataclass
-class Tokenize:
+class Tokenize(WorkerCall):
     """``worker.tokenize(texts)``: token ids of each text, no special tokens added."""
 
     texts: list[str]
 
+    def run(self, worker: RewardWorker) -> list[list[int]]:
+        """Tokenize the texts."""
+        return worker.tokenize(self.texts)
 
-def _plan_catches(request: Any) -> bool:
-    return isinstance(request, EncodeBatch) and request.catch
+
+class _Steps:
+    """A plan stepped through: iterating yields its requests, each sent :attr:`result` (set by the driver)
+    when the next is asked for; :attr:`value` is the plan's return value once iteration ends."""
+
+    def __init__(self, plan: Plan[Any]) -> None:
+        self.plan = plan
+        self.result: Any = None
+        self.value: Any = None
+
+    def __iter__(self) -> _Steps:
+        return self
+
+    def __next__(self) -> WorkerCall:
+        try:
+            return self.plan.send(self.result)
+        except StopIteration as stop:
+            self.value = stop.value
+            raise StopIteration from None
+
+    @staticmethod
+    def failed(request: WorkerCall, exc: Exception) -> Exception:
+        """``exc`` as the plan's next result when ``request`` catches, else raised again."""
+        if not request.catch:
+            raise exc
+        return exc
 
 
 def run_plan(plan: Plan[T], worker: RewardWorker) -> T:
-    """Run ``plan`` with the worker's blocking ``render_chat`` and ``encode``."""
-    result: Any = None
-    while True:
+    """Run ``plan`` with the worker's blocking methods."""
+    steps = _Steps(plan)
+    for request in steps:
         try:
-            request = plan.send(result)
-        except StopIteration as stop:
-            return stop.value
-        try:
-            if isinstance(request, RenderChat):
-                result = worker.render_chat(
-                    request.conversations,
-                    chat_template=request.chat_template,
-                    add_generation_prompt=request.add_generation_prompt,
-                )
-            elif isinstance(request, Tokenize):
-                result = worker.tokenize(request.texts)
-            elif isinstance(request, GenerativeScore):
-                result = worker.generative_score(
-                    request.query, request.items, request.label_token_ids, **request.kwargs()
-                )
-            else:
-                result = worker.encode(request.prompts, request.pooling_params, **request.encode_kwargs())
+            steps.result = request.run(worker)
         except Exception as exc:  # noqa: BLE001 - the plan decides (catch=True) or it propagates
-            if not _plan_catches(request):
-                raise
-            result = exc
+            steps.result = steps.failed(request, exc)
+    return steps.value
 
 
 async def arun_plan(plan: Plan[T], worker: RewardWorker) -> T:
-    """Run ``plan`` on the event loop: ``aencode`` for batches, ``render_chat`` in a thread."""
-    result: Any = None
-    while True:
+    """Run ``plan`` on the event loop: ``aencode`` for batches, blocking calls in a thread."""
+    steps = _Steps(plan)
+    for request in steps:
         try:
-            request = plan.send(result)
-        except StopIteration as stop:
-            return stop.value
-        try:
-            if isinstance(request, RenderChat):
-                result = await asyncio.to_thread(
-                    worker.render_chat,
-                    request.conversations,
-                    chat_template=request.chat_template,
-                    add_generation_prompt=request.add_generation_prompt,
-                )
-            elif isinstance(request, Tokenize):
-                result = await asyncio.to_thread(worker.tokenize, request.texts)
-            elif isinstance(request, GenerativeScore):
-                result = await worker.agenerative_score(
-                    request.query, request.items, request.label_token_ids, **request.kwargs()
-                )
-            else:
-                result = await worker.aencode(
-                    request.prompts, request.pooling_params, **request.encode_kwargs()
-                )
+            steps.result = await request.arun(worker)
         except Exception as exc:  # noqa: BLE001 - the plan decides (catch=True) or it propagates
-            if not _plan_catches(request):
-                raise
-            result = exc
+            steps.result = steps.failed(request, exc)
+    return steps.value
 
 
-__all__ = ["EncodeBatch", "GenerativeScore", "Plan", "RenderChat", "Tokenize", "arun_plan", "run_plan"]
+__all__ = [
+    "EncodeBatch",
+    "GenerativeScore",
+    "Plan",
+    "RenderChat",
+    "Tokenize",
+    "WorkerCall",
+    "arun_plan",
+    "run_plan",
+]

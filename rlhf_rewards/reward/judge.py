@@ -29,9 +29,9 @@ from typing import Any
 
 from rlhf_rewards.contract import ModelInfo
 from rlhf_rewards.reward.calls import GenerativeScore, Plan, RenderChat, Tokenize
-from rlhf_rewards.reward.errors import RewardFunctionError
-from rlhf_rewards.reward.formatting import pair_format, require_chat_template
+from rlhf_rewards.reward.formatting import require_chat_template
 from rlhf_rewards.reward.judge_config import JudgeConfig
+from rlhf_rewards.reward.plan import PairPlan
 from rlhf_rewards.reward.readout import ScoreResult
 
 
@@ -39,8 +39,8 @@ def _text(messages: Sequence[dict[str, Any]]) -> str:
     return "\n\n".join(m["content"] for m in messages if isinstance(m.get("content"), str))
 
 
-class JudgePlan:
-    """The scoring plan of a judge reward function (same interface as :class:`~rlhf_rewards.reward.plan.ScoringPlan`)."""
+class JudgePlan(PairPlan):
+    """The scoring plan of a judge reward function."""
 
     pooling_task = "generative_scoring"
     readout = None
@@ -51,13 +51,10 @@ class JudgePlan:
         self.info = info
         self._label_ids: list[int] | None = None
 
-    def completions(
-        self, prompts: Sequence[Any], completions: Sequence[Any], owner: str
+    def _pairs(
+        self, fmt: str, prompts: Sequence[Any], completions: Sequence[Any], owner: str
     ) -> Plan[ScoreResult]:
-        """Score ``prompt + completion`` pairs in either of TRL's dataset formats (one judge request)."""
-        fmt = pair_format(prompts, completions, owner)
-        if fmt is None:
-            return ScoreResult([], [], 0, {})
+        """One judge request for the whole call."""
         n = len(completions)
         judge = self.judge
         if fmt == "standard":
@@ -102,10 +99,7 @@ class JudgePlan:
                 lora_request=self.config.lora,
                 all_labels=values is not None,
             )
-            if len(outputs) != len(keep):
-                raise RewardFunctionError(
-                    f"{owner}: the worker returned {len(outputs)} outputs for {len(keep)} inputs."
-                )
+            self._check_count(outputs, len(keep), owner)
             for i, out in zip(keep, outputs, strict=True):
                 n_ids = len(out.prompt_token_ids) if out.prompt_token_ids is not None else None
                 tokens += (
@@ -128,6 +122,7 @@ class JudgePlan:
         return ScoreResult(rewards, [None] * n, tokens, unscored)
 
     def token_ids(self, token_ids: Sequence[Sequence[int]], owner: str) -> Plan[ScoreResult]:
+        """Refused: a judge's template needs the prompt and completion texts."""
         raise ValueError(
             f"{owner}: a judge scores prompts and completions (its template needs them), not token ids."
         )

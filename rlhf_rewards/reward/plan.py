@@ -11,6 +11,7 @@ plan serves ``RewardFunction`` (blocking) and ``AsyncRewardFunction`` (asyncio):
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,8 +29,39 @@ from rlhf_rewards.reward.steps import TaggedText, tag_completion
 VERBATIM_TEMPLATE = "{{ messages[0]['content'] }}"
 
 
-class ScoringPlan:
-    """The plans of one reward function: :meth:`completions` (TRL's call) and :meth:`token_ids`.
+class PairPlan(ABC):
+    """What every plan shares: TRL's call (:meth:`completions`) checked once, and the count of the outputs."""
+
+    def completions(
+        self, prompts: Sequence[Any], completions: Sequence[Any], owner: str
+    ) -> Plan[ScoreResult]:
+        """Score ``prompt + completion`` pairs in either of TRL's dataset formats."""
+        fmt = pair_format(prompts, completions, owner)
+        if fmt is None:
+            return ScoreResult([], [], 0, {})
+        return (yield from self._pairs(fmt, prompts, completions, owner))
+
+    @abstractmethod
+    def token_ids(self, token_ids: Sequence[Sequence[int]], owner: str) -> Plan[ScoreResult]:
+        """Score inputs that are already token ids of the model's vocabulary."""
+
+    @abstractmethod
+    def _pairs(
+        self, fmt: str, prompts: Sequence[Any], completions: Sequence[Any], owner: str
+    ) -> Plan[ScoreResult]:
+        """Score a non-empty call in format ``fmt`` (``"standard"`` or ``"conversational"``)."""
+
+    @staticmethod
+    def _check_count(outputs: Sequence[Any], expected: int, owner: str) -> None:
+        """Raise a ``RewardFunctionError`` unless the worker returned one output per input."""
+        if len(outputs) != expected:
+            raise RewardFunctionError(
+                f"{owner}: the worker returned {len(outputs)} outputs for {expected} inputs."
+            )
+
+
+class ScoringPlan(PairPlan):
+    """The plans of one reward-model function: :meth:`completions` (TRL's call) and :meth:`token_ids`.
 
     Args:
         config: The function's settings.
@@ -50,13 +82,9 @@ class ScoringPlan:
         self._reward_token_ids: list[int] | None = None  # found once, on first use
 
     # ------------------------------------------------------------------ the two entry plans
-    def completions(
-        self, prompts: Sequence[Any], completions: Sequence[Any], owner: str
+    def _pairs(
+        self, fmt: str, prompts: Sequence[Any], completions: Sequence[Any], owner: str
     ) -> Plan[ScoreResult]:
-        """Score ``prompt + completion`` pairs in either of TRL's dataset formats."""
-        fmt = pair_format(prompts, completions, owner)
-        if fmt is None:
-            return ScoreResult([], [], 0, {})
         n = len(completions)
         unscored: dict[int, str] = {}
         items: list[Item] = []
@@ -111,10 +139,7 @@ class ScoringPlan:
         if items:
             # -1 keeps the last max_model_len tokens; inputs that fit are unchanged, so one request serves all.
             batch = yield self._encode([it.prompt for it in items], truncate=-1)
-            if len(batch) != len(items):
-                raise RewardFunctionError(
-                    f"{owner}: the worker returned {len(batch)} outputs for {len(items)} inputs."
-                )
+            self._check_count(batch, len(items), owner)
             for it, out in zip(items, batch, strict=True):
                 outputs[it.index] = out
             if not self.config.truncate:
@@ -166,4 +191,4 @@ class ScoringPlan:
         return list(self._reward_token_ids)
 
 
-__all__ = ["VERBATIM_TEMPLATE", "ScoringPlan"]
+__all__ = ["VERBATIM_TEMPLATE", "PairPlan", "ScoringPlan"]

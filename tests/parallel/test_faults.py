@@ -27,7 +27,9 @@ import torch.distributed as dist
 from rlhf_rewards import LLM
 from rlhf_rewards.parallel import ParallelConfig, WorkerFailed
 from rlhf_rewards.parallel.config import CALL_TIMEOUT_ENV, START_TIMEOUT_ENV
-from rlhf_rewards.parallel.group import RemoteError, WorkerPool, _guard_hint, first_unguarded_line
+from rlhf_rewards.parallel.main_guard import first_unguarded_line, guard_hint
+from rlhf_rewards.parallel.messages import RemoteError
+from rlhf_rewards.parallel.worker_pool import WorkerPool
 from tests.parallel.conftest import GROUP_TEXTS, PRM_TEXTS
 
 ATOL = 1e-5
@@ -310,9 +312,9 @@ RuntimeError:
 
 def test_a_worker_that_re_ran_an_unguarded_script_is_explained():
     """The fallback where the check above cannot see the script: the dead worker's stderr names the cause."""
-    hint = _guard_hint(CHILD_TRACEBACK)
+    hint = guard_hint(CHILD_TRACEBACK)
     assert 'no `if __name__ == "__main__":` guard' in hint and "Fix: put the code" in hint
-    assert _guard_hint("RuntimeError: CUDA out of memory") == ""
+    assert guard_hint("RuntimeError: CUDA out of memory") == ""
 
 
 EXIT_SCRIPT = """

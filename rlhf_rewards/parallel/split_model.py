@@ -1,11 +1,11 @@
-"""``ParallelEngine``: what ``LLM`` does differently when ``tensor_parallel_size * pipeline_parallel_size > 1``.
+"""``SplitModelPart``: what ``LLM`` does differently when ``tensor_parallel_size * pipeline_parallel_size > 1``.
 
-``LLM.__init__`` calls :meth:`ParallelEngine.start` before loading anything (the split is checked against
+``LLM.__init__`` calls :meth:`SplitModelPart.start` before loading anything (the split is checked against
 ``config.json`` first, then the worker processes start), loads the model with :attr:`sharding` on :attr:`device`,
 passes it through :meth:`adopt` and its runner through :meth:`lockstep`; if its own start-up fails it calls
 :meth:`abort` so the workers do not wait for it.
 
-Three roles (:mod:`rlhf_rewards.parallel.group`):
+Three roles (:mod:`rlhf_rewards.parallel.launch`):
 
 * the **driver** (a plain process, the default): starts one worker process per rank, loads the model on the
   ``meta`` device only (config, heads' shapes and the tokenizer: what scheduling needs, no weights), and sends
@@ -25,18 +25,13 @@ import torch
 
 from rlhf_rewards.models.base import PoolingModel
 from rlhf_rewards.parallel.config import ParallelConfig
-from rlhf_rewards.parallel.group import (
-    ParallelGroup,
-    SpmdGroup,
-    WorkerFailed,
-    WorkerPool,
-    handshake,
-    rank_device,
-    start_group,
-)
+from rlhf_rewards.parallel.group import ParallelGroup, WorkerFailed, rank_device
+from rlhf_rewards.parallel.launch import start_group
 from rlhf_rewards.parallel.lockstep import LockstepRunner
 from rlhf_rewards.parallel.plan import check_split
 from rlhf_rewards.parallel.sharding import as_pipeline_stage, resident_parameter_bytes, sharding_kwargs
+from rlhf_rewards.parallel.spmd import SpmdGroup, handshake
+from rlhf_rewards.parallel.worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +46,8 @@ def _meta_load(cls: type, config: Any) -> dict[str, Any]:
     return {"device_map": "meta", "use_kernels": False}
 
 
-class ParallelEngine:
-    """One process's share of a split engine.
+class SplitModelPart:
+    """This process's part of a model split over several processes (its rank's shard, or the driver's schedule).
 
     Attributes:
         config: The sizes and time bounds.
@@ -75,7 +70,7 @@ class ParallelEngine:
         self.rank_resident_bytes: list[int] = []
         if isinstance(group, WorkerPool):
             # Garbage collection of the LLM, and interpreter exit, stop the workers too. The finalizer holds the
-            # pool, never this engine or the LLM, so it does not keep them alive.
+            # pool, never this object or the LLM, so it does not keep them alive.
             self._finalizer = weakref.finalize(self, group.close)
 
     @classmethod
@@ -89,7 +84,7 @@ class ParallelEngine:
         enable_lora: bool,
         factory: Callable[..., Any],
         kwargs: dict[str, Any],
-    ) -> ParallelEngine:
+    ) -> SplitModelPart:
         """Check the split (before any weights load), then join or start the ranks' processes."""
         check_split(config, config_dict, device=device, enable_lora=enable_lora, model=model)
         group = start_group(config, device, factory, kwargs, model=model)
@@ -165,4 +160,4 @@ class ParallelEngine:
         self.group.close()
 
 
-__all__ = ["ParallelEngine"]
+__all__ = ["SplitModelPart"]
