@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +54,17 @@ async def _post_all(url: str, texts: list[str], concurrency: int) -> list[float]
         import aiohttp  # noqa: F401
     except ImportError:
         return await _post_all_httpx(url, texts, concurrency)
-    return await _post_all_aiohttp(url, texts, concurrency)
+    return await post_each_aiohttp(url, texts, concurrency)
 
 
 def _body(text: str) -> dict[str, Any]:
     return {"input": text, "task": "classify", "use_activation": False, "add_special_tokens": False}
 
 
-async def _drain(texts: list[str], concurrency: int, post: Any) -> list[float]:
-    scores: list[float | None] = [None] * len(texts)
+async def _drain(items: list[Any], concurrency: int, post: Any) -> list[float]:
+    scores: list[float | None] = [None] * len(items)
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(texts)):
+    for i in range(len(items)):
         queue.put_nowait(i)
 
     async def worker() -> None:
@@ -73,26 +73,34 @@ async def _drain(texts: list[str], concurrency: int, post: Any) -> list[float]:
                 i = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            scores[i] = await post(texts[i])
+            scores[i] = await post(items[i])
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return [s for s in scores if s is not None]
 
 
-async def _post_all_aiohttp(url: str, texts: list[str], concurrency: int) -> list[float]:
+async def post_each_aiohttp(
+    url: str,
+    inputs: list[Any],
+    concurrency: int,
+    body: Callable[[Any], dict[str, Any]] = _body,
+    timeout_s: float = 600.0,
+) -> list[float]:
+    """POST ``body(input)`` for each input alone to ``/pooling`` with aiohttp, from ``concurrency`` workers on
+    one connection pool; the raw scores in input order."""
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=600.0)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=timeout) as session:
 
-        async def post(text: str) -> float:
-            async with session.post("/pooling", json=_body(text)) as resp:
+        async def post(item: Any) -> float:
+            async with session.post("/pooling", json=body(item)) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"/pooling answered {resp.status}: {(await resp.text())[:300]}")
                 return float((await resp.json())["data"][0]["data"][0])
 
-        return await _drain(texts, concurrency, post)
+        return await _drain(inputs, concurrency, post)
 
 
 async def _post_all_httpx(url: str, texts: list[str], concurrency: int) -> list[float]:

@@ -255,32 +255,15 @@ def _offline_row(name: str, sides: dict[str, Side], tok, repeats: int) -> dict[s
 
 
 # ---------------------------------------------------------------------- server
+def _ids_body(ids: list[int]) -> dict[str, Any]:
+    """The ``/pooling`` request both servers get: token ids, raw classifier scores."""
+    return {"input": ids, "task": "classify", "use_activation": False}
+
+
 async def _post_ids(url: str, ids: list[list[int]], concurrency: int) -> list[float]:
-    import aiohttp
+    from benchmarks.remote import post_each_aiohttp
 
-    scores: list[float | None] = [None] * len(ids)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(ids)):
-        queue.put_nowait(i)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(
-        base_url=url, connector=connector, timeout=aiohttp.ClientTimeout(total=1200)
-    ) as session:
-
-        async def worker() -> None:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                body = {"input": ids[i], "task": "classify", "use_activation": False}
-                async with session.post("/pooling", json=body) as resp:
-                    if resp.status != 200:
-                        raise RuntimeError(f"/pooling answered {resp.status}: {(await resp.text())[:300]}")
-                    scores[i] = float((await resp.json())["data"][0]["data"][0])
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return [s for s in scores if s is not None]
+    return await post_each_aiohttp(url, ids, concurrency, body=_ids_body, timeout_s=1200.0)
 
 
 def _tree_hwm(pid: int) -> float:
