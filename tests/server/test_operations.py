@@ -353,7 +353,7 @@ def test_cli_errors_are_clear(qwen3_rm, capsys):
 
 
 def test_parse_lora_modules():
-    from rlhf_rewards.cli.serve import parse_lora_modules
+    from rlhf_rewards.cli.serve_flags import parse_lora_modules
 
     assert parse_lora_modules(["a=/x/y", '{"name": "b", "path": "org/adapter"}']) == {
         "a": "/x/y",
