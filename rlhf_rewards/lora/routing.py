@@ -13,7 +13,6 @@ Outside these contexts no adapter is active, so a forward without ``adapter_name
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -162,23 +161,11 @@ def score_rows_by_adapter(
 
 
 class PeftAdapterRouter:
-    """:class:`~rlhf_rewards.models.base.AdapterRouter` over peft's layers (installed by ``LoRAManager``)."""
+    """:class:`~rlhf_rewards.models.base.AdapterRouter` over peft's layers (installed by ``LoRAManager``):
+    :func:`mixed_adapter_batch` over the backbone, :func:`score_rows_by_adapter` for the head."""
 
-    def backbone_rows(
-        self, backbone: nn.Module, adapter_names: Sequence[str]
-    ) -> contextlib.AbstractContextManager[None]:
-        """:func:`mixed_adapter_batch` over the backbone."""
-        return mixed_adapter_batch(backbone, adapter_names)
-
-    def score_rows(
-        self,
-        model: PoolingModel,
-        states: torch.Tensor,
-        columns: tuple[int, ...] | None,
-        adapter_names: Sequence[str],
-    ) -> torch.Tensor:
-        """:func:`score_rows_by_adapter`."""
-        return score_rows_by_adapter(model, states, columns, adapter_names)
+    backbone_rows = staticmethod(mixed_adapter_batch)
+    score_rows = staticmethod(score_rows_by_adapter)
 
 
 __all__ = [

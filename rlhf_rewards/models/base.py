@@ -184,13 +184,18 @@ class PoolingModel(nn.Module):
             else self._router().backbone_rows(self.backbone, adapter_names)
         )
         with rows:
-            out = self.backbone(
+            return self.backbone_states(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 use_cache=False,
                 **kwargs,
             )
+
+    def backbone_states(self, **inputs: Any) -> torch.Tensor:
+        """The backbone's final hidden states for ``inputs`` (its forward's keywords); a pipeline stage
+        (:class:`~rlhf_rewards.parallel.sharding.PipelineStage`) runs its part of the forward here."""
+        out = self.backbone(**inputs)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def score(

@@ -99,34 +99,23 @@ class PipelineStage:
     def hidden_size(self) -> int:
         return int(self.hf_model.config.get_text_config().hidden_size)
 
-    def hidden_states(
-        self,
-        input_ids: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """This stage's part of the forward; the last stage returns the final hidden states."""
+    def backbone_states(self, **inputs: Any) -> torch.Tensor:
+        """This stage's part of the forward: its input is the previous stage's hidden states (the first stage's
+        the token ids), its output is sent on to the next; the last stage returns the final hidden states."""
         stage = self._stage
+        input_ids = inputs.pop("input_ids")
         backbone = self.backbone  # type: ignore[attr-defined]
-        dtype = next(p.dtype for p in backbone.parameters() if p.is_floating_point())
-        device = input_ids.device
-        inputs: dict[str, Any] = {
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "use_cache": False,
+        wire = {
+            "device": input_ids.device,
+            "dtype": next(p.dtype for p in backbone.parameters() if p.is_floating_point()),
         }
         if stage.pp_is_first_stage:
             inputs["input_ids"] = input_ids
         else:
             shape = (*input_ids.shape, self.hidden_size)
-            inputs["inputs_embeds"] = stage.communicate(
-                "recv_forward", device=device, dtype=dtype, shape=shape
-            )
-        out = backbone(**inputs, **kwargs)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        stage.communicate("send_forward", device=device, dtype=dtype, tensor=hidden)
+            inputs["inputs_embeds"] = stage.communicate("recv_forward", **wire, shape=shape)
+        hidden = super().backbone_states(**inputs)  # type: ignore[misc]
+        stage.communicate("send_forward", **wire, tensor=hidden)
         return hidden
 
     def score(
