@@ -19,25 +19,11 @@ from rlhf_rewards.cli.serve_flags import add_serve_flags, check_serve_args, pars
 
 logger = logging.getLogger("rlhf_rewards.server")
 
-#: The flags passed to ``LLM`` as they are, under the same name.
-_LLM_FLAGS = (
-    "tokenizer",
-    "pooler_config",
-    "dtype",
-    "device",
-    "trust_remote_code",
-    "max_model_len",
-    "max_num_batched_tokens",
-    "max_lora_rank",
-    "revision",
-    "convert",
-    "enforce_eager",
-    "deterministic",
-    "enable_prefix_caching",
-    "prefix_cache_bytes",
-    "tensor_parallel_size",
-    "pipeline_parallel_size",
-)
+#: ``LLM``'s parameters that ``serve`` does not pass as given: the model (positional), the runner (always
+#: pooling), LoRA (from --lora-modules), --hf-overrides (JSON text) and --seed (an ignored vLLM flag).
+_NOT_AS_GIVEN = frozenset({"model", "runner", "enable_lora", "max_loras", "seed", "hf_overrides"})
+#: Engine arguments ``serve`` has flags for beside ``LLM``'s own parameters.
+_ENGINE_FLAGS = ("enable_prefix_caching", "prefix_cache_bytes")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -60,6 +46,7 @@ def build_engine(args: argparse.Namespace) -> Any:
     """Load the model and wrap it in a :class:`~rlhf_rewards.server.base.serving.ServedModel`."""
     from rlhf_rewards import LLM, LoRARequest
     from rlhf_rewards.entrypoints.chat_template import load_chat_template
+    from rlhf_rewards.entrypoints.engine_args import LLM_PARAMETERS
     from rlhf_rewards.server.base.serving import ServedModel
     from rlhf_rewards.server.limits import ServerLimits
 
@@ -70,7 +57,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         enable_lora=bool(modules),
         max_loras=args.max_loras or max(len(modules), 1),
         hf_overrides=json.loads(args.hf_overrides) if args.hf_overrides else None,
-        **{name: getattr(args, name) for name in _LLM_FLAGS},
+        **{n: getattr(args, n) for n in (*LLM_PARAMETERS, *_ENGINE_FLAGS) if n not in _NOT_AS_GIVEN},
         **({"strict_vllm_compat": True} if getattr(args, "strict_vllm_compat", False) else {}),
     )
     for i, (name, path) in enumerate(modules.items()):

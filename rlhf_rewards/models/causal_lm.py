@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from rlhf_rewards.models.base import LoadContext, PoolingModel
-from rlhf_rewards.models.defaults import embed_defaults, supports_packing
+from rlhf_rewards.models.defaults import embed_defaults, transformers_spec
 from rlhf_rewards.models.registry import ModelSpec, register_suffix
 from rlhf_rewards.pooling.config import PoolerConfig
 from rlhf_rewards.pooling.step import check_columns
@@ -62,13 +62,10 @@ def load_causal_lm(ctx: LoadContext, spec: ModelSpec) -> PoolingModel:
 
 
 def _causal_lm_spec(architecture: str) -> ModelSpec | None:
-    if not hasattr(transformers, architecture):
-        return None
-    return ModelSpec(
-        architecture=architecture,
+    return transformers_spec(
+        architecture,
         loader=load_causal_lm,
         kind="process",
-        supports_packing=supports_packing(architecture),
         task_defaults={
             # math-shepherd style: STEP pooling needs step_tag_id/returned_token_ids from the user's config.
             "token_classify": PoolerConfig(pooling_type="ALL", use_activation=True),

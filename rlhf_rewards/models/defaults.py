@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import transformers
+
+from rlhf_rewards.models.registry import ModelSpec
 from rlhf_rewards.pooling.config import PoolerConfig
 
 # Architectures with recurrent (SSM) layers carry state across a packed row, so they are only padded.
@@ -11,6 +16,14 @@ _NO_PACKING_PREFIXES = ("Jamba", "Mamba", "FalconH1", "Zamba", "Bamba", "Nemotro
 def supports_packing(architecture: str) -> bool:
     """Whether sequences of ``architecture`` may share a row (False for recurrent/SSM hybrids such as Jamba)."""
     return not architecture.startswith(_NO_PACKING_PREFIXES)
+
+
+def transformers_spec(architecture: str, **fields: Any) -> ModelSpec | None:
+    """The spec of ``architecture`` loaded with its own transformers class (packed where its layers allow), or
+    ``None`` when transformers has no class of that name."""
+    if not hasattr(transformers, architecture):
+        return None
+    return ModelSpec(architecture=architecture, supports_packing=supports_packing(architecture), **fields)
 
 
 def embed_defaults() -> dict[str, PoolerConfig]:

@@ -16,7 +16,7 @@ import transformers
 
 from rlhf_rewards.models.base import LoadContext, PoolingModel
 from rlhf_rewards.models.conversion import HOW_TO_SUPPLY_A_HEAD, load_converted_classifier, wants_token_head
-from rlhf_rewards.models.defaults import classifier_defaults, supports_packing
+from rlhf_rewards.models.defaults import classifier_defaults, transformers_spec
 from rlhf_rewards.models.registry import ModelSpec, register_suffix
 
 
@@ -47,29 +47,23 @@ def load_sequence_classifier(ctx: LoadContext, spec: ModelSpec) -> PoolingModel:
 
 
 def _sequence_classifier_spec(architecture: str) -> ModelSpec | None:
-    if not hasattr(transformers, architecture):
-        return None
-    return ModelSpec(
-        architecture=architecture,
+    return transformers_spec(
+        architecture,
         loader=load_sequence_classifier,
         kind="outcome",
         task_defaults=classifier_defaults(),
-        supports_packing=supports_packing(architecture),
         description="sequence classifier, score at the last token",
     )
 
 
 def _token_classifier_spec(architecture: str) -> ModelSpec | None:
-    if not hasattr(transformers, architecture):
-        return None
     defaults = classifier_defaults()
     del defaults["classify"]
-    return ModelSpec(
-        architecture=architecture,
+    return transformers_spec(
+        architecture,
         loader=load_sequence_classifier,
         kind="token",
         task_defaults=defaults,
-        supports_packing=supports_packing(architecture),
         description="token classifier, one score per token",
     )
 
