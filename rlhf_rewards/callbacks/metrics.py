@@ -181,9 +181,11 @@ class RewardMetricsCallback(TrainerCallback):
         handler.callbacks = others[:position] + [self] + others[position:]
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Run before the trainer's loggers, so they log this callback's figures."""
         self._move_ahead_of_loggers()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Run before the trainer's loggers, so they log this callback's figures."""
         self._move_ahead_of_loggers()  # also covers trainer.add_callback after construction
 
     # ------------------------------------------------------------------ logging
@@ -206,6 +208,7 @@ class RewardMetricsCallback(TrainerCallback):
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
+        """Add the reward workers' figures to ``logs``."""
         if logs is None:
             return
         entries = self.collect()

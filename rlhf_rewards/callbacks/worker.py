@@ -212,6 +212,7 @@ class RewardWorkerCallback(TrainerCallback):
             )
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Check the workers' health and start keeping sleepable workers asleep outside scoring."""
         if self.check_health:
             self.check_workers()
         if self.sleep and not self._guards:
@@ -230,6 +231,7 @@ class RewardWorkerCallback(TrainerCallback):
                 )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Remove the guards; wake the workers that were put to sleep."""
         for guard in self._guards:
             guard.uninstall()
             if guard.worker.is_sleeping:

@@ -123,6 +123,7 @@ class Record:
 
     @property
     def conversational(self) -> bool:
+        """Whether the record is a conversation (its prompt is a list of messages)."""
         return not isinstance(self.prompt, str)
 
 

@@ -31,6 +31,7 @@ class LMHeadPoolingModel(PoolingModel):
 
     @property
     def head(self) -> torch.nn.Module:
+        """The LM head module."""
         return self.hf_model.get_submodule(self.lm_head_name)
 
     def head_logits(self, states: torch.Tensor, columns: tuple[int, ...] | None = None) -> torch.Tensor:

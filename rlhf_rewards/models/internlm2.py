@@ -100,6 +100,7 @@ class InternLM2MLP(nn.Module):
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The gated MLP: ``w2(act(w1 x) * w3 x)``."""
         return self.w2(self.act_fn(self.w1(x)) * self.w3(x))
 
 
@@ -131,6 +132,7 @@ class InternLM2Attention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Self-attention over ``hidden_states`` (fused ``wqkv`` projection, rotary positions)."""
         batch, q_len = hidden_states.shape[:2]
         # -1 KV heads: under tensor parallelism ``wqkv`` holds only this rank's KV groups (whole ones, as the
         # rows are laid out per KV head), so the local head counts are read from the shapes.
@@ -175,6 +177,7 @@ class InternLM2DecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
+        """One pre-norm decoder layer: attention, then the MLP, each with a residual."""
         attn, _ = self.attention(
             self.attention_norm(hidden_states), position_embeddings, attention_mask, **kwargs
         )
@@ -210,9 +213,11 @@ class InternLM2Model(InternLM2PreTrainedModel):
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
+        """The token embedding (``tok_embeddings``)."""
         return self.tok_embeddings
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the token embedding."""
         self.tok_embeddings = value
 
     def forward(
@@ -261,14 +266,17 @@ class InternLM2ForRewardModel(InternLM2PreTrainedModel):
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
+        """The backbone's token embedding."""
         return self.model.tok_embeddings
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the backbone's token embedding."""
         self.model.tok_embeddings = value
 
     def forward(
         self, input_ids: torch.Tensor | None = None, **kwargs: Any
     ) -> SequenceClassifierOutputWithPast:
+        """The reward head's score at every token."""
         hidden = self.model(input_ids=input_ids, **kwargs).last_hidden_state
         scores = self.v_head(hidden[:, -1].to(self.v_head.weight.dtype))
         return SequenceClassifierOutputWithPast(logits=scores)

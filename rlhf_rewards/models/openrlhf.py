@@ -49,12 +49,14 @@ class NormalizedValueHead(nn.Linear):
         self.std = float(std)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """The values of ``states``, de-normalized with the checkpoint's mean and std when it says so."""
         values = super().forward(states)
         if self.normalize:
             values = (values - self.mean) / self.std
         return values
 
     def extra_repr(self) -> str:
+        """The linear layer's repr plus the normalization."""
         return f"{super().extra_repr()}, normalize={self.normalize}, mean={self.mean}, std={self.std}"
 
 

@@ -68,6 +68,7 @@ class Qwen2ForRewardModel(_Qwen2ScoreModel):
         attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutputWithPast:
+        """The reward head's score at every token."""
         logits = self.token_logits(input_ids, attention_mask=attention_mask, **kwargs)
         rows = torch.arange(logits.shape[0], device=logits.device)
         if attention_mask is not None:
@@ -92,6 +93,7 @@ class Qwen2ForProcessRewardModel(_Qwen2ScoreModel):
     head_labels: ClassVar[int] = 2
 
     def forward(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> TokenClassifierOutput:
+        """The two-label head's logits at every token."""
         return TokenClassifierOutput(logits=self.token_logits(input_ids, **kwargs))
 
 

@@ -92,11 +92,12 @@ class PipelineStage:
 
     @property
     def vocab_size(self) -> int:
-        # Later stages have no embedding module: read the sizes from the config.
+        """Vocabulary size, from the config (later stages have no embedding module to read it from)."""
         return int(self.hf_model.config.get_text_config().vocab_size)
 
     @property
     def hidden_size(self) -> int:
+        """Width of the hidden states, from the config."""
         return int(self.hf_model.config.get_text_config().hidden_size)
 
     def backbone_states(self, **inputs: Any) -> torch.Tensor:

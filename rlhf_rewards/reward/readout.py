@@ -79,6 +79,7 @@ class OutcomeReadout(Readout):
     """Sequence classifiers: the score is a column of the pooled output."""
 
     def read(self, item: Item, data: Any, n_prompt_tokens: int, owner: str) -> Reading:
+        """The score column of the sequence output."""
         return Reading(self._column(data.reshape(-1), owner))
 
 
@@ -86,6 +87,7 @@ class TokenReadout(Readout):
     """Token reward models: the score is a column of the final token's output."""
 
     def read(self, item: Item, data: Any, n_prompt_tokens: int, owner: str) -> Reading:
+        """The score column at the last prompt token of a ``[n_tokens, k]`` output."""
         if data.dim() != 2 or data.shape[0] == 0:
             raise RewardFunctionError(
                 f"{owner}: expected a [n_tokens, k] token output, got {tuple(data.shape)}."
@@ -105,6 +107,7 @@ class ProcessReadout(Readout):
             raise RewardFunctionError(f"{owner}: {exc}") from None
 
     def read(self, item: Item, data: Any, n_prompt_tokens: int, owner: str) -> Reading:
+        """One score per step tag, aggregated into the completion's reward."""
         assert item.n_steps is not None
         if data.dim() != 2:
             raise RewardFunctionError(
@@ -128,6 +131,7 @@ class ProcessReadout(Readout):
         return Reading(score, steps, rows=n_rows)
 
     def check_batch(self, readings: list[Reading], owner: str) -> None:
+        """Refuse a batch in which no input held the step tag (a wrong tag id scores nothing)."""
         if readings and all(r.rows == 0 for r in readings):
             raise RewardFunctionError(
                 f"{owner}: no scored input contained the step tag {self.step_tag!r} as token id "

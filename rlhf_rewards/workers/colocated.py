@@ -176,6 +176,7 @@ class ColocatedWorker(RewardWorker):
         return [list(ids) for ids in tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
 
     def model_info(self) -> ModelInfo:
+        """The engine's :class:`ModelInfo` (asked once, then cached)."""
         if self._info is None:
             self._info = self._require_open().model_info()
         return self._info
