@@ -39,7 +39,7 @@ def normalize_prompts(prompts: Any) -> list[PromptType]:
         return [prompts]  # type: ignore[list-item]
     if isinstance(prompts, Sequence) and not isinstance(prompts, (bytes, bytearray)):
         items = list(prompts)
-        if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        if items and all(is_int(x) for x in items):
             raise RequestError(
                 "a bare list of ints is ambiguous; pass {'prompt_token_ids': [...]} for token ids.",
                 field="prompts",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 
-from rlhf_rewards.checks import check_positive_int
+from rlhf_rewards.checks import check_positive_int, is_int
 from rlhf_rewards.lora.config import AdapterInfo, ModuleIndex, describe, read_adapter_config
 from rlhf_rewards.lora.loading import load_adapter, unload_adapter
 from rlhf_rewards.lora.request import LoRARequest
@@ -193,7 +193,7 @@ class LoRAManager:
             if (
                 (isinstance(lora, LoRARequest) and request == lora)
                 or (isinstance(lora, str) and request.lora_name == lora)
-                or (isinstance(lora, int) and not isinstance(lora, bool) and request.lora_int_id == lora)
+                or (is_int(lora) and request.lora_int_id == lora)
             ):
                 return request
         return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rlhf_rewards.checks import check_positive_int
+
 
 @dataclass(frozen=True)
 class LoRARequest:
@@ -22,12 +24,7 @@ class LoRARequest:
     def __post_init__(self) -> None:
         if not isinstance(self.lora_name, str) or not self.lora_name:
             raise ValueError(f"LoRARequest.lora_name must be a non-empty string, got {self.lora_name!r}.")
-        if (
-            isinstance(self.lora_int_id, bool)
-            or not isinstance(self.lora_int_id, int)
-            or self.lora_int_id < 1
-        ):
-            raise ValueError(f"LoRARequest.lora_int_id must be a positive integer, got {self.lora_int_id!r}.")
+        check_positive_int("LoRARequest.lora_int_id", self.lora_int_id)
         if not isinstance(self.lora_path, str) or not self.lora_path:
             raise ValueError(f"LoRARequest.lora_path must be a non-empty string, got {self.lora_path!r}.")
 

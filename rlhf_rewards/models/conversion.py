@@ -27,6 +27,7 @@ import torch
 import transformers
 from torch import nn
 
+from rlhf_rewards.checks import is_int
 from rlhf_rewards.models.base import LoadContext, PoolingModel
 from rlhf_rewards.models.defaults import classifier_defaults
 from rlhf_rewards.models.registry import ModelSpec, register_converter
@@ -147,7 +148,7 @@ def _resolve_token_ids(ctx: LoadContext, tokens: Sequence[Any]) -> list[int]:
     tokenizer = None
     ids = []
     for token in tokens:
-        if isinstance(token, int) and not isinstance(token, bool):
+        if is_int(token):
             token_id = token
         elif isinstance(token, str):
             if tokenizer is None:

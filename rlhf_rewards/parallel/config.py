@@ -3,11 +3,10 @@ its processes may take before the engine gives up on them."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
-from rlhf_rewards.checks import check_int
+from rlhf_rewards.checks import check_int, is_number
 
 #: Environment variable for :attr:`ParallelConfig.start_timeout_s` (seconds) when the argument is not given.
 START_TIMEOUT_ENV = "RLHF_REWARDS_PARALLEL_START_TIMEOUT_S"
@@ -33,12 +32,7 @@ def _resolve_timeout(name: str, value: float | None, env: str, default: float) -
             value = float(raw)
         except ValueError:
             raise ValueError(f"{source}: expected a number of seconds > 0.") from None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if not (is_number(value, finite=True) and value > 0):
         raise ValueError(f"{source} must be a number of seconds > 0, got {value!r}.")
     return float(value)
 
