@@ -142,21 +142,19 @@ def test_small_forwards_run_single_threaded_and_restore_threads():
 def test_log_sum_exp_attention_paths_agree(is_causal):
     """The CPU kernel and the matmul fallback (used off CPU) give the same output and log-sum-exp, and
     merging two key ranges by log-sum-exp equals attention over their union (grouped-query heads)."""
-    from rlhf_rewards.engine.attention.kernels import merge as _merge
-    from rlhf_rewards.engine.attention.kernels import sdpa_lse as _sdpa_lse
-    from rlhf_rewards.engine.attention.kernels import sdpa_lse_math as _sdpa_lse_math
+    from rlhf_rewards.engine.attention.kernels import merge, sdpa_lse, sdpa_lse_math
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, h, 9, 16, generator=gen) for h in (4, 2, 2))
     mask = torch.zeros(2, 1, 9, 9)
     mask[1, 0, :, 7:] = float("-inf")
     for m in (None, mask):
-        out, lse = _sdpa_lse(q, k, v, mask=m, is_causal=is_causal and m is None, scale=0.3)
-        out2, lse2 = _sdpa_lse_math(q, k, v, mask=m, is_causal=is_causal and m is None, scale=0.3)
+        out, lse = sdpa_lse(q, k, v, mask=m, is_causal=is_causal and m is None, scale=0.3)
+        out2, lse2 = sdpa_lse_math(q, k, v, mask=m, is_causal=is_causal and m is None, scale=0.3)
         torch.testing.assert_close(out, out2, atol=1e-5, rtol=0)
         torch.testing.assert_close(lse, lse2, atol=1e-5, rtol=0)
-    full, _ = _sdpa_lse(q, k, v, mask=None, is_causal=False, scale=0.3)
-    o1, l1 = _sdpa_lse(q, k[:, :, :4], v[:, :, :4], mask=None, is_causal=False, scale=0.3)
-    o2, l2 = _sdpa_lse(q, k[:, :, 4:], v[:, :, 4:], mask=None, is_causal=False, scale=0.3)
-    _merge(o1, l1, o2, l2)
+    full, _ = sdpa_lse(q, k, v, mask=None, is_causal=False, scale=0.3)
+    o1, l1 = sdpa_lse(q, k[:, :, :4], v[:, :, :4], mask=None, is_causal=False, scale=0.3)
+    o2, l2 = sdpa_lse(q, k[:, :, 4:], v[:, :, 4:], mask=None, is_causal=False, scale=0.3)
+    merge(o1, l1, o2, l2)
     torch.testing.assert_close(o1, full, atol=1e-6, rtol=0)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class SegmentAttentionUnsupported(RuntimeError):
@@ -149,7 +149,7 @@ class SegmentPlan:
         """Whether ``module``'s layer is the pruned one (it computes only the segments' ``rows``)."""
         return self.prune_layer is not None and getattr(module, "layer_idx", None) == self.prune_layer
 
-    def layout(self, key: Hashable, build: Callable[[], T]) -> T:
+    def layout(self, key: Hashable, build: Callable[[], _T]) -> _T:
         """The backend layout ``key`` of this row, built once; every layer of the forward reuses it."""
         if key not in self._layouts:
             self._layouts[key] = build()
