@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def build_engine(args: argparse.Namespace) -> Any:
+def build_served_model(args: argparse.Namespace) -> Any:
     """Load the model and wrap it in a :class:`~rlhf_rewards.server.base.serving.ServedModel`."""
     from rlhf_rewards import LLM, LoRARequest
     from rlhf_rewards.entrypoints.chat_template import load_chat_template
@@ -93,7 +93,7 @@ def default_model() -> str | None:
 
 
 def make_app(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
-    """``(app, engine, api_key)`` for parsed ``serve`` arguments; raises ``ValueError`` naming a bad flag."""
+    """``(app, served, api_key)`` for parsed ``serve`` arguments; raises ``ValueError`` naming a bad flag."""
     from rlhf_rewards.server.app import build_app
 
     if args.model is None:
@@ -116,12 +116,12 @@ def make_app(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
         step_separator=args.get_reward_step_separator,
     )
     parse_networks(args.allow_keyless_from)  # a bad network is refused before the model loads
-    engine = build_engine(args)
+    served = build_served_model(args)
     api_key = resolve_api_key(args)
-    app = build_app(engine, api_key=api_key)
+    app = build_app(served, api_key=api_key)
     app.state.get_reward_options = get_reward_options
     allow_keyless_from(app, args.allow_keyless_from)
-    return app, engine, api_key
+    return app, served, api_key
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        app, engine, api_key = make_app(args)
+        app, served, api_key = make_app(args)
     except (ValueError, OSError) as exc:  # a bad flag, model or adapter path: say which, no traceback
         sys.stderr.write(f"rlhf-rewards serve: {exc}\n")
         return 2
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            engine.draining = (
+            served.draining = (
                 True  # /health turns 503 and new work is refused while in-flight requests finish
             )
             super().handle_exit(sig, frame)
@@ -158,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
     logger.info(
         "Serving %s as %s%s on http://%s:%d (API key %s).",
         args.model,
-        engine.model_name,
-        f" with LoRA modules {engine.lora_names}" if engine.lora_names else "",
+        served.model_name,
+        f" with LoRA modules {served.lora_names}" if served.lora_names else "",
         args.host,
         args.port,
         "required" if api_key else "not required",
@@ -168,13 +168,13 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     server.run()
-    engine.llm.shutdown()  # a split model's worker ranks (--tensor/pipeline-parallel-size) stop with the server
+    served.llm.shutdown()  # a split model's worker ranks (--tensor/pipeline-parallel-size) stop with the server
     return 0 if server.started else 1
 
 
 __all__ = [
     "add_parser",
-    "build_engine",
+    "build_served_model",
     "default_model",
     "make_app",
     "resolve_api_key",

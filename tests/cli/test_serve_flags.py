@@ -27,7 +27,7 @@ def test_served_model_name_aliases_and_the_chat_template_flag(qwen3_rm, tmp_path
     with InProcessServer(
         qwen3_rm, "--served-model-name", "first", "second", "--chat-template", str(path)
     ) as proc:
-        tok = proc.engine.llm.get_tokenizer()
+        tok = proc.served.llm.get_tokenizer()
         models = requests.get(proc.url + "/v1/models", timeout=10).json()["data"]
         assert [m["id"] for m in models] == ["first", "second"]
         assert all(

@@ -520,7 +520,7 @@ def test_a_task_the_model_cannot_do_is_a_400(embedding_server):
 
 
 def test_a_server_fault_is_a_500_that_leaks_nothing_and_the_server_keeps_serving(embedding_server):
-    engine = embedding_server.engine
+    engine = embedding_server.served
     real = engine.batcher._encode
 
     def broken(task, items):

@@ -155,12 +155,12 @@ def test_full_queue_answers_503_with_retry_after_and_remote_worker_waits(servers
 def test_a_draining_server_refuses_new_work_with_503(servers):
     _, queue = servers  # what SIGTERM sets before uvicorn's graceful shutdown
     headers = {"Authorization": f"Bearer {KEY}"}
-    queue.engine.draining = True
+    queue.served.draining = True
     try:
         health = requests.get(queue.url + "/health", timeout=10)
         refused = requests.post(queue.url + "/pooling", json={"input": "hi"}, headers=headers, timeout=10)
     finally:
-        queue.engine.draining = False
+        queue.served.draining = False
     assert health.status_code == 503 and health.content == b"" and health.headers["Retry-After"] == "1"
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert "shutting down" in refused.json()["error"]["message"]
@@ -309,7 +309,7 @@ def test_cli_safety_defaults(qwen3_rm, monkeypatch):
 
     import rlhf_rewards
     from rlhf_rewards.cli.main import build_parser
-    from rlhf_rewards.cli.serve import build_engine
+    from rlhf_rewards.cli.serve import build_served_model
 
     args = build_parser().parse_args(["serve", str(qwen3_rm)])
     assert args.host == "127.0.0.1" and args.api_key is None and not args.trust_remote_code
@@ -327,11 +327,11 @@ def test_cli_safety_defaults(qwen3_rm, monkeypatch):
     monkeypatch.setattr(rlhf_rewards, "LLM", fake_llm)
     for argv, expected in (([], False), (["--trust-remote-code"], True)):
         with pytest.raises(Captured):
-            build_engine(build_parser().parse_args(["serve", str(qwen3_rm), *argv]))
+            build_served_model(build_parser().parse_args(["serve", str(qwen3_rm), *argv]))
         assert seen[-1]["trust_remote_code"] is expected  # only the explicit flag turns it on
     for argv, expected in (([], True), (["--no-enforce-eager"], False)):
         with pytest.raises(Captured):
-            build_engine(build_parser().parse_args(["serve", str(qwen3_rm), *argv]))
+            build_served_model(build_parser().parse_args(["serve", str(qwen3_rm), *argv]))
         assert seen[-1]["enforce_eager"] is expected  # eager unless asked, as vLLM's flag reads
 
 

@@ -147,7 +147,7 @@ def checker(server):
 
 def _queue_full_answer(proc: InProcessServer) -> requests.Response:
     """A 503 from a full queue: the engine is held on one request while a second waits in the queue."""
-    batcher, entered, release = proc.engine.batcher, threading.Event(), threading.Event()
+    batcher, entered, release = proc.served.batcher, threading.Event(), threading.Event()
     real = batcher._encode
 
     def held(task, items):
@@ -414,14 +414,14 @@ def test_every_answer_matches_its_routes_schema(
     answer = _queue_full_answer(poisoned_server)
     assert answer.status_code == 503 and "Retry-After" in answer.headers
     c.check(answer, "/pooling")
-    poisoned_server.engine.draining = True
+    poisoned_server.served.draining = True
     try:
         answers = [
             requests.post(nan + "/pooling", json={"input": "x"}, headers=auth, timeout=30),
             requests.get(nan + "/health", timeout=30),
         ]
     finally:
-        poisoned_server.engine.draining = False
+        poisoned_server.served.draining = False
     assert [a.status_code for a in answers] == [503, 503]
     c.check(answers[0], "/pooling")
     assert answers[1].content == b"" and answers[1].headers["Retry-After"] == "1"
@@ -454,7 +454,7 @@ def test_the_check_fails_on_an_added_or_dropped_field(server, checker):
 def test_an_answer_the_server_cannot_build_is_a_500_not_a_400(poisoned_server):
     # A response model refusing what a route built is the server's fault (pydantic's error is a ValueError,
     # which the server otherwise answers as a client mistake).
-    batcher, auth = poisoned_server.engine.batcher, {"Authorization": f"Bearer {KEY}"}
+    batcher, auth = poisoned_server.served.batcher, {"Authorization": f"Bearer {KEY}"}
     real = batcher._encode
 
     def wrong_ids(task, items):

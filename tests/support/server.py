@@ -271,7 +271,7 @@ class InProcessServer(AppThread):
     """``rlhf-rewards serve MODEL *args`` served by uvicorn in a thread of this process, on 127.0.0.1.
 
     The app is built by the CLI's own :func:`~rlhf_rewards.cli.serve.make_app`, so flags are parsed and
-    checked exactly as for the command; ``engine`` is the app's engine.
+    checked exactly as for the command; ``served`` is the app's :class:`~rlhf_rewards.server.base.serving.ServedModel`.
 
     Args:
         model: Model folder.
@@ -288,7 +288,7 @@ class InProcessServer(AppThread):
         saved = {k: os.environ.get(k) for k in (env or {})}
         os.environ.update(env or {})
         try:
-            app, self.engine, _ = make_app(parsed)
+            app, self.served, _ = make_app(parsed)
         finally:
             for k, v in saved.items():
                 if v is None:

@@ -46,7 +46,7 @@ def test_sequence_rm_equals_serve_rm_and_engine(openrlhf, compat_models, name):
     tok = proxy.tokenizer
     with InProcessServer(path, *SERVE) as server:
         out = run_single_turn(f"{server.url}/get_reward", tok, _prompt(tok), RESPONSE)
-        llm = server.engine.llm
+        llm = server.served.llm
         (ours,) = out["reward"]
         (theirs,) = proxy.get_reward([out["query"]])
         ids = proxy.tokenize_fn([out["query"]], device="cpu")["input_ids"][0].tolist()
@@ -71,7 +71,7 @@ def test_token_rm_equals_engine_on_serve_rm_ids(openrlhf, compat_models):
     with InProcessServer(path, *SERVE) as server:
         out = run_single_turn(f"{server.url}/get_reward", tok, _prompt(tok), RESPONSE)
         ids = proxy.tokenize_fn([out["query"]], device="cpu")["input_ids"][0].tolist()
-        engine = _engine_score(server.engine.llm, ids, "token_classify")
+        engine = _engine_score(server.served.llm, ids, "token_classify")
     (ours,) = out["reward"]
     report("openrlhf get_reward token RM", vs_engine=abs(ours - engine))
     assert abs(ours - engine) <= TOL, (ours, engine)
@@ -82,7 +82,7 @@ def test_prm_answers_the_aggregated_step_reward(openrlhf, compat_models):
     tok = tokenizer_proxy(openrlhf, path).tokenizer
     with InProcessServer(path, *SERVE) as server:
         out = run_single_turn(f"{server.url}/get_reward", tok, _prompt(tok), RESPONSE)
-        llm = server.engine.llm
+        llm = server.served.llm
         prompt = _prompt(tok)
         assert out["query"].startswith(prompt)
         completion = out["query"][len(prompt) :]

@@ -115,7 +115,7 @@ def test_reward_loop_worker_equals_engine(verl_models, name, engine):
     path = verl_models[name]
     config = verl_config(path, engine)
     with InProcessServer(path, *SERVE) as server:
-        llm = server.engine.llm
+        llm = server.served.llm
         tok = llm.tokenizer
         ours = verl_score(config, server.url.removeprefix("http://"), tok)
         text = tok.apply_chat_template([*CHAT, {"role": "assistant", "content": RESPONSE}], tokenize=False)
@@ -142,7 +142,7 @@ def test_model_field_is_verls_local_path(verl_models, tmp_path):
     verl_path.symlink_to(path, target_is_directory=True)  # the same model under verl's own path
     config = verl_config(verl_path, "vllm")
     with InProcessServer(path, *SERVE) as server:
-        tok = server.engine.llm.tokenizer
+        tok = server.served.llm.tokenizer
         with pytest.raises(aiohttp.ClientResponseError) as err:
             verl_score(config, server.url.removeprefix("http://"), tok)
         assert err.value.status == 404
@@ -154,7 +154,7 @@ def test_keyless_verl_client_from_allowed_network(verl_models):
     path = verl_models["seq"]
     config = verl_config(path, "vllm")
     with InProcessServer(path, *SERVE, "--api-key", "k3y", "--allow-keyless-from", "127.0.0.0/8") as server:
-        tok = server.engine.llm.tokenizer
+        tok = server.served.llm.tokenizer
         assert verl_score(config, server.url.removeprefix("http://"), tok) is not None
 
 
@@ -191,7 +191,7 @@ def test_reward_loop_manager_on_ray(verl_models):
     config.reward.num_workers = 1
     responses = ["The answer is 19.", "Blue."]
     with InProcessServer(path, *SERVE) as server:
-        llm = server.engine.llm
+        llm = server.served.llm
         tok = llm.tokenizer
         prompt_ids = list(
             tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=False)
