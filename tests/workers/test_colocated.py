@@ -362,9 +362,10 @@ def test_two_rank_zero3_training_leaves_the_reward_model_whole(
         str(policy),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ZERO3_TRAINER_REPORT ")]
-    assert proc.returncode == 0 and len(lines) == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    reports = sorted((json.loads(ln.split(" ", 1)[1]) for ln in lines), key=lambda r: r["rank"])
+    # Each rank's report is one JSON object after the marker (decoded from there, whatever follows it).
+    chunks = proc.stdout.split("ZERO3_TRAINER_REPORT ")[1:]
+    assert proc.returncode == 0 and len(chunks) == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = sorted((json.JSONDecoder().raw_decode(c)[0] for c in chunks), key=lambda r: r["rank"])
     texts = ["Hello, my name is", "What is 12 + 7? The answer is 19.", "ok"]
     expected = torch.tensor(
         [o.outputs.data.tolist() for o in reference.encode(texts, pooling_task="classify", use_tqdm=False)]

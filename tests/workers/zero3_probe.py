@@ -177,7 +177,9 @@ def trainer(rm_path: str, policy_path: str) -> None:
         )
     report["rm_param_ids_after"] = sorted(id(p) for p in rm.parameters()) == report.pop("rm_param_ids_before")
     report["rm_partitioned_after"] = partitioned_parameters(rm)
-    print("ZERO3_TRAINER_REPORT " + json.dumps(report), flush=True)
+    # One write per report: both ranks share the pipe, and print's separate newline let them run together.
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), ("ZERO3_TRAINER_REPORT " + json.dumps(report) + "\n").encode())
     accelerator.wait_for_everyone()
 
 
