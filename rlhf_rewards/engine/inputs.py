@@ -15,9 +15,6 @@ from transformers import PreTrainedTokenizerBase
 from rlhf_rewards.contract.prompts import PromptType, check_prompt, normalize_prompts, require_prompts
 from rlhf_rewards.errors import RequestError
 
-#: Kept for existing imports; the prompt type is :data:`rlhf_rewards.contract.PromptType`.
-PromptInput = PromptType
-
 
 def tokenize_prompts(
     prompts: list[PromptType],
@@ -95,4 +92,4 @@ def apply_length_limit(
     return token_ids
 
 
-__all__ = ["PromptInput", "apply_length_limit", "normalize_prompts", "right_truncating", "tokenize_prompts"]
+__all__ = ["apply_length_limit", "normalize_prompts", "right_truncating", "tokenize_prompts"]

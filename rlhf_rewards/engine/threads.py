@@ -2,8 +2,8 @@
 
 On CPU every parallel kernel call synchronises the intra-op thread pool. For a forward of a few million
 FLOPs (tiny models, a handful of short texts) that synchronisation costs more than the arithmetic, and
-on a busy machine each call can wait a whole scheduler time slice for the second thread: a test-sized
-forward measured about 15x slower with 2 threads than with 1 on a loaded 2-core machine. Forwards below
+on a busy machine each call can wait a whole scheduler time slice for the second thread, so a test-sized
+forward can run many times slower with 2 threads than with 1. Forwards below
 :data:`SMALL_FORWARD_FLOPS` therefore run on the calling thread alone. The numbers are unaffected (the
 same kernels run, only their work split changes; reductions in float32 may round differently in the
 last bit, well inside the 1e-5 the tests require).

@@ -49,8 +49,8 @@ class PoolingParams:
             (or ``tokenization_kwargs={"truncate_prompt_tokens": k}``) to ``encode``. Still honoured (it wins
             over the call's value); keep the last k prompt tokens, ``-1``: ``max_model_len``.
         activation: Old name of ``use_activation`` (one ``DeprecationWarning``).
-        extra_kwargs: vLLM's free-form extras; ``LLM.score`` reads ``max_tokens_per_doc`` (documents are cut to
-            that many tokens). Others are ignored.
+        extra_kwargs: vLLM's free-form extras; ``LLM.score`` reads ``max_tokens_per_doc`` and
+            ``max_tokens_per_query`` (documents and queries are cut to that many tokens). Others are ignored.
         requires_token_ids: Accepted for vLLM compatibility; outputs always carry ``prompt_token_ids``.
         skip_reading_prefix_cache: Accepted for vLLM compatibility; prefix sharing here is exact for every
             pooler, so there is nothing to skip.

@@ -61,8 +61,7 @@ class Workspace:
     """Scratch buffers of the blocked attention, kept from layer to layer and forward to forward.
 
     Every layer of a forward gathers the same rows, and on the CPU a fresh large allocation is paid in
-    first-touch page faults (a 35 MB gather measured 14 ms into a fresh tensor and 4 ms into a reused one;
-    this VM's page faults cost ~1 GB/s). A :class:`~rlhf_rewards.engine.runner.ModelRunner` owns one, so its
+    first-touch page faults, which can cost several times the gather itself. A :class:`~rlhf_rewards.engine.runner.ModelRunner` owns one, so its
     buffers only ever grow to the largest forward's needs and are freed with the engine. Not thread-safe:
     one forward at a time (the engine's lock).
     """
