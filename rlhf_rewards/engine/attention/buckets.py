@@ -8,7 +8,7 @@ into parts merged through their log-sum-exp (:mod:`~rlhf_rewards.engine.attentio
   *buckets* of similar sizes, once per forward; each bucket runs as one batched attention call on a small
   padded batch gathered with ``index_select`` (a lone segment uses plain slices). Padding only touches
   attention, never the projections or MLPs, and a layer costs a handful of kernel calls whatever the
-  number of requests: on a busy 2-core CPU every parallel kernel call can cost a scheduler time slice,
+  number of requests: on a busy CPU with few cores every parallel kernel call can cost a time slice,
   and on GPUs a launch, so the call count matters as much as the FLOPs.
 - **Ancestor parts**: for every node with descendants, all the queries below it (contiguous in the
   packed row, since a subtree is laid out right after its root) attend, unmasked, to that node's keys in
