@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhf_rewards.checks import check_bool, check_int, is_int
 from rlhf_rewards.engine.prefix_tree import common_prefix
 
 #: Shortest hit worth taking (a hit adds one attention call per layer and per cached node it reads).
@@ -104,7 +105,7 @@ class PrefixKVCache:
     def __init__(
         self, max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES, min_hit_tokens: int = DEFAULT_MIN_HIT_TOKENS
     ) -> None:
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        if not is_int(max_bytes, minimum=1):
             raise ValueError(f"prefix cache max_bytes must be a positive integer, got {max_bytes!r}.")
         self.max_bytes = max_bytes
         self.min_hit_tokens = max(1, int(min_hit_tokens))
@@ -370,10 +371,10 @@ def make_prefix_cache(engine_args: dict, parallel: bool = False) -> PrefixKVCach
     engines (tensor/pipeline parallel) keep no cache."""
     enabled = engine_args.get("enable_prefix_caching")
     size = engine_args.get("prefix_cache_bytes")
-    if enabled is not None and not isinstance(enabled, bool):
-        raise ValueError(f"enable_prefix_caching must be True or False, got {enabled!r}.")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise ValueError(f"prefix_cache_bytes must be an integer >= 0, got {size!r}.")
+    if enabled is not None:
+        check_bool("enable_prefix_caching", enabled)
+    if size is not None:
+        check_int("prefix_cache_bytes", size, minimum=0)
     if enabled is False or size == 0 or parallel:
         return None
     return PrefixKVCache(DEFAULT_PREFIX_CACHE_BYTES if size is None else size)

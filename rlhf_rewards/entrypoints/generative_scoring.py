@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from rlhf_rewards.checks import is_int
 from rlhf_rewards.engine.label_logits import label_pooling, label_probabilities
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.errors import RequestError
@@ -71,7 +72,7 @@ def check_labels(label_token_ids: Sequence[int], vocab_size: int) -> list[int]:
         )
     labels = []
     for token_id in label_token_ids:
-        if isinstance(token_id, bool) or not isinstance(token_id, int):
+        if not is_int(token_id):
             raise RequestError(f"must hold integer token ids, got {token_id!r}.", field="label_token_ids")
         if token_id < 0 or token_id >= vocab_size:
             raise RequestError(
@@ -250,7 +251,7 @@ def _ids(value: Any, vocab_size: int, field_name: str, index: int | None) -> lis
             f"must be a list of token ids, got {type(value).__name__}.", field=field_name, index=index
         )
     for t in value:
-        if isinstance(t, bool) or not isinstance(t, int):
+        if not is_int(t):
             raise RequestError(f"must hold integer token ids, found {t!r}.", field=field_name, index=index)
         if t < 0 or t >= vocab_size:
             raise RequestError(

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf_rewards.checks import is_int
 from rlhf_rewards.engine.inputs import apply_length_limit
 from rlhf_rewards.errors import RequestError
 
@@ -83,9 +84,7 @@ def tokenization_options(
         raise RequestError("must be either 'left' or 'right'.", field="truncation_side", sep=" ")
     if not isinstance(add_special, bool):
         raise RequestError(f"must be true or false, got {add_special!r}.", field="add_special_tokens")
-    if max_length is not None and (
-        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
-    ):
+    if max_length is not None and not is_int(max_length, minimum=1):
         raise RequestError(f"must be a positive integer, got {max_length!r}.", field="max_length")
     if rest:
         logger.warning("The following tokenization arguments are not supported and will be ignored: %s", rest)

@@ -7,6 +7,7 @@ import json
 from dataclasses import InitVar, dataclass
 from typing import Any
 
+from rlhf_rewards.checks import is_int
 from rlhf_rewards.errors import RequestError
 from rlhf_rewards.pooling.tasks import (
     POOLING_TASKS,
@@ -253,13 +254,13 @@ def _pooling_type(name: str, value: Any, allowed: tuple[str, ...]) -> str | None
 
 
 def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value, minimum=0):
         raise RequestError(f"must be a non-negative integer token id, got {value!r}.", field=name)
     return value
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_int(value, minimum=1):
         raise RequestError(f"must be a positive integer, got {value!r}.", field=name)
     return value
 
@@ -269,7 +270,7 @@ def _token_id_list(name: str, value: Any) -> list[int]:
         raise RequestError(f"must be a non-empty list of token ids, got {value!r}.", field=name)
     out = []
     for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        if not is_int(v, minimum=0):
             raise RequestError(f"must be a non-negative integer token id, got {v!r}.", field=name, index=i)
         out.append(v)
     return out

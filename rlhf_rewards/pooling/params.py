@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf_rewards.checks import is_int
 from rlhf_rewards.errors import RequestError
 from rlhf_rewards.pooling.config import PoolerConfig, check_step_fields
 from rlhf_rewards.pooling.tasks import CLASSIFY_TASKS, TOKEN_TASKS, check_removed_pooling_task
@@ -83,7 +84,7 @@ class PoolingParams:
             )
             self.use_activation, self.activation = self.activation, None
         t = self.truncate_prompt_tokens
-        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or (t < 1 and t != -1)):
+        if t is not None and not (is_int(t) and (t == -1 or t >= 1)):
             raise RequestError(
                 f"must be a positive integer or -1, got {t!r}.", field="truncate_prompt_tokens"
             )
