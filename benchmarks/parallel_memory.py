@@ -4,8 +4,9 @@
 Qwen3-style sequence RM (8 layers x hidden 1024, vocab 32000, float32: about 0.6 GB), then in fresh processes
 measures (1) one process: its parameter bytes and the growth of its anonymous resident memory (``RssAnon``:
 weights copied out of the memory-mapped safetensors file; the file's page cache is shared and not counted) on
-loading, and (2) the split engine (``LLM(..., tensor_parallel_size=N)``, which starts its own ranks): every
-rank's parameter bytes and anonymous resident memory over a bare interpreter with the same imports. It also checks the scores agree. Prints one line per rank.
+loading, and (2) the split engine (``LLM(..., tensor_parallel_size=N)``, which starts its own ranks): the
+driver's parameter bytes (none: its model is on ``meta``) and every worker rank's anonymous resident memory
+over a bare interpreter with the same imports. It also checks the scores agree. Prints one line per process.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ me = psutil.Process()
 before, before_rss = anon(me.pid), me.memory_info().rss
 llm = LLM(path, device="cpu", dtype="float32", tensor_parallel_size=tp, pipeline_parallel_size=pp)
 scores = [o.outputs.data.tolist() for o in llm.encode(texts, pooling_task="classify", use_tqdm=False)]
-ranks = [{"rank": 0, "param_bytes": resident_parameter_bytes(llm.model), "rss_growth": anon(me.pid) - before,
+# This process: the whole model, or a split engine's driver (its model on `meta`; the worker ranks hold it).
+ranks = [{"rank": "driver" if llm._parallel is not None else "process",
+          "param_bytes": resident_parameter_bytes(llm.model), "rss_growth": anon(me.pid) - before,
           "total_rss_growth": me.memory_info().rss - before_rss}]
 if llm._parallel is not None:
-    for i, proc in enumerate(llm._parallel.group.workers, start=1):
+    for i, proc in enumerate(llm._parallel.group.workers):
         ranks.append({"rank": i, "rss": anon(proc.pid), "total_rss": psutil.Process(proc.pid).memory_info().rss})
 print("RESULT " + json.dumps({"scores": scores, "ranks": ranks}), flush=True)
 llm.shutdown()
@@ -104,10 +107,10 @@ def main() -> None:
         f"{one['ranks'][0]['total_rss_growth'] / 2**20:.1f} MiB)"
     )
     print(f"bare interpreter with the same imports: anonymous RSS {bare / 2**20:.1f} MiB")
-    r0 = split["ranks"][0]
+    driver = split["ranks"][0]
     print(
-        f"rank 0: parameters {r0['param_bytes'] / 2**20:.1f} MiB ({r0['param_bytes'] / whole:.3f} of the whole), "
-        f"anonymous RSS growth on load {r0['rss_growth'] / 2**20:.1f} MiB (total {r0['total_rss_growth'] / 2**20:.1f} MiB)"
+        f"driver (holds no weights): parameters {driver['param_bytes'] / 2**20:.1f} MiB, anonymous RSS growth "
+        f"on load {driver['rss_growth'] / 2**20:.1f} MiB (total {driver['total_rss_growth'] / 2**20:.1f} MiB)"
     )
     for r in split["ranks"][1:]:
         print(
