@@ -21,7 +21,21 @@ logger = logging.getLogger("rlhf_rewards.server")
 
 #: ``LLM``'s parameters that ``serve`` does not pass as given: the model (positional), the runner (always
 #: pooling), LoRA (from --lora-modules), --hf-overrides (JSON text) and --seed (an ignored vLLM flag).
-_NOT_AS_GIVEN = frozenset({"model", "runner", "enable_lora", "max_loras", "seed", "hf_overrides"})
+# Set below (model, LoRA, overrides, strict mode) or not a serve flag (the split engine's timeouts come from the
+# environment).
+_NOT_AS_GIVEN = frozenset(
+    {
+        "model",
+        "runner",
+        "enable_lora",
+        "max_loras",
+        "seed",
+        "hf_overrides",
+        "strict_vllm_compat",
+        "parallel_start_timeout_s",
+        "parallel_call_timeout_s",
+    }
+)
 #: Engine arguments ``serve`` has flags for beside ``LLM``'s own parameters.
 _ENGINE_FLAGS = ("enable_prefix_caching", "prefix_cache_bytes")
 

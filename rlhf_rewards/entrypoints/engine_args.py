@@ -17,10 +17,13 @@ A name vLLM does not know either stays a ``TypeError`` (with a close match sugge
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import warnings
 from collections.abc import Mapping
 from typing import Any
+
+from rlhf_rewards.entrypoints.llm_options import LLMOptions
 
 
 class IgnoredEngineArgWarning(UserWarning):
@@ -187,28 +190,9 @@ HONOURED: dict[str, str] = {
     ),
 }
 
-#: ``LLM.__init__``'s own parameters (honoured there): listed so the README table is complete.
-LLM_PARAMETERS: tuple[str, ...] = (
-    "model",
-    "runner",
-    "convert",
-    "tokenizer",
-    "pooler_config",
-    "dtype",
-    "device",
-    "trust_remote_code",
-    "max_model_len",
-    "max_num_batched_tokens",
-    "enable_lora",
-    "max_loras",
-    "max_lora_rank",
-    "seed",
-    "revision",
-    "hf_overrides",
-    "enforce_eager",
-    "deterministic",
-    "tensor_parallel_size",
-    "pipeline_parallel_size",
+#: ``LLM.__init__``'s own parameters (honoured there, never warned about): the fields of ``LLMOptions``.
+LLM_PARAMETERS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(LLMOptions) if f.name != "engine_kwargs"
 )
 
 

@@ -121,8 +121,8 @@ class LLM(ChatRenderer, TaskMethods, LoRAMethods):
         self._engine_lock = threading.RLock()
         self.model_name: str = str(options.model)
         self.device = resolve_device(options.device)
-        self.user_pooler_config = PoolerConfig.from_any(
-            pooler_config_with_task(PoolerConfig.from_any(options.pooler_config), extra.pop("task", None))
+        self.user_pooler_config = pooler_config_with_task(
+            PoolerConfig.from_any(options.pooler_config), extra.pop("task", None)
         )
         raw_config = read_config_dict(self.model_name, options.revision)
         self.dtype = resolve_dtype(options.dtype, RawConfigDtype(raw_config), self.device)

@@ -53,7 +53,7 @@ def resolve_max_model_len(model_config: Any, requested: int | None) -> int:
     return requested
 
 
-def pooler_config_with_task(config: Any, task: Any) -> Any:
+def pooler_config_with_task(config: PoolerConfig, task: Any) -> PoolerConfig:
     """Old vLLM's ``LLM(task=...)`` engine argument, as the ``PoolerConfig.task`` it became (one warning)."""
     if task is None or task == "auto":
         return config
@@ -72,9 +72,7 @@ def pooler_config_with_task(config: Any, task: Any) -> Any:
         IgnoredEngineArgWarning,
         stacklevel=3,
     )
-    if isinstance(config, PoolerConfig) and config.task is None:
-        return dataclasses.replace(config, task=task)
-    return config
+    return dataclasses.replace(config, task=task) if config.task is None else config
 
 
 class RawConfigDtype:
