@@ -37,7 +37,7 @@ _NOT_AS_GIVEN = frozenset(
     }
 )
 #: Engine arguments ``serve`` has flags for beside ``LLM``'s own parameters.
-_ENGINE_FLAGS = ("enable_prefix_caching", "prefix_cache_bytes")
+_ENGINE_FLAGS = ("enable_prefix_caching", "prefix_cache_bytes", "cpu_packed_weights")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -62,20 +62,34 @@ def build_served_model(args: argparse.Namespace) -> Any:
     from rlhf_rewards.entrypoints.chat_template import load_chat_template
     from rlhf_rewards.entrypoints.engine_args import LLM_PARAMETERS
     from rlhf_rewards.server.base.serving import ServedModel
+    from rlhf_rewards.server.batcher import engine_thread
     from rlhf_rewards.server.limits import ServerLimits
 
     modules = parse_lora_modules(args.lora_modules)
-    llm = LLM(
-        args.model,
-        runner="pooling",
-        enable_lora=bool(modules),
-        max_loras=args.max_loras or max(len(modules), 1),
-        hf_overrides=json.loads(args.hf_overrides) if args.hf_overrides else None,
-        **{n: getattr(args, n) for n in (*LLM_PARAMETERS, *_ENGINE_FLAGS) if n not in _NOT_AS_GIVEN},
-        **({"strict_vllm_compat": True} if getattr(args, "strict_vllm_compat", False) else {}),
-    )
-    for i, (name, path) in enumerate(modules.items()):
-        llm.add_lora(LoRARequest(name, i + 1, path))  # loads and checks each adapter now, not on first use
+
+    def load() -> LLM:
+        llm = LLM(
+            args.model,
+            runner="pooling",
+            enable_lora=bool(modules),
+            max_loras=args.max_loras or max(len(modules), 1),
+            hf_overrides=json.loads(args.hf_overrides) if args.hf_overrides else None,
+            **{n: getattr(args, n) for n in (*LLM_PARAMETERS, *_ENGINE_FLAGS) if n not in _NOT_AS_GIVEN},
+            **({"strict_vllm_compat": True} if getattr(args, "strict_vllm_compat", False) else {}),
+        )
+        for i, (name, path) in enumerate(modules.items()):
+            llm.add_lora(
+                LoRARequest(name, i + 1, path)
+            )  # loads and checks each adapter now, not on first use
+        return llm
+
+    # The model loads on the thread that will run it: one OpenMP team in the process (see engine_thread).
+    executor = engine_thread()
+    try:
+        llm = executor.submit(load).result()
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
     limits = ServerLimits(
         max_body_bytes=args.max_body_bytes,
         max_client_batch_size=args.max_client_batch_size,
@@ -85,7 +99,7 @@ def build_served_model(args: argparse.Namespace) -> Any:
         chat_template=load_chat_template(args.chat_template, name="--chat-template"),
         batch_wait_s=args.batch_wait_ms / 1000.0,
     )
-    return ServedModel(llm, list(args.served_model_name or []), limits)
+    return ServedModel(llm, list(args.served_model_name or []), limits, engine_executor=executor)
 
 
 def resolve_api_key(args: argparse.Namespace) -> str | None:

@@ -1,9 +1,10 @@
 """A direct decoder loop for the Llama/Qwen2/Qwen3/Mistral families that skips work the poolers never read.
 
-The backbone's own modules run (embedding, rotary embedding, each layer's norms, projections and MLP, final
-norm), so weights, peft-wrapped linears and numerics are the model's. The loop drives each decoder layer by
-hand, exactly as the family's ``DecoderLayer.forward`` does (``x + attn(norm(x))``, then
-``x + mlp(norm(x))``), and differs from ``backbone(...)`` in three ways:
+The backbone's own modules run (embedding, rotary embedding, projections), so weights and peft-wrapped
+linears are the model's; the families' RMSNorm, RoPE and gated MLP run as the same formulas, bit for bit,
+in place (:mod:`~rlhf_rewards.engine.rowwise`). The loop drives each decoder layer by
+hand, as the family's ``DecoderLayer.forward`` does (``x + attn(norm(x))``, then ``x + mlp(norm(x))``), and
+differs from ``backbone(...)`` in three ways:
 
 - Attention goes through the active :class:`~rlhf_rewards.engine.attention.plan.SegmentPlan`.
 - **Row chunks on CPU.** Norms, projections, RoPE and the MLP are row-wise, so they run in chunks of
@@ -28,9 +29,11 @@ import torch
 from torch import nn
 
 from rlhf_rewards.engine import deterministic as det
+from rlhf_rewards.engine import rowwise
 from rlhf_rewards.engine.attention.blocked import BlockedLayout, deterministic_layout
 from rlhf_rewards.engine.attention.interface import segment_attention_forward
 from rlhf_rewards.engine.attention.plan import SegmentAttentionUnsupported
+from rlhf_rewards.engine.packed_linear import project
 
 #: Backbone classes whose forward is exactly: embed -> rotary -> decoder layers -> norm, and whose decoder
 #: layer is: x + attn(norm(x)), then x + mlp(norm(x)).
@@ -88,36 +91,22 @@ def _sliding_window(attn: nn.Module) -> int | None:
     return getattr(attn, "sliding_window", None)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE of one tensor ``[1, heads, n, d]``: the families' ``apply_rotary_pos_emb`` formula
-    (``x * cos + rotate_half(x) * sin``, same operations, same numbers), without rotating a second tensor
-    that would be thrown away (the model's function always rotates a query and a key: half its work was
-    wasted here, ~5% of a forward)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x * cos) + (rotated * sin)
-
-
 def _keys_values(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotated keys and values of ``x [1, n, hidden]``: ``[1, kv_heads, n, head_dim]``."""
+    """Rotated keys and values of ``x [1, n, hidden]``: ``[1, kv_heads, n, head_dim]`` (``sin`` signed)."""
     shape = (1, x.shape[1], -1, attn.head_dim)
-    k = attn.k_proj(x).view(shape)
+    k = project(attn.k_proj, x).view(shape)
     if hasattr(attn, "k_norm"):
-        k = attn.k_norm(k)
-    k = k.transpose(1, 2)
-    k = _rotate(k, cos, sin)
-    return k, attn.v_proj(x).view(shape).transpose(1, 2)
+        k = rowwise.rms_norm(attn.k_norm, k)
+    k = rowwise.rotate(k.transpose(1, 2), cos, sin)
+    return k, project(attn.v_proj, x).view(shape).transpose(1, 2)
 
 
 def _queries(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotated queries of ``x [1, n, hidden]``: ``[1, heads, n, head_dim]``."""
-    q = attn.q_proj(x).view(1, x.shape[1], -1, attn.head_dim)
+    """Rotated queries of ``x [1, n, hidden]``: ``[1, heads, n, head_dim]`` (``sin`` signed)."""
+    q = project(attn.q_proj, x).view(1, x.shape[1], -1, attn.head_dim)
     if hasattr(attn, "q_norm"):
-        q = attn.q_norm(q)
-    q = q.transpose(1, 2)
-    q = _rotate(q, cos, sin)
-    return q
+        q = rowwise.rms_norm(attn.q_norm, q)
+    return rowwise.rotate(q.transpose(1, 2), cos, sin)
 
 
 def _layer(
@@ -140,6 +129,8 @@ def _layer(
     )
     out = out.reshape(1, total, -1)
     del q, k, v
+    if len(chunks) == 1:
+        return post(layer, hidden, out)
     result = torch.empty_like(hidden)
     for s, e in chunks:
         result[:, s:e] = post(layer, hidden[:, s:e], out[:, s:e])
@@ -147,13 +138,14 @@ def _layer(
 
 
 def _pre_attention(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    h = layer.input_layernorm(x)
+    h = rowwise.rms_norm(layer.input_layernorm, x)
     return (_queries(layer.self_attn, h, cos, sin), *_keys_values(layer.self_attn, h, cos, sin))
 
 
 def _post_attention(layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-    x = residual + layer.self_attn.o_proj(attn_out)
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+    # The projections' outputs are fresh tensors, so the residual adds go in place (same sums).
+    x = project(layer.self_attn.o_proj, attn_out).add_(residual)
+    return rowwise.gated_mlp(layer.mlp, rowwise.rms_norm(layer.post_attention_layernorm, x)).add_(x)
 
 
 _COMPILED: dict[str, Any] = {}
@@ -191,19 +183,21 @@ def direct_forward(
         return _deterministic_forward(backbone, input_ids, position_ids, rows)
     hidden = backbone.embed_tokens(input_ids)
     cos, sin = backbone.rotary_emb(hidden, position_ids)
+    sin = rowwise.signed_sin(sin)
     chunks = _chunks(hidden.shape[1], hidden.device)
     layers = backbone.layers[: backbone.config.num_hidden_layers]
     last = len(layers) - 1 if rows is not None else len(layers)
     for layer in layers[:last]:
         hidden = _layer(layer, hidden, cos, sin, chunks, compile)
     if rows is None:
-        return backbone.norm(hidden)[0]
+        return rowwise.rms_norm(backbone.norm, hidden)[0]
     layer = layers[last]
     residual = hidden[0].index_select(0, rows)
-    attn = _attention_rows(layer, hidden, cos, sin, rows, chunks)
-    hidden = residual + attn
-    hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return backbone.norm(hidden)
+    hidden = _attention_rows(layer, hidden, cos, sin, rows, chunks).add_(residual)
+    hidden = rowwise.gated_mlp(layer.mlp, rowwise.rms_norm(layer.post_attention_layernorm, hidden)).add_(
+        hidden
+    )
+    return rowwise.rms_norm(backbone.norm, hidden)
 
 
 def _attention_rows(
@@ -214,11 +208,12 @@ def _attention_rows(
     total = hidden.shape[1]
     # Keys and values of every token; queries only for the kept rows, rotated at their own positions.
     parts = [
-        _keys_values(attn, layer.input_layernorm(hidden[:, s:e]), cos[:, s:e], sin[:, s:e]) for s, e in chunks
+        _keys_values(attn, rowwise.rms_norm(layer.input_layernorm, hidden[:, s:e]), cos[:, s:e], sin[:, s:e])
+        for s, e in chunks
     ]
     k, v = (torch.cat(t, dim=2) if len(parts) > 1 else t[0] for t in zip(*parts, strict=True))
     del parts
-    x_rows = layer.input_layernorm(hidden.index_select(1, rows))
+    x_rows = rowwise.rms_norm(layer.input_layernorm, hidden.index_select(1, rows))
     q = _queries(attn, x_rows, cos.index_select(1, rows), sin.index_select(1, rows))
     # Scatter the kept queries back to full length so the plan's row bookkeeping applies unchanged.
     full_q = q.new_zeros((1, q.shape[1], total, attn.head_dim))
@@ -227,7 +222,7 @@ def _attention_rows(
         attn, full_q, k, v, None, scaling=attn.scaling, sliding_window=_sliding_window(attn)
     )
     out = out[0].index_select(0, rows).reshape(rows.numel(), -1)
-    return attn.o_proj(out)
+    return project(attn.o_proj, out)
 
 
 def _deterministic_forward(
@@ -240,6 +235,7 @@ def _deterministic_forward(
     # Padding tokens of the last tile are id 0: their rows are discarded, and a lookup is a lookup.
     hidden = det.tiled_rows(backbone.embed_tokens, input_ids, tile, dim=1)
     cos, sin = det.rope_lookup(backbone.rotary_emb, hidden, position_ids)
+    sin = rowwise.signed_sin(sin)
     layers = backbone.layers[: backbone.config.num_hidden_layers]
     last = len(layers) - 1 if rows is not None else len(layers)
     for layer in layers[:last]:
@@ -250,14 +246,14 @@ def _deterministic_forward(
     attn = layer.self_attn
     layout = _blocked_layout(attn, hidden.device)
     for s, e in spans:  # keys and values of every row
-        h = layer.input_layernorm(det.tile_rows(hidden, s, e, tile))
+        h = rowwise.rms_norm(layer.input_layernorm, det.tile_rows(hidden, s, e, tile))
         k, v = _keys_values(attn, h, det.tile_rows(cos, s, e, tile), det.tile_rows(sin, s, e, tile))
         layout.write_keys(s, k[0, :, : e - s].transpose(0, 1), v[0, :, : e - s].transpose(0, 1))
     kept = hidden.index_select(1, rows)
     cos_r, sin_r = cos.index_select(1, rows), sin.index_select(1, rows)
     kept_spans = det.tiles(rows.numel(), tile)
     for s, e in kept_spans:  # queries of the kept rows only
-        x = layer.input_layernorm(det.tile_rows(kept, s, e, tile))
+        x = rowwise.rms_norm(layer.input_layernorm, det.tile_rows(kept, s, e, tile))
         q = _queries(attn, x, det.tile_rows(cos_r, s, e, tile), det.tile_rows(sin_r, s, e, tile))
         layout.write_queries(q[0, :, : e - s].transpose(0, 1), rows=rows[s:e])
     out = layout.attend(attn.scaling).view(total, -1).index_select(0, rows).unsqueeze(0)
@@ -278,7 +274,7 @@ def _blocked_layout(attn: nn.Module, device: torch.device) -> BlockedLayout:
 def _tiled_norm(norm: nn.Module, hidden: torch.Tensor, spans) -> torch.Tensor:
     result = torch.empty_like(hidden)
     for s, e in spans:
-        result[:, s:e] = norm(det.tile_rows(hidden, s, e, det.ROW_TILE))[:, : e - s]
+        result[:, s:e] = rowwise.rms_norm(norm, det.tile_rows(hidden, s, e, det.ROW_TILE))[:, : e - s]
     return result
 
 

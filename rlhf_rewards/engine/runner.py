@@ -36,12 +36,14 @@ from typing import Any
 
 import torch
 
+from rlhf_rewards.engine import packed_linear
 from rlhf_rewards.engine.attention.interface import segment_attention
 from rlhf_rewards.engine.attention.plan import ExternalKV, SegmentAttentionUnsupported, SegmentPlan, Workspace
 from rlhf_rewards.engine.decoder import direct_forward, supports_direct
 from rlhf_rewards.engine.deterministic import rope_is_static, tiled_score
 from rlhf_rewards.engine.kv_cache import PrefixKVCache, weights_fingerprint
 from rlhf_rewards.engine.kv_reuse import KVCapture, cached_forest
+from rlhf_rewards.engine.packed_linear import PackedWeights
 from rlhf_rewards.engine.packing import PackedForward, bin_pack, build_packed_forward, work_units
 from rlhf_rewards.engine.prefix_tree import DEFAULT_MIN_SHARED_TOKENS, build_prefix_forest
 from rlhf_rewards.engine.request import EngineRequest
@@ -80,6 +82,8 @@ class ModelRunner:
         deterministic: Batch-invariant execution (see the module docs). Default ``False``; not with ``compile``.
         prefix_cache: Keys and values of prefixes kept across calls (:mod:`~rlhf_rewards.engine.kv_cache`),
             used by the packed path; ``None`` (default) keeps nothing between calls.
+        packed_weights: Projection weights packed for the CPU GEMM (:mod:`~rlhf_rewards.engine.packed_linear`),
+            used by the direct decoder loop; ignored with ``compile`` or ``deterministic``. Default ``None``.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class ModelRunner:
         compile: bool = False,
         deterministic: bool = False,
         prefix_cache: PrefixKVCache | None = None,
+        packed_weights: PackedWeights | None = None,
     ) -> None:
         if deterministic and compile:
             raise ValueError(
@@ -116,6 +121,8 @@ class ModelRunner:
         self.compile = compile
         self.deterministic = deterministic
         self.prefix_cache = prefix_cache
+        # Compiled graphs and the deterministic row tiles keep the modules' own kernels.
+        self.packed_weights = None if compile or deterministic else packed_weights
         #: The deterministic attention's scratch buffers, kept between forwards (empty until first used).
         self._workspace = Workspace()
         self._dense_params: int | None = None
@@ -333,7 +340,7 @@ class ModelRunner:
         if len(names) > 1:
             raise RuntimeError(f"one packed forward holds one adapter, got {sorted(names)}")
         adapter = active_adapter(self.model.backbone, names.pop()) if names else contextlib.nullcontext()
-        with adapter, segment_attention(self.model.hf_model, plan):
+        with adapter, segment_attention(self.model.hf_model, plan), packed_linear.active(self.packed_weights):
             hidden = direct_forward(
                 self.model.backbone,
                 packed.input_ids,

@@ -184,6 +184,10 @@ HONOURED: dict[str, str] = {
         "here, False turns it off"
     ),
     "prefix_cache_bytes": "the prefix cache's bound in bytes (LRU; default 1 GiB; 0 turns it off); not a vLLM name",
+    "cpu_packed_weights": (
+        "on CPU, float32 projection weights packed once for MKL's GEMM (about twice their bytes in RAM); default None: "
+        "packed when the copy fits in a quarter of the available memory, True forces, False never; not a vLLM name"
+    ),
     "task": (
         "removed from vLLM's engine arguments; a pooling task becomes PoolerConfig(task=...), the removed "
         "names (reward, score, encode) warn naming the replacement"

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf_rewards.contract import ChatRenderer, ModelInfo, Prompts
 from rlhf_rewards.engine.kv_cache import make_prefix_cache
+from rlhf_rewards.engine.packed_linear import build_packed_weights
 from rlhf_rewards.engine.placement import resolve_device, resolve_dtype
 from rlhf_rewards.engine.request import EngineRequest
 from rlhf_rewards.engine.runner import ModelRunner
@@ -206,6 +207,10 @@ class LLM(ChatRenderer, TaskMethods, LoRAMethods):
             compile=not options.enforce_eager,
             deterministic=options.deterministic,
             prefix_cache=make_prefix_cache(extra, parallel=self.parallel_config.enabled),
+            # LoRA engines wrap the projections in peft modules, which keep their own kernels.
+            packed_weights=None
+            if options.enable_lora
+            else build_packed_weights(self.model.backbone, self.device, extra.get("cpu_packed_weights")),
         )
         self.task_configs = task_configs(
             self.spec, self.user_pooler_config, self.tokenizer, strict_vllm_compat=self.strict_vllm_compat
@@ -215,11 +220,16 @@ class LLM(ChatRenderer, TaskMethods, LoRAMethods):
         """Drop the keys and values kept across calls (vLLM's ``LLM.reset_prefix_cache``); ``True`` when done.
 
         The cache also drops itself when the weights change (a fingerprint of every parameter's storage and
-        version) and on adapter changes; call this after writing weights through ``param.data``.
+        version) and on adapter changes; call this after writing weights through ``param.data`` (it also
+        repacks the CPU's packed projection weights, :mod:`rlhf_rewards.engine.packed_linear`).
         """
-        cache = getattr(getattr(self, "runner", None), "prefix_cache", None)
+        runner = getattr(self, "runner", None)
+        cache = getattr(runner, "prefix_cache", None)
         if cache is not None:
             cache.clear()
+        packed = getattr(runner, "packed_weights", None)
+        if packed is not None:
+            packed.refresh()
         return True
 
     def shutdown(self) -> None:

@@ -235,3 +235,42 @@ def test_a_nan_request_is_rerun_apart_so_it_never_spoils_its_batch_mates():
         ("classify", 1),
         ("classify", 1),
     ]
+
+
+def test_the_server_loads_and_runs_its_model_on_one_engine_thread(qwen3_rm, monkeypatch):
+    """One thread does all of the engine's torch work, model load included: every thread that runs torch's
+    CPU kernels gets its own OpenMP team, and more teams than cores slows every kernel call (batcher.py)."""
+    import httpx
+
+    import rlhf_rewards
+    from tests.support.server import InProcessServer
+
+    threads: dict[str, str] = {}
+
+    class RecordingLLM(rlhf_rewards.LLM):
+        def __init__(self, *args, **kwargs):
+            threads["load"] = threading.current_thread().name
+            super().__init__(*args, **kwargs)
+
+        def encode(self, *args, **kwargs):
+            threads["encode"] = threading.current_thread().name
+            return super().encode(*args, **kwargs)
+
+    monkeypatch.setattr(rlhf_rewards, "LLM", RecordingLLM)
+    with InProcessServer(qwen3_rm) as server:
+        r = httpx.post(f"{server.url}/pooling", json={"input": [5, 6, 7], "task": "classify"}, timeout=60)
+    assert r.status_code == 200
+    assert threads["load"] == threads["encode"] and threads["load"].startswith("rlhf-rewards-engine")
+
+
+def test_a_model_that_fails_to_load_releases_the_engine_thread(tmp_path):
+    from rlhf_rewards.cli.main import build_parser
+    from rlhf_rewards.cli.serve import build_served_model
+
+    before = {t.name for t in threading.enumerate()}
+    args = build_parser().parse_args(["serve", str(tmp_path / "missing")])
+    with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises for a missing folder
+        build_served_model(args)
+    time.sleep(0.2)
+    left = {t.name for t in threading.enumerate()} - before
+    assert not any(n.startswith("rlhf-rewards-engine") for n in left)

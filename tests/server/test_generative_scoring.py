@@ -198,7 +198,9 @@ def test_remote_and_colocated_workers_agree(url, judge):
         for soft in (True, False):
             a = colocated.generative_score(QUERY, ITEMS, [21, 33, 40], apply_softmax=soft, all_labels=True)
             b = remote.generative_score(QUERY, ITEMS, [21, 33, 40], apply_softmax=soft, all_labels=True)
-            assert [o.score for o in a] == pytest.approx([o.score for o in b], abs=1e-6)
-            assert [o.label_probs for o in a] == [pytest.approx(o.label_probs, abs=1e-6) for o in b]
+            # The server serves an adapter (LoRA engines keep the modules' own linear kernels) and the colocated
+            # engine packs its projections for the CPU GEMM: float32 rounding apart, the same numbers.
+            assert [o.score for o in a] == pytest.approx([o.score for o in b], abs=1e-5)
+            assert [o.label_probs for o in a] == [pytest.approx(o.label_probs, abs=1e-5) for o in b]
         with pytest.raises(ValueError, match="items must contain at least one item"):
             remote.generative_score(QUERY, [], [21])

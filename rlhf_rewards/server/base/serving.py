@@ -41,6 +41,8 @@ class ServedModel:
         draining: Set once shutdown began: ``/health`` answers 503 and new work is refused.
         encoders: Batcher tasks that are not pooling tasks, with the function that runs a merged batch of each
             (``/generative_scoring``'s label reads); every other task runs through ``LLM.encode``.
+        engine_executor: The thread that runs the engine (:func:`~rlhf_rewards.server.batcher.engine_thread`);
+            pass the one that loaded ``llm``. Default ``None``: a new one.
     """
 
     llm: LLM
@@ -49,6 +51,7 @@ class ServedModel:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     draining: bool = False
     encoders: dict[str, Encoder] = field(default_factory=dict)
+    engine_executor: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
         if not self.served_model_names:
@@ -64,6 +67,7 @@ class ServedModel:
             max_batch_tokens=self.limits.max_batch_tokens,
             metrics=self.metrics,
             batch_wait_s=self.limits.batch_wait_s,
+            executor=self.engine_executor,
         )
         self.metrics.watch_prefix_cache(getattr(getattr(self.llm, "runner", None), "prefix_cache", None))
         self.info: ModelInfo = self.llm.model_info(self.model_name)
