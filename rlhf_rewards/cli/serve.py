@@ -156,9 +156,12 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, then serve until SIGTERM/SIGINT; in-flight requests finish before exit."""
     import uvicorn
 
+    from rlhf_rewards.server.allocator import tune_malloc
+
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    tune_malloc()  # before the model loads, so its memory and the engine thread's come from the tuned heap
     try:
         app, served, api_key = make_app(args)
     except (ValueError, OSError) as exc:  # a bad flag, model or adapter path: say which, no traceback
