@@ -94,6 +94,11 @@ def check_token_ids(i: int, token_ids: Any, vocab_size: int | None = None) -> li
         raise error(f"must be a list of ints, got {type(token_ids).__name__}.")
     if not token_ids:
         raise error("is empty; every prompt needs at least one token.")
+    # Fast path (C loops): plain ints within range. Otherwise the slow loop names the first offender.
+    if all(type(t) is int for t in token_ids) and (
+        vocab_size is None or (min(token_ids) >= 0 and max(token_ids) < vocab_size)
+    ):
+        return list(token_ids)
     for t in token_ids:
         if not is_int(t):
             raise error(f"must hold ints, found {t!r}.")

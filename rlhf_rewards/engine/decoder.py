@@ -33,7 +33,7 @@ from rlhf_rewards.engine import rowwise
 from rlhf_rewards.engine.attention.blocked import BlockedLayout, deterministic_layout
 from rlhf_rewards.engine.attention.interface import segment_attention_forward
 from rlhf_rewards.engine.attention.plan import SegmentAttentionUnsupported
-from rlhf_rewards.engine.packed_linear import project
+from rlhf_rewards.engine.packed_linear import project, project_qkv
 
 #: Backbone classes whose forward is exactly: embed -> rotary -> decoder layers -> norm, and whose decoder
 #: layer is: x + attn(norm(x)), then x + mlp(norm(x)).
@@ -91,22 +91,29 @@ def _sliding_window(attn: nn.Module) -> int | None:
     return getattr(attn, "sliding_window", None)
 
 
+def _heads(attn: nn.Module, projected: torch.Tensor) -> torch.Tensor:
+    """``[1, n, heads * head_dim]`` -> ``[1, n, heads, head_dim]`` (a view)."""
+    return projected.view(1, projected.shape[1], -1, attn.head_dim)
+
+
+def _rotated(attn: nn.Module, projected: torch.Tensor, norm: str, cos, sin) -> torch.Tensor:
+    """Queries or keys ``[1, heads, n, head_dim]`` of a projection: its per-head norm (Qwen3's ``q_norm`` /
+    ``k_norm``) if the attention has one, then RoPE (``sin`` signed)."""
+    x = _heads(attn, projected)
+    if hasattr(attn, norm):
+        x = rowwise.rms_norm(getattr(attn, norm), x)
+    return rowwise.rotate(x.transpose(1, 2), cos, sin)
+
+
 def _keys_values(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """Rotated keys and values of ``x [1, n, hidden]``: ``[1, kv_heads, n, head_dim]`` (``sin`` signed)."""
-    shape = (1, x.shape[1], -1, attn.head_dim)
-    k = project(attn.k_proj, x).view(shape)
-    if hasattr(attn, "k_norm"):
-        k = rowwise.rms_norm(attn.k_norm, k)
-    k = rowwise.rotate(k.transpose(1, 2), cos, sin)
-    return k, project(attn.v_proj, x).view(shape).transpose(1, 2)
+    k = _rotated(attn, project(attn.k_proj, x), "k_norm", cos, sin)
+    return k, _heads(attn, project(attn.v_proj, x)).transpose(1, 2)
 
 
 def _queries(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotated queries of ``x [1, n, hidden]``: ``[1, heads, n, head_dim]`` (``sin`` signed)."""
-    q = project(attn.q_proj, x).view(1, x.shape[1], -1, attn.head_dim)
-    if hasattr(attn, "q_norm"):
-        q = rowwise.rms_norm(attn.q_norm, q)
-    return rowwise.rotate(q.transpose(1, 2), cos, sin)
+    return _rotated(attn, project(attn.q_proj, x), "q_norm", cos, sin)
 
 
 def _layer(
@@ -138,8 +145,13 @@ def _layer(
 
 
 def _pre_attention(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    h = rowwise.rms_norm(layer.input_layernorm, x)
-    return (_queries(layer.self_attn, h, cos, sin), *_keys_values(layer.self_attn, h, cos, sin))
+    attn = layer.self_attn
+    q, k, v = project_qkv(attn, rowwise.rms_norm(layer.input_layernorm, x))
+    return (
+        _rotated(attn, q, "q_norm", cos, sin),
+        _rotated(attn, k, "k_norm", cos, sin),
+        _heads(attn, v).transpose(1, 2),
+    )
 
 
 def _post_attention(layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,9 @@ MAX_SHARE_OF_AVAILABLE_MEMORY = 0.25
 #: Resident bytes of a packed copy per byte of its weight (MKL pads its panels; measured on the benchmark
 #: model: +95 MiB of RSS for 48 MiB of projections).
 PACKED_BYTES_PER_WEIGHT_BYTE = 2
+#: Above this many rows a projection takes ``F.linear``: its own per-call packing is amortized there, and MKL's
+#: packed kernel measured no faster (1400 rows: within 4% either way; 175 rows: 10-15% faster packed).
+PACKED_MAX_ROWS = 1024
 #: Row-count hint for MKL's packing (the packed layout serves any number of rows).
 _PACK_ROWS_HINT = 256
 
@@ -63,62 +66,115 @@ def packable(module: nn.Module) -> bool:
     )
 
 
+#: Projections of one attention module multiplied as one GEMM (their weights stacked): q, k and v.
+QKV = ("q_proj", "k_proj", "v_proj")
+#: Projections packed one by one (k and v alone are not: at ``512 -> 256`` MKL's packed kernel is slower).
+SINGLE = ("o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclass(eq=False)
 class _Packed:
-    weight: torch.Tensor  # MKL's packed layout of module.weight
-    source: tuple[int, int]  # (data_ptr, _version) of module.weight when packed
+    parts: tuple[nn.Module, ...]  # the linears whose weights are stacked (one for a plain projection)
+    packed: torch.Tensor  # MKL's packed layout of the stacked weight
+    dense: torch.Tensor  # the stacked weight (the module's own for one part)
+    bias: torch.Tensor | None  # the stacked bias (read live from the module for one part)
+    source: tuple[tuple[int, ...], ...]  # storage and version of every weight and bias when packed
 
 
-def _source(weight: torch.Tensor) -> tuple[int, int]:
-    return weight.data_ptr(), weight._version
+def _sources(parts: tuple[nn.Module, ...]) -> tuple[tuple[int, ...], ...]:
+    out = []
+    for m in parts:
+        out.append((m.weight.data_ptr(), m.weight._version))
+        if m.bias is not None:
+            out.append((m.bias.data_ptr(), m.bias._version))
+    return tuple(out)
+
+
+def _pack(parts: tuple[nn.Module, ...]) -> _Packed:
+    weights = [m.weight.detach() for m in parts]
+    dense = weights[0] if len(parts) == 1 else torch.cat(weights)
+    bias = None
+    if len(parts) > 1 and any(m.bias is not None for m in parts):
+        bias = torch.cat(
+            [m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features) for m in parts]
+        )
+    packed = torch.ops.mkl._mkl_reorder_linear_weight(dense, _PACK_ROWS_HINT)
+    return _Packed(parts, packed, dense, bias, _sources(parts))
 
 
 class PackedWeights:
-    """Packed copies of some ``nn.Linear`` modules' weights (see the module docs)."""
+    """Packed copies of projection weights (see the module docs): ``plan`` lists ``(key, parts)``, where
+    ``key`` is the linear itself, or the attention module whose ``q_proj``/``k_proj``/``v_proj`` are stacked."""
 
-    def __init__(self, modules: Iterable[nn.Module]) -> None:
-        self._packed: dict[nn.Module, _Packed] = {}
-        for m in modules:
-            if packable(m):
-                self._packed[m] = self._pack(m)
-
-    @staticmethod
-    def _pack(module: nn.Module) -> _Packed:
-        weight = module.weight.detach()
-        return _Packed(torch.ops.mkl._mkl_reorder_linear_weight(weight, _PACK_ROWS_HINT), _source(weight))
+    def __init__(self, plan: Iterable[tuple[nn.Module, tuple[nn.Module, ...]]]) -> None:
+        self._entries: dict[nn.Module, _Packed] = {key: _pack(parts) for key, parts in plan}
 
     def refresh(self) -> None:
         """Pack every weight again on its next use (after writes through ``param.data``, which keep versions)."""
-        for packed in self._packed.values():
-            packed.source = (0, -1)
+        for entry in self._entries.values():
+            entry.source = ()
 
     def __len__(self) -> int:
-        return len(self._packed)
+        return len(self._entries)
+
+    def _fresh(self, key: nn.Module, entry: _Packed) -> _Packed | None:
+        if entry.source == _sources(entry.parts):
+            return entry
+        if not all(packable(m) for m in entry.parts):  # moved, cast or hooked since: their own forward
+            del self._entries[key]
+            return None
+        entry = self._entries[key] = _pack(entry.parts)
+        return entry
+
+    @staticmethod
+    def _multiply(entry: _Packed, rows: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return torch.ops.mkl._mkl_linear(rows, entry.packed, entry.dense, bias, rows.shape[0])
 
     def project(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``module(x)``, through the packed copy when there is one."""
-        packed = self._packed.get(module)
-        if packed is None or _has_hooks(module):
+        """``module(x)``, through the packed copy when there is one and ``x`` has few enough rows."""
+        entry = self._entries.get(module)
+        if entry is None or x.numel() > PACKED_MAX_ROWS * x.shape[-1] or _has_hooks(module):
             return module(x)
-        weight = module.weight
-        if packed.source != _source(weight):
-            if not packable(module):  # moved, cast or hooked since: its own forward from now on
-                del self._packed[module]
-                return module(x)
-            packed = self._packed[module] = self._pack(module)
+        entry = self._fresh(module, entry)
+        if entry is None:
+            return module(x)
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        out = torch.ops.mkl._mkl_linear(rows, packed.weight, weight, module.bias, rows.shape[0])
+        out = self._multiply(entry, rows, module.bias)
         return out.view(*x.shape[:-1], out.shape[-1])
 
+    def project_qkv(self, attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """``(q_proj(x), k_proj(x), v_proj(x))`` as one GEMM (views of its output), or ``None`` where the
+        stacked copy does not apply (not packed, too many rows, a projection replaced or hooked)."""
+        entry = self._entries.get(attn)
+        if entry is None or x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
+            return None
+        if any(
+            getattr(attn, n, None) is not m or _has_hooks(m) for n, m in zip(QKV, entry.parts, strict=True)
+        ):
+            return None  # e.g. wrapped by peft since
+        entry = self._fresh(attn, entry)
+        if entry is None:
+            return None
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        out = self._multiply(entry, rows, entry.bias).view(*x.shape[:-1], -1)
+        return out.split([m.out_features for m in entry.parts], dim=-1)
 
-def decoder_projections(backbone: nn.Module) -> list[nn.Module]:
-    """The projections the direct decoder loop multiplies by (attention q/k/v/o, MLP gate/up/down)."""
-    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    found = []
+
+def packing_plan(backbone: nn.Module) -> list[tuple[nn.Module, tuple[nn.Module, ...]]]:
+    """What :class:`PackedWeights` packs for the direct decoder loop: each layer's q/k/v stacked (when all
+    three are packable with the same input size), its o_proj and its MLP's gate/up/down one by one."""
+    plan: list[tuple[nn.Module, tuple[nn.Module, ...]]] = []
     for layer in getattr(backbone, "layers", ()):
-        for part in (getattr(layer, "self_attn", None), getattr(layer, "mlp", None)):
-            found.extend(getattr(part, n) for n in names if part is not None and hasattr(part, n))
-    return found
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        qkv = tuple(getattr(attn, n, None) for n in QKV)
+        if all(m is not None and packable(m) for m in qkv) and len({m.in_features for m in qkv}) == 1:
+            plan.append((attn, qkv))
+        for part in (attn, mlp):
+            for name in SINGLE:
+                m = getattr(part, name, None)
+                if m is not None and packable(m):
+                    plan.append((m, (m,)))
+    return plan
 
 
 def _available_memory_bytes() -> int | None:
@@ -147,10 +203,14 @@ def build_packed_weights(
         check_bool("cpu_packed_weights", setting)
     if setting is False or device.type != "cpu" or not mkl_packing_available():
         return None
-    modules = [m for m in decoder_projections(backbone) if packable(m)]
-    if not modules:
+    plan = packing_plan(backbone)
+    if not plan:
         return None
-    need = PACKED_BYTES_PER_WEIGHT_BYTE * sum(m.weight.numel() * m.weight.element_size() for m in modules)
+    weights = sum(m.weight.numel() * m.weight.element_size() for _, parts in plan for m in parts)
+    stacked = sum(
+        m.weight.numel() * m.weight.element_size() for _, parts in plan if len(parts) > 1 for m in parts
+    )
+    need = PACKED_BYTES_PER_WEIGHT_BYTE * weights + stacked
     available = _available_memory_bytes()
     if setting is None and available is not None and need > MAX_SHARE_OF_AVAILABLE_MEMORY * available:
         logger.info(
@@ -161,7 +221,7 @@ def build_packed_weights(
             available / 2**20,
         )
         return None
-    return PackedWeights(modules)
+    return PackedWeights(plan)
 
 
 _ACTIVE: ContextVar[PackedWeights | None] = ContextVar("rlhf_rewards_packed_weights", default=None)
@@ -183,12 +243,23 @@ def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x) if packed is None else packed.project(module, x)
 
 
+def project_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``attn``'s query, key and value projections of ``x``: one GEMM through the active packed weights when
+    they stack them, else three :func:`project` calls."""
+    packed = _ACTIVE.get()
+    stacked = packed.project_qkv(attn, x) if packed is not None else None
+    if stacked is not None:
+        return stacked
+    return tuple(project(getattr(attn, n), x) for n in QKV)
+
+
 __all__ = [
     "MAX_SHARE_OF_AVAILABLE_MEMORY",
     "PackedWeights",
     "active",
     "build_packed_weights",
-    "decoder_projections",
+    "packing_plan",
+    "project_qkv",
     "mkl_packing_available",
     "packable",
     "project",

@@ -9,7 +9,14 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf_rewards import LLM, PoolingParams
 from rlhf_rewards.engine import packed_linear
-from rlhf_rewards.engine.packed_linear import PackedWeights, build_packed_weights, project
+from rlhf_rewards.engine.packed_linear import (
+    PACKED_MAX_ROWS,
+    PackedWeights,
+    build_packed_weights,
+    packable,
+    project,
+    project_qkv,
+)
 
 pytestmark = pytest.mark.skipif(
     not packed_linear.mkl_packing_available(), reason="this torch build has no MKL packed GEMM"
@@ -23,11 +30,15 @@ def _linear(n_in: int = 48, n_out: int = 80, bias: bool = True, seed: int = 0) -
     return nn.Linear(n_in, n_out, bias=bias)
 
 
+def _packed(*linears: nn.Linear) -> PackedWeights:
+    return PackedWeights([(m, (m,)) for m in linears])
+
+
 @pytest.mark.parametrize("rows", [1, 7, 300])
 @pytest.mark.parametrize("bias", [True, False])
 def test_packed_projection_is_the_linear(rows, bias):
     lin = _linear(bias=bias)
-    packed = PackedWeights([lin])
+    packed = _packed(lin)
     assert len(packed) == 1
     x = torch.randn(1, rows, 48)
     with torch.inference_mode():
@@ -40,7 +51,7 @@ def test_packed_projection_is_the_linear(rows, bias):
 
 def test_weight_changes_repack():
     lin = _linear()
-    packed = PackedWeights([lin])
+    packed = _packed(lin)
     x = torch.randn(5, 48)
     with torch.no_grad():
         lin.weight.mul_(2)  # in place: a new version
@@ -54,7 +65,7 @@ def test_weight_changes_repack():
 
 def test_modules_that_changed_kind_or_have_hooks_keep_their_forward():
     lin = _linear()
-    packed = PackedWeights([lin])
+    packed = _packed(lin)
     seen = []
     handle = lin.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     x = torch.randn(3, 48)
@@ -66,22 +77,54 @@ def test_modules_that_changed_kind_or_have_hooks_keep_their_forward():
     assert len(packed) == 0  # a float64 module is not packable any more: dropped
 
 
-def test_only_plain_float32_cpu_linears_are_packed():
+def test_only_plain_float32_cpu_linears_are_packable():
     class MyLinear(nn.Linear):
         pass
 
-    bf16 = _linear().bfloat16()
-    packed = PackedWeights([MyLinear(4, 4), bf16, _linear()])
-    assert len(packed) == 1
-    y = torch.randn(2, 48).bfloat16()
-    assert torch.equal(packed.project(bf16, y), bf16(y))
+    assert packable(_linear())
+    assert not packable(MyLinear(4, 4))
+    assert not packable(_linear().bfloat16())
+    hooked = _linear()
+    hooked.register_forward_pre_hook(lambda m, i: None)
+    assert not packable(hooked)
+
+
+def test_many_rows_take_the_modules_own_kernel():
+    lin = _linear()
+    x = torch.randn(PACKED_MAX_ROWS + 1, 48)
+    assert torch.equal(_packed(lin).project(lin, x), lin(x))
+
+
+class _Attention(nn.Module):
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = (_linear(48, n, bias=bias, seed=n) for n in (64, 32, 32))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_stacked_qkv_is_the_three_projections(bias):
+    attn = _Attention(bias)
+    packed = PackedWeights([(attn, (attn.q_proj, attn.k_proj, attn.v_proj))])
+    x = torch.randn(1, 19, 48)
+    with packed_linear.active(packed):
+        q, k, v = project_qkv(attn, x)
+    for got, m in zip((q, k, v), (attn.q_proj, attn.k_proj, attn.v_proj), strict=True):
+        torch.testing.assert_close(got, m(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        attn.v_proj.weight.add_(1.0)  # a changed part restacks the copy
+    assert packed.project_qkv(attn, x) is not None
+    torch.testing.assert_close(packed.project_qkv(attn, x)[2], attn.v_proj(x), rtol=1e-5, atol=1e-5)
+    attn.k_proj = _linear(48, 32, seed=99)  # replaced (as peft wraps it): the modules' own calls
+    assert packed.project_qkv(attn, x) is None
+    with packed_linear.active(packed):
+        assert torch.equal(project_qkv(attn, x)[1], attn.k_proj(x))
 
 
 def test_project_outside_an_active_set_is_the_module_call():
     lin = _linear()
     x = torch.randn(4, 48)
     assert torch.equal(project(lin, x), lin(x))
-    packed = PackedWeights([lin])
+    packed = _packed(lin)
     with packed_linear.active(packed):
         torch.testing.assert_close(project(lin, x), lin(x), rtol=1e-5, atol=1e-5)
     assert torch.equal(project(lin, x), lin(x))
@@ -98,7 +141,8 @@ def test_build_settings_and_the_memory_guard(seq_rm, monkeypatch):
     assert llm.runner.packed_weights is None
     assert build_packed_weights(backbone, torch.device("meta"), None) is None
     full = build_packed_weights(backbone, CPU, None)
-    assert full is not None and len(full) == 7 * backbone.config.num_hidden_layers
+    # Per layer: q/k/v stacked, o_proj, gate_proj, up_proj, down_proj.
+    assert full is not None and len(full) == 5 * backbone.config.num_hidden_layers
     monkeypatch.setattr(packed_linear, "_available_memory_bytes", lambda: 1024)
     assert build_packed_weights(backbone, CPU, None) is None  # the copies would not fit
     assert build_packed_weights(backbone, CPU, True) is not None  # forced
@@ -150,3 +194,21 @@ def test_reset_prefix_cache_repacks_after_writes_through_data(seq_rm):
     after = _scores(llm, texts)
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, _scores(plain, texts), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("arch", "config_cls"),
+    [("Qwen2ForSequenceClassification", "Qwen2Config"), ("LlamaForSequenceClassification", "LlamaConfig")],
+)
+def test_other_families_packed_match_plain_transformers(arch, config_cls, tmp_path):
+    """Qwen2's q/k/v carry biases (stacked with the weights); Llama's have none."""
+    from tests.support.checkpoints import build_hf_model
+
+    path = build_hf_model(arch, tmp_path / arch, config_cls=config_cls, num_labels=2, seed=12)
+    llm = LLM(str(path), device="cpu")
+    assert llm.runner.packed_weights is not None
+    texts = _texts(5, n=3)
+    reference = AutoModelForSequenceClassification.from_pretrained(str(path), torch_dtype=torch.float32)
+    with torch.no_grad():
+        expected = torch.stack([reference(torch.tensor([t])).logits[0] for t in texts])
+    torch.testing.assert_close(_scores(llm, texts), expected, rtol=1e-5, atol=1e-5)

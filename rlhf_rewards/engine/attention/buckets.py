@@ -82,6 +82,7 @@ class _ExtBucket:
     mask: torch.Tensor | None  # [batch, 1, q_len, k_len] bool (True: visible), or None
     piece: int | None = None  # the address of the one piece read in place
     buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+    q_slice: tuple[int, int] | None = None  # one segment's contiguous query rows: sliced and merged in place
 
 
 @dataclass(eq=False)
@@ -176,6 +177,8 @@ def _ext_buckets(
             dst[b, : len(it.q_rows)] = it.q_rows
         ranges = ranges_of[id(group[0])]
         if batch == 1 and len(ranges) == 1:  # one piece: read in place
+            rows = group[0].q_rows
+            contiguous = rows[-1] - rows[0] + 1 == len(rows)
             out.append(
                 _ExtBucket(
                     1,
@@ -186,6 +189,7 @@ def _ext_buckets(
                     None,
                     None,
                     piece=ranges[0][0],
+                    q_slice=(rows[0], rows[-1] + 1) if contiguous else None,
                 )
             )
             continue
@@ -363,6 +367,15 @@ def _attend_cached(
     heads, head_dim = q_t.shape[1], q_t.shape[2]
     cat = None
     for b in ext_buckets:
+        if b.q_slice is not None:  # one text's queries and one piece (a text per call): no gathers
+            assert b.piece is not None
+            s, e = b.q_slice
+            k, v = ext.kv(layer, b.piece, b.piece + b.k_len)
+            res, lse = sdpa_lse(
+                q_t[s:e].transpose(0, 1).unsqueeze(0), k, v, mask=None, is_causal=False, scale=scaling
+            )
+            merge(out[s:e], out_lse[s:e], res[0].transpose(0, 1), lse[0].transpose(0, 1))
+            continue
         q = q_t.index_select(0, b.q_index).view(b.batch, b.q_len, heads, head_dim).transpose(1, 2)
         if b.piece is not None:
             k, v = ext.kv(layer, b.piece, b.piece + b.k_len)
