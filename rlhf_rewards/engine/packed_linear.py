@@ -6,9 +6,11 @@ cache holding its prompt) that is a tenth of the matmul time. :class:`PackedWeig
 of the direct decoder loop once (``torch.ops.mkl._mkl_reorder_linear_weight``, the layout ``torch.compile``'s
 frozen CPU graphs use) and :func:`project` multiplies by the packed copy (``torch.ops.mkl._mkl_linear``).
 
-- **Which layers**: plain float32 ``nn.Linear`` on a CPU build of torch with MKL, without forward hooks
-  (accelerate's offload hooks, user hooks): those keep their module call. A LoRA-wrapped projection is a peft
-  module, not an ``nn.Linear``, so adapters keep peft's forward.
+- **Which layers**: each layer's q/k/v stacked into one GEMM (k and v alone run slower packed), its o_proj and
+  its MLP's gate/up/down; only plain float32 ``nn.Linear`` on a CPU build of torch with MKL, without forward
+  hooks (accelerate's offload hooks, user hooks): others keep their module call. Calls of more than
+  :data:`PACKED_MAX_ROWS` rows take ``F.linear`` (no faster packed there). Engines with LoRA enabled (peft wraps
+  the projections) and split engines (sharded weights) do not pack.
 - **Numbers**: another summation order than ``F.linear``'s kernel, ~1e-7 relative; deterministic mode does
   not pack (its row tiles are validated on ``F.linear``), nor does ``torch.compile`` (it picks its own kernels).
 - **Stale copies**: each packed copy remembers its weight's storage and in-place version and is packed again
@@ -58,10 +60,12 @@ def _has_hooks(module: nn.Module) -> bool:
 
 def packable(module: nn.Module) -> bool:
     """A plain float32 CPU ``nn.Linear`` without hooks: :func:`project` may bypass its ``forward``."""
+    weight = module.weight if type(module) is nn.Linear else None
     return (
-        type(module) is nn.Linear
-        and module.weight.dtype == torch.float32
-        and module.weight.device.type == "cpu"
+        weight is not None
+        and type(weight.data) is torch.Tensor  # not a DTensor shard or another tensor subclass
+        and weight.dtype == torch.float32
+        and weight.device.type == "cpu"
         and not _has_hooks(module)
     )
 

