@@ -243,6 +243,8 @@ def active(packed: PackedWeights | None) -> Iterator[None]:
 
 def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``, through the active packed weights when they hold ``module``."""
+    if torch.compiler.is_compiling():  # compiled graphs never pack; and a context variable would break them
+        return module(x)
     packed = _ACTIVE.get()
     return module(x) if packed is None else packed.project(module, x)
 
@@ -250,7 +252,7 @@ def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def project_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``attn``'s query, key and value projections of ``x``: one GEMM through the active packed weights when
     they stack them, else three :func:`project` calls."""
-    packed = _ACTIVE.get()
+    packed = None if torch.compiler.is_compiling() else _ACTIVE.get()
     stacked = packed.project_qkv(attn, x) if packed is not None else None
     if stacked is not None:
         return stacked

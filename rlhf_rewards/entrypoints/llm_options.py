@@ -79,7 +79,8 @@ class LLMOptions:
 
     vLLM's other engine arguments:
         engine_kwargs: ``gpu_memory_utilization``, ``max_num_seqs``, ``served_model_name``,
-            ``tokenizer_revision``, ``skip_tokenizer_init``, ``chat_template``, ``prefix_cache_bytes``...: never a
+            ``tokenizer_revision``, ``skip_tokenizer_init``, ``chat_template``, ``prefix_cache_bytes``,
+            ``cpu_packed_weights`` (:mod:`rlhf_rewards.engine.packed_linear`)...: never a
             ``TypeError``. Those that mean something here are honoured; each other one is ignored with one
             ``IgnoredEngineArgWarning`` saying what happens instead (:mod:`rlhf_rewards.entrypoints.engine_args`).
     """
