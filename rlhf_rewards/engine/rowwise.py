@@ -4,7 +4,8 @@ The families' modules write every step of a formula to a fresh tensor. On a CPU,
 call (one sample per request, the cross-call cache holding the prompt), the element-wise passes and the page
 faults of those fresh tensors cost as much as a fifth of a forward. The functions here compute the same
 formulas writing into tensors they own (RoPE also loses a pass: the sign flip moves onto the sine table, once
-per forward), and fall back to the module itself for any class not listed; projections go through
+per forward; Qwen3's per-head q/k norms run as one pass over the queries and keys together), and fall back
+to the module itself for any class not listed; projections go through
 :func:`~rlhf_rewards.engine.packed_linear.project` (the module, or its packed weight), so peft's adapters
 still apply.
 
@@ -37,12 +38,29 @@ def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``norm(x)`` for the families' RMSNorm, with the scale and the weight applied in place."""
     if not _is_transformers(norm, RMS_NORMS):
         return norm(x)
+    return _rms(x, norm.weight, norm.variance_epsilon)
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     h = x.to(torch.float32)
-    scale = torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(norm.variance_epsilon))
+    scale = torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(eps))
     out = (h * scale).to(x.dtype)
-    if norm.weight.dtype != out.dtype:  # the module's type promotion
-        return norm.weight * out
-    return out.mul_(norm.weight)
+    if weight.dtype != out.dtype:  # the module's type promotion
+        return weight * out
+    return out.mul_(weight)
+
+
+def head_norms(q_norm: nn.Module, k_norm: nn.Module, x: torch.Tensor, q_heads: int) -> torch.Tensor | None:
+    """Qwen3's per-head ``q_norm`` and ``k_norm`` on queries and keys held as one tensor ``x [1, n, heads, d]``
+    (its first ``q_heads`` heads are queries): one pass over both, each head with its own norm's weight, the
+    numbers of the two modules bit for bit. ``None`` when the two norms cannot share a pass."""
+    if not (_is_transformers(q_norm, RMS_NORMS) and _is_transformers(k_norm, RMS_NORMS)):
+        return None
+    if q_norm.variance_epsilon != k_norm.variance_epsilon or q_norm.weight.dtype != k_norm.weight.dtype:
+        return None
+    d, k_heads = x.shape[-1], x.shape[-2] - q_heads
+    weight = torch.cat((q_norm.weight.expand(q_heads, d), k_norm.weight.expand(k_heads, d)))
+    return _rms(x, weight, q_norm.variance_epsilon)
 
 
 def gated_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -73,4 +91,4 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torc
     return (x * cos).add_(swapped.mul_(sin_signed))
 
 
-__all__ = ["GATED_MLPS", "RMS_NORMS", "gated_mlp", "rms_norm", "rotate", "signed_sin"]
+__all__ = ["GATED_MLPS", "RMS_NORMS", "gated_mlp", "head_norms", "rms_norm", "rotate", "signed_sin"]

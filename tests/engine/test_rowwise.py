@@ -97,3 +97,29 @@ def test_a_lookalike_class_outside_transformers_is_not_taken_for_the_family():
 
     x = torch.zeros(2, 4)
     assert torch.equal(rowwise.rms_norm(Qwen3RMSNorm(), x), x + 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_head_norms_are_q_norm_and_k_norm_bit_for_bit(dtype):
+    gen = torch.Generator().manual_seed(3)
+    q_norm, k_norm = Qwen3RMSNorm(64, eps=1e-6), Qwen3RMSNorm(64, eps=1e-6)
+    q_norm.weight.data = torch.randn(64, generator=gen).to(dtype)
+    k_norm.weight.data = torch.randn(64, generator=gen).to(dtype)
+    q = (3 * torch.randn(1, 21, 8, 64, generator=gen)).to(dtype)
+    k = (3 * torch.randn(1, 21, 4, 64, generator=gen)).to(dtype)
+    both = rowwise.head_norms(q_norm, k_norm, torch.cat((q, k), dim=2), q_heads=8)
+    assert both is not None
+    assert torch.equal(both[:, :, :8], q_norm(q)) and torch.equal(both[:, :, 8:], k_norm(k))
+    k_norm.variance_epsilon = 1e-5  # norms that differ are not merged
+    assert rowwise.head_norms(q_norm, k_norm, torch.cat((q, k), dim=2), q_heads=8) is None
+
+
+def test_queries_and_keys_side_by_side_share_the_stacked_buffer():
+    from rlhf_rewards.engine.decoder import _side_by_side
+
+    out = torch.randn(1, 5, 96)
+    q, k, v = out.split([64, 16, 16], dim=-1)
+    both = _side_by_side(q, k)
+    assert both.data_ptr() == out.data_ptr() and torch.equal(both, out[..., :80])
+    apart = _side_by_side(torch.randn(1, 5, 64), torch.randn(1, 5, 16))  # separate projections: a copy
+    assert apart.shape == (1, 5, 80)
