@@ -167,7 +167,8 @@ def _pre_attention(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: to
 def _side_by_side(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """``[..., q | k]``: a view when ``k`` follows ``q`` in one buffer (the stacked q/k/v GEMM), else a copy."""
     if (
-        q.dtype == k.dtype
+        not torch.compiler.is_compiling()  # compiled graphs take separate projections; storages break them
+        and q.dtype == k.dtype
         and q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
         and q.stride() == k.stride()
         and q.stride(-1) == 1
