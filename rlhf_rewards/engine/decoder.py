@@ -146,11 +146,11 @@ def _layer(
 
 def _pre_attention(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     attn = layer.self_attn
-    q, k, v = project_qkv(attn, rowwise.rms_norm(layer.input_layernorm, x))
+    qk, v, q_width = project_qkv(attn, rowwise.rms_norm(layer.input_layernorm, x))
     values = _heads(attn, v).transpose(1, 2)
     # Queries and keys go through their norms and RoPE as one tensor: half the kernel calls, same numbers.
-    q_heads = q.shape[-1] // attn.head_dim
-    both = _heads(attn, _side_by_side(q, k))
+    q_heads = q_width // attn.head_dim
+    both = _heads(attn, qk)
     if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
         normed = (
             rowwise.head_norms(attn.q_norm, attn.k_norm, both, q_heads)
@@ -158,25 +158,11 @@ def _pre_attention(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: to
             else None
         )
         if normed is None:
+            q, k = qk[..., :q_width], qk[..., q_width:]
             return _rotated(attn, q, "q_norm", cos, sin), _rotated(attn, k, "k_norm", cos, sin), values
         both = normed
     both = rowwise.rotate(both.transpose(1, 2), cos, sin)
     return both[:, :q_heads], both[:, q_heads:], values
-
-
-def _side_by_side(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``[..., q | k]``: a view when ``k`` follows ``q`` in one buffer (the stacked q/k/v GEMM), else a copy."""
-    if (
-        not torch.compiler.is_compiling()  # compiled graphs take separate projections; storages break them
-        and q.dtype == k.dtype
-        and q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
-        and q.stride() == k.stride()
-        and q.stride(-1) == 1
-        and k.storage_offset() == q.storage_offset() + q.shape[-1]
-        and q.shape[:-1] == k.shape[:-1]
-    ):
-        return q.as_strided((*q.shape[:-1], q.shape[-1] + k.shape[-1]), q.stride(), q.storage_offset())
-    return torch.cat((q, k), dim=-1)
 
 
 def _post_attention(layer: nn.Module, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:

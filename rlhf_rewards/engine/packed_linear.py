@@ -131,37 +131,35 @@ class PackedWeights:
         return entry
 
     @staticmethod
-    def _multiply(entry: _Packed, rows: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return torch.ops.mkl._mkl_linear(rows, entry.packed, entry.dense, bias, rows.shape[0])
+    def _few_rows(x: torch.Tensor) -> bool:
+        return x.numel() <= PACKED_MAX_ROWS * x.shape[-1]
+
+    @staticmethod
+    def _multiply(entry: _Packed, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        out = torch.ops.mkl._mkl_linear(rows, entry.packed, entry.dense, bias, rows.shape[0])
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def project(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``module(x)``, through the packed copy when there is one and ``x`` has few enough rows."""
         entry = self._entries.get(module)
-        if entry is None or x.numel() > PACKED_MAX_ROWS * x.shape[-1] or _has_hooks(module):
+        if entry is None or not self._few_rows(x) or _has_hooks(module):
             return module(x)
         entry = self._fresh(module, entry)
-        if entry is None:
-            return module(x)
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        out = self._multiply(entry, rows, module.bias)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return module(x) if entry is None else self._multiply(entry, x, module.bias)
 
-    def project_qkv(self, attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """``(q_proj(x), k_proj(x), v_proj(x))`` as one GEMM (views of its output), or ``None`` where the
-        stacked copy does not apply (not packed, too many rows, a projection replaced or hooked)."""
+    def project_qkv(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """``[q_proj(x) | k_proj(x) | v_proj(x)]`` as one GEMM, or ``None`` where the stacked copy does not apply
+        (not packed, too many rows, a projection replaced or hooked)."""
         entry = self._entries.get(attn)
-        if entry is None or x.numel() > PACKED_MAX_ROWS * x.shape[-1]:
+        if entry is None or not self._few_rows(x):
             return None
         if any(
             getattr(attn, n, None) is not m or _has_hooks(m) for n, m in zip(QKV, entry.parts, strict=True)
         ):
             return None  # e.g. wrapped by peft since
         entry = self._fresh(attn, entry)
-        if entry is None:
-            return None
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        out = self._multiply(entry, rows, entry.bias).view(*x.shape[:-1], -1)
-        return out.split([m.out_features for m in entry.parts], dim=-1)
+        return None if entry is None else self._multiply(entry, x, entry.bias)
 
 
 def packing_plan(backbone: nn.Module) -> list[tuple[nn.Module, tuple[nn.Module, ...]]]:
@@ -249,14 +247,17 @@ def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x) if packed is None else packed.project(module, x)
 
 
-def project_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``attn``'s query, key and value projections of ``x``: one GEMM through the active packed weights when
-    they stack them, else three :func:`project` calls."""
+def project_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``attn``'s projections of ``x`` as ``(queries | keys side by side, values, query width)``: one GEMM
+    through the active packed weights when they stack them (the first two are views of its output), else three
+    :func:`project` calls."""
     packed = None if torch.compiler.is_compiling() else _ACTIVE.get()
     stacked = packed.project_qkv(attn, x) if packed is not None else None
     if stacked is not None:
-        return stacked
-    return tuple(project(getattr(attn, n), x) for n in QKV)
+        q_width, k_width = attn.q_proj.out_features, attn.k_proj.out_features
+        return stacked[..., : q_width + k_width], stacked[..., q_width + k_width :], q_width
+    q, k, v = (project(getattr(attn, n), x) for n in QKV)
+    return torch.cat((q, k), dim=-1), v, q.shape[-1]
 
 
 __all__ = [

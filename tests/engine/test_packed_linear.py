@@ -106,18 +106,27 @@ def test_stacked_qkv_is_the_three_projections(bias):
     attn = _Attention(bias)
     packed = PackedWeights([(attn, (attn.q_proj, attn.k_proj, attn.v_proj))])
     x = torch.randn(1, 19, 48)
+
+    def check(qk, v, q_width):
+        assert q_width == 64
+        for got, m in zip(
+            (qk[..., :64], qk[..., 64:], v), (attn.q_proj, attn.k_proj, attn.v_proj), strict=True
+        ):
+            torch.testing.assert_close(got, m(x), rtol=1e-5, atol=1e-5)
+
     with packed_linear.active(packed):
-        q, k, v = project_qkv(attn, x)
-    for got, m in zip((q, k, v), (attn.q_proj, attn.k_proj, attn.v_proj), strict=True):
-        torch.testing.assert_close(got, m(x), rtol=1e-5, atol=1e-5)
+        check(*project_qkv(attn, x))
     with torch.no_grad():
         attn.v_proj.weight.add_(1.0)  # a changed part restacks the copy
     assert packed.project_qkv(attn, x) is not None
-    torch.testing.assert_close(packed.project_qkv(attn, x)[2], attn.v_proj(x), rtol=1e-5, atol=1e-5)
+    with packed_linear.active(packed):
+        check(*project_qkv(attn, x))
     attn.k_proj = _linear(48, 32, seed=99)  # replaced (as peft wraps it): the modules' own calls
     assert packed.project_qkv(attn, x) is None
     with packed_linear.active(packed):
-        assert torch.equal(project_qkv(attn, x)[1], attn.k_proj(x))
+        qk, _, _ = project_qkv(attn, x)
+        assert torch.equal(qk[..., 64:], attn.k_proj(x))
+    check(*project_qkv(attn, x))  # no packed weights active: three module calls
 
 
 def test_project_outside_an_active_set_is_the_module_call():

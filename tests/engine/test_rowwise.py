@@ -112,14 +112,3 @@ def test_head_norms_are_q_norm_and_k_norm_bit_for_bit(dtype):
     assert torch.equal(both[:, :, :8], q_norm(q)) and torch.equal(both[:, :, 8:], k_norm(k))
     k_norm.variance_epsilon = 1e-5  # norms that differ are not merged
     assert rowwise.head_norms(q_norm, k_norm, torch.cat((q, k), dim=2), q_heads=8) is None
-
-
-def test_queries_and_keys_side_by_side_share_the_stacked_buffer():
-    from rlhf_rewards.engine.decoder import _side_by_side
-
-    out = torch.randn(1, 5, 96)
-    q, k, v = out.split([64, 16, 16], dim=-1)
-    both = _side_by_side(q, k)
-    assert both.data_ptr() == out.data_ptr() and torch.equal(both, out[..., :80])
-    apart = _side_by_side(torch.randn(1, 5, 64), torch.randn(1, 5, 16))  # separate projections: a copy
-    assert apart.shape == (1, 5, 80)
