@@ -33,8 +33,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rlhf_rewards.checks import check_bool
-
 logger = logging.getLogger(__name__)
 
 #: Packing is skipped (``cpu_packed_weights=None``) when the copies exceed this share of available memory.
@@ -201,8 +199,6 @@ def build_packed_weights(
     ``setting``: ``False`` never packs, ``True`` packs whatever the memory, ``None`` packs while the copies fit
     in :data:`MAX_SHARE_OF_AVAILABLE_MEMORY` of the memory available now.
     """
-    if setting is not None:
-        check_bool("cpu_packed_weights", setting)
     if setting is False or device.type != "cpu" or not mkl_packing_available():
         return None
     plan = packing_plan(backbone)

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from rlhf_rewards.checks import check_bool
 from rlhf_rewards.entrypoints.llm_options import LLMOptions
 
 
@@ -231,6 +232,8 @@ def split_engine_args(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         )
     if honoured.pop("disable_log_stats", None) not in (None, True, False):
         raise ValueError("disable_log_stats must be True or False.")
+    if honoured.get("cpu_packed_weights") is not None:
+        check_bool("cpu_packed_weights", honoured["cpu_packed_weights"])
     return honoured
 
 

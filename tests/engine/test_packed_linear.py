@@ -155,8 +155,9 @@ def test_build_settings_and_the_memory_guard(seq_rm, monkeypatch):
     monkeypatch.setattr(packed_linear, "_available_memory_bytes", lambda: 1024)
     assert build_packed_weights(backbone, CPU, None) is None  # the copies would not fit
     assert build_packed_weights(backbone, CPU, True) is not None  # forced
-    with pytest.raises(ValueError, match="cpu_packed_weights"):
-        build_packed_weights(backbone, CPU, "yes")  # type: ignore[arg-type]
+    for kwargs in ({}, {"enable_lora": True}):  # checked whether or not the engine would pack
+        with pytest.raises(ValueError, match="cpu_packed_weights"):
+            LLM(str(seq_rm), device="cpu", cpu_packed_weights="yes", **kwargs)
 
 
 def test_engines_that_keep_the_modules_kernels(seq_rm):
