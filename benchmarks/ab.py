@@ -56,15 +56,10 @@ def environment(extra: dict[str, str]) -> Iterator[None]:
 
 
 def _offline_side(root: Path, model: str, env: dict[str, str]) -> Any:
-    import benchmarks.vs_vllm as V
+    from benchmarks.vs_vllm import Side
 
-    saved_root = V.ROOT
-    V.ROOT = root  # the side process imports rlhf_rewards from this tree (PYTHONPATH)
-    try:
-        with environment(env):
-            return V.Side("ours", model, {"dtype": "float32", "device": "cpu"}, 2)
-    finally:
-        V.ROOT = saved_root
+    with environment(env):
+        return Side("ours", model, {"dtype": "float32", "device": "cpu"}, 2, root=root)
 
 
 def _server_side(root: Path, model: str, env: dict[str, str]) -> Any:
@@ -90,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     import benchmarks.vs_vllm as V
-    from benchmarks.workloads import ModelShape, build_model, grpo_workload
+    from benchmarks.workloads import ModelShape, build_model
 
     model = build_model("rm", ModelShape())
     tok = AutoTokenizer.from_pretrained(str(model))
@@ -112,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         def timed(k: str, seed: int) -> float:
             with V.paused(pids[other[k]]):
                 if args.workload == "server":
-                    w = grpo_workload(tok, seed, 8, 8, prompt_range=(128, 384))
-                    ids = V._ids(tok, w.texts)
-                    ids = [ids[i] for i in V.rollout_order(w)]
+                    ids = V.rollout_ids(tok, seed)
                     start = time.perf_counter()
                     asyncio.run(V._post_ids(sides[k].url, ids, args.concurrency))
                     return time.perf_counter() - start

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from transformers import AutoTokenizer
 import rlhf_rewards
 import benchmarks.vs_vllm as V
-from benchmarks.workloads import ModelShape, build_model, grpo_workload
+from benchmarks.workloads import ModelShape, build_model
 
 where, repeats = sys.argv[1], int(sys.argv[2])
 model = build_model("rm", ModelShape())
@@ -34,11 +34,6 @@ engine = ThreadPoolExecutor(max_workers=1)
 build = lambda: rlhf_rewards.LLM(str(model), dtype="float32", device="cpu")
 llm = engine.submit(build).result() if where == "engine" else build()
 params = rlhf_rewards.PoolingParams(use_activation=False)
-
-def texts(seed):
-    w = grpo_workload(tok, seed, 8, 8, prompt_range=(128, 384))
-    ids = V._ids(tok, w.texts)
-    return [ids[i] for i in V.rollout_order(w)]
 
 def one_pass(work):
     llm.reset_prefix_cache()
@@ -49,7 +44,7 @@ def one_pass(work):
             llm.encode(batch, params, pooling_task="classify", use_tqdm=False)
     return time.perf_counter() - start
 
-work = [texts(2080 + r) for r in range(3)]
+work = [V.rollout_ids(tok, 2080 + r) for r in range(3)]
 engine.submit(one_pass, work[:1]).result()  # warm-up
 times = [engine.submit(one_pass, work).result() for _ in range(repeats)]
 print(json.dumps({"where": where, "median_s": sorted(times)[len(times) // 2]}))

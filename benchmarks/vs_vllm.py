@@ -67,7 +67,9 @@ def paused(pid: int):
 class Side:
     """One engine process (:mod:`benchmarks.engine_side`)."""
 
-    def __init__(self, which: str, model: str, kwargs: dict[str, Any], threads: int) -> None:
+    def __init__(
+        self, which: str, model: str, kwargs: dict[str, Any], threads: int, root: Path = ROOT
+    ) -> None:
         from tests.compat.vllm_live.oracle import VLLM_PYTHON, vllm_env
 
         self.which = which
@@ -78,7 +80,7 @@ class Side:
                 sys.executable,
                 dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false"),
             )
-            env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+            env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
         self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{which}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [python, str(SIDE), which, json.dumps({"model": model, "kwargs": kwargs})],
@@ -127,6 +129,15 @@ def rollout_order(workload) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: lengths[i])
 
 
+def rollout_ids(tok, seed: int, prompts: int = 8, group: int = 8) -> list[list[int]]:
+    """The token ids of a GRPO ``prompts`` x ``group`` workload, in rollout order (one text per request/call)."""
+    from benchmarks.workloads import grpo_workload
+
+    w = grpo_workload(tok, seed, prompts, group, prompt_range=(128, 384))
+    ids = _ids(tok, w.texts)
+    return [ids[i] for i in rollout_order(w)]
+
+
 def make(name: str, tok, seed: int) -> tuple[list[list[list[int]]], str]:
     """``(calls, task)`` of one timed run: each call is a list of token-id lists."""
     from benchmarks.workloads import _fit, grpo_workload, prm_workload
@@ -141,9 +152,7 @@ def make(name: str, tok, seed: int) -> tuple[list[list[list[int]]], str]:
         rng = np.random.RandomState(seed)
         return [_ids(tok, [_fit(tok, rng, int(n)) for n in rng.randint(20, 1001, size=96)])], "classify"
     if name == "per_call":
-        w = grpo_workload(tok, seed, 8, 8, prompt_range=(128, 384))
-        ids = _ids(tok, w.texts)
-        return [[ids[i]] for i in rollout_order(w)], "classify"
+        return [[ids] for ids in rollout_ids(tok, seed)], "classify"
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -313,9 +322,7 @@ def run_server(
             cpu: dict[str, list[float]] = {"ours": [], "vllm": []}
             diffs = []
             for r in range(repeats):
-                w = grpo_workload(tok, 2000 + 10 * c + r, 8, 8, prompt_range=(128, 384))
-                ids = _ids(tok, w.texts)
-                ids = [ids[i] for i in rollout_order(w)]
+                ids = rollout_ids(tok, 2000 + 10 * c + r)
                 scores = {}
                 for who in ["ours", "vllm"] if r % 2 == 0 else ["vllm", "ours"]:
                     with paused(pids[other[who]]):

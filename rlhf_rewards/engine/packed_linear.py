@@ -10,7 +10,8 @@ frozen CPU graphs use) and :func:`project` multiplies by the packed copy (``torc
   its MLP's gate/up/down; only plain float32 ``nn.Linear`` on a CPU build of torch with MKL, without forward
   hooks (accelerate's offload hooks, user hooks): others keep their module call. Calls of more than
   :data:`PACKED_MAX_ROWS` rows take ``F.linear`` (no faster packed there). Engines with LoRA enabled (peft wraps
-  the projections) and split engines (sharded weights) do not pack.
+  the projections) do not pack; a split engine's sharded (DTensor) or placeholder (meta) weights are not
+  packable, so its ranks pack only the plain weights they hold.
 - **Numbers**: another summation order than ``F.linear``'s kernel, ~1e-7 relative; deterministic mode does
   not pack (its row tiles are validated on ``F.linear``), nor does ``torch.compile`` (it picks its own kernels).
 - **Stale copies**: each packed copy remembers its weight's storage and in-place version and is packed again

@@ -207,10 +207,9 @@ class LLM(ChatRenderer, TaskMethods, LoRAMethods):
             compile=not options.enforce_eager,
             deterministic=options.deterministic,
             prefix_cache=make_prefix_cache(extra, parallel=self.parallel_config.enabled),
-            # LoRA engines wrap the projections in peft modules, which keep their own kernels; a split engine's
-            # shards are sharded or placeholder tensors.
+            # LoRA engines wrap the projections in peft modules, which keep their own kernels.
             packed_weights=None
-            if options.enable_lora or self.parallel_config.enabled
+            if options.enable_lora
             else build_packed_weights(self.model.backbone, self.device, extra.get("cpu_packed_weights")),
         )
         self.task_configs = task_configs(

@@ -24,6 +24,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ ENV_SWITCH = "RLHF_REWARDS_MALLOC_TUNING"
 _OTHER_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 
 
-def _skip_reason(environ: os._Environ[str] | dict[str, str]) -> str | None:
+def _skip_reason(environ: Mapping[str, str]) -> str | None:
     if environ.get(ENV_SWITCH, "1") == "0":
         return f"{ENV_SWITCH}=0"
     given = sorted(k for k in environ if k.startswith("MALLOC_"))
@@ -51,7 +52,7 @@ def _skip_reason(environ: os._Environ[str] | dict[str, str]) -> str | None:
     return None
 
 
-def tune_malloc(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, int]:
+def tune_malloc(environ: Mapping[str, str] | None = None) -> dict[str, int]:
     """Apply :data:`SETTINGS` to this process's glibc malloc; returns what was set (empty when skipped)."""
     reason = _skip_reason(os.environ if environ is None else environ)
     if reason is not None:
