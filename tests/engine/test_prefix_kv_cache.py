@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlhf_rewards import LLM, PoolingParams
-from rlhf_rewards.engine.kv_cache import PrefixKVCache, weights_fingerprint
+from rlhf_rewards.engine.kv_cache import CacheSession, PrefixKVCache, weights_fingerprint
 from rlhf_rewards.lora.request import LoRARequest
 
 RAW = PoolingParams(use_activation=False)
@@ -102,6 +102,38 @@ def test_hits_equal_misses_one_text_per_call(seq_rm, deterministic):
     else:
         assert _max_diff(per_call, miss) < TOL
         assert _max_diff(again, miss) < TOL
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["fp32", "deterministic"])
+def test_hits_reading_several_pieces_equal_misses(seq_rm, deterministic, monkeypatch):
+    # Prompts that open with one template head: the head is a node of its own, so every later hit reads two
+    # pieces (the head, then its prompt), alone in its call, and in one call with the others.
+    rng = random.Random(7)
+    head = [rng.randrange(10, 400) for _ in range(24)]
+    texts = []
+    for _ in range(3):
+        prompt = head + [rng.randrange(10, 400) for _ in range(rng.randint(20, 60))]
+        texts += [prompt + [rng.randrange(10, 400) for _ in range(rng.randint(1, 30))] for _ in range(3)]
+    ref = LLM(str(seq_rm), device="cpu", enable_prefix_caching=False, deterministic=deterministic)
+    llm = LLM(str(seq_rm), device="cpu", deterministic=deterministic)
+    miss = _one_by_one(ref, texts)
+    seen: list[int] = []
+    lookup = CacheSession.lookup
+
+    def counting(self, *args, **kwargs):
+        hit = lookup(self, *args, **kwargs)
+        seen.append(len(hit.pieces))
+        return hit
+
+    monkeypatch.setattr(CacheSession, "lookup", counting)
+    per_call = _one_by_one(llm, texts)
+    again = _encode(llm, texts)
+    assert max(seen[: len(texts)]) >= 2 and min(seen[len(texts) :]) >= 2
+    for got in (per_call, again):
+        if deterministic:
+            assert all(torch.equal(a, b) for a, b in zip(got, miss, strict=True))
+        else:
+            assert _max_diff(got, miss) < TOL
 
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["fp32", "deterministic"])

@@ -68,9 +68,10 @@ class _ExtBucket:
     """Queries of several segments attending, unmasked, to their cached (external) keys, as one padded call.
 
     Each layer gathers the items' keys (``k_index``, rows of the layer's cached pieces concatenated in address
-    order) in one call into a buffer kept for the forward, or reads a lone piece in place (``piece``): a few
-    large copies, not one per piece, as every kernel call can cost a time slice on a busy CPU. Padded key
-    slots are masked, padded query slots land in the trash row.
+    order) in one call into a buffer kept for the forward: a few large copies, not one per piece, as every
+    kernel call can cost a time slice on a busy CPU. Padded key slots are masked, padded query slots land in
+    the trash row. A lone item (``pieces``) reads its pieces unpadded and unmasked: one in place, several
+    concatenated into the buffer (a hit is usually two or more pieces: prompts share a template's head).
     """
 
     batch: int
@@ -80,8 +81,9 @@ class _ExtBucket:
     dst: torch.Tensor  # [batch * q_len] rows of the output (pads -> the trash row)
     k_index: torch.Tensor | None  # [batch * k_len] rows of the concatenated pieces
     mask: torch.Tensor | None  # [batch, 1, q_len, k_len] bool (True: visible), or None
-    piece: int | None = None  # the address of the one piece read in place
-    buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+    pieces: tuple[tuple[int, int], ...] | None = None  # a lone item's pieces (address ranges), no padding
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # the gathered keys and values
+    joined: torch.Tensor | None = None  # a lone item's pieces, concatenated: [2, kv_heads, k_len, d]
     q_slice: tuple[int, int] | None = None  # one segment's contiguous query rows: sliced and merged in place
 
 
@@ -176,7 +178,7 @@ def _ext_buckets(
             q_index[b, : len(it.q_rows)] = it.q_rows
             dst[b, : len(it.q_rows)] = it.q_rows
         ranges = ranges_of[id(group[0])]
-        if batch == 1 and len(ranges) == 1:  # one piece: read in place
+        if batch == 1:  # one item: its pieces as they are, no padding or mask
             rows = group[0].q_rows
             contiguous = rows[-1] - rows[0] + 1 == len(rows)
             out.append(
@@ -188,7 +190,7 @@ def _ext_buckets(
                     _as_tensor(dst, device),
                     None,
                     None,
-                    piece=ranges[0][0],
+                    pieces=ranges,
                     q_slice=(rows[0], rows[-1] + 1) if contiguous else None,
                 )
             )
@@ -367,18 +369,17 @@ def _attend_cached(
     heads, head_dim = q_t.shape[1], q_t.shape[2]
     cat = None
     for b in ext_buckets:
-        if b.q_slice is not None:  # one text's queries and one piece (a text per call): no gathers
-            assert b.piece is not None
+        if b.pieces is not None:
+            k, v = _lone_keys(ext, layer, b)
+        if b.q_slice is not None:  # one text's queries (a text per call): no gathers
             s, e = b.q_slice
-            k, v = ext.kv(layer, b.piece, b.piece + b.k_len)
             res, lse = sdpa_lse(
                 q_t[s:e].transpose(0, 1).unsqueeze(0), k, v, mask=None, is_causal=False, scale=scaling
             )
             merge(out[s:e], out_lse[s:e], res[0].transpose(0, 1), lse[0].transpose(0, 1))
             continue
         q = q_t.index_select(0, b.q_index).view(b.batch, b.q_len, heads, head_dim).transpose(1, 2)
-        if b.piece is not None:
-            k, v = ext.kv(layer, b.piece, b.piece + b.k_len)
+        if b.pieces is not None:
             mask = None
         else:
             if cat is None:
@@ -396,6 +397,19 @@ def _attend_cached(
         res = res.transpose(1, 2).reshape(b.batch * b.q_len, heads, head_dim).to(out.dtype)
         lse = lse.transpose(1, 2).reshape(b.batch * b.q_len, heads)
         merge_rows(out, out_lse, b.dst, res, lse)
+
+
+def _lone_keys(ext: ExternalKV, layer: int, b: _ExtBucket) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values ``[1, kv_heads, k_len, d]`` of a lone item's pieces: one read in place, several
+    concatenated into the bucket's buffer (kept for the forward, written again by every layer)."""
+    assert b.pieces is not None
+    if len(b.pieces) == 1:
+        return ext.kv(layer, *b.pieces[0])
+    if b.joined is None:
+        first = ext.pieces[b.pieces[0][0]]
+        b.joined = first.new_empty((2, first.shape[2], b.k_len, first.shape[4]))
+    both = ext.joined(layer, b.pieces, out=b.joined)
+    return both[0].unsqueeze(0), both[1].unsqueeze(0)
 
 
 __all__ = [

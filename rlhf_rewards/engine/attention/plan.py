@@ -115,14 +115,23 @@ class ExternalKV:
             self._cat = parts[0].new_empty(shape)
         return torch.cat(parts, dim=2, out=self._cat) if len(parts) > 1 else parts[0]
 
-    def kv(self, layer: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``[1, kv_heads, end - start, head_dim]`` of the piece at address ``start``."""
+    def _piece(self, layer: int, start: int, end: int) -> torch.Tensor:
         piece = self.pieces[start]
         if piece.shape[3] != end - start:
             raise RuntimeError(
                 f"external key range {start}:{end} does not match its piece ({piece.shape[3]} rows)"
             )
-        return piece[layer, 0].unsqueeze(0), piece[layer, 1].unsqueeze(0)
+        return piece[layer]
+
+    def kv(self, layer: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[1, kv_heads, end - start, head_dim]`` of the piece at address ``start``."""
+        piece = self._piece(layer, start, end)
+        return piece[0].unsqueeze(0), piece[1].unsqueeze(0)
+
+    def joined(self, layer: int, ranges: tuple[tuple[int, int], ...], out: torch.Tensor) -> torch.Tensor:
+        """``[2, kv_heads, rows, head_dim]``: the keys and values of the pieces at ``ranges`` (address ranges),
+        concatenated in that order into ``out``."""
+        return torch.cat([self._piece(layer, s, e) for s, e in ranges], dim=2, out=out)
 
 
 @dataclass(eq=False)
