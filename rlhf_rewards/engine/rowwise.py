@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlhf_rewards.engine.packed_linear import project
+from rlhf_rewards.engine.packed_linear import project, project_gate_up
 
 #: RMSNorm classes whose forward is ``weight * (x.float() * rsqrt(mean(x.float()**2) + eps)).to(x.dtype)``.
 RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
@@ -67,9 +67,10 @@ def gated_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` for the families' SiLU-gated MLP, with the activation and the gate product in place."""
     if not _is_transformers(mlp, GATED_MLPS) or type(mlp.act_fn).__name__ not in _SILU_CLASSES:
         return mlp(x)
-    gate = project(mlp.gate_proj, x)
-    F.silu(gate, inplace=True)
-    return project(mlp.down_proj, gate.mul_(project(mlp.up_proj, x)))
+    gate, up = project_gate_up(mlp, x)
+    # A view of the stacked GEMM is activated into a fresh tensor, so down_proj reads contiguous rows.
+    act = F.silu(gate, inplace=gate.is_contiguous())
+    return project(mlp.down_proj, act.mul_(up))
 
 
 def signed_sin(sin: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,14 @@ from transformers import AutoModelForSequenceClassification
 from rlhf_rewards import LLM, PoolingParams
 from rlhf_rewards.engine import packed_linear
 from rlhf_rewards.engine.packed_linear import (
+    GATE_UP,
     PACKED_MAX_ROWS,
+    QKV,
     PackedWeights,
     build_packed_weights,
     packable,
     project,
+    project_gate_up,
     project_qkv,
 )
 
@@ -118,15 +121,42 @@ def test_stacked_qkv_is_the_three_projections(bias):
         check(*project_qkv(attn, x))
     with torch.no_grad():
         attn.v_proj.weight.add_(1.0)  # a changed part restacks the copy
-    assert packed.project_qkv(attn, x) is not None
+    assert packed.project_stacked(attn, QKV, x) is not None
     with packed_linear.active(packed):
         check(*project_qkv(attn, x))
     attn.k_proj = _linear(48, 32, seed=99)  # replaced (as peft wraps it): the modules' own calls
-    assert packed.project_qkv(attn, x) is None
+    assert packed.project_stacked(attn, QKV, x) is None
     with packed_linear.active(packed):
         qk, _, _ = project_qkv(attn, x)
         assert torch.equal(qk[..., 64:], attn.k_proj(x))
     check(*project_qkv(attn, x))  # no packed weights active: three module calls
+
+
+class _MLP(nn.Module):
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj = (_linear(48, 96, bias=bias, seed=s) for s in (1, 2))
+
+
+@pytest.mark.parametrize("rows", [1, 19, 300])
+def test_stacked_gate_up_is_the_two_projections(rows):
+    mlp = _MLP(bias=False)
+    packed = PackedWeights([(mlp, (mlp.gate_proj, mlp.up_proj))])
+    x = torch.randn(1, rows, 48)
+    singles = PackedWeights([(m, (m,)) for m in (mlp.gate_proj, mlp.up_proj)])
+    with packed_linear.active(singles):
+        expected = project_gate_up(mlp, x)  # two packed GEMMs
+    with packed_linear.active(packed):
+        got = project_gate_up(mlp, x)
+    assert got[0].data_ptr() + 96 * 4 == got[1].data_ptr()  # views of one GEMM
+    for a, b, m in zip(got, expected, (mlp.gate_proj, mlp.up_proj), strict=True):
+        assert torch.equal(a, b)  # a wider stacked GEMM sums every column as the single one does
+        torch.testing.assert_close(a, m(x), rtol=1e-5, atol=1e-5)
+    mlp.up_proj.register_forward_hook(lambda *_: None)  # a hooked part: the modules' own calls
+    assert packed.project_stacked(mlp, GATE_UP, x) is None
+    with packed_linear.active(packed):
+        gate, up = project_gate_up(mlp, x)
+    assert torch.equal(gate, mlp.gate_proj(x)) and torch.equal(up, mlp.up_proj(x))
 
 
 def test_project_outside_an_active_set_is_the_module_call():
@@ -150,8 +180,8 @@ def test_build_settings_and_the_memory_guard(seq_rm, monkeypatch):
     assert llm.runner.packed_weights is None
     assert build_packed_weights(backbone, torch.device("meta"), None) is None
     full = build_packed_weights(backbone, CPU, None)
-    # Per layer: q/k/v stacked, o_proj, gate_proj, up_proj, down_proj.
-    assert full is not None and len(full) == 5 * backbone.config.num_hidden_layers
+    # Per layer: q/k/v stacked, gate/up stacked, o_proj, down_proj.
+    assert full is not None and len(full) == 4 * backbone.config.num_hidden_layers
     monkeypatch.setattr(packed_linear, "_available_memory_bytes", lambda: 1024)
     assert build_packed_weights(backbone, CPU, None) is None  # the copies would not fit
     assert build_packed_weights(backbone, CPU, True) is not None  # forced
