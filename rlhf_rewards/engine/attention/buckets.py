@@ -58,8 +58,11 @@ class _Bucket:
     q_index: torch.Tensor | None  # [batch * q_len], or None with q_slice
     k_index: torch.Tensor | None
     dst: torch.Tensor | None  # [batch * q_len] rows of the output (pads -> the trash row)
-    mask: torch.Tensor | None  # [batch, 1, q_len, k_len] bool, or None: causal
-    contiguous: tuple[int, int] | None = None  # one segment, no prefix: plain slices
+    mask: torch.Tensor | None  # [batch, 1, q_len, k_len] bool, or None: causal (or all visible with ``span``)
+    #: One item on plain slices, no gathers: ``(q_start, q_end, k_start, k_end)``, causal (a segment's own
+    #: part) or, with ``causal`` False, one query seeing every key (the pruned layer's last-token row).
+    span: tuple[int, int, int, int] | None = None
+    causal: bool = True
     lse: bool = False
 
 
@@ -250,9 +253,18 @@ def _bucket(items: list[_Item], is_causal: bool, total: int, device: torch.devic
     batch = len(items)
     q_len = max(len(it.q_rows) for it in items)
     k_len = max(len(it.k_rows) for it in items)
-    if is_causal and batch == 1:
-        s = items[0].q_rows[0]
-        return _Bucket(1, q_len, k_len, None, None, None, None, contiguous=(s, s + q_len), lse=lse)
+    if batch == 1:
+        it = items[0]
+        if is_causal:
+            s = it.q_rows[0]
+            return _Bucket(
+                1, q_len, k_len, None, None, None, None, span=(s, s + q_len, s, s + q_len), lse=lse
+            )
+        if q_len == 1 and it.q_pos[0] == k_len - 1:  # the query sees its segment's keys up to itself
+            q, k = it.q_rows[0], it.k_rows[0]
+            return _Bucket(
+                1, 1, k_len, None, None, None, None, span=(q, q + 1, k, k + k_len), causal=False, lse=lse
+            )
     # Index and mask building runs in numpy: single-threaded, no parallel-region overhead per item.
     q_index = np.zeros((batch, q_len), dtype=np.int64)
     dst = np.full((batch, q_len), total, dtype=np.int64)  # padding queries land in the trash row
@@ -318,18 +330,19 @@ def bucketed_attention(
     out_lse = query.new_zeros((total + 1, heads), dtype=torch.float32) if merged else None
     for b in calls.own:
         mask = _additive(b.mask, query.dtype, plan.masks) if b.mask is not None else None
-        if b.contiguous is not None:
-            s, e = b.contiguous
-            q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
+        if b.span is not None:
+            s, e, ks, ke = b.span
+            q, k, v = query[:, :, s:e], key[:, :, ks:ke], value[:, :, ks:ke]
         else:
             q = q_t.index_select(0, b.q_index).view(b.batch, b.q_len, heads, head_dim).transpose(1, 2)
             k = k_t.index_select(0, b.k_index).view(b.batch, b.k_len, kv_heads, head_dim).transpose(1, 2)
             v = v_t.index_select(0, b.k_index).view(b.batch, b.k_len, kv_heads, head_dim).transpose(1, 2)
+        is_causal = b.mask is None and b.causal
         if b.lse:
-            res, lse = sdpa_lse(q, k, v, mask=mask, is_causal=b.mask is None, scale=scaling)
+            res, lse = sdpa_lse(q, k, v, mask=mask, is_causal=is_causal, scale=scaling)
         else:
-            res = sdpa(q, k, v, mask=mask, is_causal=b.mask is None, scale=scaling, groups=groups)
-        if b.contiguous is not None:
+            res = sdpa(q, k, v, mask=mask, is_causal=is_causal, scale=scaling, groups=groups)
+        if b.span is not None:
             out[s:e] = res[0].transpose(0, 1)
             if b.lse:
                 out_lse[s:e] = lse[0].transpose(0, 1)
