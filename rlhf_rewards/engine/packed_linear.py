@@ -17,8 +17,9 @@ frozen CPU graphs use) and :func:`project` multiplies by the packed copy (``torc
 - **Stale copies**: each packed copy remembers its weight's storage and in-place version and is packed again
   when either changes (``load_state_dict``, ``copy_``, a new ``Parameter``). Writes through ``param.data``
   bypass versions, as for the prefix cache: ``LLM.reset_prefix_cache()`` repacks them too.
-- **Cost**: RAM for the packed copies, about twice the projection weights' bytes (MKL pads its panels). The
-  engine packs only while they fit in a quarter of the memory available at load; ``cpu_packed_weights=False``
+- **Cost**: RAM for the packed copies: MKL allocates about twice the projection weights' bytes and touches
+  about their size (stacks keep no dense copy). The engine packs only while the allocations fit in a quarter of
+  the memory available at load; ``cpu_packed_weights=False``
   (``rlhf-rewards serve --no-cpu-packed-weights``) turns packing off, ``True`` forces it.
 """
 
@@ -38,8 +39,9 @@ logger = logging.getLogger(__name__)
 
 #: Packing is skipped (``cpu_packed_weights=None``) when the copies exceed this share of available memory.
 MAX_SHARE_OF_AVAILABLE_MEMORY = 0.25
-#: Resident bytes of a packed copy per byte of its weight (MKL pads its panels; on the benchmark model the
-#: engine's RSS grew by 106 MiB for 48 MiB of projections, 12 MiB of them also held stacked as q/k/v).
+#: Bytes a packed copy may take per byte of its weight: MKL allocates about twice (it pads its panels), of
+#: which it touches little more than the weight's size (on the benchmark model the engine's RSS grew by 61 MiB
+#: for 48 MiB of projections); the guard counts what is allocated.
 PACKED_BYTES_PER_WEIGHT_BYTE = 2
 #: Above this many rows a projection takes ``F.linear``: its own per-call packing is amortized there, and MKL's
 #: packed kernel measured no faster (1400 rows: within 4% either way; 175 rows: 10-15% faster packed).
@@ -82,7 +84,9 @@ SINGLE = ("o_proj", "gate_proj", "up_proj", "down_proj")
 class _Packed:
     parts: tuple[nn.Module, ...]  # the linears whose weights are stacked (one for a plain projection)
     packed: torch.Tensor  # MKL's packed layout of the stacked weight
-    dense: torch.Tensor  # the stacked weight (the module's own for one part)
+    dense: (
+        torch.Tensor
+    )  # the module's own weight for one part; for a stack, a zero-stride stand-in of its shape
     bias: torch.Tensor | None  # the stacked bias (read live from the module for one part)
     source: tuple[tuple[int, ...], ...]  # storage and version of every weight and bias when packed
 
@@ -98,13 +102,17 @@ def _sources(parts: tuple[nn.Module, ...]) -> tuple[tuple[int, ...], ...]:
 
 def _pack(parts: tuple[nn.Module, ...]) -> _Packed:
     weights = [m.weight.detach() for m in parts]
-    dense = weights[0] if len(parts) == 1 else torch.cat(weights)
+    stacked = weights[0] if len(parts) == 1 else torch.cat(weights)
     bias = None
     if len(parts) > 1 and any(m.bias is not None for m in parts):
         bias = torch.cat(
             [m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features) for m in parts]
         )
-    packed = torch.ops.mkl._mkl_reorder_linear_weight(dense, _PACK_ROWS_HINT)
+    packed = torch.ops.mkl._mkl_reorder_linear_weight(stacked, _PACK_ROWS_HINT)
+    # ``_mkl_linear`` reads the dense weight only for its shape when told the true row count (it multiplies
+    # by the dense weight when the count differs): a stack keeps no dense copy, which for a 7B model's
+    # gate/up alone would be gigabytes. ``_multiply`` always passes the true row count.
+    dense = stacked if len(parts) == 1 else stacked.new_zeros(()).expand(stacked.shape)
     return _Packed(parts, packed, dense, bias, _sources(parts))
 
 
@@ -222,10 +230,7 @@ def build_packed_weights(
     if not plan:
         return None
     weights = sum(m.weight.numel() * m.weight.element_size() for _, parts in plan for m in parts)
-    stacked = sum(
-        m.weight.numel() * m.weight.element_size() for _, parts in plan if len(parts) > 1 for m in parts
-    )
-    need = PACKED_BYTES_PER_WEIGHT_BYTE * weights + stacked
+    need = PACKED_BYTES_PER_WEIGHT_BYTE * weights
     available = _available_memory_bytes()
     if setting is None and available is not None and need > MAX_SHARE_OF_AVAILABLE_MEMORY * available:
         logger.info(
