@@ -34,6 +34,10 @@ BUCKET_SLACK = 1.3
 #: Most gathered key rows per bucket (bounds the transient copy of keys/values).
 BUCKET_MAX_KEYS = 32768
 
+#: Up to this many distinct cached prefixes in a forward are read one call each, unpadded and unmasked (a
+#: server's batch of per-sample requests); more are grouped into padded calls.
+LONE_CACHED_ITEMS = 8
+
 #: ``keys_of(start, end)``: the keys and values ``[1, kv_heads, n, d]`` of an ancestor range.
 KeysOf = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -169,7 +173,7 @@ def _ext_buckets(
         items.append(item)
         ranges_of[id(item)] = ranges
     out = []
-    for group in _group(items):
+    for group in _group(items) if len(items) > LONE_CACHED_ITEMS else [[it] for it in items]:
         batch, q_len, k_len = (
             len(group),
             max(len(it.q_rows) for it in group),
