@@ -34,9 +34,10 @@ BUCKET_SLACK = 1.3
 #: Most gathered key rows per bucket (bounds the transient copy of keys/values).
 BUCKET_MAX_KEYS = 32768
 
-#: Up to this many distinct cached prefixes in a forward are read one call each, unpadded and unmasked (a
-#: server's batch of per-sample requests); more are grouped into padded calls.
-LONE_CACHED_ITEMS = 8
+#: Up to this many segments of a kind (own parts, distinct cached prefixes) in a forward are attended one call
+#: each on plain slices, unpadded (a server's batch of per-sample requests): no gathered copies, no masks, no
+#: padding. More are grouped into padded calls, where fewer kernel calls win.
+LONE_ITEMS = 8
 
 #: ``keys_of(start, end)``: the keys and values ``[1, kv_heads, n, d]`` of an ancestor range.
 KeysOf = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
@@ -145,7 +146,7 @@ def _make_buckets(segments: list[Segment], total: int, pruned: bool, device: tor
     buckets = []
     for items, is_causal in ((causal, True), (masked, False)):
         for lse in (False, True):
-            for group in _group(items[lse]):
+            for group in _groups(items[lse]):
                 buckets.append(_bucket(group, is_causal, total, device, lse))
     return Buckets(buckets, crosses(cross_rows, device), _ext_buckets(ext_rows, total, device))
 
@@ -173,7 +174,7 @@ def _ext_buckets(
         items.append(item)
         ranges_of[id(item)] = ranges
     out = []
-    for group in _group(items) if len(items) > LONE_CACHED_ITEMS else [[it] for it in items]:
+    for group in _groups(items):
         batch, q_len, k_len = (
             len(group),
             max(len(it.q_rows) for it in group),
@@ -232,6 +233,11 @@ def crosses(cross_rows: dict[tuple[int, int], list[int]], device: torch.device) 
         else:
             parts.append(Cross(key_range, None, torch.tensor(rows, dtype=torch.long, device=device)))
     return parts
+
+
+def _groups(items: list[_Item]) -> list[list[_Item]]:
+    """Each item alone when there are at most :data:`LONE_ITEMS`, else :func:`_group`."""
+    return [[it] for it in items] if len(items) <= LONE_ITEMS else _group(items)
 
 
 def _group(items: list[_Item]) -> list[list[_Item]]:
