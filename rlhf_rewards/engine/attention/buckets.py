@@ -4,9 +4,9 @@ The cost is the sum over segments of ``queries x (prefix + own keys)``, not ``to
 block-causal mask transformers builds for packed ``position_ids`` on SDPA. A segment's attention is split
 into parts merged through their log-sum-exp (:mod:`~rlhf_rewards.engine.attention.kernels`):
 
-- **Own part**: every segment attends causally to its own keys. Segments are grouped into a few
-  *buckets* of similar sizes, once per forward; each bucket runs as one batched attention call on a small
-  padded batch gathered with ``index_select`` (a lone segment uses plain slices). Padding only touches
+- **Own part**: every segment attends causally to its own keys. Up to :data:`LONE_ITEMS` segments run
+  one call each on plain slices of the row; more are grouped into a few *buckets* of similar sizes, once per
+  forward, each bucket one batched attention call on a small padded batch gathered with ``index_select``. Padding only touches
   attention, never the projections or MLPs, and a layer costs a handful of kernel calls whatever the
   number of requests: on a busy CPU with few cores every parallel kernel call can cost a time slice,
   and on GPUs a launch, so the call count matters as much as the FLOPs.
@@ -15,7 +15,8 @@ into parts merged through their log-sum-exp (:mod:`~rlhf_rewards.engine.attentio
   one call on slices of the row. A GRPO prompt's keys are therefore read in place by its completions,
   never copied per completion, and no padding or mask is spent on the shared part.
 - **Cached-ancestor parts**: queries reading keys and values kept across calls
-  (:class:`~rlhf_rewards.engine.attention.plan.ExternalKV`), grouped into padded calls like the own parts.
+  (:class:`~rlhf_rewards.engine.attention.plan.ExternalKV`): alone (their pieces concatenated, unmasked) or
+  grouped into padded calls like the own parts.
 """
 
 from __future__ import annotations
