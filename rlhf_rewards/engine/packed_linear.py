@@ -7,8 +7,9 @@ of the direct decoder loop once (``torch.ops.mkl._mkl_reorder_linear_weight``, t
 frozen CPU graphs use) and :func:`project` multiplies by the packed copy (``torch.ops.mkl._mkl_linear``).
 
 - **Which layers**: each layer's q/k/v stacked into one GEMM (k and v alone run slower packed), its MLP's
-  gate/up stacked into another (one wider GEMM: ~5% faster than two), its o_proj and down_proj; only plain float32 ``nn.Linear`` on a CPU build of torch with MKL, without forward
-  hooks (accelerate's offload hooks, user hooks): others keep their module call. Calls of more than
+  gate/up stacked into another (one wider GEMM: ~5% faster than two), its o_proj and down_proj; only plain
+  float32 ``nn.Linear`` on a CPU build of torch with MKL, without forward hooks (accelerate's offload hooks,
+  user hooks): others keep their module call. Calls of more than
   :data:`PACKED_MAX_ROWS` rows take ``F.linear`` (no faster packed there). Engines with LoRA enabled (peft wraps
   the projections) do not pack; a split engine's sharded (DTensor) or placeholder (meta) weights are not
   packable, so its ranks pack only the plain weights they hold.
@@ -18,9 +19,9 @@ frozen CPU graphs use) and :func:`project` multiplies by the packed copy (``torc
   when either changes (``load_state_dict``, ``copy_``, a new ``Parameter``). Writes through ``param.data``
   bypass versions, as for the prefix cache: ``LLM.reset_prefix_cache()`` repacks them too.
 - **Cost**: RAM for the packed copies: MKL allocates about twice the projection weights' bytes and touches
-  about their size (stacks keep no dense copy). The engine packs only while the allocations fit in a quarter of
-  the memory available at load; ``cpu_packed_weights=False``
-  (``rlhf-rewards serve --no-cpu-packed-weights``) turns packing off, ``True`` forces it.
+  about their size (stacks keep no dense copy). The engine packs only while the allocations fit in a quarter
+  of the memory available at load; ``cpu_packed_weights=False`` (``rlhf-rewards serve
+  --no-cpu-packed-weights``) turns packing off, ``True`` forces it.
 """
 
 from __future__ import annotations
@@ -84,9 +85,8 @@ SINGLE = ("o_proj", "gate_proj", "up_proj", "down_proj")
 class _Packed:
     parts: tuple[nn.Module, ...]  # the linears whose weights are stacked (one for a plain projection)
     packed: torch.Tensor  # MKL's packed layout of the stacked weight
-    dense: (
-        torch.Tensor
-    )  # the module's own weight for one part; for a stack, a zero-stride stand-in of its shape
+    # The module's own weight for one part; for a stack, a zero-stride stand-in of its shape.
+    dense: torch.Tensor
     bias: torch.Tensor | None  # the stacked bias (read live from the module for one part)
     source: tuple[tuple[int, ...], ...]  # storage and version of every weight and bias when packed
 

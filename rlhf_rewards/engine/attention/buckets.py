@@ -5,9 +5,9 @@ block-causal mask transformers builds for packed ``position_ids`` on SDPA. A seg
 into parts merged through their log-sum-exp (:mod:`~rlhf_rewards.engine.attention.kernels`):
 
 - **Own part**: every segment attends causally to its own keys. Up to :data:`LONE_ITEMS` segments run
-  one call each on plain slices of the row; more are grouped into a few *buckets* of similar sizes, once per
-  forward, each bucket one batched attention call on a small padded batch gathered with ``index_select``. Padding only touches
-  attention, never the projections or MLPs, and a layer costs a handful of kernel calls whatever the
+  one call each on plain slices of the row; more are grouped into a few *buckets* of similar sizes, once
+  per forward, each bucket one batched attention call on a small padded batch gathered with
+  ``index_select``. Padding only touches attention, never the projections or MLPs, and a layer costs a handful of kernel calls whatever the
   number of requests: on a busy CPU with few cores every parallel kernel call can cost a time slice,
   and on GPUs a launch, so the call count matters as much as the FLOPs.
 - **Ancestor parts**: for every node with descendants, all the queries below it (contiguous in the
@@ -61,7 +61,7 @@ class _Bucket:
     batch: int
     q_len: int
     k_len: int
-    q_index: torch.Tensor | None  # [batch * q_len], or None with q_slice
+    q_index: torch.Tensor | None  # [batch * q_len], or None with span
     k_index: torch.Tensor | None
     dst: torch.Tensor | None  # [batch * q_len] rows of the output (pads -> the trash row)
     mask: torch.Tensor | None  # [batch, 1, q_len, k_len] bool, or None: causal (or all visible with ``span``)
@@ -79,20 +79,22 @@ class _ExtBucket:
     Each layer gathers the items' keys (``k_index``, rows of the layer's cached pieces concatenated in address
     order) in one call into a buffer kept for the forward: a few large copies, not one per piece, as every
     kernel call can cost a time slice on a busy CPU. Padded key slots are masked, padded query slots land in
-    the trash row. A lone item (``pieces``) reads its pieces unpadded and unmasked: one in place, several
-    concatenated into the buffer (a hit is usually two or more pieces: prompts share a template's head).
+    the trash row. A lone item (``pieces``) reads its pieces unpadded and unmasked
+    (:meth:`~rlhf_rewards.engine.attention.plan.ExternalKV.joined`; a hit is usually two or more pieces:
+    prompts share a template's head), its contiguous queries as a slice (``q_slice``, no index tensors).
     """
 
     batch: int
     q_len: int
     k_len: int
-    q_index: torch.Tensor  # [batch * q_len] packed rows
-    dst: torch.Tensor  # [batch * q_len] rows of the output (pads -> the trash row)
+    q_index: torch.Tensor | None  # [batch * q_len] packed rows, or None with q_slice
+    dst: (
+        torch.Tensor | None
+    )  # [batch * q_len] rows of the output (pads -> the trash row), or None with q_slice
     k_index: torch.Tensor | None  # [batch * k_len] rows of the concatenated pieces
     mask: torch.Tensor | None  # [batch, 1, q_len, k_len] bool (True: visible), or None
     pieces: tuple[tuple[int, int], ...] | None = None  # a lone item's pieces (address ranges), no padding
     buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # the gathered keys and values
-    joined: torch.Tensor | None = None  # a lone item's pieces, concatenated: [2, kv_heads, k_len, d]
     q_slice: tuple[int, int] | None = None  # one segment's contiguous query rows: sliced and merged in place
 
 
@@ -181,42 +183,35 @@ def _ext_buckets(
             max(len(it.q_rows) for it in group),
             max(len(it.k_rows) for it in group),
         )
-        q_index = np.zeros((batch, q_len), dtype=np.int64)
-        dst = np.full((batch, q_len), total, dtype=np.int64)  # padding queries land in the trash row
-        for b, it in enumerate(group):
-            q_index[b, : len(it.q_rows)] = it.q_rows
-            dst[b, : len(it.q_rows)] = it.q_rows
-        ranges = ranges_of[id(group[0])]
-        if batch == 1:  # one item: its pieces as they are, no padding or mask
-            rows = group[0].q_rows
-            contiguous = rows[-1] - rows[0] + 1 == len(rows)
-            out.append(
-                _ExtBucket(
-                    1,
-                    q_len,
-                    k_len,
-                    _as_tensor(q_index, device),
-                    _as_tensor(dst, device),
-                    None,
-                    None,
-                    pieces=ranges,
-                    q_slice=(rows[0], rows[-1] + 1) if contiguous else None,
-                )
-            )
+        rows = group[0].q_rows
+        pieces = ranges_of[id(group[0])] if batch == 1 else None  # one item: its pieces as they are, unmasked
+        q_slice = None
+        if pieces is not None and rows[-1] - rows[0] + 1 == len(rows):
+            q_slice = (rows[0], rows[-1] + 1)  # contiguous queries: a slice, no index tensors
+        q_index = dst = None
+        if q_slice is None:
+            q_rows = np.zeros((batch, q_len), dtype=np.int64)
+            dst_rows = np.full((batch, q_len), total, dtype=np.int64)  # padding queries land in the trash row
+            for b, it in enumerate(group):
+                q_rows[b, : len(it.q_rows)] = it.q_rows
+                dst_rows[b, : len(it.q_rows)] = it.q_rows
+            q_index, dst = _as_tensor(q_rows, device), _as_tensor(dst_rows, device)
+        if pieces is not None:
+            out.append(_ExtBucket(1, q_len, k_len, q_index, dst, None, None, pieces=pieces, q_slice=q_slice))
             continue
         k_index = np.zeros((batch, k_len), dtype=np.int64)
         mask = np.zeros((batch, 1, q_len, k_len), dtype=bool)
         for b, it in enumerate(group):
-            rows = np.concatenate([np.arange(offsets[s], offsets[s] + e - s) for s, e in ranges_of[id(it)]])
-            k_index[b, : rows.size] = rows
-            mask[b, 0, :, : rows.size] = True
+            keys = np.concatenate([np.arange(offsets[s], offsets[s] + e - s) for s, e in ranges_of[id(it)]])
+            k_index[b, : keys.size] = keys
+            mask[b, 0, :, : keys.size] = True
         out.append(
             _ExtBucket(
                 batch,
                 q_len,
                 k_len,
-                _as_tensor(q_index, device),
-                _as_tensor(dst, device),
+                q_index,
+                dst,
                 _as_tensor(k_index, device),
                 torch.from_numpy(mask).to(device),
             )
@@ -394,7 +389,8 @@ def _attend_cached(
     cat = None
     for b in ext_buckets:
         if b.pieces is not None:
-            k, v = _lone_keys(ext, layer, b)
+            joined = ext.joined(layer, b.pieces)
+            k, v = joined[0].unsqueeze(0), joined[1].unsqueeze(0)
         if b.q_slice is not None:  # one text's queries (a text per call): no gathers
             s, e = b.q_slice
             res, lse = sdpa_lse(
@@ -421,19 +417,6 @@ def _attend_cached(
         res = res.transpose(1, 2).reshape(b.batch * b.q_len, heads, head_dim).to(out.dtype)
         lse = lse.transpose(1, 2).reshape(b.batch * b.q_len, heads)
         merge_rows(out, out_lse, b.dst, res, lse)
-
-
-def _lone_keys(ext: ExternalKV, layer: int, b: _ExtBucket) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values ``[1, kv_heads, k_len, d]`` of a lone item's pieces: one read in place, several
-    concatenated into the bucket's buffer (kept for the forward, written again by every layer)."""
-    assert b.pieces is not None
-    if len(b.pieces) == 1:
-        return ext.kv(layer, *b.pieces[0])
-    if b.joined is None:
-        first = ext.pieces[b.pieces[0][0]]
-        b.joined = first.new_empty((2, first.shape[2], b.k_len, first.shape[4]))
-    both = ext.joined(layer, b.pieces, out=b.joined)
-    return both[0].unsqueeze(0), both[1].unsqueeze(0)
 
 
 __all__ = [

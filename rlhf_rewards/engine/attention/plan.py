@@ -99,7 +99,7 @@ class ExternalKV:
 
     pieces: dict[int, torch.Tensor] = field(default_factory=dict)
     capture: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
-    _cat: torch.Tensor | None = None
+    _buffers: dict[tuple[tuple[int, int], ...], torch.Tensor] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -107,13 +107,9 @@ class ExternalKV:
         return sum(int(kv.shape[3]) for kv in self.pieces.values())
 
     def concatenated(self, layer: int) -> torch.Tensor:
-        """``[2, kv_heads, rows, head_dim]``: every piece's keys and values of ``layer``, in address order, in a
-        buffer kept for the forward (written again by every layer)."""
-        parts = [self.pieces[a][layer] for a in sorted(self.pieces)]
-        if self._cat is None:
-            shape = (2, parts[0].shape[1], self.rows, parts[0].shape[3])
-            self._cat = parts[0].new_empty(shape)
-        return torch.cat(parts, dim=2, out=self._cat) if len(parts) > 1 else parts[0]
+        """``[2, kv_heads, rows, head_dim]``: every piece's keys and values of ``layer``, in address order
+        (see :meth:`joined`)."""
+        return self.joined(layer, tuple((a, a + int(self.pieces[a].shape[3])) for a in sorted(self.pieces)))
 
     def _piece(self, layer: int, start: int, end: int) -> torch.Tensor:
         piece = self.pieces[start]
@@ -128,10 +124,18 @@ class ExternalKV:
         piece = self._piece(layer, start, end)
         return piece[0].unsqueeze(0), piece[1].unsqueeze(0)
 
-    def joined(self, layer: int, ranges: tuple[tuple[int, int], ...], out: torch.Tensor) -> torch.Tensor:
-        """``[2, kv_heads, rows, head_dim]``: the keys and values of the pieces at ``ranges`` (address ranges),
-        concatenated in that order into ``out``."""
-        return torch.cat([self._piece(layer, s, e) for s, e in ranges], dim=2, out=out)
+    def joined(self, layer: int, ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        """``[2, kv_heads, rows, head_dim]``: the keys and values of ``layer`` of the pieces at ``ranges``
+        (address ranges), in that order. One piece is read in place; several are concatenated into a buffer
+        kept for the forward per ``ranges`` (written again by every layer)."""
+        parts = [self._piece(layer, s, e) for s, e in ranges]
+        if len(parts) == 1:
+            return parts[0]
+        out = self._buffers.get(ranges)
+        if out is None:
+            rows = sum(e - s for s, e in ranges)
+            out = self._buffers[ranges] = parts[0].new_empty((2, parts[0].shape[1], rows, parts[0].shape[3]))
+        return torch.cat(parts, dim=2, out=out)
 
 
 @dataclass(eq=False)
